@@ -1,0 +1,59 @@
+"""``crucible doctor``: environment checks and each plugin's import time and status."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from crucible_core import __version__
+from crucible_core.cli.output import print_json, print_table
+from crucible_core.plugins import get_host
+
+
+def _home_check() -> dict[str, Any]:
+    home = Path(os.environ.get("CRUCIBLE_HOME", ".crucible"))
+    probe = home if home.exists() else home.parent if home.parent.exists() else Path(".")
+    writable = os.access(probe, os.W_OK)
+    return {
+        "check": "crucible_home",
+        "ok": writable,
+        "detail": f"{home} ({'writable' if writable else 'not writable'})",
+    }
+
+
+class _DoctorCommand:
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--json", action="store_true", help="print JSON on stdout")
+
+    def run(self, args: argparse.Namespace) -> int:
+        infos = get_host().plugins()
+        checks = [
+            {
+                "check": "python",
+                "ok": sys.version_info >= (3, 11),
+                "detail": platform.python_version(),
+            },
+            {"check": "crucible", "ok": True, "detail": __version__},
+            _home_check(),
+        ]
+        ok = all(c["ok"] for c in checks) and all(i.status != "error" for i in infos)
+        if args.json:
+            print_json({"ok": ok, "checks": checks, "plugins": [i.describe() for i in infos]})
+            return 0 if ok else 1
+        print_table(
+            ["check", "ok", "detail"],
+            [[c["check"], "yes" if c["ok"] else "NO", c["detail"]] for c in checks],
+        )
+        sys.stdout.write("\n")
+        print_table(
+            ["plugin", "status", "import ms", "error"],
+            [[i.name, i.status, f"{i.load_ms:.1f}", i.error or ""] for i in infos],
+        )
+        return 0 if ok else 1
+
+
+command = _DoctorCommand()

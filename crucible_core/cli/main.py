@@ -1,0 +1,134 @@
+"""Entry point of the ``crucible`` command.
+
+Start-up stays cheap: only the command being run is imported and configured;
+the others contribute one help line each from their registration. Every
+:class:`~crucible_core.errors.CrucibleError` is printed as ``error: ...`` plus
+a hint and mapped to its exit status (:data:`crucible_core.errors.ERROR_TABLE`);
+a user mistake never prints a traceback (``CRUCIBLE_DEBUG=1`` shows one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+
+from crucible_core import __version__
+from crucible_core.errors import EXIT_INTERRUPTED, CrucibleError, exit_code_for
+
+__all__ = ["build_parser", "main"]
+
+_DESCRIPTION = """\
+Run LLM fine-tuning and inference through pluggable backends.
+
+Most commands accept --json for machine-readable output.
+Environment: CRUCIBLE_HOME (state directory, default ./.crucible),
+CRUCIBLE_PLUGINS / CRUCIBLE_DISABLE_PLUGINS (comma-separated plugin names),
+CRUCIBLE_STRICT_PLUGINS=1 (a broken plugin is an error, not a warning).
+"""
+
+
+def _command_name(argv: Sequence[str]) -> str | None:
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def _builtin_commands() -> dict[str, tuple[str, str, str]]:
+    # Read without pluggy: keep `crucible --help` and built-in commands fast.
+    from crucible_core.cli.commands import BUILTIN_COMMANDS as table
+
+    return {name: (factory, summary, "core") for name, (factory, summary) in table.items()}
+
+
+def _all_commands() -> dict[str, tuple[str, str, str]]:
+    from crucible_core.plugins import get_host
+
+    return {
+        name: (reg.factory if isinstance(reg.factory, str) else "", reg.summary, reg.plugin)
+        for name, reg in get_host().registrations("command").items()
+    }
+
+
+def build_parser(selected: str | None) -> argparse.ArgumentParser:
+    """The top-level parser; only ``selected``'s arguments are configured.
+
+    Plugins are loaded only when ``selected`` is not a built-in command, so
+    ``crucible --help`` never imports a plugin (``crucible plugins --kind
+    command`` lists what plugins add).
+    """
+    commands = _builtin_commands()
+    plugin_commands = selected is not None and selected not in commands
+    if plugin_commands:
+        commands = _all_commands()
+    parser = argparse.ArgumentParser(
+        prog="crucible",
+        description=_DESCRIPTION,
+        epilog=None
+        if plugin_commands
+        else "Installed plugins add more commands: `crucible plugins --kind command` lists them.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"crucible {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name in sorted(commands):
+        factory, summary, plugin = commands[name]
+        cmd_parser = sub.add_parser(
+            name,
+            help=summary + ("" if plugin == "core" else f" [{plugin}]"),
+            description=summary,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        if name == selected:
+            if plugin_commands:
+                from crucible_core.plugins import get_host
+
+                command = get_host().get("command", name).load()
+            else:
+                from crucible_core._imports import import_object
+
+                command = import_object(factory)
+            command.configure(cmd_parser)
+            cmd_parser.set_defaults(_run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return its exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(_command_name(args_list))
+        args = parser.parse_args(args_list)
+        run = getattr(args, "_run", None)
+        if run is None:
+            parser.print_help()
+            return 0 if not args_list else 2
+        result = run(args)
+        return int(result or 0)
+    except CrucibleError as exc:
+        if os.environ.get("CRUCIBLE_DEBUG"):
+            raise
+        from crucible_core.cli.output import print_error
+
+        print_error(exc.message, exc.hint)
+        return exit_code_for(exc)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Output piped into `head` and closed early: not an error worth a traceback.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        return 0
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,260 @@
+"""The contracts plugins satisfy, as ``typing.Protocol`` classes.
+
+A plugin never subclasses anything from here: it satisfies a contract
+structurally and the conformance kit (:mod:`crucible_core.testing`) checks it.
+
+Why training calls return futures (sync-with-futures, not async): both
+engines that must fit behind the contract are synchronous at heart. The
+``tinker`` SDK returns futures from ``forward_backward_async``/``optim_step``
+and expects the caller to submit the next request before reading the last
+result (its server runs on a clock); a local torch engine is a single
+compute stream best driven by one worker thread that returns
+``concurrent.futures.Future``. A :class:`Future` here is anything with
+``result(timeout)`` and ``done()``, so both fit without an event loop, and
+the training loop is pipelined by submitting step k+1 before reading step k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+
+if TYPE_CHECKING:
+    from crucible_core.ir.backend import (
+        AdamParams,
+        Capabilities,
+        CheckpointRef,
+        Completion,
+        Datum,
+        ForwardBackwardResult,
+        Health,
+        OptimStepResult,
+        Prompt,
+        SamplingParams,
+        StreamChunk,
+    )
+    from crucible_core.ir.experiment import Experiment
+    from crucible_core.ir.lineage import Artifact, ArtifactType
+    from crucible_core.ir.training import DatasetSpec, Loss, ModelSpec, TrainingJob
+    from crucible_core.ir.work import Job
+
+__all__ = [
+    "ArtifactStore",
+    "CancelToken",
+    "Command",
+    "DatasetSource",
+    "Executor",
+    "Future",
+    "InferenceBackend",
+    "Sampler",
+    "Stage",
+    "StageContext",
+    "Tokenizer",
+    "TrainingBackend",
+    "TrainingSession",
+]
+
+T_co = TypeVar("T_co", covariant=True)
+
+
+@runtime_checkable
+class Future(Protocol[T_co]):
+    """A pending result: ``concurrent.futures.Future`` and the tinker SDK's futures both fit."""
+
+    def result(self, timeout: float | None = None) -> T_co: ...
+
+    def done(self) -> bool: ...
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """Text <-> token ids for one model. ``name`` identifies it in run manifests."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def eos_token_id(self) -> int | None: ...
+
+    @property
+    def chat_template(self) -> str | None: ...
+
+    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+@runtime_checkable
+class InferenceBackend(Protocol):
+    """Generates completions. ``stream`` yields chunks whose last has ``finish_reason`` set."""
+
+    def capabilities(self) -> Capabilities: ...
+
+    def complete(self, prompt: Prompt, params: SamplingParams) -> Completion: ...
+
+    def stream(self, prompt: Prompt, params: SamplingParams) -> Iterator[StreamChunk]: ...
+
+    def health_check(self) -> Health: ...
+
+    def metrics(self) -> Mapping[str, float]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """Samples from fixed weights (a saved checkpoint or the base model).
+
+    ``sample`` returns ``params.n`` completions for one prompt.
+    """
+
+    @property
+    def checkpoint(self) -> CheckpointRef | None: ...
+
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+
+    def sample(self, prompt: Prompt, params: SamplingParams) -> Future[list[Completion]]: ...
+
+
+@runtime_checkable
+class TrainingSession(Protocol):
+    """One model being trained. Calls are applied in submission order.
+
+    ``forward_backward`` accumulates gradients until the next ``optim_step``;
+    ``forward`` computes the same result without gradients (evaluation).
+    """
+
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+
+    @property
+    def step(self) -> int: ...
+
+    def forward(self, batch: Sequence[Datum], loss: Loss) -> Future[ForwardBackwardResult]: ...
+
+    def forward_backward(
+        self, batch: Sequence[Datum], loss: Loss
+    ) -> Future[ForwardBackwardResult]: ...
+
+    def optim_step(self, params: AdamParams) -> Future[OptimStepResult]: ...
+
+    def save_state(self, name: str) -> Future[CheckpointRef]: ...
+
+    def load_state(self, ref: CheckpointRef) -> Future[None]: ...
+
+    def save_weights_for_sampler(self, name: str) -> Future[Sampler]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class TrainingBackend(Protocol):
+    """Creates training sessions from a TrainingJob."""
+
+    def capabilities(self) -> Capabilities: ...
+
+    def get_tokenizer(self, model: ModelSpec) -> Tokenizer:
+        """The tokenizer of ``model``, without creating a session (data prep needs it first)."""
+        ...
+
+    def create_session(self, job: TrainingJob) -> TrainingSession: ...
+
+
+@runtime_checkable
+class CancelToken(Protocol):
+    """Cooperative cancellation: long work polls ``is_set()`` at safe points."""
+
+    def is_set(self) -> bool: ...
+
+
+@runtime_checkable
+class StageContext(Protocol):
+    """What a stage gets: its options, its dependencies' outputs and the run's services.
+
+    ``job`` is the Work IR job being run (a training run's ``payload`` is its
+    TrainingJob as plain data); ``experiment`` is the Experiment whose DAG this
+    stage belongs to.
+    """
+
+    @property
+    def job_id(self) -> str: ...
+
+    @property
+    def job(self) -> Job: ...
+
+    @property
+    def experiment(self) -> Experiment: ...
+
+    @property
+    def run_dir(self) -> Path: ...
+
+    @property
+    def options(self) -> Mapping[str, Any]: ...
+
+    @property
+    def inputs(self) -> Mapping[str, Mapping[str, Any]]: ...
+
+    @property
+    def cancel(self) -> CancelToken: ...
+
+    @property
+    def artifacts(self) -> ArtifactStore: ...
+
+    def backend(self, name: str | None = None) -> Any: ...
+
+    def emit(self, kind: str, **data: Any) -> None: ...
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """A named step of a pipeline. Returns outputs its dependents read from ``ctx.inputs``."""
+
+    def run(self, ctx: StageContext) -> Mapping[str, Any] | None: ...
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs callables somewhere (this thread, a pool, another process, a cluster)."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]: ...
+
+    def shutdown(self, wait: bool = True) -> None: ...
+
+
+@runtime_checkable
+class DatasetSource(Protocol):
+    """Reads rows described by a DatasetSpec; rows are plain mappings."""
+
+    def iter_rows(self, spec: DatasetSpec) -> Iterator[Mapping[str, Any]]: ...
+
+
+@runtime_checkable
+class ArtifactStore(Protocol):
+    """Keeps files by content (sha256) and gives them back."""
+
+    def put(
+        self,
+        path: Path,
+        *,
+        type: ArtifactType,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Artifact: ...
+
+    def path_of(self, sha256: str) -> Path: ...
+
+    def exists(self, sha256: str) -> bool: ...
+
+
+@runtime_checkable
+class Command(Protocol):
+    """A CLI subcommand a plugin adds: it declares its arguments, then runs."""
+
+    def configure(self, parser: Any) -> None: ...
+
+    def run(self, args: Any) -> int | None: ...

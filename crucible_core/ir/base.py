@@ -1,0 +1,74 @@
+"""The common base of every IR message and the named value constraints.
+
+msgspec does not validate on construction, so data from outside always enters
+through :mod:`crucible_core.ir.codec` (``decode``/``convert``); constructing a
+Struct in Python trusts the caller. Constraints are declared once here with
+``msgspec.Meta`` so that they appear in the published JSON Schemas.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "IRStruct",
+    "Identifier",
+    "ModuleRef",
+    "NonNegativeFloat",
+    "NonNegativeInt",
+    "Params",
+    "PositiveFloat",
+    "PositiveInt",
+    "Probability",
+    "SchemaVersion",
+    "UnitInterval",
+]
+
+#: The version every top-level message is written with. A breaking change
+#: bumps the major part; readers refuse an unknown major.
+SCHEMA_VERSION = "1.0"
+
+SchemaVersion = Annotated[
+    str,
+    Meta(
+        pattern=r"^[0-9]+\.[0-9]+$",
+        description="MAJOR.MINOR of the IR this message was written with; readers refuse an "
+        "unknown MAJOR.",
+    ),
+]
+PositiveInt = Annotated[int, Meta(ge=1)]
+NonNegativeInt = Annotated[int, Meta(ge=0)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+NonNegativeFloat = Annotated[float, Meta(ge=0)]
+Probability = Annotated[float, Meta(ge=0, lt=1, description="A probability in [0, 1).")]
+UnitInterval = Annotated[float, Meta(ge=0, le=1)]
+Identifier = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$",
+        description="Letters, digits and . _ : @ / -, starting with a letter or digit.",
+    ),
+]
+ModuleRef = Annotated[
+    str,
+    Meta(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$",
+        description="An importable object as 'package.module:attribute'.",
+    ),
+]
+#: Free-form scalar parameters (loss options, stage options...).
+Params = dict[str, Any]
+
+
+class IRStruct(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of every IR message: frozen, keyword-only, unknown fields refused.
+
+    Subclasses restate ``kw_only=True`` (msgspec does not inherit it) and
+    ``frozen=True``; a test walks every subclass to check.
+    """

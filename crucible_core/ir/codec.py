@@ -1,0 +1,432 @@
+"""Decode and encode IR messages; turn every decode failure into a crucible error.
+
+Everything from outside (files, HTTP bodies, queue payloads) enters through
+:func:`decode`, :func:`decode_file` or :func:`convert`: msgspec validates on
+decode only, never on construction. A failure becomes a
+:class:`~crucible_core.errors.ValidationError` whose message starts with the
+JSON path of the bad field and says what was expected and what was found,
+e.g. ``$.learning_config.optimizer.lr: expected float > 0.0, got -1``, with a
+hint (did-you-mean for a misspelt field, the allowed values of an enum).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+
+import msgspec
+import msgspec.inspect as mi
+
+from crucible_core.errors import ConfigError, NotFound, ValidationError
+from crucible_core.ir.backend import Capabilities, CheckpointRef, Completion
+from crucible_core.ir.base import SCHEMA_VERSION, IRStruct
+from crucible_core.ir.experiment import Experiment
+from crucible_core.ir.lineage import Artifact, Trace
+from crucible_core.ir.training import TrainingJob
+from crucible_core.ir.work import Job
+
+__all__ = [
+    "IR_TYPES",
+    "MAX_DOCUMENT_BYTES",
+    "Format",
+    "convert",
+    "decode",
+    "decode_file",
+    "encode",
+    "format_for_path",
+    "guess_type",
+    "ir_type",
+    "schema",
+    "schemas",
+    "to_builtins",
+]
+
+T = TypeVar("T")
+Format = Literal["json", "toml", "msgpack"]
+
+#: The top-level messages: each carries ``schema_version`` and has a schema file.
+IR_TYPES: dict[str, type[IRStruct]] = {
+    "TrainingJob": TrainingJob,
+    "Job": Job,
+    "Experiment": Experiment,
+    "Trace": Trace,
+    "Artifact": Artifact,
+    "Capabilities": Capabilities,
+    "Completion": Completion,
+    "CheckpointRef": CheckpointRef,
+}
+
+#: Documents above this size are refused before parsing (a config is never this big).
+MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
+
+_SUPPORTED_MAJOR = SCHEMA_VERSION.split(".", 1)[0]
+_SUFFIX_FORMATS: dict[str, Format] = {
+    ".json": "json",
+    ".toml": "toml",
+    ".msgpack": "msgpack",
+    ".mpk": "msgpack",
+}
+
+
+def ir_type(name: str) -> type[IRStruct]:
+    """The top-level IR type called ``name`` (case-insensitive)."""
+    for key, value in IR_TYPES.items():
+        if key.lower() == name.lower():
+            return value
+    close = difflib.get_close_matches(name, list(IR_TYPES), n=1)
+    raise NotFound(
+        f"no IR type named {name!r}",
+        hint=(f"did you mean {close[0]!r}? " if close else "")
+        + f"known types: {', '.join(IR_TYPES)}",
+    )
+
+
+def format_for_path(path: str | Path) -> Format:
+    """The format a file's suffix implies (``.json``, ``.toml``, ``.msgpack``)."""
+    suffix = Path(path).suffix.lower()
+    try:
+        return _SUFFIX_FORMATS[suffix]
+    except KeyError:
+        raise ConfigError(
+            f"{path}: cannot tell the format from the suffix {suffix!r}",
+            hint="use a .toml, .json or .msgpack file",
+        ) from None
+
+
+@functools.cache
+def _decoder(fmt: Format, type_: Any) -> Any:
+    if fmt == "json":
+        return msgspec.json.Decoder(type_)
+    if fmt == "msgpack":
+        return msgspec.msgpack.Decoder(type_)
+    return None
+
+
+def decode(data: bytes | str, type: type[T], *, format: Format = "json") -> T:
+    """Decode ``data`` into ``type``, validating it; raise ``ValidationError`` on bad input."""
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise ConfigError(
+            f"document is {len(data)} bytes; the limit is {MAX_DOCUMENT_BYTES}",
+            hint="IR documents are configurations; keep data in dataset files",
+        )
+    try:
+        if format == "toml":
+            obj = msgspec.toml.decode(data, type=type)
+        else:
+            obj = cast(T, _decoder(format, type).decode(data))
+    except msgspec.ValidationError as exc:
+        raw = _raw(data, format)
+        raise _validation_error(exc, type, raw) from None
+    except (msgspec.DecodeError, RecursionError, ValueError) as exc:
+        raise _syntax_error(exc, format) from None
+    _check_version(obj)
+    return obj
+
+
+def convert(obj: Any, type: type[T]) -> T:
+    """Validate already-parsed Python data (dicts, lists, scalars) into ``type``."""
+    try:
+        out = msgspec.convert(obj, type=type, strict=False)
+    except msgspec.ValidationError as exc:
+        raise _validation_error(exc, type, obj) from None
+    except RecursionError:
+        raise ValidationError("$: document is nested too deeply", path="$") from None
+    _check_version(out)
+    return out
+
+
+def decode_file(path: str | Path, type: type[T] | None = None) -> Any:
+    """Read and decode a file; the format comes from its suffix.
+
+    With ``type=None`` the IR type is guessed from the document's keys
+    (:func:`guess_type`); errors name the file.
+    """
+    p = Path(path)
+    fmt = format_for_path(p)
+    try:
+        size = p.stat().st_size
+    except FileNotFoundError:
+        raise NotFound(f"{p}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read ({exc.strerror})") from None
+    if size > MAX_DOCUMENT_BYTES:
+        raise ConfigError(
+            f"{p}: file is {size} bytes; the limit is {MAX_DOCUMENT_BYTES}",
+            hint="IR documents are configurations; keep data in dataset files",
+        )
+    data = p.read_bytes()
+    if not data.strip():
+        raise ConfigError(f"{p}: the file is empty", hint="write an IR document into it")
+    try:
+        target: Any = type if type is not None else guess_type(_raw_or_raise(data, fmt))
+        return decode(data, target, format=fmt)
+    except ValidationError as exc:
+        raise ValidationError(
+            f"{p}: {exc.message}", path=exc.path, hint=exc.hint, **exc.details
+        ) from None
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc.message}", hint=exc.hint) from None
+
+
+def guess_type(raw: Any) -> type[IRStruct]:
+    """Pick the top-level IR type whose fields fit a parsed document's keys."""
+    if not isinstance(raw, Mapping):
+        raise ValidationError(
+            f"$: expected an object at the top level, got {_kind(raw)}",
+            path="$",
+        )
+    keys = set(cast(Mapping[str, Any], raw))
+    fits: list[type[IRStruct]] = []
+    for t in IR_TYPES.values():
+        info = cast(mi.StructType, mi.type_info(t))
+        names = {f.encode_name for f in info.fields}
+        required = {f.encode_name for f in info.fields if f.required}
+        if keys <= names and required <= keys:
+            fits.append(t)
+    if len(fits) == 1:
+        return fits[0]
+    names = ", ".join(t.__name__ for t in fits) if fits else "none"
+    raise ConfigError(
+        f"cannot tell which IR type this document is (matches: {names})",
+        hint=f"pass --type with one of: {', '.join(IR_TYPES)}",
+    )
+
+
+def encode(obj: Any, *, format: Format = "json") -> bytes:
+    """Encode an IR value (or builtins) as JSON, TOML or msgpack bytes."""
+    if format == "json":
+        return msgspec.json.encode(obj)
+    if format == "msgpack":
+        return msgspec.msgpack.encode(obj)
+    return msgspec.toml.encode(_drop_none(msgspec.to_builtins(obj)))
+
+
+def to_builtins(obj: Any) -> Any:
+    """IR value -> plain dicts/lists/scalars (datetimes as ISO strings)."""
+    return msgspec.to_builtins(obj)
+
+
+def schema(type_: type[Any]) -> dict[str, Any]:
+    """JSON Schema 2020-12 of one IR type."""
+    out = msgspec.json.schema(type_)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": type_.__name__,
+        **out,
+    }
+
+
+def schemas() -> dict[str, dict[str, Any]]:
+    """The JSON Schema of every top-level IR type, by name."""
+    return {name: schema(t) for name, t in IR_TYPES.items()}
+
+
+# -- internals ---------------------------------------------------------------
+
+
+def _drop_none(obj: Any) -> Any:
+    # TOML has no null: leave unset optionals out (decoding restores the default None).
+    if isinstance(obj, dict):
+        return {k: _drop_none(v) for k, v in cast(dict[str, Any], obj).items() if v is not None}
+    if isinstance(obj, list):
+        return [_drop_none(v) for v in cast(list[Any], obj)]
+    return obj
+
+
+def _raw(data: bytes | str, fmt: Format) -> Any:
+    try:
+        return _raw_or_raise(data, fmt)
+    except ConfigError:
+        return None
+
+
+def _raw_or_raise(data: bytes | str, fmt: Format) -> Any:
+    try:
+        if fmt == "json":
+            return msgspec.json.decode(data)
+        if fmt == "msgpack":
+            return msgspec.msgpack.decode(data.encode() if isinstance(data, str) else data)
+        return msgspec.toml.decode(data)
+    except (msgspec.DecodeError, RecursionError, ValueError) as exc:
+        raise _syntax_error(exc, fmt) from None
+
+
+def _syntax_error(exc: BaseException, fmt: Format) -> ConfigError:
+    if isinstance(exc, RecursionError):
+        return ValidationError(
+            "$: document is nested too deeply", path="$", hint="flatten the document"
+        )
+    return ConfigError(f"malformed {fmt.upper()}: {exc}", hint=f"fix the {fmt.upper()} syntax")
+
+
+def _version_error(version: Any) -> ValidationError | None:
+    if not isinstance(version, str) or version.split(".", 1)[0] == _SUPPORTED_MAJOR:
+        return None
+    return ValidationError(
+        f"$.schema_version: this crucible reads schema {_SUPPORTED_MAJOR}.x, "
+        f"the document was written with {version}",
+        path="$.schema_version",
+        hint="upgrade crucible, or rewrite the document for schema "
+        f"{SCHEMA_VERSION} (`crucible ir show NAME` prints the current defaults)",
+    )
+
+
+def _check_version(obj: Any) -> None:
+    error = _version_error(getattr(obj, "schema_version", None))
+    if error is not None:
+        raise error
+
+
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `(?P<path>\$[^`]*)`)?$", re.DOTALL)
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def _validation_error(exc: msgspec.ValidationError, type_: Any, raw: Any) -> ValidationError:
+    m = _AT.match(str(exc))
+    msg = m.group("msg") if m else str(exc)
+    path = (m.group("path") if m else None) or "$"
+    parts = _split_path(path)
+    # A wrong major version explains every other error: report it first.
+    if isinstance(raw, Mapping):
+        version_error = _version_error(cast(Mapping[str, Any], raw).get("schema_version"))
+        if version_error is not None:
+            return version_error
+    root = mi.type_info(type_)
+    node_type = _type_at(root, parts)
+    if node_type is None and parts and isinstance(parts[-1], str):
+        # A union's tag field (``kind``, ``name``) is not a struct field: list the tags.
+        parent = _type_at(root, parts[:-1])
+        if parent is not None and any(
+            isinstance(c, mi.StructType) and c.tag_field == parts[-1] for c in _unwrap(parent)
+        ):
+            node_type = parent
+    hint: str | None = None
+    text = msg.replace("`", "")
+    text = text[0].lower() + text[1:] if text else text
+    unknown = re.match(r"Object contains unknown field `(.+)`", msg)
+    missing = re.match(r"Object missing required field `(.+)`", msg)
+    if unknown:
+        field_name = unknown.group(1)
+        path = f"{path}.{field_name}"
+        known = list(dict.fromkeys(_field_names(_select_variant(node_type, raw, parts))))
+        close = difflib.get_close_matches(field_name, known, n=1)
+        text = "unknown field"
+        hint = f"did you mean {close[0]!r}?" if close else None
+        if known:
+            hint = (hint + " " if hint else "") + f"known fields: {', '.join(known)}"
+    elif missing:
+        path = f"{path}.{missing.group(1)}"
+        text = "required field is missing"
+        hint = f"add `{missing.group(1)}`"
+    else:
+        got = _value_at(raw, parts)
+        allowed = _allowed_values(node_type)
+        if allowed:
+            got_repr = repr(got) if got is not _MISSING else "?"
+            text = f"expected one of {', '.join(map(repr, allowed))}, got {got_repr}"
+            if isinstance(got, str):
+                close = difflib.get_close_matches(got, [str(a) for a in allowed], n=1)
+                hint = f"did you mean {close[0]!r}?" if close else None
+        elif got is not _MISSING and msg.startswith("Expected"):
+            text = re.sub(r", got .*$", "", text) + f", got {_short(got)}"
+    return ValidationError(f"{path}: {text}", path=path, hint=hint)
+
+
+_MISSING: Any = object()
+
+
+def _split_path(path: str) -> list[str | int]:
+    parts: list[str | int] = []
+    for name, index in _PATH_PART.findall(path[1:]):
+        parts.append(int(index) if index else name)
+    return parts
+
+
+def _value_at(raw: Any, parts: list[str | int]) -> Any:
+    node = raw
+    for part in parts:
+        if isinstance(part, int) and isinstance(node, list) and part < len(cast(list[Any], node)):
+            node = cast(list[Any], node)[part]
+        elif isinstance(part, str) and isinstance(node, Mapping) and part in node:
+            node = cast(Mapping[str, Any], node)[part]
+        else:
+            return _MISSING
+    return node
+
+
+def _unwrap(t: mi.Type) -> list[mi.Type]:
+    if isinstance(t, mi.UnionType):
+        return [x for x in t.types if not isinstance(x, mi.NoneType)]
+    return [t]
+
+
+def _type_at(t: mi.Type, parts: list[str | int]) -> mi.Type | None:
+    node: mi.Type | None = t
+    for part in parts:
+        if node is None:
+            return None
+        nxt: mi.Type | None = None
+        for cand in _unwrap(node):
+            if isinstance(part, str) and isinstance(cand, mi.StructType):
+                for f in cand.fields:
+                    if f.encode_name == part:
+                        nxt = f.type
+            elif isinstance(part, int) and isinstance(cand, mi.ListType | mi.TupleType):
+                nxt = cand.item_type if isinstance(cand, mi.ListType) else None
+            elif isinstance(part, str) and isinstance(cand, mi.DictType):
+                nxt = cand.value_type
+            if nxt is not None:
+                break
+        node = nxt
+    return node
+
+
+def _field_names(t: mi.Type | None) -> list[str]:
+    names: list[str] = []
+    if t is None:
+        return names
+    for cand in _unwrap(t):
+        if isinstance(cand, mi.StructType):
+            names.extend(f.encode_name for f in cand.fields)
+    return names
+
+
+def _select_variant(t: mi.Type | None, raw: Any, parts: list[str | int]) -> mi.Type | None:
+    # For a tagged union, the variant the document chose (by its tag value).
+    if t is None:
+        return None
+    structs = [c for c in _unwrap(t) if isinstance(c, mi.StructType)]
+    node = _value_at(raw, parts)
+    if len(structs) > 1 and isinstance(node, Mapping):
+        for cand in structs:
+            tag = cast(Mapping[str, Any], node).get(cand.tag_field or "")
+            if cand.tag is not None and tag == cand.tag:
+                return cand
+    return t
+
+
+def _allowed_values(t: mi.Type | None) -> list[Any]:
+    if t is None:
+        return []
+    values: list[Any] = []
+    for cand in _unwrap(t):
+        if isinstance(cand, mi.LiteralType):
+            values.extend(cand.values)
+        elif isinstance(cand, mi.StructType) and cand.tag is not None:
+            values.append(cand.tag)
+    return values
+
+
+def _kind(value: Any) -> str:
+    names: dict[type[Any], str] = {dict: "an object", list: "an array", str: "a string"}
+    kind = cast(type[Any], type(value))
+    return names.get(kind, kind.__name__)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,81 @@
+"""Experiment IR: a DAG of stages run against a backend, possibly over a parameter grid."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from msgspec import Meta, field
+
+from crucible_core.ir.base import (
+    SCHEMA_VERSION,
+    Identifier,
+    IRStruct,
+    Params,
+    PositiveInt,
+    SchemaVersion,
+)
+from crucible_core.ir.common import BackendRef
+from crucible_core.ir.training import DatasetSpec
+
+__all__ = ["BackendRef", "Experiment", "QualityTarget", "StageDef"]
+
+
+class StageDef(IRStruct, frozen=True, kw_only=True):
+    """One node of an experiment's DAG: ``uses`` names a registered stage."""
+
+    name: Identifier
+    uses: Annotated[str, Meta(min_length=1)]
+    options: Params = field(default_factory=dict[str, object])
+    depends_on: list[str] = field(default_factory=list[str])
+    enabled: bool = True
+
+
+class QualityTarget(IRStruct, frozen=True, kw_only=True):
+    """A pass/fail bar on a metric, e.g. ``accuracy >= 0.8``."""
+
+    metric: Annotated[str, Meta(min_length=1)]
+    op: Literal[">", ">=", "<", "<=", "==", "!="] = ">="
+    value: float
+
+    def check(self, observed: float) -> bool:
+        """Whether ``observed`` meets the target."""
+        ops = {
+            ">": observed > self.value,
+            ">=": observed >= self.value,
+            "<": observed < self.value,
+            "<=": observed <= self.value,
+            "==": observed == self.value,
+            "!=": observed != self.value,
+        }
+        return ops[self.op]
+
+
+class Experiment(IRStruct, frozen=True, kw_only=True):
+    """A declared experiment: stages (a DAG), a backend, data, a grid and targets."""
+
+    schema_version: SchemaVersion = SCHEMA_VERSION
+    id: Identifier
+    name: str = ""
+    description: str = ""
+    backend: BackendRef = field(default_factory=lambda: BackendRef(name="local"))
+    dataset: DatasetSpec | None = None
+    stages: list[StageDef] = field(default_factory=list[StageDef])
+    parameter_grid: dict[str, list[Any]] = field(default_factory=dict[str, list[Any]])
+    repeats: PositiveInt = 1
+    seeds: list[int] = field(default_factory=list[int])
+    quality_targets: list[QualityTarget] = field(default_factory=list[QualityTarget])
+    outputs: list[str] = field(default_factory=list[str])
+    metadata: Params = field(default_factory=dict[str, object])
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.stages]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"stage names must be unique; repeated: {', '.join(dupes)}")
+        known = set(names)
+        for stage in self.stages:
+            missing = [d for d in stage.depends_on if d not in known]
+            if missing:
+                raise ValueError(
+                    f"stage {stage.name!r} depends on unknown stage(s): {', '.join(missing)}"
+                )

@@ -1,0 +1,254 @@
+"""TrainingIR: a training job, declared.
+
+A :class:`TrainingJob` says which model to adapt and how (adapter, optimizer,
+schedule, loss), on which data, how to checkpoint and validate, and what it may
+spend. Backends read it; ``crucible plan`` checks it against a backend's
+declared capabilities before anything runs.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from msgspec import Meta, field
+
+from crucible_core.ir.base import (
+    SCHEMA_VERSION,
+    Identifier,
+    IRStruct,
+    ModuleRef,
+    NonNegativeFloat,
+    NonNegativeInt,
+    Params,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    SchemaVersion,
+)
+from crucible_core.ir.common import BackendRef, ResourceSpec
+
+__all__ = [
+    "LOSS_NAMES",
+    "SGD",
+    "AdamW",
+    "AdapterConfig",
+    "Budget",
+    "CheckpointPolicy",
+    "DatasetSpec",
+    "FieldMap",
+    "Full",
+    "LearningConfig",
+    "LoRA",
+    "Loss",
+    "ModelSpec",
+    "Optimizer",
+    "QLoRA",
+    "ResourceSpec",
+    "Scheduler",
+    "TrainingJob",
+    "ValidationSpec",
+]
+
+LossName = Literal["cross_entropy", "importance_sampling", "ppo", "dpo", "custom"]
+#: The named losses a backend may declare in ``Capabilities.losses``.
+LOSS_NAMES: tuple[str, ...] = ("cross_entropy", "importance_sampling", "ppo", "dpo")
+
+
+class ModelSpec(IRStruct, frozen=True, kw_only=True):
+    """The base model: a name a backend knows, or a path to a model directory on disk."""
+
+    name: Annotated[str, Meta(min_length=1)]
+    path: str | None = None
+    revision: str | None = None
+    tokenizer: str | None = None
+    max_seq_len: PositiveInt | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    options: Params = field(default_factory=dict[str, object])
+
+
+class LoRA(IRStruct, frozen=True, kw_only=True, tag="lora", tag_field="kind"):
+    """Low-rank adapters on the named modules; the base weights stay frozen."""
+
+    rank: PositiveInt = 16
+    alpha: PositiveFloat = 32.0
+    dropout: Probability = 0.05
+    target_modules: Annotated[list[str], Meta(min_length=1)] = field(
+        default_factory=lambda: ["q_proj", "v_proj"]
+    )
+    bias: Literal["none", "all", "lora_only"] = "none"
+    train_attn: bool = True
+    train_mlp: bool = True
+    train_unembed: bool = False
+
+
+class QLoRA(LoRA, frozen=True, kw_only=True, tag="qlora", tag_field="kind"):
+    """LoRA over a base model quantised to ``bits``."""
+
+    bits: Literal[4, 8] = 4
+
+
+class Full(IRStruct, frozen=True, kw_only=True, tag="full", tag_field="kind"):
+    """Full fine-tuning: every weight is trained."""
+
+
+AdapterConfig = LoRA | QLoRA | Full
+
+
+class AdamW(IRStruct, frozen=True, kw_only=True, tag="adamw", tag_field="name"):
+    """AdamW with decoupled weight decay; ``grad_clip`` is a max global gradient norm."""
+
+    lr: PositiveFloat = 1e-4
+    betas: tuple[Probability, Probability] = (0.9, 0.999)
+    eps: PositiveFloat = 1e-8
+    weight_decay: NonNegativeFloat = 0.0
+    grad_clip: PositiveFloat | None = 1.0
+
+
+class SGD(IRStruct, frozen=True, kw_only=True, tag="sgd", tag_field="name"):
+    """Plain SGD with optional momentum."""
+
+    lr: PositiveFloat = 1e-2
+    momentum: Probability = 0.0
+    weight_decay: NonNegativeFloat = 0.0
+    grad_clip: PositiveFloat | None = None
+
+
+Optimizer = AdamW | SGD
+
+
+class Scheduler(IRStruct, frozen=True, kw_only=True):
+    """Learning-rate schedule: linear warmup for ``warmup_steps``, then constant/linear/cosine."""
+
+    name: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: NonNegativeInt = 0
+    min_lr_ratio: Annotated[float, Meta(ge=0, le=1)] = 0.0
+
+
+class Loss(IRStruct, frozen=True, kw_only=True):
+    """The loss: a named one the backend computes, or ``custom`` computed from logprobs.
+
+    A custom loss names a function ``fn = "package.module:attr"`` with the
+    signature ``fn(data, logprobs, **params) -> (loss, metrics)``, where
+    ``logprobs`` are per-datum tensors of target-token log-probabilities.
+    """
+
+    name: LossName = "cross_entropy"
+    fn: ModuleRef | None = None
+    params: Params = field(default_factory=dict[str, object])
+
+    def __post_init__(self) -> None:
+        if self.name == "custom" and self.fn is None:
+            raise ValueError('a custom loss needs `fn = "package.module:function"`')
+        if self.name != "custom" and self.fn is not None:
+            raise ValueError(f'`fn` is only used with name = "custom", not {self.name!r}')
+
+
+class LearningConfig(IRStruct, frozen=True, kw_only=True):
+    """How to learn: optimizer, schedule, batch geometry, length and loss."""
+
+    optimizer: Optimizer = field(default_factory=AdamW)
+    scheduler: Scheduler = field(default_factory=Scheduler)
+    batch_size: PositiveInt = 4
+    grad_accum: PositiveInt = 1
+    max_steps: PositiveInt | None = 1000
+    epochs: PositiveInt | None = None
+    seed: NonNegativeInt = 0
+    loss: Loss = field(default_factory=Loss)
+
+    def __post_init__(self) -> None:
+        if self.max_steps is None and self.epochs is None:
+            raise ValueError("set `max_steps` or `epochs` (or both): a run needs an end")
+
+
+class FieldMap(IRStruct, frozen=True, kw_only=True):
+    """Which source columns play which role. Unused roles are ignored."""
+
+    prompt: str = "prompt"
+    completion: str = "completion"
+    messages: str = "messages"
+    text: str = "text"
+    label: str = "label"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+
+
+class DatasetSpec(IRStruct, frozen=True, kw_only=True):
+    """Where the data is and how to read it.
+
+    ``uri`` selects the source by scheme or suffix (``path/to/file.jsonl``,
+    ``csv:...``, ``parquet:...``, ``hf-disk:...``, ``sample:chat``).
+    """
+
+    uri: Annotated[str, Meta(min_length=1)]
+    format: str | None = None
+    split: str | None = None
+    fields: FieldMap = field(default_factory=FieldMap)
+    template: str | None = None
+    train_on: Literal["assistant", "all"] = "assistant"
+    max_length: PositiveInt | None = None
+    packing: bool = False
+    shuffle: bool = True
+    limit: PositiveInt | None = None
+    validation_ratio: Annotated[float, Meta(ge=0, lt=1)] = 0.0
+    on_error: Literal["raise", "skip"] = "raise"
+    options: Params = field(default_factory=dict[str, object])
+
+
+class CheckpointPolicy(IRStruct, frozen=True, kw_only=True):
+    """When to save, how many to keep, which is best, and in what format."""
+
+    strategy: Literal["steps", "epoch", "best", "last", "all"] = "steps"
+    save_every: PositiveInt = 100
+    keep_last: PositiveInt = 5
+    save_best: bool = True
+    best_metric: Annotated[str, Meta(min_length=1)] = "loss"
+    best_mode: Literal["min", "max"] = "min"
+    format: Literal["safetensors", "pytorch", "gguf", "onnx"] = "safetensors"
+    push_to_hub: bool = False
+    hub_repo: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.push_to_hub and not self.hub_repo:
+            raise ValueError("push_to_hub = true needs `hub_repo`")
+
+
+class ValidationSpec(IRStruct, frozen=True, kw_only=True):
+    """Evaluation during training, and early stopping on it."""
+
+    every_n_steps: PositiveInt | None = None
+    split: str = "validation"
+    metrics: list[str] = field(default_factory=lambda: ["loss"])
+    max_samples: PositiveInt | None = None
+    early_stopping_patience: PositiveInt | None = None
+
+
+class Budget(IRStruct, frozen=True, kw_only=True):
+    """Limits a run stops at, cleanly (checkpoint first). Unset means unlimited."""
+
+    max_cost: NonNegativeFloat | None = None
+    max_tokens: PositiveInt | None = None
+    max_wall_time: PositiveFloat | None = None
+
+
+class TrainingJob(IRStruct, frozen=True, kw_only=True):
+    """A training run, fully declared. The top-level TrainingIR message."""
+
+    schema_version: SchemaVersion = SCHEMA_VERSION
+    job_id: Identifier | None = None
+    backend: Annotated[str, Meta(min_length=1)] | BackendRef = "local"
+    model_spec: ModelSpec
+    adapter_config: AdapterConfig = field(default_factory=LoRA)
+    learning_config: LearningConfig = field(default_factory=LearningConfig)
+    dataset_spec: DatasetSpec
+    checkpoint_policy: CheckpointPolicy = field(default_factory=CheckpointPolicy)
+    validation_spec: ValidationSpec | None = None
+    resource_spec: ResourceSpec = field(default_factory=ResourceSpec)
+    budget: Budget = field(default_factory=Budget)
+    metadata: Params = field(default_factory=dict[str, object])
+
+    @property
+    def backend_ref(self) -> BackendRef:
+        """``backend`` as a :class:`BackendRef` whichever form the file used."""
+        if isinstance(self.backend, str):
+            return BackendRef(name=self.backend)
+        return self.backend

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Create (or reuse) .venv and install Crucible into it.
+#   scripts/setup.sh            core + crucible-local (+ what it depends on): enough for the main job
+#   scripts/setup.sh --all      core + every plugin under plugins/, with test extras (the test suite)
+# Needs only Python 3.11 and the package registries. torch is pinned to the CPU build 2.13.0.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3.11}"
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+"$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Crucible needs Python >= 3.11")'
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
+# torch first and pinned: a looser requirement would pull a multi-GB CUDA build.
+"${PIP[@]}" install "torch==2.13.0"
+if [ "${1:-}" = "--all" ]; then
+  args=(-e ".[test]")
+  for p in plugins/*/; do
+    [ -f "$p/pyproject.toml" ] && args+=(-e "${p%/}[test]")
+  done
+  "${PIP[@]}" install "${args[@]}"
+else
+  args=(-e .)
+  [ -d plugins/crucible-datasets ] && args+=(-e plugins/crucible-datasets)
+  [ -d plugins/crucible-local ] && args+=(-e plugins/crucible-local)
+  "${PIP[@]}" install "${args[@]}"
+fi

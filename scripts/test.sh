@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The full test suite: set up .venv with core + every plugin, run pytest (warnings are
+# errors, coverage of crucible_core >= 90 %), then ruff and pyright (strict on crucible_core).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --all
+export CRUCIBLE_STRICT_PLUGINS=1
+tests=(tests)
+for p in plugins/*/tests; do [ -d "$p" ] && tests+=("$p"); done
+.venv/bin/python -m pytest "${tests[@]}" --cov=crucible_core --cov-report=term:skip-covered \
+  --cov-fail-under=90 "$@"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/pyright
