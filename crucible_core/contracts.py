@@ -164,6 +164,10 @@ class TrainingBackend(Protocol):
 
     def create_session(self, job: TrainingJob) -> TrainingSession: ...
 
+    def load_sampler(self, model: ModelSpec, checkpoint: CheckpointRef | None) -> Sampler:
+        """A sampler over saved sampler weights (``checkpoint``) or the base model (``None``)."""
+        ...
+
 
 @runtime_checkable
 class CancelToken(Protocol):
