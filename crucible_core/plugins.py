@@ -143,6 +143,11 @@ class PluginInfo:
         }
 
 
+def _origin(reg: Registration) -> str:
+    dist = f" ({reg.distribution})" if reg.distribution else ""
+    return f"plugin {reg.plugin!r}{dist}"
+
+
 def _install_hint(exc: BaseException, distribution: str | None) -> str:
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         return (
@@ -312,7 +317,7 @@ class PluginHost:
             ) from None
         hook = getattr(self.pm.hook, hook_name)
         registry: dict[str, Registration] = {}
-        for impl in reversed(hook.get_hookimpls()):
+        for impl in hook.get_hookimpls():  # registration order
             plugin_name = impl.plugin_name
             info = self._infos.get(plugin_name) or PluginInfo(name=plugin_name)
             pending: list[Registration] = []
@@ -358,9 +363,8 @@ class PluginHost:
                 existing = registry.get(reg.name)
                 if existing is not None:
                     raise PluginError(
-                        f"{kind} {reg.name!r} is registered twice: by plugin "
-                        f"{existing.plugin!r} ({existing.distribution}) and by plugin "
-                        f"{reg.plugin!r} ({reg.distribution})",
+                        f"{kind} {reg.name!r} is registered twice: by {_origin(existing)} "
+                        f"and by {_origin(reg)}",
                         hint="uninstall or disable one of them (CRUCIBLE_DISABLE_PLUGINS)",
                     )
                 registry[reg.name] = reg

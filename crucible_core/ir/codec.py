@@ -11,6 +11,7 @@ hint (did-you-mean for a misspelt field, the allowed values of an enum).
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import functools
 import re
@@ -202,7 +203,10 @@ def encode(obj: Any, *, format: Format = "json") -> bytes:
         return msgspec.json.encode(obj)
     if format == "msgpack":
         return msgspec.msgpack.encode(obj)
-    return msgspec.toml.encode(_drop_none(msgspec.to_builtins(obj)))
+    # TOML has native date-times: keep them (an ISO string would not decode back).
+    return msgspec.toml.encode(
+        _drop_none(msgspec.to_builtins(obj, builtin_types=(datetime.datetime, datetime.date)))
+    )
 
 
 def to_builtins(obj: Any) -> Any:
@@ -305,7 +309,9 @@ def _validation_error(exc: msgspec.ValidationError, type_: Any, raw: Any) -> Val
         ):
             node_type = parent
     hint: str | None = None
-    text = msg.replace("`", "")
+    # msgspec's own messages quote types in backticks; messages from __post_init__
+    # are ours and keep their markup.
+    text = msg.replace("`", "") if msg.startswith(("Expected", "Invalid")) else msg
     text = text[0].lower() + text[1:] if text else text
     unknown = re.match(r"Object contains unknown field `(.+)`", msg)
     missing = re.match(r"Object missing required field `(.+)`", msg)

@@ -17,6 +17,7 @@ minor releases when the contract documents a rule they did not yet check.
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -382,8 +383,15 @@ def check_light_import(module: str, heavy: Sequence[str] = DEFAULT_HEAVY_MODULES
         f"heavy = [m for m in {list(heavy)!r} if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
+    # The child sees this process's sys.path, so modules importable here are importable there.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
     )
     _require(proc.returncode == 0, f"importing {module} failed:\n{proc.stderr}")
     loaded = proc.stdout.strip()

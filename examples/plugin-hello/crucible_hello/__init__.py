@@ -1,0 +1,1 @@
+"""crucible-hello: the smallest complete Crucible plugin (see docs/plugin-authoring.md)."""

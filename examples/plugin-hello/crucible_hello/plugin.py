@@ -1,0 +1,11 @@
+from typing import Any
+
+from crucible_core import hookimpl
+from crucible_core.ir import Capabilities
+
+CAPS = Capabilities(backend_id="hello", provider="example", supports_streaming=True)
+
+
+@hookimpl
+def register_backends(register: Any) -> None:
+    register("hello", "crucible_hello.backend:HelloBackend", summary="Greets", capabilities=CAPS)

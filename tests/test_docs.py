@@ -1,0 +1,35 @@
+"""Docs that are generated or that quote code stay in step with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crucible_core._hooksdoc import render, signature
+from crucible_core.hookspecs import HookSpecs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_hooks_reference_is_fresh_and_complete() -> None:
+    committed = (ROOT / "docs" / "hooks.md").read_text()
+    assert committed == render(), "run `python -m crucible_core._hooksdoc > docs/hooks.md`"
+    for name in dir(HookSpecs):
+        if not name.startswith("_"):
+            assert f"## `{signature(name)}`" in committed
+
+
+def test_plugin_authoring_guide_quotes_the_example_plugin() -> None:
+    guide = (ROOT / "docs" / "plugin-authoring.md").read_text()
+    plugin = (ROOT / "examples" / "plugin-hello" / "crucible_hello" / "plugin.py").read_text()
+    backend = (ROOT / "examples" / "plugin-hello" / "crucible_hello" / "backend.py").read_text()
+    assert plugin.strip() in guide
+    assert backend.strip() in guide
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    head = readme[: readme.index("\n## ", readme.index("```"))]
+    assert "scripts/demo.sh" in head
+    assert "scripts/test.sh" in head
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "scripts/test.sh" in ci

@@ -1,0 +1,284 @@
+"""Plugin discovery, isolation of broken plugins, lazy registrations, duplicates."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import types
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import pytest
+
+from crucible_core import api, hookimpl
+from crucible_core._entrypoints import entry_points
+from crucible_core.errors import NotFound, PluginError, PluginLoadError
+from crucible_core.ir import Capabilities
+from crucible_core.plugins import KINDS, PluginHost, Registration
+
+
+class _EP:
+    """An entry point standing in for an installed distribution's (the loader is the real one)."""
+
+    def __init__(self, name: str, load: Any, dist: str = "fake-dist", version: str = "1.0") -> None:
+        self.name = name
+        self._load = load
+        self.dist = types.SimpleNamespace(name=dist, version=version)
+
+    def load(self) -> Any:
+        return self._load()
+
+
+def _plugin(**hooks: Any) -> types.SimpleNamespace:
+    return types.SimpleNamespace(**{k: hookimpl(v) for k, v in hooks.items()})
+
+
+def test_builtins_register_core_commands(host: PluginHost) -> None:
+    commands = host.registrations("command")
+    assert {"plugins", "ir", "doctor"} <= set(commands)
+    assert commands["ir"].plugin == "core"
+    assert commands["ir"].distribution == "crucible-core"
+
+
+def test_registration_is_lazy_and_cached(host: PluginHost, tmp_path: Path) -> None:
+    pkg = tmp_path / "lazy_plugin_mod"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "IMPORTED = True\nclass B:\n    def __init__(self, **kw):\n        self.kw = kw\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        host.add_plugin(
+            _plugin(
+                register_backends=lambda register: register(
+                    "lazy", "lazy_plugin_mod:B", summary="s"
+                )
+            ),
+            name="lazy",
+        )
+        reg = host.get("backend", "lazy")
+        assert "lazy_plugin_mod" not in sys.modules  # listing imports nothing
+        obj = host.create("backend", "lazy", x=1)
+        assert obj.kw == {"x": 1}
+        assert "lazy_plugin_mod" in sys.modules
+        assert reg.load() is reg.load()
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("lazy_plugin_mod", None)
+
+
+def test_duplicate_names_are_an_error_naming_both(host: PluginHost) -> None:
+    host.add_plugin(_plugin(register_backends=lambda register: register("x", dict)), name="one")
+    host.add_plugin(_plugin(register_backends=lambda register: register("x", dict)), name="two")
+    with pytest.raises(PluginError, match="registered twice: by plugin 'one'.*by plugin 'two'"):
+        host.registrations("backend")
+
+
+def test_unknown_name_suggests_and_lists(host: PluginHost) -> None:
+    host.add_plugin(_plugin(register_backends=lambda register: register("local", dict)), name="p")
+    with pytest.raises(NotFound) as info:
+        host.get("backend", "locl")
+    assert info.value.hint is not None
+    assert "did you mean 'local'?" in info.value.hint
+    with pytest.raises(NotFound, match="no registration kind"):
+        host.registrations("gizmo")
+
+
+def test_broken_plugin_is_reported_and_skipped(
+    host: PluginHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CRUCIBLE_STRICT_PLUGINS", raising=False)
+
+    def boom() -> Any:
+        raise ModuleNotFoundError("No module named 'torchy'", name="torchy")
+
+    good = _plugin(register_backends=lambda register: register("good", dict))
+    host.load_entrypoints([_EP("broken", boom, dist="crucible-broken"), _EP("fine", lambda: good)])
+    infos = {i.name: i for i in host.plugins()}
+    assert infos["broken"].status == "error"
+    assert "torchy" in (infos["broken"].error or "")
+    assert infos["broken"].hint is not None
+    assert "pip install torchy" in infos["broken"].hint
+    assert infos["fine"].status == "ok"
+    assert "good" in host.registrations("backend")
+    with pytest.raises(NotFound) as info:
+        host.get("backend", "missing")
+    assert info.value.hint is not None
+    assert "failed to load: broken" in info.value.hint
+
+
+def test_strict_mode_reraises(host: PluginHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRUCIBLE_STRICT_PLUGINS", "1")
+
+    def boom() -> Any:
+        raise RuntimeError("kaput")
+
+    with pytest.raises(PluginLoadError, match="kaput"):
+        host.load_entrypoints([_EP("broken", boom)])
+
+
+def test_hook_that_raises_is_contained(host: PluginHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CRUCIBLE_STRICT_PLUGINS", raising=False)
+
+    def bad(register: Any) -> None:
+        raise ValueError("oops")
+
+    host.add_plugin(_plugin(register_stages=bad), name="badhooks")
+    assert host.registrations("stage") == {}
+    info = next(i for i in host.plugins() if i.name == "badhooks")
+    assert info.status == "error"
+    assert "oops" in (info.error or "")
+    monkeypatch.setenv("CRUCIBLE_STRICT_PLUGINS", "1")
+    host2 = PluginHost(autoload=False)
+    host2.add_plugin(_plugin(register_stages=bad), name="badhooks")
+    with pytest.raises(PluginLoadError, match="oops"):
+        host2.registrations("stage")
+
+
+def test_invalid_hook_signature_is_reported(
+    host: PluginHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CRUCIBLE_STRICT_PLUGINS", raising=False)
+    host.add_plugin(_plugin(register_backends=lambda wrong_arg: None), name="badsig")
+    info = next(i for i in host.plugins() if i.name == "badsig")
+    assert info.status == "error"
+
+
+def test_allow_and_deny_lists_apply_before_import(
+    host: PluginHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded: list[str] = []
+
+    def loader(name: str) -> Any:
+        def load() -> Any:
+            loaded.append(name)
+            return _plugin(register_backends=lambda register: register(name, dict))
+
+        return load
+
+    monkeypatch.setenv("CRUCIBLE_PLUGINS", "a,b")
+    monkeypatch.setenv("CRUCIBLE_DISABLE_PLUGINS", "b")
+    host.load_entrypoints([_EP(n, loader(n)) for n in "abc"])
+    assert loaded == ["a"]
+    statuses = {i.name: i.status for i in host.plugins()}
+    assert statuses == {"core": "ok", "a": "ok", "b": "disabled", "c": "disabled"}
+
+
+def test_registration_describe_and_capabilities(host: PluginHost) -> None:
+    caps = Capabilities(backend_id="z", supports_training=True)
+    host.add_plugin(
+        _plugin(register_backends=lambda register: register("z", "m:f", capabilities=caps, tier=1)),
+        name="zz",
+        distribution="crucible-zz",
+        version="2.0",
+    )
+    reg = host.get("backend", "z")
+    assert isinstance(reg, Registration)
+    d = reg.describe()
+    assert d["capabilities"]["supports_training"] is True
+    assert d["metadata"] == {"tier": 1}
+    assert (d["plugin"], d["distribution"], d["version"]) == ("zz", "crucible-zz", "2.0")
+
+
+def test_factory_import_failure_names_plugin_and_hint(host: PluginHost) -> None:
+    host.add_plugin(
+        _plugin(register_backends=lambda register: register("y", "no_such_module_xyz:B")),
+        name="yy",
+        distribution="crucible-yy",
+    )
+    with pytest.raises(PluginLoadError, match="from plugin 'yy'") as info:
+        host.create("backend", "y")
+    assert info.value.hint is not None
+    assert "no_such_module_xyz" in info.value.hint
+    host.add_plugin(_plugin(register_stages=lambda register: register("s", "nocolon")), name="s")
+    with pytest.raises(PluginError, match="bad factory reference"):
+        host.get("stage", "s").load()
+
+
+def test_library_api_uses_the_process_host(host: PluginHost) -> None:
+    class Echo:
+        def __init__(self, **options: Any) -> None:
+            self.options = options
+
+    plugin = _plugin(
+        **{
+            KINDS[kind]: (lambda k: lambda register: register(f"{k}-x", Echo))(kind)
+            for kind in KINDS
+            if kind != "command"
+        }
+    )
+    host.add_plugin(plugin, name="all")
+    assert api.get_backend("backend-x", a=1).options == {"a": 1}
+    assert isinstance(api.get_stage("stage-x"), Echo)
+    assert isinstance(api.get_dataset("dataset-x"), Echo)
+    assert isinstance(api.get_renderer("renderer-x"), Echo)
+    assert api.get_metric("metric-x") is Echo
+    assert isinstance(api.get_executor("executor-x"), Echo)
+    assert isinstance(api.get_artifact_store("artifact_store-x"), Echo)
+    assert isinstance(api.get_ensemble_strategy("ensemble_strategy-x"), Echo)
+    assert isinstance(api.get_hedging_policy("hedging_policy-x"), Echo)
+    assert [r.name for r in api.list_registrations("backend")] == ["backend-x"]
+    assert {p.name for p in api.list_plugins()} == {"core", "all"}
+
+
+def test_on_event_reaches_observers_and_contains_errors(host: PluginHost) -> None:
+    seen: list[Any] = []
+
+    def bad(event: Any) -> None:
+        raise RuntimeError("observer broke")
+
+    host.add_plugin(_plugin(on_event=lambda event: seen.append(event)), name="obs")
+    host.add_plugin(_plugin(on_event=bad), name="bad-obs")
+    host.emit({"kind": "x"})
+    assert seen == [{"kind": "x"}]
+
+
+def test_same_plugin_name_twice_is_refused(host: PluginHost) -> None:
+    host.add_plugin(_plugin(), name="twice")
+    with pytest.raises(PluginError, match="already registered"):
+        host.add_plugin(_plugin(), name="twice")
+    host.remove_plugin("twice")
+    host.add_plugin(_plugin(), name="twice")
+
+
+def test_hook_impl_default_arguments_are_not_passed() -> None:
+    """pluggy treats defaulted impl arguments differently across releases; we pin the behaviour
+    we rely on: a hook receives only ``register`` and an impl default is never filled by pluggy."""
+    seen: list[Any] = []
+
+    def impl(register: Any, extra: Any = "default") -> None:
+        seen.append(extra)
+
+    pm = pluggy.PluginManager("crucible")
+    from crucible_core.hookspecs import HookSpecs
+
+    pm.add_hookspecs(HookSpecs)
+    pm.register(_plugin(register_backends=impl), name="d")
+    pm.hook.register_backends(register=lambda *a, **k: None)
+    assert seen == ["default"]
+
+
+def test_fast_entry_point_scan_agrees_with_importlib(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dist = tmp_path / "Crucible_Fake-1.2.3.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: crucible-fake\nVersion: 1.2.3\n\n")
+    (dist / "entry_points.txt").write_text(
+        textwrap.dedent(
+            """
+            [console_scripts]
+            x = y:z
+
+            [crucible]
+            fake = crucible_fake.plugin
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fast = {(e.name, e.value, e.dist.name, e.dist.version) for e in entry_points("crucible")}
+    monkeypatch.setenv("CRUCIBLE_ENTRY_POINTS", "importlib")
+    slow = {(e.name, e.value, e.dist.name, e.dist.version) for e in entry_points("crucible")}
+    assert ("fake", "crucible_fake.plugin", "crucible-fake", "1.2.3") in fast
+    assert fast == slow
