@@ -159,7 +159,7 @@ def test_deeply_nested_document_is_refused_cleanly() -> None:
     with pytest.raises(ValidationError, match="nested too deeply"):
         codec.decode(deep, Job)
     deep_toml = b"payload = " + b"[" * 50_000 + b"]" * 50_000
-    with pytest.raises(ConfigError, match="nested too deeply|malformed TOML"):
+    with pytest.raises(ConfigError, match=r"nested too deeply|malformed TOML"):
         codec.decode(deep_toml, Job, format="toml")
 
 

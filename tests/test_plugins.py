@@ -71,7 +71,7 @@ def test_registration_is_lazy_and_cached(host: PluginHost, tmp_path: Path) -> No
 def test_duplicate_names_are_an_error_naming_both(host: PluginHost) -> None:
     host.add_plugin(_plugin(register_backends=lambda register: register("x", dict)), name="one")
     host.add_plugin(_plugin(register_backends=lambda register: register("x", dict)), name="two")
-    with pytest.raises(PluginError, match="registered twice: by plugin 'one'.*by plugin 'two'"):
+    with pytest.raises(PluginError, match=r"registered twice: by plugin 'one'.*by plugin 'two'"):
         host.registrations("backend")
 
 
