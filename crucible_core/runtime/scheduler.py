@@ -1,0 +1,1127 @@
+"""The durable work queue: Work IR jobs in SQLite, claimed by workers under a lease.
+
+Contract (what the server, the registry, the harness and executors rely on):
+
+- :meth:`Scheduler.enqueue` / :meth:`~Scheduler.enqueue_many` commit the job
+  before returning it: a returned job is acknowledged and survives a crash
+  (fsync policy in :mod:`crucible_core.runtime._db`); an exception means
+  nothing was recorded. A job whose ``idempotency_key`` (per tenant) was seen
+  before is not enqueued again: the existing job is returned. ``depends_on``
+  must name existing jobs or jobs of the same batch; a cycle is refused with a
+  :class:`~crucible_core.errors.ConfigError` naming it (``a -> b -> a``).
+- **Order.** Among claimable jobs the one with the lowest *score* runs first,
+  ``score = ready_time + rank(priority) * aging_s`` (rank: realtime 0,
+  interactive 1, batch 2, offline 3; ``aging_s`` defaults to 60 s), ties in
+  submission order. So priorities are strict between jobs that became ready
+  within ``aging_s`` of each other, FIFO within a priority, and a waiting job
+  gains one priority level per ``aging_s``: an offline job is never passed by
+  work that became ready more than ``3 * aging_s`` after it, so it cannot
+  starve. ``ready_time`` is the submission time, or the time its dependencies
+  all succeeded, or the time of an explicit retry.
+- **Leases.** :meth:`~Scheduler.claim` moves a job to ``running`` for
+  ``worker_id`` until ``now + lease_s`` and counts an attempt;
+  :meth:`~Scheduler.heartbeat` extends the lease and reports a cancellation
+  request. A lease that expires (the worker died) puts the job back in the
+  queue at once; the attempt stays counted, and past ``max_attempts`` the job
+  is ``dead``. Execution is therefore at-least-once; the state machine of
+  :data:`crucible_core.ir.work.TRANSITIONS` is enforced on every move and
+  every move is logged (:meth:`~Scheduler.history`), so a job reaches exactly
+  one terminal state until someone retries it explicitly.
+- **Failures.** :meth:`~Scheduler.fail` classifies the error: retryable when it
+  is a ``BackendError`` with ``retryable=True``, a ``TimeoutError``, or its
+  code is in the job's ``RetryPolicy.retryable_errors`` (``timeout``,
+  ``capacity``... by default). A retryable failure waits
+  :func:`~crucible_core.ir.work.next_delay` then runs again; after
+  ``max_attempts`` attempts the job is ``dead``. Anything else is ``failed``
+  at once. ``BudgetExhausted`` ends ``budget_exhausted``, ``Cancelled`` ends
+  ``cancelled``. :meth:`~Scheduler.retry` requeues a terminal job.
+- **Constraints.** ``depends_on``: the job is ``pending`` until every
+  dependency succeeded; a dependency that ends any other way fails it
+  (code ``dependency_failed``), transitively. ``not_before``: not claimed
+  earlier. ``concurrency_key``: at most ``max_concurrency`` (default 1)
+  running jobs share a key. Per tenant: :meth:`~Scheduler.set_tenant_limit`.
+  ``timeout_s`` is enforced by the worker, which fails the job with a
+  retryable timeout.
+- **Cancel.** A pending or queued job is ``cancelled`` at once; a running job
+  is flagged, its worker sees the flag on its next heartbeat and signals the
+  handler, and the job ends ``cancelled`` whatever the handler then does.
+- **Recovery.** :meth:`~Scheduler.record_checkpoint` stores a running job's
+  last ``CheckpointRef``; :meth:`~Scheduler.last_checkpoint` gives it to the
+  next claimant, which resumes from it.
+
+Unknown ids raise :class:`~crucible_core.errors.NotFound`; an illegal move
+raises :class:`~crucible_core.errors.Conflict`; database trouble raises an
+error naming the file (:func:`crucible_core.runtime._db.translate`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, get_args
+
+import msgspec
+
+from crucible_core.errors import (
+    BackendError,
+    ConfigError,
+    Conflict,
+    CrucibleError,
+    NotFound,
+)
+from crucible_core.ir.backend import CheckpointRef
+from crucible_core.ir.work import (
+    PRIORITY_RANK,
+    TERMINAL_STATUSES,
+    Job,
+    JobError,
+    JobStatus,
+    check_transition,
+    next_delay,
+)
+from crucible_core.runtime._db import ConnectionPool, SyncMode
+from crucible_core.runtime.paths import db_path as default_db_path
+
+__all__ = [
+    "DEFAULT_AGING_S",
+    "DEFAULT_LEASE_S",
+    "Lease",
+    "Scheduler",
+    "Transition",
+    "job_error",
+]
+
+DEFAULT_AGING_S: Final = 60.0
+DEFAULT_LEASE_S: Final = 30.0
+#: Terminal statuses other than success: a dependency ending in one fails its dependents.
+FAILED_STATUSES: Final = frozenset(TERMINAL_STATUSES - {"succeeded"})
+_STATUSES: Final[tuple[str, ...]] = get_args(JobStatus)
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}$")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    status TEXT NOT NULL,
+    tenant_id TEXT NOT NULL,
+    idempotency_key TEXT,
+    concurrency_key TEXT,
+    max_concurrency INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    score REAL NOT NULL,
+    available_at REAL NOT NULL,
+    lease_owner TEXT,
+    lease_expires REAL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    spec BLOB NOT NULL,
+    error BLOB,
+    result BLOB,
+    checkpoint BLOB,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency
+    ON jobs(tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_queued ON jobs(score, seq) WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS jobs_running ON jobs(lease_expires) WHERE status = 'running';
+CREATE TABLE IF NOT EXISTS job_deps (
+    job_id TEXT NOT NULL,
+    dep_id TEXT NOT NULL,
+    PRIMARY KEY (job_id, dep_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS job_deps_dep ON job_deps(dep_id);
+CREATE TABLE IF NOT EXISTS job_log (
+    seq INTEGER PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    from_status TEXT,
+    to_status TEXT NOT NULL,
+    at REAL NOT NULL,
+    worker TEXT,
+    note TEXT
+);
+CREATE INDEX IF NOT EXISTS job_log_job ON job_log(job_id, seq);
+CREATE TABLE IF NOT EXISTS limits (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    max_running INTEGER NOT NULL,
+    PRIMARY KEY (scope, key)
+) WITHOUT ROWID
+"""
+
+_JOB_COLS = (
+    "id, status, attempts, spec, error, result, created_at, updated_at, started_at, finished_at"
+)
+_job_decoder = msgspec.json.Decoder(Job)
+_error_decoder = msgspec.json.Decoder(JobError)
+_ref_decoder = msgspec.json.Decoder(CheckpointRef)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """What a heartbeat answers: the new expiry and whether cancellation was requested."""
+
+    job_id: str
+    worker_id: str
+    expires_at: float
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One logged status move of a job (``from_status`` is None at submission)."""
+
+    job_id: str
+    from_status: str | None
+    to_status: str
+    at: float
+    worker: str | None
+    note: str | None
+
+
+def job_error(exc: BaseException) -> JobError:
+    """The :class:`JobError` recorded for ``exc`` (code, message, retryable, hint, details)."""
+    if isinstance(exc, CrucibleError):
+        retryable = isinstance(exc, BackendError) and exc.retryable
+        details = exc.to_dict()
+        for key in ("code", "message", "hint", "retryable"):
+            details.pop(key, None)
+        return JobError(
+            code=exc.code,
+            message=exc.message,
+            retryable=retryable,
+            hint=exc.hint,
+            details=details,
+        )
+    if isinstance(exc, TimeoutError):
+        return JobError(code="timeout", message=f"TimeoutError: {exc}", retryable=True)
+    return JobError(
+        code="unhandled_exception",
+        message=f"{type(exc).__name__}: {exc}",
+        hint="the job's code raised an exception that is not a Crucible error",
+    )
+
+
+def _ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _epoch(value: datetime) -> float:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+def _new_id(now: float) -> str:
+    # Time-ordered (milliseconds, hex) so that new rows land at the end of the id index.
+    return f"job-{int(now * 1000):011x}{secrets.token_hex(3)}"
+
+
+def _find_cycle(graph: Mapping[str, Sequence[str]]) -> list[str] | None:
+    """A cycle in ``graph`` (node -> successors) as a closed path, or None."""
+    white, grey, black = 0, 1, 2
+    color = dict.fromkeys(graph, white)
+    for root in graph:
+        if color[root] != white:
+            continue
+        path: list[str] = [root]
+        stack: list[tuple[str, int]] = [(root, 0)]
+        color[root] = grey
+        while stack:
+            node, i = stack[-1]
+            succ = [s for s in graph.get(node, ()) if s in graph]
+            if i < len(succ):
+                stack[-1] = (node, i + 1)
+                nxt = succ[i]
+                if color[nxt] == grey:
+                    return [*path[path.index(nxt) :], nxt]
+                if color[nxt] == white:
+                    color[nxt] = grey
+                    stack.append((nxt, 0))
+                    path.append(nxt)
+            else:
+                color[node] = black
+                stack.pop()
+                path.pop()
+    return None
+
+
+class _Tx:
+    """One write transaction: its connection, its clock reading and the moves to log."""
+
+    __slots__ = ("conn", "logs", "now")
+
+    def __init__(self, conn: sqlite3.Connection, now: float) -> None:
+        self.conn = conn
+        self.now = now
+        self.logs: list[tuple[str, str | None, str, float, str | None, str | None]] = []
+
+    def log(
+        self, job_id: str, frm: str | None, to: str, worker: str | None, note: str | None
+    ) -> None:
+        self.logs.append((job_id, frm, to, self.now, worker, note))
+
+
+class Scheduler:
+    """The durable job queue in ``db_path`` (default ``$CRUCIBLE_HOME/crucible.db``).
+
+    ``clock`` returns wall-clock seconds (``time.time`` by default); inject
+    one to test leases and backoff without sleeping. Safe to share between
+    threads (one SQLite connection per thread) and between processes (SQLite
+    locking). See the module docstring for the full contract.
+    """
+
+    #: How often (s) a worker finishing a job also sweeps expired leases.
+    EXPIRE_SWEEP_S: Final = 1.0
+    #: How long (s) tenant limits are cached between claims.
+    LIMITS_TTL_S: Final = 1.0
+
+    def __init__(
+        self,
+        db_path: str | Path | None = None,
+        *,
+        clock: Callable[[], float] | None = None,
+        aging_s: float = DEFAULT_AGING_S,
+        busy_timeout_s: float = 30.0,
+        sync: SyncMode | None = None,
+    ) -> None:
+        if aging_s <= 0:
+            raise ConfigError(f"aging_s must be > 0, got {aging_s}")
+        self.path = Path(db_path) if db_path is not None else default_db_path()
+        self.aging_s = aging_s
+        self._clock = clock or time.time
+        self._db = ConnectionPool(
+            self.path, schema=_SCHEMA, marker="limits", busy_timeout_s=busy_timeout_s, sync=sync
+        )
+        self._next_sweep = 0.0
+        self._limits: tuple[float, dict[str, int]] = (float("-inf"), {})
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the database connections (the scheduler is unusable afterwards)."""
+        self._db.close()
+
+    def __enter__(self) -> Scheduler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def now(self) -> float:
+        """The scheduler's clock (wall seconds)."""
+        return self._clock()
+
+    @contextlib.contextmanager
+    def _write(self) -> Generator[_Tx]:
+        with self._db.write() as conn:
+            tx = _Tx(conn, self._clock())
+            yield tx
+            if tx.logs:
+                conn.executemany(
+                    "INSERT INTO job_log (job_id, from_status, to_status, at, worker, note) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    tx.logs,
+                )
+
+    # -- submission -----------------------------------------------------------
+
+    def enqueue(self, job: Job) -> Job:
+        """Persist ``job`` and return it as stored (id assigned, status pending or queued)."""
+        return self.enqueue_many([job])[0]
+
+    def enqueue_many(self, jobs: Sequence[Job]) -> list[Job]:
+        """Persist a batch atomically; jobs may depend on one another (by ``id``)."""
+        prepared: list[Job] = []
+        seen: set[str] = set()
+        for job in jobs:
+            job_id = job.id or _new_id(self._clock())
+            if not _SAFE_ID.match(job_id) or ".." in job_id:
+                raise ConfigError(
+                    f"job id {job_id!r} is not allowed",
+                    hint="use letters, digits and . _ : @ - (up to 200), starting with a "
+                    "letter or digit; or leave `id` empty to get one",
+                )
+            if job_id in seen:
+                raise ConfigError(f"job id {job_id!r} appears twice in one submission")
+            seen.add(job_id)
+            prepared.append(job if job.id else msgspec.structs.replace(job, id=job_id))
+        if any(j.constraints.depends_on for j in prepared):
+            cycle = _find_cycle({j.id: list(j.constraints.depends_on) for j in prepared})
+            if cycle is not None:
+                raise ConfigError(
+                    f"depends_on forms a cycle: {' -> '.join(cycle)}",
+                    hint="a job cannot wait for itself; remove one of these dependencies",
+                    cycle=cycle,
+                )
+            order = _topological(prepared)
+        else:
+            order = prepared
+        out: dict[str, Job] = {}
+        renamed: dict[str, str] = {}
+        with self._write() as tx:
+            for job in order:
+                deps = [renamed.get(d, d) for d in job.constraints.depends_on]
+                stored = self._insert(tx, job, deps)
+                if stored.id != job.id:
+                    renamed[job.id] = stored.id
+                out[job.id] = stored
+        return [out[j.id] for j in prepared]
+
+    def _insert(self, tx: _Tx, job: Job, deps: list[str]) -> Job:
+        conn, now = tx.conn, tx.now
+        if job.idempotency_key is not None:
+            row = conn.execute(
+                f"SELECT {_JOB_COLS} FROM jobs WHERE tenant_id = ? AND idempotency_key = ?",
+                (job.tenant_id, job.idempotency_key),
+            ).fetchone()
+            if row is not None:
+                return _row_job(row)
+        dep_status: dict[str, str] = {}
+        for dep in deps:
+            row = conn.execute("SELECT status FROM jobs WHERE id = ?", (dep,)).fetchone()
+            if row is None:
+                raise NotFound(
+                    f"job {job.id!r} depends on {dep!r}, which is not a known job",
+                    hint="submit the dependency first, or in the same file",
+                )
+            dep_status[dep] = str(row[0])
+        c = job.constraints
+        status = "queued" if all(s == "succeeded" for s in dep_status.values()) else "pending"
+        spec = msgspec.structs.replace(
+            job,
+            status=status,
+            attempts=0,
+            created_at=_ts(now),
+            updated_at=_ts(now),
+            started_at=None,
+            finished_at=None,
+            error=None,
+            result=None,
+        )
+        max_concurrency = c.max_concurrency
+        if c.concurrency_key is not None and max_concurrency is None:
+            max_concurrency = 1
+        try:
+            conn.execute(
+                "INSERT INTO jobs (id, kind, priority, status, tenant_id, idempotency_key, "
+                "concurrency_key, max_concurrency, max_attempts, score, available_at, "
+                "spec, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job.id,
+                    job.kind,
+                    job.priority,
+                    status,
+                    job.tenant_id,
+                    job.idempotency_key,
+                    c.concurrency_key,
+                    max_concurrency,
+                    c.retry_policy.max_attempts,
+                    self._score(job.priority, now),
+                    _epoch(c.not_before) if c.not_before is not None else now,
+                    msgspec.json.encode(spec),
+                    now,
+                    now,
+                ),
+            )
+        except sqlite3.IntegrityError:
+            raise Conflict(
+                f"a job with id {job.id!r} already exists",
+                hint="leave `id` empty to get a fresh one, or set `idempotency_key` to make "
+                "resubmission safe",
+            ) from None
+        tx.log(job.id, None, status, None, "submitted")
+        if deps:
+            conn.executemany(
+                "INSERT OR IGNORE INTO job_deps (job_id, dep_id) VALUES (?, ?)",
+                [(job.id, d) for d in deps],
+            )
+            failed = next((d for d, s in dep_status.items() if s in FAILED_STATUSES), None)
+            if failed is not None:
+                error = _dependency_error(failed, dep_status[failed], None)
+                self._move(
+                    tx, job.id, status, "failed", note=error.message, sets={"error": _enc(error)}
+                )
+                return self._get(conn, job.id)
+        return spec
+
+    def _score(self, priority: str, ready_at: float) -> float:
+        return ready_at + PRIORITY_RANK[priority] * self.aging_s
+
+    # -- claiming -------------------------------------------------------------
+
+    def claim(self, worker_id: str, lease_s: float = DEFAULT_LEASE_S) -> Job | None:
+        """The next runnable job, now ``running`` under ``worker_id``'s lease; None if idle.
+
+        Expired leases are reclaimed first, so any claiming worker recovers
+        the jobs of a dead one. An idle queue is detected with a read, so
+        polling workers do not contend for the write lock.
+        """
+        if lease_s <= 0:
+            raise ConfigError(f"lease_s must be > 0, got {lease_s}")
+        if not self._maybe_work(self._clock()):
+            return None
+        with self._write() as tx:
+            self._expire(tx)
+            return self._claim(tx, worker_id, lease_s)
+
+    def complete_and_claim(
+        self,
+        job_id: str,
+        result: Any = None,
+        *,
+        worker_id: str,
+        lease_s: float = DEFAULT_LEASE_S,
+    ) -> Job | None:
+        """:meth:`complete` then :meth:`claim` in one transaction (one commit, one fsync)."""
+        payload = _encode_result(job_id, result)
+        with self._write() as tx:
+            self._finish_ok(tx, job_id, payload, worker_id)
+            if tx.now >= self._next_sweep:
+                self._expire(tx)
+            return self._claim(tx, worker_id, lease_s)
+
+    def _maybe_work(self, now: float) -> bool:
+        with self._db.read() as conn:
+            row = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE status = 'queued' AND available_at <= ?)"
+                " OR EXISTS (SELECT 1 FROM jobs WHERE status = 'running' AND lease_expires < ?)",
+                (now, now),
+            ).fetchone()
+        return bool(row and row[0])
+
+    def _tenant_limits(self, conn: sqlite3.Connection, now: float) -> dict[str, int]:
+        at, limits = self._limits
+        if now - at < self.LIMITS_TTL_S:
+            return limits
+        limits = {
+            str(k): int(v)
+            for k, v in conn.execute("SELECT key, max_running FROM limits WHERE scope = 'tenant'")
+        }
+        self._limits = (now, limits)
+        return limits
+
+    def _claim(self, tx: _Tx, worker_id: str, lease_s: float) -> Job | None:
+        conn, now = tx.conn, tx.now
+        tenant_limits = self._tenant_limits(conn, now)
+        running_by_key: dict[str, int] = {}
+        running_by_tenant: dict[str, int] = {}
+        chosen: tuple[int, str] | None = None
+        cur = conn.execute(
+            "SELECT seq, id, tenant_id, concurrency_key, max_concurrency FROM jobs "
+            "WHERE status = 'queued' AND available_at <= ? ORDER BY score, seq",
+            (now,),
+        )
+        try:
+            for seq, job_id, tenant, key, max_conc in cur:
+                if key is not None:
+                    if key not in running_by_key:
+                        running_by_key[key] = _count_running(conn, "concurrency_key", key)
+                    if running_by_key[key] >= (max_conc or 1):
+                        continue
+                limit = tenant_limits.get(tenant)
+                if limit is not None:
+                    if tenant not in running_by_tenant:
+                        running_by_tenant[tenant] = _count_running(conn, "tenant_id", tenant)
+                    if running_by_tenant[tenant] >= limit:
+                        continue
+                chosen = (int(seq), str(job_id))
+                break
+        finally:
+            cur.close()
+        if chosen is None:
+            return None
+        seq, job_id = chosen
+        row = conn.execute(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ?, "
+            "lease_expires = ?, started_at = ?, updated_at = ? "
+            f"WHERE seq = ? AND status = 'queued' RETURNING {_JOB_COLS}",
+            (worker_id, now + lease_s, now, now, seq),
+        ).fetchone()
+        job = _row_job(row)
+        tx.log(job_id, "queued", "running", worker_id, f"attempt {job.attempts}")
+        return job
+
+    def expire_leases(self) -> list[str]:
+        """Requeue (or kill, past max_attempts) running jobs whose lease expired; their ids."""
+        with self._write() as tx:
+            return self._expire(tx)
+
+    def _expire(self, tx: _Tx) -> list[str]:
+        conn, now = tx.conn, tx.now
+        self._next_sweep = now + self.EXPIRE_SWEEP_S
+        rows = conn.execute(
+            "SELECT id, attempts, max_attempts, cancel_requested, lease_owner FROM jobs "
+            "WHERE status = 'running' AND lease_expires < ?",
+            (now,),
+        ).fetchall()
+        expired: list[str] = []
+        for job_id, attempts, max_attempts, cancel_requested, owner in rows:
+            expired.append(str(job_id))
+            error = JobError(
+                code="lease_expired",
+                message=f"worker {owner!r} stopped renewing its lease on attempt "
+                f"{attempts} of {max_attempts} (it died, hung or lost the database)",
+                retryable=True,
+                hint="`crucible jobs show ID` lists the job's attempts",
+            )
+            note = f"lease of {owner} expired"
+            if cancel_requested:
+                self._end(tx, job_id, "running", "cancelled", note=note)
+            elif attempts >= max_attempts:
+                self._end(tx, job_id, "running", "dead", note=note, sets={"error": _enc(error)})
+            else:
+                self._move(
+                    tx,
+                    job_id,
+                    "running",
+                    "queued",
+                    note=note,
+                    sets={
+                        "error": _enc(error),
+                        "available_at": now,
+                        "lease_owner": None,
+                        "lease_expires": None,
+                    },
+                )
+        return expired
+
+    def heartbeat(self, job_id: str, *, worker_id: str, lease_s: float = DEFAULT_LEASE_S) -> Lease:
+        """Extend ``worker_id``'s lease on a running job; Conflict if the lease was lost."""
+        with self._write() as tx:
+            row = tx.conn.execute(
+                "UPDATE jobs SET lease_expires = ? WHERE id = ? AND status = 'running' "
+                "AND lease_owner = ? RETURNING cancel_requested",
+                (tx.now + lease_s, job_id, worker_id),
+            ).fetchone()
+            if row is None:
+                self._check_owner(tx.conn, job_id, worker_id)
+                raise AssertionError("unreachable: _check_owner raises")  # pragma: no cover
+        return Lease(job_id, worker_id, tx.now + lease_s, bool(row[0]))
+
+    def release(self, job_id: str, *, worker_id: str) -> Job:
+        """Give a running job back to the queue without counting the attempt (worker drain)."""
+        with self._write() as tx:
+            cancel = self._check_owner(tx.conn, job_id, worker_id)
+            if cancel:
+                self._end(tx, job_id, "running", "cancelled", worker=worker_id)
+            else:
+                self._move(
+                    tx,
+                    job_id,
+                    "running",
+                    "queued",
+                    worker=worker_id,
+                    note="released by a draining worker",
+                    sets={
+                        "attempts": max(0, self._attempts(tx.conn, job_id) - 1),
+                        "available_at": tx.now,
+                        "lease_owner": None,
+                        "lease_expires": None,
+                    },
+                )
+            return self._get(tx.conn, job_id)
+
+    # -- finishing ------------------------------------------------------------
+
+    def complete(self, job_id: str, result: Any = None, *, worker_id: str | None = None) -> Job:
+        """Record success (``cancelled`` instead if cancellation was requested meanwhile)."""
+        payload = _encode_result(job_id, result)
+        with self._write() as tx:
+            self._finish_ok(tx, job_id, payload, worker_id)
+            return self._get(tx.conn, job_id)
+
+    def _finish_ok(
+        self, tx: _Tx, job_id: str, payload: bytes | None, worker_id: str | None
+    ) -> None:
+        now = tx.now
+        done = tx.conn.execute(
+            "UPDATE jobs SET status = 'succeeded', result = ?, updated_at = ?, finished_at = ?, "
+            "lease_owner = NULL, lease_expires = NULL WHERE id = ? AND status = 'running' "
+            "AND cancel_requested = 0 AND (? IS NULL OR lease_owner = ?) RETURNING 1",
+            (payload, now, now, job_id, worker_id, worker_id),
+        ).fetchone()
+        if done is not None:
+            tx.log(job_id, "running", "succeeded", worker_id, None)
+            self._release_dependents_of(tx, job_id)
+            return
+        # Slow path: say why (not running, other owner), or honour a cancel request.
+        self._check_owner(tx.conn, job_id, worker_id)
+        self._end(
+            tx,
+            job_id,
+            "running",
+            "cancelled",
+            worker=worker_id,
+            note="cancelled while running",
+            sets={"result": payload},
+        )
+
+    def fail(
+        self, job_id: str, error: BaseException | JobError, *, worker_id: str | None = None
+    ) -> Job:
+        """Record a failed attempt: retry later, or end failed/dead/cancelled/budget_exhausted.
+
+        Returns the job as it now stands (``queued`` when a retry is scheduled).
+        """
+        err = error if isinstance(error, JobError) else job_error(error)
+        with self._write() as tx:
+            conn, now = tx.conn, tx.now
+            cancel = self._check_owner(conn, job_id, worker_id)
+            attempts = self._attempts(conn, job_id)
+            policy = self._spec(conn, job_id).constraints.retry_policy
+            retryable = err.retryable or err.code in policy.retryable_errors
+            sets: dict[str, Any] = {"error": _enc(err)}
+            note = f"{err.code} on attempt {attempts}"
+            if cancel or err.code == "cancelled":
+                self._end(
+                    tx, job_id, "running", "cancelled", worker=worker_id, note=note, sets=sets
+                )
+            elif err.code == "budget_exhausted":
+                self._end(
+                    tx,
+                    job_id,
+                    "running",
+                    "budget_exhausted",
+                    worker=worker_id,
+                    note=note,
+                    sets=sets,
+                )
+            elif not retryable:
+                self._end(tx, job_id, "running", "failed", worker=worker_id, note=note, sets=sets)
+            elif attempts >= policy.max_attempts:
+                self._end(
+                    tx,
+                    job_id,
+                    "running",
+                    "dead",
+                    worker=worker_id,
+                    note=note + f" (max_attempts {policy.max_attempts} reached)",
+                    sets=sets,
+                )
+            else:
+                delay_s = next_delay(policy, attempts) / 1000.0
+                sets.update(available_at=now + delay_s, lease_owner=None, lease_expires=None)
+                self._move(
+                    tx,
+                    job_id,
+                    "running",
+                    "queued",
+                    worker=worker_id,
+                    note=note + f"; retry in {delay_s:g} s",
+                    sets=sets,
+                )
+            return self._get(conn, job_id)
+
+    # -- cancel and retry -----------------------------------------------------
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job: at once if it waits, cooperatively (flagged) if it runs.
+
+        Cancelling a cancelled job is a no-op; a job that already ended
+        otherwise is a Conflict.
+        """
+        with self._write() as tx:
+            status = self._status(tx.conn, job_id)
+            if status in ("pending", "queued"):
+                self._end(tx, job_id, status, "cancelled", note="cancelled by request")
+            elif status == "running":
+                tx.conn.execute(
+                    "UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?",
+                    (tx.now, job_id),
+                )
+                tx.log(job_id, "running", "running", None, "cancel requested")
+            elif status != "cancelled":
+                raise Conflict(
+                    f"job {job_id!r} already ended {status}; there is nothing to cancel",
+                    hint=f"`crucible jobs show {job_id}` shows how it ended",
+                )
+            return self._get(tx.conn, job_id)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        """Whether cancellation of ``job_id`` was requested (or it is already cancelled)."""
+        with self._db.read() as conn:
+            row = conn.execute(
+                "SELECT cancel_requested, status FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+        if row is None:
+            raise _not_found(job_id)
+        return bool(row[0]) or row[1] == "cancelled"
+
+    def retry(self, job_id: str) -> Job:
+        """Requeue a failed, dead, cancelled or budget_exhausted job, with a fresh attempt count."""
+        with self._write() as tx:
+            conn, now = tx.conn, tx.now
+            status = self._status(conn, job_id)
+            if status not in FAILED_STATUSES:
+                raise Conflict(
+                    f"job {job_id!r} is {status}; only failed, dead, cancelled or "
+                    "budget_exhausted jobs can be retried",
+                    hint="`crucible jobs cancel ID` stops a job that is waiting or running",
+                )
+            deps = self._dep_statuses(conn, job_id)
+            broken = next(((d, s) for d, s in deps.items() if s in FAILED_STATUSES), None)
+            if broken is not None:
+                raise Conflict(
+                    f"job {job_id!r} depends on {broken[0]!r}, which ended {broken[1]}",
+                    hint=f"retry the dependency first: crucible jobs retry {broken[0]}",
+                )
+            priority = str(
+                conn.execute("SELECT priority FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+            )
+            self._move(
+                tx,
+                job_id,
+                status,
+                "queued",
+                note="retried by request",
+                sets={
+                    "attempts": 0,
+                    "error": None,
+                    "result": None,
+                    "cancel_requested": 0,
+                    "available_at": now,
+                    "score": self._score(priority, now),
+                    "finished_at": None,
+                    "started_at": None,
+                },
+            )
+            if any(s != "succeeded" for s in deps.values()):
+                self._move(tx, job_id, "queued", "pending", note="waiting for dependencies")
+            return self._get(conn, job_id)
+
+    # -- dependencies ---------------------------------------------------------
+
+    @staticmethod
+    def _dep_statuses(conn: sqlite3.Connection, job_id: str) -> dict[str, str]:
+        return {
+            str(d): str(s)
+            for d, s in conn.execute(
+                "SELECT d.dep_id, j.status FROM job_deps d JOIN jobs j ON j.id = d.dep_id "
+                "WHERE d.job_id = ?",
+                (job_id,),
+            )
+        }
+
+    def _release_dependents_of(self, tx: _Tx, job_id: str) -> None:
+        conn = tx.conn
+        rows = conn.execute(
+            "SELECT j.id, j.priority FROM job_deps d JOIN jobs j ON j.id = d.job_id "
+            "WHERE d.dep_id = ? AND j.status = 'pending'",
+            (job_id,),
+        ).fetchall()
+        for dependent, priority in rows:
+            unmet = conn.execute(
+                "SELECT 1 FROM job_deps d JOIN jobs j ON j.id = d.dep_id "
+                "WHERE d.job_id = ? AND j.status != 'succeeded' LIMIT 1",
+                (dependent,),
+            ).fetchone()
+            if unmet is None:
+                self._move(
+                    tx,
+                    dependent,
+                    "pending",
+                    "queued",
+                    note="dependencies succeeded",
+                    sets={"score": self._score(str(priority), tx.now)},
+                )
+
+    def _end(
+        self,
+        tx: _Tx,
+        job_id: str,
+        frm: str,
+        to: str,
+        *,
+        worker: str | None = None,
+        note: str | None = None,
+        sets: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Move to a terminal status other than success and fail the job's dependents."""
+        self._move(tx, job_id, frm, to, worker=worker, note=note, sets=sets)
+        todo: list[str] = [job_id]
+        while todo:
+            dep = todo.pop()
+            rows = tx.conn.execute(
+                "SELECT j.id FROM job_deps d JOIN jobs j ON j.id = d.job_id "
+                "WHERE d.dep_id = ? AND j.status = 'pending'",
+                (dep,),
+            ).fetchall()
+            for (dependent,) in rows:
+                error = _dependency_error(job_id, to, dep if dep != job_id else None)
+                self._move(
+                    tx,
+                    dependent,
+                    "pending",
+                    "failed",
+                    note=error.message,
+                    sets={"error": _enc(error)},
+                )
+                todo.append(dependent)
+
+    # -- checkpoints ----------------------------------------------------------
+
+    def record_checkpoint(self, job_id: str, ref: CheckpointRef) -> None:
+        """Remember ``ref`` as the job's last checkpoint (recovery resumes from it)."""
+        with self._write() as tx:
+            cur = tx.conn.execute(
+                "UPDATE jobs SET checkpoint = ?, updated_at = ? WHERE id = ?",
+                (msgspec.json.encode(ref), tx.now, job_id),
+            )
+            if cur.rowcount != 1:
+                raise _not_found(job_id)
+
+    def last_checkpoint(self, job_id: str) -> CheckpointRef | None:
+        """The job's last recorded checkpoint, or None."""
+        with self._db.read() as conn:
+            row = conn.execute("SELECT checkpoint FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise _not_found(job_id)
+        return None if row[0] is None else _ref_decoder.decode(row[0])
+
+    # -- limits ---------------------------------------------------------------
+
+    def set_tenant_limit(self, tenant_id: str, max_running: int | None) -> None:
+        """At most ``max_running`` jobs of ``tenant_id`` run at once (None removes the limit).
+
+        Claims in other processes see a change within :attr:`LIMITS_TTL_S`.
+        """
+        if max_running is not None and max_running < 1:
+            raise ConfigError(f"a tenant limit must be >= 1, got {max_running}")
+        with self._write() as tx:
+            if max_running is None:
+                tx.conn.execute(
+                    "DELETE FROM limits WHERE scope = 'tenant' AND key = ?", (tenant_id,)
+                )
+            else:
+                tx.conn.execute(
+                    "INSERT OR REPLACE INTO limits (scope, key, max_running) "
+                    "VALUES ('tenant', ?, ?)",
+                    (tenant_id, max_running),
+                )
+        self._limits = (float("-inf"), {})
+
+    # -- reading --------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job:
+        """The job as it now stands; NotFound if there is no such job."""
+        with self._db.read() as conn:
+            return self._get(conn, job_id)
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        tenant_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[Job]:
+        """Jobs in submission order, optionally filtered."""
+        if status is not None and status not in _STATUSES:
+            raise ConfigError(
+                f"{status!r} is not a job status", hint=f"statuses: {', '.join(_STATUSES)}"
+            )
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("status", status), ("kind", kind), ("tenant_id", tenant_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = f"SELECT {_JOB_COLS} FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        with self._db.read() as conn:
+            return [_row_job(r) for r in conn.execute(sql, params).fetchall()]
+
+    def counts(self) -> dict[str, int]:
+        """How many jobs are in each status."""
+        with self._db.read() as conn:
+            return {
+                str(s): int(n)
+                for s, n in conn.execute("SELECT status, count(*) FROM jobs GROUP BY status")
+            }
+
+    def history(self, job_id: str) -> list[Transition]:
+        """Every logged status move of ``job_id``, oldest first."""
+        with self._db.read() as conn:
+            rows = conn.execute(
+                "SELECT job_id, from_status, to_status, at, worker, note FROM job_log "
+                "WHERE job_id = ? ORDER BY seq",
+                (job_id,),
+            ).fetchall()
+            if not rows:
+                self._status(conn, job_id)
+        return [Transition(*r) for r in rows]
+
+    def lease_of(self, job_id: str) -> tuple[str | None, float | None]:
+        """The running job's (lease owner, lease expiry), or (None, None)."""
+        with self._db.read() as conn:
+            row = conn.execute(
+                "SELECT lease_owner, lease_expires FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+        if row is None:
+            raise _not_found(job_id)
+        return row[0], row[1]
+
+    # -- internals ------------------------------------------------------------
+
+    @staticmethod
+    def _get(conn: sqlite3.Connection, job_id: str) -> Job:
+        row = conn.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise _not_found(job_id)
+        return _row_job(row)
+
+    @staticmethod
+    def _spec(conn: sqlite3.Connection, job_id: str) -> Job:
+        row = conn.execute("SELECT spec FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise _not_found(job_id)
+        return _job_decoder.decode(row[0])
+
+    @staticmethod
+    def _status(conn: sqlite3.Connection, job_id: str) -> str:
+        row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise _not_found(job_id)
+        return str(row[0])
+
+    @staticmethod
+    def _attempts(conn: sqlite3.Connection, job_id: str) -> int:
+        row = conn.execute("SELECT attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def _check_owner(conn: sqlite3.Connection, job_id: str, worker_id: str | None) -> bool:
+        """Raise unless ``job_id`` runs under ``worker_id``; return its cancel flag."""
+        row = conn.execute(
+            "SELECT status, lease_owner, cancel_requested FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        if row is None:
+            raise _not_found(job_id)
+        status, owner, cancel = row
+        if status != "running":
+            raise Conflict(
+                f"job {job_id!r} is {status}, not running",
+                hint="its lease expired and it was requeued or ended; this attempt's "
+                "outcome is discarded",
+            )
+        if worker_id is not None and owner != worker_id:
+            raise Conflict(
+                f"job {job_id!r} is leased to {owner!r}, not {worker_id!r}",
+                hint="this worker's lease expired and another worker claimed the job",
+            )
+        return bool(cancel)
+
+    @staticmethod
+    def _move(
+        tx: _Tx,
+        job_id: str,
+        frm: str,
+        to: str,
+        *,
+        worker: str | None = None,
+        note: str | None = None,
+        sets: Mapping[str, Any] | None = None,
+    ) -> None:
+        check_transition(frm, to)
+        cols: dict[str, Any] = {"status": to, "updated_at": tx.now, **(sets or {})}
+        if to in TERMINAL_STATUSES:
+            cols.setdefault("finished_at", tx.now)
+            cols["lease_owner"] = None
+            cols["lease_expires"] = None
+        assignments = ", ".join(f"{k} = ?" for k in cols)
+        cur = tx.conn.execute(
+            f"UPDATE jobs SET {assignments} WHERE id = ? AND status = ?",
+            (*cols.values(), job_id, frm),
+        )
+        if cur.rowcount != 1:
+            raise Conflict(f"job {job_id!r} is no longer {frm}; it changed meanwhile")
+        tx.log(job_id, frm, to, worker, note)
+
+
+def _topological(jobs: Sequence[Job]) -> list[Job]:
+    """Dependencies before dependents (within the batch); acyclic input assumed."""
+    by_id = {j.id: j for j in jobs}
+    done: set[str] = set()
+    order: list[Job] = []
+
+    def visit(job: Job) -> None:
+        if job.id in done:
+            return
+        done.add(job.id)
+        for dep in job.constraints.depends_on:
+            if dep in by_id:
+                visit(by_id[dep])
+        order.append(job)
+
+    for job in jobs:
+        visit(job)
+    return order
+
+
+def _row_job(row: Sequence[Any]) -> Job:
+    _id, status, attempts, spec, error, result, created, updated, started, finished = row
+    job = _job_decoder.decode(spec)
+    return msgspec.structs.replace(
+        job,
+        status=status,
+        attempts=attempts,
+        error=None if error is None else _error_decoder.decode(error),
+        result=None if result is None else msgspec.json.decode(result),
+        created_at=_ts(created),
+        updated_at=_ts(updated),
+        started_at=_ts(started),
+        finished_at=_ts(finished),
+    )
+
+
+def _count_running(conn: sqlite3.Connection, column: str, value: str) -> int:
+    row = conn.execute(
+        f"SELECT count(*) FROM jobs WHERE status = 'running' AND {column} = ?", (value,)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _encode_result(job_id: str, result: Any) -> bytes | None:
+    if result is None:
+        return None
+    try:
+        return msgspec.json.encode(result)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ConfigError(
+            f"job {job_id!r} returned a result that cannot be stored as JSON: {exc}",
+            hint="return plain data (dicts, lists, strings, numbers) or IR values",
+        ) from None
+
+
+def _not_found(job_id: str) -> NotFound:
+    return NotFound(f"no job with id {job_id!r}", hint="`crucible jobs list` shows the known jobs")
+
+
+def _enc(value: Any) -> bytes:
+    return msgspec.json.encode(value)
+
+
+def _dependency_error(root: str, status: str, via: str | None) -> JobError:
+    return JobError(
+        code="dependency_failed",
+        message=f"dependency {root!r} ended {status}" + (f" (via {via!r})" if via else ""),
+        hint=f"see `crucible jobs show {root}`; retry it, then retry this job",
+        details={"dependency": root},
+    )
