@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from msgspec import Meta, field
+from msgspec import Meta
 
 from crucible_core.ir.base import (
     SCHEMA_VERSION,
@@ -81,7 +81,7 @@ class SamplingParams(IRStruct, frozen=True, kw_only=True):
     temperature: NonNegativeFloat = 1.0
     top_p: Annotated[float, Meta(gt=0, le=1)] = 1.0
     top_k: PositiveInt | None = None
-    stop: list[str] = field(default_factory=list[str])
+    stop: list[str] = []
     seed: NonNegativeInt | None = None
     n: Annotated[int, Meta(ge=1, le=128)] = 1
 
@@ -102,10 +102,10 @@ class Completion(IRStruct, frozen=True, kw_only=True):
 
     schema_version: SchemaVersion = SCHEMA_VERSION
     text: str
-    tokens: list[int] = field(default_factory=list[int])
+    tokens: list[int] = []
     logprobs: list[float] | None = None
     finish_reason: FinishReason = "stop"
-    usage: Usage = field(default_factory=Usage)
+    usage: Usage = Usage()
     latency_ms: NonNegativeFloat = 0.0
     backend_id: str = ""
     model: str | None = None
@@ -116,7 +116,7 @@ class StreamChunk(IRStruct, frozen=True, kw_only=True):
 
     index: NonNegativeInt = 0
     text: str = ""
-    tokens: list[int] = field(default_factory=list[int])
+    tokens: list[int] = []
     logprobs: list[float] | None = None
     finish_reason: FinishReason | None = None
     backend_id: str = ""
@@ -142,23 +142,23 @@ class Capabilities(IRStruct, frozen=True, kw_only=True):
     schema_version: SchemaVersion = SCHEMA_VERSION
     backend_id: str
     provider: str = ""
-    models: list[str] = field(default_factory=list[str])
+    models: list[str] = []
     supports_streaming: bool = False
     supports_tools: bool = False
     supports_vision: bool = False
     supports_training: bool = False
     supports_logprobs: bool = False
     supports_inference: bool = True
-    losses: list[str] = field(default_factory=list[str])
-    adapters: list[AdapterKind] = field(default_factory=list[AdapterKind])
-    optimizers: list[str] = field(default_factory=list[str])
-    schedulers: list[str] = field(default_factory=list[str])
-    checkpoint_formats: list[str] = field(default_factory=list[str])
+    losses: list[str] = []
+    adapters: list[AdapterKind] = []
+    optimizers: list[str] = []
+    schedulers: list[str] = []
+    checkpoint_formats: list[str] = []
     max_context_length: PositiveInt | None = None
     max_lora_rank: PositiveInt | None = None
     costs: Costs | None = None
     throughput_tokens_per_s: PositiveFloat | None = None
-    metadata: Params = field(default_factory=dict[str, object])
+    metadata: Params = {}
 
 
 class Health(IRStruct, frozen=True, kw_only=True):
@@ -226,8 +226,8 @@ class ForwardBackwardResult(IRStruct, frozen=True, kw_only=True):
     """
 
     loss: float
-    metrics: dict[str, float] = field(default_factory=dict[str, float])
-    logprobs: list[list[float]] = field(default_factory=list[list[float]])
+    metrics: dict[str, float] = {}
+    logprobs: list[list[float]] = []
     num_tokens: NonNegativeInt = 0
 
 
@@ -237,7 +237,7 @@ class OptimStepResult(IRStruct, frozen=True, kw_only=True):
     step: NonNegativeInt
     learning_rate: NonNegativeFloat = 0.0
     grad_norm: float | None = None
-    metrics: dict[str, float] = field(default_factory=dict[str, float])
+    metrics: dict[str, float] = {}
 
 
 class CheckpointRef(IRStruct, frozen=True, kw_only=True):
@@ -250,4 +250,4 @@ class CheckpointRef(IRStruct, frozen=True, kw_only=True):
     backend_id: str = ""
     name: str = ""
     created_at: datetime | None = None
-    metadata: Params = field(default_factory=dict[str, object])
+    metadata: Params = {}

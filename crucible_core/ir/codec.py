@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime
 import difflib
-import functools
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -65,6 +64,7 @@ IR_TYPES: dict[str, type[IRStruct]] = {
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
 
 _SUPPORTED_MAJOR = SCHEMA_VERSION.split(".", 1)[0]
+_SUPPORTED_PREFIX = _SUPPORTED_MAJOR + "."
 _SUFFIX_FORMATS: dict[str, Format] = {
     ".json": "json",
     ".toml": "toml",
@@ -98,13 +98,17 @@ def format_for_path(path: str | Path) -> Format:
         ) from None
 
 
-@functools.cache
+_DECODERS: dict[tuple[str, Any], Any] = {}
+
+
 def _decoder(fmt: Format, type_: Any) -> Any:
-    if fmt == "json":
-        return msgspec.json.Decoder(type_)
-    if fmt == "msgpack":
-        return msgspec.msgpack.Decoder(type_)
-    return None
+    # A plain dict lookup: decode() is on hot paths (queue payloads, HTTP bodies).
+    key = (fmt, type_)
+    dec = _DECODERS.get(key)
+    if dec is None:
+        dec = msgspec.json.Decoder(type_) if fmt == "json" else msgspec.msgpack.Decoder(type_)
+        _DECODERS[key] = dec
+    return dec
 
 
 def decode(data: bytes | str, type: type[T], *, format: Format = "json") -> T:
@@ -280,7 +284,10 @@ def _version_error(version: Any) -> ValidationError | None:
 
 
 def _check_version(obj: Any) -> None:
-    error = _version_error(getattr(obj, "schema_version", None))
+    version = getattr(obj, "schema_version", None)
+    if version is None or version.startswith(_SUPPORTED_PREFIX):
+        return
+    error = _version_error(version)
     if error is not None:
         raise error
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from msgspec import Meta, field
+from msgspec import Meta
 
 from crucible_core.ir.base import (
     IRStruct,
@@ -24,12 +24,12 @@ class ResourceSpec(IRStruct, frozen=True, kw_only=True):
     gpus: NonNegativeInt = 0
     gpu_type: str | None = None
     timeout_s: PositiveFloat | None = None
-    labels: dict[str, str] = field(default_factory=dict[str, str])
+    labels: dict[str, str] = {}
 
 
 class BackendRef(IRStruct, frozen=True, kw_only=True):
     """A backend by registered name, with options, and backends to fall back to in order."""
 
     name: Annotated[str, Meta(min_length=1)]
-    options: Params = field(default_factory=dict[str, object])
-    fallbacks: list[str] = field(default_factory=list[str])
+    options: Params = {}
+    fallbacks: list[str] = []

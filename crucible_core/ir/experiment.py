@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from msgspec import Meta, field
+from msgspec import Meta
 
 from crucible_core.ir.base import (
     SCHEMA_VERSION,
@@ -25,8 +25,8 @@ class StageDef(IRStruct, frozen=True, kw_only=True):
 
     name: Identifier
     uses: Annotated[str, Meta(min_length=1)]
-    options: Params = field(default_factory=dict[str, object])
-    depends_on: list[str] = field(default_factory=list[str])
+    options: Params = {}
+    depends_on: list[str] = []
     enabled: bool = True
 
 
@@ -57,15 +57,15 @@ class Experiment(IRStruct, frozen=True, kw_only=True):
     id: Identifier
     name: str = ""
     description: str = ""
-    backend: BackendRef = field(default_factory=lambda: BackendRef(name="local"))
+    backend: BackendRef = BackendRef(name="local")
     dataset: DatasetSpec | None = None
-    stages: list[StageDef] = field(default_factory=list[StageDef])
-    parameter_grid: dict[str, list[Any]] = field(default_factory=dict[str, list[Any]])
+    stages: list[StageDef] = []
+    parameter_grid: dict[str, list[Any]] = {}
     repeats: PositiveInt = 1
-    seeds: list[int] = field(default_factory=list[int])
-    quality_targets: list[QualityTarget] = field(default_factory=list[QualityTarget])
-    outputs: list[str] = field(default_factory=list[str])
-    metadata: Params = field(default_factory=dict[str, object])
+    seeds: list[int] = []
+    quality_targets: list[QualityTarget] = []
+    outputs: list[str] = []
+    metadata: Params = {}
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.stages]

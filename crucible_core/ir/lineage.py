@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from msgspec import Meta, field
+from msgspec import Meta
 
 from crucible_core.ir.base import (
     SCHEMA_VERSION,
@@ -40,7 +40,7 @@ class Span(IRStruct, frozen=True, kw_only=True):
     start: datetime | None = None
     end: datetime | None = None
     status: Literal["ok", "error", "cancelled", "running"] = "running"
-    attributes: Params = field(default_factory=dict[str, object])
+    attributes: Params = {}
 
 
 class Artifact(IRStruct, frozen=True, kw_only=True):
@@ -53,7 +53,7 @@ class Artifact(IRStruct, frozen=True, kw_only=True):
     size_bytes: NonNegativeInt | None = None
     sha256: Sha256 | None = None
     created_at: datetime | None = None
-    metadata: Params = field(default_factory=dict[str, object])
+    metadata: Params = {}
 
 
 class Edge(IRStruct, frozen=True, kw_only=True):
@@ -62,7 +62,7 @@ class Edge(IRStruct, frozen=True, kw_only=True):
     src: Annotated[str, Meta(min_length=1)]
     dst: Annotated[str, Meta(min_length=1)]
     kind: EdgeKind
-    metadata: Params = field(default_factory=dict[str, object])
+    metadata: Params = {}
 
 
 class Trace(IRStruct, frozen=True, kw_only=True):
@@ -71,7 +71,7 @@ class Trace(IRStruct, frozen=True, kw_only=True):
     schema_version: SchemaVersion = SCHEMA_VERSION
     trace_id: Annotated[str, Meta(min_length=1)]
     parent_id: str | None = None
-    spans: list[Span] = field(default_factory=list[Span])
-    artifacts: list[Artifact] = field(default_factory=list[Artifact])
-    edges: list[Edge] = field(default_factory=list[Edge])
-    metadata: Params = field(default_factory=dict[str, object])
+    spans: list[Span] = []
+    artifacts: list[Artifact] = []
+    edges: list[Edge] = []
+    metadata: Params = {}

@@ -63,7 +63,7 @@ class ModelSpec(IRStruct, frozen=True, kw_only=True):
     tokenizer: str | None = None
     max_seq_len: PositiveInt | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    options: Params = field(default_factory=dict[str, object])
+    options: Params = {}
 
 
 class LoRA(IRStruct, frozen=True, kw_only=True, tag="lora", tag_field="kind"):
@@ -134,7 +134,7 @@ class Loss(IRStruct, frozen=True, kw_only=True):
 
     name: LossName = "cross_entropy"
     fn: ModuleRef | None = None
-    params: Params = field(default_factory=dict[str, object])
+    params: Params = {}
 
     def __post_init__(self) -> None:
         if self.name == "custom" and self.fn is None:
@@ -146,14 +146,14 @@ class Loss(IRStruct, frozen=True, kw_only=True):
 class LearningConfig(IRStruct, frozen=True, kw_only=True):
     """How to learn: optimizer, schedule, batch geometry, length and loss."""
 
-    optimizer: Optimizer = field(default_factory=AdamW)
-    scheduler: Scheduler = field(default_factory=Scheduler)
+    optimizer: Optimizer = AdamW()
+    scheduler: Scheduler = Scheduler()
     batch_size: PositiveInt = 4
     grad_accum: PositiveInt = 1
     max_steps: PositiveInt | None = 1000
     epochs: PositiveInt | None = None
     seed: NonNegativeInt = 0
-    loss: Loss = field(default_factory=Loss)
+    loss: Loss = Loss()
 
     def __post_init__(self) -> None:
         if self.max_steps is None and self.epochs is None:
@@ -182,7 +182,7 @@ class DatasetSpec(IRStruct, frozen=True, kw_only=True):
     uri: Annotated[str, Meta(min_length=1)]
     format: str | None = None
     split: str | None = None
-    fields: FieldMap = field(default_factory=FieldMap)
+    fields: FieldMap = FieldMap()
     template: str | None = None
     train_on: Literal["assistant", "all"] = "assistant"
     max_length: PositiveInt | None = None
@@ -191,7 +191,7 @@ class DatasetSpec(IRStruct, frozen=True, kw_only=True):
     limit: PositiveInt | None = None
     validation_ratio: Annotated[float, Meta(ge=0, lt=1)] = 0.0
     on_error: Literal["raise", "skip"] = "raise"
-    options: Params = field(default_factory=dict[str, object])
+    options: Params = {}
 
 
 class CheckpointPolicy(IRStruct, frozen=True, kw_only=True):
@@ -237,14 +237,14 @@ class TrainingJob(IRStruct, frozen=True, kw_only=True):
     job_id: Identifier | None = None
     backend: Annotated[str, Meta(min_length=1)] | BackendRef = "local"
     model_spec: ModelSpec
-    adapter_config: AdapterConfig = field(default_factory=LoRA)
-    learning_config: LearningConfig = field(default_factory=LearningConfig)
+    adapter_config: AdapterConfig = LoRA()
+    learning_config: LearningConfig = LearningConfig()
     dataset_spec: DatasetSpec
-    checkpoint_policy: CheckpointPolicy = field(default_factory=CheckpointPolicy)
+    checkpoint_policy: CheckpointPolicy = CheckpointPolicy()
     validation_spec: ValidationSpec | None = None
-    resource_spec: ResourceSpec = field(default_factory=ResourceSpec)
-    budget: Budget = field(default_factory=Budget)
-    metadata: Params = field(default_factory=dict[str, object])
+    resource_spec: ResourceSpec = ResourceSpec()
+    budget: Budget = Budget()
+    metadata: Params = {}
 
     @property
     def backend_ref(self) -> BackendRef:

@@ -156,8 +156,8 @@ def next_delay(policy: RetryPolicy, attempt: int, *, rng: random.Random | None =
 class Constraints(IRStruct, frozen=True, kw_only=True):
     """When and how a job may run."""
 
-    retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
-    depends_on: list[str] = field(default_factory=list[str])
+    retry_policy: RetryPolicy = RetryPolicy()
+    depends_on: list[str] = []
     timeout_s: PositiveFloat | None = None
     concurrency_key: str | None = None
     max_concurrency: PositiveInt | None = None
@@ -171,7 +171,7 @@ class JobError(IRStruct, frozen=True, kw_only=True):
     message: str
     retryable: bool = False
     hint: str | None = None
-    details: Params = field(default_factory=dict[str, object])
+    details: Params = {}
 
 
 class Job(IRStruct, frozen=True, kw_only=True):
@@ -183,8 +183,8 @@ class Job(IRStruct, frozen=True, kw_only=True):
     priority: Priority = "batch"
     status: JobStatus = "pending"
     payload: Any = None
-    resources: ResourceSpec = field(default_factory=ResourceSpec)
-    constraints: Constraints = field(default_factory=Constraints)
+    resources: ResourceSpec = ResourceSpec()
+    constraints: Constraints = Constraints()
     tenant_id: str = "default"
     idempotency_key: str | None = None
     attempts: NonNegativeInt = 0
@@ -194,4 +194,4 @@ class Job(IRStruct, frozen=True, kw_only=True):
     finished_at: datetime | None = None
     error: JobError | None = None
     result: Any = None
-    metadata: Params = field(default_factory=dict[str, object])
+    metadata: Params = {}

@@ -1,0 +1,29 @@
+"""Small timing helpers shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+
+
+def per_call(fn: Callable[[], object], *, number: int, repeat: int = 7) -> float:
+    """Best-of-``repeat`` seconds per call of ``fn`` over ``number`` calls."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        best = min(best, (time.perf_counter() - start) / number)
+    return best
+
+
+def command_ms(argv: Sequence[str], *, runs: int = 15, env: dict[str, str] | None = None) -> float:
+    """Median wall-clock milliseconds of running ``argv`` to completion."""
+    samples: list[float] = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(argv, check=True, capture_output=True, env=env)
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
