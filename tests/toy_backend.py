@@ -32,6 +32,8 @@ from crucible_core.ir import (
 )
 
 V = 256
+#: Saved states by name, shared by every session (a stand-in for the backend's disk).
+STATES: dict[str, tuple[np.ndarray, int]] = {}
 CAPS = Capabilities(
     backend_id="toy",
     provider="tests",
@@ -110,7 +112,7 @@ class ToySession:
         self.grad = np.zeros((V, V))
         self.tokenizer = ByteTokenizer()
         self.step = 0
-        self.saved: dict[str, tuple[np.ndarray, int]] = {}
+        self.saved = STATES
 
     def _run(self, batch: Sequence[Datum], backward: bool) -> ForwardBackwardResult:
         total, count, logprobs = 0.0, 0, []

@@ -1,0 +1,484 @@
+"""The training loop over the training contract, pipelined, resumable and budgeted.
+
+:func:`train` drives any :class:`~crucible_core.contracts.TrainingSession`:
+it submits step k+1's ``forward_backward`` and ``optim_step`` before it reads
+step k's results (at most ``window`` steps in flight), because a remote
+backend works on a clock and a naive loop waits a cycle per step. Calls are
+applied by the backend in submission order, so a ``save_state`` submitted
+right after step k's ``optim_step`` saves exactly the state after step k even
+while later steps are queued.
+
+Exact resume: batches are a pure function of ``(seed, step)`` (each epoch is
+a seeded permutation), so a run restarted from the checkpoint of step k with
+the same data feeds step k+1 the batch an uninterrupted run would have; the
+backend restores weights, optimizer and RNG state (the conformance kit checks
+``load_state``). The loop's own state (step, tokens, cost, elapsed time, the
+checkpoints kept) is a :class:`LoopState` saved beside every checkpoint.
+
+Budgets are checked before a step is submitted, so a run stops *before* it
+would exceed ``max_tokens``/``max_cost``; ``max_wall_time`` stops when the
+next step would, at the measured pace, pass the limit. A stop drains the
+pipeline, saves a state checkpoint, and raises
+:class:`~crucible_core.errors.BudgetExhausted`; cancellation does the same at
+the next step boundary and raises :class:`~crucible_core.errors.Cancelled`.
+Every wait on the backend has a deadline: a call that exceeds it raises
+:class:`~crucible_core.errors.DeadlineExceeded` naming the backend, the call
+and how long it waited (never a silent hang).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import msgspec
+
+from crucible_core.contracts import CancelToken, Future, TrainingSession
+from crucible_core.errors import BudgetExhausted, Cancelled, ConfigError, DeadlineExceeded
+from crucible_core.ir.backend import (
+    AdamParams,
+    CheckpointRef,
+    Costs,
+    Datum,
+    ForwardBackwardResult,
+    OptimStepResult,
+)
+from crucible_core.ir.training import SGD, AdamW, LearningConfig, TrainingJob
+from crucible_core.runtime.checkpoints import CheckpointTracker
+
+__all__ = [
+    "DEFAULT_DEADLINE_S",
+    "Emit",
+    "LoopResult",
+    "LoopState",
+    "SavedCheckpoint",
+    "adam_params",
+    "batch_for_step",
+    "learning_rate",
+    "total_steps",
+    "train",
+]
+
+#: How long one backend call may take before the watchdog reports it.
+DEFAULT_DEADLINE_S = 600.0
+
+
+class Emit(Protocol):
+    """Where the loop reports events (``train.step``, ``train.checkpoint``, ...)."""
+
+    def __call__(self, event: str, /, **data: Any) -> None: ...
+
+
+def _quiet(event: str, /, **data: Any) -> None:
+    """The default Emit: report nothing."""
+
+
+class SavedCheckpoint(msgspec.Struct, kw_only=True):
+    """A state checkpoint the loop saved, with the metric it was judged by."""
+
+    ref: CheckpointRef
+    step: int
+    metric: float | None = None
+
+
+class LoopState(msgspec.Struct, kw_only=True):
+    """The loop's own resumable state, saved beside each checkpoint."""
+
+    step: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+    elapsed_s: float = 0.0
+    first_loss: float | None = None
+    last_loss: float | None = None
+    checkpoints: list[SavedCheckpoint] = []
+    val_history: list[float] = []
+
+
+class LoopResult(msgspec.Struct, kw_only=True):
+    """What a finished (or stopped) loop reports."""
+
+    state: LoopState
+    total_steps: int
+    losses: list[float]
+    best: SavedCheckpoint | None = None
+    last: SavedCheckpoint | None = None
+    stopped: str | None = None  # "budget:max_tokens", "early_stopping", "cancelled", ...
+
+
+def _snapshot(state: LoopState) -> LoopState:
+    return msgspec.structs.replace(
+        state, checkpoints=list(state.checkpoints), val_history=list(state.val_history)
+    )
+
+
+def batches_per_epoch(n_datums: int, batch_size: int) -> int:
+    """Batches in one pass over ``n_datums`` (the last one may be short)."""
+    return max(1, math.ceil(n_datums / batch_size))
+
+
+def total_steps(config: LearningConfig, n_datums: int) -> int:
+    """Optimizer steps of a run: ``max_steps``, capped by ``epochs`` when both are set."""
+    if n_datums <= 0:
+        raise ConfigError("the training set is empty", hint="check dataset_spec and its filters")
+    per_step = config.grad_accum
+    by_epochs = None
+    if config.epochs is not None:
+        by_epochs = max(
+            1, config.epochs * batches_per_epoch(n_datums, config.batch_size) // per_step
+        )
+    if config.max_steps is None:
+        assert by_epochs is not None  # LearningConfig refuses neither being set
+        return by_epochs
+    return config.max_steps if by_epochs is None else min(config.max_steps, by_epochs)
+
+
+def _permutation(n: int, seed: int, epoch: int) -> list[int]:
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order
+
+
+def batch_for_step(
+    datums: Sequence[Datum], step: int, micro: int, config: LearningConfig, *, shuffle: bool = True
+) -> tuple[list[Datum], float]:
+    """The micro-batch ``micro`` of optimizer step ``step`` (0-based) and the epoch it ends in.
+
+    A pure function of its arguments: this is what makes resume exact.
+    """
+    bpe = batches_per_epoch(len(datums), config.batch_size)
+    index = step * config.grad_accum + micro
+    epoch, k = divmod(index, bpe)
+    order = _permutation(len(datums), config.seed, epoch) if shuffle else list(range(len(datums)))
+    chosen = order[k * config.batch_size : (k + 1) * config.batch_size]
+    return [datums[i] for i in chosen], (index + 1) / bpe
+
+
+def learning_rate(config: LearningConfig, step: int, total: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based): warmup, then the schedule."""
+    base = config.optimizer.lr
+    sched = config.scheduler
+    if sched.warmup_steps and step < sched.warmup_steps:
+        return base * (step + 1) / sched.warmup_steps
+    if sched.name == "constant":
+        return base
+    span = max(1, total - sched.warmup_steps)
+    progress = min(1.0, (step - sched.warmup_steps) / span)
+    floor = sched.min_lr_ratio
+    if sched.name == "linear":
+        factor = 1.0 - (1.0 - floor) * progress
+    else:
+        factor = floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return base * factor
+
+
+def adam_params(config: LearningConfig, lr: float) -> AdamParams:
+    """The optimizer-step parameters for ``lr`` (SGD's momentum travels as ``beta1``)."""
+    opt = config.optimizer
+    if isinstance(opt, AdamW):
+        return AdamParams(
+            learning_rate=lr,
+            beta1=opt.betas[0],
+            beta2=opt.betas[1],
+            eps=opt.eps,
+            weight_decay=opt.weight_decay,
+            grad_clip_norm=opt.grad_clip or 0.0,
+        )
+    assert isinstance(opt, SGD)
+    return AdamParams(
+        learning_rate=lr,
+        beta1=opt.momentum,
+        weight_decay=opt.weight_decay,
+        grad_clip_norm=opt.grad_clip or 0.0,
+    )
+
+
+def _tokens(batch: Sequence[Datum]) -> int:
+    return sum(len(d.model_input) for d in batch)
+
+
+class _Watchdog:
+    """Waits on futures with a deadline and reports who was slow."""
+
+    def __init__(self, backend: str, deadline_s: float) -> None:
+        self.backend = backend
+        self.deadline_s = deadline_s
+
+    def wait(self, future: Future[Any], call: str) -> Any:
+        start = time.monotonic()
+        try:
+            return future.result(timeout=self.deadline_s)
+        except TimeoutError as exc:
+            waited = time.monotonic() - start
+            raise DeadlineExceeded(
+                f"backend {self.backend!r}: {call} did not answer within {waited:.1f} s",
+                hint="the backend may be overloaded or unreachable; raise the deadline with "
+                "CRUCIBLE_CALL_DEADLINE_S or check the backend's health",
+                backend=self.backend,
+                call=call,
+                waited_s=round(waited, 3),
+                request_id=getattr(exc, "request_id", None),
+            ) from exc
+
+
+class _InFlight(msgspec.Struct):
+    step: int
+    epoch: float
+    tokens: int
+    fb: list[Future[ForwardBackwardResult]]
+    opt: Future[OptimStepResult]
+    lr: float
+    submitted: float
+    save: Future[CheckpointRef] | None = None
+    val: Future[ForwardBackwardResult] | None = None
+
+
+def _mean_loss(results: Sequence[ForwardBackwardResult]) -> float:
+    tokens = sum(r.num_tokens for r in results)
+    if tokens > 0:
+        return sum(r.loss * r.num_tokens for r in results) / tokens
+    return sum(r.loss for r in results) / len(results)
+
+
+def train(
+    session: TrainingSession,
+    job: TrainingJob,
+    train_data: Sequence[Datum],
+    *,
+    validation_data: Sequence[Datum] = (),
+    emit: Emit | None = None,
+    cancel: CancelToken | None = None,
+    resume: LoopState | None = None,
+    on_checkpoint: Callable[[SavedCheckpoint, LoopState], None] | None = None,
+    on_delete: Callable[[SavedCheckpoint], None] | None = None,
+    costs: Costs | None = None,
+    backend_name: str = "backend",
+    window: int = 2,
+    deadline_s: float = DEFAULT_DEADLINE_S,
+    clock: Callable[[], float] = time.monotonic,
+) -> LoopResult:
+    """Run the job's optimizer steps on ``session``; see the module docstring for the rules.
+
+    ``on_checkpoint`` is called after each state checkpoint (with the loop
+    state to persist beside it); ``on_delete`` when the checkpoint policy
+    retires one. ``resume`` continues a run from the state saved with its
+    last checkpoint (the caller has already ``load_state``-d the session).
+    """
+    cfg = job.learning_config
+    policy = job.checkpoint_policy
+    loss = cfg.loss
+    total = total_steps(cfg, len(train_data))
+    shuffle = job.dataset_spec.shuffle
+    budget = job.budget
+    price = (costs.train_per_mtok if costs else 0.0) / 1e6
+    say: Emit = emit or _quiet
+    watch = _Watchdog(backend_name, deadline_s)
+    state = msgspec.structs.replace(resume) if resume is not None else LoopState()
+    state.checkpoints = list(state.checkpoints)
+    tracker = CheckpointTracker(policy, saved=[(c.step, c.metric) for c in state.checkpoints])
+    val_spec = job.validation_spec
+    # A metric-driven save ("best") needs step k's loss before step k+1 runs.
+    window = 1 if policy.strategy == "best" else max(1, window)
+    losses: list[float] = []
+    pending: deque[_InFlight] = deque()
+    session_start = clock()
+    step_times: deque[float] = deque(maxlen=8)
+    stopped: str | None = None
+    patience_left = val_spec.early_stopping_patience if val_spec else None
+    best_val = min(state.val_history) if state.val_history else None
+
+    def finish_oldest() -> None:
+        nonlocal stopped, patience_left, best_val
+        item = pending.popleft()
+        results = [watch.wait(f, "forward_backward") for f in item.fb]
+        opt = watch.wait(item.opt, "optim_step")
+        step_loss = _mean_loss(results)
+        now = clock()
+        step_times.append(now - item.submitted)
+        state.step = item.step + 1
+        state.last_loss = step_loss
+        if state.first_loss is None:
+            state.first_loss = step_loss
+        losses.append(step_loss)
+        metrics: dict[str, float] = {}
+        for r in results:
+            metrics.update(r.metrics)
+        metrics.update(opt.metrics)
+        say(
+            "train.step",
+            step=state.step,
+            epoch=item.epoch,
+            loss=step_loss,
+            lr=item.lr,
+            tokens=state.tokens,
+            grad_norm=opt.grad_norm,
+            total_steps=total,
+            metrics=metrics,
+        )
+        observed: dict[str, float] = {"loss": step_loss, **metrics}
+        if item.val is not None:
+            val = watch.wait(item.val, "forward")
+            observed["val_loss"] = val.loss
+            state.val_history.append(val.loss)
+            say("eval.metric", step=state.step, split="validation", val_loss=val.loss)
+            if patience_left is not None:
+                if best_val is None or val.loss < best_val:
+                    best_val = val.loss
+                    patience_left = val_spec.early_stopping_patience if val_spec else None
+                else:
+                    patience_left -= 1
+                    if patience_left <= 0:
+                        stopped = "early_stopping"
+        decision = tracker.observe(state.step, item.epoch, observed, final=state.step == total)
+        if decision.save and item.save is None and pending:
+            # Only a metric-driven policy decides late, and it runs with window=1.
+            raise AssertionError("a checkpoint decided after later steps were submitted")
+        if decision.save:
+            ref = (
+                watch.wait(item.save, "save_state")
+                if item.save is not None
+                else watch.wait(session.save_state(f"step-{state.step:06d}"), "save_state")
+            )
+            saved = SavedCheckpoint(
+                ref=ref, step=state.step, metric=observed.get(policy.best_metric)
+            )
+            state.checkpoints.append(saved)
+            state.elapsed_s = (resume.elapsed_s if resume else 0.0) + (clock() - session_start)
+            if on_checkpoint is not None:
+                on_checkpoint(saved, _snapshot(state))
+            say("train.checkpoint", step=state.step, uri=ref.uri, kind=ref.kind)
+        elif item.save is not None:
+            # Predicted but not wanted (the step was already saved): keep nothing extra.
+            watch.wait(item.save, "save_state")
+        for step in decision.delete:
+            doomed = [c for c in state.checkpoints if c.step == step]
+            state.checkpoints = [c for c in state.checkpoints if c.step != step]
+            for c in doomed:
+                if on_delete is not None:
+                    on_delete(c)
+
+    def drain() -> None:
+        while pending:
+            finish_oldest()
+
+    def _save_now() -> None:
+        # The session is idle (drained), so this saves exactly the state after state.step.
+        ref = watch.wait(session.save_state(f"step-{state.step:06d}"), "save_state")
+        saved = SavedCheckpoint(ref=ref, step=state.step, metric=state.last_loss)
+        state.checkpoints.append(saved)
+        state.elapsed_s = (resume.elapsed_s if resume else 0.0) + (clock() - session_start)
+        if on_checkpoint is not None:
+            on_checkpoint(saved, _snapshot(state))
+        say("train.checkpoint", step=state.step, uri=ref.uri, kind=ref.kind)
+
+    def stop_with(reason: str, make_error: Callable[[int], Exception]) -> None:
+        drain()
+        if not state.checkpoints or state.checkpoints[-1].step != state.step:
+            _save_now()
+        say("train.stopped", step=state.step, reason=reason)
+        raise make_error(state.step)
+
+    say("train.start", step=state.step, total_steps=total, resumed=resume is not None)
+    bpe = batches_per_epoch(len(train_data), cfg.batch_size)
+    for step in range(state.step, total):
+        if stopped is not None:
+            break
+        if cancel is not None and cancel.is_set():
+            stop_with("cancelled", _cancelled_error)
+        micro = [
+            batch_for_step(train_data, step, m, cfg, shuffle=shuffle) for m in range(cfg.grad_accum)
+        ]
+        step_tokens = sum(_tokens(b) for b, _ in micro)
+        epoch = micro[-1][1]
+        problem = _budget_problem(
+            budget.max_tokens,
+            budget.max_cost,
+            budget.max_wall_time,
+            tokens=state.tokens,
+            cost=state.cost,
+            step_tokens=step_tokens,
+            price=price,
+            elapsed=(resume.elapsed_s if resume else 0.0) + (clock() - session_start),
+            pace=(sum(step_times) / len(step_times)) if step_times else 0.0,
+        )
+        if problem is not None:
+            stop_with(f"budget:{problem}", functools.partial(_budget_error, problem))
+        state.tokens += step_tokens
+        state.cost += step_tokens * price
+        lr = learning_rate(cfg, step, total)
+        submitted = clock()
+        fb = [session.forward_backward(b, loss) for b, _ in micro]
+        opt = session.optim_step(adam_params(cfg, lr))
+        step_done = step + 1
+        will_save = policy.strategy in ("steps", "last", "all") and (
+            step_done % policy.save_every == 0 or step_done == total
+        )
+        if policy.strategy == "epoch":
+            before = step * cfg.grad_accum / bpe
+            will_save = math.floor(epoch) > math.floor(before) or step_done == total
+        save = session.save_state(f"step-{step_done:06d}") if will_save else None
+        val = None
+        if (
+            val_spec is not None
+            and val_spec.every_n_steps
+            and validation_data
+            and (step_done % val_spec.every_n_steps == 0 or step_done == total)
+        ):
+            val = session.forward(list(validation_data), loss)
+        pending.append(_InFlight(step, epoch, step_tokens, fb, opt, lr, submitted, save, val))
+        while len(pending) >= window:
+            finish_oldest()
+    drain()
+    if stopped is not None and (not state.checkpoints or state.checkpoints[-1].step != state.step):
+        # Early stopping ended the run off the save schedule: keep its final state.
+        _save_now()
+    state.elapsed_s = (resume.elapsed_s if resume else 0.0) + (clock() - session_start)
+    say("train.end", step=state.step, loss=state.last_loss, stopped=stopped)
+    best_step = tracker.best
+    by_step = {c.step: c for c in state.checkpoints}
+    return LoopResult(
+        state=state,
+        total_steps=total,
+        losses=losses,
+        best=by_step.get(best_step) if best_step is not None else None,
+        last=state.checkpoints[-1] if state.checkpoints else None,
+        stopped=stopped,
+    )
+
+
+def _budget_error(which: str, step: int) -> BudgetExhausted:
+    return BudgetExhausted(
+        f"stopped after step {step}: the next step would exceed {which}",
+        hint=f"resume with a larger budget: crucible resume RUN --{which.replace('_', '-')} N",
+        budget=which,
+        step=step,
+    )
+
+
+def _cancelled_error(step: int) -> Cancelled:
+    return Cancelled(f"training cancelled after step {step}; a checkpoint was saved", step=step)
+
+
+def _budget_problem(
+    max_tokens: int | None,
+    max_cost: float | None,
+    max_wall_time: float | None,
+    *,
+    tokens: int,
+    cost: float,
+    step_tokens: int,
+    price: float,
+    elapsed: float,
+    pace: float,
+) -> str | None:
+    if max_tokens is not None and tokens + step_tokens > max_tokens:
+        return "max_tokens"
+    if max_cost is not None and cost + step_tokens * price > max_cost:
+        return "max_cost"
+    if max_wall_time is not None and elapsed + pace > max_wall_time:
+        return "max_wall_time"
+    return None
