@@ -1,0 +1,434 @@
+"""Chat renderers: messages -> tokens and per-token loss weights.
+
+A renderer lays a conversation out as *pieces* (template text, message
+content, special token ids), tokenizes each piece on its own with the
+model's :class:`~crucible_core.contracts.Tokenizer`, and gives every token a
+weight: 1 on the tokens an assistant produced (its content, its end-of-turn
+marker and, for ``plain``, the EOS token), 0 elsewhere; with
+``train_on = "all"`` every token weighs 1. Tokenizing piece by piece is what
+makes the weights exact: a token never straddles a role boundary.
+
+Built-in formats:
+
+* ``plain``: ``<|user|>\\n{content}\\n<|assistant|>\\n{content}<eos>\\n``
+* ``llama3``: ``<|begin_of_text|>`` then
+  ``<|start_header_id|>{role}<|end_header_id|>\\n\\n{content}<|eot_id|>``
+  per turn (content stripped, as Meta's template does)
+* ``chatml`` (= ``qwen``): ``<|im_start|>{role}\\n{content}<|im_end|>\\n``
+* ``chat_template``: the tokenizer's own Jinja ``chat_template``, rendered with
+  Hugging Face's conventions. The assistant spans are found by rendering the
+  conversation turn by turn (``messages[:i]`` with a generation prompt, then
+  ``messages[:i+1]``) and checking each render extends the previous one; a
+  template that rewrites earlier turns is refused with a hint to use a
+  built-in format.
+
+Special markers such as ``<|im_start|>`` become single tokens when the
+tokenizer knows them as special tokens, and plain text otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, NamedTuple
+
+from crucible_core.contracts import Tokenizer
+from crucible_core.errors import ConfigError, NotFound
+
+__all__ = [
+    "BUILTIN_FORMATS",
+    "ChatFormat",
+    "FormatRenderer",
+    "JinjaRenderer",
+    "Rendered",
+    "Renderer",
+    "chat_template",
+    "chatml",
+    "get_renderer",
+    "llama3",
+    "plain",
+]
+
+TrainOn = Literal["assistant", "all"]
+#: A piece of a rendered conversation: text or token ids, whether it is trained
+#: (assistant output), and whether it is template constant (its tokens are cached).
+Piece = tuple[str | tuple[int, ...], bool, bool]
+
+
+class Rendered(NamedTuple):
+    """Tokens of a rendered example and one loss weight per token."""
+
+    tokens: list[int]
+    weights: list[float]
+
+
+class Renderer:
+    """Base of the renderers: turns pieces into tokens and weights.
+
+    Subclasses implement :meth:`pieces`. ``name`` identifies the format and
+    ``template_hash`` (``sha256:...``) the exact template, for run manifests.
+    """
+
+    name: str = "renderer"
+    template_hash: str = ""
+    stop: tuple[str, ...] = ()
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._cache: dict[str, list[int]] = {}
+        self._encode = tokenizer.encode
+
+    def pieces(
+        self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool
+    ) -> list[Piece]:
+        raise NotImplementedError
+
+    def _ids(self, value: str | tuple[int, ...], constant: bool) -> list[int]:
+        if isinstance(value, tuple):
+            return list(value)
+        if not value:
+            return []
+        if constant:
+            cached = self._cache.get(value)
+            if cached is None:
+                cached = self._cache[value] = list(self._encode(value, add_special_tokens=False))
+            return cached
+        return self._encode(value, add_special_tokens=False)
+
+    def render(
+        self, messages: Sequence[Mapping[str, str]], *, train_on: TrainOn = "assistant"
+    ) -> Rendered:
+        """Tokens and weights for a whole conversation (for training)."""
+        tokens: list[int] = []
+        weights: list[float] = []
+        everything = train_on == "all"
+        for value, trained, constant in self.pieces(messages, add_generation_prompt=False):
+            ids = self._ids(value, constant)
+            tokens.extend(ids)
+            weights.extend([1.0 if trained or everything else 0.0] * len(ids))
+        return Rendered(tokens, weights)
+
+    def render_prompt(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        """Tokens of a conversation followed by the assistant's header (for generation)."""
+        tokens: list[int] = []
+        for value, _, constant in self.pieces(messages, add_generation_prompt=True):
+            tokens.extend(self._ids(value, constant))
+        return tokens
+
+    def render_text(self, text: str) -> Rendered:
+        """A plain-text example: its tokens plus EOS (if the tokenizer has one), all trained."""
+        tokens = list(self._encode(text, add_special_tokens=False))
+        eos = self.tokenizer.eos_token_id
+        if eos is not None:
+            tokens.append(eos)
+        return Rendered(tokens, [1.0] * len(tokens))
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """A fixed chat layout: text at the start, a header per turn, and what ends a turn.
+
+    ``footer`` ends every turn and is trained on assistant turns; ``separator``
+    follows it and is never trained; ``eos_after_assistant`` appends the
+    tokenizer's EOS id (trained) after each assistant turn.
+    """
+
+    name: str
+    begin: str
+    header: str
+    footer: str
+    separator: str
+    strip_content: bool = False
+    eos_after_assistant: bool = False
+
+    def digest(self) -> str:
+        text = json.dumps(
+            {
+                "name": self.name,
+                "begin": self.begin,
+                "header": self.header,
+                "footer": self.footer,
+                "separator": self.separator,
+                "strip": self.strip_content,
+                "eos": self.eos_after_assistant,
+            },
+            sort_keys=True,
+        )
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+BUILTIN_FORMATS: dict[str, ChatFormat] = {
+    "plain": ChatFormat(
+        "plain", "", "<|{role}|>\n", "", "\n", strip_content=False, eos_after_assistant=True
+    ),
+    "llama3": ChatFormat(
+        "llama3",
+        "<|begin_of_text|>",
+        "<|start_header_id|>{role}<|end_header_id|>\n\n",
+        "<|eot_id|>",
+        "",
+        strip_content=True,
+    ),
+    "chatml": ChatFormat("chatml", "", "<|im_start|>{role}\n", "<|im_end|>", "\n"),
+}
+_STOPS = {"plain": ("\n<|user|>",), "llama3": ("<|eot_id|>",), "chatml": ("<|im_end|>",)}
+
+
+class FormatRenderer(Renderer):
+    """A renderer for a :class:`ChatFormat` (``plain``, ``llama3``, ``chatml``)."""
+
+    def __init__(self, tokenizer: Tokenizer, fmt: ChatFormat) -> None:
+        super().__init__(tokenizer)
+        self.format = fmt
+        self.name = fmt.name
+        self.template_hash = fmt.digest()
+        self.stop = _STOPS.get(fmt.name, ())
+        self._headers = {
+            role: fmt.header.format(role=role) for role in ("system", "user", "assistant", "tool")
+        }
+        eos = tokenizer.eos_token_id
+        self._eos: tuple[int, ...] | None = (
+            (eos,) if fmt.eos_after_assistant and eos is not None else None
+        )
+
+    def pieces(
+        self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool
+    ) -> list[Piece]:
+        fmt = self.format
+        out: list[Piece] = []
+        if fmt.begin:
+            out.append((fmt.begin, False, True))
+        headers = self._headers
+        for m in messages:
+            role = m["role"]
+            content = m["content"]
+            if fmt.strip_content:
+                content = content.strip()
+            header = headers.get(role) or fmt.header.format(role=role)
+            assistant = role == "assistant"
+            out.append((header, False, True))
+            out.append((content, assistant, False))
+            if fmt.footer:
+                out.append((fmt.footer, assistant, True))
+            if assistant and self._eos is not None:
+                out.append((self._eos, True, True))
+            if fmt.separator:
+                out.append((fmt.separator, False, True))
+        if add_generation_prompt:
+            out.append((headers["assistant"], False, True))
+        return out
+
+
+def plain(tokenizer: Tokenizer, **options: Any) -> FormatRenderer:
+    """The plain role-tagged format."""
+    _no_options("plain", options)
+    return FormatRenderer(tokenizer, BUILTIN_FORMATS["plain"])
+
+
+def llama3(tokenizer: Tokenizer, **options: Any) -> FormatRenderer:
+    """The Llama-3 chat format."""
+    _no_options("llama3", options)
+    return FormatRenderer(tokenizer, BUILTIN_FORMATS["llama3"])
+
+
+def chatml(tokenizer: Tokenizer, **options: Any) -> FormatRenderer:
+    """The ChatML format used by Qwen."""
+    _no_options("chatml", options)
+    return FormatRenderer(tokenizer, BUILTIN_FORMATS["chatml"])
+
+
+def _no_options(name: str, options: Mapping[str, Any]) -> None:
+    if options:
+        raise ConfigError(
+            f"renderer {name!r} takes no options; got {', '.join(sorted(options))}",
+            hint="remove the options",
+        )
+
+
+# -- Jinja chat templates --------------------------------------------------------------
+
+
+def _raise_exception(message: str) -> None:
+    raise ConfigError(f"the chat template refused the conversation: {message}")
+
+
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: Any = None,
+    sort_keys: bool = False,
+) -> str:
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+@functools.lru_cache(maxsize=32)
+def _compile(source: str) -> Any:
+    import jinja2
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    try:
+        return env.from_string(source)
+    except jinja2.TemplateError as exc:
+        raise ConfigError(
+            f"the chat template does not compile: {exc}",
+            hint="fix the template, or use a built-in one: "
+            'template = "chatml", "llama3" or "plain"',
+        ) from None
+
+
+class JinjaRenderer(Renderer):
+    """A Hugging Face style Jinja chat template (the tokenizer's own, or one given as text)."""
+
+    stop: tuple[str, ...] = ()
+
+    def __init__(
+        self, tokenizer: Tokenizer, source: str, *, name: str = "chat_template", **variables: Any
+    ) -> None:
+        super().__init__(tokenizer)
+        self.name = name
+        self.source = source
+        self.template_hash = "sha256:" + hashlib.sha256(source.encode()).hexdigest()
+        self._template = _compile(source)
+        eos_id = tokenizer.eos_token_id
+        self._variables: dict[str, Any] = {
+            "bos_token": _token_text(tokenizer, "bos_token", None),
+            "eos_token": _token_text(tokenizer, "eos_token", eos_id),
+            **variables,
+        }
+
+    def text(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool) -> str:
+        """The template's text for ``messages``."""
+        import jinja2
+
+        try:
+            return self._template.render(
+                messages=[dict(m) for m in messages],
+                add_generation_prompt=add_generation_prompt,
+                **self._variables,
+            )
+        except ConfigError:
+            raise
+        except (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError) as exc:
+            raise ConfigError(
+                f"the chat template failed on a conversation of {len(messages)} message(s): "
+                f"{type(exc).__name__}: {exc}",
+                hint='use a built-in template instead: template = "chatml", "llama3" or "plain"',
+            ) from None
+
+    def pieces(
+        self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool
+    ) -> list[Piece]:
+        if add_generation_prompt:
+            return [(self.text(messages, add_generation_prompt=True), False, False)]
+        full = self.text(messages, add_generation_prompt=False)
+        out: list[Piece] = []
+        pos = 0
+        last = len(messages) - 1
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            before = self.text(messages[:i], add_generation_prompt=True)
+            after = full if i == last else self.text(messages[: i + 1], add_generation_prompt=False)
+            if not (
+                pos <= len(before) <= len(after)
+                and full.startswith(after)
+                and after.startswith(before)
+            ):
+                raise ConfigError(
+                    f"the {self.name} template does not render conversations turn by turn "
+                    f"(adding message {i} changes earlier text), so the assistant's tokens "
+                    "cannot be located",
+                    hint='use a built-in template: template = "chatml", "llama3" or "plain"',
+                )
+            out.append((full[pos : len(before)], False, False))
+            out.append((full[len(before) : len(after)], True, False))
+            pos = len(after)
+        out.append((full[pos:], False, False))
+        return out
+
+
+def _token_text(tokenizer: Tokenizer, attr: str, token_id: int | None) -> str:
+    value = getattr(tokenizer, attr, None)
+    if isinstance(value, str):
+        return value
+    if token_id is not None:
+        return tokenizer.decode([token_id])
+    return ""
+
+
+def chat_template(
+    tokenizer: Tokenizer, *, template: str | None = None, **variables: Any
+) -> JinjaRenderer:
+    """The tokenizer's own ``chat_template`` (or ``template`` given as Jinja text)."""
+    source = template if template is not None else tokenizer.chat_template
+    if not source:
+        raise ConfigError(
+            f"tokenizer {tokenizer.name!r} has no chat_template",
+            hint='set dataset_spec.template to "chatml", "llama3" or "plain"',
+        )
+    return JinjaRenderer(
+        tokenizer, source, name="chat_template" if template is None else "custom", **variables
+    )
+
+
+_ALIASES = {"qwen": "chatml", "llama-3": "llama3", "llama_3": "llama3", "role": "plain"}
+_OWN = ("chat_template", "tokenizer", "hf")
+
+
+def get_renderer(template: str | None, tokenizer: Tokenizer, **options: Any) -> Renderer:
+    """The renderer a ``DatasetSpec.template`` names.
+
+    ``None``: the tokenizer's own chat_template if it has one, else ``plain``.
+    ``"plain"``, ``"llama3"``, ``"chatml"``/``"qwen"``: built-in formats;
+    ``"chat_template"``: the tokenizer's template (an error if it has none);
+    text containing ``{%`` or ``{{``: a Jinja template; any other name: a
+    renderer another plugin registered.
+    """
+    if template is None:
+        if tokenizer.chat_template:
+            return chat_template(tokenizer, **options)
+        return plain(tokenizer, **options)
+    stripped = template.strip()
+    if "{%" in stripped or "{{" in stripped:
+        return chat_template(tokenizer, template=template, **options)
+    key = _ALIASES.get(stripped.lower(), stripped.lower())
+    if key in _OWN:
+        return chat_template(tokenizer, **options)
+    if key in BUILTIN_FORMATS:
+        _no_options(key, options)
+        return FormatRenderer(tokenizer, BUILTIN_FORMATS[key])
+    found = _plugin_renderer(stripped)
+    if found is not None:
+        return found(tokenizer, **options)
+    names = [*BUILTIN_FORMATS, "qwen", "chat_template"]
+    raise ConfigError(
+        f"dataset_spec.template: unknown template {template!r}",
+        hint=f"use one of: {', '.join(names)}, or Jinja text",
+    )
+
+
+def _plugin_renderer(name: str) -> Any:
+    try:
+        from crucible_core.plugins import get_host
+
+        return get_host().get("renderer", name).load()
+    except NotFound:
+        return None

@@ -1,0 +1,207 @@
+"""The pipeline stages ``data.load`` and ``data.tokenize``.
+
+Both read the TrainingJob from ``ctx.job.payload`` and use its ``dataset_spec``.
+
+``data.load`` outputs::
+
+    {"rows": [...], "train_rows": [...], "validation_rows": [...],
+     "dataset_hash": "sha256:...", "skipped": int, "source": "jsonl:path",
+     "kind": "chat", "columns": [...], "skip_reasons": [...]}
+
+``train_rows``/``validation_rows`` split ``rows`` by ``dataset_spec.validation_ratio``
+with the job's ``learning_config.seed`` (:func:`~crucible_datasets.splits.train_validation_split`).
+
+``data.tokenize`` (after ``data.load``) gets the tokenizer from
+``ctx.backend().get_tokenizer(job.model_spec)`` and outputs::
+
+    {"train": [Datum, ...], "validation": [Datum, ...], "tokens": int,
+     "template": "chatml", "template_hash": "sha256:...",
+     "validation_tokens": int, "loss_tokens": float, "truncated": int, "dropped": int,
+     "max_length": int | None, "packed": bool}
+
+``tokens`` counts the training Datums' input tokens (one epoch). The length
+limit is ``dataset_spec.max_length``, else ``model_spec.max_seq_len``.
+Datum shift: ``model_input = tokens[:-1]``, ``target_tokens = tokens[1:]``,
+``weights = weights[1:]`` (see :mod:`crucible_datasets.datums`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, cast
+
+from crucible_core.contracts import StageContext, Tokenizer
+from crucible_core.errors import Cancelled, ConfigError
+from crucible_core.ir.codec import convert
+from crucible_core.ir.training import DatasetSpec, TrainingJob
+
+__all__ = ["DataLoadStage", "DataTokenizeStage", "training_job"]
+
+
+def training_job(ctx: StageContext) -> TrainingJob:
+    """The TrainingJob of the run (``ctx.job.payload``, validated)."""
+    payload: Any = ctx.job.payload
+    if isinstance(payload, TrainingJob):
+        return payload
+    if isinstance(payload, Mapping) and "dataset_spec" in payload:
+        return convert(payload, TrainingJob)
+    raise ConfigError(
+        f"job {ctx.job_id}: the data stages need a training job, but the job's payload "
+        "has no dataset_spec",
+        hint="run data.load/data.tokenize as part of a training run",
+    )
+
+
+def _dataset_spec(ctx: StageContext) -> tuple[DatasetSpec, int]:
+    payload: Any = ctx.job.payload
+    if isinstance(payload, TrainingJob) or (
+        isinstance(payload, Mapping) and "dataset_spec" in payload
+    ):
+        job = training_job(ctx)
+        return job.dataset_spec, job.learning_config.seed
+    dataset = ctx.experiment.dataset
+    if dataset is not None:
+        seed = ctx.options.get("seed", 0)
+        return dataset, int(seed) if isinstance(seed, int) else 0
+    return training_job(ctx).dataset_spec, 0  # raises the explanatory error
+
+
+def _cancellable(rows: Iterable[Any], ctx: StageContext, every: int = 1000) -> Iterator[Any]:
+    for i, row in enumerate(rows):
+        if i % every == 0 and ctx.cancel.is_set():
+            raise Cancelled(f"job {ctx.job_id}: cancelled while preparing data")
+        yield row
+
+
+def load_outputs(spec: DatasetSpec, seed: int, ctx: StageContext | None = None) -> dict[str, Any]:
+    """What ``data.load`` returns, computed without a context (library use, ``crucible plan``)."""
+    from crucible_datasets.hashing import dataset_hash
+    from crucible_datasets.loading import read_dataset
+    from crucible_datasets.splits import train_validation_split
+
+    loaded = read_dataset(spec)
+    train, validation = train_validation_split(loaded.rows, spec.validation_ratio, seed=seed)
+    return {
+        "rows": loaded.rows,
+        "train_rows": train,
+        "validation_rows": validation,
+        "dataset_hash": dataset_hash(loaded.rows),
+        "skipped": loaded.skipped,
+        "source": loaded.source,
+        "kind": loaded.kind,
+        "columns": loaded.columns,
+        "skip_reasons": loaded.skip_reasons,
+    }
+
+
+class DataLoadStage:
+    """``data.load``: read the dataset, split off validation rows, hash the content."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        spec, seed = _dataset_spec(ctx)
+        if ctx.cancel.is_set():
+            raise Cancelled(f"job {ctx.job_id}: cancelled before loading data")
+        out = load_outputs(spec, seed, ctx)
+        ctx.emit(
+            "data.loaded",
+            rows=len(out["rows"]),
+            train_rows=len(out["train_rows"]),
+            validation_rows=len(out["validation_rows"]),
+            skipped=out["skipped"],
+            source=out["source"],
+            dataset_hash=out["dataset_hash"],
+        )
+        return out
+
+
+def tokenize_outputs(
+    job: TrainingJob,
+    tokenizer: Tokenizer,
+    train_rows: Iterable[Mapping[str, Any]],
+    validation_rows: Iterable[Mapping[str, Any]],
+    ctx: StageContext | None = None,
+) -> dict[str, Any]:
+    """What ``data.tokenize`` returns, computed without a context."""
+    from crucible_datasets.datums import TokenStats, render_datums
+    from crucible_datasets.render import get_renderer
+
+    spec = job.dataset_spec
+    max_length = spec.max_length or job.model_spec.max_seq_len
+    renderer = get_renderer(spec.template, tokenizer)
+    if ctx is not None:
+        train_rows = _cancellable(train_rows, ctx)
+        validation_rows = _cancellable(validation_rows, ctx)
+    train_stats = TokenStats()
+    train = render_datums(
+        train_rows, tokenizer, spec, max_length=max_length, renderer=renderer, stats=train_stats
+    )
+    val_stats = TokenStats()
+    validation = render_datums(
+        validation_rows, tokenizer, spec, max_length=max_length, renderer=renderer, stats=val_stats
+    )
+    if not train:
+        raise ConfigError(
+            f"{spec.uri}: no training example has a token to learn from "
+            f"({train_stats.rows} rows, {train_stats.dropped} dropped, "
+            f"{train_stats.truncated} truncated)",
+            hint="check train_on (assistant needs assistant messages) and max_length; "
+            'train_on = "all" trains on every token',
+        )
+    return {
+        "train": train,
+        "validation": validation,
+        "tokens": train_stats.tokens,
+        "template": renderer.name,
+        "template_hash": renderer.template_hash,
+        "validation_tokens": val_stats.tokens,
+        "loss_tokens": train_stats.loss_tokens,
+        "truncated": train_stats.truncated + val_stats.truncated,
+        "dropped": train_stats.dropped + val_stats.dropped,
+        "max_length": max_length,
+        "packed": spec.packing,
+    }
+
+
+class DataTokenizeStage:
+    """``data.tokenize``: render rows with the chat template and tokenize them into Datums."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        job = training_job(ctx)
+        loaded = _load_output(ctx)
+        if loaded is None:
+            loaded = load_outputs(job.dataset_spec, job.learning_config.seed, ctx)
+        tokenizer = cast(Tokenizer, ctx.backend().get_tokenizer(job.model_spec))
+        out = tokenize_outputs(
+            job,
+            tokenizer,
+            cast(list[Mapping[str, Any]], loaded["train_rows"]),
+            cast(list[Mapping[str, Any]], loaded["validation_rows"]),
+            ctx,
+        )
+        ctx.emit(
+            "data.tokenized",
+            train=len(out["train"]),
+            validation=len(out["validation"]),
+            tokens=out["tokens"],
+            template=out["template"],
+            truncated=out["truncated"],
+            dropped=out["dropped"],
+        )
+        return out
+
+
+def _load_output(ctx: StageContext) -> Mapping[str, Any] | None:
+    """The ``data.load`` output among the stage's inputs, whatever the DAG named that stage."""
+    inputs = ctx.inputs
+    if "data.load" in inputs and "train_rows" in inputs["data.load"]:
+        return inputs["data.load"]
+    for value in inputs.values():
+        if "train_rows" in value and "validation_rows" in value:
+            return value
+    return None
