@@ -1,0 +1,137 @@
+"""``crucible serve-tinker``: a Tinker-compatible HTTP endpoint over a crucible backend.
+
+::
+
+    crucible serve-tinker --backend local --host 127.0.0.1 --port 8000 --api-key tml-mykey
+
+Then, with the unmodified SDK::
+
+    TINKER_BASE_URL=http://127.0.0.1:8000 TINKER_API_KEY=tml-mykey python my_tinker_script.py
+
+API keys come from ``--api-key`` (repeatable), ``--api-key-file`` (one key
+per line, mode 0600) or ``$CRUCIBLE_TINKER_SERVER_API_KEYS`` (comma-separated);
+with none given, one is generated and printed once on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from crucible_core.errors import ConfigError
+
+__all__ = ["command", "server_keys"]
+
+KEYS_ENV = "CRUCIBLE_TINKER_SERVER_API_KEYS"
+
+
+def server_keys(args: argparse.Namespace) -> tuple[list[str], bool]:
+    """The keys the server accepts, and whether they were generated here."""
+    keys: list[str] = list(args.api_key or [])
+    if args.api_key_file:
+        from crucible_tinker.credentials import read_key_file
+
+        # read_key_file checks the mode; a key file may hold several keys, one a line.
+        text = read_key_file(args.api_key_file).reveal()
+        keys.extend(k.strip() for k in text.replace(",", "\n").splitlines() if k.strip())
+    env = os.environ.get(KEYS_ENV)
+    if env:
+        keys.extend(k.strip() for k in env.split(",") if k.strip())
+    bad = [k for k in keys if not k.startswith("tml-")]
+    if bad:
+        raise ConfigError(
+            f"{len(bad)} server API key(s) do not start with 'tml-'",
+            hint="the tinker SDK refuses to send keys without the 'tml-' prefix",
+        )
+    if keys:
+        return keys, False
+    from crucible_tinker.server.runner import generate_api_key
+
+    return [generate_api_key()], True
+
+
+def _options(raw: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in raw or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--backend-option takes KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+class _ServeTinkerCommand:
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--backend", default="local", help="registered crucible backend (default: local)"
+        )
+        parser.add_argument(
+            "--backend-option",
+            action="append",
+            metavar="KEY=VALUE",
+            help="option passed to the backend factory (VALUE parsed as JSON when it can be)",
+        )
+        parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+        parser.add_argument("--port", type=int, default=8000, help="port (8000; 0 = any free)")
+        parser.add_argument(
+            "--api-key", action="append", metavar="KEY", help="accepted API key (repeatable)"
+        )
+        parser.add_argument(
+            "--api-key-file", type=Path, help="file of accepted keys, one a line (mode 0600)"
+        )
+        parser.add_argument(
+            "--state-dir", type=Path, help="keep the checkpoint index here across restarts"
+        )
+        parser.add_argument(
+            "--long-poll", type=float, default=10.0, help="seconds a result poll is held (10)"
+        )
+        parser.add_argument(
+            "--chunk-len",
+            type=int,
+            default=1024,
+            help="datums per forward_backward request the SDK sends (1024)",
+        )
+        parser.add_argument(
+            "--compress", action="store_true", help="ask the SDK to zstd-compress fwd/bwd bodies"
+        )
+        parser.add_argument("--log-level", default="warning", help="uvicorn log level")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from crucible_tinker.server.runner import TinkerServer
+
+        keys, generated = server_keys(args)
+        server = TinkerServer(
+            args.backend,
+            backend_options=_options(args.backend_option),
+            host=args.host,
+            port=args.port,
+            api_keys=keys,
+            state_dir=args.state_dir,
+            log_level=args.log_level,
+            long_poll_s=args.long_poll,
+            fwdbwd_max_chunk_len=args.chunk_len,
+            proto_compress_fwdbwd=args.compress,
+        )
+
+        def announce(s: TinkerServer) -> None:
+            sys.stderr.write(
+                f"serving the Tinker API for backend {args.backend!r} on {s.url} "
+                "(set TINKER_BASE_URL to it)\n"
+            )
+            if generated:
+                # Printed once, to the terminal that started the server (like a notebook token).
+                sys.stderr.write(f"generated API key (set TINKER_API_KEY to it): {keys[0]}\n")
+            sys.stderr.flush()
+
+        server.serve_forever(ready=announce)
+        return 0
+
+
+command = _ServeTinkerCommand()

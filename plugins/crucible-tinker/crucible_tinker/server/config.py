@@ -1,0 +1,96 @@
+"""Settings of the Tinker-compatible server and of its fault injection (no heavy imports)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["FaultConfig", "ServerConfig"]
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Faults the server injects into a seeded fraction of requests (tests, benchmarks).
+
+    Each request under ``/api/v1`` whose path (after ``/api/v1/``) is in
+    ``paths`` (every path when ``paths`` is None) draws from one
+    ``random.Random(seed)``, in arrival order:
+
+    - ``latency_s`` is added to every such request (a slow network or clock);
+      ``delay_fraction`` of them wait ``delay_s`` more.
+    - ``error_fraction`` are answered ``error_status`` (a 5xx) without being
+      handled; the answer carries ``retry-after-ms: retry_after_ms`` so that a
+      client that honours it retries quickly.
+    - ``drop_fraction`` lose their connection before being handled (the
+      request never happened).
+    - ``drop_after_fraction`` are handled, then lose their connection before
+      the answer arrives (the request happened but the client cannot know):
+      the case that makes deduplication necessary.
+    """
+
+    seed: int = 0
+    latency_s: float = 0.0
+    delay_fraction: float = 0.0
+    delay_s: float = 0.0
+    error_fraction: float = 0.0
+    error_status: int = 503
+    retry_after_ms: int = 50
+    drop_fraction: float = 0.0
+    drop_after_fraction: float = 0.0
+    paths: frozenset[str] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("delay_fraction", "error_fraction", "drop_fraction", "drop_after_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"FaultConfig.{name} must be in [0, 1], got {value}")
+        if self.latency_s < 0 or self.delay_s < 0:
+            raise ValueError("FaultConfig latencies must be >= 0")
+        if not 500 <= self.error_status <= 599:
+            raise ValueError(f"FaultConfig.error_status must be a 5xx, got {self.error_status}")
+
+    @property
+    def active(self) -> bool:
+        return bool(
+            self.latency_s
+            or (self.delay_fraction and self.delay_s)
+            or self.error_fraction
+            or self.drop_fraction
+            or self.drop_after_fraction
+        )
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the server behaves towards the SDK.
+
+    ``api_keys``: the keys accepted in ``X-API-Key`` (the SDK only sends keys
+    starting ``tml-``). ``long_poll_s``: how long ``retrieve_future`` holds a
+    request for a pending result before answering ``try_again`` (the SDK
+    re-polls at once, and reads with a 45 s timeout). ``fwdbwd_max_chunk_len``,
+    ``parallel_fwdbwd_chunks``, ``proto_compress_fwdbwd`` and
+    ``use_pyqwest_transport`` are handed to the SDK in ``/client/config``.
+    ``result_ttl_s``: how long a finished result stays retrievable.
+    """
+
+    api_keys: tuple[str, ...]
+    long_poll_s: float = 10.0
+    fwdbwd_max_chunk_len: int = 1024
+    parallel_fwdbwd_chunks: bool = True
+    proto_compress_fwdbwd: bool = False
+    use_pyqwest_transport: bool = False
+    result_ttl_s: float = 900.0
+    max_context_length: int | None = None
+    faults: FaultConfig = field(default_factory=FaultConfig)
+
+    def __post_init__(self) -> None:
+        if not self.api_keys:
+            raise ValueError("ServerConfig.api_keys must hold at least one key")
+        for key in self.api_keys:
+            if not key.startswith("tml-"):
+                raise ValueError(
+                    "server API keys must start with 'tml-' (the tinker SDK refuses other keys)"
+                )
+        if not 0 < self.long_poll_s < 45:
+            raise ValueError("long_poll_s must be in (0, 45): the SDK reads with a 45 s timeout")
+        if self.fwdbwd_max_chunk_len < 1:
+            raise ValueError("fwdbwd_max_chunk_len must be >= 1")
