@@ -1,0 +1,70 @@
+"""What crucible-local declares, as plain data: no torch, no transformers.
+
+``plugin.py`` registers :func:`static_capabilities` without importing
+anything heavy; the backend returns the same object from ``capabilities()``.
+"""
+
+from __future__ import annotations
+
+from crucible_core.ir.backend import Capabilities, Costs
+
+__all__ = [
+    "ADAPTERS",
+    "BACKEND_ID",
+    "CHECKPOINT_FORMATS",
+    "LOSSES",
+    "MAX_CONTEXT_LENGTH",
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "TINY_MODELS",
+    "UNSUPPORTED_FORMATS",
+    "static_capabilities",
+]
+
+BACKEND_ID = "local"
+
+#: The built-in models: name -> one-line description. Built from a transformers
+#: model class with a tiny config and seeded initialisation (nothing is downloaded).
+TINY_MODELS: dict[str, str] = {
+    "tiny-llama": "LlamaForCausalLM, 2 layers, hidden 64, byte-level vocabulary, context 512",
+    "tiny-gpt2": "GPT2LMHeadModel, 2 layers, hidden 64, byte-level vocabulary, context 512",
+}
+
+#: Context length of the built-in models (a model loaded from a path declares its own).
+MAX_CONTEXT_LENGTH = 512
+
+LOSSES: tuple[str, ...] = ("cross_entropy", "importance_sampling", "ppo", "dpo", "custom")
+ADAPTERS: tuple[str, ...] = ("lora", "full")
+OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
+SCHEDULERS: tuple[str, ...] = ("constant", "linear", "cosine")
+CHECKPOINT_FORMATS: tuple[str, ...] = ("safetensors", "pytorch")
+UNSUPPORTED_FORMATS: tuple[str, ...] = ("gguf", "onnx")
+
+_CAPABILITIES = Capabilities(
+    backend_id=BACKEND_ID,
+    provider="crucible-local (PyTorch on CPU + PEFT)",
+    models=list(TINY_MODELS),
+    supports_streaming=True,
+    supports_training=True,
+    supports_logprobs=True,
+    supports_inference=True,
+    losses=list(LOSSES),
+    adapters=["lora", "full"],
+    optimizers=list(OPTIMIZERS),
+    schedulers=list(SCHEDULERS),
+    checkpoint_formats=list(CHECKPOINT_FORMATS),
+    max_context_length=MAX_CONTEXT_LENGTH,
+    costs=Costs(),
+    metadata={
+        "device": "cpu",
+        "models_by_path": True,
+        "qlora": "unsupported: needs bitsandbytes and a CUDA device",
+        "max_context_length": "applies to the built-in models; a model loaded from "
+        "model_spec.path has its own",
+    },
+)
+
+
+def static_capabilities() -> Capabilities:
+    """The capabilities of the ``local`` backend (the same object every call)."""
+    return _CAPABILITIES
