@@ -18,3 +18,55 @@ from crucible_core.hookspecs import hookimpl
 def register_commands(register: Any) -> None:
     for name, (factory, summary) in BUILTIN_COMMANDS.items():
         register(name, factory, summary=summary)
+
+
+@hookimpl
+def register_executors(register: Any) -> None:
+    register(
+        "inline",
+        "crucible_core.runtime.executors:InlineExecutor",
+        summary="Run each callable at once in the calling thread",
+    )
+    register(
+        "thread",
+        "crucible_core.runtime.executors:ThreadExecutor",
+        summary="Run callables in a thread pool (max_workers)",
+    )
+    register(
+        "process",
+        "crucible_core.runtime.executors:ProcessExecutor",
+        summary="Run picklable callables in a pool of spawned processes (max_workers)",
+    )
+
+
+@hookimpl
+def register_artifact_stores(register: Any) -> None:
+    register(
+        "local",
+        "crucible_core.runtime.artifacts:LocalArtifactStore",
+        summary="Content-addressed files under $CRUCIBLE_HOME/artifacts (root)",
+    )
+
+
+@hookimpl
+def register_stages(register: Any) -> None:
+    register(
+        "train.loop",
+        "crucible_core.runtime.training:TrainLoopStage",
+        summary="Train the job's model on the tokenized data (pipelined, resumable, budgeted)",
+    )
+    register(
+        "train.evaluate",
+        "crucible_core.runtime.training:EvaluateStage",
+        summary="Loss and perplexity of the trained weights on the validation split",
+    )
+    register(
+        "train.save",
+        "crucible_core.runtime.training:SaveStage",
+        summary="Save the final weights for sampling, store them by content, record lineage",
+    )
+    register(
+        "train.log_metrics",
+        "crucible_core.runtime.training:LogMetricsStage",
+        summary="Write metrics.json and the manifest's training record",
+    )

@@ -1,0 +1,534 @@
+"""The pipeline runner: an Experiment's stages as a DAG, with a context per stage.
+
+:func:`run_pipeline` is what a worker calls for ``experiment_step`` and
+``evaluation`` jobs, and what a library user calls directly. Contract:
+
+- **Stages.** Each enabled :class:`~crucible_core.ir.experiment.StageDef` is
+  built from the registration of kind ``stage`` named by its ``uses``:
+  ``host.get("stage", uses).create(**options)``. So a stage factory sees its
+  options at construction (and can refuse bad ones before anything runs);
+  the same options are also on ``ctx.options``. Every stage is resolved and
+  built before the first one runs, so a misspelt ``uses`` costs nothing.
+- **Order.** Topological (networkx, imported here only). A stage starts when
+  all its enabled dependencies succeeded; independent stages run
+  concurrently on ``executor`` (default: a thread pool of up to 4). A stage
+  with ``enabled = false`` is skipped: its dependents still run and simply
+  do not find it in ``ctx.inputs``. A dependency cycle is a
+  :class:`~crucible_core.errors.ConfigError` naming it.
+- **Failure.** A failing stage's dependents (transitively) are skipped;
+  independent branches finish. Then the pipeline raises the first failure,
+  same error class (so ``retryable`` still drives the scheduler's retry
+  policy), its message prefixed ``stage 'NAME' failed:`` and ``stage`` in
+  its details.
+- **Cancellation.** ``cancel`` is polled before each stage starts and is the
+  parent of every stage's ``ctx.cancel``; once set, no stage starts, running
+  ones are left to stop cooperatively, and :class:`~crucible_core.errors.Cancelled`
+  is raised.
+- **Records.** Events ``stage.start`` / ``stage.end`` (``status`` ok, error
+  or skipped; ``duration_ms``) go to ``bus``; ``runs/<job_id>/manifest.json``
+  gets the config digest, dataset, seed, timestamps, per-stage status and
+  every artifact a stage stores through ``ctx.artifacts``; lineage gets a
+  Trace with one span per stage, ``consumes`` the dataset and ``produces``
+  each artifact.
+
+Returns ``{stage name: outputs}`` for the stages that ran (outputs are what
+``Stage.run`` returned, ``{}`` for None).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from crucible_core.contracts import ArtifactStore, CancelToken, Executor, Future, Stage
+from crucible_core.errors import (
+    BackendError,
+    Cancelled,
+    ConfigError,
+    CrucibleError,
+    NotFound,
+    PluginError,
+)
+from crucible_core.ir.experiment import Experiment, StageDef
+from crucible_core.ir.lineage import Artifact, ArtifactType, Edge, Span, Trace
+from crucible_core.ir.work import Job
+from crucible_core.runtime import paths
+from crucible_core.runtime.artifacts import (
+    LocalArtifactStore,
+    add_artifact,
+    config_digest,
+    environment_info,
+    update_manifest,
+)
+from crucible_core.runtime.cancel import CancelFlag
+from crucible_core.runtime.events import EventBus
+
+if TYPE_CHECKING:
+    from crucible_core.plugins import PluginHost
+    from crucible_core.runtime.lineage import LineageRecorder
+
+__all__ = ["BackendResolver", "PipelineStageContext", "run_pipeline"]
+
+#: ``resolver(name)`` returns a backend; ``name=None`` means the experiment's default.
+BackendResolver = Callable[[str | None], Any]
+
+
+class _RecordingStore:
+    """The store a stage sees: stores by content, then lists the file in the run's records."""
+
+    def __init__(self, run: _Run, stage: str) -> None:
+        self._run = run
+        self._stage = stage
+
+    def put(
+        self,
+        path: Path,
+        *,
+        type: ArtifactType,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Artifact:
+        meta = {"stage": self._stage, **(metadata or {})}
+        artifact = self._run.store.put(path, type=type, name=name, metadata=meta)
+        add_artifact(self._run.run_dir, artifact, path=Path(path))
+        with self._run.lock:
+            self._run.artifacts.append(artifact)
+        self._run.emit(
+            "artifact.stored",
+            stage=self._stage,
+            artifact_id=artifact.artifact_id,
+            type=type,
+            name=name,
+            size_bytes=artifact.size_bytes,
+        )
+        return artifact
+
+    def path_of(self, sha256: str) -> Path:
+        return self._run.store.path_of(sha256)
+
+    def exists(self, sha256: str) -> bool:
+        return self._run.store.exists(sha256)
+
+
+class _Run:
+    """State shared by the stages of one pipeline run."""
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        job: Job,
+        *,
+        host: PluginHost | None,
+        bus: EventBus,
+        store: ArtifactStore,
+        cancel: CancelToken,
+        backend_resolver: BackendResolver | None,
+    ) -> None:
+        self.experiment = experiment
+        self.job = job
+        self.host = host
+        self.bus = bus
+        self.store = store
+        self.cancel = cancel
+        self.run_dir = paths.run_dir(job.id)
+        self.lock = threading.Lock()
+        self.artifacts: list[Artifact] = []
+        self._resolver = backend_resolver
+        self._backends: dict[str | None, Any] = {}
+
+    def emit(self, kind: str, **data: Any) -> None:
+        step = data.pop("step", None)
+        epoch = data.pop("epoch", None)
+        self.bus.emit(kind, job_id=self.job.id, step=step, epoch=epoch, **data)
+
+    def get_host(self) -> PluginHost:
+        if self.host is None:
+            from crucible_core.plugins import get_host
+
+            self.host = get_host()
+        return self.host
+
+    def backend(self, name: str | None) -> Any:
+        with self.lock:
+            if name in self._backends:
+                return self._backends[name]
+        backend = self._resolver(name) if self._resolver is not None else self._resolve(name)
+        with self.lock:
+            return self._backends.setdefault(name, backend)
+
+    def _resolve(self, name: str | None) -> Any:
+        ref = self.experiment.backend
+        if name is not None and name != ref.name:
+            return self.get_host().create("backend", name)
+        host = self.get_host()
+        tried: list[str] = []
+        for candidate in [ref.name, *ref.fallbacks]:
+            options = ref.options if candidate == ref.name else {}
+            try:
+                backend = host.create("backend", candidate, **options)
+            except (NotFound, PluginError, BackendError) as exc:
+                tried.append(f"{candidate} ({exc.message})")
+                continue
+            if tried:
+                self.emit("backend.fallback", backend=candidate, skipped=tried)
+            return backend
+        raise BackendError(
+            f"no backend of experiment {self.experiment.id!r} could be created: "
+            + "; ".join(tried),
+            hint="install the backend's plugin, or list working fallbacks in [backend].fallbacks",
+        )
+
+
+class PipelineStageContext:
+    """What one stage gets; satisfies :class:`crucible_core.contracts.StageContext`.
+
+    Beyond the contract: ``stage`` (its StageDef), ``bus`` and ``host``.
+    """
+
+    def __init__(self, run: _Run, stage: StageDef, inputs: Mapping[str, Mapping[str, Any]]):
+        self._run = run
+        self.stage = stage
+        self._inputs = inputs
+        self._cancel = CancelFlag(parent=run.cancel)
+        self._artifacts = _RecordingStore(run, stage.name)
+
+    @property
+    def job_id(self) -> str:
+        return self._run.job.id
+
+    @property
+    def job(self) -> Job:
+        return self._run.job
+
+    @property
+    def experiment(self) -> Experiment:
+        return self._run.experiment
+
+    @property
+    def run_dir(self) -> Path:
+        return self._run.run_dir
+
+    @property
+    def options(self) -> Mapping[str, Any]:
+        return self.stage.options
+
+    @property
+    def inputs(self) -> Mapping[str, Mapping[str, Any]]:
+        return self._inputs
+
+    @property
+    def cancel(self) -> CancelFlag:
+        return self._cancel
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        return self._artifacts
+
+    @property
+    def bus(self) -> EventBus:
+        return self._run.bus
+
+    @property
+    def host(self) -> PluginHost:
+        return self._run.get_host()
+
+    def backend(self, name: str | None = None) -> Any:
+        """The experiment's backend (``name=None``, with its fallbacks) or another by name."""
+        return self._run.backend(name)
+
+    def emit(self, kind: str, **data: Any) -> None:
+        """Emit an event for this job; ``step``/``epoch`` keywords fill those fields."""
+        data.setdefault("stage", self.stage.name)
+        self._run.emit(kind, **data)
+
+
+def _check_dag(experiment: Experiment) -> list[str]:
+    """Stage names in a topological order; ConfigError for unknown deps or a cycle."""
+    import networkx as nx
+
+    graph: nx.DiGraph[str] = nx.DiGraph()
+    names = [s.name for s in experiment.stages]
+    graph.add_nodes_from(names)
+    known = set(names)
+    for stage in experiment.stages:
+        for dep in stage.depends_on:
+            if dep not in known:
+                raise ConfigError(
+                    f"stage {stage.name!r} depends on unknown stage {dep!r}",
+                    hint=f"stages: {', '.join(names)}",
+                )
+            graph.add_edge(dep, stage.name)
+    try:
+        cycle = cast(list[tuple[str, str]], nx.find_cycle(graph))  # pyright: ignore[reportUnknownMemberType]
+    except nx.NetworkXNoCycle:
+        return [str(n) for n in nx.lexicographical_topological_sort(graph, key=names.index)]
+    path = [a for a, _ in cycle] + [cycle[0][0]]
+    raise ConfigError(
+        f"the stages of experiment {experiment.id!r} form a cycle: {' -> '.join(path)}",
+        hint="a stage cannot wait for itself; remove one of these depends_on entries",
+        cycle=path,
+    )
+
+
+def _build_stage(host: PluginHost, sd: StageDef) -> Stage:
+    reg = host.get("stage", sd.uses)
+    try:
+        return cast(Stage, reg.create(**sd.options))
+    except CrucibleError as exc:
+        raise _stage_error(sd.name, exc) from exc
+    except Exception as exc:
+        raise ConfigError(
+            f"stage {sd.name!r}: {sd.uses!r} (plugin {reg.plugin!r}) refused its options "
+            f"{sorted(sd.options)}: {type(exc).__name__}: {exc}",
+            hint="check the stage's options against its plugin's documentation",
+            stage=sd.name,
+        ) from exc
+
+
+def _stage_error(name: str, exc: BaseException) -> CrucibleError:
+    """``exc`` as the same crucible error class, naming the stage."""
+    if isinstance(exc, CrucibleError):
+        rebuild, (cls, message, hint, state) = exc.__reduce__()
+        err = rebuild(cls, f"stage {name!r} failed: {message}", hint, {**state, "stage": name})
+    else:
+        err = CrucibleError(
+            f"stage {name!r} failed: {type(exc).__name__}: {exc}",
+            hint="the stage raised an exception that is not a Crucible error",
+            stage=name,
+        )
+    err.__cause__ = exc
+    return cast(CrucibleError, err)
+
+
+def _wait_any(futures: Mapping[Future[Any], str]) -> list[Future[Any]]:
+    native = [f for f in futures if isinstance(f, cf.Future)]
+    if len(native) == len(futures):
+        done, _ = cf.wait(native, return_when=cf.FIRST_COMPLETED)
+        return list(done)
+    while True:  # foreign futures (a plugin executor): poll
+        done = [f for f in futures if f.done()]
+        if done:
+            return done
+        time.sleep(0.001)
+
+
+def _iso(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def run_pipeline(
+    experiment: Experiment,
+    job: Job,
+    *,
+    host: PluginHost | None = None,
+    executor: Executor | None = None,
+    bus: EventBus | None = None,
+    store: ArtifactStore | None = None,
+    cancel: CancelToken | None = None,
+    backend_resolver: BackendResolver | None = None,
+    lineage: LineageRecorder | None = None,
+) -> dict[str, Mapping[str, Any]]:
+    """Run ``experiment``'s stage DAG as job ``job``; see the module docstring."""
+    if not job.id:
+        raise ConfigError(
+            "run_pipeline needs a job with an id", hint="Job(id=...) names the run directory"
+        )
+    order = _check_dag(experiment)
+    by_name = {s.name: s for s in experiment.stages}
+    enabled = [n for n in order if by_name[n].enabled]
+    own_bus = bus is None
+    run = _Run(
+        experiment,
+        job,
+        host=host,
+        bus=bus if bus is not None else EventBus(host=host),
+        store=store if store is not None else LocalArtifactStore(),
+        cancel=cancel if cancel is not None else CancelFlag(),
+        backend_resolver=backend_resolver,
+    )
+    stages: dict[str, Stage] = {}
+    if enabled:
+        h = run.get_host()
+        for name in enabled:
+            stages[name] = _build_stage(h, by_name[name])
+    own_executor = executor is None
+    pool: Executor = executor if executor is not None else _default_executor(len(enabled))
+    started = time.time()
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    manifest: dict[str, Any] = {
+        "job_id": job.id,
+        "kind": job.kind,
+        "experiment_id": experiment.id,
+        "config_digest": config_digest(experiment),
+        "seed": experiment.seeds[0] if experiment.seeds else None,
+        "started_at": _iso(started).isoformat(),
+        "status": "running",
+    }
+    if experiment.dataset is not None:
+        manifest["dataset"] = {
+            "uri": experiment.dataset.uri,
+            "hash": _dataset_hash(experiment.dataset.uri),
+        }
+    if run.host is not None:
+        manifest["environment"] = environment_info(run.host)
+    update_manifest(run.run_dir, **manifest)
+
+    outputs: dict[str, Mapping[str, Any]] = {}
+    status: dict[str, str] = {n: "disabled" for n in order if not by_name[n].enabled}
+    spans: dict[str, tuple[float, float | None, str, str | None]] = {}
+    failures: list[tuple[str, BaseException]] = []
+    running: dict[Future[Any], str] = {}
+    try:
+        pending = list(enabled)
+        while pending or running:
+            if run.cancel.is_set():
+                for name in pending:
+                    status[name] = "skipped"
+                    run.emit("stage.end", stage=name, status="skipped", duration_ms=0.0)
+                pending = []
+            for name in list(pending):
+                deps = [d for d in by_name[name].depends_on if by_name[d].enabled]
+                if any(status.get(d) in ("error", "skipped") for d in deps):
+                    status[name] = "skipped"
+                    pending.remove(name)
+                    run.emit("stage.end", stage=name, status="skipped", duration_ms=0.0)
+                elif all(status.get(d) == "ok" for d in deps):
+                    pending.remove(name)
+                    inputs = {d: outputs[d] for d in deps}
+                    ctx = PipelineStageContext(run, by_name[name], inputs)
+                    status[name] = "running"
+                    spans[name] = (time.time(), None, "running", None)
+                    run.emit("stage.start", stage=name, uses=by_name[name].uses)
+                    running[pool.submit(stages[name].run, ctx)] = name
+            if not running:
+                if pending:  # cannot happen for a DAG walked in topological order
+                    raise CrucibleError(f"stages {pending} can never start")
+                continue
+            for fut in _wait_any(running):
+                name = running.pop(fut)
+                begin = spans[name][0]
+                end = time.time()
+                duration_ms = (end - begin) * 1000
+                try:
+                    result = fut.result()
+                except BaseException as exc:
+                    failures.append((name, exc))
+                    status[name] = "error"
+                    spans[name] = (begin, end, "error", f"{type(exc).__name__}: {exc}")
+                    run.emit(
+                        "stage.end",
+                        stage=name,
+                        status="error",
+                        duration_ms=duration_ms,
+                        error=str(exc),
+                    )
+                    continue
+                outputs[name] = dict(result) if result is not None else {}
+                status[name] = "ok"
+                spans[name] = (begin, end, "ok", None)
+                run.emit("stage.end", stage=name, status="ok", duration_ms=duration_ms)
+    finally:
+        for fut in running:
+            with contextlib.suppress(Exception):
+                fut.result()
+        if own_executor:
+            pool.shutdown(wait=True)
+        final = "failed" if failures else "cancelled" if run.cancel.is_set() else "succeeded"
+        _record(run, lineage, spans, started, final)
+        update_manifest(
+            run.run_dir,
+            status=final,
+            finished_at=_iso(time.time()).isoformat(),
+            stages={n: {"status": s} | _timing(spans.get(n)) for n, s in status.items()},
+        )
+        if own_bus:
+            run.bus.close()
+    if failures:
+        name, exc = failures[0]
+        err = _stage_error(name, exc)
+        if len(failures) > 1:
+            err.message += f" (also failed: {', '.join(n for n, _ in failures[1:])})"
+        raise err
+    if run.cancel.is_set():
+        skipped = [n for n, s in status.items() if s == "skipped"]
+        raise Cancelled(
+            f"pipeline of job {job.id!r} was cancelled"
+            + (f"; stages not run: {', '.join(skipped)}" if skipped else ""),
+        )
+    return outputs
+
+
+def _default_executor(n: int) -> Executor:
+    from crucible_core.runtime.executors import InlineExecutor, ThreadExecutor
+
+    return (
+        ThreadExecutor(max_workers=min(4, n), name="crucible-stage") if n > 1 else InlineExecutor()
+    )
+
+
+def _timing(span: tuple[float, float | None, str, str | None] | None) -> dict[str, Any]:
+    if span is None or span[1] is None:
+        return {}
+    return {"duration_ms": round((span[1] - span[0]) * 1000, 3)}
+
+
+def _dataset_hash(uri: str) -> str | None:
+    """sha256 of a local dataset file (None for remote or generated data)."""
+    path = Path(uri)
+    if not path.is_file():
+        return None
+    from crucible_core.runtime.artifacts import digest_path
+
+    return digest_path(path)[0]
+
+
+def _record(
+    run: _Run,
+    lineage: LineageRecorder | None,
+    spans: Mapping[str, tuple[float, float | None, str, str | None]],
+    started: float,
+    final: str,
+) -> None:
+    job = run.job
+    edges: list[Edge] = [
+        Edge(src=job.id, dst=a.artifact_id, kind="produces", metadata=dict(a.metadata))
+        for a in run.artifacts
+    ]
+    if run.experiment.dataset is not None:
+        edges.append(Edge(src=job.id, dst=f"dataset:{run.experiment.dataset.uri}", kind="consumes"))
+    trace = Trace(
+        trace_id=job.id,
+        spans=[
+            Span(
+                span_id=f"{job.id}/{name}",
+                trace_id=job.id,
+                name=name,
+                start=_iso(begin),
+                end=_iso(end) if end is not None else None,
+                status="ok" if st == "ok" else "error" if st == "error" else "running",
+                attributes={"error": err} if err else {},
+            )
+            for name, (begin, end, st, err) in spans.items()
+        ],
+        artifacts=list(run.artifacts),
+        edges=edges,
+        metadata={
+            "kind": job.kind,
+            "experiment_id": run.experiment.id,
+            "status": final,
+            "started_at": _iso(started).isoformat(),
+        },
+    )
+    if lineage is not None:
+        lineage.record_trace(trace, label=run.experiment.name or run.experiment.id)
+        return
+    from crucible_core.runtime.lineage import LineageRecorder
+
+    with LineageRecorder() as recorder:
+        recorder.record_trace(trace, label=run.experiment.name or run.experiment.id)

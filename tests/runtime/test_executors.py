@@ -1,0 +1,58 @@
+"""The built-in executors, resolved through the registration hooks."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from crucible_core.contracts import Executor
+from crucible_core.errors import ConfigError
+from crucible_core.plugins import PluginHost
+from crucible_core.runtime.executors import InlineExecutor, ProcessExecutor, ThreadExecutor
+
+
+def test_registered_under_their_names(host: PluginHost) -> None:
+    assert set(host.registrations("executor")) >= {"inline", "thread", "process"}
+    ex = host.create("executor", "thread", max_workers=2)
+    assert isinstance(ex, ThreadExecutor)
+    assert isinstance(ex, Executor)
+    ex.shutdown()
+    assert host.get("artifact_store", "local").load().__name__ == "LocalArtifactStore"
+
+
+def test_inline_runs_before_submit_returns() -> None:
+    ex = InlineExecutor()
+    caller = threading.get_ident()
+    fut = ex.submit(threading.get_ident)
+    assert fut.done()
+    assert fut.result() == caller
+    bad = ex.submit(int, "x")
+    assert isinstance(bad.exception(), ValueError)
+    ex.shutdown()
+    with pytest.raises(RuntimeError):
+        ex.submit(int)
+
+
+def test_thread_executor_runs_concurrently() -> None:
+    barrier = threading.Barrier(3, timeout=5)
+    ex = ThreadExecutor(max_workers=3)
+    futures = [ex.submit(barrier.wait) for _ in range(3)]
+    assert sorted(f.result() for f in futures) == [0, 1, 2]
+    ex.shutdown()
+
+
+def test_process_executor_runs_in_another_process() -> None:
+    ex = ProcessExecutor(max_workers=1)
+    try:
+        assert ex.submit(os.getpid).result(timeout=60) != os.getpid()
+    finally:
+        ex.shutdown()
+
+
+def test_bad_options() -> None:
+    with pytest.raises(ConfigError):
+        ThreadExecutor(max_workers=0)
+    with pytest.raises(ConfigError, match="not available"):
+        ProcessExecutor(start_method="teleport")
