@@ -264,13 +264,17 @@ class EventBus:
     def emit(
         self,
         kind: str,
+        /,
         *,
         job_id: str,
         step: int | None = None,
         epoch: float | None = None,
         **data: Any,
     ) -> Event:
-        """Record one event and hand it to every subscriber; never blocks on a subscriber."""
+        """Record one event and hand it to every subscriber; never blocks on a subscriber.
+
+        ``kind`` is positional-only, so ``data`` may itself hold a ``kind`` key.
+        """
         if not kind or not isinstance(kind, str):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise ConfigError(f"an event needs a kind, got {kind!r}")
         event = Event(

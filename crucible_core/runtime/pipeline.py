@@ -142,7 +142,7 @@ class _Run:
         self._resolver = backend_resolver
         self._backends: dict[str | None, Any] = {}
 
-    def emit(self, kind: str, **data: Any) -> None:
+    def emit(self, kind: str, /, **data: Any) -> None:
         step = data.pop("step", None)
         epoch = data.pop("epoch", None)
         self.bus.emit(kind, job_id=self.job.id, step=step, epoch=epoch, **data)
@@ -242,7 +242,7 @@ class PipelineStageContext:
         """The experiment's backend (``name=None``, with its fallbacks) or another by name."""
         return self._run.backend(name)
 
-    def emit(self, kind: str, **data: Any) -> None:
+    def emit(self, kind: str, /, **data: Any) -> None:
         """Emit an event for this job; ``step``/``epoch`` keywords fill those fields."""
         data.setdefault("stage", self.stage.name)
         self._run.emit(kind, **data)

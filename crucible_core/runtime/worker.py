@@ -1,0 +1,610 @@
+"""The worker: claims jobs from the scheduler and runs them until told to stop.
+
+``crucible worker`` is this loop. :class:`Worker` runs ``concurrency`` slots,
+each a thread that claims a job, runs its handler, records the outcome and
+claims the next (completion and the next claim share one transaction). A
+heartbeat thread renews the leases of the running jobs, relays cancellation
+requests and enforces ``timeout_s``.
+
+**How a job's work is found** (by ``Job.kind``; ``handlers=`` overrides or
+adds kinds):
+
+- ``custom``: ``payload = {"target": "pkg.mod:func", "args": {...}}``; the
+  worker calls ``func(ctx, **args)`` and stores its return value (JSON data)
+  as the job's result.
+- ``experiment_step`` and ``evaluation``: ``payload`` is an Experiment, run by
+  :func:`crucible_core.runtime.pipeline.run_pipeline`.
+- ``training_run``: ``payload`` is a TrainingJob (validated first), run by
+  ``crucible_core.runtime.training:run_training_job(job, ctx)``, imported
+  when the first such job arrives.
+- anything else is refused (``unsupported``, not retried).
+
+**The context** (:class:`JobContext`) gives a handler its job, a cooperative
+cancellation token (``ctx.cancel.is_set()``: set when someone cancels the
+job, when ``timeout_s`` passes, when the lease is lost or the worker shuts
+down; ``ctx.cancel.reason`` says which), the event bus (``ctx.emit``), the
+artifact store, the plugin host, and ``ctx.resume_from``: the last
+CheckpointRef recorded for this job (None on a first run). A handler that
+saves checkpoints calls ``ctx.record_checkpoint(ref)``; when its worker dies
+and the lease expires, the next claimant gets that ref in ``resume_from``
+and should load it (if its backend supports ``load_state``) instead of
+starting over.
+
+**Outcomes.** A handler that returns succeeds; one that raises fails through
+the scheduler's retry policy (a timeout is a retryable ``DeadlineExceeded``).
+A job whose cancellation was requested ends ``cancelled`` whatever its
+handler did. If the lease was lost meanwhile, the outcome is discarded (the
+job already ran elsewhere or was requeued: at-least-once).
+
+**Stopping.** :meth:`Worker.stop` (SIGTERM/SIGINT in the CLI) drains: no new
+claims; running jobs may finish for ``drain_timeout_s``; then their
+handlers are told to stop (``reason = "shutdown"``) and, after a short grace,
+their leases are released so another worker picks them up at once, without
+counting the attempt. A handler that ignores cancellation keeps its thread
+(and the worker process) alive, but never its job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, cast
+
+import msgspec
+
+from crucible_core.contracts import ArtifactStore
+from crucible_core.errors import (
+    ConfigError,
+    Conflict,
+    CrucibleError,
+    DeadlineExceeded,
+    UnsupportedError,
+)
+from crucible_core.ir.backend import CheckpointRef
+from crucible_core.ir.codec import convert
+from crucible_core.ir.lineage import Edge
+from crucible_core.ir.work import Job
+from crucible_core.runtime import paths
+from crucible_core.runtime.cancel import CancelFlag
+from crucible_core.runtime.events import EventBus
+from crucible_core.runtime.scheduler import DEFAULT_LEASE_S, Scheduler
+
+if TYPE_CHECKING:
+    from crucible_core.plugins import PluginHost
+    from crucible_core.runtime.lineage import LineageRecorder
+
+__all__ = ["Handler", "JobContext", "Worker", "WorkerStats", "resolve_handler"]
+
+log = logging.getLogger("crucible.worker")
+
+#: A job handler: called with the job's context, returns the job's result.
+Handler = Callable[["JobContext"], Any]
+TRAINING_HANDLER: Final = "crucible_core.runtime.training:run_training_job"
+
+
+class JobContext:
+    """What a running job's handler gets (see the module docstring)."""
+
+    def __init__(
+        self,
+        job: Job,
+        *,
+        worker: Worker,
+        cancel: CancelFlag,
+        resume_from: CheckpointRef | None,
+    ) -> None:
+        self.job = job
+        self.cancel = cancel
+        self.resume_from = resume_from
+        self._worker = worker
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
+
+    @property
+    def payload(self) -> Any:
+        return self.job.payload
+
+    @property
+    def attempt(self) -> int:
+        """Which attempt this is (1 on the first run)."""
+        return self.job.attempts
+
+    @property
+    def run_dir(self) -> Path:
+        """``$CRUCIBLE_HOME/runs/<job_id>`` (created on first use)."""
+        directory = paths.run_dir(self.job.id)
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory
+
+    @property
+    def bus(self) -> EventBus:
+        return self._worker.bus
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self._worker.scheduler
+
+    @property
+    def host(self) -> PluginHost:
+        return self._worker.host
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        return self._worker.store
+
+    @property
+    def lineage(self) -> LineageRecorder:
+        return self._worker.lineage
+
+    def emit(self, kind: str, /, **data: Any) -> None:
+        """Emit an event for this job; ``step`` and ``epoch`` keywords fill those fields."""
+        step = data.pop("step", None)
+        epoch = data.pop("epoch", None)
+        self._worker.bus.emit(kind, job_id=self.job.id, step=step, epoch=epoch, **data)
+
+    def record_checkpoint(self, ref: CheckpointRef) -> None:
+        """Make ``ref`` the checkpoint a recovery resumes from (and emit ``train.checkpoint``)."""
+        self._worker.scheduler.record_checkpoint(self.job.id, ref)
+        self.emit("train.checkpoint", step=ref.step, uri=ref.uri, checkpoint_kind=ref.kind)
+
+
+def _custom(job: Job) -> Handler:
+    payload = job.payload
+    if not isinstance(payload, Mapping) or not isinstance(
+        cast(Mapping[str, Any], payload).get("target"), str
+    ):
+        raise ConfigError(
+            f"custom job {job.id!r} needs payload {{'target': 'pkg.mod:func', 'args': {{...}}}}",
+            hint="set payload.target to an importable function taking (ctx, **args)",
+        )
+    body = cast(Mapping[str, Any], payload)
+    args: Any = body.get("args") or {}
+    if not isinstance(args, Mapping):
+        raise ConfigError(f"custom job {job.id!r}: payload.args must be a table of arguments")
+    from crucible_core._imports import import_object
+
+    try:
+        func = import_object(str(body["target"]))
+    except CrucibleError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"custom job {job.id!r}: cannot import {body['target']!r} "
+            f"({type(exc).__name__}: {exc})",
+            hint="check the module path and that it is installed where the worker runs",
+        ) from None
+    kwargs = dict(cast(Mapping[str, Any], args))
+    return lambda ctx: func(ctx, **kwargs)
+
+
+def _pipeline(job: Job) -> Handler:
+    from crucible_core.ir.experiment import Experiment
+
+    experiment = convert(job.payload, Experiment)
+
+    def run(ctx: JobContext) -> Any:
+        from crucible_core.runtime.pipeline import run_pipeline
+
+        outputs = run_pipeline(
+            experiment,
+            ctx.job,
+            host=ctx.host,
+            bus=ctx.bus,
+            store=ctx.artifacts,
+            cancel=ctx.cancel,
+            lineage=ctx.lineage,
+        )
+        return msgspec.to_builtins(outputs, enc_hook=repr)
+
+    return run
+
+
+def _training(job: Job) -> Handler:
+    from crucible_core.ir.training import TrainingJob
+
+    convert(job.payload, TrainingJob)  # refuse a bad payload before importing anything
+    module_name, _, attr = TRAINING_HANDLER.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise UnsupportedError(
+            "training_run jobs need crucible_core.runtime.training, which this installation lacks",
+            hint="upgrade crucible-core",
+        ) from None
+    run_training_job = getattr(module, attr)
+    return lambda ctx: run_training_job(ctx.job, ctx)
+
+
+_BUILTIN_HANDLERS: Final[dict[str, Callable[[Job], Handler]]] = {
+    "custom": _custom,
+    "experiment_step": _pipeline,
+    "evaluation": _pipeline,
+    "training_run": _training,
+}
+
+
+def resolve_handler(
+    job: Job, handlers: Mapping[str, Callable[[Job], Handler]] | None = None
+) -> Handler:
+    """The handler for ``job`` (``handlers`` maps a kind to a handler factory)."""
+    factory = (handlers or {}).get(job.kind) or _BUILTIN_HANDLERS.get(job.kind)
+    if factory is None:
+        known: list[str] = sorted({*_BUILTIN_HANDLERS, *(handlers or {})})
+        raise UnsupportedError(
+            f"this worker has no handler for jobs of kind {job.kind!r}",
+            hint=f"kinds it runs: {', '.join(known)}",
+        )
+    return factory(job)
+
+
+@dataclass
+class WorkerStats:
+    """What a worker did, by outcome."""
+
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    cancelled: int = 0
+    released: int = 0
+    discarded: int = 0
+
+
+@dataclass
+class _Active:
+    job: Job
+    flag: CancelFlag
+    deadline: float | None
+    settled: bool = False  # outcome already recorded elsewhere (timeout, lease lost, release)
+
+
+class Worker:
+    """Claims and runs jobs from ``scheduler`` with ``concurrency`` slots (module docstring)."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler | None = None,
+        *,
+        concurrency: int = 1,
+        lease_s: float = DEFAULT_LEASE_S,
+        heartbeat_s: float | None = None,
+        poll_s: float = 0.25,
+        drain_timeout_s: float = 30.0,
+        worker_id: str | None = None,
+        host: PluginHost | None = None,
+        bus: EventBus | None = None,
+        store: ArtifactStore | None = None,
+        handlers: Mapping[str, Callable[[Job], Handler]] | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+        if lease_s <= 0 or poll_s <= 0:
+            raise ConfigError("lease_s and poll_s must be > 0")
+        self.scheduler = scheduler if scheduler is not None else Scheduler()
+        self.concurrency = concurrency
+        self.lease_s = lease_s
+        self.heartbeat_s = heartbeat_s if heartbeat_s is not None else lease_s / 3
+        self.poll_s = poll_s
+        self.drain_timeout_s = drain_timeout_s
+        self.worker_id = worker_id or (
+            f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+        )
+        self._host = host
+        self._bus = bus
+        self._store = store
+        self._lineage: LineageRecorder | None = None
+        self._handlers = dict(handlers or {})
+        self._active: dict[str, _Active] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._claims_left: int | None = None
+        self._exit_when_idle = False
+        self.stats = WorkerStats()
+
+    # -- services (built on first use) -----------------------------------------
+
+    @property
+    def host(self) -> PluginHost:
+        if self._host is None:
+            from crucible_core.plugins import get_host
+
+            self._host = get_host()
+        return self._host
+
+    @property
+    def bus(self) -> EventBus:
+        if self._bus is None:
+            with self._lock:
+                if self._bus is None:
+                    self._bus = EventBus(host=self._host)
+        return self._bus
+
+    @property
+    def store(self) -> ArtifactStore:
+        if self._store is None:
+            from crucible_core.runtime.artifacts import LocalArtifactStore
+
+            self._store = LocalArtifactStore()
+        return self._store
+
+    @property
+    def lineage(self) -> LineageRecorder:
+        if self._lineage is None:
+            with self._lock:
+                if self._lineage is None:
+                    from crucible_core.runtime.lineage import LineageRecorder
+
+                    self._lineage = LineageRecorder(self.scheduler.path)
+        return self._lineage
+
+    # -- control ----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop claiming and drain (safe to call from a signal handler or another thread)."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def active_jobs(self) -> list[str]:
+        """Ids of the jobs this worker is running now."""
+        with self._lock:
+            return list(self._active)
+
+    def run(self, *, max_jobs: int | None = None, exit_when_idle: bool = False) -> WorkerStats:
+        """Run until :meth:`stop` (or ``max_jobs`` claimed, or the queue is empty and idle).
+
+        ``exit_when_idle`` stops once no job is pending, queued or running
+        anywhere (so jobs held by a dead worker's lease are waited for).
+        """
+        self._claims_left = max_jobs
+        self._exit_when_idle = exit_when_idle
+        slots = [
+            threading.Thread(target=self._slot, name=f"crucible-slot-{i}", daemon=True)
+            for i in range(self.concurrency)
+        ]
+        beat = threading.Thread(target=self._heartbeat_loop, name="crucible-heartbeat", daemon=True)
+        for t in slots:
+            t.start()
+        beat.start()
+        try:
+            while any(t.is_alive() for t in slots) and not self._stopping.is_set():
+                self._stopping.wait(0.1)
+            self._stopping.set()
+            self._drain(slots)
+        finally:
+            self._stopping.set()
+            beat.join(timeout=1.0)
+            if self._bus is not None:
+                self._bus.close()
+            if self._lineage is not None:
+                self._lineage.close()
+        return self.stats
+
+    def _drain(self, slots: list[threading.Thread]) -> None:
+        deadline = time.monotonic() + self.drain_timeout_s
+        for t in slots:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if not any(t.is_alive() for t in slots):
+            return
+        with self._lock:
+            active = list(self._active.values())
+        for a in active:
+            a.flag.set("shutdown")
+        grace = time.monotonic() + min(5.0, self.lease_s / 2)
+        for t in slots:
+            t.join(max(0.0, grace - time.monotonic()))
+        with self._lock:
+            active = [a for a in self._active.values() if not a.settled]
+            for a in active:
+                a.settled = True
+        for a in active:
+            try:
+                self.scheduler.release(a.job.id, worker_id=self.worker_id)
+                self._count("released")
+            except CrucibleError as exc:
+                log.warning("could not release %s: %s", a.job.id, exc)
+
+    # -- slots ------------------------------------------------------------------
+
+    def _take_claim(self) -> bool:
+        with self._lock:
+            if self._claims_left is None:
+                return True
+            if self._claims_left <= 0:
+                return False
+            self._claims_left -= 1
+            return True
+
+    def _give_back_claim(self) -> None:
+        with self._lock:
+            if self._claims_left is not None:
+                self._claims_left += 1
+
+    def _claim(self) -> Job | None:
+        if self._stopping.is_set() or not self._take_claim():
+            return None
+        try:
+            job = self.scheduler.claim(self.worker_id, self.lease_s)
+        except CrucibleError as exc:
+            log.warning("claim failed: %s", exc)
+            job = None
+        if job is None:
+            self._give_back_claim()
+        return job
+
+    def _idle_everywhere(self) -> bool:
+        counts = self.scheduler.counts()
+        return not any(counts.get(s) for s in ("pending", "queued", "running"))
+
+    def _slot(self) -> None:
+        job: Job | None = None
+        while not self._stopping.is_set():
+            if job is None:
+                job = self._claim()
+            if job is None:
+                if self._claims_left == 0:
+                    return
+                if self._exit_when_idle and self._idle_everywhere():
+                    return
+                self._stopping.wait(self.poll_s * (0.5 + secrets.randbelow(1000) / 1000))
+                continue
+            job = self._execute(job)
+
+    def _execute(self, job: Job) -> Job | None:
+        """Run one claimed job; record its outcome; return the next claimed job, if any."""
+        self._count("claimed")
+        timeout = job.constraints.timeout_s or job.resources.timeout_s
+        flag = CancelFlag()
+        active = _Active(job, flag, time.monotonic() + timeout if timeout else None)
+        with self._lock:
+            self._active[job.id] = active
+        outcome: tuple[str, Any]
+        try:
+            resume = self.scheduler.last_checkpoint(job.id)
+            ctx = JobContext(job, worker=self, cancel=flag, resume_from=resume)
+            self.bus.emit(
+                "job.state",
+                job_id=job.id,
+                status="running",
+                attempt=job.attempts,
+                worker=self.worker_id,
+                resume_from=resume.uri if resume is not None else None,
+            )
+            if job.constraints.depends_on:
+                self.lineage.add_edges(
+                    Edge(src=job.id, dst=d, kind="depends_on") for d in job.constraints.depends_on
+                )
+            handler = resolve_handler(job, self._handlers)
+            outcome = ("ok", handler(ctx))
+        except Exception as exc:
+            outcome = ("error", exc)
+        with self._lock:
+            self._active.pop(job.id, None)
+            settled = active.settled
+            active.settled = True
+        nxt: Job | None = None
+        if settled:
+            self._count("discarded")
+        else:
+            nxt = self._record(job, outcome)
+        self.bus.close_job(job.id)
+        return nxt
+
+    def _record(self, job: Job, outcome: tuple[str, Any]) -> Job | None:
+        kind, value = outcome
+        try:
+            if kind == "ok":
+                if not self._stopping.is_set() and self._take_claim():
+                    try:
+                        nxt = self.scheduler.complete_and_claim(
+                            job.id, value, worker_id=self.worker_id, lease_s=self.lease_s
+                        )
+                    except BaseException:
+                        self._give_back_claim()
+                        raise
+                    if nxt is None:
+                        self._give_back_claim()
+                    self._finished(job.id)
+                    return nxt
+                self.scheduler.complete(job.id, value, worker_id=self.worker_id)
+            else:
+                self.scheduler.fail(job.id, value, worker_id=self.worker_id)
+        except Conflict as exc:
+            self._count("discarded")
+            log.warning("outcome of %s discarded: %s", job.id, exc)
+            return None
+        except ConfigError as exc:
+            # An unstorable result: the attempt fails (not retried) instead.
+            with contextlib.suppress(CrucibleError):
+                self.scheduler.fail(job.id, exc, worker_id=self.worker_id)
+        except CrucibleError as exc:
+            log.warning("could not record the outcome of %s: %s", job.id, exc)
+            return None
+        self._finished(job.id)
+        return None
+
+    def _finished(self, job_id: str) -> None:
+        try:
+            status = self.scheduler.get(job_id).status
+        except CrucibleError:
+            return
+        self._count(
+            {"succeeded": "succeeded", "cancelled": "cancelled", "queued": "retried"}.get(
+                status, "failed"
+            )
+        )
+        with contextlib.suppress(CrucibleError):
+            self.bus.emit("job.state", job_id=job_id, status=status, worker=self.worker_id)
+
+    def _count(self, outcome: str) -> None:
+        with self._lock:
+            setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
+
+    # -- heartbeats, cancellation, timeouts --------------------------------------
+
+    def _unsettled(self) -> list[_Active]:
+        with self._lock:
+            return [a for a in self._active.values() if not a.settled]
+
+    def _heartbeat_loop(self) -> None:
+        """Renew leases every ``heartbeat_s``; check timeouts every 0.1 s; run until drained."""
+        next_beat = time.monotonic() + self.heartbeat_s
+        while not (self._stopping.is_set() and not self._unsettled()):
+            time.sleep(min(0.1, self.heartbeat_s))
+            now = time.monotonic()
+            for a in self._unsettled():
+                if a.deadline is not None and now > a.deadline:
+                    self._time_out(a)
+            if now >= next_beat:
+                next_beat = now + self.heartbeat_s
+                self._beat()
+
+    def _beat(self) -> None:
+        for a in self._unsettled():
+            try:
+                lease = self.scheduler.heartbeat(
+                    a.job.id, worker_id=self.worker_id, lease_s=self.lease_s
+                )
+            except Conflict:
+                a.flag.set("lease_lost")
+                with self._lock:
+                    a.settled = True
+                continue
+            except CrucibleError as exc:
+                log.warning("heartbeat for %s failed: %s", a.job.id, exc)
+                continue
+            if lease.cancel_requested:
+                a.flag.set("cancelled")
+
+    def _time_out(self, a: _Active) -> None:
+        with self._lock:
+            if a.settled:
+                return
+            a.settled = True
+        a.flag.set("timeout")
+        limit = a.job.constraints.timeout_s or a.job.resources.timeout_s
+        err = DeadlineExceeded(
+            f"job {a.job.id!r} ran past its timeout of {limit:g} s",
+            hint="raise constraints.timeout_s, or make the job check ctx.cancel",
+        )
+        try:
+            self.scheduler.fail(a.job.id, err, worker_id=self.worker_id)
+        except CrucibleError as exc:
+            log.warning("could not record the timeout of %s: %s", a.job.id, exc)
+            return
+        self._finished(a.job.id)
