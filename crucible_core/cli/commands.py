@@ -10,4 +10,20 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
         "crucible_core.cli.doctor_cmd:command",
         "Check the environment and each plugin's health",
     ),
+    "jobs": (
+        "crucible_core.cli.jobs_cmd:command",
+        "Submit, list, show, cancel and retry jobs in the durable queue",
+    ),
+    "worker": (
+        "crucible_core.cli.worker_cmd:command",
+        "Claim and run queued jobs until SIGTERM/SIGINT, then drain",
+    ),
+    "artifacts": (
+        "crucible_core.cli.artifacts_cmd:command",
+        "Verify a run's artifacts against the sha256 in its manifest",
+    ),
+    "lineage": (
+        "crucible_core.cli.lineage_cmd:command",
+        "Show where a run or artifact came from and what came of it",
+    ),
 }

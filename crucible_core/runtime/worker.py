@@ -38,9 +38,11 @@ job already ran elsewhere or was requeued: at-least-once).
 
 **Stopping.** :meth:`Worker.stop` (SIGTERM/SIGINT in the CLI) drains: no new
 claims; running jobs may finish for ``drain_timeout_s``; then their
-handlers are told to stop (``reason = "shutdown"``) and, after a short grace,
-their leases are released so another worker picks them up at once, without
-counting the attempt. A handler that ignores cancellation keeps its thread
+handlers are told to stop (``reason = "shutdown"``). A handler that then
+raises (having saved a checkpoint, say) has its job released: requeued at
+once for another worker, without counting the attempt; one that returns has
+finished its job. After a short grace the leases of handlers still running
+are released too. A handler that ignores cancellation keeps its thread
 (and the worker process) alive, but never its job.
 """
 
@@ -413,11 +415,7 @@ class Worker:
             for a in active:
                 a.settled = True
         for a in active:
-            try:
-                self.scheduler.release(a.job.id, worker_id=self.worker_id)
-                self._count("released")
-            except CrucibleError as exc:
-                log.warning("could not release %s: %s", a.job.id, exc)
+            self._release(a.job)
 
     # -- slots ------------------------------------------------------------------
 
@@ -500,10 +498,23 @@ class Worker:
         nxt: Job | None = None
         if settled:
             self._count("discarded")
+        elif outcome[0] == "error" and flag.reason == "shutdown":
+            self._release(job)
         else:
             nxt = self._record(job, outcome)
         self.bus.close_job(job.id)
         return nxt
+
+    def _release(self, job: Job) -> None:
+        """Requeue a job its handler abandoned because this worker is shutting down."""
+        try:
+            self.scheduler.release(job.id, worker_id=self.worker_id)
+        except CrucibleError as exc:
+            log.warning("could not release %s: %s", job.id, exc)
+            return
+        self._count("released")
+        with contextlib.suppress(CrucibleError):
+            self.bus.emit("job.state", job_id=job.id, status="queued", worker=self.worker_id)
 
     def _record(self, job: Job, outcome: tuple[str, Any]) -> Job | None:
         kind, value = outcome

@@ -1,0 +1,295 @@
+"""``crucible jobs``: submit, list, show, cancel and retry jobs in the durable queue.
+
+``jobs submit FILE`` accepts a Job document (TOML, JSON or msgpack), a file
+of several (``[[jobs]]`` in TOML, a ``jobs`` array or a top-level array in
+JSON; they may depend on one another by ``id``), or a bare TrainingJob or
+Experiment, which becomes a ``training_run`` or ``experiment_step`` job. A
+training job is planned first against its backend (capabilities only) and
+refused, with every problem listed, if the plan cannot run. The ids are
+printed only after the jobs are committed to the database: a printed id is
+an acknowledged job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, cast
+
+import msgspec
+
+from crucible_core.cli.output import print_json, print_table
+from crucible_core.errors import ConfigError, NotFound, ValidationError
+from crucible_core.ir import codec
+from crucible_core.ir.experiment import Experiment
+from crucible_core.ir.training import TrainingJob
+from crucible_core.ir.work import Job
+
+
+def _scheduler() -> Any:
+    from crucible_core.runtime.scheduler import Scheduler
+
+    return Scheduler()
+
+
+def load_jobs(path: Path) -> list[Job]:
+    """The jobs a submitted file describes (see the module docstring)."""
+    fmt = codec.format_for_path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise NotFound(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    if not data.strip():
+        raise ConfigError(f"{path}: the file is empty", hint="write a Job document into it")
+    if len(data) > codec.MAX_DOCUMENT_BYTES:
+        raise ConfigError(f"{path}: the file is {len(data)} bytes; that is not a job file")
+    try:
+        if fmt == "json":
+            raw: Any = msgspec.json.decode(data)
+        elif fmt == "msgpack":
+            raw = msgspec.msgpack.decode(data)
+        else:
+            raw = msgspec.toml.decode(data)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise ConfigError(
+            f"{path}: malformed {fmt.upper()}: {exc}", hint=f"fix the {fmt.upper()} syntax"
+        ) from None
+    items: list[Any]
+    if isinstance(raw, list):
+        items = cast(list[Any], raw)
+    elif isinstance(raw, dict) and set(cast(dict[str, Any], raw)) == {"jobs"}:
+        items = cast(list[Any], cast(dict[str, Any], raw)["jobs"])
+        if not isinstance(items, list):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise ConfigError(f"{path}: `jobs` must be an array of Job tables")
+    else:
+        items = [raw]
+    jobs: list[Job] = []
+    for n, item in enumerate(items):
+        where = f"{path}" if len(items) == 1 else f"{path} (job {n + 1})"
+        try:
+            kind = _kind_of(item)
+            if kind is TrainingJob:
+                tj = codec.convert(item, TrainingJob)
+                jobs.append(
+                    Job(id=tj.job_id or "", kind="training_run", payload=codec.to_builtins(tj))
+                )
+            elif kind is Experiment:
+                ex = codec.convert(item, Experiment)
+                jobs.append(Job(kind="experiment_step", payload=codec.to_builtins(ex)))
+            elif kind is Job:
+                jobs.append(codec.convert(item, Job))
+            else:
+                raise ConfigError(
+                    f"a {kind.__name__} is not something to run",
+                    hint="submit a Job, a TrainingJob or an Experiment",
+                )
+        except ConfigError as exc:
+            rebuild, (cls, message, hint, state) = exc.__reduce__()
+            raise rebuild(cls, f"{where}: {message}", hint, state) from None
+    return jobs
+
+
+def _kind_of(item: Any) -> type[Any]:
+    try:
+        return codec.guess_type(item)
+    except ValidationError:
+        raise
+    except ConfigError as exc:
+        raise ConfigError(
+            exc.message,
+            hint="a job file holds a Job (kind, payload, priority...), a list of them under "
+            "`jobs`, a TrainingJob or an Experiment; `crucible ir show Job` prints a Job",
+        ) from None
+
+
+def _plan_training(job: Job, where: str) -> None:
+    """Refuse a training job whose plan cannot run, listing every problem (exit 2)."""
+    try:
+        from crucible_core.runtime.plan import make_plan
+    except ImportError:  # pragma: no cover - the planner ships with the runtime
+        return
+    tj = codec.convert(job.payload, TrainingJob)
+    plan = make_plan(tj, count_data=False, measure=False)
+    if plan.ok:
+        return
+    lines = [
+        f"  {p.field}: {p.message}" + (f" ({p.hint})" if p.hint else "") for p in plan.problems
+    ]
+    raise ConfigError(
+        f"{where}: the plan refuses this job ({len(plan.problems)} problem(s)):\n"
+        + "\n".join(lines),
+        hint="`crucible plan FILE` shows the whole plan; --no-plan submits anyway",
+    )
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+def _row(job: Job) -> list[Any]:
+    return [
+        job.id,
+        job.kind,
+        job.priority,
+        job.status,
+        job.attempts,
+        _when(job.created_at),
+        job.error.code if job.error else "",
+    ]
+
+
+def _submit(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    jobs = load_jobs(path)
+    if not args.no_plan:
+        for job in jobs:
+            if job.kind == "training_run":
+                _plan_training(job, str(path))
+    sched = _scheduler()
+    try:
+        stored = cast(list[Job], sched.enqueue_many(jobs))
+    finally:
+        sched.close()
+    if args.json:
+        print_json([codec.to_builtins(j) for j in stored])
+    else:
+        for job in stored:
+            sys.stdout.write(f"{job.id}\n")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    sched = _scheduler()
+    try:
+        jobs = cast(list[Job], sched.list(status=args.status, kind=args.kind, limit=args.limit))
+    finally:
+        sched.close()
+    if args.json:
+        print_json([codec.to_builtins(j) for j in jobs])
+        return 0
+    if not jobs:
+        sys.stderr.write("no jobs" + (f" with status {args.status}" if args.status else "") + "\n")
+        return 0
+    print_table(
+        ["id", "kind", "priority", "status", "attempts", "created", "error"],
+        [_row(j) for j in jobs],
+    )
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from crucible_core.runtime.paths import run_dir
+
+    sched = _scheduler()
+    try:
+        job = cast(Job, sched.get(args.id))
+        history = sched.history(args.id)
+        checkpoint = sched.last_checkpoint(args.id)
+        lease = sched.lease_of(args.id)
+    finally:
+        sched.close()
+    directory = run_dir(job.id)
+    if args.json:
+        print_json(
+            {
+                "job": codec.to_builtins(job),
+                "history": [t.__dict__ for t in history],
+                "checkpoint": codec.to_builtins(checkpoint) if checkpoint else None,
+                "lease": {"worker": lease[0], "expires_at": lease[1]},
+                "run_dir": str(directory),
+            }
+        )
+        return 0
+    out = sys.stdout
+    out.write(f"job       {job.id}\n")
+    out.write(f"kind      {job.kind} ({job.priority}, tenant {job.tenant_id})\n")
+    out.write(f"status    {job.status}, attempt {job.attempts}")
+    out.write(f" of {job.constraints.retry_policy.max_attempts}\n")
+    if lease[0]:
+        out.write(f"lease     {lease[0]}\n")
+    if job.constraints.depends_on:
+        out.write(f"needs     {', '.join(job.constraints.depends_on)}\n")
+    out.write(f"created   {_when(job.created_at)}\n")
+    if job.finished_at:
+        out.write(f"finished  {_when(job.finished_at)}\n")
+    if job.error:
+        out.write(f"error     [{job.error.code}] {job.error.message}\n")
+        if job.error.hint:
+            out.write(f"  hint    {job.error.hint}\n")
+    if checkpoint:
+        out.write(f"resume    {checkpoint.uri} (step {checkpoint.step})\n")
+    if job.result is not None:
+        text = msgspec.json.encode(job.result).decode()
+        out.write(f"result    {text if len(text) < 200 else text[:197] + '...'}\n")
+    out.write(f"run dir   {directory}{'' if directory.exists() else ' (none yet)'}\n")
+    out.write("history\n")
+    for t in history:
+        at = datetime.fromtimestamp(t.at).strftime("%H:%M:%S.%f")[:-3]
+        note = f"  ({t.note})" if t.note else ""
+        who = f" by {t.worker}" if t.worker else ""
+        out.write(f"  {at}  {t.from_status or '-'} -> {t.to_status}{who}{note}\n")
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    sched = _scheduler()
+    try:
+        job = cast(Job, sched.cancel(args.id))
+    finally:
+        sched.close()
+    if job.status == "running":
+        sys.stdout.write(f"{job.id}: cancellation requested; it stops at its next safe point\n")
+    else:
+        sys.stdout.write(f"{job.id}: {job.status}\n")
+    return 0
+
+
+def _retry(args: argparse.Namespace) -> int:
+    sched = _scheduler()
+    try:
+        job = cast(Job, sched.retry(args.id))
+    finally:
+        sched.close()
+    sys.stdout.write(f"{job.id}: {job.status}\n")
+    return 0
+
+
+class _JobsCommand:
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        sub = parser.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
+        p = sub.add_parser(
+            "submit",
+            help="submit the jobs a file describes; print their ids",
+            description=__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("file", metavar="FILE", help="a Job, a list of jobs, a TrainingJob...")
+        p.add_argument("--json", action="store_true", help="print the stored jobs as JSON")
+        p.add_argument("--no-plan", action="store_true", help="do not plan training jobs first")
+        p.set_defaults(_action=_submit)
+        p = sub.add_parser("list", help="list jobs, oldest first")
+        p.add_argument("--status", help="only jobs in this status (pending, queued, running...)")
+        p.add_argument("--kind", help="only jobs of this kind")
+        p.add_argument("--limit", type=int, help="at most this many")
+        p.add_argument("--json", action="store_true", help="print JSON on stdout")
+        p.set_defaults(_action=_list)
+        p = sub.add_parser("show", help="one job: status, error, attempts, history")
+        p.add_argument("id", metavar="ID")
+        p.add_argument("--json", action="store_true", help="print JSON on stdout")
+        p.set_defaults(_action=_show)
+        p = sub.add_parser("cancel", help="cancel a waiting job, or ask a running one to stop")
+        p.add_argument("id", metavar="ID")
+        p.set_defaults(_action=_cancel)
+        p = sub.add_parser("retry", help="requeue a failed, dead or cancelled job")
+        p.add_argument("id", metavar="ID")
+        p.set_defaults(_action=_retry)
+
+    def run(self, args: argparse.Namespace) -> int:
+        return int(args._action(args))
+
+
+command = _JobsCommand()

@@ -1,0 +1,111 @@
+"""``crucible worker``: claim and run jobs until SIGTERM or SIGINT, then drain.
+
+On the first SIGTERM/SIGINT the worker stops claiming, lets running jobs
+finish for ``--drain-timeout`` seconds, then asks them to stop and releases
+their leases so another worker takes them over at once. A second signal
+skips the wait: leases are released and the process exits (130).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+from crucible_core.errors import EXIT_INTERRUPTED
+
+
+class _WorkerCommand:
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        parser.description = __doc__
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        parser.add_argument(
+            "--concurrency", type=int, default=1, metavar="N", help="jobs run at once (default 1)"
+        )
+        parser.add_argument(
+            "--lease", type=float, default=30.0, metavar="S", help="lease length in seconds"
+        )
+        parser.add_argument(
+            "--poll", type=float, default=0.25, metavar="S", help="idle poll interval in seconds"
+        )
+        parser.add_argument(
+            "--drain-timeout",
+            type=float,
+            default=30.0,
+            metavar="S",
+            help="how long running jobs may finish after a stop signal",
+        )
+        parser.add_argument("--max-jobs", type=int, metavar="N", help="exit after N jobs")
+        parser.add_argument(
+            "--exit-when-idle",
+            action="store_true",
+            help="exit once no job is pending, queued or running",
+        )
+        parser.add_argument(
+            "--progress", action="store_true", help="draw a progress bar per job on stderr"
+        )
+
+    def run(self, args: argparse.Namespace) -> int:
+        from crucible_core.errors import ConfigError
+        from crucible_core.runtime.scheduler import Scheduler
+        from crucible_core.runtime.worker import Worker
+
+        if args.concurrency < 1:
+            raise ConfigError(f"--concurrency must be >= 1, got {args.concurrency}")
+        sched = Scheduler()
+        worker = Worker(
+            sched,
+            concurrency=args.concurrency,
+            lease_s=args.lease,
+            poll_s=args.poll,
+            drain_timeout_s=args.drain_timeout,
+        )
+        progress: Any = None
+        if args.progress:
+            from rich.console import Console
+
+            from crucible_core.runtime.progress import ProgressSubscriber
+
+            progress = ProgressSubscriber(console=Console(stderr=True))
+            worker.bus.subscribe(progress, name="progress")
+        signals = {"count": 0}
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            signals["count"] += 1
+            if signals["count"] == 1:
+                sys.stderr.write(
+                    f"crucible worker: {signal.Signals(signum).name}, draining "
+                    f"(up to {args.drain_timeout:g} s; signal again to stop now)\n"
+                )
+                worker.stop()
+            else:
+                worker.drain_timeout_s = 0.0
+                worker.stop()
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_signal)
+            signal.signal(signal.SIGINT, on_signal)
+        sys.stderr.write(
+            f"crucible worker {worker.worker_id}: {args.concurrency} slot(s), "
+            f"database {sched.path}, pid {os.getpid()}\n"
+        )
+        sys.stderr.flush()
+        try:
+            stats = worker.run(max_jobs=args.max_jobs, exit_when_idle=args.exit_when_idle)
+        finally:
+            if progress is not None:
+                progress.close()
+            sched.close()
+        sys.stderr.write(
+            f"crucible worker {worker.worker_id}: {stats.claimed} claimed, "
+            f"{stats.succeeded} succeeded, {stats.failed} failed, {stats.retried} to retry, "
+            f"{stats.cancelled} cancelled, {stats.released} released\n"
+        )
+        return EXIT_INTERRUPTED if signals["count"] > 1 else 0
+
+
+command = _WorkerCommand()
