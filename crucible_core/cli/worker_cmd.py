@@ -83,8 +83,8 @@ class _WorkerCommand:
                 )
                 worker.stop()
             else:
-                worker.drain_timeout_s = 0.0
-                worker.stop()
+                sys.stderr.write("crucible worker: stopping now, releasing running jobs\n")
+                worker.stop(now=True)
 
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, on_signal)

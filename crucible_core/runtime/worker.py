@@ -312,6 +312,7 @@ class Worker:
         self._active: dict[str, _Active] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._hurry = threading.Event()
         self._claims_left: int | None = None
         self._exit_when_idle = False
         self.stats = WorkerStats()
@@ -354,8 +355,11 @@ class Worker:
 
     # -- control ----------------------------------------------------------------
 
-    def stop(self) -> None:
-        """Stop claiming and drain (safe to call from a signal handler or another thread)."""
+    def stop(self, *, now: bool = False) -> None:
+        """Stop claiming and drain; ``now`` cuts the drain short (running jobs get a short
+        grace to stop, then are released). Safe from a signal handler or another thread."""
+        if now:
+            self._hurry.set()
         self._stopping.set()
 
     @property
@@ -397,19 +401,28 @@ class Worker:
                 self._lineage.close()
         return self.stats
 
+    def _wait_slots(self, slots: list[threading.Thread], seconds: float) -> bool:
+        """Wait up to ``seconds`` for the slots to end (cut short by ``stop(now=True)``)."""
+        deadline = time.monotonic() + seconds
+        while any(t.is_alive() for t in slots):
+            if time.monotonic() >= deadline or self._hurry.is_set():
+                return False
+            for t in slots:
+                t.join(0.05)
+        return True
+
     def _drain(self, slots: list[threading.Thread]) -> None:
-        deadline = time.monotonic() + self.drain_timeout_s
-        for t in slots:
-            t.join(max(0.0, deadline - time.monotonic()))
-        if not any(t.is_alive() for t in slots):
+        if self._wait_slots(slots, self.drain_timeout_s):
             return
         with self._lock:
             active = list(self._active.values())
         for a in active:
             a.flag.set("shutdown")
-        grace = time.monotonic() + min(5.0, self.lease_s / 2)
-        for t in slots:
-            t.join(max(0.0, grace - time.monotonic()))
+        # A short grace lets handlers save a checkpoint and raise (their jobs are released).
+        grace = min(1.0 if self._hurry.is_set() else 5.0, self.lease_s / 2)
+        self._hurry.clear()
+        if self._wait_slots(slots, grace):
+            return
         with self._lock:
             active = [a for a in self._active.values() if not a.settled]
             for a in active:
