@@ -58,6 +58,11 @@ class LocalBackend:
     ``lr_schedule``
         ``"session"`` (default): the session applies the job's scheduler to
         the rate it is given; ``"caller"``: the given rate is used as is.
+    ``num_threads``
+        If set, ``torch.set_num_threads(num_threads)`` for the whole process.
+        The built-in models are so small that one thread is as fast as
+        several, and on a machine whose cores are busy with other work
+        OpenMP threads waiting for each other make a step many times slower.
     """
 
     def __init__(
@@ -68,11 +73,20 @@ class LocalBackend:
         model_path: str | None = None,
         checkpoint: str | None = None,
         lr_schedule: LrSchedule = "session",
+        num_threads: int | None = None,
     ) -> None:
         if lr_schedule not in ("session", "caller"):
             raise ConfigError(
                 f"backend option lr_schedule: expected 'session' or 'caller', got {lr_schedule!r}"
             )
+        if num_threads is not None:
+            if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+                raise ConfigError(
+                    f"backend option num_threads: expected an integer >= 1, got {num_threads!r}"
+                )
+            import torch
+
+            torch.set_num_threads(num_threads)
         self._home = Path(home or os.environ.get("CRUCIBLE_HOME") or ".crucible")
         self._default_spec = ModelSpec(name=model, path=model_path)
         self._default_checkpoint = checkpoint

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from crucible_local.backend import LocalBackend
 from crucible_local.session import LocalTrainingSession
 
@@ -20,6 +21,11 @@ from crucible_core.ir.training import (
     TrainingJob,
 )
 
+# One torch thread for the whole suite: CI and developers share 2 busy cores, where two
+# OpenMP threads waiting on each other make a tiny-model step 10-50x slower. Behaviour
+# is the same at any thread count.
+torch.set_num_threads(1)
+
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
     "Crucible trains tiny models on the CPU.",
@@ -31,7 +37,7 @@ CORPUS = [
 @pytest.fixture
 def backend(tmp_path: Path) -> Iterator[LocalBackend]:
     """A LocalBackend whose runs go under the test's temporary directory."""
-    b = LocalBackend(home=tmp_path / "home")
+    b = LocalBackend(home=tmp_path / "home", num_threads=1)
     yield b
     b.close()
 
