@@ -125,7 +125,7 @@ def test_hook_that_raises_is_contained(host: PluginHost, monkeypatch: pytest.Mon
         raise ValueError("oops")
 
     host.add_plugin(_plugin(register_stages=bad), name="badhooks")
-    assert host.registrations("stage") == {}
+    assert all(r.plugin == "core" for r in host.registrations("stage").values())
     info = next(i for i in host.plugins() if i.name == "badhooks")
     assert info.status == "error"
     assert "oops" in (info.error or "")

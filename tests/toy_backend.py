@@ -42,6 +42,11 @@ CAPS = Capabilities(
     supports_streaming=True,
     losses=["cross_entropy"],
     adapters=["full"],
+    optimizers=["adamw"],
+    schedulers=["constant", "linear", "cosine"],
+    checkpoint_formats=["safetensors"],
+    max_context_length=128,
+    models=["toy"],
 )
 
 
@@ -227,3 +232,53 @@ def backend_with(session_class: type[ToySession]) -> ToyBackend:
     b = ToyBackend()
     b.session_class = session_class
     return b
+
+
+TEXTS = [f"row {i}: the cat sat on the mat and looked at the hat." for i in range(40)]
+
+
+class ToyLoadStage:
+    """data.load stand-in: rows from TEXTS (the dataset uri is ignored)."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def run(self, ctx: Any) -> dict[str, Any]:
+        rows = [{"text": t} for t in TEXTS]
+        return {"rows": rows, "train_rows": rows[:36], "validation_rows": rows[36:],
+                "dataset_hash": "sha256:toy", "skipped": 0}  # fmt: skip
+
+
+class ToyTokenizeStage:
+    """data.tokenize stand-in: byte tokens, every target weighted."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def run(self, ctx: Any) -> dict[str, Any]:
+        from crucible_core.testing import make_datums
+
+        loaded = ctx.inputs["load"]
+        tok = ctx.backend().get_tokenizer(None)
+        train = make_datums(tok, [r["text"] for r in loaded["train_rows"]])
+        val = make_datums(tok, [r["text"] for r in loaded["validation_rows"]])
+        return {"train": train, "validation": val, "tokens": sum(d.num_tokens for d in train),
+                "template": "bytes", "template_hash": "sha256:bytes"}  # fmt: skip
+
+
+def toy_plugin() -> Any:
+    """A plugin registering the toy backend and the data stages."""
+    import types
+
+    from crucible_core import hookimpl
+
+    def register_backends(register: Any) -> None:
+        register("toy", ToyBackend, capabilities=CAPS, summary="numpy bigram")
+
+    def register_stages(register: Any) -> None:
+        register("data.load", ToyLoadStage)
+        register("data.tokenize", ToyTokenizeStage)
+
+    return types.SimpleNamespace(
+        register_backends=hookimpl(register_backends), register_stages=hookimpl(register_stages)
+    )

@@ -337,6 +337,7 @@ def train(
         if decision.save and item.save is None and pending:
             # Only a metric-driven policy decides late, and it runs with window=1.
             raise AssertionError("a checkpoint decided after later steps were submitted")
+        doomed = [c for c in state.checkpoints if c.step in decision.delete]
         if decision.save:
             ref = (
                 watch.wait(item.save, "save_state")
@@ -346,20 +347,19 @@ def train(
             saved = SavedCheckpoint(
                 ref=ref, step=state.step, metric=observed.get(policy.best_metric)
             )
-            state.checkpoints.append(saved)
+            # Persist the new list first, delete retired files after: a crash in
+            # between leaves an extra file, never a state pointing at a deleted one.
+            state.checkpoints = [c for c in state.checkpoints if c not in doomed] + [saved]
             state.elapsed_s = (resume.elapsed_s if resume else 0.0) + (clock() - session_start)
             if on_checkpoint is not None:
                 on_checkpoint(saved, _snapshot(state))
-            say("train.checkpoint", step=state.step, uri=ref.uri, kind=ref.kind)
+            say("train.checkpoint", step=state.step, uri=ref.uri, checkpoint_kind=ref.kind)
         elif item.save is not None:
             # Predicted but not wanted (the step was already saved): keep nothing extra.
             watch.wait(item.save, "save_state")
-        for step in decision.delete:
-            doomed = [c for c in state.checkpoints if c.step == step]
-            state.checkpoints = [c for c in state.checkpoints if c.step != step]
-            for c in doomed:
-                if on_delete is not None:
-                    on_delete(c)
+        for c in doomed:
+            if on_delete is not None:
+                on_delete(c)
 
     def drain() -> None:
         while pending:
@@ -373,7 +373,7 @@ def train(
         state.elapsed_s = (resume.elapsed_s if resume else 0.0) + (clock() - session_start)
         if on_checkpoint is not None:
             on_checkpoint(saved, _snapshot(state))
-        say("train.checkpoint", step=state.step, uri=ref.uri, kind=ref.kind)
+        say("train.checkpoint", step=state.step, uri=ref.uri, checkpoint_kind=ref.kind)
 
     def stop_with(reason: str, make_error: Callable[[int], Exception]) -> None:
         drain()

@@ -1,0 +1,185 @@
+"""``crucible train FILE`` and ``crucible resume RUN``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, cast
+
+import msgspec
+
+from crucible_core.cli.output import print_json
+from crucible_core.cli.plan_cmd import format_plan, print_problems
+from crucible_core.cli.runref import find_run
+from crucible_core.errors import BudgetExhausted, Cancelled, ConfigError
+from crucible_core.ir.codec import convert, decode_file
+from crucible_core.ir.training import Budget, TrainingJob
+from crucible_core.runtime.artifacts import update_manifest
+from crucible_core.runtime.plan import Plan, make_plan
+from crucible_core.runtime.training import TrainingOutcome, read_loop_state, run_training
+from crucible_core.runtime.trainloop import LoopState
+
+__all__ = ["command", "resume_command"]
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="do not draw a progress bar")
+
+
+def _summary(plan: Plan) -> dict[str, Any]:
+    return {
+        "tokens": plan.tokens_to_train,
+        "steps": plan.steps,
+        "cost": plan.cost,
+        "currency": plan.currency,
+        "duration_s": plan.duration_s,
+        "duration_basis": plan.duration_basis,
+    }
+
+
+def _execute(
+    job: TrainingJob,
+    args: argparse.Namespace,
+    *,
+    job_id: str | None = None,
+    resume: LoopState | None = None,
+    plan: Plan | None = None,
+) -> int:
+    from crucible_core.plugins import get_host
+    from crucible_core.runtime.events import EventBus
+
+    host = get_host()
+    progress: Any = None
+    with EventBus(host=host) as bus:
+        if not args.json and not args.no_progress:
+            from crucible_core.runtime.progress import ProgressSubscriber
+
+            progress = ProgressSubscriber()
+            bus.subscribe(progress, name="progress")
+        try:
+            outcome = run_training(
+                job,
+                job_id=job_id,
+                host=host,
+                bus=bus,
+                resume=resume,
+                plan=_summary(plan) if plan is not None else None,
+            )
+        except (BudgetExhausted, Cancelled) as exc:
+            if progress is not None:
+                progress.close()
+            status = "budget_exhausted" if isinstance(exc, BudgetExhausted) else "cancelled"
+            run = job_id or job.job_id
+            if run:
+                from crucible_core.runtime import paths
+
+                update_manifest(paths.run_dir(run), status=status)
+            raise
+        finally:
+            bus.drain()
+        if progress is not None:
+            progress.close()
+    _report(outcome, plan, args)
+    return 0
+
+
+def _report(outcome: TrainingOutcome, plan: Plan | None, args: argparse.Namespace) -> None:
+    if args.json:
+        print_json(
+            {"outcome": msgspec.to_builtins(outcome), "plan": _summary(plan) if plan else None}
+        )
+        return
+    w = sys.stdout.write
+    w(f"run        {outcome.job_id}  ({outcome.run_dir})\n")
+    if outcome.initial_loss is not None and outcome.final_loss is not None:
+        w(f"loss       initial {outcome.initial_loss:.4f} -> final {outcome.final_loss:.4f}\n")
+    w(f"steps      {outcome.steps}/{outcome.total_steps}")
+    w(f"  ({outcome.stopped})\n" if outcome.stopped else "\n")
+    if outcome.evaluation:
+        ev = outcome.evaluation
+        w(f"eval       {ev.get('split')}: loss {ev.get('eval_loss', float('nan')):.4f}\n")
+    est = _summary(plan) if plan else {}
+    tokens_est = f" (planned {est['tokens']})" if est.get("tokens") is not None else ""
+    w(f"tokens     {outcome.tokens}{tokens_est}\n")
+    cost_est = f" (planned {est['cost']:.4f})" if est.get("cost") is not None else ""
+    w(f"cost       {outcome.cost:.4f} {est.get('currency', 'USD')}{cost_est}\n")
+    dur = est.get("duration_s")
+    w(f"time       {outcome.elapsed_s:.1f} s" + (f" (planned {dur:.1f} s)\n" if dur else "\n"))
+    if outcome.sampler_checkpoint is not None:
+        w(f"weights    {outcome.sampler_checkpoint.uri}\n")
+    w(f'\nSample from it:  crucible sample {outcome.job_id} --prompt "Hello"\n')
+
+
+class _TrainCommand:
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        parser.description = (
+            "Plan the job (refusing anything its backend cannot do), then run it: load and "
+            "tokenize the data, train with a progress bar, evaluate, save the weights. The run "
+            "lands in $CRUCIBLE_HOME/runs/<job_id>/ (manifest.json, telemetry.jsonl, "
+            "checkpoints)."
+        )
+        parser.add_argument("file", type=Path, help="a TrainingJob (.toml or .json)")
+        parser.add_argument("--backend", help="run on this backend instead of the job's")
+        parser.add_argument("--job-id", help="the run's id (default: the job's, or a new one)")
+        _add_common(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        job = decode_file(args.file, TrainingJob)
+        if args.backend:
+            ref = msgspec.structs.replace(job.backend_ref, name=args.backend)
+            job = msgspec.structs.replace(job, backend=ref)
+        # The same checks as `crucible plan`; the duration is not measured here (the
+        # progress bar shows the real pace), to keep start-up short.
+        plan = make_plan(job, measure=False)
+        if not plan.ok:
+            if args.json:
+                print_json(msgspec.to_builtins(plan))
+            print_problems(plan)
+            return 2
+        if not args.json:
+            sys.stdout.write(format_plan(plan) + "\n")
+        return _execute(job, args, job_id=args.job_id, plan=plan)
+
+
+class _ResumeCommand:
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        parser.description = (
+            "Continue a run from its newest checkpoint: weights, optimizer state, step, data "
+            "position and random state are restored, so the loss curve continues exactly as "
+            "an uninterrupted run's. Budget options raise the run's limits."
+        )
+        parser.add_argument("run", help="a run id or run directory")
+        parser.add_argument("--max-steps", type=int, help="train up to this many steps in all")
+        parser.add_argument("--max-tokens", type=int, help="new token budget")
+        parser.add_argument("--max-cost", type=float, help="new cost budget")
+        parser.add_argument("--max-wall-time", type=float, help="new wall-time budget (seconds)")
+        _add_common(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        run_dir, manifest = find_run(args.run)
+        raw = manifest.get("training_job")
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{run_dir}: the manifest records no training job to resume")
+        job = convert(cast(dict[str, Any], raw), TrainingJob)
+        state = read_loop_state(run_dir)
+        budget = job.budget
+        changes: dict[str, Any] = {}
+        for name in ("max_tokens", "max_cost", "max_wall_time"):
+            value = getattr(args, name)
+            if value is not None:
+                changes[name] = value
+        if changes:
+            budget = convert({**msgspec.to_builtins(budget), **changes}, Budget)
+        learning = job.learning_config
+        if args.max_steps is not None:
+            learning = msgspec.structs.replace(learning, max_steps=args.max_steps)
+        job = msgspec.structs.replace(job, budget=budget, learning_config=learning)
+        if not args.json:
+            sys.stdout.write(f"resuming {run_dir.name} from step {state.step}\n")
+        return _execute(job, args, job_id=run_dir.name, resume=state)
+
+
+command = _TrainCommand()
+resume_command = _ResumeCommand()

@@ -1,0 +1,435 @@
+"""``crucible plan``: check a TrainingJob against a backend before anything runs.
+
+Every setting is either supported or refused; nothing is silently ignored or
+substituted. :func:`check_capabilities` compares the job with the backend's
+declared :class:`~crucible_core.ir.backend.Capabilities` and returns *all*
+the problems (field, backend, what it supports instead, a did-you-mean).
+:func:`make_plan` adds what will run: the stages, the dataset's rows and
+tokens (counted with the run's own tokenizer and chat template, through the
+registered ``data.load`` / ``data.tokenize`` stages), the steps, the
+checkpoints and their estimated size, and the estimated cost and duration.
+
+Cost comes from ``Capabilities.costs`` (per-million-token training price);
+a backend without costs is free (it costs time, not money). Duration comes
+from ``Capabilities.throughput_tokens_per_s`` when declared, else from a
+measurement: on a free backend the plan times one real ``forward_backward``
+on a batch of the job's data. Checkpoint size comes from the backend's
+optional ``estimate_checkpoint_bytes(job) -> {"state": n, "sampler": n}``
+(not part of the required contract), else it is reported as unknown.
+"""
+
+from __future__ import annotations
+
+import difflib
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import msgspec
+
+from crucible_core.errors import CrucibleError
+from crucible_core.ir.backend import Capabilities, Datum
+from crucible_core.ir.experiment import Experiment, StageDef
+from crucible_core.ir.training import LoRA, QLoRA, TrainingJob
+from crucible_core.ir.work import Job
+from crucible_core.plugins import PluginHost, get_host
+from crucible_core.runtime import trainloop
+
+__all__ = [
+    "TRAINING_STAGES",
+    "CheckpointEstimate",
+    "Plan",
+    "PlanProblem",
+    "check_capabilities",
+    "make_plan",
+    "training_experiment",
+]
+
+#: The stages of a supervised training run, in order: (name, registered stage, depends on).
+TRAINING_STAGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("load", "data.load", ()),
+    ("tokenize", "data.tokenize", ("load",)),
+    ("train", "train.loop", ("tokenize",)),
+    ("evaluate", "train.evaluate", ("tokenize", "train")),
+    ("save", "train.save", ("train",)),
+    ("log_metrics", "train.log_metrics", ("train", "evaluate", "save")),
+)
+
+
+def training_experiment(job: TrainingJob, job_id: str) -> Experiment:
+    """The stage DAG that runs ``job``."""
+    return Experiment(
+        id=job_id,
+        name=f"train {job.model_spec.name}",
+        backend=job.backend_ref,
+        dataset=job.dataset_spec,
+        stages=[
+            StageDef(name=name, uses=uses, depends_on=list(deps))
+            for name, uses, deps in TRAINING_STAGES
+        ],
+    )
+
+
+class PlanProblem(msgspec.Struct, kw_only=True):
+    """One setting the backend cannot honour (or one input that cannot be used)."""
+
+    field: str
+    message: str
+    backend: str = ""
+    supported: list[str] = []
+    hint: str | None = None
+
+
+class CheckpointEstimate(msgspec.Struct, kw_only=True):
+    """A checkpoint the run is expected to write."""
+
+    step: int
+    kind: str = "state"
+    size_bytes: int | None = None
+
+
+class Plan(msgspec.Struct, kw_only=True):
+    """What ``crucible plan`` reports (``--json`` prints it as is)."""
+
+    ok: bool
+    backend: str
+    model: str
+    plugin: str | None = None
+    problems: list[PlanProblem] = []
+    stages: list[str] = []
+    rows: int | None = None
+    validation_rows: int | None = None
+    skipped_rows: int | None = None
+    tokens_per_epoch: int | None = None
+    template: str | None = None
+    tokenizer: str | None = None
+    steps: int | None = None
+    tokens_to_train: int | None = None
+    checkpoints: list[CheckpointEstimate] = []
+    cost: float | None = None
+    currency: str = "USD"
+    duration_s: float | None = None
+    duration_basis: str | None = None
+    notes: list[str] = []
+
+
+def _refuse(
+    problems: list[PlanProblem],
+    field: str,
+    what: str,
+    value: str,
+    supported: Sequence[str],
+    backend: str,
+) -> None:
+    close = difflib.get_close_matches(value, list(supported), n=1)
+    hint = f"did you mean {close[0]!r}?" if close and close[0] != value else None
+    listed = ", ".join(supported) if supported else "none"
+    problems.append(
+        PlanProblem(
+            field=field,
+            message=f"backend {backend!r} does not support {what} {value!r}; it supports: {listed}",
+            backend=backend,
+            supported=list(supported),
+            hint=hint,
+        )
+    )
+
+
+def check_capabilities(job: TrainingJob, caps: Capabilities, backend: str) -> list[PlanProblem]:
+    """Every setting of ``job`` that ``caps`` does not declare, as problems (empty: all fine)."""
+    problems: list[PlanProblem] = []
+    if not caps.supports_training:
+        problems.append(
+            PlanProblem(
+                field="$.backend",
+                message=f"backend {backend!r} does not train (supports_training is false)",
+                backend=backend,
+                hint="choose a training backend: `crucible plugins --kind backend` lists them",
+            )
+        )
+        return problems
+    adapter = job.adapter_config
+    if adapter.__struct_config__.tag not in caps.adapters:
+        _refuse(
+            problems,
+            "$.adapter_config.kind",
+            "adapter",
+            str(adapter.__struct_config__.tag),
+            list(caps.adapters),
+            backend,
+        )
+    if (
+        isinstance(adapter, LoRA | QLoRA)
+        and caps.max_lora_rank is not None
+        and adapter.rank > caps.max_lora_rank
+    ):
+        problems.append(
+            PlanProblem(
+                field="$.adapter_config.rank",
+                message=f"backend {backend!r} trains LoRA ranks up to {caps.max_lora_rank}, "
+                f"the job asks for {adapter.rank}",
+                backend=backend,
+                supported=[f"1..{caps.max_lora_rank}"],
+            )
+        )
+    cfg = job.learning_config
+    if cfg.loss.name not in caps.losses:
+        _refuse(
+            problems, "$.learning_config.loss.name", "loss", cfg.loss.name, caps.losses, backend
+        )
+    opt = str(cfg.optimizer.__struct_config__.tag)
+    if opt not in caps.optimizers:
+        _refuse(
+            problems, "$.learning_config.optimizer.name", "optimizer", opt, caps.optimizers, backend
+        )
+    if cfg.scheduler.name not in caps.schedulers:
+        _refuse(
+            problems,
+            "$.learning_config.scheduler.name",
+            "scheduler",
+            cfg.scheduler.name,
+            caps.schedulers,
+            backend,
+        )
+    fmt = job.checkpoint_policy.format
+    if fmt not in caps.checkpoint_formats:
+        _refuse(
+            problems,
+            "$.checkpoint_policy.format",
+            "checkpoint format",
+            fmt,
+            caps.checkpoint_formats,
+            backend,
+        )
+    if job.checkpoint_policy.push_to_hub and not caps.metadata.get("push_to_hub"):
+        problems.append(
+            PlanProblem(
+                field="$.checkpoint_policy.push_to_hub",
+                message=f"backend {backend!r} cannot push checkpoints to a hub",
+                backend=backend,
+                hint="set push_to_hub = false and publish the run's checkpoint yourself",
+            )
+        )
+    model = job.model_spec
+    if model.path is None and caps.models and model.name not in caps.models:
+        _refuse(problems, "$.model_spec.name", "model", model.name, caps.models, backend)
+    if model.path is not None and not caps.metadata.get("models_by_path", False):
+        problems.append(
+            PlanProblem(
+                field="$.model_spec.path",
+                message=f"backend {backend!r} cannot load a model from a local path",
+                backend=backend,
+                supported=list(caps.models),
+                hint="name one of the backend's models instead",
+            )
+        )
+    limit = caps.max_context_length
+    for field, length in (
+        ("$.dataset_spec.max_length", job.dataset_spec.max_length),
+        ("$.model_spec.max_seq_len", model.max_seq_len),
+    ):
+        if limit is not None and length is not None and length > limit:
+            problems.append(
+                PlanProblem(
+                    field=field,
+                    message=f"sequence length {length} is beyond the context of backend "
+                    f"{backend!r} ({limit} tokens)",
+                    backend=backend,
+                    supported=[f"<= {limit}"],
+                    hint=f"set it to {limit} or less",
+                )
+            )
+    return problems
+
+
+class _PlanContext:
+    """A minimal StageContext for running the data stages outside a pipeline."""
+
+    def __init__(
+        self, job: Job, experiment: Experiment, backend: Any, inputs: Mapping[str, Any]
+    ) -> None:
+        self.job_id = job.id
+        self.job = job
+        self.experiment = experiment
+        self.run_dir = Path(".")
+        self.options: Mapping[str, Any] = {}
+        self.inputs = inputs
+        self.cancel = _Never()
+        self.artifacts: Any = None
+        self._backend = backend
+
+    def backend(self, name: str | None = None) -> Any:
+        return self._backend
+
+    def emit(self, kind: str, **data: Any) -> None:
+        return None
+
+
+class _Never:
+    def is_set(self) -> bool:
+        return False
+
+
+def make_plan(
+    job: TrainingJob,
+    *,
+    backend_name: str | None = None,
+    host: PluginHost | None = None,
+    count_data: bool = True,
+    measure: bool = True,
+) -> Plan:
+    """Check ``job`` and estimate its run; ``plan.ok`` is False when anything would be refused."""
+    host = host or get_host()
+    ref = job.backend_ref
+    name = backend_name or ref.name
+    plan = Plan(ok=False, backend=name, model=job.model_spec.name)
+    try:
+        reg = host.get("backend", name)
+    except CrucibleError as exc:
+        plan.problems.append(PlanProblem(field="$.backend", message=exc.message, hint=exc.hint))
+        return plan
+    plan.plugin = reg.plugin
+    plan.stages = [f"{n} ({uses})" for n, uses, _ in TRAINING_STAGES]
+    caps = reg.capabilities
+    backend: Any = None
+    if caps is None:
+        try:
+            backend = reg.create(**ref.options)
+            caps = cast(Capabilities, backend.capabilities())
+        except CrucibleError as exc:
+            plan.problems.append(
+                PlanProblem(field="$.backend", message=exc.message, backend=name, hint=exc.hint)
+            )
+            return plan
+    plan.problems.extend(check_capabilities(job, caps, name))
+    for stage in {uses for _, uses, _ in TRAINING_STAGES}:
+        if stage not in host.registrations("stage"):
+            plan.problems.append(
+                PlanProblem(
+                    field="$",
+                    message=f"no plugin registers the stage {stage!r} a training run needs",
+                    hint="install crucible-datasets (data.*) and crucible-core's runtime (train.*)"
+                    if stage.startswith("data.")
+                    else "reinstall crucible-core",
+                )
+            )
+    if plan.problems or not count_data:
+        plan.ok = not plan.problems
+        return plan
+    try:
+        if backend is None:
+            backend = reg.create(**ref.options)
+        datums = _count(plan, job, host, backend)
+    except CrucibleError as exc:
+        field = getattr(exc, "path", None) or "$.dataset_spec"
+        plan.problems.append(PlanProblem(field=field, message=exc.message, hint=exc.hint))
+        plan.ok = False
+        return plan
+    _estimate(plan, job, caps, backend, datums, measure=measure)
+    plan.ok = not plan.problems
+    return plan
+
+
+def _count(plan: Plan, job: TrainingJob, host: PluginHost, backend: Any) -> list[Datum]:
+    work = Job(id="plan", kind="training_run", payload=msgspec.to_builtins(job))
+    experiment = training_experiment(job, "plan")
+    load = host.create("stage", "data.load")
+    loaded = dict(load.run(_PlanContext(work, experiment, backend, {})) or {})
+    tokenize = host.create("stage", "data.tokenize")
+    tokenized = dict(tokenize.run(_PlanContext(work, experiment, backend, {"load": loaded})) or {})
+    train = cast(list[Datum], tokenized.get("train", []))
+    plan.rows = len(cast(list[Any], loaded.get("train_rows", [])))
+    plan.validation_rows = len(cast(list[Any], loaded.get("validation_rows", [])))
+    plan.skipped_rows = cast(int, loaded.get("skipped", 0))
+    plan.tokens_per_epoch = sum(len(d.model_input) for d in train)
+    plan.template = cast(str | None, tokenized.get("template"))
+    tokenizer = backend.get_tokenizer(job.model_spec)
+    plan.tokenizer = str(getattr(tokenizer, "name", type(tokenizer).__name__))
+    return train
+
+
+def _estimate(
+    plan: Plan,
+    job: TrainingJob,
+    caps: Capabilities,
+    backend: Any,
+    datums: list[Datum],
+    *,
+    measure: bool,
+) -> None:
+    cfg = job.learning_config
+    total = trainloop.total_steps(cfg, len(datums))
+    plan.steps = total
+    tokens = 0
+    for step in range(total):
+        for micro in range(cfg.grad_accum):
+            batch, _ = trainloop.batch_for_step(datums, step, micro, cfg)
+            tokens += sum(len(d.model_input) for d in batch)
+    plan.tokens_to_train = tokens
+    if job.budget.max_tokens is not None and tokens > job.budget.max_tokens:
+        plan.notes.append(
+            f"the run needs {tokens} tokens; budget.max_tokens = {job.budget.max_tokens} "
+            "will stop it early (resumable)"
+        )
+    costs = caps.costs
+    plan.currency = costs.currency if costs else "USD"
+    plan.cost = tokens * (costs.train_per_mtok if costs else 0.0) / 1e6
+    if job.budget.max_cost is not None and plan.cost > job.budget.max_cost:
+        plan.notes.append(
+            f"estimated cost {plan.cost:.4f} {plan.currency} exceeds budget.max_cost "
+            f"{job.budget.max_cost}: the run will stop early (resumable)"
+        )
+    sizes: Mapping[str, int] = {}
+    estimator = getattr(backend, "estimate_checkpoint_bytes", None)
+    if callable(estimator):
+        sizes = cast(Mapping[str, int], estimator(job))
+    steps = _checkpoint_steps(job, total)
+    plan.checkpoints = [
+        CheckpointEstimate(step=s, kind="state", size_bytes=sizes.get("state")) for s in steps
+    ]
+    plan.checkpoints.append(
+        CheckpointEstimate(step=total, kind="sampler", size_bytes=sizes.get("sampler"))
+    )
+    policy = job.checkpoint_policy
+    if policy.strategy in ("steps", "last") and len(steps) > 1:
+        keep = 1 if policy.strategy == "last" else policy.keep_last
+        best = " plus the best" if policy.save_best else ""
+        plan.notes.append(f"retention keeps the newest {keep} state checkpoint(s){best}")
+    rate = caps.throughput_tokens_per_s
+    if rate is not None:
+        plan.duration_basis = "declared"
+    elif measure and (costs is None or costs.train_per_mtok == 0) and datums:
+        rate = _measure(job, backend, datums)
+        plan.duration_basis = "measured"
+    if rate:
+        plan.duration_s = tokens / rate
+    else:
+        plan.notes.append("duration unknown: the backend declares no throughput")
+
+
+def _checkpoint_steps(job: TrainingJob, total: int) -> list[int]:
+    """The steps whose state the run will write (retention then keeps the policy's share)."""
+    policy = job.checkpoint_policy
+    if policy.strategy in ("steps", "last", "all"):
+        every = list(range(policy.save_every, total + 1, policy.save_every))
+        if not every or every[-1] != total:
+            every.append(total)
+        return every
+    return [total]
+
+
+def _measure(job: TrainingJob, backend: Any, datums: list[Datum]) -> float:
+    """Tokens per second of one real forward_backward on a batch of the job's data."""
+    cfg = job.learning_config
+    batch, _ = trainloop.batch_for_step(datums, 0, 0, cfg)
+    session = backend.create_session(job)
+    try:
+        session.forward_backward(batch, cfg.loss).result(timeout=300)  # warm-up
+        start = time.perf_counter()
+        session.forward_backward(batch, cfg.loss).result(timeout=300)
+        session.optim_step(trainloop.adam_params(cfg, cfg.optimizer.lr)).result(timeout=300)
+        elapsed = time.perf_counter() - start
+    finally:
+        session.close()
+    return sum(len(d.model_input) for d in batch) / max(elapsed, 1e-9)

@@ -1,0 +1,513 @@
+"""The supervised training workflow: a TrainingJob run as a stage DAG on any backend.
+
+The stages (registered by core through ``register_stages``, so they run on
+every backend that satisfies the training contract)::
+
+    data.load -> data.tokenize -> train.loop -> train.evaluate --+--> train.log_metrics
+                                             \\-> train.save ------/
+
+``data.*`` come from crucible-datasets; ``train.*`` live here. What a run
+writes, under ``$CRUCIBLE_HOME/runs/<job_id>/``:
+
+- ``manifest.json``: the job, its config digest, dataset hash, tokenizer and
+  chat-template hash, seed, versions (Python, crucible, plugins, torch,
+  tinker when present), the backend and model, every checkpoint and
+  artifact with its sha256, the loss curve's ends, tokens, cost and time
+  (actual beside the plan's estimate);
+- ``telemetry.jsonl``: every event;
+- ``trainer_state.json``: the loop state of the newest checkpoint (what
+  ``crucible resume`` continues from);
+- ``checkpoints/step-NNNNNN/``: state checkpoints the policy keeps (file
+  backends), and ``checkpoints/final/sampler``: the weights to sample from;
+- ``metrics.json``: the loss curve and evaluation.
+
+:func:`run_training` is the library entry (used by ``crucible train`` and
+``crucible resume``); :func:`run_training_job` is the worker's handler for
+``training_run`` jobs, resuming automatically from the job's last recorded
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import msgspec
+
+from crucible_core.contracts import CancelToken, StageContext, TrainingSession
+from crucible_core.errors import ConfigError, NotFound
+from crucible_core.ir.backend import CheckpointRef, Datum
+from crucible_core.ir.codec import convert, to_builtins
+from crucible_core.ir.lineage import Artifact, Edge
+from crucible_core.ir.training import Full, TrainingJob
+from crucible_core.ir.work import Job
+from crucible_core.runtime import paths, trainloop
+from crucible_core.runtime.artifacts import (
+    add_artifact,
+    config_digest,
+    digest_path,
+    read_manifest,
+    update_manifest,
+)
+from crucible_core.runtime.plan import training_experiment
+from crucible_core.runtime.trainloop import LoopResult, LoopState, SavedCheckpoint
+
+__all__ = [
+    "STATE_FILE",
+    "EvaluateStage",
+    "LogMetricsStage",
+    "SaveStage",
+    "TrainLoopStage",
+    "TrainingOutcome",
+    "new_job_id",
+    "read_loop_state",
+    "run_training",
+    "run_training_job",
+]
+
+STATE_FILE = "trainer_state.json"
+
+
+def new_job_id(prefix: str = "train") -> str:
+    """A fresh run id: ``train-YYYYmmdd-HHMMSS-xxxx`` (sorts by start time)."""
+    return f"{prefix}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def training_job_of(ctx: StageContext) -> TrainingJob:
+    """The run's TrainingJob, with ``job_id`` set to the run's id."""
+    payload: Any = ctx.job.payload
+    job = payload if isinstance(payload, TrainingJob) else convert(payload, TrainingJob)
+    if job.job_id != ctx.job_id:
+        job = msgspec.structs.replace(job, job_id=ctx.job_id)
+    return job
+
+
+def _deadline() -> float:
+    raw = os.environ.get("CRUCIBLE_CALL_DEADLINE_S")
+    if not raw:
+        return trainloop.DEFAULT_DEADLINE_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"CRUCIBLE_CALL_DEADLINE_S={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise ConfigError(f"CRUCIBLE_CALL_DEADLINE_S must be > 0, got {value}")
+    return value
+
+
+def _uri_path(uri: str) -> Path | None:
+    if uri.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return Path(unquote(urlparse(uri).path))
+    if "://" not in uri:
+        return Path(uri)
+    return None
+
+
+def _atomic_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(data), indent=2) + b"\n")
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_loop_state(run_dir: Path) -> LoopState:
+    """The loop state saved with a run's newest checkpoint; NotFound if it has none."""
+    path = run_dir / STATE_FILE
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=LoopState)
+    except FileNotFoundError:
+        raise NotFound(
+            f"{run_dir}: the run saved no checkpoint to resume from",
+            hint="runs are resumable after their first checkpoint (checkpoint_policy.save_every)",
+        ) from None
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ConfigError(f"{path}: unreadable loop state ({exc})") from None
+
+
+def _record_checkpoint(run_dir: Path, saved: SavedCheckpoint, state: LoopState) -> None:
+    """Persist the loop state, then list the checkpoint in the manifest (with hashes if local)."""
+    _atomic_json(run_dir / STATE_FILE, state)
+    ref = saved.ref
+    path = _uri_path(ref.uri)
+    sha: str | None = None
+    size: int | None = None
+    if path is not None and path.exists():
+        sha, size = digest_path(path)
+    artifact = Artifact(
+        artifact_id=f"checkpoint:{ref.uri}",
+        type="checkpoint",
+        uri=ref.uri,
+        sha256=sha,
+        size_bytes=size,
+        created_at=datetime.now(UTC),
+        metadata={"name": f"state-step-{saved.step}", "step": saved.step, "kind": ref.kind},
+    )
+    add_artifact(run_dir, artifact, path=path if path is not None and path.exists() else None)
+    update_manifest(
+        run_dir,
+        last_checkpoint=to_builtins(ref),
+        checkpoints=[to_builtins(c) for c in state.checkpoints],
+    )
+
+
+def _retire_checkpoint(run_dir: Path, saved: SavedCheckpoint) -> None:
+    """Delete a checkpoint the policy no longer keeps (file backends) and unlist it."""
+    path = _uri_path(saved.ref.uri)
+    if path is not None and path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+        parent = path.parent
+        if parent.name.startswith("step-") and parent.exists() and not any(parent.iterdir()):
+            parent.rmdir()
+    manifest = read_manifest(run_dir)
+    kept = [
+        a
+        for a in cast(list[dict[str, Any]], manifest.get("artifacts") or [])
+        if a.get("uri") != saved.ref.uri
+    ]
+    update_manifest(run_dir, artifacts=kept)
+
+
+class TrainLoopStage:
+    """``train.loop``: create the session (or resume it) and run :func:`trainloop.train`.
+
+    Options: ``window`` (steps in flight, default 2), ``resume`` (a
+    :class:`LoopState` as plain data: continue from its newest checkpoint).
+    """
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def run(self, ctx: StageContext) -> Mapping[str, Any]:
+        job = training_job_of(ctx)
+        data = ctx.inputs.get("tokenize")
+        if data is None:
+            raise ConfigError("train.loop needs the outputs of data.tokenize (stage 'tokenize')")
+        train_data = cast(list[Datum], data["train"])
+        validation = cast(list[Datum], data.get("validation") or [])
+        backend = ctx.backend()
+        caps = backend.capabilities()
+        deadline = _deadline()
+        session = cast(TrainingSession, backend.create_session(job))
+        resume: LoopState | None = None
+        raw = ctx.options.get("resume")
+        if raw is not None:
+            resume = convert(raw, LoopState)
+            if not resume.checkpoints:
+                raise ConfigError("the resume state lists no checkpoint to load")
+            ref = resume.checkpoints[-1].ref
+            ctx.emit("train.resume", step=resume.step, uri=ref.uri)
+            session.load_state(ref).result(timeout=deadline)
+        run_dir = ctx.run_dir
+
+        def emit(event: str, /, **fields: Any) -> None:
+            ctx.emit(event, **fields)
+
+        try:
+            result: LoopResult = trainloop.train(
+                session,
+                job,
+                train_data,
+                validation_data=validation,
+                emit=emit,
+                cancel=ctx.cancel,
+                resume=resume,
+                on_checkpoint=lambda saved, state: _record_checkpoint(run_dir, saved, state),
+                on_delete=lambda saved: _retire_checkpoint(run_dir, saved),
+                costs=caps.costs,
+                backend_name=job.backend_ref.name,
+                window=int(self.options.get("window", 2)),
+                deadline_s=deadline,
+            )
+        except BaseException:
+            session.close()
+            raise
+        return {
+            "session": session,
+            "result": result,
+            "initial_loss": result.state.first_loss,
+            "final_loss": result.state.last_loss,
+            "steps": result.state.step,
+            "total_steps": result.total_steps,
+            "tokens": result.state.tokens,
+            "cost": result.state.cost,
+            "elapsed_s": result.state.elapsed_s,
+            "stopped": result.stopped,
+        }
+
+
+def _session(ctx: StageContext) -> TrainingSession:
+    train = ctx.inputs.get("train")
+    if train is None:
+        raise ConfigError(f"stage needs the outputs of train.loop (job {ctx.job_id})")
+    return cast(TrainingSession, train["session"])
+
+
+class EvaluateStage:
+    """``train.evaluate``: the trained weights' loss on the validation split (or a train sample)."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def run(self, ctx: StageContext) -> Mapping[str, Any]:
+        job = training_job_of(ctx)
+        session = _session(ctx)
+        tokenized = ctx.inputs.get("tokenize") or {}
+        data = cast(list[Datum], tokenized.get("validation") or [])
+        split = "validation"
+        if not data:
+            data = cast(list[Datum], tokenized.get("train") or [])[:64]
+            split = "train_sample"
+        if not data:
+            return {}
+        limit = job.validation_spec.max_samples if job.validation_spec else None
+        data = data[:limit] if limit else data
+        result = session.forward(data, job.learning_config.loss).result(timeout=_deadline())
+        metrics = {"eval_loss": result.loss, "perplexity": math.exp(min(result.loss, 50.0))}
+        ctx.emit("eval.metric", step=session.step, split=split, loss=result.loss, metrics=metrics)
+        return {"split": split, "examples": len(data), **metrics}
+
+
+class SaveStage:
+    """``train.save``: the final weights for sampling, stored by content and linked in lineage."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def run(self, ctx: StageContext) -> Mapping[str, Any]:
+        job = training_job_of(ctx)
+        session = _session(ctx)
+        sampler = session.save_weights_for_sampler("final").result(timeout=_deadline())
+        ref = sampler.checkpoint
+        if ref is None:
+            raise ConfigError("the backend's sampler exposes no checkpoint reference")
+        out: dict[str, Any] = {"sampler_checkpoint": to_builtins(ref)}
+        path = _uri_path(ref.uri)
+        kind = "model" if isinstance(job.adapter_config, Full) else "adapter"
+        edges: list[Edge] = []
+        if path is not None and path.exists():
+            artifact = ctx.artifacts.put(
+                path, type=kind, name="final", metadata={"step": session.step}
+            )
+            out["artifact_id"] = artifact.artifact_id
+            node = artifact.artifact_id
+        else:
+            node = f"checkpoint:{ref.uri}"
+        edges.append(Edge(src=node, dst=f"model:{job.model_spec.name}", kind="derived_from"))
+        result = cast(LoopResult, ctx.inputs["train"]["result"])
+        if result.last is not None:
+            edges.append(
+                Edge(src=node, dst=f"checkpoint:{result.last.ref.uri}", kind="derived_from")
+            )
+        _add_edges(edges)
+        ctx.emit("train.checkpoint", step=session.step, uri=ref.uri, checkpoint_kind="sampler")
+        update_manifest(ctx.run_dir, sampler_checkpoint=to_builtins(ref))
+        return out
+
+
+def _add_edges(edges: list[Edge]) -> None:
+    from crucible_core.runtime.lineage import LineageRecorder
+
+    with LineageRecorder() as recorder:
+        recorder.add_edges(edges)
+
+
+class LogMetricsStage:
+    """``train.log_metrics``: write metrics.json and the manifest's record; close the session."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def run(self, ctx: StageContext) -> Mapping[str, Any]:
+        train = cast(Mapping[str, Any], ctx.inputs.get("train") or {})
+        evaluation = dict(ctx.inputs.get("evaluate") or {})
+        result = cast(LoopResult | None, train.get("result"))
+        summary: dict[str, Any] = {
+            "initial_loss": train.get("initial_loss"),
+            "final_loss": train.get("final_loss"),
+            "steps": train.get("steps"),
+            "total_steps": train.get("total_steps"),
+            "tokens": train.get("tokens"),
+            "cost": train.get("cost"),
+            "elapsed_s": train.get("elapsed_s"),
+            "stopped": train.get("stopped"),
+            "evaluation": evaluation,
+        }
+        metrics_path = ctx.run_dir / "metrics.json"
+        _atomic_json(
+            metrics_path,
+            {**summary, "losses": result.losses if result is not None else []},
+        )
+        ctx.artifacts.put(metrics_path, type="metrics", name="metrics")
+        update_manifest(ctx.run_dir, training=summary)
+        session = train.get("session")
+        if session is not None:
+            cast(TrainingSession, session).close()
+        return summary
+
+
+class TrainingOutcome(msgspec.Struct, kw_only=True):
+    """What :func:`run_training` returns."""
+
+    job_id: str
+    run_dir: str
+    initial_loss: float | None
+    final_loss: float | None
+    steps: int
+    total_steps: int
+    tokens: int
+    cost: float
+    elapsed_s: float
+    stopped: str | None = None
+    evaluation: dict[str, Any] = {}
+    sampler_checkpoint: CheckpointRef | None = None
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out: dict[str, str] = {}
+    for dist in ("torch", "transformers", "peft", "tokenizers", "tinker", "msgspec", "pluggy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def run_training(
+    job: TrainingJob,
+    *,
+    job_id: str | None = None,
+    host: Any = None,
+    bus: Any = None,
+    cancel: CancelToken | None = None,
+    resume: LoopState | None = None,
+    window: int = 2,
+    plan: Mapping[str, Any] | None = None,
+) -> TrainingOutcome:
+    """Run ``job`` end to end as run ``job_id`` (default: ``job.job_id`` or a new id).
+
+    ``resume`` continues the run from its newest checkpoint (see
+    :func:`read_loop_state`). ``plan`` (the plan's estimate) is recorded in
+    the manifest beside the actuals.
+    """
+    run_id = job_id or job.job_id or new_job_id()
+    job = msgspec.structs.replace(job, job_id=run_id)
+    work = Job(
+        id=run_id,
+        kind="training_run",
+        payload=to_builtins(job),
+        created_at=datetime.now(UTC),
+    )
+    return _run(
+        work, job, host=host, bus=bus, cancel=cancel, resume=resume, window=window, plan=plan
+    )
+
+
+def _run(
+    work: Job,
+    job: TrainingJob,
+    *,
+    host: Any,
+    bus: Any,
+    cancel: CancelToken | None,
+    resume: LoopState | None,
+    window: int,
+    plan: Mapping[str, Any] | None,
+) -> TrainingOutcome:
+    from crucible_core.runtime.pipeline import run_pipeline
+
+    experiment = training_experiment(job, work.id)
+    options: dict[str, Any] = {"window": window}
+    if resume is not None:
+        options["resume"] = to_builtins(resume)
+    experiment = msgspec.structs.replace(
+        experiment,
+        stages=[
+            msgspec.structs.replace(s, options=options) if s.uses == "train.loop" else s
+            for s in experiment.stages
+        ],
+        seeds=[job.learning_config.seed],
+    )
+    run_dir = paths.run_dir(work.id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    update_manifest(
+        run_dir,
+        training_job=to_builtins(job),
+        job_config_digest=config_digest(job),
+        backend=to_builtins(job.backend_ref),
+        model=to_builtins(job.model_spec),
+        seed=job.learning_config.seed,
+        versions=_versions(),
+        **({"plan": dict(plan)} if plan is not None else {}),
+        **({"resumed_from_step": resume.step} if resume is not None else {}),
+    )
+    start = time.monotonic()
+    outputs = run_pipeline(experiment, work, host=host, bus=bus, cancel=cancel)
+    tokenized = outputs.get("tokenize") or {}
+    loaded = outputs.get("load") or {}
+    update_manifest(
+        run_dir,
+        dataset={
+            "uri": job.dataset_spec.uri,
+            "hash": loaded.get("dataset_hash"),
+            "rows": len(cast(list[Any], loaded.get("rows") or [])),
+            "skipped": loaded.get("skipped", 0),
+        },
+        template={"name": tokenized.get("template"), "hash": tokenized.get("template_hash")},
+        wall_time_s=round(time.monotonic() - start, 3),
+    )
+    summary = cast(Mapping[str, Any], outputs.get("log_metrics") or {})
+    saved = cast(Mapping[str, Any], outputs.get("save") or {})
+    ref = saved.get("sampler_checkpoint")
+    return TrainingOutcome(
+        job_id=work.id,
+        run_dir=str(run_dir),
+        initial_loss=summary.get("initial_loss"),
+        final_loss=summary.get("final_loss"),
+        steps=int(summary.get("steps") or 0),
+        total_steps=int(summary.get("total_steps") or 0),
+        tokens=int(summary.get("tokens") or 0),
+        cost=float(summary.get("cost") or 0.0),
+        elapsed_s=float(summary.get("elapsed_s") or 0.0),
+        stopped=summary.get("stopped"),
+        evaluation=dict(cast(Mapping[str, Any], summary.get("evaluation") or {})),
+        sampler_checkpoint=convert(ref, CheckpointRef) if ref is not None else None,
+    )
+
+
+def run_training_job(job: Job, ctx: Any) -> Mapping[str, Any]:
+    """Worker handler for ``training_run`` jobs: run (or resume) the job's TrainingJob.
+
+    A job reclaimed after its worker died resumes from the newest checkpoint
+    its run directory holds, so no finished step is lost and none is applied
+    twice.
+    """
+    training = convert(job.payload, TrainingJob)
+    training = msgspec.structs.replace(training, job_id=job.id)
+    resume: LoopState | None = None
+    try:
+        resume = read_loop_state(paths.run_dir(job.id))
+    except NotFound:
+        resume = None
+    outcome = _run(
+        job,
+        training,
+        host=getattr(ctx, "host", None),
+        bus=getattr(ctx, "bus", None),
+        cancel=getattr(ctx, "cancel", None),
+        resume=resume,
+        window=2,
+        plan=None,
+    )
+    return cast(dict[str, Any], to_builtins(outcome))

@@ -1,0 +1,218 @@
+"""The training workflow end to end on the toy backend: stages, run directory, resume, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from crucible_core.cli.main import main
+from crucible_core.errors import BudgetExhausted
+from crucible_core.ir import (
+    AdamW,
+    Budget,
+    CheckpointPolicy,
+    DatasetSpec,
+    Full,
+    LearningConfig,
+    ModelSpec,
+    TrainingJob,
+    encode,
+)
+from crucible_core.plugins import PluginHost
+from crucible_core.runtime.artifacts import read_manifest, verify_run
+from crucible_core.runtime.plan import make_plan
+from crucible_core.runtime.training import read_loop_state, run_training
+from tests.toy_backend import toy_plugin
+
+
+@pytest.fixture
+def toy(host: PluginHost, crucible_home: Path) -> PluginHost:
+    host.add_plugin(toy_plugin(), name="toy")
+    return host
+
+
+def make_job(**changes: Any) -> TrainingJob:
+    job = TrainingJob(
+        backend="toy",
+        model_spec=ModelSpec(name="toy"),
+        adapter_config=Full(),
+        dataset_spec=DatasetSpec(uri="mem"),
+        learning_config=LearningConfig(optimizer=AdamW(lr=0.02), batch_size=4, max_steps=12),
+        checkpoint_policy=CheckpointPolicy(save_every=4, keep_last=2, save_best=False),
+    )
+    return msgspec.structs.replace(job, **changes)
+
+
+def test_run_writes_a_complete_run_directory(toy: PluginHost, crucible_home: Path) -> None:
+    outcome = run_training(make_job(), job_id="run-a", host=toy)
+    assert outcome.final_loss is not None
+    assert outcome.initial_loss is not None
+    assert outcome.final_loss < outcome.initial_loss
+    assert (outcome.steps, outcome.total_steps) == (12, 12)
+    run = crucible_home / "runs" / "run-a"
+    manifest = read_manifest(run)
+    assert manifest["status"] == "succeeded"
+    assert manifest["training_job"]["learning_config"]["max_steps"] == 12
+    assert manifest["dataset"]["hash"] == "sha256:toy"
+    assert manifest["template"] == {"name": "bytes", "hash": "sha256:bytes"}
+    assert manifest["seed"] == 0
+    assert [c["step"] for c in manifest["checkpoints"]] == [8, 12]  # keep_last = 2
+    assert manifest["sampler_checkpoint"]["kind"] == "sampler"
+    assert manifest["training"]["evaluation"]["split"] == "validation"
+    assert set(manifest["stages"]) == {
+        "load",
+        "tokenize",
+        "train",
+        "evaluate",
+        "save",
+        "log_metrics",
+    }
+    kinds = [
+        json.loads(line)["kind"] for line in (run / "telemetry.jsonl").read_text().splitlines()
+    ]
+    assert kinds.count("train.step") == 12
+    assert "eval.metric" in kinds
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["losses"]) == 12
+    assert read_loop_state(run).step == 12
+    assert verify_run(run).ok
+
+
+def test_budget_stop_then_resume_continues_the_same_curve(
+    toy: PluginHost, crucible_home: Path
+) -> None:
+    full = run_training(make_job(), job_id="full", host=toy)
+    full_losses = json.loads((crucible_home / "runs/full/metrics.json").read_text())["losses"]
+    with pytest.raises(BudgetExhausted):
+        run_training(make_job(budget=Budget(max_tokens=1500)), job_id="cut", host=toy)
+    state = read_loop_state(crucible_home / "runs" / "cut")
+    assert 0 < state.step < 12
+    resumed = run_training(make_job(), job_id="cut", host=toy, resume=state)
+    assert resumed.steps == 12
+    tail = json.loads((crucible_home / "runs/cut/metrics.json").read_text())["losses"]
+    assert tail == pytest.approx(full_losses[state.step :], abs=1e-9)
+    assert full.final_loss == pytest.approx(resumed.final_loss, abs=1e-9)
+    assert read_manifest(crucible_home / "runs" / "cut")["resumed_from_step"] == state.step
+
+
+def test_plan_refuses_every_unsupported_setting_at_once(toy: PluginHost) -> None:
+    from crucible_core.ir import LoRA, Loss, Scheduler
+    from crucible_core.ir.training import SGD
+
+    job = make_job(
+        adapter_config=LoRA(),
+        model_spec=ModelSpec(name="toyy", max_seq_len=4096),
+        learning_config=LearningConfig(
+            optimizer=SGD(), scheduler=Scheduler(name="cosine"), loss=Loss(name="dpo")
+        ),
+        checkpoint_policy=CheckpointPolicy(format="gguf"),
+    )
+    plan = make_plan(job, host=toy)
+    assert not plan.ok
+    fields = {p.field for p in plan.problems}
+    assert fields == {
+        "$.adapter_config.kind",
+        "$.learning_config.optimizer.name",
+        "$.learning_config.loss.name",
+        "$.checkpoint_policy.format",
+        "$.model_spec.name",
+        "$.model_spec.max_seq_len",
+    }
+    model = next(p for p in plan.problems if p.field == "$.model_spec.name")
+    assert model.hint == "did you mean 'toy'?"
+    assert all(p.backend == "toy" for p in plan.problems)
+    fmt = next(p for p in plan.problems if p.field == "$.checkpoint_policy.format")
+    assert fmt.supported == ["safetensors"]
+
+
+def test_plan_counts_data_and_estimates(toy: PluginHost) -> None:
+    plan = make_plan(make_job(), host=toy)
+    assert plan.ok
+    assert (plan.rows, plan.validation_rows, plan.steps) == (36, 4, 12)
+    assert plan.tokens_per_epoch is not None
+    assert plan.tokens_to_train is not None
+    assert plan.tokens_to_train > plan.tokens_per_epoch  # 12 steps x 4 > 36 rows
+    assert plan.duration_basis == "measured"
+    assert plan.duration_s is not None
+    assert plan.duration_s > 0
+    assert [c.step for c in plan.checkpoints if c.kind == "state"] == [4, 8, 12]
+    assert plan.cost == 0.0
+
+
+def test_plan_unknown_backend(toy: PluginHost) -> None:
+    plan = make_plan(make_job(backend="tooy"), host=toy)
+    assert not plan.ok
+    assert plan.problems[0].field == "$.backend"
+    assert plan.problems[0].hint is not None
+    assert "did you mean 'toy'?" in plan.problems[0].hint
+
+
+def _write(tmp_path: Path, job: TrainingJob) -> Path:
+    path = tmp_path / "job.toml"
+    path.write_bytes(encode(job, format="toml"))
+    return path
+
+
+def test_cli_train_sample_runs(
+    toy: PluginHost, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write(tmp_path, make_job())
+    assert main(["train", str(path), "--job-id", "cli-run", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "loss       initial" in out
+    assert "crucible sample cli-run" in out
+    assert main(["sample", "cli-run", "--prompt", "the cat", "--max-tokens", "5", "--json"]) == 0
+    completions = json.loads(capsys.readouterr().out)
+    assert len(completions[0]["tokens"]) == 5
+    assert main(["runs", "list", "--json"]) == 0
+    assert [r["run"] for r in json.loads(capsys.readouterr().out)] == ["cli-run"]
+    assert main(["plan", str(path), "--json", "--no-measure"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 12
+
+
+def test_cli_train_refuses_with_exit_2(
+    toy: PluginHost, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from crucible_core.ir import LoRA
+
+    path = _write(tmp_path, make_job(adapter_config=LoRA()))
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "$.adapter_config.kind: backend 'toy' does not support adapter 'lora'" in err
+    assert not (Path(str(tmp_path)) / "runs").exists()
+
+
+def test_cli_budget_stop_and_resume(
+    toy: PluginHost, tmp_path: Path, capsys: pytest.CaptureFixture[str], crucible_home: Path
+) -> None:
+    path = _write(tmp_path, make_job(budget=Budget(max_tokens=1500)))
+    assert main(["train", str(path), "--job-id", "b", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "would exceed max_tokens" in err
+    assert "crucible resume RUN --max-tokens N" in err
+    assert read_manifest(crucible_home / "runs" / "b")["status"] == "budget_exhausted"
+    assert main(["resume", "b", "--max-tokens", "100000", "--no-progress"]) == 0
+    assert "steps      12/12" in capsys.readouterr().out
+
+
+def test_runs_diff_reports_changed_seed(
+    toy: PluginHost, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_training(make_job(), job_id="s0", host=toy)
+    seeded = make_job(
+        learning_config=LearningConfig(optimizer=AdamW(lr=0.02), batch_size=4, max_steps=12, seed=1)
+    )
+    run_training(seeded, job_id="s1", host=toy)
+    assert main(["runs", "diff", "s0", "s1", "--json"]) == 0
+    diffs = {d["key"]: (d["a"], d["b"]) for d in json.loads(capsys.readouterr().out)["differences"]}
+    assert diffs["seed"] == (0, 1)
+    assert diffs["training_job.learning_config.seed"] == (0, 1)
+    assert "training_job.job_id" in diffs
+    assert main(["runs", "diff", "s0", "s0"]) == 0
+    assert "identical" in capsys.readouterr().out
+    assert main(["runs", "show", "s0"]) == 0
+    assert "seed = 0" in capsys.readouterr().out
