@@ -10,6 +10,26 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
         "crucible_core.cli.doctor_cmd:command",
         "Check the environment and each plugin's health",
     ),
+    "plan": (
+        "crucible_core.cli.plan_cmd:command",
+        "Check a training job against its backend and estimate tokens, time and cost",
+    ),
+    "train": (
+        "crucible_core.cli.train_cmd:command",
+        "Run a training job (TOML/JSON) on its backend, with a progress bar",
+    ),
+    "resume": (
+        "crucible_core.cli.train_cmd:resume_command",
+        "Continue a stopped or crashed training run from its newest checkpoint",
+    ),
+    "sample": (
+        "crucible_core.cli.sample_cmd:command",
+        "Generate text from a run's weights or a checkpoint",
+    ),
+    "runs": (
+        "crucible_core.cli.runs_cmd:command",
+        "List training runs, show one, or diff two runs' records",
+    ),
     "jobs": (
         "crucible_core.cli.jobs_cmd:command",
         "Submit, list, show, cancel and retry jobs in the durable queue",
