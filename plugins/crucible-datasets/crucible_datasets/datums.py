@@ -31,12 +31,13 @@ from crucible_core.ir.backend import Datum, LossFnInputs
 from crucible_core.ir.training import DatasetSpec
 from crucible_datasets.fields import Example, RowAdapter, RowError
 from crucible_datasets.loading import adapter_for
-from crucible_datasets.render import Rendered, Renderer, get_renderer
+from crucible_datasets.render import Piece, Rendered, Renderer, TrainOn, get_renderer
 from crucible_datasets.sources import ErrorLog
 
 __all__ = [
     "TokenStats",
     "count_tokens",
+    "example_pieces",
     "iter_datums",
     "iter_rendered",
     "pack",
@@ -80,12 +81,19 @@ def to_datum(tokens: list[int], weights: list[float]) -> Datum:
     )
 
 
+def example_pieces(example: Example, renderer: Renderer) -> list[Piece]:
+    """The renderer's pieces for one Example (text rows: the text and EOS, all trained)."""
+    if example.text is not None:
+        return renderer.text_pieces(example.text)
+    assert example.messages is not None
+    return renderer.pieces(example.messages, add_generation_prompt=False)
+
+
 def render_example(example: Example, renderer: Renderer, train_on: str = "assistant") -> Rendered:
     """Tokens and weights of one Example (text rows train on every token)."""
-    if example.text is not None:
-        return renderer.render_text(example.text)
-    assert example.messages is not None
-    return renderer.render(example.messages, train_on="all" if train_on == "all" else "assistant")
+    return renderer.assemble(
+        [example_pieces(example, renderer)], train_on="all" if train_on == "all" else "assistant"
+    )[0]
 
 
 def _resolve_length(spec: DatasetSpec, max_length: int | None) -> int | None:
@@ -105,11 +113,26 @@ def iter_rendered(
     adapter: RowAdapter | None = None,
     truncate: bool = True,
 ) -> Iterator[Rendered]:
-    """Render each row (truncated to ``max_length + 1`` tokens unless ``truncate=False``)."""
+    """Render each row (truncated to ``max_length + 1`` tokens unless ``truncate=False``).
+
+    Rows are rendered in chunks of ``renderer.batch_size`` so a batch encoder can
+    tokenize many at once; memory stays bounded by the chunk.
+    """
     stats = stats if stats is not None else TokenStats()
     errors = ErrorLog(spec.on_error)
     limit = _resolve_length(spec, max_length)
-    train_on = spec.train_on
+    train_on: TrainOn = "all" if spec.train_on == "all" else "assistant"
+    chunk: list[list[Piece]] = []
+    size = max(1, renderer.batch_size)
+
+    def flush() -> Iterator[Rendered]:
+        for rendered in renderer.assemble(chunk, train_on=train_on):
+            if truncate and limit is not None and len(rendered.tokens) > limit + 1:
+                stats.truncated += 1
+                rendered = Rendered(rendered.tokens[: limit + 1], rendered.weights[: limit + 1])
+            yield rendered
+        chunk.clear()
+
     for index, row in enumerate(rows):
         stats.rows += 1
         if adapter is None:
@@ -126,11 +149,11 @@ def iter_rendered(
             )
             stats.skipped = errors.skipped
             continue
-        rendered = render_example(example, renderer, train_on)
-        if truncate and limit is not None and len(rendered.tokens) > limit + 1:
-            stats.truncated += 1
-            rendered = Rendered(rendered.tokens[: limit + 1], rendered.weights[: limit + 1])
-        yield rendered
+        chunk.append(example_pieces(example, renderer))
+        if len(chunk) >= size:
+            yield from flush()
+    if chunk:
+        yield from flush()
 
 
 def pack(

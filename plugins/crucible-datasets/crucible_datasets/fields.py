@@ -52,6 +52,7 @@ __all__ = [
 Kind = Literal["chat", "completion", "text", "preference"]
 Message = dict[str, str]
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+_ROLE_SET = frozenset(ROLES)
 _ROLE_ALIASES = {
     "human": "user",
     "gpt": "assistant",
@@ -147,18 +148,25 @@ def _messages(value: Any, field: str) -> list[Message]:
                 f"{field}[{i}]",
             )
         m = cast(Mapping[str, Any], item)
-        role = m.get("role", m.get("from"))
-        if isinstance(role, str):
-            role = _ROLE_ALIASES.get(role, role)
-        if role not in ROLES:
-            raise RowError(
-                f"`{field}[{i}].role` must be one of {', '.join(ROLES)}, got {role!r}",
-                f"{field}[{i}].role",
-            )
-        content = m.get("content", m.get("value"))
-        if content is None and role == "assistant":
-            content = ""
-        out.append({"role": cast(str, role), "content": _as_text(content, f"{field}[{i}].content")})
+        role = m.get("role")
+        if role is None:
+            role = m.get("from")
+        if not (isinstance(role, str) and role in _ROLE_SET):
+            role = _ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
+            if not (isinstance(role, str) and role in _ROLE_SET):
+                raise RowError(
+                    f"`{field}[{i}].role` must be one of {', '.join(ROLES)}, got {role!r}",
+                    f"{field}[{i}].role",
+                )
+        content = m.get("content")
+        if content is None:
+            content = m.get("value")
+        if type(content) is not str:
+            if content is None and role == "assistant":
+                content = ""
+            else:
+                content = _as_text(content, f"{field}[{i}].content")
+        out.append({"role": cast(str, role), "content": content})
     return out
 
 

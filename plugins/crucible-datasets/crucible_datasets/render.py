@@ -31,10 +31,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 from crucible_core.contracts import Tokenizer
 from crucible_core.errors import ConfigError, NotFound
@@ -54,9 +54,15 @@ __all__ = [
 ]
 
 TrainOn = Literal["assistant", "all"]
-#: A piece of a rendered conversation: text or token ids, whether it is trained
-#: (assistant output), and whether it is template constant (its tokens are cached).
-Piece = tuple[str | tuple[int, ...], bool, bool]
+#: A piece of a rendered conversation: text or token ids, and whether it is trained
+#: (assistant output).
+Piece = tuple[str | tuple[int, ...], bool]
+_PROBES = (
+    "Hello, world!",
+    "  two  spaces\n\nand lines ",
+    "caf\u00e9 \u6f22\u5b57 \U0001f600",
+    "a<|b|>c",
+)
 
 
 class Rendered(NamedTuple):
@@ -66,66 +72,133 @@ class Rendered(NamedTuple):
     weights: list[float]
 
 
+def batch_encoder(tokenizer: Tokenizer) -> Callable[[list[str]], list[list[int]]] | None:
+    """A faster way to encode many texts than calling ``tokenizer.encode`` on each; or None.
+
+    Used, in this order: the tokenizer's own ``encode_batch(texts)`` (an optional
+    extension of the Tokenizer contract), or the Rust ``tokenizers.Tokenizer`` behind a
+    Hugging Face fast tokenizer (``tokenizer.backend_tokenizer`` or
+    ``tokenizer.hf.backend_tokenizer``), called text by text, which skips the
+    per-call Python overhead of ``transformers``. The latter is used only if it
+    encodes a set of probe strings exactly as ``tokenizer.encode`` does.
+    """
+    own: Any = getattr(tokenizer, "encode_batch", None)
+    if callable(own):
+        batch = cast(Callable[[list[str]], Iterable[Sequence[int]]], own)
+        return lambda texts: [list(ids) for ids in batch(texts)]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        backend = getattr(getattr(tokenizer, "hf", None), "backend_tokenizer", None)
+    found: Any = getattr(backend, "encode", None)
+    if not callable(found):
+        return None
+    encode = cast(Callable[..., Any], found)
+
+    def run(texts: list[str]) -> list[list[int]]:
+        return [encode(t, add_special_tokens=False).ids for t in texts]
+
+    probes = [*_PROBES]
+    eos = tokenizer.eos_token_id
+    if eos is not None:
+        probes.append(f"x{tokenizer.decode([eos])}y")
+    try:
+        same = run(probes) == [list(tokenizer.encode(p, add_special_tokens=False)) for p in probes]
+    except Exception:  # an unexpected backend: fall back to the contract's encode
+        return None
+    return run if same else None
+
+
 class Renderer:
     """Base of the renderers: turns pieces into tokens and weights.
 
     Subclasses implement :meth:`pieces`. ``name`` identifies the format and
     ``template_hash`` (``sha256:...``) the exact template, for run manifests.
+
+    Adjacent pieces of the same weight are joined and tokenized together (so a
+    conversation costs one ``encode`` per change of weight, and tokens join across
+    template text as they would in one string); many conversations are tokenized
+    in one batch when :func:`batch_encoder` finds a batch encoder.
     """
 
     name: str = "renderer"
     template_hash: str = ""
     stop: tuple[str, ...] = ()
+    batch_size: int = 1024
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
-        self._cache: dict[str, list[int]] = {}
         self._encode = tokenizer.encode
+        self._batch = batch_encoder(tokenizer)
 
     def pieces(
         self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool
     ) -> list[Piece]:
         raise NotImplementedError
 
-    def _ids(self, value: str | tuple[int, ...], constant: bool) -> list[int]:
-        if isinstance(value, tuple):
-            return list(value)
-        if not value:
-            return []
-        if constant:
-            cached = self._cache.get(value)
-            if cached is None:
-                cached = self._cache[value] = list(self._encode(value, add_special_tokens=False))
-            return cached
-        return self._encode(value, add_special_tokens=False)
+    def text_pieces(self, text: str) -> list[Piece]:
+        """A plain-text example: the text, then EOS if the tokenizer has one; all trained."""
+        eos = self.tokenizer.eos_token_id
+        return [(text, True)] if eos is None else [(text, True), ((eos,), True)]
+
+    def encode_many(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text (through the batch encoder when there is one)."""
+        if self._batch is not None:
+            out: list[list[int]] = []
+            for start in range(0, len(texts), self.batch_size):
+                out.extend(self._batch(texts[start : start + self.batch_size]))
+            return out
+        encode = self._encode
+        return [encode(t, add_special_tokens=False) for t in texts]
+
+    def assemble(
+        self, examples: Sequence[Sequence[Piece]], *, train_on: TrainOn = "assistant"
+    ) -> list[Rendered]:
+        """Tokens and weights of many examples' pieces, tokenized together."""
+        everything = train_on == "all"
+        plans: list[list[tuple[str | tuple[int, ...], float]]] = []
+        texts: list[str] = []
+        for pieces in examples:
+            plan: list[tuple[str | tuple[int, ...], float]] = []
+            for value, trained in pieces:
+                weight = 1.0 if trained or everything else 0.0
+                if isinstance(value, str):
+                    if not value:
+                        continue
+                    if plan and isinstance(plan[-1][0], str) and plan[-1][1] == weight:
+                        plan[-1] = (plan[-1][0] + value, weight)
+                        continue
+                plan.append((value, weight))
+            texts.extend(v for v, _ in plan if isinstance(v, str))
+            plans.append(plan)
+        encoded = iter(self.encode_many(texts))
+        out: list[Rendered] = []
+        for plan in plans:
+            tokens: list[int] = []
+            weights: list[float] = []
+            for value, weight in plan:
+                ids = value if isinstance(value, tuple) else next(encoded)
+                tokens.extend(ids)
+                weights.extend([weight] * len(ids))
+            out.append(Rendered(tokens, weights))
+        return out
 
     def render(
         self, messages: Sequence[Mapping[str, str]], *, train_on: TrainOn = "assistant"
     ) -> Rendered:
         """Tokens and weights for a whole conversation (for training)."""
-        tokens: list[int] = []
-        weights: list[float] = []
-        everything = train_on == "all"
-        for value, trained, constant in self.pieces(messages, add_generation_prompt=False):
-            ids = self._ids(value, constant)
-            tokens.extend(ids)
-            weights.extend([1.0 if trained or everything else 0.0] * len(ids))
-        return Rendered(tokens, weights)
+        return self.assemble(
+            [self.pieces(messages, add_generation_prompt=False)], train_on=train_on
+        )[0]
 
     def render_prompt(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
         """Tokens of a conversation followed by the assistant's header (for generation)."""
-        tokens: list[int] = []
-        for value, _, constant in self.pieces(messages, add_generation_prompt=True):
-            tokens.extend(self._ids(value, constant))
-        return tokens
+        return self.assemble([self.pieces(messages, add_generation_prompt=True)], train_on="all")[
+            0
+        ].tokens
 
     def render_text(self, text: str) -> Rendered:
         """A plain-text example: its tokens plus EOS (if the tokenizer has one), all trained."""
-        tokens = list(self._encode(text, add_special_tokens=False))
-        eos = self.tokenizer.eos_token_id
-        if eos is not None:
-            tokens.append(eos)
-        return Rendered(tokens, [1.0] * len(tokens))
+        return self.assemble([self.text_pieces(text)], train_on="all")[0]
 
 
 @dataclass(frozen=True)
@@ -201,7 +274,7 @@ class FormatRenderer(Renderer):
         fmt = self.format
         out: list[Piece] = []
         if fmt.begin:
-            out.append((fmt.begin, False, True))
+            out.append((fmt.begin, False))
         headers = self._headers
         for m in messages:
             role = m["role"]
@@ -210,16 +283,16 @@ class FormatRenderer(Renderer):
                 content = content.strip()
             header = headers.get(role) or fmt.header.format(role=role)
             assistant = role == "assistant"
-            out.append((header, False, True))
-            out.append((content, assistant, False))
+            out.append((header, False))
+            out.append((content, assistant))
             if fmt.footer:
-                out.append((fmt.footer, assistant, True))
+                out.append((fmt.footer, assistant))
             if assistant and self._eos is not None:
-                out.append((self._eos, True, True))
+                out.append((self._eos, True))
             if fmt.separator:
-                out.append((fmt.separator, False, True))
+                out.append((fmt.separator, False))
         if add_generation_prompt:
-            out.append((headers["assistant"], False, True))
+            out.append((headers["assistant"], False))
         return out
 
 
@@ -308,7 +381,10 @@ class JinjaRenderer(Renderer):
         self.template_hash = "sha256:" + hashlib.sha256(source.encode()).hexdigest()
         self._template = _compile(source)
         eos_id = tokenizer.eos_token_id
+        # Globals and fixed variables merged once; each render adds the messages
+        # (jinja's ``render`` would merge the globals again on every call).
         self._variables: dict[str, Any] = {
+            **self._template.globals,
             "bos_token": _token_text(tokenizer, "bos_token", None),
             "eos_token": _token_text(tokenizer, "eos_token", eos_id),
             **variables,
@@ -318,12 +394,13 @@ class JinjaRenderer(Renderer):
         """The template's text for ``messages``."""
         import jinja2
 
+        template = self._template
+        values = dict(self._variables)
+        values["messages"] = list(messages)
+        values["add_generation_prompt"] = add_generation_prompt
         try:
-            return self._template.render(
-                messages=[dict(m) for m in messages],
-                add_generation_prompt=add_generation_prompt,
-                **self._variables,
-            )
+            context = template.new_context(values, shared=True)
+            return cast(str, template.environment.concat(template.root_render_func(context)))
         except ConfigError:
             raise
         except (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError) as exc:
@@ -337,7 +414,7 @@ class JinjaRenderer(Renderer):
         self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool
     ) -> list[Piece]:
         if add_generation_prompt:
-            return [(self.text(messages, add_generation_prompt=True), False, False)]
+            return [(self.text(messages, add_generation_prompt=True), False)]
         full = self.text(messages, add_generation_prompt=False)
         out: list[Piece] = []
         pos = 0
@@ -358,10 +435,10 @@ class JinjaRenderer(Renderer):
                     "cannot be located",
                     hint='use a built-in template: template = "chatml", "llama3" or "plain"',
                 )
-            out.append((full[pos : len(before)], False, False))
-            out.append((full[len(before) : len(after)], True, False))
+            out.append((full[pos : len(before)], False))
+            out.append((full[len(before) : len(after)], True))
             pos = len(after)
-        out.append((full[pos:], False, False))
+        out.append((full[pos:], False))
         return out
 
 
@@ -369,6 +446,9 @@ def _token_text(tokenizer: Tokenizer, attr: str, token_id: int | None) -> str:
     value = getattr(tokenizer, attr, None)
     if isinstance(value, str):
         return value
+    if token_id is None:
+        found = getattr(tokenizer, f"{attr}_id", None)
+        token_id = found if isinstance(found, int) else None
     if token_id is not None:
         return tokenizer.decode([token_id])
     return ""

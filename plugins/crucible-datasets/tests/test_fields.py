@@ -58,6 +58,7 @@ def test_bad_rows_name_file_line_and_field(write_jsonl: Callable[..., Path]) -> 
             {"messages": []},
             {"other": 1},
             {"messages": [{"role": "user", "content": {"not": "text"}}]},
+            {"messages": [{"role": ["unhashable"], "content": "x"}]},
         ]
     )
     with pytest.raises(ValidationError) as info:
@@ -66,7 +67,7 @@ def test_bad_rows_name_file_line_and_field(write_jsonl: Callable[..., Path]) -> 
     assert info.value.path == "$.messages[0].role"
     loaded = read_dataset(DatasetSpec(uri=str(path), on_error="skip"))
     assert len(loaded.rows) == 1
-    assert loaded.skipped == 4
+    assert loaded.skipped == 5
     assert "non-empty list" in loaded.skip_reasons[1]
     assert "missing column 'messages'" in loaded.skip_reasons[2]
 
