@@ -216,3 +216,24 @@ def test_runs_diff_reports_changed_seed(
     assert "identical" in capsys.readouterr().out
     assert main(["runs", "show", "s0"]) == 0
     assert "seed = 0" in capsys.readouterr().out
+
+
+def test_worker_runs_training_jobs_and_records_checkpoints(
+    toy: PluginHost, crucible_home: Path
+) -> None:
+    from crucible_core.ir import Job
+    from crucible_core.runtime.scheduler import Scheduler
+    from crucible_core.runtime.worker import Worker
+
+    scheduler = Scheduler()
+    job = Job(id="w1", kind="training_run", payload=msgspec.to_builtins(make_job()))
+    scheduler.enqueue(job)
+    stats = Worker(scheduler, host=toy, poll_s=0.05).run(exit_when_idle=True)
+    assert stats.succeeded == 1
+    done = scheduler.get("w1")
+    assert done.status == "succeeded"
+    assert done.result["steps"] == 12
+    recorded = scheduler.last_checkpoint("w1")
+    assert recorded is not None
+    assert (recorded.kind, recorded.step) == ("state", 12)
+    assert read_manifest(crucible_home / "runs" / "w1")["status"] == "succeeded"

@@ -490,8 +490,10 @@ def run_training_job(job: Job, ctx: Any) -> Mapping[str, Any]:
     """Worker handler for ``training_run`` jobs: run (or resume) the job's TrainingJob.
 
     A job reclaimed after its worker died resumes from the newest checkpoint
-    its run directory holds, so no finished step is lost and none is applied
-    twice.
+    its run directory holds (``trainer_state.json``), so no finished step is
+    lost and none is applied twice. Each state checkpoint is also recorded
+    with the scheduler (``ctx.record_checkpoint``), so ``crucible jobs show``
+    names the checkpoint a recovery will start from.
     """
     training = convert(job.payload, TrainingJob)
     training = msgspec.structs.replace(training, job_id=job.id)
@@ -500,14 +502,34 @@ def run_training_job(job: Job, ctx: Any) -> Mapping[str, Any]:
         resume = read_loop_state(paths.run_dir(job.id))
     except NotFound:
         resume = None
-    outcome = _run(
-        job,
-        training,
-        host=getattr(ctx, "host", None),
-        bus=getattr(ctx, "bus", None),
-        cancel=getattr(ctx, "cancel", None),
-        resume=resume,
-        window=2,
-        plan=None,
-    )
+    bus = getattr(ctx, "bus", None)
+    scheduler = getattr(ctx, "scheduler", None)
+    sub: Any = None
+    if bus is not None and scheduler is not None:
+
+        def remember(event: Any) -> None:
+            data = cast(Mapping[str, Any], event.data)
+            if (
+                event.kind == "train.checkpoint"
+                and event.job_id == job.id
+                and data.get("checkpoint_kind") == "state"
+            ):
+                ref = CheckpointRef(uri=str(data["uri"]), kind="state", step=event.step or 0)
+                scheduler.record_checkpoint(job.id, ref)
+
+        sub = bus.subscribe(remember, name=f"checkpoints:{job.id}")
+    try:
+        outcome = _run(
+            job,
+            training,
+            host=getattr(ctx, "host", None),
+            bus=bus,
+            cancel=getattr(ctx, "cancel", None),
+            resume=resume,
+            window=2,
+            plan=None,
+        )
+    finally:
+        if sub is not None and bus is not None:
+            bus.unsubscribe(sub)
     return cast(dict[str, Any], to_builtins(outcome))
