@@ -278,6 +278,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
                 "to the built-in models; a model directory carries its own config",
                 hint="remove model_spec.options, or edit config.json in the model directory",
             )
+        _check_model_dir(directory)
         tokenizer = load_tokenizer(spec)
         model = _load_dir(directory, dtype)
         source = str(directory.resolve())
@@ -300,9 +301,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     return loaded
 
 
-def _load_dir(directory: Path, dtype: torch.dtype) -> PreTrainedModel:
-    from transformers import AutoModelForCausalLM
-
+def _check_model_dir(directory: Path) -> None:
     if not directory.is_dir():
         raise ConfigError(
             f"model_spec.path: {directory} is not a directory",
@@ -315,6 +314,11 @@ def _load_dir(directory: Path, dtype: torch.dtype) -> PreTrainedModel:
             "model directory",
             hint="save one with model.save_pretrained(dir) and tokenizer.save_pretrained(dir)",
         )
+
+
+def _load_dir(directory: Path, dtype: torch.dtype) -> PreTrainedModel:
+    from transformers import AutoModelForCausalLM
+
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(
             str(directory), local_files_only=True, dtype=dtype

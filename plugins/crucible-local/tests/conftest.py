@@ -54,7 +54,7 @@ def make_job() -> JobFactory:
 
     def factory(**overrides: Any) -> TrainingJob:
         learning: dict[str, Any] = {"max_steps": 100, "seed": 0}
-        for key in ("seed", "max_steps", "optimizer", "scheduler", "loss"):
+        for key in ("seed", "max_steps", "epochs", "optimizer", "scheduler", "loss"):
             if key in overrides:
                 learning[key] = overrides.pop(key)
         fields: dict[str, Any] = {
