@@ -146,13 +146,18 @@ def rouge_l(
 
 # -- multiple choice -------------------------------------------------------------------
 
-_ANSWER_IS = re.compile(r"answer\s*(?:is|:)?\s*:?\s*\(?([A-J])\)?(?![A-Za-z])", re.IGNORECASE)
-_LEADING = re.compile(r"^\s*\(?([A-J])\)?(?:[.):\s]|$)")
+_ANSWER_IS = re.compile(r"(?i:answer)\s*(?:(?i:is)|:)?\s*:?\s*\(?([A-J])\)?(?![A-Za-z])")
+_LEADING = re.compile(r"^\s*\(?([A-J])\)?(?:[.):]|\s*$)")
 _PAREN = re.compile(r"\(([A-J])\)")
+_ALONE = re.compile(r"^\s*\(?([A-Ja-j])\)?[.)]?\s*$")
 
 
 def extract_choice(prediction: str, letters: str = _LETTERS) -> str | None:
-    """The choice letter a prediction picks: "the answer is (B)", "B.", "(B)"; else None."""
+    """The choice letter a prediction picks: "the answer is (B)", "B.", "(B)", "b"; else None."""
+    alone = _ALONE.match(prediction)
+    if alone:
+        letter = alone.group(1).upper()
+        return letter if letter in letters else None
     for pattern in (_ANSWER_IS, _LEADING, _PAREN):
         found = pattern.findall(prediction)
         if found:
