@@ -57,7 +57,7 @@ def test_run_writes_a_complete_run_directory(toy: PluginHost, crucible_home: Pat
     manifest = read_manifest(run)
     assert manifest["status"] == "succeeded"
     assert manifest["training_job"]["learning_config"]["max_steps"] == 12
-    assert manifest["dataset"]["hash"] == "sha256:toy"
+    assert manifest["dataset"]["hash"].startswith("sha256:")
     assert manifest["template"] == {"name": "bytes", "hash": "sha256:bytes"}
     assert manifest["seed"] == 0
     assert [c["step"] for c in manifest["checkpoints"]] == [8, 12]  # keep_last = 2
@@ -237,3 +237,31 @@ def test_worker_runs_training_jobs_and_records_checkpoints(
     assert recorded is not None
     assert (recorded.kind, recorded.step) == ("state", 12)
     assert read_manifest(crucible_home / "runs" / "w1")["status"] == "succeeded"
+
+
+def test_runs_diff_reports_changed_dataset_row_and_package_version(
+    toy: PluginHost,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from crucible_core.runtime import training
+    from tests.toy_backend import TEXTS
+
+    first = tmp_path / "a.txt"
+    first.write_text("\n".join(TEXTS))
+    second = tmp_path / "b.txt"
+    second.write_text("\n".join([*TEXTS[:-1], "one row changed"]))
+    run_training(make_job(dataset_spec=DatasetSpec(uri=str(first))), job_id="d1", host=toy)
+    real = training._versions  # pyright: ignore[reportPrivateUsage]
+    monkeypatch.setattr(training, "_versions", lambda: {**real(), "torch": "9.9.9"})
+    run_training(make_job(dataset_spec=DatasetSpec(uri=str(first))), job_id="d2", host=toy)
+    run_training(make_job(dataset_spec=DatasetSpec(uri=str(second))), job_id="d3", host=toy)
+    assert main(["runs", "diff", "d1", "d2", "--json"]) == 0
+    keys = {d["key"]: d for d in json.loads(capsys.readouterr().out)["differences"]}
+    assert keys["versions.torch"]["b"] == "9.9.9"
+    assert "dataset.hash" not in keys
+    assert main(["runs", "diff", "d2", "d3", "--json"]) == 0
+    keys = {d["key"]: d for d in json.loads(capsys.readouterr().out)["differences"]}
+    assert keys["dataset.hash"]["a"] != keys["dataset.hash"]["b"]
+    assert "versions.torch" not in keys

@@ -19,6 +19,7 @@ RECORD_KEYS: tuple[str, ...] = (
     "seed",
     "dataset",
     "template",
+    "tokenizer",
     "backend",
     "model",
     "versions",

@@ -198,6 +198,16 @@ class TrainLoopStage:
         caps = backend.capabilities()
         deadline = _deadline()
         session = cast(TrainingSession, backend.create_session(job))
+        tokenizer = session.tokenizer
+        update_manifest(
+            ctx.run_dir,
+            tokenizer={
+                "name": tokenizer.name,
+                "vocab_size": tokenizer.vocab_size,
+                "revision": job.model_spec.revision,
+            },
+            capabilities={"backend_id": caps.backend_id, "provider": caps.provider},
+        )
         resume: LoopState | None = None
         raw = ctx.options.get("resume")
         if raw is not None:
