@@ -137,10 +137,13 @@ def total_steps(config: LearningConfig, n_datums: int) -> int:
     return config.max_steps if by_epochs is None else min(config.max_steps, by_epochs)
 
 
-def _permutation(n: int, seed: int, epoch: int) -> list[int]:
+@functools.lru_cache(maxsize=4)
+def _permutation(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    # Cached: every batch of an epoch reads the same order, and shuffling a large
+    # dataset per batch would cost more than the step on a small model.
     order = list(range(n))
     random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    return order
+    return tuple(order)
 
 
 def batch_for_step(
@@ -153,8 +156,12 @@ def batch_for_step(
     bpe = batches_per_epoch(len(datums), config.batch_size)
     index = step * config.grad_accum + micro
     epoch, k = divmod(index, bpe)
-    order = _permutation(len(datums), config.seed, epoch) if shuffle else list(range(len(datums)))
-    chosen = order[k * config.batch_size : (k + 1) * config.batch_size]
+    start, stop = k * config.batch_size, (k + 1) * config.batch_size
+    chosen = (
+        _permutation(len(datums), config.seed, epoch)[start:stop]
+        if shuffle
+        else range(start, min(stop, len(datums)))
+    )
     return [datums[i] for i in chosen], (index + 1) / bpe
 
 
