@@ -189,7 +189,8 @@ def _show(args: argparse.Namespace) -> int:
         job = cast(Job, sched.get(args.id))
         history = sched.history(args.id)
         checkpoint = sched.last_checkpoint(args.id)
-        lease = sched.lease_of(args.id)
+        timing = sched.timing(args.id)
+        now = sched.now()
     finally:
         sched.close()
     directory = run_dir(job.id)
@@ -199,7 +200,7 @@ def _show(args: argparse.Namespace) -> int:
                 "job": codec.to_builtins(job),
                 "history": [t.__dict__ for t in history],
                 "checkpoint": codec.to_builtins(checkpoint) if checkpoint else None,
-                "lease": {"worker": lease[0], "expires_at": lease[1]},
+                "timing": timing.__dict__,
                 "run_dir": str(directory),
             }
         )
@@ -209,8 +210,11 @@ def _show(args: argparse.Namespace) -> int:
     out.write(f"kind      {job.kind} ({job.priority}, tenant {job.tenant_id})\n")
     out.write(f"status    {job.status}, attempt {job.attempts}")
     out.write(f" of {job.constraints.retry_policy.max_attempts}\n")
-    if lease[0]:
-        out.write(f"lease     {lease[0]}\n")
+    if timing.lease_owner:
+        out.write(f"lease     {timing.lease_owner}")
+        out.write(" (cancel requested)\n" if timing.cancel_requested else "\n")
+    if job.status == "queued" and timing.available_at > now:
+        out.write(f"next try  in {timing.available_at - now:.1f} s\n")
     if job.constraints.depends_on:
         out.write(f"needs     {', '.join(job.constraints.depends_on)}\n")
     out.write(f"created   {_when(job.created_at)}\n")

@@ -92,6 +92,7 @@ from crucible_core.runtime.paths import db_path as default_db_path
 __all__ = [
     "DEFAULT_AGING_S",
     "DEFAULT_LEASE_S",
+    "JobTiming",
     "Lease",
     "Scheduler",
     "Transition",
@@ -175,6 +176,16 @@ class Lease:
     job_id: str
     worker_id: str
     expires_at: float
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class JobTiming:
+    """A job's clock: earliest claim time (not_before, backoff) and its lease, if running."""
+
+    available_at: float
+    lease_owner: str | None
+    lease_expires: float | None
     cancel_requested: bool
 
 
@@ -968,15 +979,17 @@ class Scheduler:
                 self._status(conn, job_id)
         return [Transition(*r) for r in rows]
 
-    def lease_of(self, job_id: str) -> tuple[str | None, float | None]:
-        """The running job's (lease owner, lease expiry), or (None, None)."""
+    def timing(self, job_id: str) -> JobTiming:
+        """When the job may next be claimed, and who holds its lease until when."""
         with self._db.read() as conn:
             row = conn.execute(
-                "SELECT lease_owner, lease_expires FROM jobs WHERE id = ?", (job_id,)
+                "SELECT available_at, lease_owner, lease_expires, cancel_requested FROM jobs "
+                "WHERE id = ?",
+                (job_id,),
             ).fetchone()
         if row is None:
             raise _not_found(job_id)
-        return row[0], row[1]
+        return JobTiming(float(row[0]), row[1], row[2], bool(row[3]))
 
     # -- internals ------------------------------------------------------------
 
