@@ -29,6 +29,7 @@ from crucible_core.contracts import Tokenizer
 from crucible_core.errors import ConfigError, ValidationError
 from crucible_core.ir.backend import Datum, LossFnInputs
 from crucible_core.ir.training import DatasetSpec
+from crucible_datasets._gc import gc_paused
 from crucible_datasets.fields import Example, RowAdapter, RowError
 from crucible_datasets.loading import adapter_for
 from crucible_datasets.render import Piece, Rendered, Renderer, TrainOn, get_renderer
@@ -234,9 +235,12 @@ def render_datums(
     stats: TokenStats | None = None,
 ) -> list[Datum]:
     """All Datums for ``rows`` (see :func:`iter_datums`)."""
-    return list(
-        iter_datums(rows, tokenizer, spec, max_length=max_length, renderer=renderer, stats=stats)
-    )
+    with gc_paused():
+        return list(
+            iter_datums(
+                rows, tokenizer, spec, max_length=max_length, renderer=renderer, stats=stats
+            )
+        )
 
 
 def count_tokens(

@@ -17,6 +17,7 @@ from typing import Any
 
 from crucible_core.errors import ConfigError, ValidationError
 from crucible_core.ir.training import DatasetSpec, FieldMap
+from crucible_datasets._gc import gc_paused
 from crucible_datasets.fields import RowAdapter, RowError, make_adapter
 from crucible_datasets.hashing import dataset_hash
 from crucible_datasets.sources import ErrorLog, Resolved, iter_resolved, resolve
@@ -136,7 +137,8 @@ def read_dataset(spec: DatasetSpec) -> LoadedDataset:
     """All rows of ``spec`` with their source, kind, columns and skip count."""
     errors = ErrorLog(spec.on_error)
     info: dict[str, Any] = {}
-    rows = list(stream_rows(spec, errors, info=info))
+    with gc_paused():
+        rows = list(stream_rows(spec, errors, info=info))
     return LoadedDataset(
         rows=rows,
         source=str(info["source"]),
