@@ -269,7 +269,8 @@ class LocalTrainingSession:
         import torch.nn.functional as F
 
         model = self._model
-        model.train(grad)
+        if model.training != grad:  # train() walks every module: skip it when nothing changes
+            model.train(grad)
         with torch.enable_grad() if grad else torch.no_grad():
             logits = model(input_ids=batch.input_ids, use_cache=False).logits
             rows, width, vocab = logits.shape
