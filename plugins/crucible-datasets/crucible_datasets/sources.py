@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -564,7 +565,9 @@ def _hub_cache_snapshot(name: str) -> Path | None:
     try:
         from huggingface_hub import snapshot_download
 
-        found = snapshot_download(name, repo_type="dataset", local_files_only=True)
+        # Read the variable now: huggingface_hub reads it once, at import.
+        cache = os.environ.get("HF_HUB_CACHE") or None
+        found = snapshot_download(name, repo_type="dataset", local_files_only=True, cache_dir=cache)
     except Exception:  # not cached (or no huggingface_hub): the caller explains what to do
         return None
     return Path(found)

@@ -183,3 +183,33 @@ def test_preference_forms_and_hh() -> None:
     )
     assert ex.rejected is not None
     assert ex.rejected[-1]["content"] == "bad"
+
+
+def test_real_dataset_file_layouts(tmp_path: Path) -> None:
+    """HumanEval ships as HumanEval.jsonl.gz, HH-RLHF as train.jsonl.gz: read them as they come."""
+    import gzip
+    import json
+
+    human_eval = tmp_path / "HumanEval.jsonl.gz"
+    row = {
+        "task_id": "HumanEval/0",
+        "prompt": "def f(x):\n",
+        "canonical_solution": "    return x\n",
+        "test": "def check(candidate):\n    assert candidate(1) == 1\n",
+        "entry_point": "f",
+    }
+    with gzip.open(human_eval, "wt", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    loaded = read_dataset(DatasetSpec(uri=str(human_eval), options={"preset": "humaneval"}))
+    assert loaded.rows == [row]
+    assert loaded.kind == "completion"
+    hh = tmp_path / "train.jsonl.gz"
+    with gzip.open(hh, "wt", encoding="utf-8") as f:
+        pair = {
+            "chosen": "\n\nHuman: hi\n\nAssistant: hello",
+            "rejected": "\n\nHuman: hi\n\nAssistant: go away",
+        }
+        f.write(json.dumps(pair) + "\n")
+    assert read_dataset(DatasetSpec(uri=str(hh), options={"preset": "hh"})).kind == "preference"
+    # Without the preset the strings are still HH form: the preference kind parses them.
+    assert read_dataset(DatasetSpec(uri=str(hh))).kind == "preference"

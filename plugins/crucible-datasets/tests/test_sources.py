@@ -338,6 +338,27 @@ def test_hub_name_offline_says_how_to_use_local_files(
         assert 'uri = "hf:data/gsm8k"' in text
 
 
+def test_hub_name_already_in_the_local_cache_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HF cache layout (refs/main -> snapshots/<rev>/...), as a download leaves it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    repo = tmp_path / "hub" / "datasets--someone--tiny"
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(rev, encoding="utf-8")
+    data = repo / "snapshots" / rev / "data"
+    data.mkdir(parents=True)
+    pq.write_table(
+        pa.Table.from_pylist([{"text": "cached"}]), data / "train-00000-of-00001.parquet"
+    )
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    assert load_rows(_spec("hf:someone/tiny")) == [{"text": "cached"}]
+
+
 # -- resolution ----------------------------------------------------------------------------------
 
 
