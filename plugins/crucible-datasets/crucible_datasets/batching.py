@@ -22,8 +22,7 @@ from typing import Literal
 
 from crucible_core.contracts import Tokenizer
 from crucible_core.errors import ConfigError
-from crucible_core.ir.backend import Datum, LossFnInputs
-from crucible_core.ir.training import DatasetSpec
+from crucible_core.ir import DatasetSpec, Datum, LossFnInputs
 
 __all__ = [
     "PadTo",

@@ -15,11 +15,30 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from typing import Any, cast
 
 from crucible_core.errors import ConfigError
 
 __all__ = ["DatasetsCommand", "command"]
+
+
+def _print_json(data: Any) -> None:
+    import msgspec
+
+    sys.stdout.write(
+        msgspec.json.format(msgspec.json.encode(data, enc_hook=str), indent=2).decode() + "\n"
+    )
+
+
+def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [list(headers), *[["" if c is None else str(c) for c in r] for r in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        sys.stdout.write("\n")
+        if n == 0:
+            sys.stdout.write("  ".join("-" * w for w in widths) + "\n")
 
 
 def _pair(text: str, what: str) -> tuple[str, str]:
@@ -40,8 +59,7 @@ def _option_value(text: str) -> Any:
 
 def spec_from_args(args: argparse.Namespace, limit: int | None = None) -> Any:
     """A validated DatasetSpec from the command's arguments."""
-    from crucible_core.ir.codec import convert
-    from crucible_core.ir.training import DatasetSpec
+    from crucible_core.ir import DatasetSpec, convert
 
     raw: dict[str, Any] = {"uri": args.source, "on_error": args.on_error}
     if args.format:
@@ -111,14 +129,13 @@ class DatasetsCommand:
         return self._hash(args)
 
     def _list(self, args: argparse.Namespace) -> int:
-        from crucible_core.cli.output import print_json, print_table
-        from crucible_core.plugins import get_host
+        from crucible_core import list_registrations
 
-        regs = sorted(get_host().registrations("dataset").values(), key=lambda r: r.name)
+        regs = list_registrations("dataset")
         sources = [r for r in regs if r.metadata.get("kind") != "sample"]
         samples = [r for r in regs if r.metadata.get("kind") == "sample"]
         if args.json:
-            print_json(
+            _print_json(
                 {
                     "sources": [
                         {
@@ -144,7 +161,7 @@ class DatasetsCommand:
                 }
             )
             return 0
-        print_table(
+        _print_table(
             ["source", "schemes", "suffixes", "summary"],
             [
                 [
@@ -157,7 +174,7 @@ class DatasetsCommand:
             ],
         )
         sys.stdout.write("\n")
-        print_table(
+        _print_table(
             ["sample", "rows", "kind", "summary"],
             [
                 [r.name, r.metadata.get("rows"), r.metadata.get("dataset_kind"), r.summary]
@@ -169,7 +186,6 @@ class DatasetsCommand:
     def _show(self, args: argparse.Namespace) -> int:
         import msgspec
 
-        from crucible_core.cli.output import print_json
         from crucible_datasets.loading import stream_rows
         from crucible_datasets.sources import ErrorLog
 
@@ -180,7 +196,7 @@ class DatasetsCommand:
         info: dict[str, Any] = {}
         rows = list(stream_rows(spec, errors, info=info))
         if args.json:
-            print_json(
+            _print_json(
                 {
                     "source": info["source"],
                     "kind": info["kind"],
@@ -201,7 +217,6 @@ class DatasetsCommand:
         return 0
 
     def _hash(self, args: argparse.Namespace) -> int:
-        from crucible_core.cli.output import print_json
         from crucible_datasets.hashing import DatasetHasher
         from crucible_datasets.loading import stream_rows
         from crucible_datasets.sources import ErrorLog
@@ -214,7 +229,7 @@ class DatasetsCommand:
             hasher.update(row)
         digest = hasher.hexdigest()
         if args.json:
-            print_json(
+            _print_json(
                 {
                     "source": info["source"],
                     "hash": digest,

@@ -27,8 +27,7 @@ from typing import Any
 
 from crucible_core.contracts import Tokenizer
 from crucible_core.errors import ConfigError, ValidationError
-from crucible_core.ir.backend import Datum, LossFnInputs
-from crucible_core.ir.training import DatasetSpec
+from crucible_core.ir import DatasetSpec, Datum, LossFnInputs
 from crucible_datasets._gc import gc_paused
 from crucible_datasets.fields import Example, RowAdapter, RowError
 from crucible_datasets.loading import adapter_for

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from crucible_core.errors import ValidationError
-from crucible_core.ir.training import FieldMap
+from crucible_core.ir import FieldMap
 
 __all__ = [
     "PRESETS",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crucible_core.errors import ConfigError, ValidationError
-from crucible_core.ir.training import DatasetSpec, FieldMap
+from crucible_core.ir import DatasetSpec, FieldMap
 from crucible_datasets._gc import gc_paused
 from crucible_datasets.fields import RowAdapter, RowError, make_adapter
 from crucible_datasets.hashing import dataset_hash

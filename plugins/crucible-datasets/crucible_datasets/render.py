@@ -37,7 +37,7 @@ from datetime import datetime
 from typing import Any, Literal, NamedTuple, cast
 
 from crucible_core.contracts import Tokenizer
-from crucible_core.errors import ConfigError, NotFound
+from crucible_core.errors import ConfigError
 
 __all__ = [
     "BUILTIN_FORMATS",
@@ -506,9 +506,9 @@ def get_renderer(template: str | None, tokenizer: Tokenizer, **options: Any) -> 
 
 
 def _plugin_renderer(name: str) -> Any:
-    try:
-        from crucible_core.plugins import get_host
+    from crucible_core import list_registrations
 
-        return get_host().get("renderer", name).load()
-    except NotFound:
-        return None
+    for reg in list_registrations("renderer"):
+        if reg.name == name:
+            return reg.load()
+    return None

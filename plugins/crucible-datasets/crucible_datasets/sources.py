@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import importlib
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,7 +33,7 @@ from crucible_core.errors import ConfigError, NotFound, ValidationError
 from crucible_datasets.registry import SAMPLES, SOURCES, SampleInfo
 
 if TYPE_CHECKING:
-    from crucible_core.ir.training import DatasetSpec
+    from crucible_core.ir import DatasetSpec
 
 __all__ = [
     "CsvSource",
@@ -615,8 +616,8 @@ class HfSource(_FileSource):
                     f"{path}: cannot tell the file's format from its suffix",
                     hint="use a .jsonl, .json, .csv or .parquet file",
                 )
-            from crucible_core.ir.codec import convert
-            from crucible_core.ir.training import DatasetSpec as _Spec
+            from crucible_core.ir import DatasetSpec as _Spec
+            from crucible_core.ir import convert
 
             raw = msgspec.to_builtins(spec)
             raw["uri"] = str(path)
@@ -686,12 +687,15 @@ _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]+):(?P<rest>.*)$", re.
 _REMOTE = frozenset({"http", "https", "s3", "gs", "gcs", "az", "abfs", "hf+https", "ftp", "sftp"})
 
 
-def _instantiate(name: str) -> Any:
-    from crucible_core._imports import import_object
+def _import(ref: str) -> Any:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
+
+def _instantiate(name: str) -> Any:
     for info in SOURCES:
         if info.name == name:
-            return import_object(info.factory)()
+            return _import(info.factory)()
     raise NotFound(f"no dataset source {name!r}")  # pragma: no cover - names come from SOURCES
 
 
@@ -753,9 +757,9 @@ class Resolved:
 def _plugin_sources() -> list[Any]:
     """Dataset sources other plugins registered (imports pluggy, so only asked when needed)."""
     try:
-        from crucible_core.plugins import get_host
+        from crucible_core import list_registrations
 
-        regs = list(get_host().registrations("dataset").values())
+        regs = list_registrations("dataset")
     except Exception:  # a broken host must not hide our own, clearer, error
         return []
     ours = {info.name for info in SOURCES} | {f"sample:{s.name}" for s in SAMPLES}

@@ -32,8 +32,7 @@ from typing import Any, cast
 
 from crucible_core.contracts import StageContext, Tokenizer
 from crucible_core.errors import Cancelled, ConfigError
-from crucible_core.ir.codec import convert
-from crucible_core.ir.training import DatasetSpec, TrainingJob
+from crucible_core.ir import DatasetSpec, TrainingJob, convert
 
 __all__ = ["DataLoadStage", "DataTokenizeStage", "training_job"]
 
