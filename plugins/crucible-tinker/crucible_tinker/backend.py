@@ -82,13 +82,6 @@ log = logging.getLogger("crucible_tinker")
 T = TypeVar("T")
 U = TypeVar("U")
 
-#: crucible LossFnInputs fields sent to Tinker's named losses, with their wire dtype.
-_INPUT_DTYPES: dict[str, Any] = {
-    "target_tokens": np.int64,
-    "weights": np.float32,
-    "advantages": np.float32,
-    "logprobs": np.float32,
-}
 _NAMED_LOSSES = ("cross_entropy", "importance_sampling", "ppo")
 
 
@@ -434,16 +427,50 @@ def map_error(exc: BaseException, what: str, secret: Secret | None) -> CrucibleE
     return BackendError(message, retryable=False)
 
 
-def _tinker_datums(batch: Sequence[Datum], *, custom: bool) -> list[types.Datum]:
+def loss_scale(batch: Sequence[Datum], loss: Loss) -> float:
+    """``W``, the batch's total loss weight: ``sum |weights|`` (1 per token where absent).
+
+    Crucible's contract reports ``loss`` as the weighted *mean* over the batch's
+    loss tokens and backends take the gradient of that mean; Tinker's named
+    losses are *sums* over tokens. Sending every weight (cross_entropy) or
+    advantage (importance_sampling, ppo) divided by ``W`` makes Tinker's
+    gradient the gradient of the mean, so one learning rate means the same on
+    every backend. Custom losses are sent unscaled (the function defines them).
+    """
+    if loss.name == "custom":
+        return 1.0
+    total = 0.0
+    for d in batch:
+        w = d.loss_fn_inputs.weights
+        total += float(np.sum(np.abs(w))) if w is not None else float(len(d.model_input))
+    return total if total > 0 else 1.0
+
+
+def tinker_datums(batch: Sequence[Datum], loss: Loss, scale: float) -> list[types.Datum]:
+    """``batch`` as tinker Datums for ``loss`` (see :func:`loss_scale` for ``scale``)."""
     out: list[types.Datum] = []
     for d in batch:
-        inputs: dict[str, Any] = {}
-        for key, dtype in _INPUT_DTYPES.items():
-            value = getattr(d.loss_fn_inputs, key)
-            if value is not None:
-                inputs[key] = np.asarray(value, dtype=dtype)
-        if custom and d.loss_fn_inputs.ref_logprobs is not None:
-            inputs["ref_logprobs"] = np.asarray(d.loss_fn_inputs.ref_logprobs, dtype=np.float32)
+        li = d.loss_fn_inputs
+        n = len(li.target_tokens)
+        weights = np.asarray(li.weights if li.weights is not None else [1.0] * n, np.float32)
+        inputs: dict[str, Any] = {"target_tokens": np.asarray(li.target_tokens, np.int64)}
+        if loss.name == "cross_entropy":
+            inputs["weights"] = weights / np.float32(scale)
+        elif loss.name in ("importance_sampling", "ppo"):
+            if li.logprobs is None or li.advantages is None:
+                raise ConfigError(
+                    f"the {loss.name} loss needs loss_fn_inputs.logprobs and .advantages "
+                    "for every datum"
+                )
+            inputs["logprobs"] = np.asarray(li.logprobs, np.float32)
+            # Tinker's policy losses have no weights: fold them into the advantages.
+            inputs["advantages"] = np.asarray(li.advantages, np.float32) * weights / scale
+        else:  # custom: every field goes to the loss function; the SDK sends the server
+            # only target_tokens and weights.
+            for key in ("weights", "advantages", "logprobs", "ref_logprobs"):
+                value = getattr(li, key)
+                if value is not None:
+                    inputs[key] = np.asarray(value, np.float32)
         out.append(
             types.Datum(
                 model_input=types.ModelInput.from_ints(list(d.model_input)),
@@ -521,7 +548,8 @@ class TinkerTrainingSession:
         if not batch:
             raise ConfigError("forward_backward needs at least one datum")
         custom = loss.name == "custom"
-        data = _tinker_datums(batch, custom=custom)
+        scale = loss_scale(batch, loss)
+        data = tinker_datums(batch, loss, scale)
         what = "forward" if forward_only else "forward_backward"
         try:
             if custom:
@@ -540,7 +568,7 @@ class TinkerTrainingSession:
         convert = (
             (lambda out: self._custom_eval(out, batch, loss))
             if custom and forward_only
-            else (lambda out: _fb_result(out, batch, loss))
+            else (lambda out: _fb_result(out, batch, loss, scale))
         )
         return self._track(self._backend.then(api.future(), convert, what))
 
@@ -716,27 +744,16 @@ class TinkerTrainingSession:
 
 
 def _fb_result(
-    out: types.ForwardBackwardOutput, batch: Sequence[Datum], loss: Loss
+    out: types.ForwardBackwardOutput, batch: Sequence[Datum], loss: Loss, scale: float
 ) -> ForwardBackwardResult:
     metrics = {k: float(v) for k, v in out.metrics.items()}
     logprobs = [
         [float(x) for x in o["logprobs"].to_numpy().reshape(-1)] if "logprobs" in o else []
         for o in out.loss_fn_outputs
     ]
-    loss_sum = metrics.get("loss:sum", 0.0)
-    if loss.name == "custom":
-        value = loss_sum
-    else:
-        if loss.name == "cross_entropy":
-            denom = sum(
-                float(np.sum(np.abs(d.loss_fn_inputs.weights)))
-                if d.loss_fn_inputs.weights is not None
-                else float(len(d.loss_fn_inputs.target_tokens))
-                for d in batch
-            )
-        else:
-            denom = float(sum(len(d.loss_fn_inputs.target_tokens) for d in batch))
-        value = loss_sum / denom if denom > 0 else loss_sum
+    # The inputs were divided by ``scale`` (loss_scale), so Tinker's sum is the mean.
+    value = metrics.get("loss:sum", 0.0)
+    metrics["loss:sum"] = value * scale
     return ForwardBackwardResult(
         loss=value,
         metrics=metrics,

@@ -109,7 +109,11 @@ def build_app(engine: Engine, config: ServerConfig) -> Starlette:
     def endpoint(fn: Handler, *, auth: bool = True, idempotent: bool = True) -> Handler:
         async def wrapped(request: Request) -> Response:
             if auth and not authorized(request):
-                return _error(401, "missing or invalid X-API-Key")
+                # Closing the connection: a client that fails to authenticate while it is
+                # being built drops its connection pool without closing it.
+                response = _error(401, "missing or invalid X-API-Key")
+                response.headers["connection"] = "close"
+                return response
             key = request.headers.get("x-idempotency-key")
 
             async def produce() -> Response:
@@ -177,7 +181,9 @@ def build_app(engine: Engine, config: ServerConfig) -> Starlette:
     async def telemetry(request: Request) -> Response:
         await request.body()  # accepted and dropped: events may quote request headers
         engine.stats["telemetry_batches"] += 1
-        return JSONResponse({"status": "accepted"})
+        # `Connection: close`: the SDK's final flush runs while its client is being closed
+        # and may open a connection pool that nothing closes afterwards.
+        return JSONResponse({"status": "accepted"}, headers={"connection": "close"})
 
     async def finish(request: Request) -> Response:
         sid = request.path_params["session_id"]

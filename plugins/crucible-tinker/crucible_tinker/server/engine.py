@@ -315,7 +315,13 @@ class Engine:
         raw: dict[str, Any] = {
             "backend": self.backend_name,
             "model_spec": {"name": model.base_model},
-            "adapter_config": {"kind": "lora", **model.lora},
+            # Tinker's LoRA: every linear layer the train_* flags allow, no dropout.
+            "adapter_config": {
+                "kind": "lora",
+                "target_modules": ["all-linear"],
+                "dropout": 0.0,
+                **model.lora,
+            },
             "learning_config": {"seed": seed or 0},
             # The data arrives over the wire, batch by batch; the job names no dataset.
             "dataset_spec": {"uri": "tinker:wire"},
@@ -422,6 +428,7 @@ class Engine:
             if model.error is not None and op.kind != "create_model":
                 op.entry.fail(f"model {model.model_id} is unusable: {model.error}", "server")
                 continue
+            log.debug("dispatch %s seq %d (%s)", model.model_id, op.seq_id, op.kind)
             try:
                 finish = op.submit(model)
             except BaseException as exc:
@@ -442,6 +449,7 @@ class Engine:
             op, finish = item
             try:
                 op.entry.resolve(finish())
+                log.debug("completed %s seq %d (%s)", model.model_id, op.seq_id, op.kind)
             except BaseException as exc:
                 message, category = classify(exc)
                 op.entry.fail(message, category)
