@@ -56,13 +56,16 @@ class LocalBackend:
         name or a Hugging Face directory, optionally with saved weights (a
         ``file://`` URI or path of a checkpoint). Default: ``tiny-llama``.
     ``lr_schedule``
-        ``"session"`` (default): the session applies the job's scheduler to
-        the rate it is given; ``"caller"``: the given rate is used as is.
+        ``"caller"`` (default): each step uses the rate ``optim_step`` is
+        given (crucible's loop and Tinker compute the schedule);
+        ``"session"``: the session applies the job's scheduler to the rate
+        it is given (see :mod:`crucible_local.schedule`).
     ``num_threads``
-        If set, ``torch.set_num_threads(num_threads)`` for the whole process.
-        The built-in models are so small that one thread is as fast as
-        several, and on a machine whose cores are busy with other work
-        OpenMP threads waiting for each other make a step many times slower.
+        ``torch.set_num_threads`` for the whole process. Unset: one thread
+        as soon as a built-in model is loaded (they are so small that more
+        threads only add synchronisation, and on cores busy with other work
+        OpenMP threads waiting for each other make a step many times
+        slower); torch's own default for models loaded from a directory.
     """
 
     def __init__(
@@ -72,7 +75,7 @@ class LocalBackend:
         model: str = "tiny-llama",
         model_path: str | None = None,
         checkpoint: str | None = None,
-        lr_schedule: LrSchedule = "session",
+        lr_schedule: LrSchedule = "caller",
         num_threads: int | None = None,
     ) -> None:
         if lr_schedule not in ("session", "caller"):
@@ -87,7 +90,8 @@ class LocalBackend:
             import torch
 
             torch.set_num_threads(num_threads)
-        self._home = Path(home or os.environ.get("CRUCIBLE_HOME") or ".crucible")
+        self._num_threads = num_threads
+        self._home = Path(home) if home is not None else None
         self._default_spec = ModelSpec(name=model, path=model_path)
         self._default_checkpoint = checkpoint
         self._lr_schedule: LrSchedule = lr_schedule
@@ -100,7 +104,16 @@ class LocalBackend:
 
     @property
     def home(self) -> Path:
-        return self._home
+        """``home``, else ``$CRUCIBLE_HOME`` (read at each call), else ``./.crucible``."""
+        if self._home is not None:
+            return self._home
+        return Path(os.environ.get("CRUCIBLE_HOME", "").strip() or ".crucible")
+
+    def _threads_for(self, loaded: LoadedModel) -> None:
+        if self._num_threads is None and loaded.source == "builtin":
+            import torch
+
+            torch.set_num_threads(1)
 
     # -- TrainingBackend -----------------------------------------------------------
 
@@ -145,13 +158,14 @@ class LocalBackend:
             )
         check_adapter(job.adapter_config)
         loaded = load_model(job.model_spec)
+        self._threads_for(loaded)
         model = apply_adapter(loaded, job.adapter_config, seed=job.learning_config.seed)
         job_id = job.job_id or new_job_id()
         session = LocalTrainingSession(
             job=job,
             loaded=loaded,
             model=model,
-            run_dir=Path(run_dir) if run_dir is not None else self._home / "runs" / job_id,
+            run_dir=Path(run_dir) if run_dir is not None else self.home / "runs" / job_id,
             job_id=job_id,
             weights_format=weights_format,
             lr_schedule=self._lr_schedule,
@@ -198,6 +212,7 @@ class LocalBackend:
             else:
                 loaded = _load_full_state(model, directory)
                 torch_model = loaded.model
+        self._threads_for(loaded)
         sampler = LocalSampler(
             model=torch_model,
             tokenizer=loaded.tokenizer,

@@ -2,12 +2,14 @@
 
 Who decides the learning rate of a step (``LocalBackend(lr_schedule=...)``):
 
-* ``"session"`` (default): the rate used is ``AdamParams.learning_rate`` times
+* ``"caller"`` (default): the rate used is the ``AdamParams.learning_rate``
+  the caller sent. This is the Tinker API's convention and what crucible's
+  training loop does: it computes warmup and decay itself and sends each
+  step's rate, so resume needs no scheduler state from the backend.
+* ``"session"``: the rate used is ``AdamParams.learning_rate`` times
   :func:`lr_multiplier` of the job's ``LearningConfig.scheduler`` at the
-  session's step. A loop passes the job's base rate every step and the
-  session does warmup and decay, so the schedule survives ``load_state``.
-* ``"caller"``: the rate used is ``AdamParams.learning_rate`` as given (the
-  Tinker convention: the client computes its own schedule).
+  session's step: for a caller that sends the base rate every step. The
+  step counter (saved by ``save_state``) is all the schedule needs.
 
 Either way ``OptimStepResult.learning_rate`` reports the rate actually used.
 """

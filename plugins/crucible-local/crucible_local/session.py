@@ -12,8 +12,9 @@ job's ``LearningConfig.optimizer`` setting, and a field left at its default
 takes the job's value (so ``AdamParams()`` trains with exactly what the job
 declares). Mapping: ``learning_rate`` <-> ``lr``; ``beta1``/``beta2`` <->
 ``betas``; ``eps``; ``weight_decay``; ``grad_clip_norm`` (0 = unset) <->
-``grad_clip`` (None = no clipping). SGD takes ``momentum`` from the job only.
-The learning-rate schedule is applied on top (:mod:`crucible_local.schedule`).
+``grad_clip`` (None = no clipping). For SGD, ``beta1`` carries ``momentum``
+(the convention of crucible's training loop). Whether a schedule is applied
+on top is the backend's ``lr_schedule`` option (:mod:`crucible_local.schedule`).
 
 Gradients of several ``forward_backward`` calls before one ``optim_step`` are
 averaged (each call's gradient is that of its own mean loss), so gradient
@@ -47,7 +48,7 @@ from crucible_core.ir.backend import (
     ForwardBackwardResult,
     OptimStepResult,
 )
-from crucible_core.ir.training import SGD, AdamW, Full
+from crucible_core.ir.training import SGD, Full
 from crucible_local import __version__
 from crucible_local._hf import peft_quiet
 from crucible_local._runtime import COMPUTE_LOCK, torch_state_for_seed
@@ -312,7 +313,9 @@ class LocalTrainingSession:
         clip = params.grad_clip_norm if params.grad_clip_norm > 0 else opt.grad_clip
         decay = pick(params.weight_decay, _DEFAULTS.weight_decay, opt.weight_decay)
         group: dict[str, Any] = {"weight_decay": decay}
-        if isinstance(opt, AdamW):
+        if isinstance(opt, SGD):
+            group["momentum"] = pick(params.beta1, _DEFAULTS.beta1, opt.momentum)
+        else:
             group["betas"] = (
                 pick(params.beta1, _DEFAULTS.beta1, opt.betas[0]),
                 pick(params.beta2, _DEFAULTS.beta2, opt.betas[1]),

@@ -55,7 +55,8 @@ def test_resume_gives_the_losses_of_an_uninterrupted_run(
         job_id="resume-test",
     )
     texts = ["the cat sat on the mat", "dogs run in the park", "a b c d e f g", "hello world"]
-    uninterrupted = LocalBackend(home=tmp_path / "a", num_threads=1)
+    # The session applies the cosine schedule: resuming must restore where it was.
+    uninterrupted = LocalBackend(home=tmp_path / "a", num_threads=1, lr_schedule="session")
     first = uninterrupted.create_session(job)
     tok = first.tokenizer
     batches = [datums(tok, texts[i % 4 :] + texts[: i % 4]) for i in range(8)]
@@ -67,7 +68,7 @@ def test_resume_gives_the_losses_of_an_uninterrupted_run(
 
     random.seed(999)  # resume in a process whose global generators moved on
     np.random.seed(999)
-    resumed_backend = LocalBackend(home=tmp_path / "b", num_threads=1)
+    resumed_backend = LocalBackend(home=tmp_path / "b", num_threads=1, lr_schedule="session")
     second = resumed_backend.create_session(job)
     second.load_state(ref).result()
     assert second.step == 4

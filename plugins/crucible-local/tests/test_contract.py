@@ -84,13 +84,31 @@ def test_objects_satisfy_the_protocols(backend: LocalBackend, make_job: Callable
     assert isinstance(sampler.sample(Prompt(text="a"), SamplingParams(max_tokens=1)), Future)
 
 
-def test_num_threads_sets_torchs_thread_count(tmp_path: Path) -> None:
+def test_num_threads(tmp_path: Path, make_job: Callable[..., Any]) -> None:
     before = torch.get_num_threads()
     try:
-        LocalBackend(home=tmp_path, num_threads=2)
+        explicit = LocalBackend(home=tmp_path, num_threads=2)
         assert torch.get_num_threads() == 2
+        explicit.create_session(make_job())
+        assert torch.get_num_threads() == 2
+        # Unset: a built-in model runs on one thread.
+        LocalBackend(home=tmp_path).create_session(make_job())
+        assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_home_defaults_to_crucible_home_read_at_each_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_job: Callable[..., Any]
+) -> None:
+    backend = LocalBackend()
+    monkeypatch.setenv("CRUCIBLE_HOME", str(tmp_path / "one"))
+    assert backend.home == tmp_path / "one"
+    monkeypatch.setenv("CRUCIBLE_HOME", str(tmp_path / "two"))
+    session = backend.create_session(make_job(job_id="run-1"))
+    assert session.run_dir == tmp_path / "two" / "runs" / "run-1"
+    monkeypatch.delenv("CRUCIBLE_HOME")
+    assert backend.home == Path(".crucible")
 
 
 def test_close_closes_sessions_and_samplers(

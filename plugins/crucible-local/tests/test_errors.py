@@ -101,13 +101,16 @@ def test_train_flags_filter_and_extend_the_targets(
     assert not any("mlp" in t for t in targets)
 
 
-def test_other_unsupported_settings(backend: LocalBackend, make_job: Callable[..., Any]) -> None:
+def test_other_unsupported_settings(
+    backend: LocalBackend, make_job: Callable[..., Any], tmp_path: Path
+) -> None:
     with pytest.raises(UnsupportedError, match="float16"):
         backend.create_session(make_job(model_spec=ModelSpec(name="tiny-llama", dtype="float16")))
+    epochs_only = make_job(scheduler=Scheduler(name="cosine"), max_steps=None, epochs=1)
+    backend.create_session(epochs_only).close()  # the caller computes the schedule
+    scheduling = LocalBackend(home=tmp_path, lr_schedule="session")
     with pytest.raises(ConfigError, match=r"'cosine' needs learning_config\.max_steps"):
-        backend.create_session(
-            make_job(scheduler=Scheduler(name="cosine"), max_steps=None, epochs=1)
-        )
+        scheduling.create_session(epochs_only)
     with pytest.raises(ConfigError, match=r"'hidden' not understood.*accepted options"):
         backend.create_session(
             make_job(model_spec=ModelSpec(name="tiny-llama", options={"hidden": 8}))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -144,10 +145,11 @@ def test_gradients_of_several_calls_are_averaged(
         assert torch.allclose(a, b, atol=1e-6), name
 
 
-def test_schedule_warms_up_then_decays(
-    backend: LocalBackend, make_job: Callable[..., Any], datums: Callable[..., list[Datum]]
+def test_session_schedule_warms_up_then_decays(
+    tmp_path: Path, make_job: Callable[..., Any], datums: Callable[..., list[Datum]]
 ) -> None:
     scheduler = Scheduler(name="cosine", warmup_steps=2, min_lr_ratio=0.1)
+    backend = LocalBackend(home=tmp_path, lr_schedule="session", num_threads=1)
     session = backend.create_session(make_job(scheduler=scheduler, max_steps=6))
     batch = datums(session.tokenizer)
     rates = []
@@ -160,10 +162,11 @@ def test_schedule_warms_up_then_decays(
     assert rates[3] == pytest.approx(1e-2 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4))))
     assert rates[6] == pytest.approx(1e-3)
     assert rates == pytest.approx([1e-2 * lr_multiplier(scheduler, s, 6) for s in range(7)])
+    backend.close()
 
 
-def test_linear_schedule_and_caller_mode(
-    tmp_path: Any, make_job: Callable[..., Any], datums: Callable[..., list[Datum]]
+def test_by_default_the_caller_owns_the_schedule(
+    backend: LocalBackend, make_job: Callable[..., Any], datums: Callable[..., list[Datum]]
 ) -> None:
     assert [lr_multiplier(Scheduler(name="linear"), s, 4) for s in range(5)] == [
         1.0,
@@ -172,12 +175,14 @@ def test_linear_schedule_and_caller_mode(
         0.25,
         0.0,
     ]
-    caller = LocalBackend(home=tmp_path, lr_schedule="caller")
-    session = caller.create_session(make_job(scheduler=Scheduler(name="linear", warmup_steps=3)))
+    # crucible's loop (like Tinker's clients) sends each step's scheduled rate itself.
+    session = backend.create_session(make_job(scheduler=Scheduler(name="linear", warmup_steps=3)))
     batch = datums(session.tokenizer)
-    session.forward_backward(batch, Loss())
-    assert session.optim_step(AdamParams(learning_rate=0.02)).result().learning_rate == 0.02
-    caller.close()
+    for rate in (0.02, 0.01, 0.005):
+        session.forward_backward(batch, Loss())
+        result = session.optim_step(AdamParams(learning_rate=rate)).result()
+        assert result.learning_rate == rate
+        assert result.metrics["lr_multiplier"] == 1.0
 
 
 def test_adam_params_at_defaults_take_the_jobs_optimizer(
@@ -199,6 +204,15 @@ def test_adam_params_at_defaults_take_the_jobs_optimizer(
     assert explicit.result().learning_rate == 1e-3
     assert group["betas"] == (0.5, 0.99)
     assert group["weight_decay"] == 0.2
+    # SGD: beta1 carries the momentum (as crucible's loop sends it).
+    sgd = backend.create_session(make_job(optimizer=SGD(lr=0.1, momentum=0.3)))
+    sgd.forward_backward(batch, Loss())
+    sgd.optim_step(AdamParams()).result()
+    sgd_group = sgd._optimizer.param_groups[0]  # pyright: ignore[reportPrivateUsage]
+    assert sgd_group["momentum"] == 0.3
+    sgd.forward_backward(batch, Loss())
+    sgd.optim_step(AdamParams(beta1=0.0)).result()
+    assert sgd_group["momentum"] == 0.0
 
 
 def test_sgd_trains_and_clipping_bounds_the_update(
