@@ -384,34 +384,48 @@ def run_pipeline(
     spans: dict[str, tuple[float, float | None, str, str | None]] = {}
     failures: list[tuple[str, BaseException]] = []
     running: dict[Future[Any], str] = {}
-    try:
-        pending = list(enabled)
-        while pending or running:
-            if run.cancel.is_set():
-                for name in pending:
-                    status[name] = "skipped"
-                    run.emit("stage.end", stage=name, status="skipped", duration_ms=0.0)
-                pending = []
-            for name in list(pending):
-                deps = [d for d in by_name[name].depends_on if by_name[d].enabled]
-                if any(status.get(d) in ("error", "skipped") for d in deps):
-                    status[name] = "skipped"
-                    pending.remove(name)
-                    run.emit("stage.end", stage=name, status="skipped", duration_ms=0.0)
-                elif all(status.get(d) == "ok" for d in deps):
-                    pending.remove(name)
-                    inputs = {d: outputs[d] for d in deps}
-                    ctx = PipelineStageContext(run, by_name[name], inputs)
-                    status[name] = "running"
-                    spans[name] = (time.time(), None, "running", None)
-                    run.emit("stage.start", stage=name, uses=by_name[name].uses)
-                    running[pool.submit(stages[name].run, ctx)] = name
-            if not running:
-                if pending:  # cannot happen for a DAG walked in topological order
-                    raise CrucibleError(f"stages {pending} can never start")
+    # Event-driven readiness: each stage counts its unfinished enabled dependencies.
+    deps_of = {n: [d for d in by_name[n].depends_on if by_name[d].enabled] for n in enabled}
+    dependents: dict[str, list[str]] = {n: [] for n in enabled}
+    for n, deps in deps_of.items():
+        for d in deps:
+            dependents[d].append(n)
+    waiting = {n: len(deps) for n, deps in deps_of.items()}
+    ready: list[str] = [n for n in enabled if waiting[n] == 0]
+    unresolved = set(enabled)
+
+    def skip(name: str) -> None:
+        todo = [name]
+        while todo:
+            n = todo.pop()
+            if n not in unresolved:
                 continue
+            unresolved.discard(n)
+            status[n] = "skipped"
+            run.emit("stage.end", stage=n, status="skipped", duration_ms=0.0)
+            todo.extend(dependents[n])
+
+    try:
+        while unresolved:
+            if run.cancel.is_set():
+                for name in [n for n in enabled if n in unresolved and status.get(n) != "running"]:
+                    skip(name)
+                ready.clear()
+            for name in ready:
+                inputs = {d: outputs[d] for d in deps_of[name]}
+                ctx = PipelineStageContext(run, by_name[name], inputs)
+                status[name] = "running"
+                spans[name] = (time.time(), None, "running", None)
+                run.emit("stage.start", stage=name, uses=by_name[name].uses)
+                running[pool.submit(stages[name].run, ctx)] = name
+            ready.clear()
+            if not running:
+                if unresolved:  # cannot happen for an acyclic graph
+                    raise CrucibleError(f"stages {sorted(unresolved)} can never start")
+                break
             for fut in _wait_any(running):
                 name = running.pop(fut)
+                unresolved.discard(name)
                 begin = spans[name][0]
                 end = time.time()
                 duration_ms = (end - begin) * 1000
@@ -428,11 +442,17 @@ def run_pipeline(
                         duration_ms=duration_ms,
                         error=str(exc),
                     )
+                    for child in dependents[name]:
+                        skip(child)
                     continue
                 outputs[name] = dict(result) if result is not None else {}
                 status[name] = "ok"
                 spans[name] = (begin, end, "ok", None)
                 run.emit("stage.end", stage=name, status="ok", duration_ms=duration_ms)
+                for child in dependents[name]:
+                    waiting[child] -= 1
+                    if waiting[child] == 0 and child in unresolved:
+                        ready.append(child)
     finally:
         for fut in running:
             with contextlib.suppress(Exception):
