@@ -40,7 +40,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--steps", type=int, default=10, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=9, help="alternating rounds per loop")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: the backend's choice, 1 for built-in models)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p.parse_args(argv)
 
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- the session, through the contract -------------------------------------------------
     home = tempfile.mkdtemp(prefix="crucible-bench-")
-    backend = LocalBackend(home=home)
+    backend = LocalBackend(home=home, num_threads=args.threads)
     job = TrainingJob(
         model_spec=spec,
         dataset_spec=DatasetSpec(uri="bench:random"),
