@@ -67,10 +67,13 @@ def test_top_k_limits_the_choice(base: LocalSampler) -> None:
     assert len(firsts) > 1
 
 
-def test_logprobs_are_the_models_own(base: LocalSampler) -> None:
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-gpt2"])
+def test_logprobs_are_the_models_own(backend: LocalBackend, model: str) -> None:
     import torch
 
-    [c] = _sample(base, max_tokens=6, temperature=0.7, seed=1)
+    # Generation runs with a KV cache; these logprobs come from one full forward pass.
+    base = backend.load_sampler(ModelSpec(name=model), None)
+    [c] = _sample(base, max_tokens=12, temperature=0.7, seed=1)
     prompt = base.tokenizer.encode("Once upon")
     logits = base.logits(prompt + c.tokens[:-1])
     lps = torch.log_softmax(logits, -1)[len(prompt) - 1 :]

@@ -64,6 +64,7 @@ def test_end_to_end_train_save_sample(
         ("tiny-llama", Full()),
         ("tiny-gpt2", LoRA(rank=8, alpha=16, dropout=0.0, target_modules=["all-linear"])),
         ("tiny-gpt2", Full()),
+        ("tiny-llama/bfloat16", LoRA(rank=8, alpha=16, dropout=0.0, target_modules=["all-linear"])),
     ],
 )
 def test_other_models_and_full_fine_tuning_learn(
@@ -74,9 +75,9 @@ def test_other_models_and_full_fine_tuning_learn(
     model: str,
     adapter: Any,
 ) -> None:
-    session = backend.create_session(
-        make_job(model_spec=ModelSpec(name=model), adapter_config=adapter)
-    )
+    name, _, dtype = model.partition("/")
+    spec = ModelSpec(name=name, dtype=dtype or "float32")  # type: ignore[arg-type]
+    session = backend.create_session(make_job(model_spec=spec, adapter_config=adapter))
     batch = datums(session.tokenizer)
     losses = run_steps(session, batch, 15, lr=3e-3)
     assert losses[-1] < losses[0] * 0.8, losses
