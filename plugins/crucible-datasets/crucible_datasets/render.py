@@ -57,6 +57,8 @@ TrainOn = Literal["assistant", "all"]
 #: A piece of a rendered conversation: text or token ids, and whether it is trained
 #: (assistant output).
 Piece = tuple[str | tuple[int, ...], bool]
+_SHORT = 24  # texts up to this many characters are cached per renderer
+_CACHE_SIZE = 4096
 _PROBES = (
     "Hello, world!",
     "  two  spaces\n\nand lines ",
@@ -129,6 +131,7 @@ class Renderer:
         self.tokenizer = tokenizer
         self._encode = tokenizer.encode
         self._batch = batch_encoder(tokenizer)
+        self._short: dict[str, list[int]] = {}
 
     def pieces(
         self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool
@@ -141,14 +144,45 @@ class Renderer:
         return [(text, True)] if eos is None else [(text, True), ((eos,), True)]
 
     def encode_many(self, texts: list[str]) -> list[list[int]]:
-        """Token ids of each text (through the batch encoder when there is one)."""
-        if self._batch is not None:
-            out: list[list[int]] = []
-            for start in range(0, len(texts), self.batch_size):
-                out.extend(self._batch(texts[start : start + self.batch_size]))
+        """Token ids of each text (through the batch encoder when there is one).
+
+        Short texts are remembered (template separators, one-letter answers recur
+        on every row), so each costs one ``encode`` per renderer, not one per row.
+        """
+        cache = self._short
+        out: list[list[int]] = [[] for _ in texts]
+        pending: list[str] = []
+        refs: list[tuple[int, int]] = []
+        shorts: dict[str, int] = {}
+        for i, text in enumerate(texts):
+            if len(text) <= _SHORT:
+                ids = cache.get(text)
+                if ids is not None:
+                    out[i] = ids
+                    continue
+                j = shorts.get(text)
+                if j is None:
+                    j = shorts[text] = len(pending)
+                    pending.append(text)
+                refs.append((i, j))
+            else:
+                refs.append((i, len(pending)))
+                pending.append(text)
+        if not pending:
             return out
-        encode = self._encode
-        return [encode(t, add_special_tokens=False) for t in texts]
+        if self._batch is not None:
+            encoded: list[list[int]] = []
+            for start in range(0, len(pending), self.batch_size):
+                encoded.extend(self._batch(pending[start : start + self.batch_size]))
+        else:
+            encode = self._encode
+            encoded = [encode(t, add_special_tokens=False) for t in pending]
+        for i, j in refs:
+            out[i] = encoded[j]
+        for text, j in shorts.items():
+            if len(cache) < _CACHE_SIZE:
+                cache[text] = encoded[j]
+        return out
 
     def assemble(
         self, examples: Sequence[Sequence[Piece]], *, train_on: TrainOn = "assistant"
