@@ -229,3 +229,36 @@ def test_special_markers_are_single_tokens_when_known(tok: ByteTokenizer) -> Non
     tokens, weights = get_renderer("chatml", bare).render([{"role": "assistant", "content": "x"}])
     assert bare.decode(tokens) == "<|im_start|>assistant\nx<|im_end|>\n"
     assert sum(weights) == len("x<|im_end|>")
+
+
+class _CountingTokenizer(ByteTokenizer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        self.calls += 1
+        return super().encode(text, add_special_tokens=add_special_tokens)
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch=st.lists(conversations(), min_size=1, max_size=12))
+def test_batched_rendering_equals_one_by_one(batch: list[list[dict[str, str]]]) -> None:
+    counting = _CountingTokenizer()
+    together = get_renderer("chatml", counting)
+    pieces = [together.pieces(m, add_generation_prompt=False) for m in batch]
+    assert together.assemble(pieces) == [
+        get_renderer("chatml", ByteTokenizer()).render(m) for m in batch
+    ]
+
+
+def test_recurring_short_texts_are_encoded_once() -> None:
+    counting = _CountingTokenizer()
+    renderer = get_renderer("chatml", counting)
+    convo = [
+        {"role": "user", "content": "a long enough question here"},
+        {"role": "assistant", "content": "B"},
+    ]
+    renderer.assemble([renderer.pieces(convo, add_generation_prompt=False)] * 50)
+    # Per row: the user part (long, unique in real data); "B<|im_end|>" and "\n" are cached.
+    assert counting.calls == 50 + 2
