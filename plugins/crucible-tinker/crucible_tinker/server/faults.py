@@ -58,10 +58,17 @@ class FaultInjector:
     """Draws one decision per request from ``random.Random(seed)`` and counts what it did."""
 
     def __init__(self, config: FaultConfig) -> None:
+        self._lock = threading.Lock()
         self.config = config
         self._rng = random.Random(config.seed)
-        self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
+
+    def configure(self, config: FaultConfig) -> None:
+        """Switch to ``config`` (a fresh ``Random(config.seed)``, counts reset)."""
+        with self._lock:
+            self.config = config
+            self._rng = random.Random(config.seed)
+            self.counts = Counter()
 
     def applies_to(self, path: str) -> bool:
         if not path.startswith(_PREFIX):
@@ -70,10 +77,10 @@ class FaultInjector:
         return paths is None or path[len(_PREFIX) :] in paths
 
     def decide(self, path: str) -> FaultDecision:
-        c = self.config
-        if not c.active or not self.applies_to(path):
-            return FaultDecision()
         with self._lock:
+            c = self.config
+            if not c.active or not self.applies_to(path):
+                return FaultDecision()
             r_delay, r_error, r_drop, r_after = (self._rng.random() for _ in range(4))
             delay = c.latency_s + (c.delay_s if r_delay < c.delay_fraction else 0.0)
             decision = FaultDecision(

@@ -83,6 +83,7 @@ class TinkerServer:
         self._server: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sock: socket.socket | None = None
+        self._bound_port: int | None = None
         self._owns_backend = isinstance(backend, str)
         self.backend: Any = None
         self.engine: Any = None
@@ -92,9 +93,9 @@ class TinkerServer:
 
     @property
     def port(self) -> int:
-        if self._sock is None:
+        if self._bound_port is None:
             raise RuntimeError("the server is not started")
-        return int(self._sock.getsockname()[1])
+        return self._bound_port
 
     @property
     def url(self) -> str:
@@ -130,6 +131,7 @@ class TinkerServer:
             sock.close()
             raise
         self._sock = sock
+        self._bound_port = int(sock.getsockname()[1])
         return sock
 
     def _build(self, loop: asyncio.AbstractEventLoop) -> Any:
@@ -151,8 +153,8 @@ class TinkerServer:
         app: Any = build_app(self.engine, self.config)
         self.faults = FaultInjector(self.config.faults)
         install_log_filter()
-        if self.config.faults.active:
-            app = FaultMiddleware(app, self.faults)
+        # Always in place (a no-op while no fault is configured): set_faults() switches it on.
+        app = FaultMiddleware(app, self.faults)
         server_config = uvicorn.Config(
             app,
             http="h11",
@@ -254,6 +256,16 @@ class TinkerServer:
         self.stop()
 
     # -- introspection -----------------------------------------------------------
+
+    def set_faults(self, faults: FaultConfig) -> None:
+        """Inject ``faults`` from now on (``FaultConfig()`` switches injection off)."""
+        if self.faults is None:
+            raise RuntimeError("the server is not started")
+        self.faults.configure(faults)
+
+    def fault_counts(self) -> dict[str, int]:
+        """What the fault injector did since it was last configured."""
+        return dict(self.faults.counts) if self.faults is not None else {}
 
     def applied_steps(self) -> list[tuple[str, int, int]]:
         """Every optimizer step the backend applied: ``(model_id, seq_id, step)``."""
