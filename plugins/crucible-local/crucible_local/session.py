@@ -6,15 +6,13 @@ loop can submit step k+1 before reading step k. Bad input (a token id out of
 range, a missing loss input, an unknown loss parameter) raises at submission;
 failures while computing surface from ``Future.result()`` as BackendError.
 
-Optimizer hyperparameters. ``optim_step(AdamParams)`` carries per-step
-values; each ``AdamParams`` field that differs from its default overrides the
-job's ``LearningConfig.optimizer`` setting, and a field left at its default
-takes the job's value (so ``AdamParams()`` trains with exactly what the job
-declares). Mapping: ``learning_rate`` <-> ``lr``; ``beta1``/``beta2`` <->
-``betas``; ``eps``; ``weight_decay``; ``grad_clip_norm`` (0 = unset) <->
-``grad_clip`` (None = no clipping). For SGD, ``beta1`` carries ``momentum``
-(the convention of crucible's training loop). Whether a schedule is applied
-on top is the backend's ``lr_schedule`` option (:mod:`crucible_local.schedule`).
+Optimizer hyperparameters. The optimizer's kind (AdamW or SGD) comes from
+the job; every step's settings come from the ``AdamParams`` it is given, as
+in the Tinker API: ``learning_rate``, ``beta1``/``beta2``, ``eps`` and
+``weight_decay``, and ``grad_clip_norm`` (0 = no clipping). For SGD, ``beta1``
+carries the momentum (the convention of crucible's training loop, which
+sends the job's values every step). Whether a schedule is applied on top is
+the backend's ``lr_schedule`` option (:mod:`crucible_local.schedule`).
 
 Gradients of several ``forward_backward`` calls before one ``optim_step`` are
 averaged (each call's gradient is that of its own mean loss), so gradient
@@ -80,7 +78,6 @@ if TYPE_CHECKING:
 __all__ = ["LocalTrainingSession"]
 
 T = TypeVar("T")
-_DEFAULTS = AdamParams()
 _STATE_VERSION = 1
 
 
@@ -302,38 +299,28 @@ class LocalTrainingSession:
             params, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
         )
 
-    def _hyper(self, params: AdamParams) -> tuple[float, dict[str, Any], float | None]:
-        """(base rate, per-group settings, clip norm) from AdamParams over the job's optimizer."""
-        opt = self._job.learning_config.optimizer
-
-        def pick(value: float, default: float, job_value: float) -> float:
-            return value if value != default else job_value
-
-        base_lr = pick(params.learning_rate, _DEFAULTS.learning_rate, opt.lr)
-        clip = params.grad_clip_norm if params.grad_clip_norm > 0 else opt.grad_clip
-        decay = pick(params.weight_decay, _DEFAULTS.weight_decay, opt.weight_decay)
-        group: dict[str, Any] = {"weight_decay": decay}
-        if isinstance(opt, SGD):
-            group["momentum"] = pick(params.beta1, _DEFAULTS.beta1, opt.momentum)
+    def _group(self, params: AdamParams) -> dict[str, Any]:
+        """The optimizer's per-group settings from one step's AdamParams."""
+        group: dict[str, Any] = {"weight_decay": params.weight_decay}
+        if isinstance(self._job.learning_config.optimizer, SGD):
+            group["momentum"] = params.beta1
         else:
-            group["betas"] = (
-                pick(params.beta1, _DEFAULTS.beta1, opt.betas[0]),
-                pick(params.beta2, _DEFAULTS.beta2, opt.betas[1]),
-            )
-            group["eps"] = pick(params.eps, _DEFAULTS.eps, opt.eps)
-        return base_lr, group, clip
+            group["betas"] = (params.beta1, params.beta2)
+            group["eps"] = params.eps
+        return group
 
     def _optim_step(self, params: AdamParams) -> OptimStepResult:
         import torch
 
         config = self._job.learning_config
-        base_lr, group, clip = self._hyper(params)
+        clip = params.grad_clip_norm or None
         multiplier = (
             lr_multiplier(config.scheduler, self._step, config.max_steps)
             if self._lr_schedule == "session"
             else 1.0
         )
-        lr = base_lr * multiplier
+        lr = params.learning_rate * multiplier
+        group = self._group(params)
         for g in self._optimizer.param_groups:
             g.update(group, lr=lr)
         grads = [p for p in self._trainable.values() if p.grad is not None]

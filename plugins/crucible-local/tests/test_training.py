@@ -27,6 +27,11 @@ from crucible_core.ir.training import (
 TEXT = "the cat sat on the mat. the dog sat on the log. "
 
 
+def SGD_STEP(lr: float, clip: float = 0.0) -> AdamParams:
+    """Plain SGD step parameters (beta1 is SGD's momentum)."""
+    return AdamParams(learning_rate=lr, beta1=0.0, grad_clip_norm=clip)
+
+
 def test_end_to_end_train_save_sample(
     backend: LocalBackend, make_job: Callable[..., Any], datums: Callable[..., list[Datum]]
 ) -> None:
@@ -134,10 +139,10 @@ def test_gradients_of_several_calls_are_averaged(
     two = backend.create_session(make_job(optimizer=SGD(lr=0.5)))
     batch = datums(one.tokenizer, texts)
     one.forward_backward(batch, Loss())
-    first = one.optim_step(AdamParams()).result()
+    first = one.optim_step(SGD_STEP(0.5)).result()
     two.forward_backward(batch[:2], Loss())
     two.forward_backward(batch[2:], Loss())
-    second = two.optim_step(AdamParams()).result()
+    second = two.optim_step(SGD_STEP(0.5)).result()
     assert second.metrics["accumulated_calls"] == 2
     assert second.grad_norm == pytest.approx(first.grad_norm, rel=1e-5)
     for (name, a), b in zip(
@@ -186,34 +191,32 @@ def test_by_default_the_caller_owns_the_schedule(
         assert result.metrics["lr_multiplier"] == 1.0
 
 
-def test_adam_params_at_defaults_take_the_jobs_optimizer(
+def test_adam_params_set_every_step(
     backend: LocalBackend, make_job: Callable[..., Any], datums: Callable[..., list[Datum]]
 ) -> None:
-    session = backend.create_session(
-        make_job(optimizer=AdamW(lr=3e-3, betas=(0.8, 0.99), weight_decay=0.1, grad_clip=None))
-    )
+    session = backend.create_session(make_job(optimizer=AdamW(lr=3e-3, weight_decay=0.1)))
     batch = datums(session.tokenizer)
-    session.forward_backward(batch, Loss())
-    result = session.optim_step(AdamParams()).result()
-    assert result.learning_rate == 3e-3
-    assert result.metrics["grad_clip"] == 0.0
     group = session._optimizer.param_groups[0]  # pyright: ignore[reportPrivateUsage]
-    assert group["betas"] == (0.8, 0.99)
-    assert group["weight_decay"] == 0.1
+    assert (group["lr"], group["weight_decay"]) == (3e-3, 0.1)  # the job's, until a step
     session.forward_backward(batch, Loss())
-    explicit = session.optim_step(AdamParams(learning_rate=1e-3, beta1=0.5, weight_decay=0.2))
-    assert explicit.result().learning_rate == 1e-3
-    assert group["betas"] == (0.5, 0.99)
-    assert group["weight_decay"] == 0.2
+    params = AdamParams(learning_rate=1e-3, beta1=0.5, beta2=0.99, eps=1e-6, weight_decay=0.2)
+    result = session.optim_step(params).result()
+    assert result.learning_rate == 1e-3
+    assert result.metrics["grad_clip"] == 0.0  # grad_clip_norm 0: no clipping
+    assert (group["lr"], group["betas"], group["eps"], group["weight_decay"]) == (
+        1e-3,
+        (0.5, 0.99),
+        1e-6,
+        0.2,
+    )
+    session.forward_backward(batch, Loss())
+    assert session.optim_step(AdamParams(grad_clip_norm=0.5)).result().metrics["grad_clip"] == 0.5
     # SGD: beta1 carries the momentum (as crucible's loop sends it).
     sgd = backend.create_session(make_job(optimizer=SGD(lr=0.1, momentum=0.3)))
     sgd.forward_backward(batch, Loss())
-    sgd.optim_step(AdamParams()).result()
+    sgd.optim_step(AdamParams(learning_rate=0.1, beta1=0.3)).result()
     sgd_group = sgd._optimizer.param_groups[0]  # pyright: ignore[reportPrivateUsage]
-    assert sgd_group["momentum"] == 0.3
-    sgd.forward_backward(batch, Loss())
-    sgd.optim_step(AdamParams(beta1=0.0)).result()
-    assert sgd_group["momentum"] == 0.0
+    assert (sgd_group["lr"], sgd_group["momentum"]) == (0.1, 0.3)
 
 
 def test_sgd_trains_and_clipping_bounds_the_update(
@@ -223,7 +226,7 @@ def test_sgd_trains_and_clipping_bounds_the_update(
     batch = datums(session.tokenizer)
     before = {n: p.detach().clone() for n, p in session.torch_model.named_parameters()}
     session.forward_backward(batch, Loss())
-    result = session.optim_step(AdamParams()).result()
+    result = session.optim_step(SGD_STEP(1.0, clip=1e-3)).result()
     assert result.grad_norm is not None
     assert result.grad_norm > 1e-3
     delta = torch.sqrt(
@@ -237,7 +240,7 @@ def test_sgd_trains_and_clipping_bounds_the_update(
     losses = []
     for _ in range(8):
         losses.append(plain.forward_backward(batch, Loss()).result().loss)
-        plain.optim_step(AdamParams())
+        plain.optim_step(SGD_STEP(0.5))
     assert losses[-1] < losses[0]
 
 
