@@ -81,9 +81,9 @@ def pad_batch(batch: Sequence[Datum], pad_to: PadTo, pad_id: int = 0) -> list[Da
 def iter_batches(
     datums: Sequence[Datum],
     batch_size: int,
-    *,
     seed: int = 0,
     epochs: int = 1,
+    *,
     shuffle: bool = True,
     drop_last: bool = False,
     pad_to: PadTo = None,

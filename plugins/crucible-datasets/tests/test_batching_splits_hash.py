@@ -74,7 +74,7 @@ def test_every_datum_once_per_epoch(
 
 def test_epochs_differ_and_seeds_differ() -> None:
     datums = [_datum(i) for i in range(30)]
-    epochs = [b for b in iter_batches(datums, 30, seed=1, epochs=2)]
+    epochs = list(iter_batches(datums, 30, 1, 2))  # seed and epochs may be positional
     assert epochs[0] != epochs[1]
     assert next(iter_batches(datums, 30, seed=2)) != epochs[0]
     assert next(iter_batches(datums, 30, shuffle=False)) == datums
