@@ -33,10 +33,10 @@ def server_keys(args: argparse.Namespace) -> tuple[list[str], bool]:
     """The keys the server accepts, and whether they were generated here."""
     keys: list[str] = list(args.api_key or [])
     if args.api_key_file:
-        from crucible_tinker.credentials import read_key_file
+        from crucible_tinker.credentials import read_private_file
 
-        # read_key_file checks the mode; a key file may hold several keys, one a line.
-        text = read_key_file(args.api_key_file).reveal()
+        # The mode is checked first; the file holds one key a line.
+        text = read_private_file(args.api_key_file)
         keys.extend(k.strip() for k in text.replace(",", "\n").splitlines() if k.strip())
     env = os.environ.get(KEYS_ENV)
     if env:

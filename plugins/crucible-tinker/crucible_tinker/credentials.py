@@ -33,6 +33,7 @@ __all__ = [
     "Secret",
     "default_key_file",
     "read_key_file",
+    "read_private_file",
     "redact",
     "resolve_api_key",
 ]
@@ -79,6 +80,12 @@ def default_key_file(environ: Mapping[str, str] | None = None) -> Path:
 def read_key_file(path: str | os.PathLike[str]) -> Secret:
     """Read a key file after checking that only its owner can read or write it."""
     p = Path(path).expanduser()
+    return Secret(_parse_key_text(read_private_file(p), p), source=f"file:{p}")
+
+
+def read_private_file(path: str | os.PathLike[str]) -> str:
+    """The text of a credentials file, refused (ConfigError) unless its mode is 0600 or stricter."""
+    p = Path(path).expanduser()
     try:
         st = p.stat()
     except FileNotFoundError:
@@ -96,9 +103,7 @@ def read_key_file(path: str | os.PathLike[str]) -> Secret:
             hint=f"chmod 600 {p}",
             path=str(p),
         )
-    text = p.read_text(encoding="utf-8")
-    key = _parse_key_text(text, p)
-    return Secret(key, source=f"file:{p}")
+    return p.read_text(encoding="utf-8")
 
 
 def _parse_key_text(text: str, path: Path) -> str:

@@ -127,6 +127,9 @@ class TinkerServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self.host, self._port))
+            # Listening at once: a client that connects before the server loop runs waits in
+            # the backlog instead of being refused.
+            sock.listen(2048)
         except OSError:
             sock.close()
             raise
@@ -179,11 +182,7 @@ class TinkerServer:
         while not self._server.started and not task.done():
             await asyncio.sleep(0.01)
         self._ready.set()
-        try:
-            await task
-        finally:
-            if self.engine is not None:
-                await loop.run_in_executor(None, self.engine.close)
+        await task
 
     def _run_thread(self, sock: socket.socket) -> None:
         try:
@@ -192,8 +191,13 @@ class TinkerServer:
             if self._error is None:
                 self._error = exc
         finally:
+            self._close_engine()
             self._stopped.set()
             self._ready.set()
+
+    def _close_engine(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
 
     def start(self, timeout: float = 30.0) -> TinkerServer:
         """Start serving in a background thread; returns once requests are accepted."""
@@ -241,6 +245,8 @@ class TinkerServer:
         try:
             asyncio.run(self._serve(sock))
         finally:
+            # Also on Ctrl-C (uvicorn re-raises the signal once it has shut down gracefully).
+            self._close_engine()
             sock.close()
             if self._owns_backend and self.backend is not None:
                 close = getattr(self.backend, "close", None)

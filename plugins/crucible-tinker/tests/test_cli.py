@@ -1,0 +1,121 @@
+"""``crucible serve-tinker``: a real subprocess serving on 127.0.0.1, and its key handling."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from crucible_tinker.cli import KEYS_ENV, server_keys
+
+from crucible_core.errors import ConfigError
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _read_until(proc: subprocess.Popen[bytes], patterns: list[str], timeout: float) -> list[str]:
+    """The first group of each pattern, from the process's stderr (read unbuffered)."""
+    assert proc.stderr is not None
+    fd = proc.stderr.fileno()
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        found = [re.search(p, seen) for p in patterns]
+        if all(found):
+            return [m.group(1) for m in found if m]
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            seen += chunk.decode()
+    raise AssertionError(f"no {patterns} in the server's stderr:\n{seen}")
+
+
+def test_serve_tinker_subprocess_generates_a_key_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    env = {**os.environ, "CRUCIBLE_STRICT_PLUGINS": "1", "CRUCIBLE_HOME": str(tmp_path)}
+    env.pop(KEYS_ENV, None)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "crucible_core.cli.main",
+            "serve-tinker",
+            "--port",
+            "0",
+            "--backend",
+            "local",
+            "--backend-option",
+            f"home={tmp_path / 'local'}",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        url, key = _read_until(
+            proc, [r"on (http://127\.0\.0\.1:\d+)", r"generated API key[^:]*: (tml-[0-9a-f]+)"], 90
+        )
+        with httpx.Client(base_url=f"{url}/api/v1", timeout=10) as http:
+            assert http.get("healthz").json() == {"status": "ok"}
+            assert http.post("create_session", json={}).status_code == 401
+            made = http.post("create_session", json={}, headers={"X-API-Key": key})
+            assert made.status_code == 200
+            assert made.json()["session_id"].startswith("sess-")
+        proc.send_signal(signal.SIGINT)
+        # Graceful stop, then the CLI's exit status for an interruption (130), no traceback.
+        assert proc.wait(timeout=30) == 130
+        assert proc.stderr is not None
+        rest = proc.stderr.read().decode()
+        assert "Traceback" not in rest
+        assert "interrupted" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def _args(**kw: object) -> argparse.Namespace:
+    base: dict[str, object] = {"api_key": None, "api_key_file": None}
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_server_keys_from_flags_file_and_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEYS_ENV, "tml-env1, tml-env2")
+    keyfile = tmp_path / "keys"
+    keyfile.write_text("tml-file1\ntml-file2\n")
+    keyfile.chmod(0o600)
+    keys, generated = server_keys(_args(api_key=["tml-flag"], api_key_file=keyfile))
+    assert keys == ["tml-flag", "tml-file1", "tml-file2", "tml-env1", "tml-env2"]
+    assert not generated
+    keyfile.chmod(0o644)
+    with pytest.raises(ConfigError, match="0600"):
+        server_keys(_args(api_key_file=keyfile))
+    monkeypatch.delenv(KEYS_ENV)
+    with pytest.raises(ConfigError, match="tml-"):
+        server_keys(_args(api_key=["sk-nope"]))
+    keys, generated = server_keys(_args())
+    assert generated
+    assert re.fullmatch(r"tml-[0-9a-f]{40}", keys[0])
+
+
+def test_cli_exit_code_for_a_bad_key_file(tmp_path: Path) -> None:
+    from crucible_core.cli.main import main
+
+    keyfile = tmp_path / "keys"
+    keyfile.write_text("tml-x\n")
+    keyfile.chmod(0o664)
+    assert main(["serve-tinker", "--api-key-file", str(keyfile), "--port", "0"]) == 2
