@@ -30,7 +30,10 @@ from typing import Literal
 
 from crucible_core.errors import ConfigError, CrucibleError
 
-__all__ = ["ConnectionPool", "SyncMode", "sync_mode", "translate"]
+__all__ = ["DB_VERSION", "ConnectionPool", "SyncMode", "sync_mode", "translate"]
+
+#: The layout of crucible.db (PRAGMA user_version); bumped when a table changes shape.
+DB_VERSION = 3
 
 SyncMode = Literal["full", "normal"]
 
@@ -122,9 +125,19 @@ class ConnectionPool:
             present = conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (marker,)
             ).fetchone()
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         if present is None:
             with self.write() as conn:
                 _run_script(conn, self._schema)
+                conn.execute(f"PRAGMA user_version = {DB_VERSION}")
+        elif version != DB_VERSION:
+            raise ConfigError(
+                f"{path}: the database has layout {version}, this crucible reads layout "
+                f"{DB_VERSION}",
+                hint=f"it was written by another crucible version; move it aside "
+                f"(mv {path} {path}.old) to start a fresh one, or use that version",
+                path=str(path),
+            )
 
     def _open(self) -> sqlite3.Connection:
         try:

@@ -65,7 +65,7 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, get_args
+from typing import Any, Final, cast, get_args
 
 import msgspec
 
@@ -124,6 +124,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_owner TEXT,
     lease_expires REAL,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
+    history TEXT NOT NULL DEFAULT '',
     spec BLOB NOT NULL,
     error BLOB,
     result BLOB,
@@ -143,16 +144,6 @@ CREATE TABLE IF NOT EXISTS job_deps (
     PRIMARY KEY (job_id, dep_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS job_deps_dep ON job_deps(dep_id);
-CREATE TABLE IF NOT EXISTS job_log (
-    seq INTEGER PRIMARY KEY,
-    job_id TEXT NOT NULL,
-    from_status TEXT,
-    to_status TEXT NOT NULL,
-    at REAL NOT NULL,
-    worker TEXT,
-    note TEXT
-);
-CREATE INDEX IF NOT EXISTS job_log_job ON job_log(job_id, seq);
 CREATE TABLE IF NOT EXISTS limits (
     scope TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -165,6 +156,8 @@ _JOB_COLS = (
     "id, status, attempts, spec, error, result, created_at, updated_at, started_at, finished_at"
 )
 _job_decoder = msgspec.json.Decoder(Job)
+_history_encoder = msgspec.json.Encoder()
+_history_decoder = msgspec.json.Decoder(tuple[str | None, str, float, str | None, str | None])
 _error_decoder = msgspec.json.Decoder(JobError)
 _ref_decoder = msgspec.json.Decoder(CheckpointRef)
 
@@ -269,19 +262,17 @@ def _find_cycle(graph: Mapping[str, Sequence[str]]) -> list[str] | None:
 
 
 class _Tx:
-    """One write transaction: its connection, its clock reading and the moves to log."""
+    """One write transaction: its connection and its clock reading."""
 
-    __slots__ = ("conn", "logs", "now")
+    __slots__ = ("conn", "now")
 
     def __init__(self, conn: sqlite3.Connection, now: float) -> None:
         self.conn = conn
         self.now = now
-        self.logs: list[tuple[str, str | None, str, float, str | None, str | None]] = []
 
-    def log(
-        self, job_id: str, frm: str | None, to: str, worker: str | None, note: str | None
-    ) -> None:
-        self.logs.append((job_id, frm, to, self.now, worker, note))
+    def entry(self, frm: str | None, to: str, worker: str | None, note: str | None) -> str:
+        """One line of a job's history (appended to its row, so logging costs no extra page)."""
+        return _history_encoder.encode([frm, to, self.now, worker, note]).decode() + "\n"
 
 
 class Scheduler:
@@ -337,14 +328,7 @@ class Scheduler:
     @contextlib.contextmanager
     def _write(self) -> Generator[_Tx]:
         with self._db.write() as conn:
-            tx = _Tx(conn, self._clock())
-            yield tx
-            if tx.logs:
-                conn.executemany(
-                    "INSERT INTO job_log (job_id, from_status, to_status, at, worker, note) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    tx.logs,
-                )
+            yield _Tx(conn, self._clock())
 
     # -- submission -----------------------------------------------------------
 
@@ -427,8 +411,9 @@ class Scheduler:
         try:
             conn.execute(
                 "INSERT INTO jobs (id, kind, priority, status, tenant_id, idempotency_key, "
-                "concurrency_key, max_concurrency, max_attempts, score, available_at, "
-                "spec, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "concurrency_key, max_concurrency, max_attempts, score, available_at, history, "
+                "spec, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.id,
                     job.kind,
@@ -441,7 +426,8 @@ class Scheduler:
                     c.retry_policy.max_attempts,
                     self._score(job.priority, now),
                     _epoch(c.not_before) if c.not_before is not None else now,
-                    msgspec.json.encode(spec),
+                    tx.entry(None, status, None, "submitted"),
+                    _compact_spec(job),
                     now,
                     now,
                 ),
@@ -452,7 +438,6 @@ class Scheduler:
                 hint="leave `id` empty to get a fresh one, or set `idempotency_key` to make "
                 "resubmission safe",
             ) from None
-        tx.log(job.id, None, status, None, "submitted")
         if deps:
             conn.executemany(
                 "INSERT OR IGNORE INTO job_deps (job_id, dep_id) VALUES (?, ?)",
@@ -556,13 +541,12 @@ class Scheduler:
         seq, job_id = chosen
         row = conn.execute(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ?, "
-            "lease_expires = ?, started_at = ?, updated_at = ? "
+            "lease_expires = ?, started_at = ?, updated_at = ?, "
+            "history = history || ? || (attempts + 1) || ? "
             f"WHERE seq = ? AND status = 'queued' RETURNING {_JOB_COLS}",
-            (worker_id, now + lease_s, now, now, seq),
+            (worker_id, now + lease_s, now, now, *_split_entry(tx, worker_id), seq),
         ).fetchone()
-        job = _row_job(row)
-        tx.log(job_id, "queued", "running", worker_id, f"attempt {job.attempts}")
-        return job
+        return _row_job(row)
 
     def expire_leases(self) -> list[str]:
         """Requeue (or kill, past max_attempts) running jobs whose lease expired; their ids."""
@@ -659,12 +643,20 @@ class Scheduler:
         now = tx.now
         done = tx.conn.execute(
             "UPDATE jobs SET status = 'succeeded', result = ?, updated_at = ?, finished_at = ?, "
-            "lease_owner = NULL, lease_expires = NULL WHERE id = ? AND status = 'running' "
-            "AND cancel_requested = 0 AND (? IS NULL OR lease_owner = ?) RETURNING 1",
-            (payload, now, now, job_id, worker_id, worker_id),
+            "lease_owner = NULL, lease_expires = NULL, history = history || ? WHERE id = ? "
+            "AND status = 'running' AND cancel_requested = 0 "
+            "AND (? IS NULL OR lease_owner = ?) RETURNING 1",
+            (
+                payload,
+                now,
+                now,
+                tx.entry("running", "succeeded", worker_id, None),
+                job_id,
+                worker_id,
+                worker_id,
+            ),
         ).fetchone()
         if done is not None:
-            tx.log(job_id, "running", "succeeded", worker_id, None)
             self._release_dependents_of(tx, job_id)
             return
         # Slow path: say why (not running, other owner), or honour a cancel request.
@@ -749,10 +741,10 @@ class Scheduler:
                 self._end(tx, job_id, status, "cancelled", note="cancelled by request")
             elif status == "running":
                 tx.conn.execute(
-                    "UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?",
-                    (tx.now, job_id),
+                    "UPDATE jobs SET cancel_requested = 1, updated_at = ?, "
+                    "history = history || ? WHERE id = ?",
+                    (tx.now, tx.entry("running", "running", None, "cancel requested"), job_id),
                 )
-                tx.log(job_id, "running", "running", None, "cancel requested")
             elif status != "cancelled":
                 raise Conflict(
                     f"job {job_id!r} already ended {status}; there is nothing to cancel",
@@ -970,14 +962,12 @@ class Scheduler:
     def history(self, job_id: str) -> list[Transition]:
         """Every logged status move of ``job_id``, oldest first."""
         with self._db.read() as conn:
-            rows = conn.execute(
-                "SELECT job_id, from_status, to_status, at, worker, note FROM job_log "
-                "WHERE job_id = ? ORDER BY seq",
-                (job_id,),
-            ).fetchall()
-            if not rows:
-                self._status(conn, job_id)
-        return [Transition(*r) for r in rows]
+            row = conn.execute("SELECT history FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise _not_found(job_id)
+        return [
+            Transition(job_id, *_history_decoder.decode(line)) for line in str(row[0]).splitlines()
+        ]
 
     def timing(self, job_id: str) -> JobTiming:
         """When the job may next be claimed, and who holds its lease until when."""
@@ -1059,13 +1049,13 @@ class Scheduler:
             cols["lease_owner"] = None
             cols["lease_expires"] = None
         assignments = ", ".join(f"{k} = ?" for k in cols)
-        cur = tx.conn.execute(
-            f"UPDATE jobs SET {assignments} WHERE id = ? AND status = ?",
-            (*cols.values(), job_id, frm),
-        )
-        if cur.rowcount != 1:
+        row = tx.conn.execute(
+            f"UPDATE jobs SET {assignments}, history = history || ? WHERE id = ? AND status = ? "
+            "RETURNING 1",
+            (*cols.values(), tx.entry(frm, to, worker, note), job_id, frm),
+        ).fetchone()
+        if row is None:
             raise Conflict(f"job {job_id!r} is no longer {frm}; it changed meanwhile")
-        tx.log(job_id, frm, to, worker, note)
 
 
 def _topological(jobs: Sequence[Job]) -> list[Job]:
@@ -1086,6 +1076,58 @@ def _topological(jobs: Sequence[Job]) -> list[Job]:
     for job in jobs:
         visit(job)
     return order
+
+
+#: Fields the jobs table keeps in their own columns; the stored spec omits them.
+_RUNTIME_FIELDS: Final = frozenset(
+    {
+        "status",
+        "attempts",
+        "created_at",
+        "updated_at",
+        "started_at",
+        "finished_at",
+        "error",
+        "result",
+    }
+)
+#: Nested structs whose fields are compared with their defaults one by one.
+_NESTED: Final[dict[str, dict[str, Any]]] = {"resources": {}, "constraints": {"retry_policy": {}}}
+_JOB_DEFAULTS: Final[dict[str, Any]] = msgspec.to_builtins(Job())
+
+
+def _strip_defaults(
+    value: dict[str, Any], defaults: dict[str, Any], nested: Mapping[str, Any]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        default = defaults.get(key)
+        if key in nested and isinstance(item, dict) and isinstance(default, dict):
+            sub = _strip_defaults(
+                cast(dict[str, Any], item), cast(dict[str, Any], default), nested[key]
+            )
+            if sub:
+                out[key] = sub
+        elif key not in defaults or item != default:
+            out[key] = item
+    return out
+
+
+def _compact_spec(job: Job) -> bytes:
+    """The submitted job as JSON without runtime fields or defaults (rows stay small).
+
+    Decoding fills the defaults back in; payload and metadata are kept whole.
+    """
+    raw = cast(dict[str, Any], msgspec.to_builtins(job))
+    for name in _RUNTIME_FIELDS:
+        raw.pop(name, None)
+    return msgspec.json.encode(_strip_defaults(raw, _JOB_DEFAULTS, _NESTED))
+
+
+def _split_entry(tx: _Tx, worker_id: str) -> tuple[str, str]:
+    """A claim's history line around its attempt number (filled in by SQL)."""
+    head, _, tail = tx.entry("queued", "running", worker_id, "attempt {n}").rpartition("{n}")
+    return head, tail
 
 
 def _row_job(row: Sequence[Any]) -> Job:

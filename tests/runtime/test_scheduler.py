@@ -513,3 +513,39 @@ def test_every_job_ends_in_exactly_one_terminal_state(sched: Scheduler) -> None:
         terminal = [t for t in sched.history(j.id) if t.to_status in TERMINAL_STATUSES]
         assert len(terminal) == 1
         assert terminal[0].to_status == j.status
+
+
+def test_stored_job_round_trips_non_defaults(sched: Scheduler) -> None:
+    original = Job(
+        id="full",
+        kind="evaluation",
+        priority="offline",
+        payload={"keep": None, "nested": {"a": [1, None]}},
+        constraints=Constraints(
+            retry_policy=RetryPolicy(max_attempts=7, jitter=0.5, retryable_errors=[]),
+            timeout_s=3.5,
+            concurrency_key="k",
+        ),
+        tenant_id="acme",
+        metadata={"owner": "me"},
+    )
+    stored = sched.get(sched.enqueue(original).id)
+    assert stored.payload == original.payload
+    assert stored.constraints == original.constraints
+    assert stored.resources == original.resources
+    assert (stored.kind, stored.priority, stored.tenant_id) == ("evaluation", "offline", "acme")
+    assert stored.metadata == {"owner": "me"}
+
+
+def test_database_of_another_layout_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "crucible.db"
+    Scheduler(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    with pytest.raises(ConfigError) as info:
+        Scheduler(path)
+    assert str(path) in info.value.message
+    assert "layout 1" in info.value.message
+    assert info.value.hint is not None
+    assert "move it aside" in info.value.hint
