@@ -6,7 +6,8 @@ beside the jobs, as a graph of *nodes* and *edges*. Node ids:
 - a run is its job id (``job-...``), type ``run``;
 - an artifact is ``sha256:<hex>`` (content-addressed: one node however many
   runs touch the same file), type ``artifact``;
-- a model is ``model:<name>``, a dataset ``dataset:<uri or hash>``.
+- a model is ``model:<name>``, a dataset ``dataset:<uri or hash>``, a
+  checkpoint known only by its URI ``checkpoint:<uri>``.
 
 Edges are :class:`~crucible_core.ir.lineage.Edge` values, ``src --kind--> dst``:
 a run ``consumes`` a dataset, ``produces`` a checkpoint; a checkpoint is
@@ -113,7 +114,13 @@ class LineageNode:
 
 def _node_type(node_id: str) -> str:
     head = node_id.split(":", 1)[0]
-    return {"sha256": "artifact", "model": "model", "dataset": "dataset"}.get(head, "run")
+    kinds = {
+        "sha256": "artifact",
+        "model": "model",
+        "dataset": "dataset",
+        "checkpoint": "checkpoint",
+    }
+    return kinds.get(head, "run")
 
 
 class LineageRecorder:

@@ -97,6 +97,7 @@ def test_bad_payloads_and_kinds_fail_clearly(sched: Scheduler, host: PluginHost)
             Job(id="p3", kind="inference", payload={}),
             Job(id="p4", kind="experiment_step", payload={"stages": "nope"}),
             custom("unstorable", id="p5"),
+            Job(id="p6", kind="training_run", payload={"model_spec": 3}),
         ]
     )
     worker(sched, host).run(exit_when_idle=True)
@@ -107,6 +108,7 @@ def test_bad_payloads_and_kinds_fail_clearly(sched: Scheduler, host: PluginHost)
         "p3": ("failed", "unsupported"),
         "p4": ("failed", "validation_error"),
         "p5": ("failed", "config_error"),
+        "p6": ("failed", "validation_error"),
     }
     assert "no handler for jobs of kind 'inference'" in (sched.get("p3").error.message)  # type: ignore[union-attr]
 
