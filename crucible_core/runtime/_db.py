@@ -33,7 +33,7 @@ from crucible_core.errors import ConfigError, CrucibleError
 __all__ = ["DB_VERSION", "ConnectionPool", "SyncMode", "sync_mode", "translate"]
 
 #: The layout of crucible.db (PRAGMA user_version); bumped when a table changes shape.
-DB_VERSION = 3
+DB_VERSION = 4
 
 SyncMode = Literal["full", "normal"]
 

@@ -347,7 +347,7 @@ def run_pipeline(
         experiment,
         job,
         host=host,
-        bus=bus if bus is not None else EventBus(host=host),
+        bus=bus if bus is not None else EventBus(host=host if host is not None else _host()),
         store=store if store is not None else LocalArtifactStore(),
         cancel=cancel if cancel is not None else CancelFlag(),
         backend_resolver=backend_resolver,
@@ -482,6 +482,12 @@ def run_pipeline(
             + (f"; stages not run: {', '.join(skipped)}" if skipped else ""),
         )
     return outputs
+
+
+def _host() -> PluginHost:
+    from crucible_core.plugins import get_host
+
+    return get_host()
 
 
 def _default_executor(n: int) -> Executor:

@@ -138,6 +138,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency
     ON jobs(tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_queued ON jobs(score, seq) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS jobs_running ON jobs(lease_expires) WHERE status = 'running';
+CREATE INDEX IF NOT EXISTS jobs_pending ON jobs(seq) WHERE status = 'pending';
 CREATE TABLE IF NOT EXISTS job_deps (
     job_id TEXT NOT NULL,
     dep_id TEXT NOT NULL,
@@ -950,6 +951,16 @@ class Scheduler:
             params.append(limit)
         with self._db.read() as conn:
             return [_row_job(r) for r in conn.execute(sql, params).fetchall()]
+
+    def unfinished(self) -> bool:
+        """Whether any job is pending, queued or running (indexed: cheap on a big table)."""
+        with self._db.read() as conn:
+            row = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE status = 'queued') "
+                "OR EXISTS (SELECT 1 FROM jobs WHERE status = 'running') "
+                "OR EXISTS (SELECT 1 FROM jobs WHERE status = 'pending')"
+            ).fetchone()
+        return bool(row and row[0])
 
     def counts(self) -> dict[str, int]:
         """How many jobs are in each status."""

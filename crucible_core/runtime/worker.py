@@ -332,7 +332,8 @@ class Worker:
         if self._bus is None:
             with self._lock:
                 if self._bus is None:
-                    self._bus = EventBus(host=self._host)
+                    # Through the host, so plugins' on_event hooks see every event.
+                    self._bus = EventBus(host=self.host)
         return self._bus
 
     @property
@@ -459,8 +460,7 @@ class Worker:
         return job
 
     def _idle_everywhere(self) -> bool:
-        counts = self.scheduler.counts()
-        return not any(counts.get(s) for s in ("pending", "queued", "running"))
+        return not self.scheduler.unfinished()
 
     def _slot(self) -> None:
         job: Job | None = None

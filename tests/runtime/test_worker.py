@@ -260,3 +260,17 @@ def test_dependent_jobs_run_in_order(sched: Scheduler, host: PluginHost, tmp_pat
 
     with LineageRecorder(sched.path) as rec:
         assert [c.id for c in rec.ancestors("second").children] == ["first"]
+
+
+def test_plugins_on_event_sees_the_workers_events(sched: Scheduler, host: PluginHost) -> None:
+    seen: list[tuple[str, str]] = []
+
+    class Observer:
+        @hookimpl
+        def on_event(self, event: Any) -> None:
+            seen.append((event.job_id, event.kind))
+
+    host.add_plugin(Observer(), name="observer")
+    sched.enqueue(custom("echo", id="o1"))
+    worker(sched, host).run(exit_when_idle=True)
+    assert seen == [("o1", "job.state"), ("o1", "job.state")]
