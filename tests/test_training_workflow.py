@@ -265,3 +265,25 @@ def test_runs_diff_reports_changed_dataset_row_and_package_version(
     keys = {d["key"]: d for d in json.loads(capsys.readouterr().out)["differences"]}
     assert keys["dataset.hash"]["a"] != keys["dataset.hash"]["b"]
     assert "versions.torch" not in keys
+
+
+def test_plan_context_limit_applies_to_named_models_only(toy: PluginHost) -> None:
+    from crucible_core.ir import Capabilities
+
+    caps = Capabilities(
+        backend_id="toy",
+        supports_training=True,
+        losses=["cross_entropy"],
+        adapters=["full"],
+        optimizers=["adamw"],
+        schedulers=["constant"],
+        checkpoint_formats=["safetensors"],
+        max_context_length=128,
+        metadata={"models_by_path": True},
+    )
+    from crucible_core.runtime.plan import check_capabilities
+
+    named = make_job(model_spec=ModelSpec(name="toy", max_seq_len=4096))
+    by_path = make_job(model_spec=ModelSpec(name="mine", path="/models/mine", max_seq_len=4096))
+    assert [p.field for p in check_capabilities(named, caps, "toy")] == ["$.model_spec.max_seq_len"]
+    assert check_capabilities(by_path, caps, "toy") == []

@@ -224,7 +224,9 @@ def check_capabilities(job: TrainingJob, caps: Capabilities, backend: str) -> li
                 hint="name one of the backend's models instead",
             )
         )
-    limit = caps.max_context_length
+    # The declared context applies to the backend's own models; a model loaded by
+    # path carries its own limit, which the backend checks when it loads it.
+    limit = caps.max_context_length if model.path is None else None
     for field, length in (
         ("$.dataset_spec.max_length", job.dataset_spec.max_length),
         ("$.model_spec.max_seq_len", model.max_seq_len),
