@@ -423,21 +423,28 @@ class JinjaRenderer(Renderer):
             "eos_token": _token_text(tokenizer, "eos_token", eos_id),
             **variables,
         }
+        import jinja2
+        from jinja2.runtime import new_context
+
+        self._new_context = new_context
+        self._failures = (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError)
 
     def text(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool) -> str:
         """The template's text for ``messages``."""
-        import jinja2
-
         template = self._template
         values = dict(self._variables)
         values["messages"] = list(messages)
         values["add_generation_prompt"] = add_generation_prompt
         try:
-            context = template.new_context(values, shared=True)
+            # The globals are already in ``values``; passing them again would make jinja
+            # walk its ChainMap of globals on every render.
+            context = self._new_context(
+                template.environment, template.name, template.blocks, values, True
+            )
             return cast(str, template.environment.concat(template.root_render_func(context)))
         except ConfigError:
             raise
-        except (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError) as exc:
+        except self._failures as exc:
             raise ConfigError(
                 f"the chat template failed on a conversation of {len(messages)} message(s): "
                 f"{type(exc).__name__}: {exc}",
