@@ -109,7 +109,7 @@ def _report(outcome: TrainingOutcome, plan: Plan | None, args: argparse.Namespac
     w(f"time       {outcome.elapsed_s:.1f} s" + (f" (planned {dur:.1f} s)\n" if dur else "\n"))
     if outcome.sampler_checkpoint is not None:
         w(f"weights    {outcome.sampler_checkpoint.uri}\n")
-    w(f'\nSample from it:  crucible sample {outcome.job_id} --prompt "Hello"\n')
+    w(f'\nSample from it:  crucible sample {outcome.job_id} --prompt "What is 12 plus 7?" --chat\n')
 
 
 class _TrainCommand:

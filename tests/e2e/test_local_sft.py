@@ -23,7 +23,7 @@ def test_main_job_trains_saves_and_samples(cli: Cli) -> None:
         float(x) for x in out.split("loss       initial ")[1].split("\n")[0].split(" -> final ")
     )
     assert final < initial
-    assert 'crucible sample main --prompt "Hello"' in out
+    assert 'crucible sample main --prompt "What is 12 plus 7?" --chat' in out
     run = cli.home / "runs" / "main"
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "succeeded"
@@ -32,13 +32,13 @@ def test_main_job_trains_saves_and_samples(cli: Cli) -> None:
     assert "torch" in manifest["versions"]
     kept = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert "final" in kept
-    assert "step-000060" in kept
+    assert "step-000120" in kept
     assert len([k for k in kept if k.startswith("step-")]) <= 3  # keep_last 2 plus the best
     sampler = run / "checkpoints" / "final" / "sampler"
     assert (sampler / "adapter_config.json").exists()
     assert (sampler / "adapter_model.safetensors").exists()
     events = [e["kind"] for e in cli.telemetry("main")]
-    assert events.count("train.step") == 60
+    assert events.count("train.step") == 120
     sample = cli(
         "sample", "main", "--prompt", "What is 30 minus 16?", "--chat", "--json", "--seed", "1"
     )
