@@ -1,4 +1,4 @@
-"""Time per training step: crucible-local's session vs a hand-written torch + PEFT loop.
+"""Time per training step: `crucible train`'s loop and crucible-local's session vs raw torch + PEFT.
 
 Both loops train the same model (a built-in tiny model, LoRA on every linear
 layer of the attention and MLP blocks, AdamW, gradient clipping at 1.0) on the
@@ -13,7 +13,12 @@ orchestration overhead) and the process's peak RSS.
     .venv/bin/python benchmarks/local_train_bench.py --threads 2 --hidden 256 --layers 4
     .venv/bin/python benchmarks/local_train_bench.py --json     # one JSON object on stdout
 
-The lead's ``crucible train`` comparison will extend this script.
+A third arm runs the loop ``crucible train`` uses (``crucible_core.runtime.trainloop.train``:
+pipelined submission, learning-rate schedule, checkpoint policy, budgets,
+watchdog) with every event going through the event bus to a telemetry file,
+so its ratio to the raw loop is the whole per-step orchestration overhead of
+``crucible train`` (model building and data loading happen once per run and
+are not per-step costs).
 """
 
 from __future__ import annotations
@@ -121,6 +126,37 @@ def main(argv: list[str] | None = None) -> int:
         n = len(datums)
         return (time.perf_counter() - start) / n, (time.process_time() - cpu) / n
 
+    # -- the loop `crucible train` runs, with events to telemetry -----------------------------
+    from crucible_core.ir.training import CheckpointPolicy
+    from crucible_core.runtime import trainloop
+    from crucible_core.runtime.events import EventBus
+
+    os.environ["CRUCIBLE_HOME"] = home
+    flat = [d for batch in datums for d in batch]
+    loop_job = TrainingJob(
+        job_id="bench-loop",
+        model_spec=spec,
+        dataset_spec=DatasetSpec(uri="bench:random", shuffle=False),
+        adapter_config=lora,
+        learning_config=LearningConfig(
+            optimizer=AdamW(lr=lr, grad_clip=1.0), batch_size=args.batch, max_steps=args.steps
+        ),
+        checkpoint_policy=CheckpointPolicy(save_every=10**6, save_best=False),
+    )
+    loop_session = backend.create_session(loop_job)
+    bus = EventBus()
+
+    def emit(event: str, /, **fields: Any) -> None:
+        step = fields.pop("step", None)
+        epoch = fields.pop("epoch", None)
+        bus.emit(event, job_id="bench-loop", step=step, epoch=epoch, **fields)
+
+    def loop_round() -> tuple[float, float]:
+        start, cpu = time.perf_counter(), time.process_time()
+        trainloop.train(loop_session, loop_job, flat, emit=emit)
+        n = args.steps
+        return (time.perf_counter() - start) / n, (time.process_time() - cpu) / n
+
     # -- the same model by hand: transformers + peft + torch ---------------------------------
     loaded = load_model(spec)
     targets = lora_targets(loaded, lora)
@@ -160,14 +196,19 @@ def main(argv: list[str] | None = None) -> int:
 
     session_round()  # warm-up: first calls allocate and compile kernels
     raw_round()
+    loop_round()
     session_times: list[tuple[float, float]] = []
     raw_times: list[tuple[float, float]] = []
+    loop_times: list[tuple[float, float]] = []
+    arms = {raw_round: raw_times, session_round: session_times, loop_round: loop_times}
     for i in range(args.rounds):
-        # Alternate which loop goes first so drifts in machine load hit both.
-        order = (raw_round, session_round) if i % 2 else (session_round, raw_round)
+        # Rotate which loop goes first so drifts in machine load hit all alike.
+        order = list(arms)[i % 3 :] + list(arms)[: i % 3]
         for fn in order:
-            (raw_times if fn is raw_round else session_times).append(fn())
+            arms[fn].append(fn())
     session.close()
+    loop_session.close()
+    bus.close()
     backend.close()
 
     # Wall time: best round of each (as timeit does): on a shared machine other work only
@@ -180,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     session_cpu = min(c for _, c in session_times) * 1000
     raw_median = statistics.median(w for w, _ in raw_times) * 1000
     session_median = statistics.median(w for w, _ in session_times) * 1000
+    loop_ms = min(w for w, _ in loop_times) * 1000
+    loop_cpu = min(c for _, c in loop_times) * 1000
+    loop_median = statistics.median(w for w, _ in loop_times) * 1000
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {
         "model": args.model,
@@ -200,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         "raw_cpu_ms_per_step": round(raw_cpu, 2),
         "session_cpu_ms_per_step": round(session_cpu, 2),
         "overhead_ratio_cpu": round(session_cpu / raw_cpu, 3),
+        "train_loop_ms_per_step": round(loop_ms, 2),
+        "train_loop_ms_per_step_median": round(loop_median, 2),
+        "train_loop_cpu_ms_per_step": round(loop_cpu, 2),
+        "train_loop_overhead_ratio": round(loop_ms / raw_ms, 3),
+        "train_loop_overhead_ratio_median": round(loop_median / raw_median, 3),
+        "train_loop_overhead_ratio_cpu": round(loop_cpu / raw_cpu, 3),
         "peak_rss_mb": round(rss_mb, 1),
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
@@ -215,9 +265,15 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"crucible-local session: {session_ms:9.2f} {session_median:12.2f} {session_cpu:11.2f}"
         )
+        print(f"crucible train loop   : {loop_ms:9.2f} {loop_median:12.2f} {loop_cpu:11.2f}")
         ratios = (session_ms / raw_ms, session_median / raw_median, session_cpu / raw_cpu)
         print(
             f"ratio session/raw     : {ratios[0]:9.3f} {ratios[1]:12.3f} {ratios[2]:11.3f}"
+            "   (target <= 1.10)"
+        )
+        lr_ = (loop_ms / raw_ms, loop_median / raw_median, loop_cpu / raw_cpu)
+        print(
+            f"ratio train loop/raw  : {lr_[0]:9.3f} {lr_[1]:12.3f} {lr_[2]:11.3f}"
             "   (target <= 1.10)"
         )
         print(f"peak RSS              : {rss_mb:8.1f} MB")
