@@ -11,10 +11,13 @@ finished with its result stored (committed) -- the same work for both:
 - crucible, three separate calls: enqueue(); claim(); complete();
 - huey: task() (enqueue); dequeue(); execute() (stores the result).
 
-Two shapes: one thread doing everything in turn ("serial"), and a producer
-process beside a consumer process ("2 processes", how a queue is used).
-Rounds alternate between the queues; the median of the rounds is reported.
-Run: .venv/bin/python benchmarks/queue_bench.py [--n 2000] [--rounds 3] [--dir DIR]
+Two shapes: one thread doing everything ("serial"; the queues take turns in
+batches of 100 cycles so that a disk slowed by other work on the machine
+slows them alike), and a producer process beside a consumer process
+("2 processes", how a queue is used; whole runs, alternating order). Rates
+are total cycles over total time; brackets give the slowest and fastest
+batch or run.
+Run: .venv/bin/python benchmarks/queue_bench.py [--n 3000] [--rounds 6] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import argparse
 import multiprocessing as mp
 import os
 import shutil
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -41,36 +43,76 @@ def _fresh(directory: Path, name: str) -> Path:
     return path
 
 
-# -- crucible -----------------------------------------------------------------
+# -- serial: one thread does everything in turn, in interleaved batches ------
 
 
-def crucible_fused(directory: Path, n: int) -> float:
-    s = Scheduler(_fresh(directory, "crucible-fused") / "crucible.db", sync="full")
-    job = Job(kind="custom", payload={"i": 0})
-    s.enqueue(job)
-    current = s.claim("bench")
-    assert current is not None
-    start = time.perf_counter()
-    for i in range(n):
-        s.enqueue(Job(kind="custom", payload={"i": i}))
-        current = s.complete_and_claim(current.id, i, worker_id="bench")
+class CrucibleFused:
+    """The worker's path: enqueue(); complete_and_claim() -- 2 commits per cycle."""
+
+    def __init__(self, directory: Path) -> None:
+        self.s = Scheduler(_fresh(directory, "crucible-fused") / "crucible.db", sync="full")
+        self.s.enqueue(Job(kind="custom", payload={"i": -1}))
+        current = self.s.claim("bench")
         assert current is not None
-    elapsed = time.perf_counter() - start
-    s.close()
-    return n / elapsed
+        self.current = current
+        self.i = 0
+
+    def batch(self, k: int) -> float:
+        start = time.perf_counter()
+        for _ in range(k):
+            self.i += 1
+            self.s.enqueue(Job(kind="custom", payload={"i": self.i}))
+            nxt = self.s.complete_and_claim(self.current.id, self.i, worker_id="bench")
+            assert nxt is not None
+            self.current = nxt
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self.s.close()
 
 
-def crucible_calls(directory: Path, n: int) -> float:
-    s = Scheduler(_fresh(directory, "crucible-calls") / "crucible.db", sync="full")
-    start = time.perf_counter()
-    for i in range(n):
-        s.enqueue(Job(kind="custom", payload={"i": i}))
-        job = s.claim("bench")
-        assert job is not None
-        s.complete(job.id, i, worker_id="bench")
-    elapsed = time.perf_counter() - start
-    s.close()
-    return n / elapsed
+class CrucibleCalls:
+    """Three separate calls: enqueue(); claim(); complete() -- 3 commits per cycle."""
+
+    def __init__(self, directory: Path) -> None:
+        self.s = Scheduler(_fresh(directory, "crucible-calls") / "crucible.db", sync="full")
+        self.i = 0
+
+    def batch(self, k: int) -> float:
+        start = time.perf_counter()
+        for _ in range(k):
+            self.i += 1
+            self.s.enqueue(Job(kind="custom", payload={"i": self.i}))
+            job = self.s.claim("bench")
+            assert job is not None
+            self.s.complete(job.id, self.i, worker_id="bench")
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self.s.close()
+
+
+class HueySerial:
+    """task() enqueues; dequeue() and execute() (which stores the result) -- 3 commits."""
+
+    def __init__(self, directory: Path) -> None:
+        self.huey, self.work = _huey(_fresh(directory, "huey-serial"))
+        self.i = 0
+
+    def batch(self, k: int) -> float:
+        start = time.perf_counter()
+        for _ in range(k):
+            self.i += 1
+            self.work(self.i)
+            self.huey.execute(self.huey.dequeue())
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        assert self.huey.storage.result_store_size() == self.i
+        self.huey.storage.close()
+
+
+# -- 2 processes: a producer process enqueues while this one consumes --------
 
 
 def _crucible_producer(db: str, n: int, go: Any) -> None:
@@ -103,7 +145,7 @@ def crucible_two_processes(directory: Path, n: int) -> float:
     elapsed = time.perf_counter() - start
     producer.join()
     s.close()
-    return n / elapsed
+    return elapsed
 
 
 # -- huey ---------------------------------------------------------------------
@@ -120,18 +162,6 @@ def _huey(path: Path) -> tuple[Any, Callable[..., Any]]:
     # huey names a task after its module; make it the same in the spawned producer.
     work.__module__ = "crucible_queue_bench"
     return huey, huey.task()(work)
-
-
-def huey_serial(directory: Path, n: int) -> float:
-    huey, work = _huey(_fresh(directory, "huey-serial"))
-    start = time.perf_counter()
-    for i in range(n):
-        work(i)
-        huey.execute(huey.dequeue())
-    elapsed = time.perf_counter() - start
-    assert huey.storage.result_store_size() == n
-    huey.storage.close()
-    return n / elapsed
 
 
 def _retrying(fn: Callable[[], Any]) -> Any:
@@ -174,53 +204,77 @@ def huey_two_processes(directory: Path, n: int) -> float:
     elapsed = time.perf_counter() - start
     producer.join()
     huey.storage.close()
-    return n / elapsed
+    return elapsed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=2000, help="cycles per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--n", type=int, default=3000, help="cycles per queue and shape")
+    parser.add_argument("--batch", type=int, default=100, help="serial: cycles per turn")
+    parser.add_argument("--rounds", type=int, default=6, help="2 processes: runs per queue")
     parser.add_argument("--dir", type=Path, help="where the databases go (default: a temp dir)")
     args = parser.parse_args()
     base = args.dir or Path(tempfile.mkdtemp(prefix="crucible-queue-bench-"))
     base.mkdir(parents=True, exist_ok=True)
-    shapes: dict[str, dict[str, Callable[[Path, int], float]]] = {
-        "serial": {
-            "crucible (worker path)": crucible_fused,
-            "crucible (3 calls)": crucible_calls,
-            "huey SqliteHuey": huey_serial,
-        },
-        "2 processes": {
-            "crucible (worker path)": crucible_two_processes,
-            "huey SqliteHuey": huey_two_processes,
-        },
+    print(f"fsync on every commit, databases in {base}, {os.cpu_count()} cpus")
+
+    # Serial: the queues take turns in batches, so a disk that speeds up or
+    # slows down (other work on the machine) affects them alike.
+    serial: dict[str, Any] = {
+        "crucible (worker path)": CrucibleFused(base),
+        "crucible (3 calls)": CrucibleCalls(base),
+        "huey SqliteHuey": HueySerial(base),
     }
-    print(f"{args.n} cycles x {args.rounds} rounds, fsync on every commit, in {base}")
-    print(f"(cpus: {os.cpu_count()}; median of rounds; cycles per second)")
-    results: dict[str, dict[str, float]] = {}
-    for shape, runners in shapes.items():
-        samples: dict[str, list[float]] = {name: [] for name in runners}
-        for _ in range(args.rounds):
-            for name, fn in runners.items():
-                samples[name].append(fn(base, args.n))
-        results[shape] = {name: statistics.median(v) for name, v in samples.items()}
-        print(f"\n{shape}:")
-        huey = results[shape]["huey SqliteHuey"]
-        for name, rate in results[shape].items():
-            spread = f"{min(samples[name]):7.0f}..{max(samples[name]):<7.0f}"
-            print(f"  {name:<24} {rate:8.0f} /s  [{spread}]  {rate / huey:5.2f}x huey")
+    spent = dict.fromkeys(serial, 0.0)
+    batches: dict[str, list[float]] = {name: [] for name in serial}
+    for _ in range(max(1, args.n // args.batch)):
+        for name, queue in serial.items():
+            t = queue.batch(args.batch)
+            spent[name] += t
+            batches[name].append(args.batch / t)
+    for queue in serial.values():
+        queue.close()
+    done = max(1, args.n // args.batch) * args.batch
+    rates = {name: done / t for name, t in spent.items()}
+    print(f"\nserial, {done} cycles each in turns of {args.batch} (cycles/s):")
+    _report(rates, batches)
+
+    # Two processes: whole runs, alternating which queue goes first.
+    per_run = max(1, args.n // args.rounds)
+    two: dict[str, Callable[[Path, int], float]] = {
+        "crucible (worker path)": crucible_two_processes,
+        "huey SqliteHuey": huey_two_processes,
+    }
+    spent2 = dict.fromkeys(two, 0.0)
+    runs: dict[str, list[float]] = {name: [] for name in two}
+    for r in range(args.rounds):
+        order = list(two) if r % 2 == 0 else list(reversed(two))
+        for name in order:
+            t = two[name](base, per_run)
+            spent2[name] += t
+            runs[name].append(per_run / t)
+    rates2 = {name: per_run * args.rounds / t for name, t in spent2.items()}
+    print(f"\n2 processes, {args.rounds} runs of {per_run} cycles each (cycles/s):")
+    _report(rates2, runs)
+
     print()
-    for shape in shapes:
-        rate = results[shape]["crucible (worker path)"]
-        ratio = rate / results[shape]["huey SqliteHuey"]
+    for shape, table in (("serial", rates), ("2 processes", rates2)):
+        rate = table["crucible (worker path)"]
+        ratio = rate / table["huey SqliteHuey"]
         met = ratio >= 1.0 and rate >= 1500
         print(
             f"target ({shape}) >= 1.0x huey and >= 1500/s: {'met' if met else 'NOT met'} "
-            f"({rate:.0f}/s, {ratio:.2f}x)"
+            f"({rate:.0f}/s, {ratio:.2f}x huey)"
         )
     if args.dir is None:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _report(rates: dict[str, float], samples: dict[str, list[float]]) -> None:
+    huey = rates["huey SqliteHuey"]
+    for name, rate in rates.items():
+        lo, hi = min(samples[name]), max(samples[name])
+        print(f"  {name:<24} {rate:8.0f}   [{lo:6.0f} .. {hi:<6.0f}]   {rate / huey:5.2f}x huey")
 
 
 if __name__ == "__main__":
