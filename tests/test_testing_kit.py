@@ -103,3 +103,17 @@ def test_light_import_detects_heavy_modules(tmp_path: Path) -> None:
             check_light_import("no_such_mod_q")
     finally:
         sys.path.remove(str(tmp_path))
+
+
+def test_isolated_host_sees_only_the_named_plugins() -> None:
+    import crucible_core
+    from crucible_core.testing import isolated_host
+    from tests.toy_backend import toy_plugin
+
+    with isolated_host(toy_plugin()) as host:
+        assert set(host.registrations("backend")) == {"toy"}
+        assert crucible_core.get_backend("toy").capabilities().backend_id == "toy"
+        assert [p.name for p in host.plugins()] == ["core", "plugin0"]
+    from crucible_core.plugins import get_host
+
+    assert get_host() is not host

@@ -16,11 +16,12 @@ minor releases when the contract documents a rule they did not yet check.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from typing import Any
 
 from crucible_core.contracts import (
@@ -46,6 +47,7 @@ from crucible_core.ir.backend import (
     StreamChunk,
 )
 from crucible_core.ir.training import Loss, TrainingJob
+from crucible_core.plugins import PluginHost, reset_host
 
 __all__ = [
     "DEFAULT_HEAVY_MODULES",
@@ -53,6 +55,7 @@ __all__ = [
     "check_inference_backend",
     "check_light_import",
     "check_training_backend",
+    "isolated_host",
     "make_datums",
 ]
 
@@ -396,3 +399,25 @@ def check_light_import(module: str, heavy: Sequence[str] = DEFAULT_HEAVY_MODULES
     _require(proc.returncode == 0, f"importing {module} failed:\n{proc.stderr}")
     loaded = proc.stdout.strip()
     _require(not loaded, f"importing {module} pulled in heavy modules: {loaded}")
+
+
+@contextlib.contextmanager
+def isolated_host(*plugins: Any, builtins: bool = True) -> Generator[PluginHost]:
+    """A process-wide plugin host holding only core's built-ins and ``plugins``.
+
+    Installed entry points are not loaded, so a test sees exactly the plugins
+    it names; ``get_backend`` and the CLI resolve through this host until the
+    block ends. Each plugin is a module or object with ``@hookimpl``
+    functions, registered under its ``__name__`` (or ``plugin0``, ...)::
+
+        with isolated_host(my_plugin) as host:
+            assert "mine" in host.registrations("backend")
+    """
+    host = PluginHost(autoload=False, builtins=builtins)
+    for i, plugin in enumerate(plugins):
+        host.add_plugin(plugin, name=str(getattr(plugin, "__name__", f"plugin{i}")))
+    reset_host(host)
+    try:
+        yield host
+    finally:
+        reset_host(None)
