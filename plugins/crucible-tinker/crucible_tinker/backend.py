@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -70,7 +71,7 @@ from crucible_core.ir.backend import (
     StreamChunk,
     Usage,
 )
-from crucible_core.ir.training import AdamW, Full, Loss, ModelSpec, QLoRA, TrainingJob
+from crucible_core.ir.training import AdamW, Full, LoRA, Loss, ModelSpec, QLoRA, TrainingJob
 from crucible_tinker.credentials import Secret, redact, resolve_api_key
 from crucible_tinker.plugin import CAPABILITIES
 from crucible_tinker.tokenizers import HFTokenizer, render_messages
@@ -83,6 +84,9 @@ T = TypeVar("T")
 U = TypeVar("U")
 
 _NAMED_LOSSES = ("cross_entropy", "importance_sampling", "ppo")
+#: Defaults for the tokenizer_dir / tokenizer_backend options.
+TOKENIZER_DIR_ENV = "CRUCIBLE_TINKER_TOKENIZER_DIR"
+TOKENIZER_BACKEND_ENV = "CRUCIBLE_TINKER_TOKENIZER_BACKEND"
 
 
 class TinkerBackend:
@@ -117,8 +121,8 @@ class TinkerBackend:
     ) -> None:
         self.base_url = base_url
         self._api_key: Secret = resolve_api_key(api_key, api_key_file)
-        self.tokenizer_dir = tokenizer_dir
-        self.tokenizer_backend = tokenizer_backend
+        self.tokenizer_dir = tokenizer_dir or os.environ.get(TOKENIZER_DIR_ENV) or None
+        self.tokenizer_backend = tokenizer_backend or os.environ.get(TOKENIZER_BACKEND_ENV) or None
         self.tokenizer_backend_options = dict(tokenizer_backend_options or {})
         self.model = model
         self.timeout = float(timeout)
@@ -234,13 +238,16 @@ class TinkerBackend:
         for candidate in (model.tokenizer, model.path):
             if candidate and Path(candidate).expanduser().is_dir():
                 return HFTokenizer(candidate)
-        if self.tokenizer_backend:
-            import crucible_core
+        import crucible_core
 
+        if self.tokenizer_backend:
             other = crucible_core.get_backend(
                 self.tokenizer_backend, **self.tokenizer_backend_options
             )
             return other.get_tokenizer(model)
+        served = self._served_backend()
+        if served is not None:
+            return crucible_core.get_backend(served).get_tokenizer(model)
         raise ConfigError(
             f"the tinker backend has no tokenizer for {model.name!r} "
             "(the SDK's own tokenizer download needs a model hub)",
@@ -248,6 +255,30 @@ class TinkerBackend:
             "model_spec.tokenizer to one, or tokenizer_backend to a registered backend with the "
             'same model (e.g. "local" when the server is `crucible serve-tinker --backend local`)',
         )
+
+    def _served_backend(self) -> str | None:
+        """The crucible backend behind a crucible-tinker server, when this process has it too.
+
+        A Tinker-compatible server started by ``crucible serve-tinker`` names its
+        backend at ``/crucible/v1/info``; any other server (Tinker itself) does not.
+        """
+        import httpx
+        from tinker.lib.base_url import resolve_base_url
+
+        import crucible_core
+
+        url = resolve_base_url(self.base_url).rstrip("/") + "/crucible/v1/info"
+        try:
+            response = httpx.get(
+                url, headers={"X-API-Key": self._api_key.reveal()}, timeout=min(10.0, self.timeout)
+            )
+            name = response.json().get("backend") if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        if not isinstance(name, str) or name == "tinker":
+            return None
+        known = {r.name for r in crucible_core.list_registrations("backend")}
+        return name if name in known else None
 
     # -- contract: training ------------------------------------------------------------
 
@@ -265,8 +296,7 @@ class TinkerBackend:
                 "training clients)",
                 hint='use adapter_config = {kind = "lora"}',
             )
-        if not (adapter.train_attn or adapter.train_mlp or adapter.train_unembed):
-            raise ConfigError("LoRA needs at least one of train_attn, train_mlp, train_unembed")
+        train_attn, train_mlp, train_unembed = lora_groups(adapter)
         if not isinstance(job.learning_config.optimizer, AdamW):
             raise UnsupportedError(
                 "the tinker backend only runs AdamW (Tinker's optimizer), not SGD",
@@ -282,9 +312,9 @@ class TinkerBackend:
                 base_model=job.model_spec.name,
                 rank=adapter.rank,
                 seed=job.learning_config.seed,
-                train_mlp=adapter.train_mlp,
-                train_attn=adapter.train_attn,
-                train_unembed=adapter.train_unembed,
+                train_mlp=train_mlp,
+                train_attn=train_attn,
+                train_unembed=train_unembed,
                 user_metadata=metadata,
             ).result()
 
@@ -393,6 +423,84 @@ class TinkerBackend:
             except Exception as exc:  # the session ends server-side when heartbeats stop
                 log.warning("closing the tinker session failed: %s", self.error(exc, "close"))
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+_ATTENTION = frozenset(
+    {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "qkv_proj",
+        "query",
+        "key",
+        "value",
+        "out_proj",
+        "wq",
+        "wk",
+        "wv",
+        "wo",
+        "c_attn",
+        "attn",
+    }
+)
+_MLP = frozenset(
+    {
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+        "fc1",
+        "fc2",
+        "c_fc",
+        "w1",
+        "w2",
+        "w3",
+        "mlp",
+        "dense_h_to_4h",
+        "dense_4h_to_h",
+        "gate_up_proj",
+    }
+)
+_UNEMBED = frozenset({"lm_head", "unembed", "embed_out"})
+
+
+def lora_groups(adapter: LoRA) -> tuple[bool, bool, bool]:
+    """``(train_attn, train_mlp, train_unembed)`` for Tinker, which adapts whole layer groups.
+
+    ``target_modules`` choose groups (``q_proj`` etc. the attention layers,
+    ``gate_proj``/``up_proj``/``down_proj`` etc. the MLP, ``lm_head`` the
+    unembedding, ``all-linear`` the attention and MLP layers); the ``train_*``
+    flags then remove (``train_attn``/``train_mlp``) or add (``train_unembed``)
+    groups, as crucible-local reads them. ``alpha``, ``dropout`` and ``bias``
+    are not settable on Tinker and are ignored.
+    """
+    attn = mlp = unembed = False
+    for name in adapter.target_modules:
+        if name == "all-linear":
+            attn = mlp = True
+        elif name in _ATTENTION or "attn" in name or "attention" in name:
+            attn = True
+        elif name in _MLP:
+            mlp = True
+        elif name in _UNEMBED:
+            unembed = True
+        else:
+            raise UnsupportedError(
+                f"the tinker backend cannot target {name!r}: Tinker adapts whole layer groups",
+                hint="name attention layers (q_proj, k_proj, v_proj, o_proj), MLP layers "
+                "(gate_proj, up_proj, down_proj), lm_head, or 'all-linear'",
+            )
+    groups = (
+        attn and adapter.train_attn,
+        mlp and adapter.train_mlp,
+        unembed or adapter.train_unembed,
+    )
+    if not any(groups):
+        raise ConfigError(
+            f"LoRA adapts nothing: target_modules {adapter.target_modules} with train_attn="
+            f"{adapter.train_attn} and train_mlp={adapter.train_mlp}"
+        )
+    return groups
 
 
 def check_loss(loss: Loss) -> None:

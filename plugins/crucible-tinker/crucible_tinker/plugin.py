@@ -30,7 +30,9 @@ CAPABILITIES = Capabilities(
     adapters=["lora"],
     optimizers=["adamw"],
     schedulers=["constant", "linear", "cosine"],
-    checkpoint_formats=["tinker"],
+    # Checkpoints stay on the server (tinker:// paths); Tinker keeps and exports LoRA
+    # weights as safetensors.
+    checkpoint_formats=["safetensors"],
     metadata={
         "checkpoint_uri_scheme": "tinker://",
         "pipelined": True,

@@ -9,8 +9,13 @@ a tokenizer, in order:
 3. ``tokenizer_backend``: the tokenizer of another registered crucible backend
    for the same ModelSpec (``crucible_core.get_backend(name).get_tokenizer(spec)``),
    e.g. ``"local"`` when the Tinker-compatible server is backed by crucible-local;
+4. when the server is a crucible-tinker server (``crucible serve-tinker``), the
+   backend it names at ``/crucible/v1/info``, if that backend is registered in
+   this process too;
 
 and otherwise refuses with a ConfigError that lists these options.
+``$CRUCIBLE_TINKER_TOKENIZER_DIR`` and ``$CRUCIBLE_TINKER_TOKENIZER_BACKEND``
+give the first and third when the options are not set.
 """
 
 from __future__ import annotations

@@ -75,24 +75,69 @@ def test_unsupported_settings_are_refused_before_any_request(backend: TinkerBack
         backend.create_session(job(learning_config=LearningConfig(loss=Loss(name="dpo"))))
 
 
-def test_tokenizer_needs_a_local_source(server: TinkerServer) -> None:
-    b = TinkerBackend(base_url=server.url, api_key=server.api_key)
-    try:
-        with pytest.raises(ConfigError, match="tokenizer"):
-            b.get_tokenizer(ModelSpec(name=BASE_MODEL))
-        with pytest.raises(ConfigError, match="option `model`"):
-            b.complete(Prompt(text="hi"), SamplingParams(max_tokens=2))
-    finally:
-        b.close()
-
-
-def test_health_check_reports_a_dead_server() -> None:
+def _dead_url() -> str:
     import socket
 
     with socket.socket() as s:  # a port with nobody listening
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    b = TinkerBackend(base_url=f"http://127.0.0.1:{port}", api_key="tml-x", timeout=5)
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_tokenizer_sources(
+    server: TinkerServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = ModelSpec(name=BASE_MODEL)
+    # A crucible-tinker server names its backend; this process has "local" too: borrowed.
+    auto = TinkerBackend(base_url=server.url, api_key=server.api_key, timeout=WAIT)
+    try:
+        assert auto.get_tokenizer(spec).name == "crucible-byte"
+    finally:
+        auto.close()
+    # Any other server (or none): no hub download, a ConfigError that says what to set.
+    nowhere = TinkerBackend(base_url=_dead_url(), api_key="tml-x", timeout=5)
+    try:
+        with pytest.raises(ConfigError, match="tokenizer") as info:
+            nowhere.get_tokenizer(spec)
+        assert "tokenizer_dir" in (info.value.hint or "")
+        with pytest.raises(ConfigError, match="option `model`"):
+            nowhere.complete(Prompt(text="hi"), SamplingParams(max_tokens=2))
+    finally:
+        nowhere.close()
+    # The environment names a backend to borrow from.
+    monkeypatch.setenv("CRUCIBLE_TINKER_TOKENIZER_BACKEND", "local")
+    from_env = TinkerBackend(base_url=_dead_url(), api_key="tml-x", timeout=5)
+    try:
+        assert from_env.get_tokenizer(spec).name == "crucible-byte"
+    finally:
+        from_env.close()
+    monkeypatch.delenv("CRUCIBLE_TINKER_TOKENIZER_BACKEND")
+    # A local Hugging Face tokenizer directory (built here, nothing downloaded).
+    directory = _hf_tokenizer_dir(tmp_path / "tok")
+    local_dir = TinkerBackend(base_url=_dead_url(), api_key="tml-x", tokenizer_dir=str(directory))
+    try:
+        tok = local_dir.get_tokenizer(spec)
+        ids = tok.encode("hello world")
+        assert tok.decode(ids) == "hello world"
+        assert tok.eos_token_id == tok.encode("</s>", add_special_tokens=False)[0]
+        assert tok.name == str(directory)
+    finally:
+        local_dir.close()
+
+
+def _hf_tokenizer_dir(path: Path) -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"</s>": 0, "<unk>": 1, "hello": 2, "world": 3}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="</s>", unk_token="<unk>")
+    fast.save_pretrained(str(path))
+    return path
+
+
+def test_health_check_reports_a_dead_server() -> None:
+    b = TinkerBackend(base_url=_dead_url(), api_key="tml-x", timeout=5)
     try:
         health = b.health_check()
         assert not health.ok

@@ -221,6 +221,12 @@ def build_app(engine: Engine, config: ServerConfig) -> Starlette:
             return JSONResponse({"error": outcome.message, "category": outcome.category})
         return Response(outcome.body, media_type=outcome.media_type)
 
+    async def info(request: Request) -> Response:
+        # Lets a crucible client borrow the tokenizer of the same backend locally.
+        return JSONResponse(
+            {"server": "crucible-tinker", "backend": engine.backend_name, "api": "tinker"}
+        )
+
     async def stats(request: Request) -> Response:
         snap = engine.snapshot()
         snap["stats"]["idempotency_hits"] = idempotency.hits
@@ -254,5 +260,6 @@ def build_app(engine: Engine, config: ServerConfig) -> Starlette:
         post("retrieve_future", retrieve_future, idempotent=False),
         post("cancel_future", cancel_future, idempotent=False),
         Route("/crucible/v1/stats", endpoint(stats, idempotent=False), methods=["GET"]),
+        Route("/crucible/v1/info", endpoint(info, idempotent=False), methods=["GET"]),
     ]
     return Starlette(routes=routes)

@@ -1,0 +1,71 @@
+"""``crucible train examples/sft-local.toml --backend tinker`` against the server (over
+crucible-local), compared with the same job run on ``local`` directly."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from crucible_tinker.server import TinkerServer
+
+from crucible_core.cli.main import main
+
+pytestmark = pytest.mark.timeout(240)
+
+REPO = Path(__file__).resolve().parents[3]
+EXAMPLE = REPO / "examples" / "sft-local.toml"
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    assert main([*args, "--json", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    return json.loads(out[out.index("{") :])
+
+
+def test_sft_example_on_tinker_writes_a_run_like_local(
+    server: TinkerServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    home = tmp_path / "home"
+    monkeypatch.chdir(REPO)  # the example names its data relative to the repository
+    monkeypatch.setenv("CRUCIBLE_HOME", str(home))
+    monkeypatch.setenv("CRUCIBLE_CALL_DEADLINE_S", "90")
+    # What a user of the server sets: base URL and key, nothing else.
+    monkeypatch.setenv("TINKER_BASE_URL", server.url)
+    monkeypatch.setenv("TINKER_API_KEY", server.api_key)
+
+    tinker_run = _run(["train", str(EXAMPLE), "--backend", "tinker", "--job-id", "t"], capsys)
+    local_run = _run(["train", str(EXAMPLE), "--job-id", "l"], capsys)
+    t, loc = tinker_run["outcome"], local_run["outcome"]
+    steps = tomllib.loads(EXAMPLE.read_text())["learning_config"]["max_steps"]
+    assert t["steps"] == loc["steps"] == steps
+    assert t["final_loss"] < t["initial_loss"]
+    # The same data and schedule: the two runs land close to each other.
+    assert t["final_loss"] == pytest.approx(loc["final_loss"], rel=0.25)
+
+    t_dir, l_dir = home / "runs" / "t", home / "runs" / "l"
+    t_files = {p.name for p in t_dir.iterdir()}
+    l_files = {p.name for p in l_dir.iterdir()}
+    # Checkpoints stay on the server (tinker:// paths): everything else is alike.
+    assert t_files == l_files - {"checkpoints"}
+    t_manifest = json.loads((t_dir / "manifest.json").read_text())
+    l_manifest = json.loads((l_dir / "manifest.json").read_text())
+    assert set(t_manifest) == set(l_manifest)
+    assert t_manifest["backend"]["name"] == "tinker"
+    assert t_manifest["backend"]["options"] == {}  # the key came from the environment
+    assert t_manifest["tokenizer"] == l_manifest["tokenizer"]  # borrowed from the server's
+    assert t_manifest["sampler_checkpoint"]["uri"].startswith("tinker://")
+    assert t_manifest["sampler_checkpoint"]["uri"].endswith("/sampler_weights/final")
+    assert all(c["ref"]["uri"].startswith("tinker://") for c in t_manifest["checkpoints"])
+    events = [json.loads(line) for line in (t_dir / "telemetry.jsonl").read_text().splitlines()]
+    assert sum(e["kind"] == "train.step" for e in events) == steps
+    assert server.api_key not in "".join(p.read_text() for p in t_dir.iterdir())
+
+    # Sample from the run's weights through the tinker backend.
+    assert main(["sample", "t", "--prompt", "Hello", "--max-tokens", "8"]) == 0
+    assert capsys.readouterr().out.strip()
