@@ -24,6 +24,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Generator
 from pathlib import Path
 from typing import Literal
@@ -113,6 +114,7 @@ class ConnectionPool:
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._schema = schema
+        self._busy_pragma = f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}"
         self._closed = False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +152,7 @@ class ConnectionPool:
         except sqlite3.Error as exc:
             raise translate(exc, self.path, self.busy_timeout_s) from None
         try:
-            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+            conn.execute(self._busy_pragma)
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
             if mode is None or str(mode[0]).lower() != "wal":
                 raise sqlite3.OperationalError(f"could not switch to WAL (journal_mode={mode})")
@@ -177,10 +179,7 @@ class ConnectionPool:
     def write(self) -> Generator[sqlite3.Connection]:
         """A connection inside ``BEGIN IMMEDIATE``; committed on success, else rolled back."""
         conn = self.conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise translate(exc, self.path, self.busy_timeout_s) from None
+        self._begin(conn)
         try:
             yield conn
             conn.execute("COMMIT")
@@ -190,6 +189,33 @@ class ConnectionPool:
             if isinstance(exc, sqlite3.Error):
                 raise translate(exc, self.path, self.busy_timeout_s) from None
             raise
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE``, waiting for the write lock with short sleeps.
+
+        SQLite's own busy handler sleeps 1, 2, 5, 10... ms between tries, so
+        under contention a writer idles for milliseconds after the lock is
+        free. For ``BEGIN`` the handler is switched off and the wait starts at
+        50 us, doubling up to 2 ms, until ``busy_timeout_s``; other statements
+        keep SQLite's handler.
+        """
+        conn.execute("PRAGMA busy_timeout = 0")
+        deadline = time.monotonic() + self.busy_timeout_s
+        delay = 0.00005
+        try:
+            while True:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc) or time.monotonic() >= deadline:
+                        raise translate(exc, self.path, self.busy_timeout_s) from None
+                except sqlite3.Error as exc:
+                    raise translate(exc, self.path, self.busy_timeout_s) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.002)
+        finally:
+            conn.execute(self._busy_pragma)
 
     @contextlib.contextmanager
     def read(self) -> Generator[sqlite3.Connection]:
@@ -209,6 +235,11 @@ class ConnectionPool:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
         self._local = threading.local()
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
