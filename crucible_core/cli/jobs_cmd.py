@@ -16,7 +16,7 @@ import argparse
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
@@ -26,9 +26,13 @@ from crucible_core.ir import codec
 from crucible_core.ir.experiment import Experiment
 from crucible_core.ir.training import TrainingJob
 from crucible_core.ir.work import Job
+from crucible_core.runtime._errors import reworded
+
+if TYPE_CHECKING:
+    from crucible_core.runtime.scheduler import Scheduler
 
 
-def _scheduler() -> Any:
+def _scheduler() -> Scheduler:
     from crucible_core.runtime.scheduler import Scheduler
 
     return Scheduler()
@@ -88,8 +92,7 @@ def load_jobs(path: Path) -> list[Job]:
                     hint="submit a Job, a TrainingJob or an Experiment",
                 )
         except ConfigError as exc:
-            rebuild, (cls, message, hint, state) = exc.__reduce__()
-            raise rebuild(cls, f"{where}: {message}", hint, state) from None
+            raise reworded(exc, f"{where}: {exc.message}") from None
     return jobs
 
 
@@ -108,10 +111,8 @@ def _kind_of(item: Any) -> type[Any]:
 
 def _plan_training(job: Job, where: str) -> None:
     """Refuse a training job whose plan cannot run, listing every problem (exit 2)."""
-    try:
-        from crucible_core.runtime.plan import make_plan
-    except ImportError:  # pragma: no cover - the planner ships with the runtime
-        return
+    from crucible_core.runtime.plan import make_plan
+
     tj = codec.convert(job.payload, TrainingJob)
     plan = make_plan(tj, count_data=False, measure=False)
     if plan.ok:
@@ -151,7 +152,7 @@ def _submit(args: argparse.Namespace) -> int:
                 _plan_training(job, str(path))
     sched = _scheduler()
     try:
-        stored = cast(list[Job], sched.enqueue_many(jobs))
+        stored = sched.enqueue_many(jobs)
     finally:
         sched.close()
     if args.json:
@@ -165,7 +166,7 @@ def _submit(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     sched = _scheduler()
     try:
-        jobs = cast(list[Job], sched.list(status=args.status, kind=args.kind, limit=args.limit))
+        jobs = sched.list(status=args.status, kind=args.kind, limit=args.limit)
     finally:
         sched.close()
     if args.json:
@@ -186,7 +187,7 @@ def _show(args: argparse.Namespace) -> int:
 
     sched = _scheduler()
     try:
-        job = cast(Job, sched.get(args.id))
+        job = sched.get(args.id)
         history = sched.history(args.id)
         checkpoint = sched.last_checkpoint(args.id)
         timing = sched.timing(args.id)
@@ -242,7 +243,7 @@ def _show(args: argparse.Namespace) -> int:
 def _cancel(args: argparse.Namespace) -> int:
     sched = _scheduler()
     try:
-        job = cast(Job, sched.cancel(args.id))
+        job = sched.cancel(args.id)
     finally:
         sched.close()
     if job.status == "running":
@@ -255,7 +256,7 @@ def _cancel(args: argparse.Namespace) -> int:
 def _retry(args: argparse.Namespace) -> int:
     sched = _scheduler()
     try:
-        job = cast(Job, sched.retry(args.id))
+        job = sched.retry(args.id)
     finally:
         sched.close()
     sys.stdout.write(f"{job.id}: {job.status}\n")

@@ -59,6 +59,7 @@ from crucible_core.ir.experiment import Experiment, StageDef
 from crucible_core.ir.lineage import Artifact, ArtifactType, Edge, Span, Trace
 from crucible_core.ir.work import Job
 from crucible_core.runtime import paths
+from crucible_core.runtime._errors import reworded
 from crucible_core.runtime.artifacts import (
     LocalArtifactStore,
     add_artifact,
@@ -294,16 +295,14 @@ def _build_stage(host: PluginHost, sd: StageDef) -> Stage:
 def _stage_error(name: str, exc: BaseException) -> CrucibleError:
     """``exc`` as the same crucible error class, naming the stage."""
     if isinstance(exc, CrucibleError):
-        rebuild, (cls, message, hint, state) = exc.__reduce__()
-        err = rebuild(cls, f"stage {name!r} failed: {message}", hint, {**state, "stage": name})
-    else:
-        err = CrucibleError(
-            f"stage {name!r} failed: {type(exc).__name__}: {exc}",
-            hint="the stage raised an exception that is not a Crucible error",
-            stage=name,
-        )
+        return reworded(exc, f"stage {name!r} failed: {exc.message}", stage=name)
+    err = CrucibleError(
+        f"stage {name!r} failed: {type(exc).__name__}: {exc}",
+        hint="the stage raised an exception that is not a Crucible error",
+        stage=name,
+    )
     err.__cause__ = exc
-    return cast(CrucibleError, err)
+    return err
 
 
 def _wait_any(futures: Mapping[Future[Any], str]) -> list[Future[Any]]:
