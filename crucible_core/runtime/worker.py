@@ -306,6 +306,7 @@ class Worker:
         )
         self._host = host
         self._bus = bus
+        self._own_bus = bus is None
         self._store = store
         self._lineage: LineageRecorder | None = None
         self._handlers = dict(handlers or {})
@@ -396,7 +397,7 @@ class Worker:
         finally:
             self._stopping.set()
             beat.join(timeout=1.0)
-            if self._bus is not None:
+            if self._bus is not None and self._own_bus:
                 self._bus.close()
             if self._lineage is not None:
                 self._lineage.close()
