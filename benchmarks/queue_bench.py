@@ -16,7 +16,8 @@ batches of 100 cycles so that a disk slowed by other work on the machine
 slows them alike), and a producer process beside a consumer process
 ("2 processes", how a queue is used; whole runs, alternating order). Rates
 are total cycles over total time; brackets give the slowest and fastest
-batch or run.
+batch or run. The disk's raw fdatasync rate is printed before and after:
+no design can beat half of it with two durable commits per cycle.
 Run: .venv/bin/python benchmarks/queue_bench.py [--n 3000] [--rounds 6] [--dir DIR]
 """
 
@@ -207,6 +208,21 @@ def huey_two_processes(directory: Path, n: int) -> float:
     return elapsed
 
 
+def fsync_rate(directory: Path, n: int = 300) -> float:
+    """Raw fdatasync calls per second on this disk (4 KiB writes): the durability ceiling."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        start = time.perf_counter()
+        for _ in range(n):
+            os.write(fd, b"x" * 4096)
+            os.fdatasync(fd)
+        return n / (time.perf_counter() - start)
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=3000, help="cycles per queue and shape")
@@ -217,6 +233,11 @@ def main() -> None:
     base = args.dir or Path(tempfile.mkdtemp(prefix="crucible-queue-bench-"))
     base.mkdir(parents=True, exist_ok=True)
     print(f"fsync on every commit, databases in {base}, {os.cpu_count()} cpus")
+    probe = fsync_rate(base)
+    print(
+        f"disk: {probe:.0f} fdatasync/s before the run, so at most {probe / 2:.0f} cycles/s "
+        f"for 2 durable commits a cycle (crucible's worker path), {probe / 3:.0f} for 3 (huey)"
+    )
 
     # Serial: the queues take turns in batches, so a disk that speeds up or
     # slows down (other work on the machine) affects them alike.
@@ -257,7 +278,8 @@ def main() -> None:
     print(f"\n2 processes, {args.rounds} runs of {per_run} cycles each (cycles/s):")
     _report(rates2, runs)
 
-    print()
+    probe_after = fsync_rate(base)
+    print(f"\ndisk: {probe_after:.0f} fdatasync/s after the run")
     for shape, table in (("serial", rates), ("2 processes", rates2)):
         rate = table["crucible (worker path)"]
         ratio = rate / table["huey SqliteHuey"]
