@@ -140,6 +140,18 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and directory under ``root`` (before it is renamed into place)."""
+    for f in _tree_files(root):
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for dirpath, _dirs, _files in os.walk(root):
+        _fsync_dir(Path(dirpath))
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -193,6 +205,7 @@ class LocalArtifactStore:
         try:
             if source.is_dir():
                 shutil.copytree(source, tmp)
+                _fsync_tree(tmp)
                 sha, size = digest_path(tmp)
             else:
                 sha, size = self._copy_hashing(source, tmp)

@@ -64,6 +64,7 @@ from crucible_core.runtime.artifacts import (
     LocalArtifactStore,
     add_artifact,
     config_digest,
+    digest_path,
     environment_info,
     update_manifest,
 )
@@ -508,8 +509,6 @@ def _dataset_hash(uri: str) -> str | None:
     path = Path(uri)
     if not path.is_file():
         return None
-    from crucible_core.runtime.artifacts import digest_path
-
     return digest_path(path)[0]
 
 

@@ -602,8 +602,8 @@ class Scheduler:
                 (tx.now + lease_s, job_id, worker_id),
             ).fetchone()
             if row is None:
-                self._check_owner(tx.conn, job_id, worker_id)
-                raise AssertionError("unreachable: _check_owner raises")  # pragma: no cover
+                self._check_owner(tx.conn, job_id, worker_id)  # says why
+                raise Conflict(f"job {job_id!r} changed while its lease was being renewed")
         return Lease(job_id, worker_id, tx.now + lease_s, bool(row[0]))
 
     def release(self, job_id: str, *, worker_id: str) -> Job:
