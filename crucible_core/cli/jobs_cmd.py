@@ -63,6 +63,7 @@ def load_jobs(path: Path) -> list[Job]:
             f"{path}: malformed {fmt.upper()}: {exc}", hint=f"fix the {fmt.upper()} syntax"
         ) from None
     items: list[Any]
+    several = True
     if isinstance(raw, list):
         items = cast(list[Any], raw)
     elif isinstance(raw, dict) and set(cast(dict[str, Any], raw)) == {"jobs"}:
@@ -70,12 +71,14 @@ def load_jobs(path: Path) -> list[Job]:
         if not isinstance(items, list):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise ConfigError(f"{path}: `jobs` must be an array of Job tables")
     else:
-        items = [raw]
+        items, several = [cast(Any, raw)], False
     jobs: list[Job] = []
     for n, item in enumerate(items):
-        where = f"{path}" if len(items) == 1 else f"{path} (job {n + 1})"
+        where = f"{path} (job {n + 1})" if several else f"{path}"
         try:
-            kind = _kind_of(item)
+            # In a list every entry is a Job; a lone document may also be a
+            # TrainingJob or an Experiment (a Job when it could be either).
+            kind = Job if several or _fits_job(item) else _kind_of(item)
             if kind is TrainingJob:
                 tj = codec.convert(item, TrainingJob)
                 jobs.append(
@@ -94,6 +97,15 @@ def load_jobs(path: Path) -> list[Job]:
         except ConfigError as exc:
             raise reworded(exc, f"{where}: {exc.message}") from None
     return jobs
+
+
+def _fits_job(item: Any) -> bool:
+    if not isinstance(item, dict):
+        return False
+    import msgspec.inspect as mi
+
+    info = cast(mi.StructType, mi.type_info(Job))
+    return set(cast(dict[str, Any], item)) <= {f.encode_name for f in info.fields}
 
 
 def _kind_of(item: Any) -> type[Any]:

@@ -86,9 +86,10 @@ class _WorkerCommand:
                 sys.stderr.write("crucible worker: stopping now, releasing running jobs\n")
                 worker.stop(now=True)
 
+        previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, on_signal)
-            signal.signal(signal.SIGINT, on_signal)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                previous[signum] = signal.signal(signum, on_signal)
         sys.stderr.write(
             f"crucible worker {worker.worker_id}: {args.concurrency} slot(s), "
             f"database {sched.path}, pid {os.getpid()}\n"
@@ -97,6 +98,8 @@ class _WorkerCommand:
         try:
             stats = worker.run(max_jobs=args.max_jobs, exit_when_idle=args.exit_when_idle)
         finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             if progress is not None:
                 progress.close()
             sched.close()

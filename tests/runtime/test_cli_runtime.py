@@ -226,3 +226,82 @@ def test_lineage_show(
     code, _, err = run(capsys, "lineage", "show", "nothing-like-it")
     assert code == 4
     assert "no record" in err
+
+
+def test_worker_command_in_process(
+    crucible_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], host: PluginHost
+) -> None:
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    run(capsys, "jobs", "submit", write(tmp_path, "job.toml", JOB_TOML))
+    code, _, err = run(
+        capsys, "worker", "--exit-when-idle", "--poll", "0.02", "--concurrency", "2", "--progress"
+    )
+    assert code == 0
+    assert "2 slot(s)" in err
+    assert "1 claimed, 1 succeeded, 0 failed" in err
+    assert signal.getsignal(signal.SIGTERM) is before
+    code, out, _ = run(capsys, "jobs", "list", "--status", "succeeded", "--json")
+    assert json.loads(out)[0]["result"] == {"args": {"x": 1}, "attempt": 1}
+    code, _, err = run(capsys, "worker", "--concurrency", "0")
+    assert code == 2
+    assert "--concurrency must be >= 1" in err
+
+
+def test_json_job_files_and_wrapped_documents(
+    crucible_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jobs_json = json.dumps([{"id": "a", "kind": "custom"}, {"id": "b", "kind": "custom"}])
+    code, out, _ = run(capsys, "jobs", "submit", write(tmp_path, "jobs.json", jobs_json))
+    assert (code, out.split()) == (0, ["a", "b"])
+    wrapped = json.dumps({"jobs": [{"id": "c"}]})
+    assert run(capsys, "jobs", "submit", write(tmp_path, "w.json", wrapped))[1] == "c\n"
+    experiment = json.dumps({"id": "exp", "stages": [{"name": "s", "uses": "record"}]})
+    code, out, _ = run(capsys, "jobs", "submit", write(tmp_path, "e.json", experiment), "--json")
+    (stored,) = json.loads(out)
+    assert (stored["kind"], stored["payload"]["id"]) == ("experiment_step", "exp")
+    code, _, err = run(capsys, "jobs", "submit", write(tmp_path, "t.json", '{"trace_id": "x"}'))
+    assert code == 2
+    assert "a Trace is not something to run" in err
+    code, _, err = run(capsys, "jobs", "submit", write(tmp_path, "j.json", '{"jobs": 3}'))
+    assert code == 2
+    assert "`jobs` must be an array" in err
+    code, _, err = run(capsys, "jobs", "submit", str(tmp_path / "missing.toml"))
+    assert code == 4
+    code, _, err = run(capsys, "jobs", "submit", write(tmp_path, "x.yaml", "a: 1"))
+    assert code == 2
+    assert "cannot tell the format" in err
+
+
+def test_show_prints_error_result_checkpoint_and_retry_time(
+    crucible_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from crucible_core.errors import CapacityError
+    from crucible_core.ir.backend import CheckpointRef
+    from crucible_core.runtime.scheduler import Scheduler
+
+    with Scheduler() as sched:
+        sched.enqueue(Job(id="s1", kind="custom", constraints=_deps()))
+        sched.claim("w")
+        sched.record_checkpoint("s1", CheckpointRef(uri="file:///ck/5", step=5))
+        sched.fail("s1", CapacityError("busy", hint="wait"), worker_id="w")
+        sched.enqueue(Job(id="s2", kind="custom"))
+        sched.claim("w")
+        sched.cancel("s2")
+    code, out, _ = run(capsys, "jobs", "show", "s1")
+    assert code == 0
+    assert "error     [capacity] busy" in out
+    assert "  hint    wait" in out
+    assert "resume    file:///ck/5 (step 5)" in out
+    assert "next try  in" in out
+    code, out, _ = run(capsys, "jobs", "show", "s2")
+    assert "(cancel requested)" in out
+    code, out, _ = run(capsys, "jobs", "cancel", "s2")
+    assert "cancellation requested" in out
+
+
+def _deps() -> Any:
+    from crucible_core.ir.work import Constraints, RetryPolicy
+
+    return Constraints(retry_policy=RetryPolicy(initial_delay_ms=60_000, max_delay_ms=60_000))

@@ -149,6 +149,8 @@ def test_progress_subscriber_shows_step_total_and_loss(crucible_home: Path) -> N
     console = Console(file=out, force_terminal=False, width=120)
     with ProgressSubscriber(console=console) as progress:
         progress(Event(kind="train.start", job_id="j9", ts=0, data={"total_steps": 40}))
+        progress(Event(kind="job.state", job_id="j9", ts=0, data={"status": "running"}))
+        progress(Event(kind="stage.start", job_id="j9", ts=0, data={"stage": "train"}))
         progress(Event(kind="train.step", job_id="j9", ts=0, step=12, data={"loss": 0.12345}))
     text = out.getvalue()
     assert "12/40" in text

@@ -56,3 +56,28 @@ def test_bad_options() -> None:
         ThreadExecutor(max_workers=0)
     with pytest.raises(ConfigError, match="not available"):
         ProcessExecutor(start_method="teleport")
+
+
+def test_cancel_flag_reason_parent_and_wait() -> None:
+    import time
+
+    from crucible_core.contracts import CancelToken
+    from crucible_core.runtime.cancel import CancelFlag
+
+    parent = CancelFlag()
+    child = CancelFlag(parent=parent)
+    assert isinstance(child, CancelToken)
+    assert not child.wait(0.01)
+    start = time.monotonic()
+    threading.Timer(0.05, parent.set, args=("timeout",)).start()
+    assert child.wait(5)
+    assert time.monotonic() - start < 2
+    assert child.is_set()
+    assert child.reason is None
+    assert parent.reason == "timeout"
+    parent.set("again")
+    assert parent.reason == "timeout"
+    own = CancelFlag()
+    threading.Timer(0.02, own.set).start()
+    assert own.wait(5)
+    assert own.reason == "cancelled"
