@@ -13,4 +13,8 @@ module you need. One module, one job:
 - :mod:`~crucible_core.runtime.artifacts`: content-addressed store and run manifests.
 - :mod:`~crucible_core.runtime.lineage`: traces, spans and provenance edges.
 - :mod:`~crucible_core.runtime.checkpoints`: the pure checkpoint-policy engine.
+- :mod:`~crucible_core.runtime.cancel`: the cooperative cancellation flag.
+
+docs/runtime.md is the overview: the aging rule, the fsync policy and the
+delivery guarantees.
 """
