@@ -79,7 +79,7 @@ def test_kill_9_mid_job_is_reclaimed_and_resumed(
     crucible_home: Path, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
 ) -> None:
     sched = Scheduler()
-    sched.enqueue(custom("stepper", id="victim", steps=30, step_s=0.03, directory=str(tmp_path)))
+    sched.enqueue(custom("stepper", id="victim", steps=60, step_s=0.03, directory=str(tmp_path)))
     log = tmp_path / "steps.log"
     first = spawn(crucible_home, "--lease", "1")
     procs.append(first)
@@ -89,7 +89,7 @@ def test_kill_9_mid_job_is_reclaimed_and_resumed(
     assert first.wait(10) == -signal.SIGKILL
     killed_at = sched.last_checkpoint("victim")
     assert killed_at is not None
-    assert 5 <= killed_at.step < 30
+    assert 5 <= killed_at.step < 60
 
     second = spawn(crucible_home, "--lease", "1", "--exit-when-idle")
     procs.append(second)
@@ -98,7 +98,7 @@ def test_kill_9_mid_job_is_reclaimed_and_resumed(
     job = sched.get("victim")
     assert job.status == "succeeded"
     assert job.attempts == 2
-    assert job.result == {"resumed_from": killed_at.step, "steps": 30}
+    assert job.result == {"resumed_from": killed_at.step, "steps": 60}
     assert job.error is None or job.error.code == "lease_expired"
     assert terminal_moves(sched, "victim") == ["succeeded"]
     moves = [(t.from_status, t.to_status) for t in sched.history("victim")]
@@ -109,12 +109,12 @@ def test_kill_9_mid_job_is_reclaimed_and_resumed(
     for pid, step in runs:
         by_pid[int(pid)].append(int(step))
     assert set(by_pid) == {first.pid, second.pid}
-    assert by_pid[second.pid] == list(range(killed_at.step + 1, 31))
+    assert by_pid[second.pid] == list(range(killed_at.step + 1, 61))
     executed = [int(step) for _, step in runs]
-    assert set(executed) == set(range(1, 31))
-    assert len(executed) - 30 <= 1  # at most the step in flight at the kill runs twice
+    assert set(executed) == set(range(1, 61))
+    assert len(executed) - 60 <= 1  # at most the step in flight at the kill runs twice
     steps_seen = {e.step for e in read_telemetry("victim") if e.kind == "train.step"}
-    assert steps_seen == set(range(1, 31))
+    assert steps_seen == set(range(1, 61))
     sched.close()
 
 
