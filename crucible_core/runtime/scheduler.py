@@ -65,7 +65,7 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, cast, get_args
+from typing import Any, Final, get_args
 
 import msgspec
 
@@ -1102,37 +1102,28 @@ _RUNTIME_FIELDS: Final = frozenset(
         "result",
     }
 )
-#: Nested structs whose fields are compared with their defaults one by one.
-_NESTED: Final[dict[str, dict[str, Any]]] = {"resources": {}, "constraints": {"retry_policy": {}}}
-_JOB_DEFAULTS: Final[dict[str, Any]] = msgspec.to_builtins(Job())
-
-
-def _strip_defaults(
-    value: dict[str, Any], defaults: dict[str, Any], nested: Mapping[str, Any]
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, item in value.items():
-        default = defaults.get(key)
-        if key in nested and isinstance(item, dict) and isinstance(default, dict):
-            sub = _strip_defaults(
-                cast(dict[str, Any], item), cast(dict[str, Any], default), nested[key]
-            )
-            if sub:
-                out[key] = sub
-        elif key not in defaults or item != default:
-            out[key] = item
-    return out
+_DEFAULT_JOB: Final = Job()
+#: (attribute, JSON name, default) of every field the spec stores.
+_SPEC_FIELDS: Final = tuple(
+    (f.name, f.encode_name, getattr(_DEFAULT_JOB, f.name))
+    for f in msgspec.structs.fields(Job)
+    if f.name not in _RUNTIME_FIELDS
+)
 
 
 def _compact_spec(job: Job) -> bytes:
-    """The submitted job as JSON without runtime fields or defaults (rows stay small).
+    """The submitted job as JSON without runtime fields or top-level defaults.
 
-    Decoding fills the defaults back in; payload and metadata are kept whole.
+    Rows stay small (a few dozen bytes for a plain job instead of ~650), and
+    each commit writes fewer pages; decoding fills the defaults back in.
     """
-    raw = cast(dict[str, Any], msgspec.to_builtins(job))
-    for name in _RUNTIME_FIELDS:
-        raw.pop(name, None)
-    return msgspec.json.encode(_strip_defaults(raw, _JOB_DEFAULTS, _NESTED))
+    return msgspec.json.encode(
+        {
+            key: value
+            for name, key, default in _SPEC_FIELDS
+            if (value := getattr(job, name)) != default
+        }
+    )
 
 
 def _split_entry(tx: _Tx, worker_id: str) -> tuple[str, str]:
