@@ -56,6 +56,7 @@ __all__ = [
     "read_manifest",
     "tree_hashes",
     "update_manifest",
+    "uri_path",
     "verify_run",
     "write_manifest",
 ]
@@ -352,7 +353,7 @@ def add_artifact(run: Path, artifact: Artifact, *, path: Path | None = None) -> 
     relative to it, so a run directory can be moved whole.
     """
     run = Path(run)
-    target = path if path is not None else _uri_path(artifact.uri)
+    target = path if path is not None else uri_path(artifact.uri)
     entry: dict[str, Any] = {
         "artifact_id": artifact.artifact_id,
         "type": artifact.type,
@@ -380,7 +381,8 @@ def add_artifact(run: Path, artifact: Artifact, *, path: Path | None = None) -> 
         return entry
 
 
-def _uri_path(uri: str) -> Path | None:
+def uri_path(uri: str) -> Path | None:
+    """The local path a ``file://`` URI or plain path names; None for remote URIs."""
     if uri.startswith("file://"):
         from urllib.parse import unquote, urlparse
 

@@ -55,6 +55,7 @@ from crucible_core.runtime.artifacts import (
     digest_path,
     read_manifest,
     update_manifest,
+    uri_path,
 )
 from crucible_core.runtime.plan import training_experiment
 from crucible_core.runtime.trainloop import LoopResult, LoopState, SavedCheckpoint
@@ -102,16 +103,6 @@ def _deadline() -> float:
     return value
 
 
-def _uri_path(uri: str) -> Path | None:
-    if uri.startswith("file://"):
-        from urllib.parse import unquote, urlparse
-
-        return Path(unquote(urlparse(uri).path))
-    if "://" not in uri:
-        return Path(uri)
-    return None
-
-
 def _atomic_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     tmp.write_bytes(msgspec.json.format(msgspec.json.encode(data), indent=2) + b"\n")
@@ -138,7 +129,7 @@ def _record_checkpoint(run_dir: Path, saved: SavedCheckpoint, state: LoopState) 
     """Persist the loop state, then list the checkpoint in the manifest (with hashes if local)."""
     _atomic_json(run_dir / STATE_FILE, state)
     ref = saved.ref
-    path = _uri_path(ref.uri)
+    path = uri_path(ref.uri)
     sha: str | None = None
     size: int | None = None
     if path is not None and path.exists():
@@ -162,7 +153,7 @@ def _record_checkpoint(run_dir: Path, saved: SavedCheckpoint, state: LoopState) 
 
 def _retire_checkpoint(run_dir: Path, saved: SavedCheckpoint) -> None:
     """Delete a checkpoint the policy no longer keeps (file backends) and unlist it."""
-    path = _uri_path(saved.ref.uri)
+    path = uri_path(saved.ref.uri)
     if path is not None and path.exists():
         shutil.rmtree(path, ignore_errors=True)
         parent = path.parent
@@ -301,7 +292,7 @@ class SaveStage:
         if ref is None:
             raise ConfigError("the backend's sampler exposes no checkpoint reference")
         out: dict[str, Any] = {"sampler_checkpoint": to_builtins(ref)}
-        path = _uri_path(ref.uri)
+        path = uri_path(ref.uri)
         kind = "model" if isinstance(job.adapter_config, Full) else "adapter"
         edges: list[Edge] = []
         if path is not None and path.exists():
