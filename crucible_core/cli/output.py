@@ -12,8 +12,12 @@ __all__ = ["print_error", "print_json", "print_table", "warn"]
 
 
 def print_json(data: Any) -> None:
-    """Write ``data`` as indented JSON to stdout (stable keys, one document)."""
-    sys.stdout.write(msgspec.json.format(msgspec.json.encode(data), indent=2).decode() + "\n")
+    """Write ``data`` as indented JSON to stdout (stable keys, one document).
+
+    Values JSON has no type for (paths, exceptions...) are written as their ``str``.
+    """
+    text = msgspec.json.encode(data, enc_hook=str)
+    sys.stdout.write(msgspec.json.format(text, indent=2).decode() + "\n")
 
 
 def warn(message: str) -> None:

@@ -15,30 +15,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from typing import Any, cast
 
+from crucible_core.cli.output import print_json as _print_json
+from crucible_core.cli.output import print_table as _print_table
 from crucible_core.errors import ConfigError
 
 __all__ = ["DatasetsCommand", "command"]
-
-
-def _print_json(data: Any) -> None:
-    import msgspec
-
-    sys.stdout.write(
-        msgspec.json.format(msgspec.json.encode(data, enc_hook=str), indent=2).decode() + "\n"
-    )
-
-
-def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [list(headers), *[["" if c is None else str(c) for c in r] for r in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    for n, row in enumerate(cells):
-        sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        sys.stdout.write("\n")
-        if n == 0:
-            sys.stdout.write("  ".join("-" * w for w in widths) + "\n")
 
 
 def _pair(text: str, what: str) -> tuple[str, str]:
