@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -149,3 +150,26 @@ def test_rest_client_reads_capabilities(server: TinkerServer) -> None:
     caps = rest.get_server_capabilities().result(timeout=WAIT)
     names = [m.model_name for m in caps.supported_models]
     assert BASE_MODEL in names
+
+
+def test_zstd_bodies_over_the_pyqwest_transport(
+    local_home: Path, service_factory: ServiceFactory, tokenizer: Any
+) -> None:
+    """The SDK's defaults against Tinker: zstd-compressed fwd/bwd bodies when the server asks
+    for them, and the pyqwest (reqwest) HTTP transport."""
+    with TinkerServer(
+        "local",
+        backend_options={"home": str(local_home)},
+        proto_compress_fwdbwd=True,
+        use_pyqwest_transport=True,
+    ) as srv:
+        service = service_factory(srv)
+        training = service.create_lora_training_client(
+            base_model=BASE_MODEL, rank=4, train_unembed=False
+        ).result(timeout=WAIT)
+        data = byte_datums(tokenizer)[:2]
+        out = training.forward_backward(data, "cross_entropy").result(timeout=WAIT)
+        training.optim_step(types.AdamParams(learning_rate=1e-2)).result(timeout=WAIT)
+        assert len(out.loss_fn_outputs) == 2
+        assert srv.engine.stats.get("bodies:zstd", 0) >= 1
+        service.close("success").result(timeout=WAIT)

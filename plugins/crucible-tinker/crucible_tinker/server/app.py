@@ -191,8 +191,13 @@ def build_app(engine: Engine, config: ServerConfig) -> Starlette:
 
     async def forward_backward(request: Request) -> Response:
         raw = await request.body()
+        encoding = request.headers.get("content-encoding")
+        if encoding:
+            engine.stats[f"bodies:{encoding.strip().lower()}"] = (
+                engine.stats.get(f"bodies:{encoding.strip().lower()}", 0) + 1
+            )
         try:
-            req = decode_forward_backward(raw, request.headers.get("content-encoding"))
+            req = decode_forward_backward(raw, encoding)
         except Exception as exc:  # ValidationError / UnsupportedError: a bad request
             raise ApiError(400, str(exc)) from None
         return JSONResponse(engine.forward_backward(req))
