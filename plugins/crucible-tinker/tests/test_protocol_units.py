@@ -214,3 +214,23 @@ def test_future_store_long_polls_and_resolves_from_threads() -> None:
         assert store.get("req-unknown") is None
 
     asyncio.run(scenario())
+
+
+def test_fault_injector_is_seeded_and_scoped() -> None:
+    from crucible_tinker.server.config import FaultConfig
+    from crucible_tinker.server.faults import FaultInjector
+
+    config = FaultConfig(
+        seed=3, error_fraction=0.3, drop_fraction=0.2, paths=frozenset({"optim_step"})
+    )
+    a, b = FaultInjector(config), FaultInjector(config)
+    paths = ["/api/v1/optim_step"] * 50
+    assert [a.decide(p) for p in paths] == [b.decide(p) for p in paths]
+    assert a.counts["errors"] > 0
+    assert a.decide("/api/v1/forward_backward") == a.decide("/api/v1/healthz")  # not in scope
+    assert not a.decide("/api/v1/forward_backward").error
+    a.configure(FaultConfig())
+    assert a.counts == {}
+    assert all(a.decide(p) == a.decide("/x") for p in paths[:3])
+    with pytest.raises(ValueError, match="5xx"):
+        FaultConfig(error_status=404)

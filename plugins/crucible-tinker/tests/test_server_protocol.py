@@ -5,6 +5,7 @@ session lifecycle."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -235,3 +236,73 @@ def test_stats_endpoint_lists_applied_steps(raw: Raw) -> None:
     snap = raw.http.get(f"{raw.srv.url}/crucible/v1/stats").json()
     assert {"applied_steps", "stats", "checkpoints"} <= set(snap)
     assert json.dumps(snap)
+
+
+def test_silent_sessions_are_finished(raw: Raw) -> None:
+    sid, model_id = raw.model()
+    engine = raw.srv.engine
+    assert engine.reap() == []  # just active
+    far = time.monotonic() + raw.srv.config.session_ttl_s + 1
+    assert sid in engine.reap(now=far)
+    closed = raw.post("optim_step", {"model_id": model_id, "seq_id": 1, "adam_params": {}})
+    assert closed.status_code == 410
+    assert raw.post("session_heartbeat", {"session_id": sid}).status_code == 410
+
+
+def test_legacy_load_weights_restores_a_model_in_place(raw: Raw, tokenizer: Any) -> None:
+    _, model_id = raw.model()
+    data = byte_datums(tokenizer)[:1]
+
+    def loss(rid: str) -> float:
+        return deserialize_forward_backward_output(raw.result(rid).content).metrics["loss:sum"]
+
+    before = loss(raw.fwdbwd(model_id, 1, data, forward_only=True).json()["request_id"])
+    saved = raw.ok("save_weights", {"model_id": model_id, "seq_id": 2, "path": "start"})
+    path = raw.result(saved["request_id"]).json()["path"]
+    assert path == f"tinker://{model_id}/weights/start"
+    raw.fwdbwd(model_id, 3, data)
+    step = raw.ok(
+        "optim_step", {"model_id": model_id, "seq_id": 4, "adam_params": {"learning_rate": 0.1}}
+    )
+    raw.result(step["request_id"])
+    moved = loss(raw.fwdbwd(model_id, 5, data, forward_only=True).json()["request_id"])
+    assert moved != pytest.approx(before, rel=1e-6)
+    load = raw.ok(
+        "load_weights", {"model_id": model_id, "seq_id": 6, "path": path, "optimizer": True}
+    )
+    assert raw.result(load["request_id"]).json()["path"] == path
+    after = loss(raw.fwdbwd(model_id, 7, data, forward_only=True).json()["request_id"])
+    assert after == pytest.approx(before, rel=1e-5)
+    missing = raw.post(
+        "load_weights",
+        {"model_id": model_id, "seq_id": 8, "path": f"tinker://{model_id}/weights/nope"},
+    )
+    assert missing.status_code == 404
+
+
+def test_checkpoint_index_survives_a_restart(local_home: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with TinkerServer("local", backend_options={"home": str(local_home)}, state_dir=state) as a:
+        r = Raw(a)
+        try:
+            _, model_id = r.model()
+            fut = r.ok(
+                "save_weights_for_sampler", {"model_id": model_id, "seq_id": 1, "path": "keep"}
+            )
+            path = r.result(fut["request_id"]).json()["path"]
+        finally:
+            r.close()
+    assert (state / "checkpoints.json").exists()
+    with TinkerServer("local", backend_options={"home": str(local_home)}, state_dir=state) as b:
+        r = Raw(b)
+        try:
+            sid = r.ok("create_session", {})["session_id"]
+            made = r.ok(
+                "create_sampling_session",
+                {"session_id": sid, "sampling_session_seq_id": 0, "model_path": path},
+            )
+            sampler = r.http.get(f"samplers/{made['sampling_session_id']}").json()
+            assert sampler["model_path"] == path
+            assert sampler["base_model"] == BASE_MODEL
+        finally:
+            r.close()

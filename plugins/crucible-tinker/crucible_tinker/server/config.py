@@ -70,6 +70,8 @@ class ServerConfig:
     ``parallel_fwdbwd_chunks``, ``proto_compress_fwdbwd`` and
     ``use_pyqwest_transport`` are handed to the SDK in ``/client/config``.
     ``result_ttl_s``: how long a finished result stays retrievable.
+    ``session_ttl_s``: a session that sends nothing for this long (the SDK
+    heartbeats every 10 s) is finished and its models are closed.
     """
 
     api_keys: tuple[str, ...]
@@ -79,6 +81,7 @@ class ServerConfig:
     proto_compress_fwdbwd: bool = False
     use_pyqwest_transport: bool = False
     result_ttl_s: float = 900.0
+    session_ttl_s: float = 300.0
     max_context_length: int | None = None
     faults: FaultConfig = field(default_factory=FaultConfig)
 

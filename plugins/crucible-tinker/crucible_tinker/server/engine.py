@@ -122,7 +122,7 @@ class _Model:
 class _Session:
     session_id: str
     created: float
-    last_heartbeat: float
+    last_seen: float
     finished: bool = False
     models: list[str] = field(default_factory=list[str])
 
@@ -264,9 +264,26 @@ class Engine:
 
     def heartbeat(self, session_id: str) -> dict[str, Any]:
         session = self._session(session_id)
-        session.last_heartbeat = time.monotonic()
+        session.last_seen = time.monotonic()
         self.stats["heartbeats"] += 1
         return {"type": "session_heartbeat"}
+
+    def reap(self, now: float | None = None) -> list[str]:
+        """Finish sessions silent for longer than ``config.session_ttl_s`` (no heartbeat and no
+        request on their models): their models are closed. Returns the sessions finished."""
+        moment = time.monotonic() if now is None else now
+        with self._lock:
+            stale = [
+                s.session_id
+                for s in self._sessions.values()
+                if not s.finished and moment - s.last_seen > self.config.session_ttl_s
+            ]
+        for sid in stale:
+            log.info(
+                "session %s sent nothing for %.0f s: finishing it", sid, self.config.session_ttl_s
+            )
+            self.finish_session(sid)
+        return stale
 
     def finish_session(self, session_id: str) -> dict[str, Any]:
         with self._lock:
@@ -305,8 +322,11 @@ class Engine:
     def _model(self, model_id: str) -> _Model:
         with self._lock:
             model = self._models.get(model_id)
+            session = self._sessions.get(model.session_id) if model is not None else None
         if model is None:
             raise ApiError(404, f"unknown model {model_id!r}")
+        if session is not None:
+            session.last_seen = time.monotonic()
         if model.queue.closed:
             raise ApiError(410, f"model {model_id!r} is closed (its session finished)")
         return model

@@ -185,7 +185,18 @@ class TinkerServer:
         while not self._server.started and not task.done():
             await asyncio.sleep(0.01)
         self._ready.set()
-        await task
+        reaper = asyncio.ensure_future(self._reap_forever())
+        try:
+            await task
+        finally:
+            reaper.cancel()
+
+    async def _reap_forever(self) -> None:
+        """Finish sessions whose clients went away (see ``ServerConfig.session_ttl_s``)."""
+        period = max(1.0, min(30.0, self.config.session_ttl_s / 4))
+        while True:
+            await asyncio.sleep(period)
+            await asyncio.get_running_loop().run_in_executor(None, self.engine.reap)
 
     def _run_thread(self, sock: socket.socket) -> None:
         try:
