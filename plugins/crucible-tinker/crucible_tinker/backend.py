@@ -154,7 +154,17 @@ class TinkerBackend:
     def blocking(self, fn: Callable[[], T], what: str, timeout: float | None = None) -> T:
         """Run an SDK call that may block without a timeout of its own, bounded by ``timeout``."""
         limit = self.timeout if timeout is None else timeout
-        future = self._pool.submit(fn)
+        # A thread of its own, not the pool: chained calls running on the pool (a sampler
+        # opened after a save) call this too, and must never wait on a pool they fill.
+        future: ConcurrentFuture[T] = ConcurrentFuture()
+
+        def run() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        threading.Thread(target=run, name="crucible-tinker-call", daemon=True).start()
         try:
             return future.result(limit)
         except TimeoutError:
