@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from crucible_core.errors import ConfigError
+from crucible_tinker.server.config import FaultConfig
 
-__all__ = ["command", "server_keys"]
+__all__ = ["command", "fault_config", "server_keys"]
 
 KEYS_ENV = "CRUCIBLE_TINKER_SERVER_API_KEYS"
 
@@ -52,6 +53,24 @@ def server_keys(args: argparse.Namespace) -> tuple[list[str], bool]:
     from crucible_tinker.server.runner import generate_api_key
 
     return [generate_api_key()], True
+
+
+def fault_config(args: argparse.Namespace) -> FaultConfig:
+    """The ``--inject-*`` flags as a FaultConfig (ConfigError for values out of range)."""
+    paths = getattr(args, "inject_paths", None)
+    try:
+        return FaultConfig(
+            seed=args.inject_seed,
+            latency_s=args.inject_latency_ms / 1000,
+            delay_fraction=args.inject_delay_rate,
+            delay_s=args.inject_delay_ms / 1000,
+            error_fraction=args.inject_error_rate,
+            drop_fraction=args.inject_drop_rate,
+            drop_after_fraction=args.inject_drop_after_rate,
+            paths=frozenset(p.strip() for p in paths.split(",") if p.strip()) if paths else None,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"fault injection: {exc}") from None
 
 
 def _options(raw: list[str] | None) -> dict[str, Any]:
@@ -102,11 +121,25 @@ class _ServeTinkerCommand:
             "--compress", action="store_true", help="ask the SDK to zstd-compress fwd/bwd bodies"
         )
         parser.add_argument("--log-level", default="warning", help="uvicorn log level")
+        faults = parser.add_argument_group(
+            "fault injection (testing clients against a slow or flaky server; seeded)"
+        )
+        faults.add_argument("--inject-latency-ms", type=float, default=0.0, metavar="MS")
+        faults.add_argument("--inject-delay-rate", type=float, default=0.0, metavar="P")
+        faults.add_argument("--inject-delay-ms", type=float, default=0.0, metavar="MS")
+        faults.add_argument("--inject-error-rate", type=float, default=0.0, metavar="P")
+        faults.add_argument("--inject-drop-rate", type=float, default=0.0, metavar="P")
+        faults.add_argument("--inject-drop-after-rate", type=float, default=0.0, metavar="P")
+        faults.add_argument("--inject-seed", type=int, default=0)
+        faults.add_argument(
+            "--inject-paths", metavar="A,B", help="only these endpoints (e.g. optim_step)"
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         from crucible_tinker.server.runner import TinkerServer
 
         keys, generated = server_keys(args)
+        faults = fault_config(args)
         server = TinkerServer(
             args.backend,
             backend_options=_options(args.backend_option),
@@ -118,6 +151,7 @@ class _ServeTinkerCommand:
             long_poll_s=args.long_poll,
             fwdbwd_max_chunk_len=args.chunk_len,
             proto_compress_fwdbwd=args.compress,
+            faults=faults,
         )
 
         def announce(s: TinkerServer) -> None:
@@ -125,6 +159,8 @@ class _ServeTinkerCommand:
                 f"serving the Tinker API for backend {args.backend!r} on {s.url} "
                 "(set TINKER_BASE_URL to it)\n"
             )
+            if faults.active:
+                sys.stderr.write(f"warning: injecting faults: {faults}\n")
             if generated:
                 # Printed once, to the terminal that started the server (like a notebook token).
                 sys.stderr.write(f"generated API key (set TINKER_API_KEY to it): {keys[0]}\n")

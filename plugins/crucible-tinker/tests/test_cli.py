@@ -119,3 +119,31 @@ def test_cli_exit_code_for_a_bad_key_file(tmp_path: Path) -> None:
     keyfile.write_text("tml-x\n")
     keyfile.chmod(0o664)
     assert main(["serve-tinker", "--api-key-file", str(keyfile), "--port", "0"]) == 2
+
+
+def test_fault_flags_build_a_fault_config() -> None:
+    from crucible_tinker.cli import command, fault_config
+
+    parser = argparse.ArgumentParser()
+    command.configure(parser)
+    args = parser.parse_args(
+        [
+            "--inject-latency-ms",
+            "50",
+            "--inject-error-rate",
+            "0.1",
+            "--inject-seed",
+            "4",
+            "--inject-paths",
+            "optim_step, forward_backward",
+        ]
+    )
+    faults = fault_config(args)
+    assert faults.latency_s == pytest.approx(0.05)
+    assert faults.error_fraction == pytest.approx(0.1)
+    assert faults.seed == 4
+    assert faults.paths == frozenset({"optim_step", "forward_backward"})
+    assert faults.active
+    assert not fault_config(parser.parse_args([])).active
+    with pytest.raises(ConfigError, match="fault injection"):
+        fault_config(parser.parse_args(["--inject-drop-rate", "2"]))
