@@ -386,7 +386,12 @@ class LocalTrainingSession:
         safe = self._format == "safetensors"
         if self._adapter == "lora":
             with peft_quiet():
-                self._model.save_pretrained(str(directory), safe_serialization=safe)
+                # The base weights are never trained under LoRA (and are rebuilt or
+                # reloaded from their source), so an lm_head adapter needs no copy of
+                # the base embeddings; "auto" would save them and warn.
+                self._model.save_pretrained(
+                    str(directory), safe_serialization=safe, save_embedding_layers=False
+                )
         elif safe:
             self._model.save_pretrained(str(directory))
         else:

@@ -280,3 +280,23 @@ def test_load_state_refuses_a_checkpoint_that_does_not_fit(
         lora.load_state(CheckpointRef(uri=str(tmp_path / "nothing")))
     with pytest.raises(ConfigError, match="reads file:// URIs or paths, not tinker://"):
         lora.load_state(CheckpointRef(uri="tinker://run/weights/1"))
+
+
+def test_lm_head_adapter_saves_without_copying_base_embeddings(
+    backend: LocalBackend, make_job: Callable[..., Any], datums: Callable[..., list[Datum]]
+) -> None:
+    """train_unembed (the Tinker SDK's default) puts LoRA on lm_head; saving must not warn
+    (pytest runs with -W error) nor store the untouched base embeddings."""
+    job = make_job(adapter_config=LoRA(rank=4, target_modules=["q_proj"], train_unembed=True))
+    session = backend.create_session(job)
+    batch = datums(session.tokenizer, ["the cat sat on the mat"])
+    _steps(session, [batch])
+    sampler = session.save_weights_for_sampler("unembed").result()
+    assert sampler.checkpoint is not None
+    directory = path_from_uri(sampler.checkpoint.uri)
+    from safetensors.torch import load_file
+
+    names = list(load_file(str(directory / "adapter_model.safetensors")))
+    assert any("lm_head" in n and "lora_" in n for n in names)
+    assert not any(n.endswith("embed_tokens.weight") for n in names)
+    session.close()
