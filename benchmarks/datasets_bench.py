@@ -1,4 +1,3 @@
-# pyright: reportMissingImports=false
 # (plugins are installed editable through import hooks, which pyright cannot follow)
 """Render + tokenize + batch 100k chat rows: crucible-datasets vs Hugging Face `datasets.map`.
 

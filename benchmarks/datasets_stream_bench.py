@@ -1,4 +1,3 @@
-# pyright: reportMissingImports=false
 # (plugins are installed editable through import hooks, which pyright cannot follow)
 """Stream a 1 GB chat JSONL through read, render, tokenize, batch: peak RSS must stay < 300 MB.
 

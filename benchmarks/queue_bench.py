@@ -224,7 +224,7 @@ def fsync_rate(directory: Path, n: int = 300) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--n", type=int, default=3000, help="cycles per queue and shape")
     parser.add_argument("--batch", type=int, default=100, help="serial: cycles per turn")
     parser.add_argument("--rounds", type=int, default=6, help="2 processes: runs per queue")

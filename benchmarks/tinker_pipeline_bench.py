@@ -21,7 +21,6 @@ server path (SDK, HTTP, protobuf, futures, ordering) adds.
 
 # The plugins are editable installs (setuptools import hooks), which pyright cannot follow
 # from outside their directories; the imports are checked where the plugin is type-checked.
-# pyright: reportMissingImports=false
 
 from __future__ import annotations
 
