@@ -295,7 +295,9 @@ def make_plan(
     plan.stages = [f"{n} ({uses})" for n, uses, _ in TRAINING_STAGES]
     caps = reg.capabilities
     backend: Any = None
-    if caps is None:
+    # Options can change what a backend declares (a model, prices, throughput): ask
+    # the configured instance then; otherwise the static registration answers.
+    if caps is None or ref.options:
         try:
             backend = reg.create(**ref.options)
             caps = cast(Capabilities, backend.capabilities())

@@ -118,7 +118,17 @@ class TinkerBackend:
         timeout: float = 600.0,
         user_metadata: Mapping[str, str] | None = None,
         project_id: str | None = None,
+        costs: Mapping[str, Any] | None = None,
+        throughput_tokens_per_s: float | None = None,
     ) -> None:
+        from crucible_core.ir.backend import Costs
+        from crucible_core.ir.codec import convert
+
+        # Prices and pace are the account's, not the SDK's: declared in the backend's
+        # configuration ([backend.options] costs = {train_per_mtok = ...}), read by
+        # `crucible plan` for its estimates and by the loop for max_cost budgets.
+        self.costs: Costs | None = convert(dict(costs), Costs) if costs is not None else None
+        self.throughput_tokens_per_s = throughput_tokens_per_s
         self.base_url = base_url
         self._api_key: Secret = resolve_api_key(api_key, api_key_file)
         self.tokenizer_dir = tokenizer_dir or os.environ.get(TOKENIZER_DIR_ENV) or None
@@ -223,11 +233,18 @@ class TinkerBackend:
 
     def capabilities(self) -> Capabilities:
         """The static capabilities (the server decides which models exist)."""
-        if self.model is None:
-            return CAPABILITIES
         import msgspec
 
-        return msgspec.structs.replace(CAPABILITIES, models=[self.model])
+        caps = CAPABILITIES
+        if self.model is not None:
+            caps = msgspec.structs.replace(caps, models=[self.model])
+        if self.costs is not None:
+            caps = msgspec.structs.replace(caps, costs=self.costs)
+        if self.throughput_tokens_per_s is not None:
+            caps = msgspec.structs.replace(
+                caps, throughput_tokens_per_s=self.throughput_tokens_per_s
+            )
+        return caps
 
     def get_tokenizer(self, model: ModelSpec) -> Tokenizer:
         key = f"{model.name}|{model.tokenizer}|{model.path}"
