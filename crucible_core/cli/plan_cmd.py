@@ -49,8 +49,9 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"checkpoint step {c.step} ({c.kind}), {_size(c.size_bytes)}")
     if plan.cost is not None:
         lines.append(f"cost      {plan.cost:.4f} {plan.currency} (estimated)")
-    basis = f" ({plan.duration_basis} throughput)" if plan.duration_basis else ""
-    lines.append(f"duration  {_duration(plan.duration_s)}{basis}")
+    if plan.duration_s is not None or plan.duration_basis is not None:
+        basis = f" ({plan.duration_basis} throughput)" if plan.duration_basis else ""
+        lines.append(f"duration  {_duration(plan.duration_s)}{basis}")
     lines.extend(f"note      {n}" for n in plan.notes)
     return "\n".join(lines) + "\n"
 

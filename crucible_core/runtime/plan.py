@@ -408,7 +408,7 @@ def _estimate(
         plan.duration_basis = "measured"
     if rate:
         plan.duration_s = tokens / rate
-    else:
+    elif measure:
         plan.notes.append("duration unknown: the backend declares no throughput")
 
 

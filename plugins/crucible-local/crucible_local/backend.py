@@ -175,6 +175,23 @@ class LocalBackend:
             self._counters["sessions_created"] += 1
         return session
 
+    def estimate_checkpoint_bytes(self, job: TrainingJob) -> dict[str, int]:
+        """Bytes of a sampler checkpoint (trained weights) and a state checkpoint.
+
+        Read by ``crucible plan``. A sampler checkpoint holds the trained weights
+        plus the tokenizer and config files (~40 KB); a state checkpoint holds
+        the trained weights twice (the adapter a sampler can load, and the exact
+        tensors for resume), AdamW's two moments per weight, and RNG state (~20 KB).
+        """
+        from crucible_local.adapters import apply_adapter, check_adapter
+        from crucible_local.models import load_model
+
+        check_adapter(job.adapter_config)
+        loaded = load_model(job.model_spec)
+        model = apply_adapter(loaded, job.adapter_config, seed=job.learning_config.seed)
+        trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        return {"sampler": int(trained) + 40_000, "state": int(trained) * 4 + 20_000}
+
     def load_sampler(self, model: ModelSpec, checkpoint: CheckpointRef | None) -> LocalSampler:
         """A sampler over ``model``'s base weights, or the weights saved at ``checkpoint``.
 

@@ -300,3 +300,23 @@ def test_lm_head_adapter_saves_without_copying_base_embeddings(
     assert any("lm_head" in n and "lora_" in n for n in names)
     assert not any(n.endswith("embed_tokens.weight") for n in names)
     session.close()
+
+
+def test_checkpoint_size_estimate_is_close_to_what_is_written(
+    backend: LocalBackend, make_job: Callable[..., Any], datums: Callable[..., list[Datum]]
+) -> None:
+    job = make_job(adapter_config=LoRA(rank=8, target_modules=["all-linear"]))
+    estimate = backend.estimate_checkpoint_bytes(job)
+    session = backend.create_session(job)
+    _steps(session, [datums(session.tokenizer, ["the cat sat on the mat"])])
+    state = path_from_uri(session.save_state("size").result().uri)
+    sampler_ref = session.save_weights_for_sampler("size").result().checkpoint
+    assert sampler_ref is not None
+    sampler = path_from_uri(sampler_ref.uri)
+    session.close()
+
+    def size(d: Path) -> int:
+        return sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+
+    assert size(state) == pytest.approx(estimate["state"], rel=0.25)
+    assert size(sampler) == pytest.approx(estimate["sampler"], rel=0.5)
