@@ -228,7 +228,7 @@ class _Watchdog:
                 backend=self.backend,
                 call=call,
                 waited_s=round(waited, 3),
-                request_id=getattr(exc, "request_id", None),
+                request_id=getattr(exc, "request_id", None) or getattr(future, "request_id", None),
             ) from exc
 
 

@@ -556,9 +556,16 @@ def map_error(exc: BaseException, what: str, secret: Secret | None) -> CrucibleE
         return DeadlineExceeded(message, retryable=False)
     if isinstance(exc, tinker.RequestFailedError):
         category = str(getattr(exc, "category", "unknown"))
-        return BackendError(message, retryable=False, category=category)
+        return BackendError(
+            message, retryable=False, category=category, request_id=str(exc.request_id)
+        )
     if isinstance(exc, tinker.APIConnectionError):
         return BackendError(message, hint="is the server up and base_url right?", retryable=False)
+    if isinstance(exc, tinker.APIStatusError):
+        # Keep the server's request id (where it sent one) so the failure can be traced.
+        request_id = exc.response.headers.get("x-request-id")
+        extra = {"request_id": request_id} if request_id else {}
+        return BackendError(message, retryable=False, status=exc.status_code, **extra)
     return BackendError(message, retryable=False)
 
 

@@ -234,3 +234,26 @@ def test_fault_injector_is_seeded_and_scoped() -> None:
     assert all(a.decide(p) == a.decide("/x") for p in paths[:3])
     with pytest.raises(ValueError, match="5xx"):
         FaultConfig(error_status=404)
+
+
+def test_sdk_errors_keep_the_servers_request_id() -> None:
+    """A failed future and an HTTP error keep the id the server gave (issue 8: remote calls
+    fail loudly and traceably). The exceptions are built directly: they are the SDK's own
+    types, raised the same way when a server answers like this."""
+    import httpx
+    import tinker
+    from crucible_tinker.backend import map_error
+
+    from crucible_core.errors import BackendError
+
+    failed = map_error(tinker.RequestFailedError("boom", "req-42", "server"), "optim_step", None)  # type: ignore[arg-type]
+    assert isinstance(failed, BackendError)
+    assert failed.details["request_id"] == "req-42"
+    assert failed.to_dict()["request_id"] == "req-42"
+    request = httpx.Request("POST", "http://127.0.0.1:9/api/v1/optim_step")
+    response = httpx.Response(500, headers={"x-request-id": "srv-7"}, request=request)
+    status = map_error(
+        tinker.InternalServerError("oops", response=response, body=None), "optim_step", None
+    )
+    assert status.details["request_id"] == "srv-7"
+    assert status.details["status"] == 500
