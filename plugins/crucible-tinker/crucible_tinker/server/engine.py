@@ -300,6 +300,14 @@ class Engine:
 
     # -- models ----------------------------------------------------------------
 
+    def _resubmitted_creation(self, model: _Model) -> dict[str, Any]:
+        """The answer to a retried model creation: the original request's future."""
+        self.stats["duplicate_submissions"] += 1
+        rid = model.queue.seen(0)
+        if rid is None:
+            raise ApiError(409, f"model {model.model_id} is being created; retry")
+        return {"request_id": rid, "model_id": model.model_id}
+
     def _new_model(
         self, session_id: str, model_seq_id: int, base_model: str, lora: dict[str, Any]
     ) -> tuple[_Model, bool]:
@@ -378,11 +386,7 @@ class Engine:
         seed = seed_raw if isinstance(seed_raw, int) and seed_raw >= 0 else None
         model, created = self._new_model(session_id, model_seq_id, base_model, lora)
         if not created:
-            self.stats["duplicate_submissions"] += 1
-            rid = model.queue.seen(0)
-            if rid is None:
-                raise ApiError(409, f"model {model.model_id} is being created; retry")
-            return {"request_id": rid, "model_id": model.model_id}
+            return self._resubmitted_creation(model)
         entry = self.futures.create("create_model")
 
         def submit(m: _Model) -> Callable[[], Payload]:
@@ -646,11 +650,7 @@ class Engine:
             raise ApiError(400, f"{record.uri} holds sampler weights; load a `weights` path")
         model, created = self._new_model(session_id, model_seq_id, str(base_model), record.lora)
         if not created:
-            self.stats["duplicate_submissions"] += 1
-            rid = model.queue.seen(0)
-            if rid is None:
-                raise ApiError(409, f"model {model.model_id} is being created; retry")
-            return {"request_id": rid, "model_id": model.model_id}
+            return self._resubmitted_creation(model)
         entry = self.futures.create("create_from_state")
 
         def submit(m: _Model) -> Callable[[], Payload]:
