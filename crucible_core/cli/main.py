@@ -30,6 +30,11 @@ CRUCIBLE_STRICT_PLUGINS=1 (a broken plugin is an error, not a warning).
 """
 
 
+def _wide_formatter(prog: str) -> argparse.HelpFormatter:
+    # Room for the longest command name, so each summary stays on one line.
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=18, width=100)
+
+
 def _command_name(argv: Sequence[str]) -> str | None:
     for arg in argv:
         if not arg.startswith("-"):
@@ -70,7 +75,7 @@ def build_parser(selected: str | None) -> argparse.ArgumentParser:
         epilog=None
         if plugin_commands
         else "Installed plugins add more commands: `crucible plugins --kind command` lists them.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_wide_formatter,
     )
     parser.add_argument("--version", action="version", version=f"crucible {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
