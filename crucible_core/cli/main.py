@@ -31,8 +31,8 @@ CRUCIBLE_STRICT_PLUGINS=1 (a broken plugin is an error, not a warning).
 
 
 def _wide_formatter(prog: str) -> argparse.HelpFormatter:
-    # Room for the longest command name, so each summary stays on one line.
-    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=18, width=100)
+    # Wide enough that each command summary stays on one line.
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=16, width=100)
 
 
 def _command_name(argv: Sequence[str]) -> str | None:
