@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create (or reuse) .venv and install Crucible into it.
 #   scripts/setup.sh            core + crucible-local (+ what it depends on): enough for the main job
-#   scripts/setup.sh --all      core + every plugin under plugins/, with test extras (the test suite)
+#   scripts/setup.sh --all      core + every plugin under plugins/, with test and bench extras (the test suite)
 # Needs only Python 3.11 and the package registries. torch is pinned to the CPU build 2.13.0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,7 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # torch first and pinned: a looser requirement would pull a multi-GB CUDA build.
 "${PIP[@]}" install "torch==2.13.0"
 if [ "${1:-}" = "--all" ]; then
-  args=(-e ".[test]")
+  args=(-e ".[test,bench]")
   for p in plugins/*/; do
     [ -f "$p/pyproject.toml" ] && args+=(-e "${p%/}[test]")
   done
