@@ -58,6 +58,7 @@ __all__ = [
     "update_manifest",
     "uri_path",
     "verify_run",
+    "write_json",
     "write_manifest",
 ]
 
@@ -318,9 +319,13 @@ def read_manifest(run: Path) -> dict[str, Any]:
     return cast(dict[str, Any], data)
 
 
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically (temp file, fsync, rename, fsync dir)."""
+    _atomic_write(Path(path), msgspec.json.format(msgspec.json.encode(data), indent=2) + b"\n")
+
+
 def _write(run: Path, data: dict[str, Any]) -> None:
-    text = msgspec.json.format(msgspec.json.encode(data), indent=2) + b"\n"
-    _atomic_write(Path(run) / MANIFEST_FILE, text)
+    write_json(Path(run) / MANIFEST_FILE, data)
 
 
 def write_manifest(run: Path, **fields: Any) -> dict[str, Any]:

@@ -56,6 +56,7 @@ from crucible_core.runtime.artifacts import (
     read_manifest,
     update_manifest,
     uri_path,
+    write_json,
 )
 from crucible_core.runtime.plan import training_experiment
 from crucible_core.runtime.trainloop import LoopResult, LoopState, SavedCheckpoint
@@ -103,14 +104,6 @@ def _deadline() -> float:
     return value
 
 
-def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(data), indent=2) + b"\n")
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def read_loop_state(run_dir: Path) -> LoopState:
     """The loop state saved with a run's newest checkpoint; NotFound if it has none."""
     path = run_dir / STATE_FILE
@@ -127,7 +120,7 @@ def read_loop_state(run_dir: Path) -> LoopState:
 
 def _record_checkpoint(run_dir: Path, saved: SavedCheckpoint, state: LoopState) -> None:
     """Persist the loop state, then list the checkpoint in the manifest (with hashes if local)."""
-    _atomic_json(run_dir / STATE_FILE, state)
+    write_json(run_dir / STATE_FILE, state)
     ref = saved.ref
     path = uri_path(ref.uri)
     sha: str | None = None
@@ -344,7 +337,7 @@ class LogMetricsStage:
             "evaluation": evaluation,
         }
         metrics_path = ctx.run_dir / "metrics.json"
-        _atomic_json(
+        write_json(
             metrics_path,
             {**summary, "losses": result.losses if result is not None else []},
         )

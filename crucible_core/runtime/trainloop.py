@@ -235,7 +235,6 @@ class _Watchdog:
 class _InFlight(msgspec.Struct):
     step: int
     epoch: float
-    tokens: int
     fb: list[Future[ForwardBackwardResult]]
     opt: Future[OptimStepResult]
     lr: float
@@ -298,6 +297,10 @@ def train(
     patience_left = val_spec.early_stopping_patience if val_spec else None
     best_val = min(state.val_history) if state.val_history else None
 
+    def elapsed() -> float:
+        # Wall time of the whole run, across resumes.
+        return (resume.elapsed_s if resume else 0.0) + (clock() - session_start)
+
     def finish_oldest() -> None:
         nonlocal stopped, patience_left, best_val
         item = pending.popleft()
@@ -357,7 +360,7 @@ def train(
             # Persist the new list first, delete retired files after: a crash in
             # between leaves an extra file, never a state pointing at a deleted one.
             state.checkpoints = [c for c in state.checkpoints if c not in doomed] + [saved]
-            state.elapsed_s = (resume.elapsed_s if resume else 0.0) + (clock() - session_start)
+            state.elapsed_s = elapsed()
             if on_checkpoint is not None:
                 on_checkpoint(saved, _snapshot(state))
             say("train.checkpoint", step=state.step, uri=ref.uri, checkpoint_kind=ref.kind)
@@ -377,7 +380,7 @@ def train(
         ref = watch.wait(session.save_state(f"step-{state.step:06d}"), "save_state")
         saved = SavedCheckpoint(ref=ref, step=state.step, metric=state.last_loss)
         state.checkpoints.append(saved)
-        state.elapsed_s = (resume.elapsed_s if resume else 0.0) + (clock() - session_start)
+        state.elapsed_s = elapsed()
         if on_checkpoint is not None:
             on_checkpoint(saved, _snapshot(state))
         say("train.checkpoint", step=state.step, uri=ref.uri, checkpoint_kind=ref.kind)
@@ -409,7 +412,7 @@ def train(
             cost=state.cost,
             step_tokens=step_tokens,
             price=price,
-            elapsed=(resume.elapsed_s if resume else 0.0) + (clock() - session_start),
+            elapsed=elapsed(),
             pace=(sum(step_times) / len(step_times)) if step_times else 0.0,
         )
         if problem is not None:
@@ -436,14 +439,14 @@ def train(
             and (step_done % val_spec.every_n_steps == 0 or step_done == total)
         ):
             val = session.forward(list(validation_data), loss)
-        pending.append(_InFlight(step, epoch, step_tokens, fb, opt, lr, submitted, save, val))
+        pending.append(_InFlight(step, epoch, fb, opt, lr, submitted, save, val))
         while len(pending) >= window:
             finish_oldest()
     drain()
     if stopped is not None and (not state.checkpoints or state.checkpoints[-1].step != state.step):
         # Early stopping ended the run off the save schedule: keep its final state.
         _save_now()
-    state.elapsed_s = (resume.elapsed_s if resume else 0.0) + (clock() - session_start)
+    state.elapsed_s = elapsed()
     say("train.end", step=state.step, loss=state.last_loss, stopped=stopped)
     best_step = tracker.best
     by_step = {c.step: c for c in state.checkpoints}
