@@ -35,6 +35,7 @@ from crucible_core.ir.training import LoRA, QLoRA, TrainingJob
 from crucible_core.ir.work import Job
 from crucible_core.plugins import PluginHost, get_host
 from crucible_core.runtime import trainloop
+from crucible_core.runtime.cancel import CancelFlag
 
 __all__ = [
     "TRAINING_STAGES",
@@ -257,7 +258,7 @@ class _PlanContext:
         self.run_dir = Path(".")
         self.options: Mapping[str, Any] = {}
         self.inputs = inputs
-        self.cancel = _Never()
+        self.cancel = CancelFlag()
         self.artifacts: Any = None
         self._backend = backend
 
@@ -266,11 +267,6 @@ class _PlanContext:
 
     def emit(self, kind: str, **data: Any) -> None:
         return None
-
-
-class _Never:
-    def is_set(self) -> bool:
-        return False
 
 
 def make_plan(
