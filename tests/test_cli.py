@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from crucible_core.cli.main import main
@@ -101,6 +102,40 @@ def test_ir_show_prints_valid_defaults(capsys: pytest.CaptureFixture[str], tmp_p
     )
     code, out, _ = run(capsys, "ir", "show", "Job", "--format", "json")
     assert json.loads(out)["priority"] == "batch"
+
+
+@pytest.mark.parametrize("name", list(codec.IR_TYPES))
+def test_ir_show_names_every_required_field(
+    name: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Required fields appear in `ir show` (as <placeholders> where no value fits), and
+    `ir validate` of that output either passes or names the placeholder's field."""
+    code, out, _ = run(capsys, "ir", "show", name, "--format", "json")
+    assert code == 0
+    shown = json.loads(out)
+    info = msgspec.inspect.type_info(codec.IR_TYPES[name])
+    assert isinstance(info, msgspec.inspect.StructType)
+    for field in info.fields:
+        if field.required:
+            assert shown.get(field.encode_name) is not None, field.encode_name
+    path = tmp_path / "shown.json"
+    path.write_text(out)
+    code, _, err = run(capsys, "ir", "validate", str(path))
+    placeholders = [k for k, v in shown.items() if isinstance(v, str) and v.startswith("<")]
+    if code != 0:
+        assert placeholders, err
+        assert any(f"$.{k}" in err for k in placeholders), err
+
+
+def test_ir_validate_names_the_missing_field(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "exp.toml"
+    path.write_text('name = "x"\nstages = []\nrepeats = 2\n')
+    code, _, err = run(capsys, "ir", "validate", str(path))
+    assert code == 2
+    assert "closest is Experiment" in err
+    assert "$.id" in err
 
 
 def test_ir_types_and_schemas(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -200,8 +200,12 @@ def test_decode_file_errors_name_the_file(tmp_path: Path) -> None:
 def test_guess_type_picks_the_only_fitting_type() -> None:
     assert codec.guess_type(MINIMAL) is TrainingJob
     assert codec.guess_type({"kind": "inference", "payload": {}}) is Job
-    with pytest.raises(ConfigError, match="cannot tell which IR type"):
+    with pytest.raises(ConfigError, match=r"cannot tell.*unknown field\(s\) \$\.nothing"):
         codec.guess_type({"nothing": 1})
+    with pytest.raises(
+        ConfigError, match=r"closest is Experiment, missing required field\(s\) \$\.id"
+    ):
+        codec.guess_type({"stages": [], "repeats": 2})
     with pytest.raises(ValidationError, match="expected an object"):
         codec.guess_type([1])
 

@@ -33,6 +33,8 @@ def skeleton(type_: Any) -> Any:
 
 
 def _skeleton(t: mi.Type, name: str) -> Any:
+    if isinstance(t, mi.Metadata):  # Annotated[..., Meta(description=...)]
+        return _skeleton(t.type, name)
     if isinstance(t, mi.UnionType):
         non_none = [x for x in t.types if not isinstance(x, mi.NoneType)]
         return _skeleton(non_none[0], name) if non_none else None

@@ -194,11 +194,43 @@ def guess_type(raw: Any) -> type[IRStruct]:
             fits.append(t)
     if len(fits) == 1:
         return fits[0]
-    names = ", ".join(t.__name__ for t in fits) if fits else "none"
+    if fits:
+        names = ", ".join(t.__name__ for t in fits)
+        raise ConfigError(
+            f"cannot tell which IR type this document is (it fits {names})",
+            hint=f"pass --type with one of: {names}",
+        )
     raise ConfigError(
-        f"cannot tell which IR type this document is (matches: {names})",
-        hint=f"pass --type with one of: {', '.join(IR_TYPES)}",
+        f"cannot tell which IR type this document is: {_closest_misfit(keys)}",
+        hint=f"fix that, or pass --type with one of: {', '.join(IR_TYPES)}",
     )
+
+
+def _closest_misfit(keys: set[str]) -> str:
+    """Name the IR type a document was most likely meant to be, and why it does not fit.
+
+    The closest type is the one sharing the most keys with the document (ties go to
+    the earlier type in :data:`IR_TYPES`), so a document that only lacks a required
+    field is told which field, instead of "matches: none".
+    """
+    best: tuple[int, str, list[str], list[str]] | None = None
+    for name, t in IR_TYPES.items():
+        info = cast(mi.StructType, mi.type_info(t))
+        names = {f.encode_name for f in info.fields}
+        required = [f.encode_name for f in info.fields if f.required]
+        shared = len(keys & names)
+        if best is None or shared > best[0]:
+            missing = [k for k in required if k not in keys]
+            unknown = sorted(keys - names)
+            best = (shared, name, missing, unknown)
+    assert best is not None  # IR_TYPES is never empty
+    _, name, missing, unknown = best
+    reasons: list[str] = []
+    if missing:
+        reasons.append("missing required field(s) " + ", ".join(f"$.{k}" for k in missing))
+    if unknown:
+        reasons.append("unknown field(s) " + ", ".join(f"$.{k}" for k in unknown))
+    return f"closest is {name}, " + "; ".join(reasons)
 
 
 def encode(obj: Any, *, format: Format = "json") -> bytes:
