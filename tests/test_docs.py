@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from crucible_core import _irdoc
 from crucible_core._hooksdoc import render, signature
 from crucible_core.hookspecs import HookSpecs
 
@@ -16,6 +17,17 @@ def test_hooks_reference_is_fresh_and_complete() -> None:
     for name in dir(HookSpecs):
         if not name.startswith("_"):
             assert f"## `{signature(name)}`" in committed
+
+
+def test_ir_reference_is_fresh_and_covers_nested_types() -> None:
+    committed = (ROOT / "docs" / "ir-reference.md").read_text()
+    assert committed == _irdoc.render(), (
+        "run `python -m crucible_core._irdoc > docs/ir-reference.md`"
+    )
+    for name in ("Prompt", "SamplingParams", "StreamChunk", "Usage", "Health", "StageDef"):
+        assert f"\n### {name}\n" in committed
+    for t in _irdoc.documented_types():
+        assert f"\n### {t.__name__}\n" in committed
 
 
 def test_plugin_authoring_guide_quotes_the_example_plugin() -> None:
