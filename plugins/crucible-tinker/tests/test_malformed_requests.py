@@ -134,6 +134,9 @@ def test_a_long_base_model_is_a_4xx_naming_the_field(http: httpx.Client) -> None
 
 
 def test_lora_rank_is_bounded_by_the_backend_capabilities(http: httpx.Client) -> None:
+    """crucible-local declares no ``max_lora_rank``, so the served backend is wrapped to
+    declare one (``_RankCapped``: the only part that is not real; every call still goes to
+    crucible-local)."""
     sid = _session(http)
 
     def create(seq: int, rank: int) -> httpx.Response:

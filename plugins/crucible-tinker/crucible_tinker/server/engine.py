@@ -270,23 +270,21 @@ class Engine:
         caps = self.backend_capabilities()
         if not caps.models or name in caps.models:
             return
-        if caps.metadata.get("models_by_path"):
+        by_path = bool(caps.metadata.get("models_by_path"))
+        if by_path:
             try:
                 if Path(name).expanduser().is_dir():
                     return
             except (OSError, ValueError):  # too long, or a NUL byte: not a directory
                 pass
         shown = name if len(name) <= 80 else name[:77] + "..."
+        served = ", ".join(caps.models) + (
+            ", or a model directory on the server" if by_path else ""
+        )
         raise ApiError(
             400,
-            f"base model {shown!r} is not served here (the {self.backend_name!r} backend "
-            f"serves {', '.join(caps.models)}"
-            + (
-                ", or a model directory on the server"
-                if caps.metadata.get("models_by_path")
-                else ""
-            )
-            + ")",
+            f"base model {shown!r} is not served here "
+            f"(the {self.backend_name!r} backend serves {served})",
         )
 
     def create_session(self, body: EmptyRequest) -> dict[str, Any]:
