@@ -72,11 +72,11 @@ from crucible_core.ir.backend import (
     Usage,
 )
 from crucible_core.ir.training import AdamW, Full, LoRA, Loss, ModelSpec, QLoRA, TrainingJob
-from crucible_tinker.credentials import Secret, redact, resolve_api_key
+from crucible_tinker.credentials import Secret, redact, refused_key_hint, resolve_api_key
 from crucible_tinker.plugin import CAPABILITIES
 from crucible_tinker.tokenizers import HFTokenizer, render_messages
 
-__all__ = ["TinkerBackend", "TinkerSampler", "TinkerTrainingSession"]
+__all__ = ["TinkerBackend", "TinkerSampler", "TinkerTrainingSession", "completion_text"]
 
 log = logging.getLogger("crucible_tinker")
 
@@ -299,8 +299,18 @@ class TinkerBackend:
             response = httpx.get(
                 url, headers={"X-API-Key": self._api_key.reveal()}, timeout=min(10.0, self.timeout)
             )
+        except httpx.HTTPError:
+            return None
+        if response.status_code in (401, 403):
+            # Said now: every later call would be refused too, and "no tokenizer" would hide it.
+            raise AuthError(
+                f"tinker: {resolve_base_url(self.base_url)} refused the API key "
+                f"(HTTP {response.status_code})",
+                hint=refused_key_hint(self._api_key),
+            )
+        try:
             name = response.json().get("backend") if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError, AttributeError):
+        except (ValueError, AttributeError):
             return None
         if not isinstance(name, str) or name == "tinker":
             return None
@@ -549,7 +559,7 @@ def map_error(exc: BaseException, what: str, secret: Secret | None) -> CrucibleE
     text = redact(f"{type(exc).__name__}: {exc}", [secret])
     message = f"tinker: {what} failed: {text}"
     if isinstance(exc, tinker.AuthenticationError | tinker.PermissionDeniedError):
-        return AuthError(message, hint="check TINKER_API_KEY or the backend's api_key_file")
+        return AuthError(message, hint=refused_key_hint(secret))
     if isinstance(exc, tinker.NotFoundError):
         return NotFound(message)
     if isinstance(exc, TimeoutError):
@@ -904,6 +914,23 @@ def _fb_result(
     )
 
 
+def completion_text(tokenizer: Tokenizer, tokens: Sequence[int], stops: Sequence[str]) -> str:
+    """A completion's text as the local path gives it: without the end-of-sequence token
+    that ended it, and cut before the first stop string.
+
+    Tinker returns every sampled token, the one that stopped generation included (the
+    EOS token, or the token that completed a stop string); ``tokens`` keep them, the
+    text does not.
+    """
+    ids = list(tokens)
+    eos = tokenizer.eos_token_id
+    if ids and eos is not None and ids[-1] == eos:
+        ids.pop()
+    text = tokenizer.decode(ids)
+    cuts = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return text[: min(cuts)] if cuts else text
+
+
 class TinkerSampler:
     """Samples from fixed weights through a tinker ``SamplingClient``."""
 
@@ -962,7 +989,7 @@ class TinkerSampler:
             latency = (time.perf_counter() - start) * 1000
             out = [
                 Completion(
-                    text=self._tokenizer.decode(seq.tokens),
+                    text=completion_text(self._tokenizer, seq.tokens, params.stop),
                     tokens=list(seq.tokens),
                     logprobs=list(seq.logprobs) if seq.logprobs is not None else None,
                     finish_reason="length" if seq.stop_reason == "length" else "stop",

@@ -2,15 +2,18 @@
 
 ::
 
-    crucible serve-tinker --backend local --host 127.0.0.1 --port 8000 --api-key tml-mykey
+    crucible serve-tinker --backend local --port 8000 --api-key-file ~/.config/crucible/server-keys
 
-Then, with the unmodified SDK::
+Then, with the unmodified SDK (the key in the environment, not on a command line)::
 
-    TINKER_BASE_URL=http://127.0.0.1:8000 TINKER_API_KEY=tml-mykey python my_tinker_script.py
+    export TINKER_BASE_URL=http://127.0.0.1:8000 TINKER_API_KEY=tml-...
+    python my_tinker_script.py
 
-API keys come from ``--api-key`` (repeatable), ``--api-key-file`` (one key
-per line, mode 0600) or ``$CRUCIBLE_TINKER_SERVER_API_KEYS`` (comma-separated);
-with none given, one is generated and printed once on stderr.
+API keys come from ``--api-key-file`` (one key per line, mode 0600),
+``$CRUCIBLE_TINKER_SERVER_API_KEYS`` (comma-separated) or ``--api-key``
+(repeatable; discouraged: any user of the machine sees a command line in
+``ps``, so it prints a warning); with none given, one is generated and
+printed once on stderr.
 """
 
 from __future__ import annotations
@@ -100,10 +103,16 @@ class _ServeTinkerCommand:
         parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
         parser.add_argument("--port", type=int, default=8000, help="port (8000; 0 = any free)")
         parser.add_argument(
-            "--api-key", action="append", metavar="KEY", help="accepted API key (repeatable)"
+            "--api-key-file",
+            type=Path,
+            help=f"file of accepted keys, one a line (mode 0600); or set ${KEYS_ENV}",
         )
         parser.add_argument(
-            "--api-key-file", type=Path, help="file of accepted keys, one a line (mode 0600)"
+            "--api-key",
+            action="append",
+            metavar="KEY",
+            help="accepted API key (repeatable; visible to other users in `ps`: prefer "
+            "--api-key-file)",
         )
         parser.add_argument(
             "--state-dir", type=Path, help="keep the checkpoint index here across restarts"
@@ -119,6 +128,13 @@ class _ServeTinkerCommand:
         )
         parser.add_argument(
             "--compress", action="store_true", help="ask the SDK to zstd-compress fwd/bwd bodies"
+        )
+        parser.add_argument(
+            "--max-body-bytes",
+            type=int,
+            metavar="N",
+            help="largest request body accepted, 413 beyond (default: the largest "
+            "forward_backward chunk the SDK sends)",
         )
         parser.add_argument("--log-level", default="warning", help="uvicorn log level")
         faults = parser.add_argument_group(
@@ -140,6 +156,16 @@ class _ServeTinkerCommand:
 
         keys, generated = server_keys(args)
         faults = fault_config(args)
+        if args.api_key:
+            sys.stderr.write(
+                "warning: --api-key puts the key on the command line, where other users of "
+                f"this machine see it (ps); use --api-key-file or ${KEYS_ENV}\n"
+            )
+        if args.max_body_bytes is not None and args.max_body_bytes < 1024:
+            raise ConfigError(
+                f"--max-body-bytes {args.max_body_bytes} is too small",
+                hint="give at least 1024 (the SDK's own requests need that)",
+            )
         server = TinkerServer(
             args.backend,
             backend_options=_options(args.backend_option),
@@ -151,6 +177,7 @@ class _ServeTinkerCommand:
             long_poll_s=args.long_poll,
             fwdbwd_max_chunk_len=args.chunk_len,
             proto_compress_fwdbwd=args.compress,
+            max_body_bytes=args.max_body_bytes,
             faults=faults,
         )
 

@@ -35,6 +35,7 @@ __all__ = [
     "read_key_file",
     "read_private_file",
     "redact",
+    "refused_key_hint",
     "resolve_api_key",
 ]
 
@@ -158,6 +159,27 @@ def resolve_api_key(
         hint=f'set {API_KEY_ENV}, or write `api_key = "tml-..."` to {default} '
         "(mode 0600), or pass the backend option api_key_file",
     )
+
+
+def refused_key_hint(secret: Secret | None) -> str:
+    """What to fix when a server refuses ``secret``: the setting it came from."""
+    source = secret.source if secret is not None else ""
+    if source.startswith("env:"):
+        where = f"the key in ${source[4:]}"
+        fix = f"set {source[4:]} to a key the server accepts"
+    elif source.startswith("file:"):
+        where = f"the key in {source[5:]}"
+        fix = (
+            f"put a key the server accepts in {source[5:]} (or point the backend option "
+            f"api_key_file / ${API_KEY_FILE_ENV} at another file)"
+        )
+    elif source == "option":
+        where = "the backend option api_key"
+        fix = f"fix it, or drop it and set {API_KEY_ENV}"
+    else:
+        where = "the API key"
+        fix = f"set {API_KEY_ENV} or the backend option api_key_file"
+    return f"the server refused {where}: {fix}"
 
 
 def redact(text: str, secrets: Iterable[Secret | str | None]) -> str:

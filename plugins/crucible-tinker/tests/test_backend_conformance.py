@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from crucible_tinker.backend import TinkerBackend
@@ -144,3 +145,32 @@ def test_health_check_reports_a_dead_server() -> None:
         assert "Connect" in health.detail
     finally:
         b.close()
+
+
+def test_sampled_text_drops_the_stop_token_as_on_the_local_path(
+    backend: TinkerBackend, tokenizer: Any
+) -> None:
+    """Tinker returns the token that ended generation among the sampled tokens; the text
+    must not show it (it used to end in ``<|eos|>``), nor a stop string."""
+    sampler = backend.load_sampler(ModelSpec(name=BASE_MODEL), None)
+    eos = sampler.tokenizer.eos_token_id
+    assert eos is not None
+    eos_text = tokenizer.decode([eos])
+    assert eos_text  # what would leak: "<|eos|>"
+    # Hot sampling on an untrained model: some of the 64 draws end with EOS (seeded).
+    params = SamplingParams(n=64, max_tokens=48, temperature=3.0, seed=1)
+    out = sampler.sample(Prompt(text="Hello"), params).result(timeout=WAIT)
+    ended = [c for c in out if c.tokens[-1] == eos]
+    assert ended, "no completion ended with EOS: pick another seed"
+    for c in ended:
+        assert c.finish_reason == "stop"
+        assert c.text == tokenizer.decode(c.tokens[:-1])
+    assert all(eos_text not in c.text for c in out)
+    # A stop string: the text stops before it (the tokens keep the one that completed it).
+    stopped = sampler.sample(
+        Prompt(text="Hello"),
+        SamplingParams(n=64, max_tokens=48, temperature=3.0, seed=2, stop=["e"]),
+    ).result(timeout=WAIT)
+    cut = [c for c in stopped if "e" in tokenizer.decode(c.tokens)]
+    assert cut, "no completion met the stop string: pick another seed"
+    assert all("e" not in c.text for c in stopped)

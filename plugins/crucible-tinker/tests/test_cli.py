@@ -7,6 +7,7 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -147,3 +148,103 @@ def test_fault_flags_build_a_fault_config() -> None:
     assert not fault_config(parser.parse_args([])).active
     with pytest.raises(ConfigError, match="fault injection"):
         fault_config(parser.parse_args(["--inject-drop-rate", "2"]))
+
+
+def _peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM in /proc/<pid>/status")
+
+
+def _send_until_refused(sock: socket.socket, total: int, piece: bytes) -> int:
+    """Send up to ``total`` bytes of ``piece``; stop when the server answers or hangs up."""
+    sent = 0
+    while sent < total:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if readable:
+            break
+        try:
+            sock.sendall(piece)
+        except OSError:  # the server closed the connection: what it should do
+            break
+        sent += len(piece)
+    return sent
+
+
+def test_oversized_bodies_are_refused_without_the_server_growing(tmp_path: Path) -> None:
+    """200 MB bodies against a real ``crucible serve-tinker`` limited to 1 MB: announced
+    (Content-Length) they get 413 before a byte is read; chunked they are cut off at the
+    limit. The server's peak memory (VmHWM) does not grow by anything like 200 MB."""
+    key = "tml-" + "ab" * 20
+    keyfile = tmp_path / "keys"
+    keyfile.write_text(key + "\n")
+    keyfile.chmod(0o600)
+    env = {**os.environ, "CRUCIBLE_STRICT_PLUGINS": "1", "CRUCIBLE_HOME": str(tmp_path)}
+    env.pop(KEYS_ENV, None)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "crucible_core.cli.main",
+            "serve-tinker",
+            "--port",
+            "0",
+            "--api-key-file",
+            str(keyfile),
+            "--max-body-bytes",
+            str(1 << 20),
+            "--backend-option",
+            f"home={tmp_path / 'local'}",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        (url,) = _read_until(proc, [r"on (http://127\.0\.0\.1:\d+)"], 90)
+        host, port = url.removeprefix("http://").split(":")
+        with httpx.Client(base_url=f"{url}/api/v1", timeout=10) as http:
+            assert http.post("create_session", json={}, headers={"X-API-Key": key}).is_success
+        before = _peak_rss_kib(proc.pid)
+        head = (
+            f"POST /api/v1/forward_backward HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {key}\r\n"
+            "Content-Type: application/x-protobuf\r\n"
+        )
+        piece = b"\0" * (1 << 20)
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(f"{head}Content-Length: {200 << 20}\r\n\r\n".encode())
+            answer = sock.recv(4096).decode()
+            assert answer.startswith("HTTP/1.1 413"), answer
+            assert "connection: close" in answer.lower()
+            _send_until_refused(sock, 200 << 20, piece)
+        chunk = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode())
+            sent = _send_until_refused(sock, 200 << 20, chunk)
+        assert sent < 100 << 20  # refused long before the end
+        grown_mib = (_peak_rss_kib(proc.pid) - before) / 1024
+        assert grown_mib < 48, f"the server's peak memory grew by {grown_mib:.0f} MiB"
+        with httpx.Client(base_url=f"{url}/api/v1", timeout=10) as http:
+            assert http.get("healthz").json() == {"status": "ok"}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        assert proc.stderr is not None
+        rest = proc.stderr.read().decode()
+        proc.stderr.close()
+    assert "Traceback" not in rest
+
+
+def test_api_key_on_the_command_line_is_warned_about(capsys: pytest.CaptureFixture[str]) -> None:
+    from crucible_core.cli.main import main
+
+    # --max-body-bytes 10 is refused after the key handling: no server starts.
+    assert main(["serve-tinker", "--api-key", "tml-x", "--max-body-bytes", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "--api-key-file" in err
+    assert "ps" in err

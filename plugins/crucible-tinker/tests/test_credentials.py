@@ -179,3 +179,65 @@ def test_key_never_reaches_run_dir_events_logs_or_errors(
     for text in texts:
         assert key not in text
         assert key[4:] not in text
+
+
+def test_a_refused_key_is_an_auth_error_naming_the_setting(
+    server: TinkerServer,
+    local_home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A wrong key used to surface as ``no tokenizer for 'tiny-llama'``: the tokenizer
+    lookup at the server was refused and taken for "not a crucible server"."""
+    from crucible_core.cli.main import main
+
+    job = TrainingJob(
+        backend="tinker",
+        model_spec=ModelSpec(name=BASE_MODEL),
+        adapter_config=LoRA(rank=4),
+        learning_config=LearningConfig(max_steps=1),
+        dataset_spec=DatasetSpec(uri="memory:auth"),
+    )
+    wrong = "tml-wrong-key-0123456789"
+    monkeypatch.setenv(API_KEY_ENV, wrong)
+    # Through the SDK (the tokenizer is found locally, so the SDK meets the refusal).
+    through_sdk = TinkerBackend(
+        base_url=server.url,
+        tokenizer_backend="local",
+        tokenizer_backend_options={"home": str(local_home)},
+        timeout=WAIT,
+    )
+    # The tokenizer borrowed from the server, as `crucible train` does by default.
+    borrowing = TinkerBackend(base_url=server.url, timeout=WAIT)
+    try:
+        for backend in (through_sdk, borrowing):
+            with pytest.raises(AuthError) as info:
+                backend.create_session(job)
+            assert f"set {API_KEY_ENV} to a key the server accepts" in str(info.value)
+            assert wrong not in str(info.value)
+    finally:
+        through_sdk.close()
+        borrowing.close()
+    # A key from a file names the file.
+    monkeypatch.delenv(API_KEY_ENV)
+    keyfile = _write(tmp_path / "tinker.toml", f'api_key = "{wrong}"\n', 0o600)
+    from_file = TinkerBackend(base_url=server.url, api_key_file=str(keyfile), timeout=WAIT)
+    try:
+        with pytest.raises(AuthError, match=f"key in {keyfile}"):
+            from_file.create_session(job)
+    finally:
+        from_file.close()
+    # The reported symptom: `crucible train` says what to fix, exit 2, no traceback.
+    monkeypatch.setenv(API_KEY_ENV, wrong)
+    monkeypatch.setenv("TINKER_BASE_URL", server.url)
+    monkeypatch.setenv("CRUCIBLE_HOME", str(tmp_path / "home"))
+    repo = Path(__file__).resolve().parents[3]
+    monkeypatch.chdir(repo)
+    code = main(["train", "examples/sft-local.toml", "--backend", "tinker", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert API_KEY_ENV in err
+    assert "no tokenizer" not in err
+    assert "Traceback" not in err
+    assert wrong not in err

@@ -9,17 +9,25 @@ retries); a request with the same key still in flight waits for that one's
 answer. Training operations are also deduplicated by ``(model_id, seq_id)``
 and samples by ``(sampling_session_id, seq_id)`` in the engine, which covers
 the SDK's outer retry loop (a new key for the same operation).
+
+Malformed requests: bodies are decoded in :mod:`~crucible_tinker.server.wire`
+(msgspec request Structs); this module alone turns errors into HTTP answers,
+always JSON ``{"detail": ...}``: a body that does not decode is 400, a body
+bigger than ``ServerConfig.body_limit`` is 413 (refused from its
+``Content-Length`` before it is read, or as soon as a chunked body passes the
+limit; the connection is then closed), a GET with a body is 400. A request
+the engine refuses gets the engine's status; anything unexpected is a JSON
+500 with the traceback in the server's log only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -31,13 +39,73 @@ from crucible_core.errors import ConfigError, CrucibleError, NotFound
 from crucible_tinker.server.config import ServerConfig
 from crucible_tinker.server.engine import ApiError, Engine
 from crucible_tinker.server.futures import JSON, Failure
-from crucible_tinker.server.wire import decode_forward_backward
+from crucible_tinker.server.wire import (
+    BodyTooLarge,
+    CreateModelRequest,
+    CreateSamplingSessionRequest,
+    EmptyRequest,
+    LoadWeightsRequest,
+    ModelRequest,
+    OptimStepRequest,
+    RequestIdRequest,
+    SampleRequest,
+    SaveWeightsForSamplerRequest,
+    SaveWeightsRequest,
+    SessionRequest,
+    WireRequest,
+    decode_forward_backward,
+    decode_request,
+)
 
-__all__ = ["build_app"]
+__all__ = ["ROUTES", "RouteSpec", "build_app"]
 
 log = logging.getLogger("crucible_tinker.server")
 Handler = Callable[[Request], Awaitable[Response]]
+W = TypeVar("W", bound=WireRequest)
 _IDEMPOTENCY_CACHE = 20_000
+
+
+class RouteSpec(NamedTuple):
+    """One endpoint: ``method path``, served by the handler named ``handler``; ``auth``: an
+    accepted X-API-Key is required; ``idempotent``: a POST's X-Idempotency-Key is honoured."""
+
+    method: str
+    path: str
+    handler: str
+    auth: bool = True
+    idempotent: bool = True
+
+
+def _v1(method: str, path: str, handler: str, **kw: bool) -> RouteSpec:
+    return RouteSpec(method, f"/api/v1/{path}", handler, **kw)
+
+
+#: The route table of the server (tests walk it: every endpoint answers a malformed
+#: request with a 4xx).
+ROUTES: tuple[RouteSpec, ...] = (
+    _v1("POST", "client/config", "client_config", idempotent=False),
+    _v1("POST", "client/dynamic_config", "dynamic_config", idempotent=False),
+    _v1("GET", "healthz", "healthz", auth=False),
+    _v1("GET", "get_server_capabilities", "capabilities"),
+    _v1("POST", "create_session", "create_session"),
+    _v1("POST", "session_heartbeat", "heartbeat", idempotent=False),
+    _v1("POST", "telemetry", "telemetry", idempotent=False),
+    _v1("POST", "sessions/{session_id}/finish", "finish"),
+    _v1("POST", "create_model", "create_model"),
+    _v1("POST", "get_info", "get_info", idempotent=False),
+    _v1("POST", "forward_backward", "forward_backward"),
+    _v1("POST", "optim_step", "optim_step"),
+    _v1("POST", "save_weights", "save_weights"),
+    _v1("POST", "save_weights_for_sampler", "save_weights_for_sampler"),
+    _v1("POST", "load_weights", "load_weights"),
+    _v1("POST", "create_sampling_session", "create_sampling_session"),
+    _v1("GET", "samplers/{sampler_id:path}", "get_sampler"),
+    _v1("POST", "asample", "asample"),
+    _v1("POST", "retrieve_future", "retrieve_future", idempotent=False),
+    _v1("POST", "cancel_future", "cancel_future", idempotent=False),
+    RouteSpec("GET", "/crucible/v1/stats", "stats", idempotent=False),
+    RouteSpec("GET", "/crucible/v1/info", "info", idempotent=False),
+)
 
 
 class _Idempotency:
@@ -84,27 +152,54 @@ def _error(status: int, detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status)
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw:
-        return {}
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        f"the request body is larger than {limit} bytes, the limit of this server "
+        "(crucible serve-tinker --max-body-bytes)",
+    )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused (413) before it is read when ``Content-Length`` says it is over
+    ``limit``, and as soon as a chunked body passes it while being read."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise ApiError(400, f"bad Content-Length {declared[:40]!r}") from None
+        if size > limit:
+            raise _too_large(limit)
+    parts: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise _too_large(limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _decoded(raw: bytes, type_: type[W]) -> W:
     try:
-        data = json.loads(raw)
-    except ValueError:
-        raise ApiError(400, "the body is not JSON") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    return data
+        return decode_request(raw, type_)
+    except ConfigError as exc:  # ValidationError: not JSON, not an object, a bad field
+        raise ApiError(400, str(exc)) from None
 
 
 def build_app(engine: Engine, config: ServerConfig) -> Starlette:
     """The Starlette application of one server."""
     keys = tuple(k.encode() for k in config.api_keys)
     idempotency = _Idempotency()
+    limit = config.body_limit(engine.context_length)
 
     def authorized(request: Request) -> bool:
         given = request.headers.get("x-api-key", "").encode()
         return any(hmac.compare_digest(given, k) for k in keys)
+
+    async def body(request: Request) -> bytes:
+        return await _read_body(request, limit)
 
     def endpoint(fn: Handler, *, auth: bool = True, idempotent: bool = True) -> Handler:
         async def wrapped(request: Request) -> Response:
@@ -120,13 +215,21 @@ def build_app(engine: Engine, config: ServerConfig) -> Starlette:
                 try:
                     return await fn(request)
                 except ApiError as exc:
-                    return _error(exc.status, exc.detail)
+                    response = _error(exc.status, exc.detail)
+                    if exc.status == 413:
+                        # The rest of the body is never read: this connection cannot be reused.
+                        response.headers["connection"] = "close"
+                    return response
                 except (ConfigError, NotFound) as exc:
                     # A request the backend refused: the SDK must not retry it.
                     return _error(404 if isinstance(exc, NotFound) else 400, str(exc))
                 except CrucibleError as exc:
                     log.warning("%s %s failed: %s", request.method, request.url.path, exc)
                     return _error(500, str(exc))
+                except Exception:
+                    # A bug, not a bad request: the traceback goes to the log, not the client.
+                    log.exception("%s %s failed", request.method, request.url.path)
+                    return _error(500, "internal error (see the server's log)")
 
             if idempotent and key and request.method == "POST":
                 return await idempotency.run((request.url.path, key), produce)
@@ -135,16 +238,27 @@ def build_app(engine: Engine, config: ServerConfig) -> Starlette:
         return wrapped
 
     def json_call(
-        method: Callable[[dict[str, Any]], dict[str, Any]], *, thread: bool = False
+        method: Callable[[W], dict[str, Any]], type_: type[W], *, thread: bool = False
     ) -> Handler:
         async def handler(request: Request) -> Response:
-            body = await _json_body(request)
-            result = await run_in_threadpool(method, body) if thread else method(body)
+            req = _decoded(await body(request), type_)
+            result = await run_in_threadpool(method, req) if thread else method(req)
             return JSONResponse(result)
 
         return handler
 
+    def bodiless(fn: Handler) -> Handler:
+        """A GET handler: a request with a body is malformed (400)."""
+
+        async def handler(request: Request) -> Response:
+            if await body(request):
+                raise ApiError(400, f"GET {request.url.path} takes no body")
+            return await fn(request)
+
+        return handler
+
     async def client_config(request: Request) -> Response:
+        _decoded(await body(request), EmptyRequest)
         # `Connection: close`: the SDK fetches this through a one-off client it never
         # closes; closing from our side keeps its socket from leaking (ResourceWarning).
         return JSONResponse(
@@ -155,6 +269,7 @@ def build_app(engine: Engine, config: ServerConfig) -> Starlette:
                 "parallel_fwdbwd_chunks": config.parallel_fwdbwd_chunks,
                 "proto_compress_fwdbwd": config.proto_compress_fwdbwd,
                 "fwdbwd_max_chunk_len": config.fwdbwd_max_chunk_len,
+                "fwdbwd_max_chunk_bytes_count": config.fwdbwd_max_chunk_bytes,
                 "sample_use_retrieve_futures": False,
                 "custom_loss_server_side": False,
                 "sample_join_sampling_session": False,
@@ -163,6 +278,7 @@ def build_app(engine: Engine, config: ServerConfig) -> Starlette:
         )
 
     async def dynamic_config(request: Request) -> Response:
+        _decoded(await body(request), EmptyRequest)
         return JSONResponse({"refresh_interval_sec": 300, "sample_cancel_enabled": False})
 
     async def healthz(request: Request) -> Response:
@@ -172,33 +288,34 @@ def build_app(engine: Engine, config: ServerConfig) -> Starlette:
         return JSONResponse(await run_in_threadpool(engine.capabilities))
 
     async def heartbeat(request: Request) -> Response:
-        body = await _json_body(request)
-        sid = body.get("session_id")
-        if not isinstance(sid, str):
-            raise ApiError(400, "`session_id` is required")
-        return JSONResponse(engine.heartbeat(sid))
+        req = _decoded(await body(request), SessionRequest)
+        return JSONResponse(engine.heartbeat(req.session_id))
 
     async def telemetry(request: Request) -> Response:
-        await request.body()  # accepted and dropped: events may quote request headers
+        # Accepted and dropped (events may quote request headers), once it decodes.
+        _decoded(await body(request), EmptyRequest)
         engine.stats["telemetry_batches"] += 1
         # `Connection: close`: the SDK's final flush runs while its client is being closed
         # and may open a connection pool that nothing closes afterwards.
         return JSONResponse({"status": "accepted"}, headers={"connection": "close"})
 
     async def finish(request: Request) -> Response:
+        _decoded(await body(request), EmptyRequest)
         sid = request.path_params["session_id"]
         return JSONResponse(await run_in_threadpool(engine.finish_session, sid))
 
     async def forward_backward(request: Request) -> Response:
-        raw = await request.body()
+        raw = await body(request)
         encoding = request.headers.get("content-encoding")
         if encoding:
             engine.stats[f"bodies:{encoding.strip().lower()}"] = (
                 engine.stats.get(f"bodies:{encoding.strip().lower()}", 0) + 1
             )
         try:
-            req = decode_forward_backward(raw, encoding)
-        except Exception as exc:  # ValidationError / UnsupportedError: a bad request
+            req = decode_forward_backward(raw, encoding, max_bytes=limit)
+        except BodyTooLarge as exc:
+            raise ApiError(413, str(exc)) from None
+        except ConfigError as exc:  # ValidationError / UnsupportedError: a bad request
             raise ApiError(400, str(exc)) from None
         return JSONResponse(engine.forward_backward(req))
 
@@ -206,14 +323,11 @@ def build_app(engine: Engine, config: ServerConfig) -> Starlette:
         return JSONResponse(engine.get_sampler(request.path_params["sampler_id"]))
 
     async def cancel_future(request: Request) -> Response:
-        await request.body()
+        _decoded(await body(request), RequestIdRequest)
         return JSONResponse({})
 
     async def retrieve_future(request: Request) -> Response:
-        body = await _json_body(request)
-        rid = body.get("request_id")
-        if not isinstance(rid, str):
-            raise ApiError(400, "`request_id` is required")
+        rid = _decoded(await body(request), RequestIdRequest).request_id
         entry = engine.futures.get(rid)
         if entry is None:
             # 410: the promise is gone (expired or from before a restart); the SDK
@@ -237,34 +351,47 @@ def build_app(engine: Engine, config: ServerConfig) -> Starlette:
         snap["stats"]["idempotency_hits"] = idempotency.hits
         return JSONResponse(snap)
 
-    def post(path: str, handler: Handler, **kw: Any) -> Route:
-        return Route(f"/api/v1/{path}", endpoint(handler, **kw), methods=["POST"])
-
-    def get(path: str, handler: Handler, **kw: Any) -> Route:
-        return Route(f"/api/v1/{path}", endpoint(handler, **kw), methods=["GET"])
-
+    handlers: dict[str, Handler] = {
+        "client_config": client_config,
+        "dynamic_config": dynamic_config,
+        "healthz": healthz,
+        "capabilities": capabilities,
+        "create_session": json_call(engine.create_session, EmptyRequest),
+        "heartbeat": heartbeat,
+        "telemetry": telemetry,
+        "finish": finish,
+        "create_model": json_call(engine.create_model, CreateModelRequest),
+        "get_info": json_call(engine.get_info, ModelRequest, thread=True),
+        "forward_backward": forward_backward,
+        "optim_step": json_call(engine.optim_step, OptimStepRequest),
+        "save_weights": json_call(engine.save_weights, SaveWeightsRequest),
+        "save_weights_for_sampler": json_call(
+            engine.save_weights_for_sampler, SaveWeightsForSamplerRequest
+        ),
+        "load_weights": json_call(engine.load_weights, LoadWeightsRequest),
+        "create_sampling_session": json_call(
+            engine.create_sampling_session, CreateSamplingSessionRequest, thread=True
+        ),
+        "get_sampler": get_sampler,
+        "asample": json_call(engine.asample, SampleRequest),
+        "retrieve_future": retrieve_future,
+        "cancel_future": cancel_future,
+        "stats": stats,
+        "info": info,
+    }
+    assert set(handlers) == {spec.handler for spec in ROUTES}, "ROUTES and handlers disagree"
     routes = [
-        post("client/config", client_config, idempotent=False),
-        post("client/dynamic_config", dynamic_config, idempotent=False),
-        get("healthz", healthz, auth=False),
-        get("get_server_capabilities", capabilities),
-        post("create_session", json_call(engine.create_session)),
-        post("session_heartbeat", heartbeat, idempotent=False),
-        post("telemetry", telemetry, idempotent=False),
-        post("sessions/{session_id}/finish", finish),
-        post("create_model", json_call(engine.create_model)),
-        post("get_info", json_call(engine.get_info, thread=True), idempotent=False),
-        post("forward_backward", forward_backward),
-        post("optim_step", json_call(engine.optim_step)),
-        post("save_weights", json_call(engine.save_weights)),
-        post("save_weights_for_sampler", json_call(engine.save_weights_for_sampler)),
-        post("load_weights", json_call(engine.load_weights)),
-        post("create_sampling_session", json_call(engine.create_sampling_session, thread=True)),
-        get("samplers/{sampler_id:path}", get_sampler),
-        post("asample", json_call(engine.asample)),
-        post("retrieve_future", retrieve_future, idempotent=False),
-        post("cancel_future", cancel_future, idempotent=False),
-        Route("/crucible/v1/stats", endpoint(stats, idempotent=False), methods=["GET"]),
-        Route("/crucible/v1/info", endpoint(info, idempotent=False), methods=["GET"]),
+        Route(
+            spec.path,
+            endpoint(
+                bodiless(handlers[spec.handler])
+                if spec.method == "GET"
+                else handlers[spec.handler],
+                auth=spec.auth,
+                idempotent=spec.idempotent,
+            ),
+            methods=[spec.method],
+        )
+        for spec in ROUTES
     ]
     return Starlette(routes=routes)

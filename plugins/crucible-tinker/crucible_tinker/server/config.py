@@ -6,6 +6,17 @@ from dataclasses import dataclass, field
 
 __all__ = ["FaultConfig", "ServerConfig"]
 
+#: Bytes a forward_backward body spends per token at most: the int32 token, the int64
+#: target and four float32 loss inputs (weights, advantages, logprobs, one spare).
+_BODY_BYTES_PER_TOKEN = 4 + 8 + 4 * 4
+#: Protobuf framing per datum (tags, lengths, the loss input names, dtypes, shapes).
+_BODY_BYTES_PER_DATUM = 256
+#: The request's own fields (model id, loss name, loss config).
+_BODY_BYTES_FIXED = 64 * 1024
+#: Context length assumed for the default body limit when neither the backend nor the
+#: configuration declares one.
+_FALLBACK_CONTEXT = 32_768
+
 
 @dataclass(frozen=True)
 class FaultConfig:
@@ -69,6 +80,14 @@ class ServerConfig:
     re-polls at once, and reads with a 45 s timeout). ``fwdbwd_max_chunk_len``,
     ``parallel_fwdbwd_chunks``, ``proto_compress_fwdbwd`` and
     ``use_pyqwest_transport`` are handed to the SDK in ``/client/config``.
+    ``fwdbwd_max_chunk_bytes`` (the SDK's ``fwdbwd_max_chunk_bytes_count``) is
+    handed over too: the SDK starts a new chunk before one would exceed it
+    (estimated from the tokens and tensors, before compression).
+    ``max_body_bytes``: the largest request body accepted, compressed or not
+    (413 beyond it; None: :meth:`body_limit` sizes it to the largest
+    legitimate forward_backward chunk). ``max_lora_rank``: the largest LoRA
+    rank accepted when the backend declares no ``max_lora_rank`` of its own
+    (the smaller of the two otherwise).
     ``result_ttl_s``: how long a finished result stays retrievable.
     ``session_ttl_s``: a session that sends nothing for this long (the SDK
     heartbeats every 10 s) is finished and its models are closed.
@@ -77,6 +96,9 @@ class ServerConfig:
     api_keys: tuple[str, ...]
     long_poll_s: float = 10.0
     fwdbwd_max_chunk_len: int = 1024
+    fwdbwd_max_chunk_bytes: int = 5_000_000
+    max_body_bytes: int | None = None
+    max_lora_rank: int = 512
     parallel_fwdbwd_chunks: bool = True
     proto_compress_fwdbwd: bool = False
     use_pyqwest_transport: bool = False
@@ -97,3 +119,24 @@ class ServerConfig:
             raise ValueError("long_poll_s must be in (0, 45): the SDK reads with a 45 s timeout")
         if self.fwdbwd_max_chunk_len < 1:
             raise ValueError("fwdbwd_max_chunk_len must be >= 1")
+        if self.fwdbwd_max_chunk_bytes < 1:
+            raise ValueError("fwdbwd_max_chunk_bytes must be >= 1")
+        if self.max_body_bytes is not None and self.max_body_bytes < 1024:
+            raise ValueError("max_body_bytes must be >= 1024 (the SDK's own requests need that)")
+        if self.max_lora_rank < 1:
+            raise ValueError("max_lora_rank must be >= 1")
+
+    def body_limit(self, context_length: int | None) -> int:
+        """The largest request body accepted (``max_body_bytes`` when set).
+
+        Otherwise the largest forward_backward chunk the SDK sends: datums whose
+        estimated bytes add up to ``fwdbwd_max_chunk_bytes``, or one datum of
+        ``context_length`` tokens alone when it is bigger than that, plus the
+        protobuf framing of ``fwdbwd_max_chunk_len`` datums. JSON bodies are far
+        smaller.
+        """
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        context = self.max_context_length or context_length or _FALLBACK_CONTEXT
+        payload = max(self.fwdbwd_max_chunk_bytes, context * _BODY_BYTES_PER_TOKEN)
+        return payload + self.fwdbwd_max_chunk_len * _BODY_BYTES_PER_DATUM + _BODY_BYTES_FIXED

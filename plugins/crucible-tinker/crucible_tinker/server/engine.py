@@ -40,6 +40,7 @@ from crucible_core.errors import (
 from crucible_core.ir import convert, to_builtins
 from crucible_core.ir.backend import (
     AdamParams,
+    Capabilities,
     CheckpointRef,
     Completion,
     ForwardBackwardResult,
@@ -58,7 +59,19 @@ from crucible_tinker.server.config import ServerConfig
 from crucible_tinker.server.futures import JSON, PROTOBUF, Entry, FutureStore, Payload
 from crucible_tinker.server.ordering import OrderedQueue, StaleSequence
 from crucible_tinker.server.wire import (
+    CreateModelRequest,
+    CreateSamplingSessionRequest,
+    EmptyRequest,
     FwdBwdRequest,
+    LoadWeightsRequest,
+    LoraConfigBody,
+    ModelRequest,
+    OptimStepRequest,
+    PromptBody,
+    SampleRequest,
+    SamplingParamsBody,
+    SaveWeightsForSamplerRequest,
+    SaveWeightsRequest,
     encode_forward_backward_output,
     encode_sample_response,
 )
@@ -160,25 +173,9 @@ def _json(data: Mapping[str, Any]) -> Payload:
     return Payload(json.dumps(data).encode(), JSON)
 
 
-def _num(value: Any, where: str) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ApiError(400, f"{where} must be a number") from None
-    return out
-
-
-def _str(body: Mapping[str, Any], key: str) -> str:
-    value = body.get(key)
-    if not isinstance(value, str) or not value:
-        raise ApiError(400, f"`{key}` (a non-empty string) is required")
-    return value
-
-
-def _int(body: Mapping[str, Any], key: str, default: int | None = None) -> int:
-    value = body.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ApiError(400, f"`{key}` (an integer) is required")
+def _seq(value: int | None, name: str) -> int:
+    if value is None:
+        raise ApiError(400, f"`{name}` (an integer) is required")
     return value
 
 
@@ -215,6 +212,7 @@ class Engine:
             "heartbeats": 0,
         }
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tinker-srv")
+        self._caps: Capabilities | None = None
         self._closed = False
         if state_dir is not None:
             self._load_index()
@@ -246,7 +244,50 @@ class Engine:
 
     # -- sessions --------------------------------------------------------------
 
-    def create_session(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def backend_capabilities(self) -> Capabilities:
+        """The served backend's capabilities (asked once: they bound every request)."""
+        if self._caps is None:
+            self._caps = self.backend.capabilities()
+        return self._caps
+
+    @property
+    def context_length(self) -> int | None:
+        """The longest sequence accepted: the configured one, else the backend's."""
+        return self.config.max_context_length or self.backend_capabilities().max_context_length
+
+    @property
+    def max_lora_rank(self) -> int:
+        """The largest LoRA rank accepted: the backend's when it declares one, never more
+        than ``ServerConfig.max_lora_rank``."""
+        declared = self.backend_capabilities().max_lora_rank
+        cap = self.config.max_lora_rank
+        return min(cap, declared) if declared is not None else cap
+
+    def check_base_model(self, name: str) -> None:
+        """ApiError 400 unless the served backend can load ``name``: one of the models its
+        capabilities list (any name when the list is empty), or, when it loads models by
+        path (``metadata.models_by_path``), an existing directory."""
+        caps = self.backend_capabilities()
+        if not caps.models or name in caps.models:
+            return
+        by_path = bool(caps.metadata.get("models_by_path"))
+        if by_path:
+            try:
+                if Path(name).expanduser().is_dir():
+                    return
+            except (OSError, ValueError):  # too long, or a NUL byte: not a directory
+                pass
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        served = ", ".join(caps.models) + (
+            ", or a model directory on the server" if by_path else ""
+        )
+        raise ApiError(
+            400,
+            f"base model {shown!r} is not served here "
+            f"(the {self.backend_name!r} backend serves {served})",
+        )
+
+    def create_session(self, body: EmptyRequest) -> dict[str, Any]:
         sid = ids.new_session_id()
         now = time.monotonic()
         with self._lock:
@@ -361,30 +402,31 @@ class Engine:
         job = self._job(model, seed)
         return self.backend.create_session(job)
 
-    def create_model(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        session_id = _str(body, "session_id")
+    def create_model(self, body: CreateModelRequest) -> dict[str, Any]:
+        session_id = body.session_id
         self._session(session_id)
-        model_seq_id = _int(body, "model_seq_id")
-        base_model = _str(body, "base_model")
-        lora_raw = body.get("lora_config") or {}
-        if not isinstance(lora_raw, dict):
-            raise ApiError(400, "`lora_config` must be an object")
-        optimizer = body.get("optimizer_config") or {"type": "adamw"}
-        if not isinstance(optimizer, dict) or optimizer.get("type", "adamw") != "adamw":
+        self.check_base_model(body.base_model)
+        if body.optimizer_config is not None and body.optimizer_config.type != "adamw":
             raise ApiError(400, "only the adamw optimizer is supported by this server")
+        lora_raw = body.lora_config or LoraConfigBody()
+        if lora_raw.rank > self.max_lora_rank:
+            raise ApiError(
+                400,
+                f"lora_config.rank {lora_raw.rank} is above {self.max_lora_rank}, the largest "
+                f"rank the {self.backend_name!r} backend is served with",
+            )
         lora = {
-            "rank": lora_raw.get("rank", 32),
-            "train_mlp": bool(lora_raw.get("train_mlp", True)),
-            "train_attn": bool(lora_raw.get("train_attn", True)),
-            "train_unembed": bool(lora_raw.get("train_unembed", True)),
+            "rank": lora_raw.rank,
+            "train_mlp": lora_raw.train_mlp,
+            "train_attn": lora_raw.train_attn,
+            "train_unembed": lora_raw.train_unembed,
         }
         try:
             convert({"kind": "lora", **lora}, LoRA)
         except ValidationError as exc:
             raise ApiError(400, f"bad lora_config: {exc}") from None
-        seed_raw = lora_raw.get("seed")
-        seed = seed_raw if isinstance(seed_raw, int) and seed_raw >= 0 else None
-        model, created = self._new_model(session_id, model_seq_id, base_model, lora)
+        seed = lora_raw.seed if lora_raw.seed is not None and lora_raw.seed >= 0 else None
+        model, created = self._new_model(session_id, body.model_seq_id, body.base_model, lora)
         if not created:
             return self._resubmitted_creation(model)
         entry = self.futures.create("create_model")
@@ -396,8 +438,8 @@ class Engine:
         model.queue.offer(0, entry.request_id, _Op("create_model", 0, entry, submit))
         return {"request_id": entry.request_id, "model_id": model.model_id}
 
-    def get_info(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        model = self._model(_str(body, "model_id"))
+    def get_info(self, body: ModelRequest) -> dict[str, Any]:
+        model = self._model(body.model_id)
         return {
             "type": "get_info",
             "model_id": model.model_id,
@@ -480,6 +522,7 @@ class Engine:
 
     def forward_backward(self, req: FwdBwdRequest) -> dict[str, Any]:
         model = self._model(req.model_id)
+        self._check_batch_size(req)
         known = model.queue.seen(req.seq_id)
         if known is not None:
             self.stats["duplicate_submissions"] += 1
@@ -503,13 +546,31 @@ class Engine:
 
         return self._enqueue(model, req.seq_id, kind, submit)
 
+    def _check_batch_size(self, req: FwdBwdRequest) -> None:
+        """A chunk no bigger than the SDK sends: ``fwdbwd_max_chunk_len`` datums, each
+        within the context length (ApiError 400 otherwise)."""
+        if len(req.tokens) > self.config.fwdbwd_max_chunk_len:
+            raise ApiError(
+                400,
+                f"{len(req.tokens)} datums in one forward_backward request; this server takes "
+                f"at most {self.config.fwdbwd_max_chunk_len} (fwdbwd_max_chunk_len)",
+            )
+        limit = self.context_length
+        if limit is None:
+            return
+        for i, toks in enumerate(req.tokens):
+            if len(toks) > limit:
+                raise ApiError(
+                    400, f"datum {i} has {len(toks)} tokens; the context length is {limit}"
+                )
+
     def _loss(self, name: str, config: Mapping[str, float | str]) -> Loss:
         crucible_name = LOSS_MAP.get(name)
         if crucible_name is None:
             raise UnsupportedError(
                 f"loss {name!r} is not supported by this server (supported: {', '.join(LOSS_MAP)})"
             )
-        caps = self.backend.capabilities()
+        caps = self.backend_capabilities()
         if crucible_name not in caps.losses:
             raise UnsupportedError(
                 f"the {self.backend_name!r} backend does not support the {name!r} loss "
@@ -517,16 +578,12 @@ class Engine:
             )
         return convert({"name": crucible_name, "params": dict(config)}, Loss)
 
-    def optim_step(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        model = self._model(_str(body, "model_id"))
-        seq_id = _int(body, "seq_id")
-        if "adam_params" not in body:
+    def optim_step(self, body: OptimStepRequest) -> dict[str, Any]:
+        model = self._model(body.model_id)
+        seq_id = _seq(body.seq_id, "seq_id")
+        if body.adam_params is None:
             raise ApiError(400, "only adam_params are supported by this server")
-        raw = body["adam_params"]
-        if not isinstance(raw, dict):
-            raise ApiError(400, "`adam_params` must be an object")
-        allowed = ("learning_rate", "beta1", "beta2", "eps", "weight_decay", "grad_clip_norm")
-        params_raw = {k: _num(v, f"adam_params.{k}") for k, v in raw.items() if k in allowed}
+        params_raw = body.adam_params.given()
 
         def submit(m: _Model) -> Callable[[], Payload]:
             assert m.session is not None
@@ -558,15 +615,15 @@ class Engine:
         # Backends may keep checkpoints of every model side by side: make names unique.
         return f"{model.model_id.replace(':', '-')}-{name}"
 
-    def save_weights(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        model = self._model(_str(body, "model_id"))
-        seq_id = _int(body, "seq_id")
-        name = body.get("path") or f"state-{seq_id}"
+    def save_weights(self, body: SaveWeightsRequest) -> dict[str, Any]:
+        model = self._model(body.model_id)
+        seq_id = _seq(body.seq_id, "seq_id")
+        name = body.path or f"state-{seq_id}"
         try:
-            path = ids.CheckpointPath.make(model.model_id, "state", str(name))
+            path = ids.CheckpointPath.make(model.model_id, "state", name)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
-        overwrite = bool(body.get("overwrite", False))
+        overwrite = body.overwrite
         with self._lock:
             if path.uri in self._checkpoints and not overwrite and model.queue.seen(seq_id) is None:
                 raise ApiError(409, f"checkpoint {path.uri} exists (pass overwrite=True)")
@@ -584,15 +641,15 @@ class Engine:
 
         return self._enqueue(model, seq_id, "save_weights", submit)
 
-    def save_weights_for_sampler(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        model = self._model(_str(body, "model_id"))
-        seq_id = _int(body, "seq_id")
-        name = body.get("path")
-        sampling_seq = body.get("sampling_session_seq_id")
-        if name is None and not isinstance(sampling_seq, int):
+    def save_weights_for_sampler(self, body: SaveWeightsForSamplerRequest) -> dict[str, Any]:
+        model = self._model(body.model_id)
+        seq_id = _seq(body.seq_id, "seq_id")
+        name = body.path
+        sampling_seq = body.sampling_session_seq_id
+        if name is None and sampling_seq is None:
             raise ApiError(400, "give `path` or `sampling_session_seq_id`")
         try:
-            label = str(name) if name is not None else f"sampler-s{sampling_seq}"
+            label = name if name is not None else f"sampler-s{sampling_seq}"
             path = ids.CheckpointPath.make(model.model_id, "sampler", label)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
@@ -621,13 +678,14 @@ class Engine:
 
         return self._enqueue(model, seq_id, "save_weights_for_sampler", submit)
 
-    def load_weights(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        path_raw = _str(body, "path")
-        record = self._checkpoint(path_raw)
-        if body.get("session_id") is not None:
-            return self._create_from_state(body, record)
-        model = self._model(_str(body, "model_id"))
-        seq_id = _int(body, "seq_id")
+    def load_weights(self, body: LoadWeightsRequest) -> dict[str, Any]:
+        record = self._checkpoint(body.path)
+        if body.session_id is not None:
+            return self._create_from_state(body, body.session_id, record)
+        if body.model_id is None:
+            raise ApiError(400, "give `model_id` and `seq_id`, or `session_id` and `model_seq_id`")
+        model = self._model(body.model_id)
+        seq_id = _seq(body.seq_id, "seq_id")
 
         def submit(m: _Model) -> Callable[[], Payload]:
             assert m.session is not None
@@ -641,11 +699,14 @@ class Engine:
 
         return self._enqueue(model, seq_id, "load_weights", submit)
 
-    def _create_from_state(self, body: Mapping[str, Any], record: _Checkpoint) -> dict[str, Any]:
-        session_id = _str(body, "session_id")
+    def _create_from_state(
+        self, body: LoadWeightsRequest, session_id: str, record: _Checkpoint
+    ) -> dict[str, Any]:
         self._session(session_id)
-        model_seq_id = _int(body, "model_seq_id")
-        base_model = body.get("base_model") or record.base_model
+        model_seq_id = _seq(body.model_seq_id, "model_seq_id")
+        if body.base_model is not None:
+            self.check_base_model(body.base_model)
+        base_model = body.base_model or record.base_model
         if record.ref.kind != "state":
             raise ApiError(400, f"{record.uri} holds sampler weights; load a `weights` path")
         model, created = self._new_model(session_id, model_seq_id, str(base_model), record.lora)
@@ -708,20 +769,20 @@ class Engine:
 
     # -- sampling ----------------------------------------------------------------
 
-    def create_sampling_session(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def create_sampling_session(self, body: CreateSamplingSessionRequest) -> dict[str, Any]:
         """Blocking (may load a model): call from a worker thread."""
-        session_id = _str(body, "session_id")
+        session_id = body.session_id
         self._session(session_id)
-        seq = _int(body, "sampling_session_seq_id")
+        seq = body.sampling_session_seq_id
         with self._lock:
             known = self._sampling_sessions.get((session_id, seq))
         if known is not None:
             self.stats["duplicate_submissions"] += 1
             return {"type": "create_sampling_session", "sampling_session_id": known}
-        model_path = body.get("model_path")
-        base_model = body.get("base_model")
+        model_path = body.model_path
+        base_model = body.base_model
         if model_path:
-            record = self._checkpoint(str(model_path))
+            record = self._checkpoint(model_path)
             sampler = record.sampler
             if sampler is None:
                 if record.ref.kind != "sampler":
@@ -731,7 +792,8 @@ class Engine:
                 sampler = self.backend.load_sampler(ModelSpec(name=record.base_model), record.ref)
                 record.sampler = sampler
             base = record.base_model
-        elif isinstance(base_model, str) and base_model:
+        elif base_model:
+            self.check_base_model(base_model)
             with self._lock:
                 sampler = self._base_samplers.get(base_model)
             if sampler is None:
@@ -743,9 +805,7 @@ class Engine:
             raise ApiError(400, "give `model_path` or `base_model`")
         ssid = ids.sampling_session_id(session_id, seq)
         with self._lock:
-            self._samplers[ssid] = _SamplerEntry(
-                ssid, sampler, base, str(model_path) if model_path else None
-            )
+            self._samplers[ssid] = _SamplerEntry(ssid, sampler, base, model_path or None)
             self._sampling_sessions[(session_id, seq)] = ssid
         return {"type": "create_sampling_session", "sampling_session_id": ssid}
 
@@ -762,37 +822,33 @@ class Engine:
             out["model_path"] = entry.model_path
         return out
 
-    def asample(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        ssid = _str(body, "sampling_session_id")
-        seq_id = _int(body, "seq_id", 0)
+    def asample(self, body: SampleRequest) -> dict[str, Any]:
+        ssid = body.sampling_session_id
+        seq_id = body.seq_id
         with self._lock:
             sampler_entry = self._samplers.get(ssid)
             previous = self._sample_requests.get((ssid, seq_id))
         if sampler_entry is None:
             raise ApiError(404, f"unknown sampling session {ssid!r}")
-        n = _int(body, "num_samples", 1)
-        if not 1 <= n <= 128:
-            raise ApiError(400, "num_samples must be in [1, 128]")
+        n = body.num_samples
         if previous is not None and not previous.failed:
             self.stats["duplicate_submissions"] += 1
             return {
                 "request_id": previous.request_id,
                 "sample_sequence_ids": ids.sequence_ids(previous.request_id, n),
             }
-        if (
-            body.get("prompt_logprobs")
-            or body.get("topk_prompt_logprobs", 0)
-            or body.get("topk_sample_logprobs", 0)
-        ):
+        if body.prompt_logprobs or body.topk_prompt_logprobs or body.topk_sample_logprobs:
             raise ApiError(
                 400,
                 "prompt logprobs and top-k logprobs are not supported by this server "
                 "(the crucible Sampler contract returns sampled-token logprobs only)",
             )
-        if body.get("target_prompt_logprobs") is not None or body.get("prompt_alt_tokens_k", 0):
+        if body.target_prompt_logprobs is not None or body.prompt_alt_tokens_k:
             raise ApiError(400, "target_prompt_logprobs / prompt_alt_tokens_k are not supported")
-        tokens = self._prompt_tokens(body.get("prompt"))
-        params = self._sampling_params(body.get("sampling_params") or {}, n, sampler_entry.sampler)
+        tokens = self._prompt_tokens(body.prompt)
+        params = self._sampling_params(
+            body.sampling_params or SamplingParamsBody(), n, sampler_entry.sampler
+        )
         entry = self.futures.create("sample")
         with self._lock:
             self._sample_requests[(ssid, seq_id)] = entry
@@ -814,44 +870,47 @@ class Engine:
             "sample_sequence_ids": ids.sequence_ids(entry.request_id, n),
         }
 
-    @staticmethod
-    def _prompt_tokens(prompt: Any) -> list[int]:
-        if not isinstance(prompt, dict) or not isinstance(prompt.get("chunks"), list):
-            raise ApiError(400, "`prompt` must be a ModelInput ({chunks: [...]})")
+    def _prompt_tokens(self, prompt: PromptBody) -> list[int]:
         tokens: list[int] = []
-        for chunk in prompt["chunks"]:
-            if not isinstance(chunk, dict) or chunk.get("type", "encoded_text") != "encoded_text":
+        for chunk in prompt.chunks:
+            if chunk.type != "encoded_text":
                 raise ApiError(400, "only encoded_text prompt chunks are supported")
-            toks = chunk.get("tokens")
-            if not isinstance(toks, list) or not all(
-                isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in toks
-            ):
-                raise ApiError(400, "prompt chunk tokens must be non-negative integers")
-            tokens.extend(toks)
+            tokens.extend(chunk.tokens)
         if not tokens:
             raise ApiError(400, "the prompt is empty")
+        limit = self.context_length
+        if limit is not None and len(tokens) > limit:
+            raise ApiError(
+                400, f"the prompt has {len(tokens)} tokens; the context length is {limit}"
+            )
         return tokens
 
-    @staticmethod
-    def _sampling_params(raw: Mapping[str, Any], n: int, sampler: Sampler) -> SamplingParams:
+    def _sampling_params(self, raw: SamplingParamsBody, n: int, sampler: Sampler) -> SamplingParams:
         out: dict[str, Any] = {"n": n}
-        if raw.get("max_tokens") is not None:
-            out["max_tokens"] = raw["max_tokens"]
+        limit = self.context_length
+        if raw.max_tokens is not None:
+            if limit is not None and raw.max_tokens > limit:
+                raise ApiError(
+                    400,
+                    f"sampling_params.max_tokens {raw.max_tokens} is above the context "
+                    f"length ({limit})",
+                )
+            out["max_tokens"] = raw.max_tokens
         for key in ("temperature", "top_p", "seed"):
-            if raw.get(key) is not None:
-                out[key] = raw[key]
-        top_k = raw.get("top_k")
-        if isinstance(top_k, int) and top_k > 0:
-            out["top_k"] = top_k
-        stop = raw.get("stop")
+            value = getattr(raw, key)
+            if value is not None:
+                out[key] = value
+        if raw.top_k is not None and raw.top_k > 0:
+            out["top_k"] = raw.top_k
+        stop = raw.stop
         if isinstance(stop, str):
             out["stop"] = [stop]
-        elif isinstance(stop, list) and stop:
+        elif stop:
             if all(isinstance(s, str) for s in stop):
                 out["stop"] = stop
             elif all(isinstance(s, int) for s in stop):
                 # Stop tokens: the crucible contract stops on strings, so decode them.
-                out["stop"] = [sampler.tokenizer.decode([s]) for s in stop]
+                out["stop"] = [sampler.tokenizer.decode([int(s)]) for s in stop]
             else:
                 raise ApiError(400, "`stop` must be a string, a list of strings or of token ids")
         try:
@@ -862,7 +921,7 @@ class Engine:
     # -- info --------------------------------------------------------------------
 
     def capabilities(self) -> dict[str, Any]:
-        caps = self.backend.capabilities()
+        caps = self.backend_capabilities()
         return {
             "supported_models": [
                 {

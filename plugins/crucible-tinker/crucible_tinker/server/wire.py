@@ -1,4 +1,12 @@
-"""Protobuf payloads of the tinker protocol <-> crucible IR.
+"""Request bodies and protobuf payloads of the tinker protocol <-> crucible IR.
+
+JSON request bodies are decoded with msgspec into the request Structs below
+(:func:`decode_request`): a body that is not JSON, not an object, nested too
+deeply, or whose fields have the wrong type or size raises
+:class:`~crucible_core.errors.ValidationError` naming the field
+(``$.base_model: ...``), and the HTTP layer answers 400. Fields the server
+does not use are not declared and are ignored (the SDK sends more than it
+needs, and newer SDKs may add fields).
 
 The SDK's own generated module (``tinker.proto.tinker_public_pb2``) is the
 schema: requests are parsed and responses built with it, so the bytes are
@@ -15,22 +23,46 @@ exactly what the SDK writes and reads.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
+import msgspec
 import numpy as np
+from msgspec import Meta
 from tinker.proto import tinker_public_pb2 as pb
 
 from crucible_core.errors import UnsupportedError, ValidationError
-from crucible_core.ir import convert
+from crucible_core.ir import convert, decode
 from crucible_core.ir.backend import Completion, Datum, ForwardBackwardResult
 
 __all__ = [
     "LOSS_INPUT_KEYS",
+    "MAX_NAME_LENGTH",
+    "AdamParamsBody",
+    "BodyTooLarge",
+    "CreateModelRequest",
+    "CreateSamplingSessionRequest",
+    "EmptyRequest",
     "FwdBwdRequest",
+    "LoadWeightsRequest",
+    "LoraConfigBody",
+    "ModelRequest",
+    "OptimStepRequest",
+    "OptimizerConfigBody",
+    "PromptBody",
+    "PromptChunk",
+    "RequestIdRequest",
+    "SampleRequest",
+    "SamplingParamsBody",
+    "SaveWeightsForSamplerRequest",
+    "SaveWeightsRequest",
+    "SessionRequest",
+    "WireRequest",
     "decode_forward_backward",
+    "decode_request",
     "encode_forward_backward_output",
     "encode_sample_response",
     "sanitize_metrics",
@@ -40,6 +72,164 @@ __all__ = [
 LOSS_INPUT_KEYS: tuple[str, ...] = ("target_tokens", "weights", "advantages", "logprobs")
 _REDUCTIONS = frozenset({"mean", "sum", "min", "max", "slack", "hash2", "unique"})
 _NUMPY_OF: dict[int, Any] = {pb.DTYPE_FLOAT32: np.float32, pb.DTYPE_INT64: np.int64}
+
+R = TypeVar("R", bound="WireRequest")
+
+#: The longest model name or checkpoint path accepted (a base model may be a local path).
+MAX_NAME_LENGTH = 1024
+#: The longest id accepted (server-made ids are far shorter).
+MAX_ID_LENGTH = 512
+
+Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
+#: Sequence numbers: sampling clients offset theirs by 1e9 per clone.
+SeqId = Annotated[int, Meta(ge=0, le=2**62)]
+TokenId = Annotated[int, Meta(ge=0, lt=2**31)]
+Rank = Annotated[int, Meta(ge=1)]
+Small = Annotated[int, Meta(ge=-(2**31), lt=2**31)]
+
+
+class BodyTooLarge(ValidationError):
+    """A request body (or its decompressed form) is bigger than the server accepts (413)."""
+
+
+class WireRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of the JSON request bodies: undeclared fields are ignored."""
+
+
+class EmptyRequest(WireRequest, frozen=True, kw_only=True):
+    """A body whose content the server does not use; it must still be a JSON object."""
+
+
+class SessionRequest(WireRequest, frozen=True, kw_only=True):
+    """``session_heartbeat``."""
+
+    session_id: Id
+
+
+class ModelRequest(WireRequest, frozen=True, kw_only=True):
+    """``get_info``."""
+
+    model_id: Id
+
+
+class RequestIdRequest(WireRequest, frozen=True, kw_only=True):
+    """``retrieve_future`` and ``cancel_future``."""
+
+    request_id: Id
+    allow_metadata_only: bool = False
+
+
+class LoraConfigBody(WireRequest, frozen=True, kw_only=True):
+    rank: Rank = 32
+    seed: int | None = None
+    train_mlp: bool = True
+    train_attn: bool = True
+    train_unembed: bool = True
+
+
+class OptimizerConfigBody(WireRequest, frozen=True, kw_only=True):
+    type: Annotated[str, Meta(max_length=64)] = "adamw"
+
+
+class CreateModelRequest(WireRequest, frozen=True, kw_only=True):
+    session_id: Id
+    model_seq_id: SeqId
+    base_model: Name
+    lora_config: LoraConfigBody | None = None
+    optimizer_config: OptimizerConfigBody | None = None
+
+
+class AdamParamsBody(WireRequest, frozen=True, kw_only=True):
+    learning_rate: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    eps: float | None = None
+    weight_decay: float | None = None
+    grad_clip_norm: float | None = None
+
+    def given(self) -> dict[str, float]:
+        """The parameters the client set (crucible's AdamParams defaults fill the rest)."""
+        return {f: v for f in self.__struct_fields__ if (v := getattr(self, f)) is not None}
+
+
+class OptimStepRequest(WireRequest, frozen=True, kw_only=True):
+    model_id: Id
+    seq_id: SeqId | None = None
+    adam_params: AdamParamsBody | None = None
+
+
+class SaveWeightsRequest(WireRequest, frozen=True, kw_only=True):
+    model_id: Id
+    seq_id: SeqId | None = None
+    path: Name | None = None
+    overwrite: bool = False
+
+
+class SaveWeightsForSamplerRequest(WireRequest, frozen=True, kw_only=True):
+    model_id: Id
+    seq_id: SeqId | None = None
+    path: Name | None = None
+    sampling_session_seq_id: SeqId | None = None
+
+
+class LoadWeightsRequest(WireRequest, frozen=True, kw_only=True):
+    """Into a model (``model_id`` + ``seq_id``), or creating one (``session_id`` + ...)."""
+
+    path: Name
+    model_id: Id | None = None
+    seq_id: SeqId | None = None
+    session_id: Id | None = None
+    model_seq_id: SeqId | None = None
+    base_model: Name | None = None
+
+
+class CreateSamplingSessionRequest(WireRequest, frozen=True, kw_only=True):
+    session_id: Id
+    sampling_session_seq_id: SeqId
+    base_model: Name | None = None
+    model_path: Name | None = None
+
+
+class PromptChunk(WireRequest, frozen=True, kw_only=True):
+    """One chunk of a ModelInput; only ``encoded_text`` chunks carry ``tokens``."""
+
+    type: Annotated[str, Meta(max_length=64)] = "encoded_text"
+    tokens: list[TokenId] = []
+
+
+class PromptBody(WireRequest, frozen=True, kw_only=True):
+    chunks: list[PromptChunk]
+
+
+class SamplingParamsBody(WireRequest, frozen=True, kw_only=True):
+    max_tokens: Annotated[int, Meta(ge=1)] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: Small | None = None
+    seed: int | None = None
+    #: A string, strings, or stop token ids.
+    stop: str | list[str | TokenId] | None = None
+
+
+class SampleRequest(WireRequest, frozen=True, kw_only=True):
+    sampling_session_id: Id
+    prompt: PromptBody
+    seq_id: SeqId = 0
+    num_samples: Annotated[int, Meta(ge=1, le=128)] = 1
+    sampling_params: SamplingParamsBody | None = None
+    prompt_logprobs: bool | None = None
+    topk_prompt_logprobs: Small = 0
+    topk_sample_logprobs: Small = 0
+    prompt_alt_tokens_k: Small = 0
+    #: Declared only to refuse it: a tensor the server does not read.
+    target_prompt_logprobs: dict[str, Any] | None = None
+
+
+def decode_request(body: bytes, type: type[R]) -> R:
+    """A JSON request body as ``type`` (an empty body is ``{}``); ValidationError if it is
+    not one (not JSON, not an object, nested too deeply, a field of the wrong type or size)."""
+    return decode(body or b"{}", type)
 
 
 @dataclass
@@ -91,17 +281,34 @@ def _tensor(msg: pb.Tensor, where: str) -> np.ndarray:
     return arr
 
 
-def decode_forward_backward(body: bytes, content_encoding: str | None = None) -> FwdBwdRequest:
-    """Parse a ``forward_backward`` request body (ValidationError if it is not one)."""
+def _decompress_zstd(body: bytes, max_bytes: int) -> bytes:
+    """``body`` decompressed, read in pieces so that a bomb stops at ``max_bytes``."""
+    import zstandard
+
+    out = bytearray()
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body)) as reader:
+            while piece := reader.read(1 << 16):
+                out += piece
+                if len(out) > max_bytes:
+                    raise BodyTooLarge(
+                        f"the zstd body decompresses to more than {max_bytes} bytes",
+                        hint="send smaller forward_backward chunks",
+                    )
+    except zstandard.ZstdError as exc:
+        raise ValidationError(f"bad zstd body: {exc}") from None
+    return bytes(out)
+
+
+def decode_forward_backward(
+    body: bytes, content_encoding: str | None = None, *, max_bytes: int | None = None
+) -> FwdBwdRequest:
+    """Parse a ``forward_backward`` request body (ValidationError if it is not one;
+    BodyTooLarge when it decompresses to more than ``max_bytes``)."""
     if content_encoding:
         encoding = content_encoding.strip().lower()
         if encoding == "zstd":
-            import zstandard
-
-            try:
-                body = zstandard.ZstdDecompressor().decompressobj().decompress(body)
-            except zstandard.ZstdError as exc:
-                raise ValidationError(f"bad zstd body: {exc}") from None
+            body = _decompress_zstd(body, max_bytes if max_bytes is not None else 1 << 62)
         elif encoding != "identity":
             raise UnsupportedError(f"Content-Encoding {content_encoding!r} is not supported")
     msg = pb.ForwardBackwardRequest()
