@@ -104,9 +104,10 @@ def refused(exc: BaseException | None, call: str, setting: str) -> bool:
 
 
 def stop_probe(text: str) -> str | None:
-    """A stop string that occurs in ``text`` after its start: two visible characters."""
-    for i in range(1, len(text) - 1):
-        probe = text[i : i + 2]
-        if not any(ch.isspace() or ch == "\ufffd" for ch in probe):
-            return probe
+    """A stop string occurring in ``text`` after its first character: visible, 2 or 1 chars."""
+    for width in (2, 1):
+        for i in range(1, len(text) - width + 1):
+            probe = text[i : i + width]
+            if not any(ch.isspace() or ch == "\ufffd" for ch in probe):
+                return probe
     return None
