@@ -85,7 +85,7 @@ class Calls:
         if not done:
             box.cancel()
             raise ConformanceError(
-                f"{call} did not return within timeout={self.timeout} s (checking: {rule})"
+                f"{call} did not return within {self.timeout} s (checking: {rule})"
             )
         exc = box.exception()
         if exc is None:
@@ -120,7 +120,7 @@ def resolve(calls: Calls, future: Any, call: str, rule: str) -> Any:
     value, exc = calls.attempt(name, rule, future.result, calls.timeout)
     if isinstance(exc, TimeoutError) and not future.done():
         raise ConformanceError(
-            f"{call}'s future did not resolve within timeout={calls.timeout} s (checking: {rule})"
+            f"{call}'s future did not resolve within {calls.timeout} s (checking: {rule})"
         ) from exc
     if exc is not None:
         raise ConformanceError(
