@@ -79,14 +79,24 @@ class Calls:
         self, call: str, rule: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any
     ) -> tuple[T | None, BaseException | None]:
         """``(result, None)`` or ``(None, exception)``; overrunning ``timeout`` always fails."""
+        return self.attempt_within(self.timeout, call, rule, fn, args, kwargs)
+
+    def attempt_within(
+        self,
+        limit: float,
+        call: str,
+        rule: str,
+        fn: Callable[..., T],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> tuple[T | None, BaseException | None]:
+        """:meth:`attempt` with its own time ``limit`` in seconds."""
         box: cf.Future[T] = cf.Future()
-        self._jobs.put((fn, args, kwargs, box))
-        done, _ = cf.wait([box], timeout=self.timeout)
+        self._jobs.put((fn, args, kwargs or {}, box))
+        done, _ = cf.wait([box], timeout=limit)
         if not done:
             box.cancel()
-            raise ConformanceError(
-                f"{call} did not return within {self.timeout} s (checking: {rule})"
-            )
+            raise ConformanceError(f"{call} did not return within {limit} s (checking: {rule})")
         exc = box.exception()
         if exc is None:
             return box.result(), None
@@ -117,7 +127,11 @@ def resolve(calls: Calls, future: Any, call: str, rule: str) -> Any:
         f"got {type(future).__name__}",
     )
     name = f"{call} (its future's result)"
-    value, exc = calls.attempt(name, rule, future.result, calls.timeout)
+    # result(timeout) enforces the deadline; the extra second only catches a
+    # future that ignores its timeout argument, so the clearer message wins.
+    value, exc = calls.attempt_within(
+        calls.timeout + 1.0, name, rule, future.result, (calls.timeout,)
+    )
     if isinstance(exc, TimeoutError) and not future.done():
         raise ConformanceError(
             f"{call}'s future did not resolve within {calls.timeout} s (checking: {rule})"
