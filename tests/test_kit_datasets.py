@@ -1,43 +1,31 @@
-"""check_dataset_source passes real sources and names the rule each broken one breaks."""
+"""check_dataset_source passes a good source and names the rule each broken one breaks."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from crucible_core.errors import NotFound
 from crucible_core.ir import DatasetSpec
 from crucible_core.testing import ConformanceError, check_dataset_source
 
 ROWS = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(5)]
 
 
-def _jsonl(tmp_path: Path) -> DatasetSpec:
-    import msgspec
-
-    path = tmp_path / "train.jsonl"
-    path.write_bytes(b"\n".join(msgspec.json.encode(r) for r in ROWS) + b"\n")
-    return DatasetSpec(uri=str(path))
-
-
-def test_the_datasets_plugin_sources_pass(tmp_path: Path) -> None:
-    from crucible_datasets.sources import CsvSource, JsonlSource
-
-    spec = _jsonl(tmp_path)
-    missing = DatasetSpec(uri=str(tmp_path / "absent.jsonl"))
-    assert check_dataset_source(JsonlSource(), spec, min_rows=5, missing=missing) == ROWS
-    csv = tmp_path / "t.csv"
-    csv.write_text("prompt,completion\nq0,a0\nq1,a1\n")
-    rows = check_dataset_source(CsvSource(), DatasetSpec(uri=str(csv)), min_rows=2)
-    assert rows[1] == {"prompt": "q1", "completion": "a1"}
-
-
 class _Good:
     def iter_rows(self, spec: DatasetSpec) -> Iterator[Mapping[str, Any]]:
         for row in ROWS:
             yield dict(row)
+
+
+def test_a_good_source_passes() -> None:
+    missing = DatasetSpec(uri="absent.jsonl")
+    assert check_dataset_source(_Good(), DatasetSpec(uri="memory:rows"), min_rows=5) == ROWS
+    with pytest.raises(ConformanceError, match="yielded 5 rows, expected >= 6"):
+        check_dataset_source(_Good(), DatasetSpec(uri="memory:rows"), min_rows=6)
+    check_dataset_source(_TypedMissing(), DatasetSpec(uri="memory:rows"), missing=missing)
 
 
 class _ReturnsList(_Good):
@@ -89,6 +77,13 @@ class _Raises(_Good):
     def iter_rows(self, spec: DatasetSpec) -> Iterator[Mapping[str, Any]]:
         yield dict(ROWS[0])
         raise OSError("disk gone")
+
+
+class _TypedMissing(_Good):
+    def iter_rows(self, spec: DatasetSpec) -> Iterator[Mapping[str, Any]]:
+        if "absent" in spec.uri:
+            raise NotFound(f"{spec.uri}: no such file")
+        yield from super().iter_rows(spec)
 
 
 class _UntypedMissing(_Good):
