@@ -189,7 +189,24 @@ class _HangingSession(ToySession):
         return Future()  # never resolves
 
 
+class _BlockingSession(ToySession):
+    release = threading.Event()
+    closed = False
+
+    def forward(self, batch: Sequence[Datum], loss: Loss) -> Future[ForwardBackwardResult]:
+        self.release.wait(5.0)  # blocks in the call itself, not in its future
+        return super().forward(batch, loss)
+
+    def close(self) -> None:
+        type(self).closed = True
+
+
 class _FailingStepSession(ToySession):
+    closed = False
+
+    def close(self) -> None:
+        type(self).closed = True
+
     def optim_step(self, params: AdamParams) -> Future[OptimStepResult]:
         raise MemoryError("out of accelerator memory")
 
@@ -222,10 +239,22 @@ def test_a_future_that_never_resolves_fails_within_the_timeout() -> None:
     assert time.monotonic() - start < 4.0
 
 
+def test_a_blocking_call_is_reported_not_the_close_after_it() -> None:
+    start = time.monotonic()
+    try:
+        with pytest.raises(ConformanceError, match=r"forward\(\) did not return within 0\.5 s"):
+            check_training_backend(backend_with(_BlockingSession), JOB, timeout=0.5)
+    finally:
+        _BlockingSession.release.set()
+    assert time.monotonic() - start < 3.0
+    assert not _BlockingSession.closed  # the kit's thread was still inside forward()
+
+
 def test_a_training_exception_names_the_call() -> None:
     with pytest.raises(ConformanceError, match=r"optim_step\(\) raised MemoryError") as info:
         check_training_backend(backend_with(_FailingStepSession), JOB)
     assert "checking: forward_backward then optim_step" in str(info.value)
+    assert _FailingStepSession.closed  # the session is still closed after a failure
 
 
 def test_a_sampler_must_honour_or_refuse_n() -> None:

@@ -51,6 +51,8 @@ class Calls:
     def __init__(self, timeout: float) -> None:
         require(timeout > 0, f"timeout must be > 0 seconds, got {timeout}")
         self.timeout = timeout
+        #: True once a call overran: the worker thread is still inside it.
+        self.stuck = False
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="crucible-conformance", daemon=True)
         self._thread.start()
@@ -96,6 +98,7 @@ class Calls:
         done, _ = cf.wait([box], timeout=limit)
         if not done:
             box.cancel()
+            self.stuck = True
             raise ConformanceError(f"{call} did not return within {limit} s (checking: {rule})")
         exc = box.exception()
         if exc is None:
