@@ -113,6 +113,8 @@ class _AcceptsAfterShutdown(_Base):
 def test_broken_executors_fail_with_the_rule(executor: Any, message: str) -> None:
     with pytest.raises(ConformanceError, match=message):
         check_executor(executor)
+    if isinstance(executor, _Base):
+        assert executor.shut  # a failed check still shuts the executor down
 
 
 class _ShutdownHangs(_Base):

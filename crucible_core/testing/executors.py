@@ -20,6 +20,7 @@ so executors that pickle work into other processes can run them.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from crucible_core.contracts import Executor
@@ -51,27 +52,15 @@ def check_executor(executor: Any, *, timeout: float = 120.0) -> None:
         "an executor needs submit(fn, *args, **kwargs) and shutdown(wait) "
         "(crucible_core.contracts.Executor)",
     )
-    rule = "submit runs fn(*args, **kwargs) and its future gives the result"
     with Calls(timeout) as calls:
-        future = calls("submit(fn, 2, 3, scale=4)", rule, executor.submit, _combine, 2, 3, scale=4)
-        value = resolve(calls, future, "submit(fn, 2, 3, scale=4)", rule)
-        require(
-            value == (20, 2),
-            f"submit(fn, 2, 3, scale=4) resolved to {value!r}; fn returns (20, 2) "
-            "(positional and keyword arguments are passed through)",
-        )
-        futures = [
-            calls(f"submit(fn, {i}, 1)", rule, executor.submit, _combine, i, 1) for i in range(8)
-        ]
-        got = [resolve(calls, f, f"submit(fn, {i}, 1)", rule) for i, f in enumerate(futures)]
-        require(
-            got == [(i + 1, i) for i in range(8)],
-            f"eight submissions resolved to {got!r}: each future must carry its own result",
-        )
-        require(all(f.done() for f in futures), "a future whose result was read must report done()")
-        for retryable in (True, False):
-            _check_error(calls, executor, _fail, (retryable,), BackendError, retryable)
-        _check_error(calls, executor, _fail_plain, (), ValueError, None)
+        try:
+            _check_work(calls, executor)
+        except BaseException:
+            # Do not leak the executor's threads or processes after a failure.
+            if not calls.stuck:
+                with contextlib.suppress(ConformanceError):
+                    calls.attempt("shutdown(wait=False)", "cleanup", executor.shutdown, False)
+            raise
         calls(
             "shutdown(wait=True)",
             "shutdown waits for submitted work",
@@ -91,6 +80,29 @@ def check_executor(executor: Any, *, timeout: float = 120.0) -> None:
             "submit after shutdown(wait=True) must raise (RuntimeError), not accept work that "
             "will never run",
         )
+
+
+def _check_work(calls: Calls, executor: Any) -> None:
+    rule = "submit runs fn(*args, **kwargs) and its future gives the result"
+    future = calls("submit(fn, 2, 3, scale=4)", rule, executor.submit, _combine, 2, 3, scale=4)
+    value = resolve(calls, future, "submit(fn, 2, 3, scale=4)", rule)
+    require(
+        value == (20, 2),
+        f"submit(fn, 2, 3, scale=4) resolved to {value!r}; fn returns (20, 2) "
+        "(positional and keyword arguments are passed through)",
+    )
+    futures = [
+        calls(f"submit(fn, {i}, 1)", rule, executor.submit, _combine, i, 1) for i in range(8)
+    ]
+    got = [resolve(calls, f, f"submit(fn, {i}, 1)", rule) for i, f in enumerate(futures)]
+    require(
+        got == [(i + 1, i) for i in range(8)],
+        f"eight submissions resolved to {got!r}: each future must carry its own result",
+    )
+    require(all(f.done() for f in futures), "a future whose result was read must report done()")
+    for retryable in (True, False):
+        _check_error(calls, executor, _fail, (retryable,), BackendError, retryable)
+    _check_error(calls, executor, _fail_plain, (), ValueError, None)
 
 
 def _check_error(
