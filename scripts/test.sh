@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --all
 export CRUCIBLE_STRICT_PLUGINS=1
 tests=(tests)
-for p in plugins/*/tests; do [ -d "$p" ] && tests+=("$p"); done
+for p in plugins/*/tests examples/*/tests; do [ -d "$p" ] && tests+=("$p"); done
 .venv/bin/python -m pytest "${tests[@]}" --cov=crucible_core --cov-report=term:skip-covered \
   --cov-fail-under=90 "$@"
 .venv/bin/ruff check .

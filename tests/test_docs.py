@@ -34,8 +34,10 @@ def test_plugin_authoring_guide_quotes_the_example_plugin() -> None:
     guide = (ROOT / "docs" / "plugin-authoring.md").read_text()
     plugin = (ROOT / "examples" / "plugin-hello" / "crucible_hello" / "plugin.py").read_text()
     backend = (ROOT / "examples" / "plugin-hello" / "crucible_hello" / "backend.py").read_text()
+    tests = (ROOT / "examples" / "plugin-hello" / "tests" / "test_backend.py").read_text()
     assert plugin.strip() in guide
     assert backend.strip() in guide
+    assert tests.strip() in guide
 
 
 def test_readme_starts_with_the_two_commands() -> None:

@@ -53,7 +53,7 @@ def test_installed_plugin_resolves_through_get_backend(installed: dict[str, str]
         "import crucible_core\n"
         "from crucible_core.ir import Prompt, SamplingParams\n"
         "b = crucible_core.get_backend('hello', greeting='Howdy')\n"
-        "print(b.complete(Prompt(text='Ada'), SamplingParams(max_tokens=5)).text)\n"
+        "print(b.complete(Prompt(text='Ada'), SamplingParams(max_tokens=5, temperature=0)).text)\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code],

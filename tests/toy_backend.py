@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from crucible_core.errors import UnsupportedError
 from crucible_core.ir import (
     AdamParams,
     Capabilities,
@@ -87,6 +88,8 @@ class ToySampler:
         out: list[int] = []
         lps: list[float] = []
         prev = ids[-1] if ids else 0
+        finish: Literal["stop", "length"] = "length"
+        text = ""
         for _ in range(params.max_tokens):
             lp = _log_softmax(self.w[prev])
             if params.temperature == 0:
@@ -97,11 +100,16 @@ class ToySampler:
             out.append(tok)
             lps.append(float(lp[tok]))
             prev = tok
+            text = self.tokenizer.decode(out)
+            cuts = [i for i in (text.find(s) for s in params.stop if s) if i >= 0]
+            if cuts:
+                text, finish = text[: min(cuts)], "stop"
+                break
         return Completion(
-            text=self.tokenizer.decode(out),
+            text=text,
             tokens=out,
             logprobs=lps,
-            finish_reason="length",
+            finish_reason=finish,
             usage=Usage(prompt_tokens=len(ids), completion_tokens=len(out)),
             backend_id="toy",
         )
@@ -188,14 +196,19 @@ class ToyBackend:
 
     # inference contract
     def complete(self, prompt: Prompt, params: SamplingParams) -> Completion:
+        if params.n != 1:
+            raise UnsupportedError(f"params.n = {params.n}: complete returns one completion")
         return ToySampler(np.eye(V), None).generate(prompt, params, np.random.default_rng(0))
 
     def stream(self, prompt: Prompt, params: SamplingParams) -> Iterator[StreamChunk]:
         c = self.complete(prompt, params)
+        emitted = ""
         for i, tok in enumerate(c.tokens):
             last = i == len(c.tokens) - 1
+            visible = c.text if last else ByteTokenizer().decode(c.tokens[: i + 1])[: len(c.text)]
+            delta, emitted = visible[len(emitted) :], visible
             yield StreamChunk(
-                text=ByteTokenizer().decode([tok]),
+                text=delta,
                 tokens=[tok],
                 finish_reason=c.finish_reason if last else None,
                 backend_id="toy",

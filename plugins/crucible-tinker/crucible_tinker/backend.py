@@ -89,6 +89,17 @@ TOKENIZER_DIR_ENV = "CRUCIBLE_TINKER_TOKENIZER_DIR"
 TOKENIZER_BACKEND_ENV = "CRUCIBLE_TINKER_TOKENIZER_BACKEND"
 
 
+def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """``text`` up to its first stop string, and whether one was found.
+
+    The server stops on its own decoding of the tokens, which may differ
+    from this tokenizer's (special tokens rendered or skipped), so the text
+    is cut here too: a completion's text never contains a stop string.
+    """
+    cuts = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
 class TinkerBackend:
     """Training and inference through the tinker SDK (Tinker, or any compatible server).
 
@@ -398,11 +409,13 @@ class TinkerBackend:
         return sampler
 
     def complete(self, prompt: Prompt, params: SamplingParams) -> Completion:
-        import msgspec
-
+        if params.n != 1:
+            raise UnsupportedError(
+                f"tinker: params.n = {params.n}, but complete returns one completion",
+                hint="set n = 1, or use a Sampler (backend.load_sampler) for several",
+            )
         sampler = self._default_sampler()
-        one = msgspec.structs.replace(params, n=1)
-        future = sampler.sample(prompt, one)
+        future = sampler.sample(prompt, params)
         try:
             return future.result(self.timeout)[0]
         except TimeoutError:
@@ -914,9 +927,11 @@ def _fb_result(
     )
 
 
-def completion_text(tokenizer: Tokenizer, tokens: Sequence[int], stops: Sequence[str]) -> str:
+def completion_text(
+    tokenizer: Tokenizer, tokens: Sequence[int], stops: Sequence[str]
+) -> tuple[str, bool]:
     """A completion's text as the local path gives it: without the end-of-sequence token
-    that ended it, and cut before the first stop string.
+    that ended it, and cut before the first stop string; and whether a stop string cut it.
 
     Tinker returns every sampled token, the one that stopped generation included (the
     EOS token, or the token that completed a stop string); ``tokens`` keep them, the
@@ -926,9 +941,7 @@ def completion_text(tokenizer: Tokenizer, tokens: Sequence[int], stops: Sequence
     eos = tokenizer.eos_token_id
     if ids and eos is not None and ids[-1] == eos:
         ids.pop()
-    text = tokenizer.decode(ids)
-    cuts = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return text[: min(cuts)] if cuts else text
+    return _cut_at_stop(tokenizer.decode(ids), stops)
 
 
 class TinkerSampler:
@@ -985,21 +998,22 @@ class TinkerSampler:
         except Exception as exc:
             raise self._backend.error(exc, "sample") from None
 
+        def completion(seq: Any, latency: float) -> Completion:
+            text, stopped = completion_text(self._tokenizer, seq.tokens, params.stop)
+            return Completion(
+                text=text,
+                tokens=list(seq.tokens),
+                logprobs=list(seq.logprobs) if seq.logprobs is not None else None,
+                finish_reason="length" if seq.stop_reason == "length" and not stopped else "stop",
+                usage=Usage(prompt_tokens=len(tokens), completion_tokens=len(seq.tokens)),
+                latency_ms=latency,
+                backend_id="tinker",
+                model=self._base_model,
+            )
+
         def convert(response: types.SampleResponse) -> list[Completion]:
             latency = (time.perf_counter() - start) * 1000
-            out = [
-                Completion(
-                    text=completion_text(self._tokenizer, seq.tokens, params.stop),
-                    tokens=list(seq.tokens),
-                    logprobs=list(seq.logprobs) if seq.logprobs is not None else None,
-                    finish_reason="length" if seq.stop_reason == "length" else "stop",
-                    usage=Usage(prompt_tokens=len(tokens), completion_tokens=len(seq.tokens)),
-                    latency_ms=latency,
-                    backend_id="tinker",
-                    model=self._base_model,
-                )
-                for seq in response.sequences
-            ]
+            out = [completion(seq, latency) for seq in response.sequences]
             self._backend.record(out, latency)
             return out
 
