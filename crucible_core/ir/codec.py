@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import inspect
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -219,8 +220,14 @@ def to_builtins(obj: Any) -> Any:
 
 
 def schema(type_: type[Any]) -> dict[str, Any]:
-    """JSON Schema 2020-12 of one IR type."""
-    out = msgspec.json.schema(type_)
+    """JSON Schema 2020-12 of one IR type.
+
+    Descriptions (struct docstrings) are normalised here with
+    :func:`inspect.cleandoc`: msgspec releases differ in how they clean
+    docstrings, and the committed ``ir_schemas/`` must not depend on which
+    release generated them.
+    """
+    out = _clean_descriptions(msgspec.json.schema(type_))
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": type_.__name__,
@@ -234,6 +241,20 @@ def schemas() -> dict[str, dict[str, Any]]:
 
 
 # -- internals ---------------------------------------------------------------
+
+
+def _clean_descriptions(node: Any) -> Any:
+    # Every "description" string in a schema, dedented the one way (idempotent).
+    if isinstance(node, dict):
+        return {
+            k: inspect.cleandoc(v)
+            if k == "description" and isinstance(v, str)
+            else _clean_descriptions(v)
+            for k, v in cast(dict[str, Any], node).items()
+        }
+    if isinstance(node, list):
+        return [_clean_descriptions(v) for v in cast(list[Any], node)]
+    return node
 
 
 def _drop_none(obj: Any) -> Any:
