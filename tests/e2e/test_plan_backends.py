@@ -57,6 +57,12 @@ REFUSALS: list[tuple[str, dict[str, Any], str, str]] = [
         "$.checkpoint_policy.push_to_hub",
         "cannot push",
     ),
+    (
+        "local",
+        {"adapter_config": {"kind": "lora", "rank": 2**63 - 1}},
+        "$.adapter_config.rank",
+        f"LoRA ranks up to 64, the job asks for {2**63 - 1}",
+    ),
     ("tinker", {"adapter_config": {"kind": "full"}}, "$.adapter_config.kind", "adapter 'full'"),
     ("tinker", {"adapter_config": {"kind": "qlora"}}, "$.adapter_config.kind", "adapter 'qlora'"),
     ("tinker", {"learning_config__loss": {"name": "dpo"}}, "$.learning_config.loss.name", "'dpo'"),
