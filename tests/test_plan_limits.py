@@ -24,13 +24,15 @@ from crucible_core.ir import (
     ModelSpec,
     TrainingJob,
 )
-from crucible_core.plugins import PluginHost
+from crucible_core.ir.training import Loss, ValidationSpec
+from crucible_core.plugins import PluginHost, Registration
 from crucible_core.runtime import trainloop
 from crucible_core.runtime.plan import (
     MAX_LISTED_CHECKPOINTS,
     _checkpoint_steps,  # pyright: ignore[reportPrivateUsage]
     _tokens_to_train,  # pyright: ignore[reportPrivateUsage]
     check_capabilities,
+    check_pipeline,
     make_plan,
 )
 from tests.toy_backend import toy_plugin
@@ -174,3 +176,38 @@ def test_declared_limits_apply_to_the_backends_own_models_only() -> None:
     by_path = ModelSpec(name="mine", path="/models/mine")
     job = make_job(model_spec=by_path, adapter_config=LoRA(rank=128))
     assert check_capabilities(job, _CAPS, "toy") == []
+
+
+def _stages(**metadata: Any) -> dict[str, Registration]:
+    return {
+        "data.load": Registration(kind="stage", name="data.load", factory="x:y"),
+        "data.tokenize": Registration(
+            kind="stage", name="data.tokenize", factory="x:y", metadata=metadata
+        ),
+    }
+
+
+def test_validation_metrics_the_run_cannot_compute_are_refused() -> None:
+    job = make_job(validation_spec=ValidationSpec(metrics=["loss", "perplexty", "bleu"]))
+    problems = check_pipeline(job, _stages())
+    assert [p.field for p in problems] == [
+        "$.validation_spec.metrics[1]",
+        "$.validation_spec.metrics[2]",
+    ]
+    assert problems[0].hint is not None
+    assert problems[0].hint.startswith("did you mean 'perplexity'?")
+    assert "'bleu'" in problems[1].message
+    ok = make_job(validation_spec=ValidationSpec(metrics=["loss", "perplexity"]))
+    assert check_pipeline(ok, _stages()) == []
+
+
+def test_a_loss_needs_a_stage_that_provides_its_inputs() -> None:
+    dpo = make_job(learning_config=LearningConfig(loss=Loss(name="dpo")))
+    (problem,) = check_pipeline(dpo, _stages())
+    assert problem.field == "$.learning_config.loss.name"
+    assert "loss_fn_inputs.ref_logprobs" in problem.message
+    assert problem.supported == ["cross_entropy"]
+    # A stage that declares the input makes the loss plannable.
+    assert check_pipeline(dpo, _stages(loss_fn_inputs=["ref_logprobs"])) == []
+    # A loss the backend does not support is check_capabilities' to report, once.
+    assert check_pipeline(dpo, _stages(), _CAPS) == []

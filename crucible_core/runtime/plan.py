@@ -31,19 +31,21 @@ import msgspec
 from crucible_core.errors import CrucibleError
 from crucible_core.ir.backend import Capabilities, Datum
 from crucible_core.ir.experiment import Experiment, StageDef
-from crucible_core.ir.training import LearningConfig, LoRA, QLoRA, TrainingJob
+from crucible_core.ir.training import LOSS_INPUTS, LearningConfig, LoRA, QLoRA, TrainingJob
 from crucible_core.ir.work import Job
-from crucible_core.plugins import PluginHost, get_host
+from crucible_core.plugins import PluginHost, Registration, get_host
 from crucible_core.runtime import trainloop
 from crucible_core.runtime.cancel import CancelFlag
 
 __all__ = [
     "MAX_LISTED_CHECKPOINTS",
     "TRAINING_STAGES",
+    "VALIDATION_METRICS",
     "CheckpointEstimate",
     "Plan",
     "PlanProblem",
     "check_capabilities",
+    "check_pipeline",
     "make_plan",
     "training_experiment",
 ]
@@ -58,6 +60,16 @@ TRAINING_STAGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("log_metrics", "train.log_metrics", ("train", "evaluate", "save")),
 )
 
+
+#: The validation metrics a training run computes (``train.evaluate`` and the loop's
+#: periodic validation: both are a forward pass over the validation split). Metrics
+#: that need sampled generations (accuracy, exact match...) are refused until
+#: sampled evaluation exists.
+VALIDATION_METRICS: tuple[str, ...] = ("loss", "perplexity")
+
+#: What the data stages always put in each Datum's ``loss_fn_inputs``. A stage that
+#: provides more declares it in its registration's ``metadata["loss_fn_inputs"]``.
+BASE_LOSS_INPUTS: tuple[str, ...] = ("target_tokens", "weights")
 
 #: A plan lists at most this many state checkpoints (the first and last half).
 MAX_LISTED_CHECKPOINTS = 20
@@ -255,6 +267,59 @@ def check_capabilities(job: TrainingJob, caps: Capabilities, backend: str) -> li
     return problems
 
 
+def check_pipeline(
+    job: TrainingJob, stages: Mapping[str, Registration], caps: Capabilities | None = None
+) -> list[PlanProblem]:
+    """What the job asks of the run that no stage of it provides, as problems.
+
+    ``stages`` are the registered stages by name. A validation metric outside
+    :data:`VALIDATION_METRICS` is refused, and so is a named loss that reads
+    ``loss_fn_inputs`` no training stage declares (``metadata["loss_fn_inputs"]``
+    of its registration, beyond :data:`BASE_LOSS_INPUTS`). A loss the backend
+    does not support (``caps``) is left to :func:`check_capabilities`.
+    """
+    problems: list[PlanProblem] = []
+    spec = job.validation_spec
+    if spec is not None:
+        for i, metric in enumerate(spec.metrics):
+            if metric in VALIDATION_METRICS:
+                continue
+            close = difflib.get_close_matches(metric, VALIDATION_METRICS, n=1)
+            problems.append(
+                PlanProblem(
+                    field=f"$.validation_spec.metrics[{i}]",
+                    message=f"the run cannot compute the validation metric {metric!r}: it "
+                    f"computes {', '.join(VALIDATION_METRICS)} (metrics from sampled "
+                    "generations are not evaluated during training yet)",
+                    supported=list(VALIDATION_METRICS),
+                    hint=(f"did you mean {close[0]!r}? " if close else "")
+                    + "remove it, or evaluate a checkpoint with `crucible sample` afterwards",
+                )
+            )
+    loss = job.learning_config.loss.name
+    if caps is not None and loss not in caps.losses:
+        return problems
+    provided = set(BASE_LOSS_INPUTS)
+    for _, uses, _ in TRAINING_STAGES:
+        reg = stages.get(uses)
+        if reg is not None:
+            provided.update(cast(Sequence[str], reg.metadata.get("loss_fn_inputs", ())))
+    missing = [name for name in LOSS_INPUTS.get(loss, ()) if name not in provided]
+    if missing:
+        listed = ", ".join(f"loss_fn_inputs.{m}" for m in missing)
+        problems.append(
+            PlanProblem(
+                field="$.learning_config.loss.name",
+                message=f"loss {loss!r} needs {listed}, which no stage of the training run "
+                f"provides (they provide: {', '.join(sorted(provided))})",
+                supported=[n for n, needs in LOSS_INPUTS.items() if set(needs) <= provided],
+                hint='use name = "cross_entropy", or a custom loss (name = "custom", fn = ...) '
+                "computed from logprobs",
+            )
+        )
+    return problems
+
+
 class _PlanContext:
     """A minimal StageContext for running the data stages outside a pipeline."""
 
@@ -312,6 +377,7 @@ def make_plan(
             )
             return plan
     plan.problems.extend(check_capabilities(job, caps, name))
+    plan.problems.extend(check_pipeline(job, host.registrations("stage"), caps))
     for stage in {uses for _, uses, _ in TRAINING_STAGES}:
         if stage not in host.registrations("stage"):
             plan.problems.append(
