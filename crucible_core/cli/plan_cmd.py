@@ -35,7 +35,10 @@ def _duration(s: float | None) -> str:
 
 def format_plan(plan: Plan) -> str:
     """The human-readable plan."""
-    lines = [f"backend   {plan.backend} (plugin {plan.plugin})", f"model     {plan.model}"]
+    model = f"{plan.model} (from {plan.model_path})" if plan.model_path else plan.model
+    lines = [f"backend   {plan.backend} (plugin {plan.plugin})", f"model     {model}"]
+    if plan.dataset:
+        lines.append(f"dataset   {plan.dataset}")
     lines.append("stages    " + " -> ".join(s.split(" ")[0] for s in plan.stages))
     if plan.rows is not None:
         lines.append(

@@ -35,6 +35,7 @@ from crucible_core.ir.backend import Capabilities, CheckpointRef, Completion
 from crucible_core.ir.base import SCHEMA_VERSION, IRStruct
 from crucible_core.ir.experiment import Experiment
 from crucible_core.ir.lineage import Artifact, Trace
+from crucible_core.ir.paths import resolve_paths
 from crucible_core.ir.training import TrainingJob
 from crucible_core.ir.work import Job
 
@@ -160,7 +161,8 @@ def decode_file(path: str | Path, type: type[T] | None = None) -> Any:
     """Read and decode a file; the format comes from its suffix.
 
     With ``type=None`` the IR type is guessed from the document's keys
-    (:func:`guess_type`); errors name the file.
+    (:func:`guess_type`); errors name the file. Relative paths in a job
+    resolve against the file's directory (:mod:`crucible_core.ir.paths`).
     """
     p = Path(path)
     fmt = format_for_path(p)
@@ -180,7 +182,7 @@ def decode_file(path: str | Path, type: type[T] | None = None) -> Any:
         raise ConfigError(f"{p}: the file is empty", hint="write an IR document into it")
     try:
         target: Any = type if type is not None else guess_type(_raw_or_raise(data, fmt))
-        return decode(data, target, format=fmt)
+        return resolve_paths(decode(data, target, format=fmt), p.parent)
     except ValidationError as exc:
         raise ValidationError(
             f"{p}: {exc.message}", path=exc.path, hint=exc.hint, **exc.details

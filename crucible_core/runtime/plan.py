@@ -113,6 +113,8 @@ class Plan(msgspec.Struct, kw_only=True):
     ok: bool
     backend: str
     model: str
+    model_path: str | None = None
+    dataset: str = ""
     plugin: str | None = None
     problems: list[PlanProblem] = []
     stages: list[str] = []
@@ -355,7 +357,13 @@ def make_plan(
     host = host or get_host()
     ref = job.backend_ref
     name = backend_name or ref.name
-    plan = Plan(ok=False, backend=name, model=job.model_spec.name)
+    plan = Plan(
+        ok=False,
+        backend=name,
+        model=job.model_spec.name,
+        model_path=job.model_spec.path,
+        dataset=job.dataset_spec.uri,
+    )
     try:
         reg = host.get("backend", name)
     except CrucibleError as exc:
