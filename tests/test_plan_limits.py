@@ -211,3 +211,18 @@ def test_a_loss_needs_a_stage_that_provides_its_inputs() -> None:
     assert check_pipeline(dpo, _stages(loss_fn_inputs=["ref_logprobs"])) == []
     # A loss the backend does not support is check_capabilities' to report, once.
     assert check_pipeline(dpo, _stages(), _CAPS) == []
+
+
+def test_the_human_plan_elides_the_middle_checkpoints(toy: PluginHost) -> None:
+    from crucible_core.cli.plan_cmd import format_plan
+
+    job = make_job(
+        learning_config=LearningConfig(batch_size=4, max_steps=1000),
+        checkpoint_policy=CheckpointPolicy(save_every=10),
+    )
+    text = format_plan(make_plan(job, host=toy, measure=False))
+    lines = [line for line in text.splitlines() if line.startswith("checkpoint")]
+    assert len(lines) == MAX_LISTED_CHECKPOINTS + 2  # + the elision + the sampler
+    assert lines[10] == "checkpoint ... 80 more state checkpoints ..."
+    assert lines[9].startswith("checkpoint step 100 ")
+    assert lines[11].startswith("checkpoint step 910 ")

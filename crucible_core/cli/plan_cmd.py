@@ -48,7 +48,11 @@ def format_plan(plan: Plan) -> str:
         )
     if plan.steps is not None:
         lines.append(f"steps     {plan.steps} optimizer steps, {plan.tokens_to_train} tokens")
-    for c in plan.checkpoints:
+    listed = sum(c.kind == "state" for c in plan.checkpoints)
+    hidden = (plan.state_checkpoints or 0) - listed
+    for i, c in enumerate(plan.checkpoints):
+        if hidden > 0 and i == listed // 2:
+            lines.append(f"checkpoint ... {hidden} more state checkpoints ...")
         lines.append(f"checkpoint step {c.step} ({c.kind}), {_size(c.size_bytes)}")
     if plan.cost is not None:
         lines.append(f"cost      {plan.cost:.4f} {plan.currency} (estimated)")
