@@ -139,7 +139,7 @@ def decode(data: bytes | str, type: type[T], *, format: Format = "json") -> T:
     except (msgspec.DecodeError, RecursionError, ValueError) as exc:
         raise _syntax_error(exc, format) from None
     _check_version(obj)
-    if format != "json":
+    if format != "json" and _holds_free_form(type):
         _check_finite(obj, "$")
     return obj
 
@@ -153,7 +153,8 @@ def convert(obj: Any, type: type[T]) -> T:
     except RecursionError:
         raise ValidationError("$: document is nested too deeply", path="$") from None
     _check_version(out)
-    _check_finite(out, "$")
+    if _holds_free_form(type):
+        _check_finite(out, "$")
     return out
 
 
@@ -324,6 +325,22 @@ def _check_version(obj: Any) -> None:
     error = _version_error(version)
     if error is not None:
         raise error
+
+
+_FREE_FORM: dict[Any, bool] = {}
+
+
+def _holds_free_form(type_: Any) -> bool:
+    """Whether values of ``type_`` can hold untyped (``Any``) parts: only those are walked."""
+    try:
+        return _FREE_FORM[type_]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable type expression: walk to be safe
+        return True
+    holds = _holds_any(mi.type_info(type_), set())
+    _FREE_FORM[type_] = holds
+    return holds
 
 
 @functools.cache
