@@ -68,7 +68,8 @@ TRAINING_STAGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 VALIDATION_METRICS: tuple[str, ...] = ("loss", "perplexity")
 
 #: What the data stages always put in each Datum's ``loss_fn_inputs``. A stage that
-#: provides more declares it in its registration's ``metadata["loss_fn_inputs"]``.
+#: provides more declares it when it registers (``register(name, factory,
+#: loss_fn_inputs=[...])``, kept in ``Registration.metadata``).
 BASE_LOSS_INPUTS: tuple[str, ...] = ("target_tokens", "weights")
 
 #: A plan lists at most this many state checkpoints (the first and last half).
