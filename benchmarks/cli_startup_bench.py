@@ -2,7 +2,7 @@
 
 Targets (issue 3): each <= 300 ms, and within 1.5x of the bare import, with
 every plugin of plugins/ installed (run after scripts/setup.sh --all).
-Run: .venv/bin/python benchmarks/cli_startup_bench.py
+Run: .venv/bin/python -m benchmarks.cli_startup_bench
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Also timed, when crucible-local is installed: the ``crucible plan`` path
 (``data.load`` + ``data.tokenize`` outputs) with crucible-local's byte
 tokenizer and its own chat template, whose target is < 10 s for 100k rows.
 
-Run: .venv/bin/python benchmarks/datasets_bench.py [--rows 100000] [--rounds 3]
+Run: .venv/bin/python -m benchmarks.datasets_bench [--rows 100000] [--rounds 3]
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Each measurement runs in a fresh child process whose peak resident set size
 The tokenizer is a pure-Python byte tokenizer (``list(text.encode())``) so
 that the run measures the pipeline's memory, not a tokenizer's speed.
 
-Run: .venv/bin/python benchmarks/datasets_stream_bench.py [--gb 1.0]
+Run: .venv/bin/python -m benchmarks.datasets_stream_bench [--gb 1.0]
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Target (issue 3): <= 2 us per plugin. Baseline in the same run: calling the 20
 hook functions directly, without pluggy or the host.
-Run: .venv/bin/python benchmarks/hook_dispatch_bench.py
+Run: .venv/bin/python -m benchmarks.hook_dispatch_bench
 """
 
 from __future__ import annotations

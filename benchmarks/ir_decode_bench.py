@@ -1,7 +1,7 @@
 """Decode + validate one full TrainingJob JSON: crucible (msgspec) vs an equivalent pydantic model.
 
 Targets (issue 3): >= 3x faster than pydantic, <= 5 us per message.
-Run: .venv/bin/python benchmarks/ir_decode_bench.py   (needs the `bench` extra: pydantic)
+Run: .venv/bin/python -m benchmarks.ir_decode_bench   (needs the `bench` extra: pydantic)
 """
 
 from __future__ import annotations

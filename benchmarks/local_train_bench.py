@@ -9,9 +9,9 @@ training loop submits them); the raw loop is what one would write by hand.
 Prints wall-clock and CPU time per step of each, their ratios (the session's
 orchestration overhead) and the process's peak RSS.
 
-    .venv/bin/python benchmarks/local_train_bench.py            # defaults below
-    .venv/bin/python benchmarks/local_train_bench.py --threads 2 --hidden 256 --layers 4
-    .venv/bin/python benchmarks/local_train_bench.py --json     # one JSON object on stdout
+    .venv/bin/python -m benchmarks.local_train_bench            # defaults below
+    .venv/bin/python -m benchmarks.local_train_bench --threads 2 --hidden 256 --layers 4
+    .venv/bin/python -m benchmarks.local_train_bench --json     # one JSON object on stdout
 
 A third arm runs the loop ``crucible train`` uses (``crucible_core.runtime.trainloop.train``:
 pipelined submission, learning-rate schedule, checkpoint policy, budgets,

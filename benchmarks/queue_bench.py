@@ -18,7 +18,7 @@ slows them alike), and a producer process beside a consumer process
 are total cycles over total time; brackets give the slowest and fastest
 batch or run. The disk's raw fdatasync rate is printed before and after:
 no design can beat half of it with two durable commits per cycle.
-Run: .venv/bin/python benchmarks/queue_bench.py [--n 3000] [--rounds 6] [--dir DIR]
+Run: .venv/bin/python -m benchmarks.queue_bench [--n 3000] [--rounds 6] [--dir DIR]
 """
 
 from __future__ import annotations

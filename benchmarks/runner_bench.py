@@ -8,7 +8,7 @@ lineage trace in SQLite. The per-stage cost is the slope between a 1-stage
 and an (N+1)-stage pipeline, so the fixed per-run cost (manifest, lineage,
 fsyncs) is reported apart. Baseline in the same run: calling the no-op
 stage's run() N times directly.
-Run: .venv/bin/python benchmarks/runner_bench.py [--stages 200] [--rounds 5]
+Run: .venv/bin/python -m benchmarks.runner_bench [--stages 200] [--rounds 5]
 """
 
 from __future__ import annotations

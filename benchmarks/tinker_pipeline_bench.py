@@ -15,8 +15,8 @@ server against the same loops on a crucible-local session in this process
 (same model, LoRA layers, batches): the difference per step is what the
 server path (SDK, HTTP, protobuf, futures, ordering) adds.
 
-    .venv/bin/python benchmarks/tinker_pipeline_bench.py
-    .venv/bin/python benchmarks/tinker_pipeline_bench.py --latency-ms 100 --steps 30 --json
+    .venv/bin/python -m benchmarks.tinker_pipeline_bench
+    .venv/bin/python -m benchmarks.tinker_pipeline_bench --latency-ms 100 --steps 30 --json
 """
 
 # The plugins are editable installs (setuptools import hooks), which pyright cannot follow

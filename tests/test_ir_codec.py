@@ -263,3 +263,36 @@ def test_every_ir_struct_is_frozen_kw_only_and_strict() -> None:
 def test_top_level_messages_carry_schema_version() -> None:
     for name, cls in codec.IR_TYPES.items():
         assert "schema_version" in cls.__struct_fields__, name
+
+
+def test_schema_descriptions_are_the_cleaned_docstrings() -> None:
+    """The schema text must not depend on how a msgspec release cleans docstrings."""
+    import inspect
+
+    from crucible_core import ir
+
+    checked = 0
+    for name, doc in codec.schemas().items():
+        for def_name, definition in doc.get("$defs", {}).items():
+            cls = getattr(ir, def_name, None)
+            if cls is None or not cls.__doc__ or "description" not in definition:
+                continue
+            assert definition["description"] == inspect.cleandoc(cls.__doc__), (name, def_name)
+            assert not any(
+                line.startswith(" ") for line in definition["description"].splitlines()
+            ), (name, def_name)
+            checked += 1
+    assert checked > 20
+
+
+def test_schema_descriptions_from_an_older_msgspec_are_dedented() -> None:
+    # msgspec 0.19 passed docstrings through with their indentation; 0.23 cleans them.
+    old = {
+        "$defs": {
+            "Loss": {"description": "The loss.\n\n    A custom loss names a function.\n"},
+            "X": {"properties": {"description": {"description": "  keep as a field"}}},
+        }
+    }
+    cleaned = codec._clean_descriptions(old)  # pyright: ignore[reportPrivateUsage]
+    assert cleaned["$defs"]["Loss"]["description"] == "The loss.\n\nA custom loss names a function."
+    assert cleaned["$defs"]["X"]["properties"]["description"] == {"description": "keep as a field"}

@@ -24,6 +24,7 @@ from crucible_core.cli.output import print_json, print_table
 from crucible_core.errors import ConfigError, NotFound, ValidationError
 from crucible_core.ir import codec
 from crucible_core.ir.experiment import Experiment
+from crucible_core.ir.paths import resolve_paths
 from crucible_core.ir.training import TrainingJob
 from crucible_core.ir.work import Job
 from crucible_core.runtime._errors import reworded
@@ -80,15 +81,15 @@ def load_jobs(path: Path) -> list[Job]:
             # TrainingJob or an Experiment (a Job when it could be either).
             kind = Job if several or _fits_job(item) else _kind_of(item)
             if kind is TrainingJob:
-                tj = codec.convert(item, TrainingJob)
+                tj = resolve_paths(codec.convert(item, TrainingJob), path.parent)
                 jobs.append(
                     Job(id=tj.job_id or "", kind="training_run", payload=codec.to_builtins(tj))
                 )
             elif kind is Experiment:
-                ex = codec.convert(item, Experiment)
+                ex = resolve_paths(codec.convert(item, Experiment), path.parent)
                 jobs.append(Job(kind="experiment_step", payload=codec.to_builtins(ex)))
             elif kind is Job:
-                jobs.append(codec.convert(item, Job))
+                jobs.append(_resolve_payload(codec.convert(item, Job), path.parent))
             else:
                 raise ConfigError(
                     f"a {kind.__name__} is not something to run",
@@ -97,6 +98,21 @@ def load_jobs(path: Path) -> list[Job]:
         except ConfigError as exc:
             raise reworded(exc, f"{where}: {exc.message}") from None
     return jobs
+
+
+def _resolve_payload(job: Job, base: Path) -> Job:
+    """A training_run Job with its TrainingJob's relative paths resolved against ``base``."""
+    payload: Any = job.payload
+    if job.kind != "training_run" or not isinstance(payload, dict):
+        return job
+    try:
+        tj = codec.convert(payload, TrainingJob)
+    except ConfigError:
+        return job  # the plan (or the worker) reports what is wrong with it
+    resolved = resolve_paths(tj, base)
+    if resolved is tj:
+        return job
+    return msgspec.structs.replace(job, payload=codec.to_builtins(resolved))
 
 
 def _fits_job(item: Any) -> bool:

@@ -35,7 +35,10 @@ def _duration(s: float | None) -> str:
 
 def format_plan(plan: Plan) -> str:
     """The human-readable plan."""
-    lines = [f"backend   {plan.backend} (plugin {plan.plugin})", f"model     {plan.model}"]
+    model = f"{plan.model} (from {plan.model_path})" if plan.model_path else plan.model
+    lines = [f"backend   {plan.backend} (plugin {plan.plugin})", f"model     {model}"]
+    if plan.dataset:
+        lines.append(f"dataset   {plan.dataset}")
     lines.append("stages    " + " -> ".join(s.split(" ")[0] for s in plan.stages))
     if plan.rows is not None:
         lines.append(
@@ -45,7 +48,11 @@ def format_plan(plan: Plan) -> str:
         )
     if plan.steps is not None:
         lines.append(f"steps     {plan.steps} optimizer steps, {plan.tokens_to_train} tokens")
-    for c in plan.checkpoints:
+    listed = sum(c.kind == "state" for c in plan.checkpoints)
+    hidden = (plan.state_checkpoints or 0) - listed
+    for i, c in enumerate(plan.checkpoints):
+        if hidden > 0 and i == listed // 2:
+            lines.append(f"checkpoint ... {hidden} more state checkpoints ...")
         lines.append(f"checkpoint step {c.step} ({c.kind}), {_size(c.size_bytes)}")
     if plan.cost is not None:
         lines.append(f"cost      {plan.cost:.4f} {plan.currency} (estimated)")

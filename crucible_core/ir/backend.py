@@ -17,6 +17,7 @@ from msgspec import Meta
 
 from crucible_core.ir.base import (
     SCHEMA_VERSION,
+    FiniteFloat,
     IRStruct,
     NonNegativeFloat,
     NonNegativeInt,
@@ -103,7 +104,7 @@ class Completion(IRStruct, frozen=True, kw_only=True):
     schema_version: SchemaVersion = SCHEMA_VERSION
     text: str
     tokens: list[int] = []
-    logprobs: list[float] | None = None
+    logprobs: list[FiniteFloat] | None = None
     finish_reason: FinishReason = "stop"
     usage: Usage = Usage()
     latency_ms: NonNegativeFloat = 0.0
@@ -117,7 +118,7 @@ class StreamChunk(IRStruct, frozen=True, kw_only=True):
     index: NonNegativeInt = 0
     text: str = ""
     tokens: list[int] = []
-    logprobs: list[float] | None = None
+    logprobs: list[FiniteFloat] | None = None
     finish_reason: FinishReason | None = None
     backend_id: str = ""
 
@@ -179,10 +180,10 @@ class LossFnInputs(IRStruct, frozen=True, kw_only=True):
     """
 
     target_tokens: list[NonNegativeInt]
-    weights: list[float] | None = None
-    advantages: list[float] | None = None
-    logprobs: list[float] | None = None
-    ref_logprobs: list[float] | None = None
+    weights: list[FiniteFloat] | None = None
+    advantages: list[FiniteFloat] | None = None
+    logprobs: list[FiniteFloat] | None = None
+    ref_logprobs: list[FiniteFloat] | None = None
 
 
 class Datum(IRStruct, frozen=True, kw_only=True):
@@ -225,9 +226,9 @@ class ForwardBackwardResult(IRStruct, frozen=True, kw_only=True):
     target-token log-probabilities per datum.
     """
 
-    loss: float
-    metrics: dict[str, float] = {}
-    logprobs: list[list[float]] = []
+    loss: FiniteFloat
+    metrics: dict[str, FiniteFloat] = {}
+    logprobs: list[list[FiniteFloat]] = []
     num_tokens: NonNegativeInt = 0
 
 
@@ -236,8 +237,8 @@ class OptimStepResult(IRStruct, frozen=True, kw_only=True):
 
     step: NonNegativeInt
     learning_rate: NonNegativeFloat = 0.0
-    grad_norm: float | None = None
-    metrics: dict[str, float] = {}
+    grad_norm: FiniteFloat | None = None
+    metrics: dict[str, FiniteFloat] = {}
 
 
 class CheckpointRef(IRStruct, frozen=True, kw_only=True):

@@ -4,17 +4,27 @@ msgspec does not validate on construction, so data from outside always enters
 through :mod:`crucible_core.ir.codec` (``decode``/``convert``); constructing a
 Struct in Python trusts the caller. Constraints are declared once here with
 ``msgspec.Meta`` so that they appear in the published JSON Schemas.
+
+Every float in the IR is finite: ``inf``/``nan`` (which TOML and msgpack can
+carry) never mean anything a run can honour. msgspec's ``Meta`` has no
+"finite" flag, so each float type is bounded by ``+-sys.float_info.max``
+(``nan`` fails every comparison, ``inf`` the bound) and the check runs in
+msgspec's C decoder; free-form :data:`Params` values are checked after decode
+by :mod:`crucible_core.ir.codec`.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta
 
 __all__ = [
+    "FLOAT_MAX",
     "SCHEMA_VERSION",
+    "FiniteFloat",
     "IRStruct",
     "Identifier",
     "ModuleRef",
@@ -42,8 +52,11 @@ SchemaVersion = Annotated[
 ]
 PositiveInt = Annotated[int, Meta(ge=1)]
 NonNegativeInt = Annotated[int, Meta(ge=0)]
-PositiveFloat = Annotated[float, Meta(gt=0)]
-NonNegativeFloat = Annotated[float, Meta(ge=0)]
+#: The largest finite float: the bound that makes a float constraint refuse inf and nan.
+FLOAT_MAX = sys.float_info.max
+FiniteFloat = Annotated[float, Meta(ge=-FLOAT_MAX, le=FLOAT_MAX)]
+PositiveFloat = Annotated[float, Meta(gt=0, le=FLOAT_MAX)]
+NonNegativeFloat = Annotated[float, Meta(ge=0, le=FLOAT_MAX)]
 Probability = Annotated[float, Meta(ge=0, lt=1, description="A probability in [0, 1).")]
 UnitInterval = Annotated[float, Meta(ge=0, le=1)]
 Identifier = Annotated[
@@ -62,7 +75,8 @@ ModuleRef = Annotated[
         description="An importable object as 'package.module:attribute'.",
     ),
 ]
-#: Free-form scalar parameters (loss options, stage options...).
+#: Free-form scalar parameters (loss options, stage options...); their floats must be
+#: finite too (checked after decode, see the module docstring).
 Params = dict[str, Any]
 
 

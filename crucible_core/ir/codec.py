@@ -7,12 +7,21 @@ decode only, never on construction. A failure becomes a
 JSON path of the bad field and says what was expected and what was found,
 e.g. ``$.learning_config.optimizer.lr: expected float > 0.0, got -1``, with a
 hint (did-you-mean for a misspelt field, the allowed values of an enum).
+
+No non-finite float survives decoding: typed float fields are bounded in
+:mod:`crucible_core.ir.base` (checked by msgspec), and the free-form values
+(``Params``, ``Any`` payloads) of a TOML or msgpack document or of
+:func:`convert`-ed data are walked after decode (JSON cannot spell ``inf`` or
+``nan``, so JSON decoding, the hot path, skips the walk).
 """
 
 from __future__ import annotations
 
 import datetime
 import difflib
+import functools
+import inspect
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +35,7 @@ from crucible_core.ir.backend import Capabilities, CheckpointRef, Completion
 from crucible_core.ir.base import SCHEMA_VERSION, IRStruct
 from crucible_core.ir.experiment import Experiment
 from crucible_core.ir.lineage import Artifact, Trace
+from crucible_core.ir.paths import resolve_paths
 from crucible_core.ir.training import TrainingJob
 from crucible_core.ir.work import Job
 
@@ -129,6 +139,8 @@ def decode(data: bytes | str, type: type[T], *, format: Format = "json") -> T:
     except (msgspec.DecodeError, RecursionError, ValueError) as exc:
         raise _syntax_error(exc, format) from None
     _check_version(obj)
+    if format != "json" and _holds_free_form(type):
+        _check_finite(obj, "$")
     return obj
 
 
@@ -141,6 +153,8 @@ def convert(obj: Any, type: type[T]) -> T:
     except RecursionError:
         raise ValidationError("$: document is nested too deeply", path="$") from None
     _check_version(out)
+    if _holds_free_form(type):
+        _check_finite(out, "$")
     return out
 
 
@@ -148,7 +162,8 @@ def decode_file(path: str | Path, type: type[T] | None = None) -> Any:
     """Read and decode a file; the format comes from its suffix.
 
     With ``type=None`` the IR type is guessed from the document's keys
-    (:func:`guess_type`); errors name the file.
+    (:func:`guess_type`); errors name the file. Relative paths in a job
+    resolve against the file's directory (:mod:`crucible_core.ir.paths`).
     """
     p = Path(path)
     fmt = format_for_path(p)
@@ -168,7 +183,7 @@ def decode_file(path: str | Path, type: type[T] | None = None) -> Any:
         raise ConfigError(f"{p}: the file is empty", hint="write an IR document into it")
     try:
         target: Any = type if type is not None else guess_type(_raw_or_raise(data, fmt))
-        return decode(data, target, format=fmt)
+        return resolve_paths(decode(data, target, format=fmt), p.parent)
     except ValidationError as exc:
         raise ValidationError(
             f"{p}: {exc.message}", path=exc.path, hint=exc.hint, **exc.details
@@ -251,8 +266,14 @@ def to_builtins(obj: Any) -> Any:
 
 
 def schema(type_: type[Any]) -> dict[str, Any]:
-    """JSON Schema 2020-12 of one IR type."""
-    out = msgspec.json.schema(type_)
+    """JSON Schema 2020-12 of one IR type.
+
+    Descriptions (struct docstrings) are normalised here with
+    :func:`inspect.cleandoc`: msgspec releases differ in how they clean
+    docstrings, and the committed ``ir_schemas/`` must not depend on which
+    release generated them.
+    """
+    out = _clean_descriptions(msgspec.json.schema(type_))
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": type_.__name__,
@@ -266,6 +287,20 @@ def schemas() -> dict[str, dict[str, Any]]:
 
 
 # -- internals ---------------------------------------------------------------
+
+
+def _clean_descriptions(node: Any) -> Any:
+    # Every "description" string in a schema, dedented the one way (idempotent).
+    if isinstance(node, dict):
+        return {
+            k: inspect.cleandoc(v)
+            if k == "description" and isinstance(v, str)
+            else _clean_descriptions(v)
+            for k, v in cast(dict[str, Any], node).items()
+        }
+    if isinstance(node, list):
+        return [_clean_descriptions(v) for v in cast(list[Any], node)]
+    return node
 
 
 def _drop_none(obj: Any) -> Any:
@@ -324,6 +359,72 @@ def _check_version(obj: Any) -> None:
         raise error
 
 
+_FREE_FORM: dict[Any, bool] = {}
+
+
+def _holds_free_form(type_: Any) -> bool:
+    """Whether values of ``type_`` can hold untyped (``Any``) parts: only those are walked."""
+    try:
+        return _FREE_FORM[type_]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable type expression: walk to be safe
+        return True
+    holds = _holds_any(mi.type_info(type_), set())
+    _FREE_FORM[type_] = holds
+    return holds
+
+
+@functools.cache
+def _free_form_fields(cls: type[Any]) -> tuple[tuple[str, str], ...]:
+    """(attribute, encoded name) of the fields of ``cls`` that can hold untyped values."""
+    info = cast(mi.StructType, mi.type_info(cls))
+    return tuple((f.name, f.encode_name) for f in info.fields if _holds_any(f.type, set[int]()))
+
+
+def _holds_any(t: mi.Type, seen: set[int]) -> bool:
+    if isinstance(t, mi.AnyType):
+        return True
+    if id(t) in seen:
+        return False
+    seen.add(id(t))
+    if isinstance(t, mi.StructType):
+        return any(_holds_any(f.type, seen) for f in t.fields)
+    if isinstance(t, mi.ListType | mi.SetType | mi.FrozenSetType | mi.VarTupleType):
+        return _holds_any(t.item_type, seen)
+    if isinstance(t, mi.TupleType):
+        return any(_holds_any(x, seen) for x in t.item_types)
+    if isinstance(t, mi.DictType):
+        return _holds_any(t.key_type, seen) or _holds_any(t.value_type, seen)
+    if isinstance(t, mi.UnionType):
+        return any(_holds_any(x, seen) for x in t.types)
+    return False
+
+
+def _check_finite(value: Any, path: str) -> None:
+    """Raise ``ValidationError`` at the first non-finite float under ``value``.
+
+    Only the parts that msgspec did not type-check are walked: struct fields
+    that can hold ``Any`` (typed floats were bounded by the decoder).
+    """
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError(
+                f"{path}: expected a finite number, got {value}",
+                path=path,
+                hint="inf and nan are not valid settings; write a finite number",
+            )
+    elif isinstance(value, msgspec.Struct):
+        for name, encoded in _free_form_fields(type(value)):
+            _check_finite(getattr(value, name), f"{path}.{encoded}")
+    elif isinstance(value, dict):
+        for key, item in cast(dict[Any, Any], value).items():
+            _check_finite(item, f"{path}.{key}")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(cast(list[Any], value)):
+            _check_finite(item, f"{path}[{i}]")
+
+
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `(?P<path>\$[^`]*)`)?$", re.DOTALL)
 _PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 
@@ -376,6 +477,9 @@ def _validation_error(exc: msgspec.ValidationError, type_: Any, raw: Any) -> Val
             if isinstance(got, str):
                 close = difflib.get_close_matches(got, [str(a) for a in allowed], n=1)
                 hint = f"did you mean {close[0]!r}?" if close else None
+        elif isinstance(got, float) and not math.isfinite(got):
+            text = f"expected a finite number, got {got}"
+            hint = "inf and nan are not valid settings; write a finite number"
         elif got is not _MISSING and msg.startswith("Expected"):
             text = re.sub(r", got .*$", "", text) + f", got {_short(got)}"
     return ValidationError(f"{path}: {text}", path=path, hint=hint)

@@ -8,6 +8,7 @@ from msgspec import Meta
 
 from crucible_core.ir.base import (
     SCHEMA_VERSION,
+    FiniteFloat,
     Identifier,
     IRStruct,
     Params,
@@ -35,7 +36,7 @@ class QualityTarget(IRStruct, frozen=True, kw_only=True):
 
     metric: Annotated[str, Meta(min_length=1)]
     op: Literal[">", ">=", "<", "<=", "==", "!="] = ">="
-    value: float
+    value: FiniteFloat
 
     def check(self, observed: float) -> bool:
         """Whether ``observed`` meets the target."""

@@ -28,6 +28,7 @@ from crucible_core.ir.base import (
 from crucible_core.ir.common import BackendRef, ResourceSpec
 
 __all__ = [
+    "LOSS_INPUTS",
     "LOSS_NAMES",
     "SGD",
     "AdamW",
@@ -52,6 +53,13 @@ __all__ = [
 LossName = Literal["cross_entropy", "importance_sampling", "ppo", "dpo", "custom"]
 #: The named losses a backend may declare in ``Capabilities.losses``.
 LOSS_NAMES: tuple[str, ...] = ("cross_entropy", "importance_sampling", "ppo", "dpo")
+#: The ``LossFnInputs`` fields each named loss reads beyond ``target_tokens``/``weights``.
+LOSS_INPUTS: dict[str, tuple[str, ...]] = {
+    "cross_entropy": (),
+    "importance_sampling": ("logprobs", "advantages"),
+    "ppo": ("logprobs", "advantages"),
+    "dpo": ("ref_logprobs",),
+}
 
 
 class ModelSpec(IRStruct, frozen=True, kw_only=True):

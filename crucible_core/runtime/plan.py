@@ -31,18 +31,21 @@ import msgspec
 from crucible_core.errors import CrucibleError
 from crucible_core.ir.backend import Capabilities, Datum
 from crucible_core.ir.experiment import Experiment, StageDef
-from crucible_core.ir.training import LoRA, QLoRA, TrainingJob
+from crucible_core.ir.training import LOSS_INPUTS, LearningConfig, LoRA, QLoRA, TrainingJob
 from crucible_core.ir.work import Job
-from crucible_core.plugins import PluginHost, get_host
+from crucible_core.plugins import PluginHost, Registration, get_host
 from crucible_core.runtime import trainloop
 from crucible_core.runtime.cancel import CancelFlag
 
 __all__ = [
+    "MAX_LISTED_CHECKPOINTS",
     "TRAINING_STAGES",
+    "VALIDATION_METRICS",
     "CheckpointEstimate",
     "Plan",
     "PlanProblem",
     "check_capabilities",
+    "check_pipeline",
     "make_plan",
     "training_experiment",
 ]
@@ -56,6 +59,21 @@ TRAINING_STAGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("save", "train.save", ("train",)),
     ("log_metrics", "train.log_metrics", ("train", "evaluate", "save")),
 )
+
+
+#: The validation metrics a training run computes (``train.evaluate`` and the loop's
+#: periodic validation: both are a forward pass over the validation split). Metrics
+#: that need sampled generations (accuracy, exact match...) are refused until
+#: sampled evaluation exists.
+VALIDATION_METRICS: tuple[str, ...] = ("loss", "perplexity")
+
+#: What the data stages always put in each Datum's ``loss_fn_inputs``. A stage that
+#: provides more declares it when it registers (``register(name, factory,
+#: loss_fn_inputs=[...])``, kept in ``Registration.metadata``).
+BASE_LOSS_INPUTS: tuple[str, ...] = ("target_tokens", "weights")
+
+#: A plan lists at most this many state checkpoints (the first and last half).
+MAX_LISTED_CHECKPOINTS = 20
 
 
 def training_experiment(job: TrainingJob, job_id: str) -> Experiment:
@@ -96,6 +114,8 @@ class Plan(msgspec.Struct, kw_only=True):
     ok: bool
     backend: str
     model: str
+    model_path: str | None = None
+    dataset: str = ""
     plugin: str | None = None
     problems: list[PlanProblem] = []
     stages: list[str] = []
@@ -108,6 +128,7 @@ class Plan(msgspec.Struct, kw_only=True):
     steps: int | None = None
     tokens_to_train: int | None = None
     checkpoints: list[CheckpointEstimate] = []
+    state_checkpoints: int | None = None
     cost: float | None = None
     currency: str = "USD"
     duration_s: float | None = None
@@ -151,6 +172,10 @@ def check_capabilities(job: TrainingJob, caps: Capabilities, backend: str) -> li
         )
         return problems
     adapter = job.adapter_config
+    model = job.model_spec
+    # Declared limits (context, LoRA rank) apply to the backend's own models; a model
+    # loaded by path carries its own, which the backend checks when it loads it.
+    by_path = model.path is not None
     if adapter.__struct_config__.tag not in caps.adapters:
         _refuse(
             problems,
@@ -163,6 +188,7 @@ def check_capabilities(job: TrainingJob, caps: Capabilities, backend: str) -> li
     if (
         isinstance(adapter, LoRA | QLoRA)
         and caps.max_lora_rank is not None
+        and not by_path
         and adapter.rank > caps.max_lora_rank
     ):
         problems.append(
@@ -172,6 +198,7 @@ def check_capabilities(job: TrainingJob, caps: Capabilities, backend: str) -> li
                 f"the job asks for {adapter.rank}",
                 backend=backend,
                 supported=[f"1..{caps.max_lora_rank}"],
+                hint=f"set rank to {caps.max_lora_rank} or less",
             )
         )
     cfg = job.learning_config
@@ -212,7 +239,6 @@ def check_capabilities(job: TrainingJob, caps: Capabilities, backend: str) -> li
                 hint="set push_to_hub = false and publish the run's checkpoint yourself",
             )
         )
-    model = job.model_spec
     if model.path is None and caps.models and model.name not in caps.models:
         _refuse(problems, "$.model_spec.name", "model", model.name, caps.models, backend)
     if model.path is not None and not caps.metadata.get("models_by_path", False):
@@ -225,9 +251,7 @@ def check_capabilities(job: TrainingJob, caps: Capabilities, backend: str) -> li
                 hint="name one of the backend's models instead",
             )
         )
-    # The declared context applies to the backend's own models; a model loaded by
-    # path carries its own limit, which the backend checks when it loads it.
-    limit = caps.max_context_length if model.path is None else None
+    limit = None if by_path else caps.max_context_length
     for field, length in (
         ("$.dataset_spec.max_length", job.dataset_spec.max_length),
         ("$.model_spec.max_seq_len", model.max_seq_len),
@@ -243,6 +267,59 @@ def check_capabilities(job: TrainingJob, caps: Capabilities, backend: str) -> li
                     hint=f"set it to {limit} or less",
                 )
             )
+    return problems
+
+
+def check_pipeline(
+    job: TrainingJob, stages: Mapping[str, Registration], caps: Capabilities | None = None
+) -> list[PlanProblem]:
+    """What the job asks of the run that no stage of it provides, as problems.
+
+    ``stages`` are the registered stages by name. A validation metric outside
+    :data:`VALIDATION_METRICS` is refused, and so is a named loss that reads
+    ``loss_fn_inputs`` no training stage declares (``metadata["loss_fn_inputs"]``
+    of its registration, beyond :data:`BASE_LOSS_INPUTS`). A loss the backend
+    does not support (``caps``) is left to :func:`check_capabilities`.
+    """
+    problems: list[PlanProblem] = []
+    spec = job.validation_spec
+    if spec is not None:
+        for i, metric in enumerate(spec.metrics):
+            if metric in VALIDATION_METRICS:
+                continue
+            close = difflib.get_close_matches(metric, VALIDATION_METRICS, n=1)
+            problems.append(
+                PlanProblem(
+                    field=f"$.validation_spec.metrics[{i}]",
+                    message=f"the run cannot compute the validation metric {metric!r}: it "
+                    f"computes {', '.join(VALIDATION_METRICS)} (metrics from sampled "
+                    "generations are not evaluated during training yet)",
+                    supported=list(VALIDATION_METRICS),
+                    hint=(f"did you mean {close[0]!r}? " if close else "")
+                    + "remove it, or evaluate a checkpoint with `crucible sample` afterwards",
+                )
+            )
+    loss = job.learning_config.loss.name
+    if caps is not None and loss not in caps.losses:
+        return problems
+    provided = set(BASE_LOSS_INPUTS)
+    for _, uses, _ in TRAINING_STAGES:
+        reg = stages.get(uses)
+        if reg is not None:
+            provided.update(cast(Sequence[str], reg.metadata.get("loss_fn_inputs", ())))
+    missing = [name for name in LOSS_INPUTS.get(loss, ()) if name not in provided]
+    if missing:
+        listed = ", ".join(f"loss_fn_inputs.{m}" for m in missing)
+        problems.append(
+            PlanProblem(
+                field="$.learning_config.loss.name",
+                message=f"loss {loss!r} needs {listed}, which no stage of the training run "
+                f"provides (they provide: {', '.join(sorted(provided))})",
+                supported=[n for n, needs in LOSS_INPUTS.items() if set(needs) <= provided],
+                hint='use name = "cross_entropy", or a custom loss (name = "custom", fn = ...) '
+                "computed from logprobs",
+            )
+        )
     return problems
 
 
@@ -281,7 +358,13 @@ def make_plan(
     host = host or get_host()
     ref = job.backend_ref
     name = backend_name or ref.name
-    plan = Plan(ok=False, backend=name, model=job.model_spec.name)
+    plan = Plan(
+        ok=False,
+        backend=name,
+        model=job.model_spec.name,
+        model_path=job.model_spec.path,
+        dataset=job.dataset_spec.uri,
+    )
     try:
         reg = host.get("backend", name)
     except CrucibleError as exc:
@@ -303,6 +386,7 @@ def make_plan(
             )
             return plan
     plan.problems.extend(check_capabilities(job, caps, name))
+    plan.problems.extend(check_pipeline(job, host.registrations("stage"), caps))
     for stage in {uses for _, uses, _ in TRAINING_STAGES}:
         if stage not in host.registrations("stage"):
             plan.problems.append(
@@ -361,11 +445,7 @@ def _estimate(
     cfg = job.learning_config
     total = trainloop.total_steps(cfg, len(datums))
     plan.steps = total
-    tokens = 0
-    for step in range(total):
-        for micro in range(cfg.grad_accum):
-            batch, _ = trainloop.batch_for_step(datums, step, micro, cfg)
-            tokens += sum(len(d.model_input) for d in batch)
+    tokens = _tokens_to_train(datums, total, cfg, shuffle=job.dataset_spec.shuffle)
     plan.tokens_to_train = tokens
     if job.budget.max_tokens is not None and tokens > job.budget.max_tokens:
         plan.notes.append(
@@ -384,7 +464,8 @@ def _estimate(
     estimator = getattr(backend, "estimate_checkpoint_bytes", None)
     if callable(estimator):
         sizes = cast(Mapping[str, int], estimator(job))
-    steps = _checkpoint_steps(job, total)
+    steps, count = _checkpoint_steps(job, total)
+    plan.state_checkpoints = count
     plan.checkpoints = [
         CheckpointEstimate(step=s, kind="state", size_bytes=sizes.get("state")) for s in steps
     ]
@@ -392,7 +473,12 @@ def _estimate(
         CheckpointEstimate(step=total, kind="sampler", size_bytes=sizes.get("sampler"))
     )
     policy = job.checkpoint_policy
-    if policy.strategy in ("steps", "last") and len(steps) > 1:
+    if count > len(steps):
+        plan.notes.append(
+            f"the run writes {count} state checkpoints (every {policy.save_every} steps); "
+            f"the plan lists the first and last {MAX_LISTED_CHECKPOINTS // 2}"
+        )
+    if policy.strategy in ("steps", "last") and count > 1:
         keep = 1 if policy.strategy == "last" else policy.keep_last
         best = " plus the best" if policy.save_best else ""
         plan.notes.append(f"retention keeps the newest {keep} state checkpoint(s){best}")
@@ -408,15 +494,47 @@ def _estimate(
         plan.notes.append("duration unknown: the backend declares no throughput")
 
 
-def _checkpoint_steps(job: TrainingJob, total: int) -> list[int]:
-    """The steps whose state the run will write (retention then keeps the policy's share)."""
+def _tokens_to_train(
+    datums: Sequence[Datum], total: int, cfg: LearningConfig, *, shuffle: bool
+) -> int:
+    """Tokens the run feeds, in closed form: O(dataset), whatever ``total`` is.
+
+    Micro-batch ``i`` of the run is batch ``i mod bpe`` of epoch ``i // bpe``
+    (:func:`~crucible_core.runtime.trainloop.batch_for_step`) and an epoch's
+    batches cover every datum once, so whole epochs cost ``tokens_per_epoch``
+    each and only the last, partial epoch is walked batch by batch.
+    """
+    bpe = trainloop.batches_per_epoch(len(datums), cfg.batch_size)
+    full_epochs, rest = divmod(total * cfg.grad_accum, bpe)
+    tokens = full_epochs * sum(len(d.model_input) for d in datums)
+    for k in range(rest):
+        index = full_epochs * bpe + k
+        step, micro = divmod(index, cfg.grad_accum)
+        batch, _ = trainloop.batch_for_step(datums, step, micro, cfg, shuffle=shuffle)
+        tokens += sum(len(d.model_input) for d in batch)
+    return tokens
+
+
+def _checkpoint_steps(job: TrainingJob, total: int) -> tuple[list[int], int]:
+    """The steps whose state the run will write, and how many there are, in closed form.
+
+    Retention then keeps the policy's share. At most :data:`MAX_LISTED_CHECKPOINTS`
+    steps are listed (the first and the last half of them), so a run of 2**63
+    steps plans as fast as one of 10.
+    """
     policy = job.checkpoint_policy
-    if policy.strategy in ("steps", "last", "all"):
-        every = list(range(policy.save_every, total + 1, policy.save_every))
-        if not every or every[-1] != total:
-            every.append(total)
-        return every
-    return [total]
+    if policy.strategy not in ("steps", "last", "all"):
+        return [total], 1
+    every = policy.save_every
+    # The k-th save (1-based) is at min(k * every, total): the multiples, then the last step.
+    count = -(-total // every)
+    half = MAX_LISTED_CHECKPOINTS // 2
+    if count <= MAX_LISTED_CHECKPOINTS:
+        picked: Sequence[int] = range(1, count + 1)
+    else:
+        picked = [*range(1, half + 1), *range(count - half + 1, count + 1)]
+    steps = [min(k * every, total) for k in picked]
+    return steps, count
 
 
 def _measure(job: TrainingJob, backend: Any, datums: list[Datum]) -> float:

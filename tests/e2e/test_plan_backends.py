@@ -57,6 +57,12 @@ REFUSALS: list[tuple[str, dict[str, Any], str, str]] = [
         "$.checkpoint_policy.push_to_hub",
         "cannot push",
     ),
+    (
+        "local",
+        {"adapter_config": {"kind": "lora", "rank": 2**63 - 1}},
+        "$.adapter_config.rank",
+        f"LoRA ranks up to 64, the job asks for {2**63 - 1}",
+    ),
     ("tinker", {"adapter_config": {"kind": "full"}}, "$.adapter_config.kind", "adapter 'full'"),
     ("tinker", {"adapter_config": {"kind": "qlora"}}, "$.adapter_config.kind", "adapter 'qlora'"),
     ("tinker", {"learning_config__loss": {"name": "dpo"}}, "$.learning_config.loss.name", "'dpo'"),
@@ -81,6 +87,43 @@ def test_each_unsupported_setting_is_refused(
     assert problem is not None, [p.field for p in plan.problems]
     assert words in problem.message
     assert problem.backend == backend
+
+
+#: Settings the backend supports but no stage of the training run can feed: (change,
+#: refused field, words of the message). Not the backend's doing, so no backend is named.
+PIPELINE_REFUSALS: list[tuple[dict[str, Any], str, str]] = [
+    (
+        {"learning_config__loss": {"name": "dpo"}},
+        "$.learning_config.loss.name",
+        "loss 'dpo' needs loss_fn_inputs.ref_logprobs, which no stage",
+    ),
+    (
+        {"learning_config__loss": {"name": "ppo"}},
+        "$.learning_config.loss.name",
+        "loss_fn_inputs.logprobs, loss_fn_inputs.advantages",
+    ),
+    (
+        {"learning_config__loss": {"name": "importance_sampling"}},
+        "$.learning_config.loss.name",
+        "loss_fn_inputs.logprobs, loss_fn_inputs.advantages",
+    ),
+    (
+        {"validation_spec": {"metrics": ["loss", "accuracy"]}},
+        "$.validation_spec.metrics[1]",
+        "cannot compute the validation metric 'accuracy'",
+    ),
+]
+
+
+@pytest.mark.parametrize(("change", "field", "words"), PIPELINE_REFUSALS)
+def test_what_no_stage_provides_is_refused(
+    real_host: PluginHost, change: dict[str, Any], field: str, words: str
+) -> None:
+    plan = make_plan(job("local", **change), host=real_host, count_data=False)
+    assert not plan.ok
+    assert [p.field for p in plan.problems] == [field]
+    assert words in plan.problems[0].message
+    assert plan.problems[0].hint
 
 
 @pytest.mark.parametrize("backend", ["local", "tinker"])

@@ -14,6 +14,7 @@ __all__ = [
     "CHECKPOINT_FORMATS",
     "LOSSES",
     "MAX_CONTEXT_LENGTH",
+    "MAX_LORA_RANK",
     "OPTIMIZERS",
     "SCHEDULERS",
     "TINY_MODELS",
@@ -32,6 +33,10 @@ TINY_MODELS: dict[str, str] = {
 
 #: Context length of the built-in models (a model loaded from a path declares its own).
 MAX_CONTEXT_LENGTH = 512
+
+#: Largest LoRA rank on the built-in models: their hidden size (a higher rank adds
+#: nothing but memory). A model loaded from a path is bounded by its own size.
+MAX_LORA_RANK = 64
 
 LOSSES: tuple[str, ...] = ("cross_entropy", "importance_sampling", "ppo", "dpo", "custom")
 ADAPTERS: tuple[str, ...] = ("lora", "full")
@@ -54,6 +59,7 @@ _CAPABILITIES = Capabilities(
     schedulers=list(SCHEDULERS),
     checkpoint_formats=list(CHECKPOINT_FORMATS),
     max_context_length=MAX_CONTEXT_LENGTH,
+    max_lora_rank=MAX_LORA_RANK,
     costs=Costs(),
     metadata={
         "device": "cpu",
@@ -61,6 +67,7 @@ _CAPABILITIES = Capabilities(
         "qlora": "unsupported: needs bitsandbytes and a CUDA device",
         "max_context_length": "applies to the built-in models; a model loaded from "
         "model_spec.path has its own",
+        "max_lora_rank": "applies to the built-in models (their hidden size)",
     },
 )
 
