@@ -15,7 +15,7 @@ import msgspec
 import msgspec.inspect as mi
 
 from crucible_core import ir
-from crucible_core.ir.base import IRStruct
+from crucible_core.ir.base import FLOAT_MAX, IRStruct
 
 __all__ = ["documented_types", "render", "type_text"]
 
@@ -41,15 +41,14 @@ def documented_types() -> list[type[IRStruct]]:
 
 
 def _bounds(t: mi.IntType | mi.FloatType) -> str:
+    """Constraints worth reading; +-float max (how the IR refuses inf/nan) goes without saying."""
     parts: list[str] = []
-    if t.ge is not None:
-        parts.append(f">= {t.ge}")
-    if t.gt is not None:
-        parts.append(f"> {t.gt}")
-    if t.le is not None:
-        parts.append(f"<= {t.le}")
-    if t.lt is not None:
-        parts.append(f"< {t.lt}")
+    lower, upper = t.ge if t.ge is not None else t.gt, t.le if t.le is not None else t.lt
+    if isinstance(t, mi.FloatType) and lower is not None and upper is not None:
+        parts.append("finite")
+    for op, bound in ((">=", t.ge), (">", t.gt), ("<=", t.le), ("<", t.lt)):
+        if bound is not None and abs(bound) != FLOAT_MAX:
+            parts.append(f"{op} {bound}")
     return f" ({', '.join(parts)})" if parts else ""
 
 

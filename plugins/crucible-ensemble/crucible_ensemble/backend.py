@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, cast
 
-from crucible_core.errors import ConfigError
+from crucible_core.errors import ConfigError, UnsupportedError
 from crucible_core.ir import (
     Capabilities,
     Completion,
@@ -246,12 +246,23 @@ class EnsembleBackend:
         )
 
     def complete(self, prompt: Prompt, params: SamplingParams) -> Completion:
+        """The voted answer as one completion; ``n > 1`` is refused (members draw
+        ``samples`` each; the vote yields one answer)."""
+        _one(params)
         return self.run(prompt, params).completion()
 
     def stream(self, prompt: Prompt, params: SamplingParams) -> Iterator[StreamChunk]:
         """The voted answer as one final chunk: no answer exists before the vote."""
+        _one(params)
         result = self.run(prompt, params)
-        yield StreamChunk(text=result.text, finish_reason="stop", backend_id="ensemble")
+        c = result.completion()
+        yield StreamChunk(
+            text=c.text,
+            tokens=c.tokens,
+            logprobs=c.logprobs,
+            finish_reason=c.finish_reason,
+            backend_id="ensemble",
+        )
 
     def health_check(self) -> Health:
         healthy = 0
@@ -289,6 +300,14 @@ class EnsembleBackend:
             if callable(close):
                 close()
         self._owned.clear()
+
+
+def _one(params: SamplingParams) -> None:
+    if params.n != 1:
+        raise UnsupportedError(
+            f"an ensemble answers once per request, got n={params.n}",
+            hint="set `samples` on the ensemble to draw several completions per member",
+        )
 
 
 def _normaliser(options: Mapping[str, Any]) -> Normaliser:

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import msgspec
+
 from crucible_core.errors import ConfigError, DeadlineExceeded, UnsupportedError
 from crucible_core.ir import Capabilities, Completion, Health, Prompt, SamplingParams, StreamChunk
 from crucible_hedging.budget import HedgeBudget
@@ -82,13 +84,27 @@ def hedged_call(
     start = clock()
     results: queue.Queue[tuple[int, bool, Any, float]] = queue.Queue()
 
+    # The policy learns from the primary's true latency, even when a backup won and the
+    # primary finished later, abandoned: leaving slow primaries out would teach the
+    # policy that the tail it is cutting no longer exists.
+    lock = threading.Lock()
+    late: dict[str, Any] = {"returned": None, "primary_done": False}
+
     def attempt(index: int) -> None:
         t0 = clock()
         try:
             value, ok = call(), True
         except Exception as exc:  # delivered to the caller below
             value, ok = exc, False
-        results.put((index, ok, value, clock() - t0))
+        latency = clock() - t0
+        if index == 0:
+            with lock:
+                late["primary_done"] = True
+                returned: Observation | None = late["returned"]
+            if returned is not None:
+                primary = latency if ok else None
+                policy.observe(msgspec.structs.replace(returned, primary_latency=primary))
+        results.put((index, ok, value, latency))
 
     def fire(index: int) -> None:
         threading.Thread(target=attempt, args=(index,), name=f"hedge-{index}", daemon=True).start()
@@ -156,14 +172,20 @@ def hedged_call(
             emit_("hedge.won", attempt=index, latency_ms=total * 1000)
         if outstanding:
             emit_("hedge.cancelled", attempts=outstanding, reason="lost")
-        policy.observe(
-            Observation(
-                latency=total,
-                primary_latency=latency if index == 0 else None,
-                hedges=launched - 1,
-                plan=plan,
-            )
+        observation = Observation(
+            latency=total,
+            primary_latency=latency if index == 0 else None,
+            hedges=launched - 1,
+            plan=plan,
         )
+        if index == 0:
+            policy.observe(observation)
+        else:
+            with lock:
+                primary_done = late["primary_done"]
+                late["returned"] = observation
+            if primary_done:  # the primary failed before the backup answered
+                policy.observe(observation)
         return value
 
 
@@ -217,6 +239,8 @@ class HedgedBackend:
             else policy
         )
         self.budget = HedgeBudget(budget, window, burst)
+        if hasattr(self.policy, "budget") and getattr(self.policy, "budget", 0) is None:
+            self.policy.budget = self.budget.ratio  # type: ignore[attr-defined]
         self.bus = bus
         self.job_id = job_id
         self._stats = _Stats()

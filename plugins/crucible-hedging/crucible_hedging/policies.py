@@ -202,74 +202,89 @@ class Deadline:
 
 
 class Adaptive:
-    """Thompson sampling over candidate delays (percentiles of recent primary latencies).
+    """A bandit over candidate delays, choosing by bootstrapped Thompson sampling to
+    minimise the ``target`` percentile of latency (p99 by default) under the budget.
 
-    Arm k hedges at the ``candidates[k]``-th percentile of the latency window. A
-    request is a success when its end-to-end latency is within the ``target``-th
-    percentile of primary latencies (the tail the policy is trying to cut); each arm
-    keeps a Beta posterior of its success rate and the policy plays the arm whose
-    sampled rate is highest. Arms that hedge early win more often while the budget
-    allows their hedges; once the budget denies them, they stop winning, so the
-    bandit settles on the earliest delay the budget can sustain. Before
-    ``min_samples`` latencies it hedges at ``initial_delay_ms``.
+    Arm k hedges at the ``candidates[k]``-th percentile of the primary latencies seen
+    so far. Hedging is a full-information problem: the primary's latency is observed
+    whatever the arm (abandoned primaries are timed to the end), so every arm can be
+    judged without being played. Every ``refresh`` requests the policy draws a
+    bootstrap resample of the latency window (the posterior draw), estimates for each
+    arm the ``target`` percentile it would achieve, ``min(primary, delay + backup)``
+    with backups rationed to the ``budget`` share, and plays the best arm until the
+    next draw. Resampling keeps it exploring while the window is small and settles
+    as it fills. Before ``min_samples`` latencies it hedges at ``initial_delay_ms``.
+    ``budget`` defaults to the wrapping ``HedgedBackend``'s.
     """
 
     name = "adaptive"
 
     def __init__(
         self,
-        candidates: Sequence[float] = (50.0, 75.0, 90.0, 95.0, 99.0),
+        candidates: Sequence[float] = (80.0, 85.0, 90.0, 93.0, 95.0, 97.0, 98.0, 99.0),
         target: float = 99.0,
         window: int = 1000,
-        min_samples: int = 20,
+        min_samples: int = 50,
         initial_delay_ms: float = 100.0,
+        refresh: int = 25,
+        resample: int = 400,
+        budget: float | None = None,
         seed: int | None = None,
     ) -> None:
         if not candidates:
             raise ConfigError("hedging.candidates: give at least one percentile")
-        self.candidates = [
+        self.candidates = sorted(
             _number(f"candidates[{i}]", c, low=0.0, high=100.0, open_low=True)
             for i, c in enumerate(candidates)
-        ]
+        )
         self.target = _number("target", target, low=0.0, high=100.0, open_low=True)
-        self.min_samples = int(_number("min_samples", min_samples, low=1))
+        self.min_samples = int(_number("min_samples", min_samples, low=2))
         self.initial = _number("initial_delay_ms", initial_delay_ms, low=0.0) / 1000
+        self.refresh = int(_number("refresh", refresh, low=1))
+        self.resample = int(_number("resample", resample, low=10))
+        self.budget = None if budget is None else _number("budget", budget, low=0.0, high=1.0)
         self._window = _LatencyWindow(int(_number("window", window, low=1)))
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self._alpha = [1.0] * len(self.candidates)
-        self._beta = [1.0] * len(self.candidates)
+        self._countdown = 0
+        self._arm = len(self.candidates) - 1
+        self.plays = [0] * len(self.candidates)
+
+    def estimate(self, sample: Sequence[float], arm: int, rng: random.Random) -> float:
+        """The ``target`` percentile of latency that ``arm`` would give on ``sample``."""
+        delay = percentile(sample, self.candidates[arm])
+        slow = sum(1 for x in sample if x > delay)
+        budget = 1.0 if self.budget is None else self.budget
+        ration = 1.0 if slow == 0 else min(1.0, budget * len(sample) / slow)
+        out: list[float] = []
+        for x in sample:
+            if x > delay and rng.random() < ration:
+                x = min(x, delay + rng.choice(sample))
+            out.append(x)
+        return percentile(out, self.target)
 
     def plan(self) -> HedgePlan:
         values = self._window.snapshot()
         if len(values) < self.min_samples:
             return HedgePlan(delays=[self.initial])
         with self._lock:
-            draws = [
-                self._rng.betavariate(a, b) for a, b in zip(self._alpha, self._beta, strict=True)
-            ]
-        arm = max(range(len(draws)), key=draws.__getitem__)
+            if self._countdown <= 0:
+                sample = self._rng.choices(values, k=min(self.resample, len(values)))
+                scores = [self.estimate(sample, k, self._rng) for k in range(len(self.candidates))]
+                # Ties go to the later delay: the same tail for fewer backups.
+                self._arm = min(range(len(scores)), key=lambda k: (scores[k], -k))
+                self._countdown = self.refresh
+            self._countdown -= 1
+            arm = self._arm
+            self.plays[arm] += 1
         return HedgePlan(delays=[percentile(values, self.candidates[arm])], arm=arm)
 
     def observe(self, observation: Observation) -> None:
-        values = self._window.snapshot()
-        if observation.plan.arm is not None and values:
-            success = observation.latency <= percentile(values, self.target)
-            with self._lock:
-                if success:
-                    self._alpha[observation.plan.arm] += 1
-                else:
-                    self._beta[observation.plan.arm] += 1
         self._window.add(
             observation.primary_latency
             if observation.primary_latency is not None
             else observation.latency
         )
-
-    def posterior_means(self) -> list[float]:
-        """Each arm's estimated success rate (for reports and tests)."""
-        with self._lock:
-            return [a / (a + b) for a, b in zip(self._alpha, self._beta, strict=True)]
 
 
 POLICIES: dict[str, type] = {

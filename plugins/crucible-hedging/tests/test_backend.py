@@ -25,7 +25,7 @@ def test_a_slow_primary_is_beaten_by_its_backup(slow: Make) -> None:
     t0 = time.monotonic()
     c = hedged.complete(P, S)
     assert time.monotonic() - t0 < 1.0
-    assert c.text == "answer 1"  # the backup's
+    assert c.text == "answer 1 is ready"  # the backup's
     assert backend.calls == 2
     assert backend.starts[1] - backend.starts[0] == pytest.approx(0.05, abs=0.04)
     m = hedged.metrics()
@@ -35,7 +35,7 @@ def test_a_slow_primary_is_beaten_by_its_backup(slow: Make) -> None:
 def test_a_fast_primary_fires_no_backup(slow: Make) -> None:
     backend = slow([0.0])
     hedged = HedgedBackend(backend, FixedDelay(delay_ms=200), budget=1.0)
-    assert hedged.complete(P, S).text == "answer 0"
+    assert hedged.complete(P, S).text == "answer 0 is ready"
     time.sleep(0.3)
     assert backend.calls == 1
 
@@ -55,7 +55,9 @@ def test_the_budget_denies_backups_beyond_its_share(slow: Make) -> None:
 def test_a_failed_attempt_waits_for_the_other_and_all_failed_raises(slow: Make) -> None:
     backend = slow([0.3, 0.05], fail_on=[1])
     hedged = HedgedBackend(backend, FixedDelay(delay_ms=20), budget=1.0)
-    assert hedged.complete(P, S).text == "answer 0"  # the backup failed; the primary answers
+    assert (
+        hedged.complete(P, S).text == "answer 0 is ready"
+    )  # the backup failed; the primary answers
     failing = slow([0.05], fail_on=[0, 1])
     with pytest.raises(RuntimeError, match="call 0 failed"):
         HedgedBackend(failing, FixedDelay(delay_ms=10), budget=1.0).complete(P, S)
@@ -102,4 +104,4 @@ def test_hedging_composes_with_the_plugin_host(slow: Make) -> None:
 
     inner = HedgedBackend(slow([0.0]), "fixed")
     outer = crucible_core.get_backend("hedged", backend=inner, policy="percentile")
-    assert outer.complete(P, S).text == "answer 0"
+    assert outer.complete(P, S).text == "answer 0 is ready"
