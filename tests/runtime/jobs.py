@@ -72,3 +72,21 @@ def checkpoint_then_fail(ctx: Any) -> Any:
 
 def unstorable(ctx: Any) -> Any:
     return object()
+
+
+def slow_to_stop(ctx: Any, *, directory: str, stop_s: float, limit_s: float = 20.0) -> str:
+    """Runs until told to stop, then takes ``stop_s`` to wind down (saving state, say).
+
+    Appends "<attempt> <start> <end> <pid>" (wall-clock seconds) to
+    <directory>/attempts.log when it returns, so a test can check that no two
+    attempts ran at once, across threads and processes.
+    """
+    start = time.time()
+    deadline = time.monotonic() + limit_s
+    while not ctx.cancel.is_set() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(stop_s)
+    end = time.time()
+    with open(Path(directory) / "attempts.log", "a") as fh:
+        fh.write(f"{ctx.attempt} {start!r} {end!r} {os.getpid()}\n")
+    return f"stopped: {ctx.cancel.reason}"
