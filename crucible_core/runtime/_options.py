@@ -28,7 +28,10 @@ def check_seconds(name: str, value: object, *, allow_zero: bool = False) -> floa
             f"{name} must be a number of seconds {bound}, got {value!r}",
             option=name,
         )
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int too large for a float
+        seconds = math.inf
     if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
         raise ConfigError(
             f"{name} must be a finite number of seconds {bound}, got {value!r}",
