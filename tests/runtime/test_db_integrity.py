@@ -102,7 +102,7 @@ def test_cli_worker_exits_2_naming_the_file_and_the_fix(
 
 
 def test_doctor_reports_the_damage(
-    damaged: tuple[Path, dict[str, int]], capsys: pytest.CaptureFixture[str]
+    damaged: tuple[Path, dict[str, int]], capsys: pytest.CaptureFixture[str], host: PluginHost
 ) -> None:
     path, _ = damaged
     assert main(["doctor", "--json"]) == 1
@@ -114,15 +114,16 @@ def test_doctor_reports_the_damage(
 
 
 def test_doctor_passes_a_sound_database(
-    crucible_home: Path, capsys: pytest.CaptureFixture[str]
+    crucible_home: Path, capsys: pytest.CaptureFixture[str], host: PluginHost
 ) -> None:
-    assert main(["doctor", "--json"]) in (0, 1)  # no database yet: not a failure
+    assert main(["doctor", "--json"]) == 0  # no database yet: not a failure
     report = json.loads(capsys.readouterr().out)
     row = next(c for c in report["checks"] if c["check"] == "database")
-    assert row["ok"] is True
+    assert (row["ok"], "not created yet" in row["detail"]) == (True, True)
+    assert not db_path().exists()  # doctor does not create it
     crucible_home.mkdir(parents=True)
     populated(db_path())
-    main(["doctor", "--json"])
+    assert main(["doctor", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     row = next(c for c in report["checks"] if c["check"] == "database")
     assert (row["ok"], "quick_check ok" in row["detail"]) == (True, True)
