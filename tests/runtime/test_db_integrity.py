@@ -174,8 +174,12 @@ def test_claim_on_a_damaged_index_raises_instead_of_looping(
     damaged: tuple[Path, dict[str, int]],
 ) -> None:
     path, _ = damaged
-    with Scheduler(path, sync="normal") as sched, pytest.raises(ConfigError) as info:
+
+    def claim_all(sched: Scheduler) -> None:
         for _ in range(JOBS):
             sched.claim("w", lease_s=60)
+
+    with Scheduler(path, sync="normal") as sched, pytest.raises(ConfigError) as info:
+        claim_all(sched)
     assert str(path) in info.value.message
     assert "corrupt" in info.value.message
