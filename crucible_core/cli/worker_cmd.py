@@ -94,7 +94,7 @@ class _WorkerCommand:
                 )
                 worker.stop()
             else:
-                sys.stderr.write("crucible worker: stopping now, releasing running jobs\n")
+                sys.stderr.write("crucible worker: stopping now\n")
                 worker.stop(now=True)
 
         previous: dict[int, Any] = {}

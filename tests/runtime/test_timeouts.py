@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -160,4 +161,70 @@ def test_two_worker_processes_never_overlap_on_a_timed_out_job(
     rows = attempts_of(tmp_path)
     assert [r[0] for r in rows] == [1, 2, 3]
     assert_no_overlap(rows)
+    sched.close()
+
+
+def test_stopped_worker_never_hands_over_a_job_its_handler_still_runs(
+    crucible_home: Path, tmp_path: Path
+) -> None:
+    """SIGTERM, and the handler ignores it: the job is taken over only once that process died.
+
+    The old drain released such a job after a short grace, so another worker
+    ran it while the first handler was still running.
+    """
+    sched = Scheduler()
+    sched.enqueue(
+        Job(
+            id="deaf",
+            kind="custom",
+            payload={"target": f"{jobs.__name__}:deaf", "args": {"directory": str(tmp_path)}},
+        )
+    )
+    log = tmp_path / "alive.log"
+    env = {
+        **os.environ,
+        "CRUCIBLE_HOME": str(crucible_home),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    base = [sys.executable, "-m", "crucible_core.cli.main", "worker", "--poll", "0.02"]
+    first = subprocess.Popen(
+        [*base, "--lease", "1.5", "--drain-timeout", "0.2"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        deadline = time.monotonic() + 30
+        while not (log.exists() and log.read_text().count("\n") > 3):
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.02)
+        # A second worker is already polling when the first one is told to stop.
+        second = subprocess.Popen(
+            [*base, "--lease", "5", "--exit-when-idle"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(30) == 0
+        gone = time.time()
+        assert second.wait(60) == 0
+    finally:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(10)
+    lines = [line.split() for line in log.read_text().splitlines()]
+    first_attempt = [float(t) for pid, t in lines if int(pid) == first.pid]
+    retry = [float(t) for pid, t in lines if int(pid) == second.pid]
+    assert first_attempt
+    assert retry, "the second worker never ran the job"
+    assert min(retry) > max(first_attempt)
+    assert min(retry) >= gone  # only after the first worker's process was gone
+    job = sched.get("deaf")
+    assert (job.status, job.result) == ("succeeded", "run again elsewhere")
+    assert job.error is None
     sched.close()
