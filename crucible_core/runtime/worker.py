@@ -411,7 +411,12 @@ class Worker:
         file raises a ConfigError naming it and the recovery command instead
         of handing out wrong jobs.
         """
-        self.scheduler.check()
+        try:
+            self.scheduler.check()
+        except BaseException:
+            if self._bus is not None and self._own_bus:
+                self._bus.close()  # built before run() (a progress subscriber, say)
+            raise
         self._claims_left = max_jobs
         self._exit_when_idle = exit_when_idle
         slots = [
