@@ -230,8 +230,9 @@ def _epoch(value: datetime) -> float:
 
 
 def _new_id(now: float) -> str:
-    # Time-ordered (milliseconds, hex) so that new rows land at the end of the id index.
-    return f"job-{int(now * 1000):011x}{secrets.token_hex(3)}"
+    # Time-ordered (milliseconds, hex) so that new rows land at the end of the id index;
+    # 40 random bits, so ids made in the same millisecond (a big batch) do not collide.
+    return f"job-{int(now * 1000):011x}{secrets.token_hex(5)}"
 
 
 def _find_cycle(graph: Mapping[str, Sequence[str]]) -> list[str] | None:
@@ -356,7 +357,9 @@ class Scheduler:
         prepared: list[Job] = []
         seen: set[str] = set()
         for job in jobs:
-            job_id = job.id or _new_id(self._clock())
+            job_id = job.id
+            while not job_id or (not job.id and job_id in seen):
+                job_id = _new_id(self._clock())  # a fresh id, never one of this batch's
             if not _SAFE_ID.match(job_id) or ".." in job_id:
                 raise ConfigError(
                     f"job id {job_id!r} is not allowed",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,13 @@ def test_claim_on_a_damaged_index_raises_instead_of_looping(
         claim_all(sched)
     assert str(path) in info.value.message
     assert "corrupt" in info.value.message
+
+
+def test_cli_worker_with_progress_on_a_damaged_database_leaves_no_thread(
+    damaged: tuple[Path, dict[str, int]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = {t.ident for t in threading.enumerate()}
+    assert main(["worker", "--exit-when-idle", "--progress"]) == 2
+    assert "crucible jobs recover" in capsys.readouterr().err
+    left = [t for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+    assert not left, left
