@@ -103,11 +103,11 @@ def test_timed_out_job_keeps_its_lease_while_the_handler_winds_down(
     sched: Scheduler, host: PluginHost, tmp_path: Path
 ) -> None:
     """Winding down takes longer than the lease: the heartbeat must keep it meanwhile."""
-    sched.enqueue(timed_job("w", tmp_path, attempts=1, stop_s=1.5))
-    w = Worker(sched, lease_s=0.6, heartbeat_s=0.1, poll_s=0.01, host=host)
+    sched.enqueue(timed_job("w", tmp_path, attempts=1, stop_s=3.0))
+    w = Worker(sched, lease_s=1.0, heartbeat_s=0.1, poll_s=0.01, host=host)
     t = threading.Thread(target=w.run, kwargs={"exit_when_idle": True})
     t.start()
-    time.sleep(1.2)  # past the timeout (0.3 s) and the lease (0.6 s)
+    time.sleep(1.8)  # past the timeout (0.3 s) and the lease (1 s)
     assert sched.get("w").status == "running"
     assert sched.claim("intruder", lease_s=5.0) is None
     t.join(20)
