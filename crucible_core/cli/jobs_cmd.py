@@ -181,6 +181,10 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from crucible_core.runtime._options import check_count
+
+    if args.limit is not None:
+        check_count("--limit", args.limit, minimum=0)
     sched = _scheduler()
     try:
         jobs = sched.list(status=args.status, kind=args.kind, limit=args.limit)

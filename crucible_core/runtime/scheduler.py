@@ -87,7 +87,7 @@ from crucible_core.ir.work import (
     next_delay,
 )
 from crucible_core.runtime._db import ConnectionPool, SyncMode, corrupt_error
-from crucible_core.runtime._options import check_seconds
+from crucible_core.runtime._options import check_count, check_seconds
 from crucible_core.runtime.paths import db_path as default_db_path
 
 __all__ = [
@@ -961,6 +961,8 @@ class Scheduler:
             raise ConfigError(
                 f"{status!r} is not a job status", hint=f"statuses: {', '.join(_STATUSES)}"
             )
+        if limit is not None:
+            check_count("limit", limit, minimum=0)  # SQLite reads LIMIT -1 as "no limit"
         where: list[str] = []
         params: list[Any] = []
         for column, value in (("status", status), ("kind", kind), ("tenant_id", tenant_id)):

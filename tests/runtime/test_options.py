@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from crucible_core.cli.main import main
 from crucible_core.errors import ConfigError, exit_code_for
+from crucible_core.ir.work import Job
 from crucible_core.plugins import PluginHost
 from crucible_core.runtime._options import check_count, check_seconds
 from crucible_core.runtime.scheduler import Scheduler
@@ -119,3 +120,16 @@ def test_cli_worker_options_exit_2_naming_the_flag(
     assert len(lines) == 1, err
     assert f"{flag} must be" in lines[0]
     assert "Traceback" not in err
+
+
+def test_jobs_list_limit_must_not_be_negative(
+    crucible_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SQLite reads ``LIMIT -1`` as no limit at all."""
+    assert main(["jobs", "list", "--limit", "-1"]) == 2
+    assert "--limit must be a whole number >= 0, got -1" in capsys.readouterr().err
+    with Scheduler(crucible_home / "db", sync="normal") as sched:
+        sched.enqueue(Job(kind="custom"))
+        with pytest.raises(ConfigError, match=r"^limit must be a whole number >= 0"):
+            sched.list(limit=-1)
+        assert sched.list(limit=0) == []
