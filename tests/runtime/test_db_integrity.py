@@ -18,9 +18,11 @@ import pytest
 
 from crucible_core.cli.main import main
 from crucible_core.errors import ConfigError, exit_code_for
+from crucible_core.ir.lineage import Edge
 from crucible_core.ir.work import Job
 from crucible_core.plugins import PluginHost
 from crucible_core.runtime.dbrepair import check_file, repair
+from crucible_core.runtime.lineage import LineageRecorder
 from crucible_core.runtime.paths import db_path
 from crucible_core.runtime.scheduler import Scheduler
 from crucible_core.runtime.worker import Worker
@@ -43,6 +45,9 @@ def populated(path: Path) -> dict[str, int]:
         for _ in range(RUNNING):
             sched.claim("w", lease_s=3600)
         counts = sched.counts()
+    lineage = LineageRecorder(path)  # its tables share the file and must survive a repair
+    lineage.add_edges([Edge(src="job-a", dst="dataset:mem", kind="consumes")])
+    lineage.close()
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the main file
     conn.close()
@@ -138,6 +143,7 @@ def test_jobs_recover_rebuilds_the_file_keeping_every_job(
     out = capsys.readouterr().out
     assert "damaged" in out
     assert f"jobs         {JOBS} row(s) kept" in out
+    assert "lineage_edges" in out
     assert check_file(path) == []
     backups = list(path.parent.glob("crucible.db.corrupt-*"))
     assert [b.name for b in backups if not b.name.endswith(("-wal", "-shm"))]
@@ -145,6 +151,9 @@ def test_jobs_recover_rebuilds_the_file_keeping_every_job(
     with Scheduler(path, sync="normal") as sched:
         assert sched.counts() == counts
         sched.check()
+        lineage = LineageRecorder(path)
+        assert [e.dst for e in lineage.edges("job-a")] == ["dataset:mem"]
+        lineage.close()
         # The queued index answers again: a worker claims and runs a job.
         stats = Worker(sched, host=host, poll_s=0.01).run(max_jobs=1)
         assert stats.succeeded == 1
