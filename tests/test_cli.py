@@ -184,7 +184,12 @@ def test_doctor(host: PluginHost, capsys: pytest.CaptureFixture[str], crucible_h
     data = json.loads(out)
     assert code == 0
     assert data["ok"] is True
-    assert {c["check"] for c in data["checks"]} == {"python", "crucible", "crucible_home"}
+    assert {c["check"] for c in data["checks"]} == {
+        "python",
+        "crucible",
+        "crucible_home",
+        "database",
+    }
     code, out, _ = run(capsys, "doctor")
     assert code == 0
     assert "crucible_home" in out

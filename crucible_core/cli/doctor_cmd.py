@@ -25,6 +25,26 @@ def _home_check() -> dict[str, Any]:
     }
 
 
+def _database_check() -> dict[str, Any]:
+    """``PRAGMA quick_check`` of the queue database, if there is one (nothing is created)."""
+    from crucible_core.runtime._db import describe_problems
+    from crucible_core.runtime.dbrepair import check_file
+    from crucible_core.runtime.paths import db_path
+
+    path = db_path()
+    if not path.is_file():
+        return {"check": "database", "ok": True, "detail": f"{path} (not created yet)"}
+    problems = check_file(path)
+    if not problems:
+        return {"check": "database", "ok": True, "detail": f"{path} (quick_check ok)"}
+    return {
+        "check": "database",
+        "ok": False,
+        "detail": f"{path} is corrupt ({describe_problems(problems)}); stop every worker and "
+        f"run `crucible jobs recover --db {path}`",
+    }
+
+
 class _DoctorCommand:
     def configure(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--json", action="store_true", help="print JSON on stdout")
@@ -39,6 +59,7 @@ class _DoctorCommand:
             },
             {"check": "crucible", "ok": True, "detail": __version__},
             _home_check(),
+            _database_check(),
         ]
         ok = all(c["ok"] for c in checks) and all(i.status != "error" for i in infos)
         if args.json:

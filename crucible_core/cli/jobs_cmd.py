@@ -8,6 +8,11 @@ training job is planned first against its backend (capabilities only) and
 refused, with every problem listed, if the plan cannot run. The ids are
 printed only after the jobs are committed to the database: a printed id is
 an acknowledged job.
+
+``jobs recover`` checks the database file (``PRAGMA quick_check``) and, if
+it is damaged, rebuilds it from its tables, keeping the damaged file beside
+it as ``crucible.db.corrupt-<stamp>`` (:mod:`crucible_core.runtime.dbrepair`).
+Stop every worker first.
 """
 
 from __future__ import annotations
@@ -192,6 +197,10 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from crucible_core.runtime._options import check_count
+
+    if args.limit is not None:
+        check_count("--limit", args.limit, minimum=0)
     sched = _scheduler()
     try:
         jobs = sched.list(status=args.status, kind=args.kind, limit=args.limit)
@@ -291,6 +300,22 @@ def _retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recover(args: argparse.Namespace) -> int:
+    from crucible_core.runtime.dbrepair import repair
+    from crucible_core.runtime.paths import db_path
+
+    path = Path(args.db) if args.db else db_path()
+    report = repair(path)
+    if not report.problems:
+        sys.stdout.write(f"{path}: quick_check ok; nothing to repair\n")
+        return 0
+    sys.stdout.write(f"{path}: damaged ({len(report.problems)} problem(s) found), rebuilt\n")
+    for name, count in report.rows.items():
+        sys.stdout.write(f"  {name:<12} {count} row(s) kept\n")
+    sys.stdout.write(f"the damaged file is kept as {report.backup}\n")
+    return 0
+
+
 class _JobsCommand:
     def configure(self, parser: argparse.ArgumentParser) -> None:
         sub = parser.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
@@ -320,6 +345,11 @@ class _JobsCommand:
         p = sub.add_parser("retry", help="requeue a failed, dead or cancelled job")
         p.add_argument("id", metavar="ID")
         p.set_defaults(_action=_retry)
+        p = sub.add_parser(
+            "recover", help="check the queue database and rebuild it if it is damaged"
+        )
+        p.add_argument("--db", metavar="PATH", help="the database file (default: $CRUCIBLE_HOME)")
+        p.set_defaults(_action=_recover)
 
     def run(self, args: argparse.Namespace) -> int:
         return int(args._action(args))

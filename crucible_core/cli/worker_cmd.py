@@ -1,9 +1,16 @@
 """``crucible worker``: claim and run jobs until SIGTERM or SIGINT, then drain.
 
 On the first SIGTERM/SIGINT the worker stops claiming, lets running jobs
-finish for ``--drain-timeout`` seconds, then asks them to stop and releases
-their leases so another worker takes them over at once. A second signal
-skips the wait: leases are released and the process exits (130).
+finish for ``--drain-timeout`` seconds, then asks them to stop; a job whose
+handler stops is released, so another worker takes it over at once. A
+second signal skips the wait and the process exits (130). A job whose
+handler ignores the request is never released while it may still run: its
+lease lapses ``--lease`` seconds after this process exits.
+
+The database is checked (``PRAGMA quick_check``) before the first claim; a
+damaged file stops the worker with exit 2 naming the file and the repair
+command (``crucible jobs recover``). Durations must be finite numbers > 0
+(``--drain-timeout`` may be 0); anything else is exit 2.
 """
 
 from __future__ import annotations
@@ -50,12 +57,16 @@ class _WorkerCommand:
         )
 
     def run(self, args: argparse.Namespace) -> int:
-        from crucible_core.errors import ConfigError
+        from crucible_core.runtime._options import check_count, check_seconds
         from crucible_core.runtime.scheduler import Scheduler
         from crucible_core.runtime.worker import Worker
 
-        if args.concurrency < 1:
-            raise ConfigError(f"--concurrency must be >= 1, got {args.concurrency}")
+        check_count("--concurrency", args.concurrency)
+        check_seconds("--lease", args.lease)
+        check_seconds("--poll", args.poll)
+        check_seconds("--drain-timeout", args.drain_timeout, allow_zero=True)
+        if args.max_jobs is not None:
+            check_count("--max-jobs", args.max_jobs, minimum=0)
         sched = Scheduler()
         worker = Worker(
             sched,
@@ -83,7 +94,7 @@ class _WorkerCommand:
                 )
                 worker.stop()
             else:
-                sys.stderr.write("crucible worker: stopping now, releasing running jobs\n")
+                sys.stderr.write("crucible worker: stopping now\n")
                 worker.stop(now=True)
 
         previous: dict[int, Any] = {}

@@ -23,13 +23,14 @@ from collections.abc import Callable
 from typing import Any
 
 from crucible_core.errors import ConfigError
+from crucible_core.runtime._options import check_count
 
 __all__ = ["InlineExecutor", "ProcessExecutor", "ThreadExecutor"]
 
 
 def _check_workers(max_workers: int | None) -> None:
-    if max_workers is not None and max_workers < 1:
-        raise ConfigError(f"max_workers must be >= 1, got {max_workers}")
+    if max_workers is not None:
+        check_count("max_workers", max_workers)  # also refuses 2.5, nan, True
 
 
 class InlineExecutor:

@@ -86,7 +86,8 @@ from crucible_core.ir.work import (
     check_transition,
     next_delay,
 )
-from crucible_core.runtime._db import ConnectionPool, SyncMode
+from crucible_core.runtime._db import ConnectionPool, SyncMode, corrupt_error
+from crucible_core.runtime._options import check_count, check_seconds
 from crucible_core.runtime.paths import db_path as default_db_path
 
 __all__ = [
@@ -229,8 +230,9 @@ def _epoch(value: datetime) -> float:
 
 
 def _new_id(now: float) -> str:
-    # Time-ordered (milliseconds, hex) so that new rows land at the end of the id index.
-    return f"job-{int(now * 1000):011x}{secrets.token_hex(3)}"
+    # Time-ordered (milliseconds, hex) so that new rows land at the end of the id index;
+    # 40 random bits, so ids made in the same millisecond (a big batch) do not collide.
+    return f"job-{int(now * 1000):011x}{secrets.token_hex(5)}"
 
 
 def _find_cycle(graph: Mapping[str, Sequence[str]]) -> list[str] | None:
@@ -299,8 +301,8 @@ class Scheduler:
         busy_timeout_s: float = 30.0,
         sync: SyncMode | None = None,
     ) -> None:
-        if aging_s <= 0:
-            raise ConfigError(f"aging_s must be > 0, got {aging_s}")
+        aging_s = check_seconds("aging_s", aging_s)
+        busy_timeout_s = check_seconds("busy_timeout_s", busy_timeout_s, allow_zero=True)
         self.path = Path(db_path) if db_path is not None else default_db_path()
         self.aging_s = aging_s
         self._clock = clock or time.time
@@ -315,6 +317,19 @@ class Scheduler:
     def close(self) -> None:
         """Close the database connections (the scheduler is unusable afterwards)."""
         self._db.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._db.closed
+
+    def check(self) -> None:
+        """Check the database file (``PRAGMA quick_check``); ConfigError naming it if damaged.
+
+        Reads the whole file, so it is for start-up (the worker) and
+        ``crucible doctor``; the error's hint is the recovery command.
+        """
+        self._db.check()
 
     def __enter__(self) -> Scheduler:
         return self
@@ -342,7 +357,9 @@ class Scheduler:
         prepared: list[Job] = []
         seen: set[str] = set()
         for job in jobs:
-            job_id = job.id or _new_id(self._clock())
+            job_id = job.id
+            while not job_id or (not job.id and job_id in seen):
+                job_id = _new_id(self._clock())  # a fresh id, never one of this batch's
             if not _SAFE_ID.match(job_id) or ".." in job_id:
                 raise ConfigError(
                     f"job id {job_id!r} is not allowed",
@@ -465,8 +482,7 @@ class Scheduler:
         the jobs of a dead one. An idle queue is detected with a read, so
         polling workers do not contend for the write lock.
         """
-        if lease_s <= 0:
-            raise ConfigError(f"lease_s must be > 0, got {lease_s}")
+        lease_s = check_seconds("lease_s", lease_s)
         if not self._maybe_work(self._clock()):
             return None
         with self._write() as tx:
@@ -482,6 +498,7 @@ class Scheduler:
         lease_s: float = DEFAULT_LEASE_S,
     ) -> Job | None:
         """:meth:`complete` then :meth:`claim` in one transaction (one commit, one fsync)."""
+        lease_s = check_seconds("lease_s", lease_s)
         payload = _encode_result(job_id, result)
         with self._write() as tx:
             self._finish_ok(tx, job_id, payload, worker_id)
@@ -493,7 +510,8 @@ class Scheduler:
         with self._db.read() as conn:
             row = conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM jobs WHERE status = 'queued' AND available_at <= ?)"
-                " OR EXISTS (SELECT 1 FROM jobs WHERE status = 'running' AND lease_expires < ?)",
+                " OR EXISTS (SELECT 1 FROM jobs WHERE status = 'running' "
+                "AND (lease_expires IS NULL OR lease_expires < ?))",
                 (now, now),
             ).fetchone()
         return bool(row and row[0])
@@ -547,6 +565,11 @@ class Scheduler:
             f"WHERE seq = ? AND status = 'queued' RETURNING {_JOB_COLS}",
             (worker_id, now + lease_s, now, now, *_split_entry(tx, worker_id), seq),
         ).fetchone()
+        if row is None:
+            # The queued index listed a row the table says is not queued: a damaged file.
+            raise corrupt_error(
+                self.path, f"index jobs_queued lists job {job_id!r}, which is not queued"
+            )
         return _row_job(row)
 
     def expire_leases(self) -> list[str]:
@@ -559,7 +582,7 @@ class Scheduler:
         self._next_sweep = now + self.EXPIRE_SWEEP_S
         rows = conn.execute(
             "SELECT id, attempts, max_attempts, cancel_requested, lease_owner FROM jobs "
-            "WHERE status = 'running' AND lease_expires < ?",
+            "WHERE status = 'running' AND (lease_expires IS NULL OR lease_expires < ?)",
             (now,),
         ).fetchall()
         expired: list[str] = []
@@ -595,6 +618,7 @@ class Scheduler:
 
     def heartbeat(self, job_id: str, *, worker_id: str, lease_s: float = DEFAULT_LEASE_S) -> Lease:
         """Extend ``worker_id``'s lease on a running job; Conflict if the lease was lost."""
+        lease_s = check_seconds("lease_s", lease_s)
         with self._write() as tx:
             row = tx.conn.execute(
                 "UPDATE jobs SET lease_expires = ? WHERE id = ? AND status = 'running' "
@@ -643,8 +667,9 @@ class Scheduler:
     ) -> None:
         now = tx.now
         done = tx.conn.execute(
-            "UPDATE jobs SET status = 'succeeded', result = ?, updated_at = ?, finished_at = ?, "
-            "lease_owner = NULL, lease_expires = NULL, history = history || ? WHERE id = ? "
+            "UPDATE jobs SET status = 'succeeded', result = ?, error = NULL, updated_at = ?, "
+            "finished_at = ?, lease_owner = NULL, lease_expires = NULL, history = history || ? "
+            "WHERE id = ? "
             "AND status = 'running' AND cancel_requested = 0 "
             "AND (? IS NULL OR lease_owner = ?) RETURNING 1",
             (
@@ -936,6 +961,8 @@ class Scheduler:
             raise ConfigError(
                 f"{status!r} is not a job status", hint=f"statuses: {', '.join(_STATUSES)}"
             )
+        if limit is not None:
+            check_count("limit", limit, minimum=0)  # SQLite reads LIMIT -1 as "no limit"
         where: list[str] = []
         params: list[Any] = []
         for column, value in (("status", status), ("kind", kind), ("tenant_id", tenant_id)):

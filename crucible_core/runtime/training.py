@@ -403,9 +403,12 @@ def run_training(
         payload=to_builtins(job),
         created_at=datetime.now(UTC),
     )
-    return _run(
-        work, job, host=host, bus=bus, cancel=cancel, resume=resume, window=window, plan=plan
-    )
+    from crucible_core.runtime.runlock import RunDirLock
+
+    with RunDirLock(paths.run_dir(run_id)):  # one writer per run directory
+        return _run(
+            work, job, host=host, bus=bus, cancel=cancel, resume=resume, window=window, plan=plan
+        )
 
 
 def _run(

@@ -31,19 +31,28 @@ and should load it (if its backend supports ``load_state``) instead of
 starting over.
 
 **Outcomes.** A handler that returns succeeds; one that raises fails through
-the scheduler's retry policy (a timeout is a retryable ``DeadlineExceeded``).
-A job whose cancellation was requested ends ``cancelled`` whatever its
-handler did. If the lease was lost meanwhile, the outcome is discarded (the
-job already ran elsewhere or was requeued: at-least-once).
+the scheduler's retry policy. A job whose cancellation was requested ends
+``cancelled`` whatever its handler did. If the lease was lost meanwhile, the
+outcome is discarded (the job already ran elsewhere or was requeued:
+at-least-once).
+
+**Timeouts.** When ``timeout_s`` passes, the handler is told to stop
+(``ctx.cancel.reason == "timeout"``) and the worker keeps renewing the lease
+until it really has: only then is the attempt recorded as a retryable
+``DeadlineExceeded`` (whatever the handler returned), so a retry never
+starts while the first attempt still runs. A handler that ignores the
+request keeps its job ``running`` until it returns or its process dies (then
+the lease lapses after ``lease_s`` and the job is requeued).
 
 **Stopping.** :meth:`Worker.stop` (SIGTERM/SIGINT in the CLI) drains: no new
 claims; running jobs may finish for ``drain_timeout_s``; then their
 handlers are told to stop (``reason = "shutdown"``). A handler that then
 raises (having saved a checkpoint, say) has its job released: requeued at
 once for another worker, without counting the attempt; one that returns has
-finished its job. After a short grace the leases of handlers still running
-are released too. A handler that ignores cancellation keeps its thread
-(and the worker process) alive, but never its job.
+finished its job. After a short grace :meth:`Worker.run` returns even if
+handlers still run, but their jobs are not released: the heartbeat keeps
+their leases while they run in this process, and when the process exits the
+lease lapses ``lease_s`` later. So two attempts of one job never overlap.
 """
 
 from __future__ import annotations
@@ -76,6 +85,7 @@ from crucible_core.ir.codec import convert
 from crucible_core.ir.lineage import Edge
 from crucible_core.ir.work import Job
 from crucible_core.runtime import paths
+from crucible_core.runtime._options import check_count, check_seconds
 from crucible_core.runtime.cancel import CancelFlag
 from crucible_core.runtime.events import EventBus
 from crucible_core.runtime.scheduler import DEFAULT_LEASE_S, Scheduler
@@ -227,7 +237,16 @@ def _training(job: Job) -> Handler:
             hint="upgrade crucible-core",
         ) from None
     run_training_job = getattr(module, attr)
-    return lambda ctx: run_training_job(ctx.job, ctx)
+
+    def run(ctx: JobContext) -> Any:
+        from crucible_core.runtime.runlock import RunDirLock
+
+        # One writer per run directory, even if a lease lapsed while a hung
+        # attempt still runs: taken before the run's saved state is read.
+        with RunDirLock(ctx.run_dir):
+            return run_training_job(ctx.job, ctx)
+
+    return run
 
 
 _BUILTIN_HANDLERS: Final[dict[str, Callable[[Job], Handler]]] = {
@@ -270,7 +289,8 @@ class _Active:
     job: Job
     flag: CancelFlag
     deadline: float | None
-    settled: bool = False  # outcome already recorded elsewhere (timeout, lease lost, release)
+    settled: bool = False  # outcome already recorded elsewhere (lease lost, release)
+    timed_out: bool = False  # past its deadline: told to stop, recorded once it has
 
 
 class Worker:
@@ -291,14 +311,23 @@ class Worker:
         store: ArtifactStore | None = None,
         handlers: Mapping[str, Callable[[Job], Handler]] | None = None,
     ) -> None:
-        if concurrency < 1:
-            raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
-        if lease_s <= 0 or poll_s <= 0:
-            raise ConfigError("lease_s and poll_s must be > 0")
+        concurrency = check_count("concurrency", concurrency)
+        lease_s = check_seconds("lease_s", lease_s)
+        poll_s = check_seconds("poll_s", poll_s)
+        drain_timeout_s = check_seconds("drain_timeout_s", drain_timeout_s, allow_zero=True)
+        if heartbeat_s is None:
+            heartbeat_s = lease_s / 3
+        elif check_seconds("heartbeat_s", heartbeat_s) > lease_s / 2:
+            # A lease renewed less often than twice per term lapses on a live job.
+            raise ConfigError(
+                f"heartbeat_s ({heartbeat_s:g}) must be at most half of lease_s ({lease_s:g})",
+                hint="leave heartbeat_s unset (lease_s / 3) or lengthen the lease",
+                option="heartbeat_s",
+            )
         self.scheduler = scheduler if scheduler is not None else Scheduler()
         self.concurrency = concurrency
         self.lease_s = lease_s
-        self.heartbeat_s = heartbeat_s if heartbeat_s is not None else lease_s / 3
+        self.heartbeat_s = float(heartbeat_s)
         self.poll_s = poll_s
         self.drain_timeout_s = drain_timeout_s
         self.worker_id = worker_id or (
@@ -378,7 +407,16 @@ class Worker:
 
         ``exit_when_idle`` stops once no job is pending, queued or running
         anywhere (so jobs held by a dead worker's lease are waited for).
+        The database is checked first (``PRAGMA quick_check``): a damaged
+        file raises a ConfigError naming it and the recovery command instead
+        of handing out wrong jobs.
         """
+        try:
+            self.scheduler.check()
+        except BaseException:
+            if self._bus is not None and self._own_bus:
+                self._bus.close()  # built before run() (a progress subscriber, say)
+            raise
         self._claims_left = max_jobs
         self._exit_when_idle = exit_when_idle
         slots = [
@@ -425,12 +463,16 @@ class Worker:
         self._hurry.clear()
         if self._wait_slots(slots, grace):
             return
-        with self._lock:
-            active = [a for a in self._active.values() if not a.settled]
-            for a in active:
-                a.settled = True
-        for a in active:
-            self._release(a.job)
+        # Not released: another worker would run the job while this handler
+        # still does. The heartbeat keeps the lease until the handler returns;
+        # if this process exits first, the lease lapses lease_s later.
+        for a in self._unsettled():
+            log.warning(
+                "job %s ignores the stop request; it stays leased to %s until its handler "
+                "returns or this process exits",
+                a.job.id,
+                self.worker_id,
+            )
 
     # -- slots ------------------------------------------------------------------
 
@@ -512,6 +554,9 @@ class Worker:
         nxt: Job | None = None
         if settled:
             self._count("discarded")
+        elif active.timed_out:
+            # Recorded only now that the handler has stopped: a retry may start.
+            nxt = self._record(job, ("error", _deadline_error(job)))
         elif outcome[0] == "error" and flag.reason == "shutdown":
             self._release(job)
         else:
@@ -590,6 +635,8 @@ class Worker:
         """Renew leases every ``heartbeat_s``; check timeouts every 0.1 s; run until drained."""
         next_beat = time.monotonic() + self.heartbeat_s
         while not (self._stopping.is_set() and not self._unsettled()):
+            if self.scheduler.closed:
+                return  # the process is ending: the leases lapse on their own
             time.sleep(min(0.1, self.heartbeat_s))
             now = time.monotonic()
             for a in self._unsettled():
@@ -617,19 +664,22 @@ class Worker:
                 a.flag.set("cancelled")
 
     def _time_out(self, a: _Active) -> None:
+        """Tell a job past its deadline to stop; its slot records the timeout once it has.
+
+        The job stays ``running`` (and its lease renewed) until then: failing
+        it here would requeue it while this attempt still runs.
+        """
         with self._lock:
-            if a.settled:
+            if a.settled or a.timed_out:
                 return
-            a.settled = True
+            a.timed_out = True
         a.flag.set("timeout")
-        limit = a.job.constraints.timeout_s or a.job.resources.timeout_s
-        err = DeadlineExceeded(
-            f"job {a.job.id!r} ran past its timeout of {limit:g} s",
-            hint="raise constraints.timeout_s, or make the job check ctx.cancel",
-        )
-        try:
-            self.scheduler.fail(a.job.id, err, worker_id=self.worker_id)
-        except CrucibleError as exc:
-            log.warning("could not record the timeout of %s: %s", a.job.id, exc)
-            return
-        self._finished(a.job.id)
+        log.warning("job %s ran past its timeout; waiting for its handler to stop", a.job.id)
+
+
+def _deadline_error(job: Job) -> DeadlineExceeded:
+    limit = job.constraints.timeout_s or job.resources.timeout_s or 0.0
+    return DeadlineExceeded(
+        f"job {job.id!r} ran past its timeout of {limit:g} s",
+        hint="raise constraints.timeout_s, or make the job check ctx.cancel",
+    )

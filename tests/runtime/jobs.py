@@ -72,3 +72,38 @@ def checkpoint_then_fail(ctx: Any) -> Any:
 
 def unstorable(ctx: Any) -> Any:
     return object()
+
+
+def slow_to_stop(ctx: Any, *, directory: str, stop_s: float, limit_s: float = 20.0) -> str:
+    """Runs until told to stop, then takes ``stop_s`` to wind down (saving state, say).
+
+    Appends "<attempt> <start> <end> <pid>" (wall-clock seconds) to
+    <directory>/attempts.log when it returns, so a test can check that no two
+    attempts ran at once, across threads and processes.
+    """
+    start = time.time()
+    deadline = time.monotonic() + limit_s
+    while not ctx.cancel.is_set() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(stop_s)
+    end = time.time()
+    with open(Path(directory) / "attempts.log", "a") as fh:
+        fh.write(f"{ctx.attempt} {start!r} {end!r} {os.getpid()}\n")
+    return f"stopped: {ctx.cancel.reason}"
+
+
+def deaf(ctx: Any, *, directory: str, limit_s: float = 30.0) -> str:
+    """Ignores every stop request, logging "<pid> <time>" to alive.log every 20 ms.
+
+    Only the first process to run it is deaf: in any other it logs once and
+    returns, so a test sees when (and in which process) the job ran again.
+    """
+    deadline = time.monotonic() + limit_s
+    log = Path(directory) / "alive.log"
+    while time.monotonic() < deadline:
+        with open(log, "a") as fh:
+            fh.write(f"{os.getpid()} {time.time()!r}\n")
+        if log.read_text().split(maxsplit=1)[0] != str(os.getpid()):
+            return "run again elsewhere"
+        time.sleep(0.02)
+    return "never stopped"

@@ -246,7 +246,7 @@ def test_worker_command_in_process(
     assert json.loads(out)[0]["result"] == {"args": {"x": 1}, "attempt": 1}
     code, _, err = run(capsys, "worker", "--concurrency", "0")
     assert code == 2
-    assert "--concurrency must be >= 1" in err
+    assert "--concurrency must be a whole number >= 1, got 0" in err
 
 
 def test_json_job_files_and_wrapped_documents(

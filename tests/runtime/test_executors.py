@@ -54,6 +54,11 @@ def test_process_executor_runs_in_another_process() -> None:
 def test_bad_options() -> None:
     with pytest.raises(ConfigError):
         ThreadExecutor(max_workers=0)
+    for bad in (2.5, float("nan"), True, -1):
+        with pytest.raises(ConfigError, match=r"^max_workers must be a whole number >= 1"):
+            ThreadExecutor(max_workers=bad)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match=r"^max_workers must be a whole number >= 1"):
+            ProcessExecutor(max_workers=bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="not available"):
         ProcessExecutor(start_method="teleport")
 

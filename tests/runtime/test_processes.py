@@ -99,7 +99,7 @@ def test_kill_9_mid_job_is_reclaimed_and_resumed(
     assert job.status == "succeeded"
     assert job.attempts == 2
     assert job.result == {"resumed_from": killed_at.step, "steps": 60}
-    assert job.error is None or job.error.code == "lease_expired"
+    assert job.error is None  # the first attempt's lease_expired does not stick
     assert terminal_moves(sched, "victim") == ["succeeded"]
     moves = [(t.from_status, t.to_status) for t in sched.history("victim")]
     assert ("running", "queued") in moves  # the expired lease requeued it

@@ -177,14 +177,25 @@ def test_drain_finishes_short_jobs(sched: Scheduler, host: PluginHost, tmp_path:
     assert sched.get("d1").status == "succeeded"
 
 
-def test_drain_releases_jobs_that_outlast_it(sched: Scheduler, host: PluginHost) -> None:
+def test_drain_keeps_the_lease_of_a_handler_that_ignores_it(
+    sched: Scheduler, host: PluginHost
+) -> None:
+    """A handler that ignores the stop request keeps its job until it really stops.
+
+    Releasing it at once (the old behaviour) let another worker start the job
+    while this handler still ran: two attempts at once.
+    """
+    stopped_at: list[float] = []
+
     class Stubborn:
         @staticmethod
         def handler(job: Job) -> Any:
             def run(ctx: Any) -> None:
                 while ctx.cancel.reason != "shutdown":
                     time.sleep(0.01)
-                time.sleep(10)  # ignores the shutdown request
+                time.sleep(3.0)  # ignores the shutdown request for a while (> lease_s)
+                stopped_at.append(time.time())
+                raise RuntimeError("stopped late")
 
             return run
 
@@ -196,11 +207,20 @@ def test_drain_releases_jobs_that_outlast_it(sched: Scheduler, host: PluginHost)
     wait_status(sched, "s1", "running")
     w.stop()
     t.join(10)
-    assert not t.is_alive()
+    assert not t.is_alive()  # run() returned although the handler still runs
     job = sched.get("s1")
-    assert (job.status, job.attempts) == ("queued", 0)
+    assert (job.status, job.attempts) == ("running", 1)
+    # Past the lease: the heartbeat still renews it, so no one else can claim it.
+    time.sleep(1.3)
+    assert not stopped_at
+    assert sched.claim("intruder", lease_s=5.0) is None
+    job = wait_status(sched, "s1", "queued", timeout=10)
+    assert stopped_at
+    released = sched.history("s1")[-1]
+    assert released.note == "released by a draining worker"
+    assert released.at >= stopped_at[0]
+    assert job.attempts == 0
     assert w.stats.released == 1
-    assert sched.history("s1")[-1].note == "released by a draining worker"
 
 
 def test_max_jobs(sched: Scheduler, host: PluginHost) -> None:
