@@ -24,7 +24,7 @@ Weights are sampled through the training contract's
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
@@ -33,6 +33,9 @@ from crucible_core.errors import ConfigError
 from crucible_core.ir.backend import Completion, Prompt, SamplingParams
 from crucible_core.ir.codec import to_builtins
 from crucible_core.ir.training import TrainingJob
+
+if TYPE_CHECKING:
+    from crucible_core.plugins import PluginHost
 
 __all__ = [
     "SAMPLED_METRICS",
@@ -76,10 +79,12 @@ def sampled_metric_names(job: TrainingJob) -> list[str]:
     return [name for name in names if name in SAMPLED_METRICS]
 
 
-def _metric(name: str) -> Callable[..., Mapping[str, float]]:
-    from crucible_core.plugins import get_host
+def _metric(name: str, host: PluginHost | None) -> Callable[..., Mapping[str, float]]:
+    if host is None:
+        from crucible_core.plugins import get_host
 
-    return cast(Callable[..., Mapping[str, float]], get_host().get("metric", name).load())
+        host = get_host()
+    return cast(Callable[..., Mapping[str, float]], host.get("metric", name).load())
 
 
 def _max_tokens(prompt_len: int, reference_len: int, context: int | None) -> int:
@@ -96,16 +101,18 @@ def evaluate_samples(
     *,
     name: str,
     deadline_s: float,
+    host: PluginHost | None = None,
 ) -> SampledEval | None:
     """Score greedy samples of the session's current weights on ``prompts``.
 
     ``prompts`` are ``data.tokenize``'s ``validation_prompts``. Returns None
     when the job names no sampled metric or there is no prompt to score.
+    Metrics come from ``host`` (default: the process's plugin host).
     """
     names = sampled_metric_names(job)
     if not names or not prompts:
         return None
-    metrics = {metric: _metric(metric) for metric in names}
+    metrics = {metric: _metric(metric, host) for metric in names}
     sampler = session.save_weights_for_sampler(name).result(timeout=deadline_s)
     try:
         outputs = _sample_all(sampler, job, prompts, deadline_s)
@@ -160,7 +167,11 @@ def score_stage(
     """
     tokenized = ctx.inputs.get("tokenize") or {}
     prompts = cast(Sequence[Mapping[str, Any]], tokenized.get("validation_prompts") or [])
-    result = evaluate_samples(session, job, prompts, name=f"eval-{when}", deadline_s=deadline_s)
+    # The pipeline's context carries the run's plugin host (beyond the StageContext contract).
+    host = cast("PluginHost | None", getattr(ctx, "host", None))
+    result = evaluate_samples(
+        session, job, prompts, name=f"eval-{when}", deadline_s=deadline_s, host=host
+    )
     if result is None:
         return None
     ctx.emit(
