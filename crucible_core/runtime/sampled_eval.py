@@ -24,6 +24,7 @@ Weights are sampled through the training contract's
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
@@ -102,12 +103,15 @@ def evaluate_samples(
     name: str,
     deadline_s: float,
     host: PluginHost | None = None,
+    discard_under: Path | None = None,
 ) -> SampledEval | None:
     """Score greedy samples of the session's current weights on ``prompts``.
 
     ``prompts`` are ``data.tokenize``'s ``validation_prompts``. Returns None
     when the job names no sampled metric or there is no prompt to score.
-    Metrics come from ``host`` (default: the process's plugin host).
+    Metrics come from ``host`` (default: the process's plugin host). The
+    weights saved for sampling are deleted afterwards if they lie under
+    ``discard_under`` (the run directory): they are a copy made only to score.
     """
     names = sampled_metric_names(job)
     if not names or not prompts:
@@ -120,6 +124,8 @@ def evaluate_samples(
         close = getattr(sampler, "close", None)
         if callable(close):
             close()
+        if discard_under is not None:
+            _discard(sampler, discard_under)
     references = [str(p["reference"]) for p in prompts]
     scores: dict[str, float] = {}
     for metric, fn in metrics.items():
@@ -135,6 +141,21 @@ def evaluate_samples(
         for p, out, ref in zip(prompts, outputs, references, strict=True)
     ][:_KEEP_EXAMPLES]
     return SampledEval(scores=scores, examples=len(prompts), samples=kept)
+
+
+def _discard(sampler: Sampler, run_dir: Path) -> None:
+    import shutil
+
+    from crucible_core.runtime.artifacts import uri_path
+
+    ref = sampler.checkpoint
+    path = uri_path(ref.uri) if ref is not None else None
+    if path is None or not path.resolve().is_relative_to(run_dir.resolve()):
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    parent = path.parent
+    if parent.exists() and not any(parent.iterdir()):
+        parent.rmdir()
 
 
 def _sample_all(
@@ -170,7 +191,13 @@ def score_stage(
     # The pipeline's context carries the run's plugin host (beyond the StageContext contract).
     host = cast("PluginHost | None", getattr(ctx, "host", None))
     result = evaluate_samples(
-        session, job, prompts, name=f"eval-{when}", deadline_s=deadline_s, host=host
+        session,
+        job,
+        prompts,
+        name=f"eval-{when}",
+        deadline_s=deadline_s,
+        host=host,
+        discard_under=ctx.run_dir,
     )
     if result is None:
         return None

@@ -19,7 +19,12 @@ def test_main_job_raises_the_held_out_score_and_prints_readable_samples(cli: Cli
     out = proc.stdout
     assert "\ufffd" not in out
     assert "exact_match 0.00 before training -> " in out
-    metrics = json.loads((cli.home / "runs" / "main" / "metrics.json").read_text())
+    run = cli.home / "runs" / "main"
+    # The weights saved only to score are gone; the final ones stay.
+    assert sorted(
+        p.name for p in (run / "checkpoints").iterdir() if not p.name.startswith("step-")
+    ) == ["final"]
+    metrics = json.loads((run / "metrics.json").read_text())
     sampled = metrics["evaluation"]["sampled"]
     before, after = sampled["before"], sampled["after"]
     assert before["examples"] == after["examples"] == 50
