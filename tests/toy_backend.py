@@ -84,7 +84,11 @@ class ToySampler:
     def generate(
         self, prompt: Prompt, params: SamplingParams, rng: np.random.Generator
     ) -> Completion:
-        ids = self.tokenizer.encode(prompt.text or "")
+        ids = (
+            list(prompt.tokens)
+            if prompt.tokens is not None
+            else self.tokenizer.encode(prompt.text or "")
+        )
         out: list[int] = []
         lps: list[float] = []
         prev = ids[-1] if ids else 0
@@ -282,8 +286,13 @@ class ToyTokenizeStage:
         tok = ctx.backend().get_tokenizer(None)
         train = make_datums(tok, [r["text"] for r in loaded["train_rows"]])
         val = make_datums(tok, [r["text"] for r in loaded["validation_rows"]])
+        prompts = [
+            {"tokens": tok.encode(head + ":"), "reference": rest.strip(), "input": head}
+            for head, _, rest in (r["text"].partition(":") for r in loaded["validation_rows"])
+        ]
         return {"train": train, "validation": val, "tokens": sum(d.num_tokens for d in train),
-                "template": "bytes", "template_hash": "sha256:bytes"}  # fmt: skip
+                "template": "bytes", "template_hash": "sha256:bytes",
+                "validation_prompts": prompts}  # fmt: skip
 
 
 def toy_plugin() -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, cast
@@ -100,6 +101,7 @@ def _report(outcome: TrainingOutcome, plan: Plan | None, args: argparse.Namespac
     if outcome.evaluation:
         ev = outcome.evaluation
         w(f"eval       {ev.get('split')}: loss {ev.get('eval_loss', float('nan')):.4f}\n")
+        w(format_sampled(ev.get("sampled")))
     est = _summary(plan) if plan else {}
     tokens_est = f" (planned {est['tokens']})" if est.get("tokens") is not None else ""
     w(f"tokens     {outcome.tokens}{tokens_est}\n")
@@ -109,7 +111,46 @@ def _report(outcome: TrainingOutcome, plan: Plan | None, args: argparse.Namespac
     w(f"time       {outcome.elapsed_s:.1f} s" + (f" (planned {dur:.1f} s)\n" if dur else "\n"))
     if outcome.sampler_checkpoint is not None:
         w(f"weights    {outcome.sampler_checkpoint.uri}\n")
-    w(f'\nSample from it:  crucible sample {outcome.job_id} --prompt "What is 12 plus 7?" --chat\n')
+    held_out = _held_out_input(outcome.evaluation.get("sampled"))
+    prompt = held_out or "What is 12 plus 7?"
+    quoted = f'"{prompt}"' if not set(prompt) & set('"$`\\!') else shlex.quote(prompt)
+    # Greedy, as the evaluation sampled: the command then writes the answer shown above.
+    greedy = " --temperature 0" if held_out else ""
+    w(f"\nSample from it:  crucible sample {outcome.job_id} --prompt {quoted} --chat{greedy}\n")
+
+
+def format_sampled(sampled: Any) -> str:
+    """The report lines of a sampled evaluation: each score before -> after, and examples."""
+    if not isinstance(sampled, dict):
+        return ""
+    data = cast(dict[str, Any], sampled)
+    after = cast(dict[str, Any], data.get("after") or {})
+    before = cast(dict[str, Any], data.get("before") or {})
+    scores = cast(dict[str, float], after.get("scores") or {})
+    was = cast(dict[str, float], before.get("scores") or {})
+    lines: list[str] = []
+    for name, score in scores.items():
+        start = f"{was[name]:.2f} before training -> " if name in was else ""
+        lines.append(
+            f"           {name} {start}{score:.2f} after, "
+            f"on {after.get('examples')} held-out rows (never trained on)\n"
+        )
+    for example in cast(list[dict[str, str]], after.get("samples") or []):
+        mark = (
+            "right"
+            if example["output"] == example["reference"]
+            else "expected " + repr(example["reference"])
+        )
+        lines.append(f"sample     {example['input']!r} -> {example['output']!r}  ({mark})\n")
+    return "".join(lines)
+
+
+def _held_out_input(sampled: Any) -> str | None:
+    if not isinstance(sampled, dict):
+        return None
+    after = cast(dict[str, Any], cast(dict[str, Any], sampled).get("after") or {})
+    samples = cast(list[dict[str, str]], after.get("samples") or [])
+    return samples[0]["input"] if samples and samples[0].get("input") else None
 
 
 class _TrainCommand:

@@ -48,7 +48,7 @@ from crucible_core.ir.codec import convert, to_builtins
 from crucible_core.ir.lineage import Artifact, Edge
 from crucible_core.ir.training import Full, TrainingJob
 from crucible_core.ir.work import Job
-from crucible_core.runtime import paths, trainloop
+from crucible_core.runtime import paths, sampled_eval, trainloop
 from crucible_core.runtime.artifacts import (
     add_artifact,
     config_digest,
@@ -207,6 +207,11 @@ class TrainLoopStage:
             ctx.emit(event, **fields)
 
         try:
+            before = (
+                sampled_eval.score_stage(ctx, session, job, when="before", deadline_s=deadline)
+                if resume is None
+                else None
+            )
             result: LoopResult = trainloop.train(
                 session,
                 job,
@@ -236,6 +241,7 @@ class TrainLoopStage:
             "cost": result.state.cost,
             "elapsed_s": result.state.elapsed_s,
             "stopped": result.stopped,
+            "sampled_before": before,
         }
 
 
@@ -247,7 +253,12 @@ def _session(ctx: StageContext) -> TrainingSession:
 
 
 class EvaluateStage:
-    """``train.evaluate``: the trained weights' loss on the validation split (or a train sample)."""
+    """``train.evaluate``: the trained weights' loss on the validation split (or a train sample).
+
+    Metrics scored on samples (``validation_spec.metrics``, see
+    :mod:`crucible_core.runtime.sampled_eval`) are added under ``sampled``,
+    beside the score ``train.loop`` measured before the first step.
+    """
 
     def __init__(self, **options: Any) -> None:
         self.options = options
@@ -268,7 +279,12 @@ class EvaluateStage:
         result = session.forward(data, job.learning_config.loss).result(timeout=_deadline())
         metrics = {"eval_loss": result.loss, "perplexity": math.exp(min(result.loss, 50.0))}
         ctx.emit("eval.metric", step=session.step, split=split, loss=result.loss, metrics=metrics)
-        return {"split": split, "examples": len(data), **metrics}
+        out: dict[str, Any] = {"split": split, "examples": len(data), **metrics}
+        after = sampled_eval.score_stage(ctx, session, job, when="after", deadline_s=_deadline())
+        if after is not None:
+            before = (ctx.inputs.get("train") or {}).get("sampled_before")
+            out["sampled"] = {"before": before, "after": after}
+        return out
 
 
 class SaveStage:

@@ -1,4 +1,5 @@
-"""The README's main job and exact resume after kill -9, on the real local backend."""
+"""The LoRA chat example (examples/sft-local.toml) and exact resume after kill -9, on the
+real local backend. The README's main job is tests/e2e/test_main_job.py."""
 
 from __future__ import annotations
 

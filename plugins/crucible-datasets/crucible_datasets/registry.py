@@ -110,6 +110,14 @@ SAMPLES: tuple[SampleInfo, ...] = (
         rows=180,
     ),
     SampleInfo(
+        "dates",
+        "dates.jsonl",
+        "ISO dates written out ('2004-03-06' -> '6 March 2004'): a task a tiny model "
+        "learns on the CPU in seconds",
+        kind="chat",
+        rows=500,
+    ),
+    SampleInfo(
         "gsm8k",
         "gsm8k.jsonl",
         "Math word problems in GSM8K format (question, answer ending '#### N')",

@@ -19,6 +19,11 @@ with the job's ``learning_config.seed`` (:func:`~crucible_datasets.splits.train_
      "validation_tokens": int, "loss_tokens": float, "truncated": int, "dropped": int,
      "max_length": int | None, "packed": bool}
 
+plus ``"validation_prompts"`` (:func:`crucible_datasets.prompts.eval_prompts`)
+when ``validation_spec.metrics`` names a metric scored on generated text
+(anything but ``loss``/``perplexity``): the held-out prompts and answers the
+training workflow samples and scores before and after training.
+
 ``tokens`` counts the training Datums' input tokens (one epoch). The length
 limit is ``dataset_spec.max_length``, else ``model_spec.max_seq_len``.
 Datum shift: ``model_input = tokens[:-1]``, ``target_tokens = tokens[1:]``,
@@ -35,6 +40,9 @@ from crucible_core.errors import Cancelled, ConfigError
 from crucible_core.ir import DatasetSpec, TrainingJob, convert
 
 __all__ = ["DataLoadStage", "DataTokenizeStage", "training_job"]
+
+#: Metrics computed from forward passes; every other name is scored on samples.
+_LOSS_METRICS = frozenset({"loss", "eval_loss", "val_loss", "perplexity"})
 
 
 def training_job(ctx: StageContext) -> TrainingJob:
@@ -130,6 +138,8 @@ def tokenize_outputs(
     spec = job.dataset_spec
     max_length = spec.max_length or job.model_spec.max_seq_len
     renderer = get_renderer(spec.template, tokenizer)
+    held_out = list(validation_rows)  # read twice when samples are wanted
+    validation_rows = held_out
     if ctx is not None:
         train_rows = _cancellable(train_rows, ctx)
         validation_rows = _cancellable(validation_rows, ctx)
@@ -149,7 +159,7 @@ def tokenize_outputs(
             hint="check train_on (assistant needs assistant messages) and max_length; "
             'train_on = "all" trains on every token',
         )
-    return {
+    out: dict[str, Any] = {
         "train": train,
         "validation": validation,
         "tokens": train_stats.tokens,
@@ -162,6 +172,20 @@ def tokenize_outputs(
         "max_length": max_length,
         "packed": spec.packing,
     }
+    if _wants_samples(job):
+        from crucible_datasets.prompts import eval_prompts
+
+        limit = job.validation_spec.max_samples if job.validation_spec else None
+        out["validation_prompts"] = eval_prompts(
+            held_out, renderer, spec, limit=limit, max_length=max_length
+        )
+    return out
+
+
+def _wants_samples(job: TrainingJob) -> bool:
+    """True if ``validation_spec.metrics`` names a metric scored on generated text."""
+    names = job.validation_spec.metrics if job.validation_spec else []
+    return any(name not in _LOSS_METRICS for name in names)
 
 
 class DataTokenizeStage:

@@ -48,6 +48,22 @@ def test_example_chat_is_the_chat_sample() -> None:
     assert (REPO / "examples" / "data" / "chat.jsonl").read_bytes() == shipped
 
 
+def test_example_dates_is_the_dates_sample() -> None:
+    shipped = sample_path(sample_info("dates")).read_bytes()
+    assert (REPO / "examples" / "data" / "dates.jsonl").read_bytes() == shipped
+
+
+def test_dates_sample_answers_are_the_dates_written_out() -> None:
+    import datetime
+
+    rows = read_dataset(DatasetSpec(uri="sample:dates")).rows
+    questions = [row["messages"][0]["content"] for row in rows]
+    assert len(set(questions)) == len(rows)
+    for row, question in zip(rows, questions, strict=True):
+        d = datetime.date.fromisoformat(question)
+        assert row["messages"][1]["content"] == f"{d.day} {d:%B} {d.year}"
+
+
 def _lines(rows: list[dict[str, Any]]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
@@ -58,6 +74,7 @@ def test_samples_regenerate_identically(maker: ModuleType) -> None:
         "gsm8k": maker.gsm8k_rows(random.Random(2)),
         "mmlu": maker.mmlu_rows(random.Random(3)),
         "humaneval": maker.humaneval_rows(),
+        "dates": maker.dates_rows(random.Random(5)),
         "preference": maker.preference_rows(random.Random(4)),
     }
     for name, rows in made.items():

@@ -173,3 +173,29 @@ def test_load_falls_back_to_the_experiments_dataset(host: PluginHost, tok: ByteT
     experiment = Experiment(id="exp", dataset=DatasetSpec(uri="sample:mmlu"))
     out = dict(load.run(Context(None, _Backend(tok), experiment=experiment)) or {})
     assert len(out["rows"]) == 48
+
+
+def test_tokenize_gives_held_out_prompts_only_when_a_sampled_metric_asks(
+    host: PluginHost, tok: ByteTokenizer
+) -> None:
+    load, tokenize = _stages(host)
+    backend = _Backend(tok)
+    plain = _job("sample:dates", validation_ratio=0.1)
+    loaded = dict(load.run(Context(plain, backend)) or {})
+    assert "validation_prompts" not in dict(tokenize.run(Context(plain, backend, {"load": loaded})))
+    scored = dict(plain, validation_spec={"metrics": ["loss", "exact_match"], "max_samples": 20})
+    out = dict(tokenize.run(Context(scored, backend, {"load": loaded})) or {})
+    prompts = out["validation_prompts"]
+    held_out = loaded["validation_rows"][:20]
+    assert len(prompts) == 20
+    train_inputs = {r["messages"][0]["content"] for r in loaded["train_rows"]}
+    datums = out["validation"][:20]
+    for prompt, row, datum in zip(prompts, held_out, datums, strict=True):
+        question, answer = (m["content"] for m in row["messages"])
+        assert prompt["input"] == question
+        assert question not in train_inputs
+        assert prompt["reference"] == answer
+        # The prompt is the training rendering cut where the answer starts.
+        n = len(prompt["tokens"])
+        assert datum.model_input[:n] == prompt["tokens"]
+        assert tok.decode(datum.model_input[n:]).startswith(answer)

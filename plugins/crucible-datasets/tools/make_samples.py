@@ -5,19 +5,22 @@
 
 All content is written for this project: short, original conversations and
 problems, with arithmetic computed here so every answer is right. The chat
-sample is also written to examples/data/chat.jsonl (the README's main job).
+sample is also written to examples/data/chat.jsonl (examples/sft-local.toml),
+the dates sample to examples/data/dates.jsonl (the README's main job).
 """
 
 from __future__ import annotations
 
 import json
 import random
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[3]
 SAMPLES = ROOT / "plugins" / "crucible-datasets" / "crucible_datasets" / "samples"
 EXAMPLE_CHAT = ROOT / "examples" / "data" / "chat.jsonl"
+EXAMPLE_DATES = ROOT / "examples" / "data" / "dates.jsonl"
 
 
 def _u(text: str) -> dict[str, str]:
@@ -281,6 +284,48 @@ def chat_rows(rng: random.Random) -> list[dict[str, Any]]:
     rows.extend(CHATS)
     rng.shuffle(rows)
     return [{"messages": m} for m in rows]
+
+
+# -- dates: a task a tiny model learns in seconds ---------------------------------------
+
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
+DATE_ROWS = 500
+
+
+def dates_rows(rng: random.Random) -> list[dict[str, Any]]:
+    """ISO dates (1950-2049) and the same date written out: ``2004-03-06`` -> ``6 March 2004``.
+
+    Every date is distinct, so a held-out row is a date the model never saw.
+    """
+    first = date(1950, 1, 1).toordinal()
+    last = date(2049, 12, 31).toordinal()
+    days = sorted(rng.sample(range(first, last + 1), DATE_ROWS))
+    rng.shuffle(days)
+    rows: list[dict[str, Any]] = []
+    for ordinal in days:
+        d = date.fromordinal(ordinal)
+        rows.append(
+            {
+                "messages": [
+                    _u(d.isoformat()),
+                    _a(f"{d.day} {MONTHS[d.month - 1]} {d.year}"),
+                ]
+            }
+        )
+    return rows
 
 
 # -- GSM8K-format math ------------------------------------------------------------------
@@ -790,6 +835,9 @@ def main() -> None:
     chat = chat_rows(random.Random(1))
     _write(SAMPLES / "chat.jsonl", chat)
     _write(EXAMPLE_CHAT, chat)
+    dates = dates_rows(random.Random(5))
+    _write(SAMPLES / "dates.jsonl", dates)
+    _write(EXAMPLE_DATES, dates)
     _write(SAMPLES / "gsm8k.jsonl", gsm8k_rows(random.Random(2)))
     _write(SAMPLES / "mmlu.jsonl", mmlu_rows(random.Random(3)))
     _write(SAMPLES / "humaneval.jsonl", humaneval_rows())

@@ -6,8 +6,10 @@ the token that completed a stop string); ``logprobs`` are the model's own
 log-probabilities of those tokens (temperature 1, no top-k/top-p), the
 values a ``forward`` pass gives, as importance sampling needs. ``text`` is
 the decoded completion without special tokens and cut before the first stop
-string. ``finish_reason`` is ``"stop"`` (EOS or a stop string) or
-``"length"`` (``max_tokens`` reached).
+string; it holds whole characters only (a byte-level token can end inside a
+UTF-8 character, and an unfinished last character is left out rather than
+shown as U+FFFD: :mod:`crucible_local.textdecode`). ``finish_reason`` is
+``"stop"`` (EOS or a stop string) or ``"length"`` (``max_tokens`` reached).
 
 Randomness: each request draws from its own generator seeded with
 ``params.seed`` (fresh entropy when unset), so a seeded request gives the same
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from crucible_core.errors import BackendError, ConfigError, CrucibleError
 from crucible_core.ir.backend import Completion, StreamChunk, Usage
 from crucible_local.capabilities import BACKEND_ID
+from crucible_local.textdecode import TextDecoder
 
 if TYPE_CHECKING:
     import torch
@@ -41,6 +44,7 @@ __all__ = ["LocalSampler"]
 
 @dataclass
 class _Row:
+    decoder: TextDecoder
     tokens: list[int] = field(default_factory=list[int])
     logprobs: list[float] = field(default_factory=list[float])
     finish: str | None = None
@@ -159,7 +163,6 @@ class LocalSampler:
         ids = self.prompt_ids(prompt, params)
         start = time.perf_counter()
         emitted = ""
-        row = _Row()
         try:
             for (row,) in self._rows(ids, params, 1):
                 token, logprob = row.tokens[-1], row.logprobs[-1]
@@ -173,7 +176,7 @@ class LocalSampler:
                         backend_id=BACKEND_ID,
                     )
                     return
-                visible = self._visible(row.tokens, params.stop)
+                visible = self._visible(row.decoder.text, params.stop)
                 delta = visible[len(emitted) :] if len(visible) > len(emitted) else ""
                 emitted += delta
                 yield StreamChunk(
@@ -273,19 +276,16 @@ class LocalSampler:
         self._stats["latency_ms_total"] += latency
         return latency
 
-    def _decode(self, tokens: Sequence[int]) -> str:
-        return self._tokenizer.decode(tokens, skip_special_tokens=True)
-
-    def _visible(self, tokens: Sequence[int], stops: Sequence[str]) -> str:
-        text = self._decode(tokens)
+    @staticmethod
+    def _visible(text: str, stops: Sequence[str]) -> str:
+        # The decoder's text ends at a character boundary; hold back a possible stop's start.
         hold = 0
         for stop in stops:
             for k in range(min(len(stop) - 1, len(text)), 0, -1):
                 if text.endswith(stop[:k]):
                     hold = max(hold, k)
                     break
-        visible = text[: len(text) - hold]
-        return visible.rstrip("\ufffd")
+        return text[: len(text) - hold]
 
     def _forward(self, input_ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
         kwargs: dict[str, Any] = {"input_ids": input_ids, "use_cache": True}
@@ -300,7 +300,7 @@ class LocalSampler:
 
         generator = torch.Generator()
         generator.manual_seed(params.seed if params.seed is not None else secrets.randbits(62))
-        rows = [_Row() for _ in range(n)]
+        rows = [_Row(decoder=TextDecoder(self._tokenizer)) for _ in range(n)]
         stops = [s for s in params.stop if s]
         with torch.inference_mode():
             logits, cache = self._forward(torch.tensor([ids] * n, dtype=torch.long), None)
@@ -323,12 +323,13 @@ class LocalSampler:
     ) -> None:
         row.tokens.append(token)
         row.logprobs.append(logprob)
+        row.decoder.push(token)
         if token in self._stop_ids:
             row.finish = "stop"
-            row.text = self._decode(row.tokens)
+            row.text = row.decoder.text
             return
         if stops:
-            text = self._decode(row.tokens)
+            text = row.decoder.text
             cuts = [i for i in (text.find(s) for s in stops) if i >= 0]
             if cuts:
                 row.finish = "stop"
@@ -336,7 +337,7 @@ class LocalSampler:
                 return
         if len(row.tokens) >= max_tokens:
             row.finish = "length"
-            row.text = self._decode(row.tokens)
+            row.text = row.decoder.text
 
     @staticmethod
     def _choose(

@@ -9,6 +9,7 @@ followed by seven special tokens. It is wrapped in a transformers
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "SPECIAL_TOKENS",
     "LocalTokenizer",
     "build_byte_tokenizer",
+    "bytes_to_unicode",
 ]
 
 BYTE_TOKENIZER_NAME = "crucible-byte"
@@ -51,7 +53,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+@functools.cache
+def bytes_to_unicode() -> dict[int, str]:
+    """Byte -> the printable character standing for it in ByteLevel token strings."""
     # The GPT-2 byte <-> printable-character table that ByteLevel pre-tokenisation uses.
     printable = [
         *range(ord("!"), ord("~") + 1),
@@ -77,7 +81,7 @@ def build_byte_tokenizer() -> PreTrainedTokenizerBase:
     from tokenizers import Tokenizer as RawTokenizer
     from transformers import PreTrainedTokenizerFast
 
-    table = _bytes_to_unicode()
+    table = bytes_to_unicode()
     vocab = {table[b]: b for b in range(256)}
     raw = RawTokenizer(models.BPE(vocab=vocab, merges=[]))
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)

@@ -1,0 +1,212 @@
+"""Held-out scores from samples: what the model writes for validation prompts, scored.
+
+A loss says the model got more likely; it does not say the model can do the
+task. When ``validation_spec.metrics`` names a metric in
+:data:`SAMPLED_METRICS` (``exact_match``, ``token_f1``, ``bleu``,
+``rouge_l``, ``gsm8k_accuracy``: registered by crucible-datasets as
+``metric(predictions, references) -> {name: score, ...}``), the training
+workflow samples a greedy completion (temperature 0, so the score is a
+function of the weights) for each held-out prompt, scores the completions
+against the rows' answers, and does so twice: before the first step
+(``train.loop``, skipped on resume) and after the last (``train.evaluate``).
+
+Only validation rows are scored (``dataset_spec.validation_ratio`` splits
+them off before training; ``validation_spec.max_samples`` caps them), so the
+score measures rows the model was never trained on. The prompts and
+reference answers come from ``data.tokenize`` (``validation_prompts``,
+rendered with the training template; see :mod:`crucible_datasets.prompts`).
+
+Weights are sampled through the training contract's
+``save_weights_for_sampler`` (so any backend works) under the names
+``eval-before`` and ``eval-after``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import msgspec
+
+from crucible_core.contracts import Future, Sampler, StageContext, TrainingSession
+from crucible_core.errors import ConfigError
+from crucible_core.ir.backend import Completion, Prompt, SamplingParams
+from crucible_core.ir.codec import to_builtins
+from crucible_core.ir.training import TrainingJob
+
+if TYPE_CHECKING:
+    from crucible_core.plugins import PluginHost
+
+__all__ = [
+    "SAMPLED_METRICS",
+    "SampledEval",
+    "SampledExample",
+    "evaluate_samples",
+    "sampled_metric_names",
+    "score_stage",
+]
+
+#: Metric names computed from greedy samples of held-out prompts; each names a metric
+#: registered under the same name whose result holds a score of that name.
+SAMPLED_METRICS: frozenset[str] = frozenset(
+    {"exact_match", "token_f1", "bleu", "rouge_l", "gsm8k_accuracy"}
+)
+#: Longest completion sampled for one prompt: generous for short answers, bounded in time.
+_MAX_NEW_TOKENS = 256
+#: How many (input, output, reference) triples a result keeps for people to read.
+_KEEP_EXAMPLES = 3
+
+
+class SampledExample(msgspec.Struct, kw_only=True):
+    """One held-out prompt, what the model wrote, and the answer."""
+
+    input: str
+    output: str
+    reference: str
+
+
+class SampledEval(msgspec.Struct, kw_only=True):
+    """Scores of one sampled evaluation, on ``examples`` held-out rows."""
+
+    scores: dict[str, float]
+    examples: int
+    samples: list[SampledExample] = []
+
+
+def sampled_metric_names(job: TrainingJob) -> list[str]:
+    """The names in ``validation_spec.metrics`` this module computes, in the job's order."""
+    names = job.validation_spec.metrics if job.validation_spec else []
+    return [name for name in names if name in SAMPLED_METRICS]
+
+
+def _metric(name: str, host: PluginHost | None) -> Callable[..., Mapping[str, float]]:
+    if host is None:
+        from crucible_core.plugins import get_host
+
+        host = get_host()
+    return cast(Callable[..., Mapping[str, float]], host.get("metric", name).load())
+
+
+def _max_tokens(prompt_len: int, reference_len: int, context: int | None) -> int:
+    want = min(_MAX_NEW_TOKENS, 2 * reference_len + 8)
+    if context is not None:
+        want = min(want, context - prompt_len)
+    return max(1, want)
+
+
+def evaluate_samples(
+    session: TrainingSession,
+    job: TrainingJob,
+    prompts: Sequence[Mapping[str, Any]],
+    *,
+    name: str,
+    deadline_s: float,
+    host: PluginHost | None = None,
+    discard_under: Path | None = None,
+) -> SampledEval | None:
+    """Score greedy samples of the session's current weights on ``prompts``.
+
+    ``prompts`` are ``data.tokenize``'s ``validation_prompts``. Returns None
+    when the job names no sampled metric or there is no prompt to score.
+    Metrics come from ``host`` (default: the process's plugin host). The
+    weights saved for sampling are deleted afterwards if they lie under
+    ``discard_under`` (the run directory): they are a copy made only to score.
+    """
+    names = sampled_metric_names(job)
+    if not names or not prompts:
+        return None
+    metrics = {metric: _metric(metric, host) for metric in names}
+    sampler = session.save_weights_for_sampler(name).result(timeout=deadline_s)
+    try:
+        outputs = _sample_all(sampler, job, prompts, deadline_s)
+    finally:
+        close = getattr(sampler, "close", None)
+        if callable(close):
+            close()
+        if discard_under is not None:
+            _discard(sampler, discard_under)
+    references = [str(p["reference"]) for p in prompts]
+    scores: dict[str, float] = {}
+    for metric, fn in metrics.items():
+        result = fn(outputs, references)
+        if metric not in result:
+            raise ConfigError(
+                f"validation_spec.metrics: metric {metric!r} returned no {metric!r} score",
+                hint="a sampled metric must return a score under its own name",
+            )
+        scores[metric] = float(result[metric])
+    kept = [
+        SampledExample(input=str(p.get("input", "")), output=out, reference=ref)
+        for p, out, ref in zip(prompts, outputs, references, strict=True)
+    ][:_KEEP_EXAMPLES]
+    return SampledEval(scores=scores, examples=len(prompts), samples=kept)
+
+
+def _discard(sampler: Sampler, run_dir: Path) -> None:
+    import shutil
+
+    from crucible_core.runtime.artifacts import uri_path
+
+    ref = sampler.checkpoint
+    path = uri_path(ref.uri) if ref is not None else None
+    if path is None or not path.resolve().is_relative_to(run_dir.resolve()):
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    parent = path.parent
+    if parent.exists() and not any(parent.iterdir()):
+        parent.rmdir()
+
+
+def _sample_all(
+    sampler: Sampler,
+    job: TrainingJob,
+    prompts: Sequence[Mapping[str, Any]],
+    deadline_s: float,
+) -> list[str]:
+    context = job.model_spec.max_seq_len
+    tokenizer = sampler.tokenizer
+    futures: list[Future[list[Completion]]] = []
+    for p in prompts:
+        tokens = [int(t) for t in cast(Sequence[Any], p["tokens"])]
+        ref_len = len(tokenizer.encode(str(p["reference"])))
+        params = SamplingParams(
+            max_tokens=_max_tokens(len(tokens), ref_len, context), temperature=0.0
+        )
+        futures.append(sampler.sample(Prompt(tokens=tokens), params))
+    return [f.result(timeout=deadline_s)[0].text for f in futures]
+
+
+def score_stage(
+    ctx: StageContext, session: TrainingSession, job: TrainingJob, *, when: str, deadline_s: float
+) -> dict[str, Any] | None:
+    """Run :func:`evaluate_samples` inside a training stage, emit it, return it as plain data.
+
+    ``when`` is ``"before"`` or ``"after"`` (training); the prompts are the
+    ``validation_prompts`` of the stage's ``tokenize`` input. The event is an
+    ``eval.metric`` with ``split = "validation"`` and ``when``.
+    """
+    tokenized = ctx.inputs.get("tokenize") or {}
+    prompts = cast(Sequence[Mapping[str, Any]], tokenized.get("validation_prompts") or [])
+    # The pipeline's context carries the run's plugin host (beyond the StageContext contract).
+    host = cast("PluginHost | None", getattr(ctx, "host", None))
+    result = evaluate_samples(
+        session,
+        job,
+        prompts,
+        name=f"eval-{when}",
+        deadline_s=deadline_s,
+        host=host,
+        discard_under=ctx.run_dir,
+    )
+    if result is None:
+        return None
+    ctx.emit(
+        "eval.metric",
+        step=session.step,
+        split="validation",
+        when=when,
+        examples=result.examples,
+        metrics=result.scores,
+    )
+    return cast(dict[str, Any], to_builtins(result))

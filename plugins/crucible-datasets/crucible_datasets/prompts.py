@@ -1,0 +1,66 @@
+"""Held-out rows as generation prompts: what a sampled metric asks the model, and the answer.
+
+A sampled metric (``exact_match`` ... in ``validation_spec.metrics``) needs,
+for each validation row, the prompt the model should complete and the text it
+should write. For a chat or prompt/completion row that is the conversation up
+to its last assistant message, rendered with the same template as training
+and ending in the assistant's header, and that message's content. Rows whose
+last message is not the assistant's (text rows, a trailing user turn) have no
+reference answer and are left out.
+
+Each prompt is ``{"tokens": [...], "reference": str, "input": str}``;
+``input`` is the last user message, for showing a sample to a person.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from crucible_core.ir import DatasetSpec
+from crucible_datasets.fields import RowAdapter, RowError
+from crucible_datasets.loading import adapter_for
+from crucible_datasets.render import Renderer
+
+__all__ = ["eval_prompts"]
+
+
+def eval_prompts(
+    rows: Iterable[Mapping[str, Any]],
+    renderer: Renderer,
+    spec: DatasetSpec,
+    *,
+    limit: int | None = None,
+    max_length: int | None = None,
+    adapter: RowAdapter | None = None,
+) -> list[dict[str, Any]]:
+    """Prompts and reference answers of ``rows`` (at most ``limit``; see the module docstring).
+
+    A prompt longer than ``max_length`` tokens is left out (it could not be
+    completed within the model's context), as are rows the adapter refuses.
+    """
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        if limit is not None and len(out) >= limit:
+            break
+        if adapter is None:
+            adapter = adapter_for(spec, list(row))
+        try:
+            example = adapter(row)
+        except RowError:
+            continue
+        messages = example.messages
+        if not messages or messages[-1].get("role") != "assistant":
+            continue
+        tokens = renderer.render_prompt(messages[:-1])
+        if max_length is not None and len(tokens) >= max_length:
+            continue
+        users = [m.get("content", "") for m in messages[:-1] if m.get("role") == "user"]
+        out.append(
+            {
+                "tokens": tokens,
+                "reference": messages[-1].get("content", ""),
+                "input": users[-1] if users else "",
+            }
+        )
+    return out
