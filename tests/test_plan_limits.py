@@ -188,7 +188,7 @@ def _stages(**metadata: Any) -> dict[str, Registration]:
 
 
 def test_validation_metrics_the_run_cannot_compute_are_refused() -> None:
-    job = make_job(validation_spec=ValidationSpec(metrics=["loss", "perplexty", "bleu"]))
+    job = make_job(validation_spec=ValidationSpec(metrics=["loss", "perplexty", "accuracy"]))
     problems = check_pipeline(job, _stages())
     assert [p.field for p in problems] == [
         "$.validation_spec.metrics[1]",
@@ -196,8 +196,10 @@ def test_validation_metrics_the_run_cannot_compute_are_refused() -> None:
     ]
     assert problems[0].hint is not None
     assert problems[0].hint.startswith("did you mean 'perplexity'?")
-    assert "'bleu'" in problems[1].message
-    ok = make_job(validation_spec=ValidationSpec(metrics=["loss", "perplexity"]))
+    assert "'accuracy'" in problems[1].message
+    # Loss-based metrics and those scored from samples of held-out prompts are computed.
+    computed = ["loss", "perplexity", "exact_match", "bleu", "token_f1"]
+    ok = make_job(validation_spec=ValidationSpec(metrics=computed))
     assert check_pipeline(ok, _stages()) == []
 
 

@@ -36,6 +36,7 @@ from crucible_core.ir.work import Job
 from crucible_core.plugins import PluginHost, Registration, get_host
 from crucible_core.runtime import trainloop
 from crucible_core.runtime.cancel import CancelFlag
+from crucible_core.runtime.sampled_eval import SAMPLED_METRICS
 
 __all__ = [
     "MAX_LISTED_CHECKPOINTS",
@@ -65,7 +66,7 @@ TRAINING_STAGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 #: periodic validation: both are a forward pass over the validation split). Metrics
 #: that need sampled generations (accuracy, exact match...) are refused until
 #: sampled evaluation exists.
-VALIDATION_METRICS: tuple[str, ...] = ("loss", "perplexity")
+VALIDATION_METRICS: tuple[str, ...] = ("loss", "perplexity", *sorted(SAMPLED_METRICS))
 
 #: What the data stages always put in each Datum's ``loss_fn_inputs``. A stage that
 #: provides more declares it when it registers (``register(name, factory,
@@ -292,11 +293,10 @@ def check_pipeline(
                 PlanProblem(
                     field=f"$.validation_spec.metrics[{i}]",
                     message=f"the run cannot compute the validation metric {metric!r}: it "
-                    f"computes {', '.join(VALIDATION_METRICS)} (metrics from sampled "
-                    "generations are not evaluated during training yet)",
+                    f"computes {', '.join(VALIDATION_METRICS)}",
                     supported=list(VALIDATION_METRICS),
                     hint=(f"did you mean {close[0]!r}? " if close else "")
-                    + "remove it, or evaluate a checkpoint with `crucible sample` afterwards",
+                    + "remove it, or score a checkpoint's samples yourself afterwards",
                 )
             )
     loss = job.learning_config.loss.name
