@@ -77,7 +77,9 @@ def hedged_call(
 
     Returns the first successful result. If an attempt fails while another is still
     running, the caller waits for the other; when every attempt fired has failed,
-    the first error is raised. At the plan's deadline, ``DeadlineExceeded``.
+    the first error is raised. At the plan's deadline, ``DeadlineExceeded``. A backup
+    the budget denies is asked for again each time the request's wait doubles, so
+    the budget goes to the slowest requests rather than the first ones to ask.
     """
     plan = policy.plan()
     budget.primary()
@@ -112,6 +114,7 @@ def hedged_call(
     fire(0)
     launched, outstanding = 1, 1
     pending_delays = list(plan.delays)
+    denied_once = False
     errors: list[BaseException] = []
     emit_ = emit or (lambda kind, **data: None)
     while True:
@@ -138,7 +141,7 @@ def hedged_call(
                     retryable=True,
                 ) from None
             if pending_delays and now >= pending_delays[0] - 1e-9:
-                pending_delays.pop(0)
+                due = pending_delays.pop(0)
                 if budget.try_hedge():
                     fire(launched)
                     launched += 1
@@ -147,9 +150,13 @@ def hedged_call(
                         stats.add(hedges_fired=1)
                     emit_("hedge.fired", attempt=launched - 1, after_ms=now * 1000)
                 else:
-                    if stats is not None:
+                    if stats is not None and not denied_once:
                         stats.add(hedges_denied=1)
-                    pending_delays.clear()  # a denied budget stays denied for this request
+                    denied_once = True
+                    # Ask again when this request has waited twice as long: the budget
+                    # refills with every new request, and a request still waiting then is
+                    # further in the tail, so what the budget allows goes to the slowest.
+                    pending_delays.insert(0, max(2 * due, due + 0.001))
             continue
         outstanding -= 1
         if not ok:
