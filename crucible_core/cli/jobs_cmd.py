@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any, cast
 import msgspec
 
 from crucible_core.cli.output import print_json, print_table
-from crucible_core.errors import ConfigError, NotFound, ValidationError
+from crucible_core.errors import ConfigError, ValidationError
 from crucible_core.ir import codec
 from crucible_core.ir.experiment import Experiment
+from crucible_core.ir.files import read_document
 from crucible_core.ir.training import TrainingJob
 from crucible_core.ir.work import Job
 from crucible_core.runtime._errors import reworded
@@ -41,16 +42,9 @@ def _scheduler() -> Scheduler:
 def load_jobs(path: Path) -> list[Job]:
     """The jobs a submitted file describes (see the module docstring)."""
     fmt = codec.format_for_path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise NotFound(f"{path}: no such file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    data = read_document(path, limit=codec.MAX_DOCUMENT_BYTES)
     if not data.strip():
         raise ConfigError(f"{path}: the file is empty", hint="write a Job document into it")
-    if len(data) > codec.MAX_DOCUMENT_BYTES:
-        raise ConfigError(f"{path}: the file is {len(data)} bytes; that is not a job file")
     try:
         if fmt == "json":
             raw: Any = msgspec.json.decode(data)
