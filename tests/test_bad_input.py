@@ -150,6 +150,17 @@ def test_run_refs_that_are_not_ids_exit_2(tmp_path: Path, command: list[str], re
     assert len(proc.stderr.splitlines()[0]) < 200
 
 
+@pytest.mark.parametrize("job_id", ["a" * 5000, "../..", "/", ""])
+def test_train_refuses_a_bad_job_id_before_doing_anything(tmp_path: Path, job_id: str) -> None:
+    example = Path(__file__).parents[1] / "examples" / "sft-local.toml"
+    proc = crucible(tmp_path / "home", "train", str(example), "--job-id", job_id)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: --job-id ")
+    assert "is not a valid id" in proc.stderr
+    assert not (tmp_path / "home" / "runs").exists()
+
+
 def test_valid_id_without_a_run_is_not_found(tmp_path: Path) -> None:
     proc = crucible(tmp_path / "home", "runs", "show", "no-such-run")
     assert proc.returncode == 4, proc.stderr
