@@ -161,6 +161,16 @@ def test_train_refuses_a_bad_job_id_before_doing_anything(tmp_path: Path, job_id
     assert not (tmp_path / "home" / "runs").exists()
 
 
+@pytest.mark.parametrize("action", ["show", "cancel", "retry"])
+def test_job_ids_that_cannot_exist_exit_2(
+    crucible_home: Path, capsys: pytest.CaptureFixture[str], action: str
+) -> None:
+    for bad in ["a" * 5000, "../..", "/", ""]:
+        assert main(["jobs", action, "--", bad]) == 2
+        assert "is not a valid id" in capsys.readouterr().err
+    assert main(["jobs", action, "no-such-job"]) == 4
+
+
 def test_valid_id_without_a_run_is_not_found(tmp_path: Path) -> None:
     proc = crucible(tmp_path / "home", "runs", "show", "no-such-run")
     assert proc.returncode == 4, proc.stderr

@@ -22,6 +22,7 @@ import msgspec
 
 from crucible_core.cli.output import print_json, print_table
 from crucible_core.errors import ConfigError, ValidationError
+from crucible_core.ids import check_id
 from crucible_core.ir import codec
 from crucible_core.ir.experiment import Experiment
 from crucible_core.ir.files import read_document
@@ -300,6 +301,8 @@ class _JobsCommand:
         p.set_defaults(_action=_retry)
 
     def run(self, args: argparse.Namespace) -> int:
+        if isinstance(getattr(args, "id", None), str):  # show, cancel, retry
+            check_id(args.id, what="job id")  # '/', '..', 5,000 characters: exit 2, not 4
         return int(args._action(args))
 
 
