@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from crucible_core.ids import check_id
+from crucible_core.errors import ConfigError
+from crucible_core.ids import ID_HINT, is_valid_id, shown
 
 __all__ = ["artifacts_dir", "crucible_home", "db_path", "run_dir"]
 
@@ -45,4 +46,6 @@ def run_dir(job_id: str) -> Path:
     directory name, so a path separator, ``..``, an empty or over-long name is
     refused with a ``ConfigError``.
     """
-    return crucible_home() / "runs" / check_id(job_id, what="run id")
+    if not is_valid_id(job_id):
+        raise ConfigError(f"{shown(job_id)} cannot name a run directory", hint=ID_HINT)
+    return crucible_home() / "runs" / job_id
