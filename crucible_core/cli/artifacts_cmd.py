@@ -1,8 +1,9 @@
 """``crucible artifacts verify RUN``: rehash a run's artifacts against its manifest.
 
 RUN is a job id (its run directory under ``$CRUCIBLE_HOME/runs``) or a path
-to a run directory. Exit 0 when every file matches, 1 when any is missing or
-altered (each is listed), 4 when there is no such run.
+to (or inside) a run directory. Exit 0 when every file matches, 1 when any is
+missing or altered (each is listed), 4 when there is no such run, 2 when RUN
+is neither a valid id nor a path inside a run.
 """
 
 from __future__ import annotations
@@ -15,22 +16,9 @@ from crucible_core.cli.output import print_json
 
 
 def _run_dir(ref: str) -> Path:
-    from crucible_core.errors import NotFound
-    from crucible_core.runtime.paths import run_dir
+    from crucible_core.cli.runref import resolve_run
 
-    as_path = Path(ref)
-    if as_path.is_dir() and (as_path / "manifest.json").exists():
-        return as_path
-    try:
-        directory = run_dir(ref)
-    except Exception:
-        directory = as_path
-    if not directory.is_dir():
-        raise NotFound(
-            f"no run {ref!r} (looked for {directory})",
-            hint="give a job id (`crucible jobs list`) or the path of a run directory",
-        )
-    return directory
+    return resolve_run(ref)
 
 
 class _ArtifactsCommand:

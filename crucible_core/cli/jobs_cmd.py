@@ -26,9 +26,11 @@ from typing import TYPE_CHECKING, Any, cast
 import msgspec
 
 from crucible_core.cli.output import print_json, print_table
-from crucible_core.errors import ConfigError, NotFound, ValidationError
+from crucible_core.errors import ConfigError, ValidationError
+from crucible_core.ids import check_id
 from crucible_core.ir import codec
 from crucible_core.ir.experiment import Experiment
+from crucible_core.ir.files import read_document
 from crucible_core.ir.paths import resolve_paths
 from crucible_core.ir.training import TrainingJob
 from crucible_core.ir.work import Job
@@ -47,16 +49,9 @@ def _scheduler() -> Scheduler:
 def load_jobs(path: Path) -> list[Job]:
     """The jobs a submitted file describes (see the module docstring)."""
     fmt = codec.format_for_path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise NotFound(f"{path}: no such file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    data = read_document(path, limit=codec.MAX_DOCUMENT_BYTES)
     if not data.strip():
         raise ConfigError(f"{path}: the file is empty", hint="write a Job document into it")
-    if len(data) > codec.MAX_DOCUMENT_BYTES:
-        raise ConfigError(f"{path}: the file is {len(data)} bytes; that is not a job file")
     try:
         if fmt == "json":
             raw: Any = msgspec.json.decode(data)
@@ -352,6 +347,8 @@ class _JobsCommand:
         p.set_defaults(_action=_recover)
 
     def run(self, args: argparse.Namespace) -> int:
+        if isinstance(getattr(args, "id", None), str):  # show, cancel, retry
+            check_id(args.id, what="job id")  # '/', '..', 5,000 characters: exit 2, not 4
         return int(args._action(args))
 
 

@@ -1,37 +1,73 @@
-"""Resolving what a user typed (a run id, a run directory, a checkpoint path) to a run."""
+"""Resolving what a user typed (a run id, a run directory, a checkpoint path) to a run.
+
+A reference is first taken as a path (an existing run directory or any path
+inside one), then as a run id under ``$CRUCIBLE_HOME/runs``. What is neither
+a valid id (:mod:`crucible_core.ids`) nor a path inside a run (``/``,
+``../..``, a 5,000-character string) is a usage error (exit 2); a valid id
+with no run is ``NotFound`` (exit 4). Nothing the user types raises anything
+else: OS errors from probing the path (name too long, NUL byte, permission)
+mean "not that path".
+"""
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
 from crucible_core.errors import ConfigError, NotFound
+from crucible_core.ids import ID_HINT, is_valid_id, shown
 from crucible_core.runtime import paths
 from crucible_core.runtime.artifacts import MANIFEST_FILE, read_manifest
 
-__all__ = ["find_run", "list_runs"]
+__all__ = ["find_run", "list_runs", "resolve_run"]
 
 
 def find_run(ref: str) -> tuple[Path, dict[str, Any]]:
     """``(run_dir, manifest)`` for a run id, a run directory, or a path inside a run."""
+    run_dir = resolve_run(ref)
+    return run_dir, read_manifest(run_dir)
+
+
+def resolve_run(ref: str) -> Path:
+    """The run directory (one holding a manifest) that ``ref`` names; see the module docstring."""
     candidates: list[Path] = []
-    given = Path(ref).expanduser()
-    if given.exists():
-        node = given.resolve()
+    node = _existing(ref)
+    if node is not None:
         candidates.extend([node, *node.parents])
-    else:
-        with contextlib.suppress(ConfigError):  # not a usable id: simply not a run id
-            candidates.append(paths.run_dir(ref))
+    valid = is_valid_id(ref)
+    if valid:
+        candidates.append(paths.run_dir(ref))
     for candidate in candidates:
-        if (candidate / MANIFEST_FILE).is_file():
-            return candidate, read_manifest(candidate)
+        if _has_manifest(candidate):
+            return candidate
+    if not valid:
+        raise ConfigError(
+            f"{shown(ref)} is neither a run id nor a path inside a run directory",
+            hint=ID_HINT,
+        )
     runs = [p.name for p in list_runs()][-5:]
     raise NotFound(
         f"no run {ref!r}: not a run id under {paths.crucible_home() / 'runs'} nor a path inside a "
         "run directory",
         hint=("recent runs: " + ", ".join(runs)) if runs else "start one with `crucible train`",
     )
+
+
+def _existing(ref: str) -> Path | None:
+    if not ref:
+        return None
+    try:
+        given = Path(ref).expanduser()
+        return given.resolve() if given.exists() else None
+    except (OSError, ValueError, RuntimeError):  # too long, NUL byte, symlink loop...
+        return None
+
+
+def _has_manifest(directory: Path) -> bool:
+    try:
+        return (directory / MANIFEST_FILE).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def list_runs() -> list[Path]:

@@ -14,6 +14,7 @@ from crucible_core.cli.output import print_json
 from crucible_core.cli.plan_cmd import format_plan, print_problems
 from crucible_core.cli.runref import find_run
 from crucible_core.errors import BudgetExhausted, Cancelled, ConfigError
+from crucible_core.ids import check_id
 from crucible_core.ir.codec import convert, decode_file
 from crucible_core.ir.training import Budget, TrainingJob
 from crucible_core.runtime.artifacts import update_manifest
@@ -167,6 +168,8 @@ class _TrainCommand:
         _add_common(parser)
 
     def run(self, args: argparse.Namespace) -> int:
+        if args.job_id is not None:
+            check_id(args.job_id, what="--job-id")
         job = decode_file(args.file, TrainingJob)
         if args.backend:
             ref = msgspec.structs.replace(job.backend_ref, name=args.backend)

@@ -21,6 +21,8 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from crucible_core.ids import ID_PATTERN, MAX_ID_LENGTH
+
 __all__ = [
     "FLOAT_MAX",
     "SCHEMA_VERSION",
@@ -63,9 +65,10 @@ Identifier = Annotated[
     str,
     Meta(
         min_length=1,
-        max_length=200,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$",
-        description="Letters, digits and . _ : @ / -, starting with a letter or digit.",
+        max_length=MAX_ID_LENGTH,
+        pattern=ID_PATTERN,
+        description="Letters, digits and . _ : @ -, starting with a letter or digit, "
+        "without '..' (the rule of crucible_core.ids: an id names a directory).",
     ),
 ]
 ModuleRef = Annotated[

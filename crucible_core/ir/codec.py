@@ -34,6 +34,7 @@ from crucible_core.errors import ConfigError, NotFound, ValidationError
 from crucible_core.ir.backend import Capabilities, CheckpointRef, Completion
 from crucible_core.ir.base import SCHEMA_VERSION, IRStruct
 from crucible_core.ir.experiment import Experiment
+from crucible_core.ir.files import MAX_DOCUMENT_BYTES, read_document
 from crucible_core.ir.lineage import Artifact, Trace
 from crucible_core.ir.paths import resolve_paths
 from crucible_core.ir.training import TrainingJob
@@ -69,9 +70,6 @@ IR_TYPES: dict[str, type[IRStruct]] = {
     "Completion": Completion,
     "CheckpointRef": CheckpointRef,
 }
-
-#: Documents above this size are refused before parsing (a config is never this big).
-MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
 
 _SUPPORTED_MAJOR = SCHEMA_VERSION.split(".", 1)[0]
 _SUPPORTED_PREFIX = _SUPPORTED_MAJOR + "."
@@ -162,23 +160,14 @@ def decode_file(path: str | Path, type: type[T] | None = None) -> Any:
     """Read and decode a file; the format comes from its suffix.
 
     With ``type=None`` the IR type is guessed from the document's keys
-    (:func:`guess_type`); errors name the file. Relative paths in a job
-    resolve against the file's directory (:mod:`crucible_core.ir.paths`).
+    (:func:`guess_type`); errors name the file. The file is read with
+    :func:`~crucible_core.ir.files.read_document`: only a regular file of at
+    most :data:`MAX_DOCUMENT_BYTES` is read. Relative paths in a job resolve
+    against the file's directory (:mod:`crucible_core.ir.paths`).
     """
     p = Path(path)
     fmt = format_for_path(p)
-    try:
-        size = p.stat().st_size
-    except FileNotFoundError:
-        raise NotFound(f"{p}: no such file") from None
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read ({exc.strerror})") from None
-    if size > MAX_DOCUMENT_BYTES:
-        raise ConfigError(
-            f"{p}: file is {size} bytes; the limit is {MAX_DOCUMENT_BYTES}",
-            hint="IR documents are configurations; keep data in dataset files",
-        )
-    data = p.read_bytes()
+    data = read_document(p, limit=MAX_DOCUMENT_BYTES)
     if not data.strip():
         raise ConfigError(f"{p}: the file is empty", hint="write an IR document into it")
     try:

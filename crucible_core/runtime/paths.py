@@ -15,14 +15,12 @@ Supported surface: :func:`crucible_home`, :func:`db_path`, :func:`run_dir`,
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from crucible_core.errors import ConfigError
+from crucible_core.ids import ID_HINT, is_valid_id, shown
 
 __all__ = ["artifacts_dir", "crucible_home", "db_path", "run_dir"]
-
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")
 
 
 def crucible_home() -> Path:
@@ -44,12 +42,10 @@ def artifacts_dir() -> Path:
 def run_dir(job_id: str) -> Path:
     """The directory of one run: ``$CRUCIBLE_HOME/runs/<job_id>`` (not created here).
 
-    ``job_id`` must be a plain name (letters, digits, ``. _ : @ -``): it
-    becomes a directory name, so a path separator or ``..`` is refused.
+    ``job_id`` must be a valid id (:mod:`crucible_core.ids`): it becomes a
+    directory name, so a path separator, ``..``, an empty or over-long name is
+    refused with a ``ConfigError``.
     """
-    if not _SAFE_ID.match(job_id) or ".." in job_id:
-        raise ConfigError(
-            f"{job_id!r} cannot name a run directory",
-            hint="job ids are letters, digits and . _ : @ -, starting with a letter or digit",
-        )
+    if not is_valid_id(job_id):
+        raise ConfigError(f"{shown(job_id)} cannot name a run directory", hint=ID_HINT)
     return crucible_home() / "runs" / job_id

@@ -57,7 +57,6 @@ error naming the file (:func:`crucible_core.runtime._db.translate`).
 from __future__ import annotations
 
 import contextlib
-import re
 import secrets
 import sqlite3
 import time
@@ -76,6 +75,7 @@ from crucible_core.errors import (
     CrucibleError,
     NotFound,
 )
+from crucible_core.ids import ID_HINT, is_valid_id, shown
 from crucible_core.ir.backend import CheckpointRef
 from crucible_core.ir.work import (
     PRIORITY_RANK,
@@ -105,7 +105,6 @@ DEFAULT_LEASE_S: Final = 30.0
 #: Terminal statuses other than success: a dependency ending in one fails its dependents.
 FAILED_STATUSES: Final = frozenset(TERMINAL_STATUSES - {"succeeded"})
 _STATUSES: Final[tuple[str, ...]] = get_args(JobStatus)
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}$")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -360,11 +359,10 @@ class Scheduler:
             job_id = job.id
             while not job_id or (not job.id and job_id in seen):
                 job_id = _new_id(self._clock())  # a fresh id, never one of this batch's
-            if not _SAFE_ID.match(job_id) or ".." in job_id:
+            if not is_valid_id(job_id):
                 raise ConfigError(
-                    f"job id {job_id!r} is not allowed",
-                    hint="use letters, digits and . _ : @ - (up to 200), starting with a "
-                    "letter or digit; or leave `id` empty to get one",
+                    f"job id {shown(job_id)} is not allowed",
+                    hint=f"{ID_HINT}; or leave `id` empty to get one",
                 )
             if job_id in seen:
                 raise ConfigError(f"job id {job_id!r} appears twice in one submission")

@@ -20,7 +20,11 @@ Built-in formats:
   conversation turn by turn (``messages[:i]`` with a generation prompt, then
   ``messages[:i+1]``) and checking each render extends the previous one; a
   template that rewrites earlier turns is refused with a hint to use a
-  built-in format.
+  built-in format. A template that marks the trainable text itself with
+  ``{% generation %}...{% endgeneration %}`` (Hugging Face's assistant-mask tag,
+  what ``apply_chat_template(..., return_assistant_tokens_mask=True)`` reads) is
+  rendered once, and exactly the text inside those blocks is trained; such a
+  template may rewrite earlier turns.
 
 Special markers such as ``<|im_start|>`` become single tokens when the
 tokenizer knows them as special tokens, and plain text otherwise.
@@ -28,9 +32,11 @@ tokenizer knows them as special tokens, and plain text otherwise.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -379,6 +385,51 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
+class _Spans:
+    """What one tracked render records: the output length so far and each generation span."""
+
+    def __init__(self) -> None:
+        self.length = 0
+        self.spans: list[tuple[int, int, str]] = []
+
+
+#: The render being tracked in this thread/task (None: generation blocks just output text).
+_TRACKING: contextvars.ContextVar[_Spans | None] = contextvars.ContextVar(
+    "crucible_generation_spans", default=None
+)
+_GENERATION_TAG = re.compile(r"\{%-?\+?\s*generation\s*[-+]?%\}")
+
+
+@functools.lru_cache(maxsize=1)
+def _generation_extension() -> type[Any]:
+    """The ``{% generation %}`` tag, as Hugging Face's ``AssistantTracker`` defines it.
+
+    The block's output is unchanged; while a render is tracked (:data:`_TRACKING`),
+    the block records where its text starts in the output (the length of what
+    the template has yielded so far) and the text itself.
+    """
+    from jinja2 import nodes
+    from jinja2.ext import Extension
+
+    class GenerationTracker(Extension):
+        tags = {"generation"}  # noqa: RUF012 - the attribute jinja reads
+
+        def parse(self, parser: Any) -> Any:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            call = self.call_method("_generation", [])
+            return nodes.CallBlock(call, [], [], body).set_lineno(lineno)
+
+        def _generation(self, caller: Callable[[], str]) -> str:
+            text = caller()
+            tracking = _TRACKING.get()
+            if tracking is not None:
+                tracking.spans.append((tracking.length, tracking.length + len(text), text))
+            return text
+
+    return GenerationTracker
+
+
 @functools.lru_cache(maxsize=32)
 def _compile(source: str) -> Any:
     import jinja2
@@ -386,7 +437,9 @@ def _compile(source: str) -> Any:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=[loopcontrols, _generation_extension()],
     )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
@@ -414,6 +467,8 @@ class JinjaRenderer(Renderer):
         self.source = source
         self.template_hash = "sha256:" + hashlib.sha256(source.encode()).hexdigest()
         self._template = _compile(source)
+        #: The template marks trainable text with {% generation %} blocks.
+        self.marks_generation = _GENERATION_TAG.search(source) is not None
         eos_id = tokenizer.eos_token_id
         # Globals and fixed variables merged once; each render adds the messages
         # (jinja's ``render`` would merge the globals again on every call).
@@ -429,8 +484,14 @@ class JinjaRenderer(Renderer):
         self._new_context = new_context
         self._failures = (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError)
 
-    def text(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool) -> str:
-        """The template's text for ``messages``."""
+    def text(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        add_generation_prompt: bool,
+        spans: _Spans | None = None,
+    ) -> str:
+        """The template's text for ``messages``; ``spans`` records its generation blocks."""
         template = self._template
         values = dict(self._variables)
         values["messages"] = list(messages)
@@ -441,7 +502,17 @@ class JinjaRenderer(Renderer):
             context = self._new_context(
                 template.environment, template.name, template.blocks, values, True
             )
-            return cast(str, template.environment.concat(template.root_render_func(context)))
+            if spans is None:
+                return cast(str, template.environment.concat(template.root_render_func(context)))
+            token = _TRACKING.set(spans)
+            try:
+                parts: list[str] = []
+                for part in template.root_render_func(context):
+                    parts.append(part)
+                    spans.length += len(part)
+                return "".join(parts)
+            finally:
+                _TRACKING.reset(token)
         except ConfigError:
             raise
         except self._failures as exc:
@@ -456,6 +527,8 @@ class JinjaRenderer(Renderer):
     ) -> list[Piece]:
         if add_generation_prompt:
             return [(self.text(messages, add_generation_prompt=True), False)]
+        if self.marks_generation:
+            return self._marked_pieces(messages)
         full = self.text(messages, add_generation_prompt=False)
         out: list[Piece] = []
         pos = 0
@@ -479,6 +552,27 @@ class JinjaRenderer(Renderer):
             out.append((full[pos : len(before)], False))
             out.append((full[len(before) : len(after)], True))
             pos = len(after)
+        out.append((full[pos:], False))
+        return out
+
+    def _marked_pieces(self, messages: Sequence[Mapping[str, str]]) -> list[Piece]:
+        # One render; the text inside {% generation %} blocks is trained, the rest is not.
+        spans = _Spans()
+        full = self.text(messages, add_generation_prompt=False, spans=spans)
+        out: list[Piece] = []
+        pos = 0
+        for start, end, text in spans.spans:
+            if start < pos or full[start:end] != text:
+                raise ConfigError(
+                    f"the {self.name} template's {{% generation %}} blocks cannot be located "
+                    "in its output (a generation block inside a macro, a set block or "
+                    "another generation block?)",
+                    hint="put {% generation %} blocks at the template's top level, around the "
+                    'assistant text, or use a built-in template: template = "chatml"',
+                )
+            out.append((full[pos:start], False))
+            out.append((text, True))
+            pos = end
         out.append((full[pos:], False))
         return out
 

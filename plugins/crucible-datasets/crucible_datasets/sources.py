@@ -12,6 +12,12 @@ raise a :class:`~crucible_core.errors.ValidationError` naming the place; with
 ``on_error = "skip"`` the row is skipped and counted. File-level problems
 (missing file, not Parquet, a hub name offline) always raise.
 
+Text formats are read with bounds, so one bad line cannot exhaust memory or
+the stack: a JSONL or CSV line longer than :data:`MAX_LINE_BYTES` (4 MiB;
+``options.max_line_bytes`` changes it) is refused as a row error without being
+held in memory whole, and a JSONL row nested more than :data:`MAX_JSON_DEPTH`
+levels deep is refused the same way (both name ``file:line`` and the bound).
+
 :func:`resolve` maps a ``DatasetSpec.uri`` (and ``format``) to a source.
 """
 
@@ -36,6 +42,8 @@ if TYPE_CHECKING:
     from crucible_core.ir import DatasetSpec
 
 __all__ = [
+    "MAX_JSON_DEPTH",
+    "MAX_LINE_BYTES",
     "CsvSource",
     "ErrorLog",
     "HfDiskSource",
@@ -55,6 +63,11 @@ __all__ = [
 
 Row = dict[str, Any]
 _BOM = b"\xef\xbb\xbf"
+#: The longest line (in bytes, newline excluded) a JSONL or CSV source reads.
+MAX_LINE_BYTES = 4 * 1024 * 1024
+#: How many levels of objects and arrays a JSONL row may nest.
+MAX_JSON_DEPTH = 100
+_DRAIN = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,13 +163,63 @@ _UTF8_HINT = (
 )
 
 
-def _lines(f: IO[bytes]) -> Iterator[tuple[int, int, bytes]]:
-    """(line number from 1, byte offset of the line, line bytes) for each line."""
+def _lines(f: IO[bytes], limit: int = MAX_LINE_BYTES) -> Iterator[tuple[int, int, bytes | None]]:
+    """(line number from 1, byte offset of the line, line bytes) for each line.
+
+    A line longer than ``limit`` bytes (newline excluded) comes as ``None``: it
+    is read past in chunks, never held whole.
+    """
     offset = 0
-    for lineno, raw in enumerate(f, 1):
+    lineno = 0
+    while raw := f.readline(limit + 1):
+        lineno += 1
+        size = len(raw)
+        if size > limit and not raw.endswith(b"\n"):
+            while (chunk := f.readline(_DRAIN)) and not chunk.endswith(b"\n"):
+                size += len(chunk)
+            size += len(chunk)
+            yield lineno, offset, None
+            offset += size
+            continue
         line = raw[3:] if lineno == 1 and raw.startswith(_BOM) else raw
-        yield lineno, offset + len(raw) - len(line), line
-        offset += len(raw)
+        yield lineno, offset + size - len(line), line
+        offset += size
+
+
+def _too_long(where: str, limit: int) -> ValidationError:
+    return _row_error(
+        where,
+        f"the line is longer than {limit} bytes (the limit)",
+        hint="rows are single examples; raise options.max_line_bytes if this one is real, "
+        'or set on_error = "skip" to skip such lines',
+    )
+
+
+def _max_line_bytes(spec: DatasetSpec) -> int:
+    value = spec.options.get("max_line_bytes", MAX_LINE_BYTES)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"dataset_spec.options.max_line_bytes must be a positive integer, got {value!r}",
+            hint=f"the default is {MAX_LINE_BYTES}",
+        )
+    return value
+
+
+def _too_deep(obj: Any, limit: int) -> bool:
+    """Whether ``obj`` nests objects/arrays more than ``limit`` levels (iterative, no recursion)."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            values: Any = cast(dict[str, Any], node).values()
+        elif isinstance(node, list):
+            values = node
+        else:
+            continue
+        stack.extend((v, depth + 1) for v in cast(Any, values) if isinstance(v, dict | list))
+    return False
 
 
 # -- sources ---------------------------------------------------------------------
@@ -184,20 +247,32 @@ class JsonlSource(_FileSource):
 
     def iter_located(self, spec: DatasetSpec, errors: ErrorLog) -> Iterator[tuple[Location, Row]]:
         path = Path(_path_of(spec))
-        yield from read_jsonl(path, errors)
+        yield from read_jsonl(path, errors, max_line_bytes=_max_line_bytes(spec))
 
 
-def read_jsonl(path: Path, errors: ErrorLog) -> Iterator[tuple[Location, Row]]:
-    """Stream ``(location, row)`` from a JSONL file; see :class:`JsonlSource`."""
+def read_jsonl(
+    path: Path, errors: ErrorLog, *, max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[tuple[Location, Row]]:
+    """Stream ``(location, row)`` from a JSONL file; see :class:`JsonlSource`.
+
+    A line over ``max_line_bytes`` or a row nested over :data:`MAX_JSON_DEPTH`
+    levels is a row error (it follows ``errors``), named by ``file:line``.
+    """
     decode = msgspec.json.Decoder().decode
     name = str(path)
     with _open_binary(path) as f:
-        for lineno, start, line in _lines(f):
+        for lineno, start, line in _lines(f, max_line_bytes):
+            if line is None:
+                errors.reject(_too_long(f"{name}:{lineno}", max_line_bytes))
+                continue
             stripped = line.strip()
             if not stripped:
                 continue
             try:
                 obj = decode(stripped)
+            except RecursionError:
+                obj = None  # deeper than the decoder's own limit: reported below
+                deep = True
             except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                 try:
                     line.decode("utf-8")
@@ -217,6 +292,21 @@ def read_jsonl(path: Path, errors: ErrorLog) -> Iterator[tuple[Location, Row]]:
                         f"malformed JSON ({exc})",
                         hint="each line must be one JSON object; fix the line or "
                         'set on_error = "skip"',
+                    )
+                )
+                continue
+            else:
+                # Cheap upper bound first: most rows have far fewer brackets than the limit.
+                deep = stripped.count(b"[") + stripped.count(b"{") > MAX_JSON_DEPTH and _too_deep(
+                    obj, MAX_JSON_DEPTH
+                )
+            if deep:
+                errors.reject(
+                    _row_error(
+                        f"{name}:{lineno}",
+                        f"the row nests objects/arrays more than {MAX_JSON_DEPTH} levels deep "
+                        "(the limit)",
+                        hint='flatten the row, or set on_error = "skip" to skip such rows',
                     )
                 )
                 continue
@@ -324,7 +414,7 @@ class CsvSource(_FileSource):
         names = opts.get("columns")
         name = str(path)
         with _open_binary(path) as f:
-            feed = _CsvFeed(path, f, errors)
+            feed = _CsvFeed(path, f, errors, _max_line_bytes(spec))
             reader = csv.reader(feed, delimiter=delimiter, strict=True)
             header: list[str] | None = None
             if names is not None:
@@ -376,10 +466,13 @@ class _CsvFeed:
     (a quoted field may span lines).
     """
 
-    def __init__(self, path: Path, f: IO[bytes], errors: ErrorLog) -> None:
+    def __init__(
+        self, path: Path, f: IO[bytes], errors: ErrorLog, limit: int = MAX_LINE_BYTES
+    ) -> None:
         self.path = path
         self.errors = errors
-        self._lines = _lines(f)
+        self.limit = limit
+        self._lines = _lines(f, limit)
         self.record_start = 0
         self._mark = True
 
@@ -392,6 +485,9 @@ class _CsvFeed:
     def __next__(self) -> str:
         while True:
             lineno, start, line = next(self._lines)
+            if line is None:
+                self.errors.reject(_too_long(f"{self.path}:{lineno}", self.limit))
+                continue
             try:
                 text = line.decode("utf-8")
             except UnicodeDecodeError as bad:

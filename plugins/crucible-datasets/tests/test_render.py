@@ -262,3 +262,121 @@ def test_recurring_short_texts_are_encoded_once() -> None:
     renderer.assemble([renderer.pieces(convo, add_generation_prompt=False)] * 50)
     # Per row: the user part (long, unique in real data); "B<|im_end|>" and "\n" are cached.
     assert counting.calls == 50 + 2
+
+
+# -- {% generation %} blocks (Hugging Face's assistant mask) -----------------------------
+
+#: The template transformers' own tests use for ``return_assistant_tokens_mask``.
+HF_GENERATION_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if (message['role'] != 'assistant') %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% elif (message['role'] == 'assistant')%}"
+    "{{'<|im_start|>' + message['role'] + '\n'}}"
+    "{% generation %}"
+    "{{message['content'] + '<|im_end|>'}}"
+    "{% endgeneration %}"
+    "{{'\n'}}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+ascii_content = st.text(
+    alphabet=st.characters(min_codepoint=32, max_codepoint=126, blacklist_characters="<|"),
+    max_size=24,
+)
+
+
+@st.composite
+def ascii_conversations(draw: st.DrawFn) -> list[dict[str, str]]:
+    # transformers maps its character spans to tokens with char_to_token, which is exact
+    # only when a character is one token: compare on ASCII (one byte, one token here).
+    return [{"role": m["role"], "content": draw(ascii_content)} for m in draw(conversations())]
+
+
+@pytest.fixture(scope="module")
+def hf_generation() -> tuple[Any, ByteTokenizer]:
+    from transformers import PreTrainedTokenizerFast
+
+    raw = build_tokenizer()
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=raw, eos_token="<|im_end|>", chat_template=HF_GENERATION_TEMPLATE
+    )
+    return hf, ByteTokenizer(raw, chat_template=HF_GENERATION_TEMPLATE, eos="<|im_end|>")
+
+
+@settings(max_examples=80, deadline=None)
+@given(messages=ascii_conversations())
+def test_generation_blocks_match_transformers_assistant_mask(
+    hf_generation: Any, messages: list[dict[str, str]]
+) -> None:
+    # Before: "{% generation %}" was an unknown tag and the template did not compile.
+    hf, ours = hf_generation
+    expected = hf.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    renderer = get_renderer(None, ours)
+    rendered = renderer.render(messages)
+    assert rendered.tokens == expected["input_ids"]
+    assert [int(w) for w in rendered.weights] == expected["assistant_masks"]
+    prompt = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert renderer.render_prompt(messages) == hf.encode(prompt, add_special_tokens=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(messages=conversations())
+def test_generation_blocks_weigh_exactly_their_text(
+    tok_factory: Callable[..., ByteTokenizer], messages: list[dict[str, str]]
+) -> None:
+    tok = tok_factory(chat_template=HF_GENERATION_TEMPLATE)
+    tokens, weights = get_renderer(None, tok).render(messages)
+    assert tokens == get_renderer("chatml", tok).render(messages).tokens
+    assistant = [m["content"] for m in messages if m["role"] == "assistant"]
+    # Only what the generation block holds: not the "\n" after it, unlike turn-by-turn.
+    assert [tok.decode(r) for r in _runs(tokens, weights)] == [f"{c}<|im_end|>" for c in assistant]
+    assert get_renderer(None, tok).render(messages, train_on="all").weights == [1.0] * len(tokens)
+
+
+def test_generation_blocks_allow_templates_that_rewrite_history(
+    tok_factory: Callable[..., ByteTokenizer],
+) -> None:
+    # Like reasoning models' templates: earlier assistant turns lose their <think> part,
+    # so rendering turn by turn cannot work, but the generation blocks say what to train.
+    rewriting = (
+        "{% for m in messages %}"
+        "{% if m['role'] == 'assistant' %}"
+        "{{ '<|im_start|>assistant\n' }}{% generation %}"
+        "{{ (m['content'] if loop.last else m['content'].split('</think>')[-1]) + '<|im_end|>' }}"
+        "{% endgeneration %}{{ '\n' }}"
+        "{% else %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+        "{% endif %}{% endfor %}"
+    )
+    msgs = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "<think>t1</think>b"},
+        {"role": "user", "content": "c"},
+        {"role": "assistant", "content": "<think>t2</think>d"},
+    ]
+    tok = tok_factory(chat_template=rewriting)
+    tokens, weights = get_renderer(None, tok).render(msgs)
+    assert [tok.decode(r) for r in _runs(tokens, weights)] == [
+        "b<|im_end|>",
+        "<think>t2</think>d<|im_end|>",
+    ]
+    without_tags = rewriting.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    with pytest.raises(ConfigError, match="does not render conversations turn by turn"):
+        get_renderer(None, tok_factory(chat_template=without_tags)).render(msgs)
+
+
+def test_generation_block_that_cannot_be_located_is_refused(
+    tok_factory: Callable[..., ByteTokenizer],
+) -> None:
+    # Inside {% set %} the block's text is captured, not output where it was recorded.
+    captured = (
+        "{% for m in messages %}{% set body %}{% generation %}{{ m['content'] }}"
+        "{% endgeneration %}{% endset %}{{ m['role'] + ': ' + body + '\n' }}{% endfor %}"
+    )
+    msgs = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    with pytest.raises(ConfigError, match="generation %\\} blocks cannot be located"):
+        get_renderer(None, tok_factory(chat_template=captured)).render(msgs)
