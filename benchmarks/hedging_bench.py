@@ -121,6 +121,7 @@ def main() -> None:
     policies: list[tuple[str, Callable[[], HedgePolicy]]] = [
         ("fixed at base p95", lambda: FixedDelay(delay_ms=percentile(base, 95) * 1000)),
         ("percentile p95", lambda: Percentile(p=95)),
+        ("percentile p97", lambda: Percentile(p=97)),
         ("adaptive", lambda: Adaptive(seed=3)),
     ]
     for name, make in policies:

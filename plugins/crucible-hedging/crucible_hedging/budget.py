@@ -30,7 +30,7 @@ __all__ = ["HedgeBudget"]
 class HedgeBudget:
     """``ratio`` in [0, 1]: extra requests per primary; ``window`` primaries; ``burst`` tokens.
 
-    The default ``burst`` (``ratio`` x 100, at least 1) lets stragglers that arrive
+    The default ``burst`` (``ratio`` x ``window`` / 4, at least 1) lets stragglers that arrive
     together all be hedged while the window's share still holds.
     """
 
@@ -42,7 +42,7 @@ class HedgeBudget:
             )
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ConfigError(f"hedging.window: must be an integer >= 1, got {window!r}")
-        cap = max(1.0, ratio * 100) if burst is None else burst
+        cap = max(1.0, ratio * window / 4) if burst is None else burst
         if (
             isinstance(cap, bool)
             or not isinstance(cap, int | float)

@@ -227,7 +227,7 @@ class Adaptive:
         min_samples: int = 50,
         initial_delay_ms: float = 100.0,
         refresh: int = 25,
-        resample: int = 400,
+        resample: int = 1000,
         budget: float | None = None,
         seed: int | None = None,
     ) -> None:
