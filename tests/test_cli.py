@@ -30,7 +30,17 @@ def test_help_lists_builtin_commands(capsys: pytest.CaptureFixture[str]) -> None
     out = capsys.readouterr().out
     for name in ("plugins", "ir", "doctor"):
         assert name in out
-    assert "crucible plugins --kind command" in out
+
+
+def test_help_documents_every_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    from crucible_core.errors import ERROR_TABLE, EXIT_INTERRUPTED
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "3 plugin failure (strict mode)" in out
+    for code in {exit_code for exit_code, _ in ERROR_TABLE.values()} | {0, EXIT_INTERRUPTED}:
+        assert f" {code} " in out.split("Exit status:")[1]
 
 
 def test_no_arguments_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
