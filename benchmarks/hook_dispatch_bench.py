@@ -31,7 +31,7 @@ def main() -> None:
         host.add_plugin(p, name=f"p{i}")
 
     def round_trip() -> None:
-        host._registries.clear()  # pyright: ignore[reportPrivateUsage] - force a fresh round
+        host._invalidate()  # pyright: ignore[reportPrivateUsage] - force a fresh round
         assert len(host.registrations("backend")) == N
 
     sink: list[Any] = []

@@ -57,6 +57,7 @@ __all__ = [
     "get_host",
     "import_object",
     "reset_host",
+    "strict_mode",
 ]
 
 BUILTIN_PLUGIN = "crucible_core.builtins"
@@ -208,7 +209,8 @@ def _install_hint(exc: BaseException, distribution: str | None) -> str:
     return f"check that {distribution or 'the plugin'} is installed correctly and up to date"
 
 
-def _strict() -> bool:
+def strict_mode() -> bool:
+    """Whether ``CRUCIBLE_STRICT_PLUGINS`` asks for plugin problems to be errors."""
     return os.environ.get("CRUCIBLE_STRICT_PLUGINS", "") not in ("", "0", "false", "no")
 
 
@@ -313,7 +315,7 @@ class PluginHost:
     @property
     def strict(self) -> bool:
         """Whether plugin problems raise (the constructor's ``strict``, else the environment)."""
-        return _strict() if self._strict is None else self._strict
+        return strict_mode() if self._strict is None else self._strict
 
     # -- discovery ------------------------------------------------------------
 

@@ -218,3 +218,37 @@ def test_console_script_runs_without_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "$.budget" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_plugin_command_factory_is_called_like_other_kinds(
+    host: PluginHost, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import types
+
+    from crucible_core import hookimpl
+
+    built: list[str] = []
+
+    class Wave:
+        def __init__(self) -> None:
+            built.append("Wave")
+
+        def configure(self, parser: Any) -> None:
+            parser.add_argument("--to", default="all")
+
+        def run(self, args: Any) -> int:
+            print(f"wave to {args.to}")
+            return 0
+
+    def register(register: Any) -> None:
+        register("wave", Wave, summary="Waves")
+        register("wave-fn", lambda: Wave(), summary="Waves too")
+        register("broken-cmd", lambda: 42, summary="Builds no command")
+
+    host.add_plugin(types.SimpleNamespace(register_commands=hookimpl(register)), name="waver")
+    assert run(capsys, "wave", "--to", "you")[:2] == (0, "wave to you\n")
+    assert run(capsys, "wave-fn")[:2] == (0, "wave to all\n")
+    assert built == ["Wave", "Wave"]
+    code, _, err = run(capsys, "broken-cmd")
+    assert code == 3
+    assert "command 'broken-cmd': its factory returned int" in err

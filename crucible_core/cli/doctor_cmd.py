@@ -16,7 +16,7 @@ from typing import Any
 from crucible_core import __version__
 from crucible_core.cli.output import print_json, print_table
 from crucible_core.cli.plugins_cmd import detail_column, hooks_column, report_problems
-from crucible_core.plugins import diagnostic_host
+from crucible_core.plugins import diagnostic_host, strict_mode
 
 
 def _home_check() -> dict[str, Any]:
@@ -57,7 +57,7 @@ class _DoctorCommand:
                     "warnings": list(host.warnings),
                 }
             )
-            if host.strict:
+            if strict_mode():
                 host.check()
             return 0 if ok else 1
         print_table(
@@ -73,7 +73,7 @@ class _DoctorCommand:
             ],
         )
         report_problems(host, infos)
-        if host.strict:
+        if strict_mode():
             host.check()
         return 0 if ok else 1
 

@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from crucible_core.cli.output import print_json, print_table, warn
-from crucible_core.plugins import KINDS, PluginHost, PluginInfo, diagnostic_host
+from crucible_core.plugins import KINDS, PluginHost, PluginInfo, diagnostic_host, strict_mode
 
 
 def hooks_column(info: PluginInfo) -> str:
@@ -88,7 +88,7 @@ class _PluginsCommand:
                     for r in regs
                 ],
             )
-        if host.strict:
+        if strict_mode():
             host.check()
         return 0
 
