@@ -24,13 +24,14 @@ imports the factory once and caches it.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -460,43 +461,47 @@ class PluginHost:
         """Call every registration hook of every plugin; record errors and conflicts.
 
         A plugin's registrations are kept only if all of its hooks succeed.
+        Healthy plugins share their load-time :class:`PluginInfo`; one whose
+        state changes here gets a copy, so a rebuild starts from load time.
         """
-        infos = {
-            n: replace(i, hooks=list(i.hooks), warnings=list(i.warnings))
-            for n, i in self._loaded.items()
-        }
+        infos = dict(self._loaded)
         impls: dict[str, list[tuple[str, Any]]] = {}
         for kind, hook_name in KINDS.items():
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 impls.setdefault(impl.plugin_name, []).append((kind, impl))
-        claims: dict[str, dict[str, list[Registration]]] = {kind: {} for kind in KINDS}
+        registries: dict[str, dict[str, Registration]] = {kind: {} for kind in KINDS}
+        conflicts: dict[str, dict[str, list[Registration]]] = {}
         for plugin_name, info in infos.items():
-            if info.status != "ok" or plugin_name not in impls:
+            plugin_impls = impls.get(plugin_name)
+            if info.status != "ok" or plugin_impls is None:
                 continue
-            pending: list[Registration] = []
+            pending: dict[tuple[str, str], Registration] = {}
             hook_name = ""
             try:
-                for kind, impl in impls[plugin_name]:
+                for kind, impl in plugin_impls:
                     hook_name = KINDS[kind]
                     impl.function(self._registrar(kind, info, pending))
             except Exception as exc:
+                info = infos[plugin_name] = copy.copy(info)
                 info.status = "error"
                 info.error = f"{hook_name} raised {type(exc).__name__}: {exc}"
                 info.hint = "report this to the plugin's authors; none of its registrations is used"
                 continue
-            for reg in pending:
-                claims[reg.kind].setdefault(reg.name, []).append(reg)
-        registries: dict[str, dict[str, Registration]] = {kind: {} for kind in KINDS}
-        conflicts: dict[str, dict[str, list[Registration]]] = {}
-        for kind, names in claims.items():
+            for (kind, name), reg in pending.items():
+                registry = registries[kind]
+                if name in registry:
+                    conflicts.setdefault(kind, {})[name] = [registry.pop(name), reg]
+                elif conflicts and name in conflicts.get(kind, ()):
+                    conflicts[kind][name].append(reg)
+                else:
+                    registry[name] = reg
+        for kind, names in conflicts.items():
             for name, regs in names.items():
-                if len(regs) == 1:
-                    registries[kind][name] = regs[0]
-                    continue
-                conflicts.setdefault(kind, {})[name] = regs
                 plugins = ", ".join(r.plugin for r in regs)
                 for reg in regs:
                     info = infos[reg.plugin]
+                    if info is self._loaded.get(reg.plugin):
+                        info = infos[reg.plugin] = copy.copy(info)
                     others = " and ".join(_origin(o) for o in regs if o is not reg)
                     clash = f"{kind} {name!r} is also registered by {others}"
                     info.status = "conflict"
@@ -510,7 +515,9 @@ class PluginHost:
         self._registries = registries
 
     @staticmethod
-    def _registrar(kind: str, info: PluginInfo, pending: list[Registration]) -> Callable[..., None]:
+    def _registrar(
+        kind: str, info: PluginInfo, pending: dict[tuple[str, str], Registration]
+    ) -> Callable[..., None]:
         """The ``register`` callable one plugin's hook for ``kind`` receives."""
 
         def register(
@@ -523,20 +530,18 @@ class PluginHost:
         ) -> None:
             if not isinstance(name, str) or not name:  # pyright: ignore[reportUnnecessaryIsInstance]
                 raise PluginError(f"plugin {info.name!r} registered a {kind} with no name")
-            if any(p.kind == kind and p.name == name for p in pending):
+            if (kind, name) in pending:
                 raise PluginError(f"plugin {info.name!r} registered {kind} {name!r} twice")
-            pending.append(
-                Registration(
-                    kind=kind,
-                    name=name,
-                    factory=factory,
-                    summary=summary,
-                    capabilities=capabilities,
-                    metadata=metadata,
-                    plugin=info.name,
-                    distribution=info.distribution,
-                    version=info.version,
-                )
+            pending[kind, name] = Registration(
+                kind=kind,
+                name=name,
+                factory=factory,
+                summary=summary,
+                capabilities=capabilities,
+                metadata=metadata,
+                plugin=info.name,
+                distribution=info.distribution,
+                version=info.version,
             )
 
         return register
