@@ -22,7 +22,8 @@ __all__ = ["ENTRY_POINT_GROUP", "EntryPoint", "entry_point_key", "entry_points",
 #: The entry-point group plugins declare themselves in.
 ENTRY_POINT_GROUP = "crucible"
 
-_DIST_DIR = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+?)(?:-py[0-9.]+)?\.(dist|egg)-info$")
+# Compiled on first scan, not at import: `crucible --help` imports this module on its fast path.
+_DIST_DIR = r"^(?P<name>[^-]+)-(?P<version>[^-]+?)(?:-py[0-9.]+)?\.(dist|egg)-info$"
 
 
 class _Dist:
@@ -98,6 +99,7 @@ def entry_points(group: str) -> list[EntryPoint]:
             for ep in _eps(group=group)
             if ep.dist is not None
         ]
+    dist_dir = re.compile(_DIST_DIR)
     seen: set[str] = set()
     found: list[EntryPoint] = []
     for entry in sys.path:
@@ -107,7 +109,7 @@ def entry_points(group: str) -> list[EntryPoint]:
         except OSError:
             continue
         for dirname in sorted(names):
-            m = _DIST_DIR.match(dirname)
+            m = dist_dir.match(dirname)
             if m is None:
                 continue
             key = _normalize(m.group("name"))

@@ -296,7 +296,8 @@ class PluginHost:
         self._infos: dict[str, PluginInfo] = {}
         self._registries: dict[str, dict[str, Registration]] | None = None
         self._conflicts: dict[str, dict[str, list[Registration]]] = {}
-        #: plugin name -> its entry point's key (see ``_entrypoints.entry_point_key``).
+        #: Every entry point seen, disabled ones too: plugin name -> its key
+        #: (see ``_entrypoints.entry_point_key``), in discovery order.
         self.entry_point_keys: dict[str, str] = {}
         #: Problems of the configuration rather than of a plugin (unknown allow/deny names).
         self.warnings: list[str] = []
@@ -340,6 +341,7 @@ class PluginHost:
             version = cast(str | None, getattr(dist, "version", None))
             if name in self._loaded:
                 continue
+            self.entry_point_keys[name] = entry_point_key(ep)
             if (only is not None and name not in only) or name in disabled:
                 self._set(
                     PluginInfo(
@@ -347,7 +349,6 @@ class PluginHost:
                     )
                 )
                 continue
-            self.entry_point_keys[name] = entry_point_key(ep)
             start = time.perf_counter()
             try:
                 module = ep.load()

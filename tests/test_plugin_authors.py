@@ -278,6 +278,11 @@ def test_help_lists_plugin_commands_without_importing_plugins(site: Site) -> Non
     assert "Say hello from Acme [acme]" in line
     assert "not indexed" not in proc.stdout
     assert "acme-hello" not in site.run("--help", CRUCIBLE_DISABLE_PLUGINS="acme").stdout
+    # A distribution installed since the index was written is seen, and named as unindexed.
+    site.install("beta-plugin", "beta", CLASH.format(name="beta"))
+    proc = site.run("--help")
+    assert "acme-hello" in proc.stdout
+    assert "not indexed yet: beta" in " ".join(proc.stdout.split())
     # Reinstalling (same version, new metadata) invalidates the entry until plugins load again.
     shutil.rmtree(info)
     info = site.install("acme-plugin", "acme", ACME)

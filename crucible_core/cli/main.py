@@ -64,9 +64,8 @@ def _all_commands() -> dict[str, tuple[str, str, str]]:
 def _indexed_commands() -> tuple[dict[str, tuple[str, str, str]], list[str]]:
     # Plugin commands from the index the last plugin-loading run wrote: no plugin is imported.
     from crucible_core import _command_index
-    from crucible_core._entrypoints import ENTRY_POINT_GROUP, entry_points
 
-    found, missing = _command_index.indexed_commands(entry_points(ENTRY_POINT_GROUP))
+    found, missing = _command_index.indexed_commands()
     return {name: ("", summary, plugin) for name, summary, plugin in found}, missing
 
 
