@@ -429,3 +429,23 @@ def test_fast_entry_point_scan_agrees_with_importlib(
     slow = {(e.name, e.value, e.dist.name, e.dist.version) for e in entry_points("crucible")}
     assert ("fake", "crucible_fake.plugin", "crucible-fake", "1.2.3") in fast
     assert fast == slow
+
+
+def test_run_records_name_conflicting_plugins_whose_other_registrations_are_used(
+    host: PluginHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crucible_core.runtime.artifacts import environment_info
+
+    monkeypatch.delenv("CRUCIBLE_STRICT_PLUGINS", raising=False)
+
+    def clash(own: str) -> Any:
+        def register_backends(register: Any) -> None:
+            register("x", dict)
+            register(own, dict)
+
+        return _plugin(register_backends=register_backends)
+
+    host.add_plugin(clash("a-own"), name="a", version="1.0")
+    host.add_plugin(clash("b-own"), name="b", version="2.0")
+    host.add_plugin(_plugin(register_stages=lambda register: 1 / 0), name="broken", version="3")
+    assert environment_info(host)["plugins"] == {"a": "1.0", "b": "2.0"}
