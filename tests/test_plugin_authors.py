@@ -77,8 +77,8 @@ class Site:
         (pkg / "__init__.py").write_text("")
         (pkg / "plugin.py").write_text(
             # Every import of the plugin module leaves a trace the tests can count.
-            f"open({str(self.root / (plugin + '.imported'))!r}, 'a').write('x')\n"
-            + textwrap.dedent(source)
+            f"with open({str(self.root / (plugin + '.imported'))!r}, 'a') as _f:\n"
+            "    _f.write('x')\n" + textwrap.dedent(source)
         )
         (pkg / "impl.py").write_text(textwrap.dedent(impl))
         info = self.root / f"{module}-{version}.dist-info"
@@ -346,7 +346,7 @@ def register_stages(register: RegisterStage) -> None:
 def test_register_protocols_let_pyright_check_plugins(tmp_path: Path) -> None:
     (tmp_path / "good_plugin.py").write_text(TYPED_GOOD)
     (tmp_path / "bad_plugin.py").write_text(TYPED_BAD)
-    # crucible_core is an editable install here, which pyright cannot follow: point it at the source.
+    # crucible_core is an editable install here, which pyright cannot follow: use the source.
     root = Path(__file__).resolve().parents[1]
     (tmp_path / "pyrightconfig.json").write_text(json.dumps({"extraPaths": [str(root)]}))
     pyright = Path(sys.executable).with_name("pyright")
@@ -379,3 +379,37 @@ def test_hook_specs_annotate_register_with_their_protocol() -> None:
         assert annotation == protocol
         assert protocol in crucible_core.__all__
         assert getattr(crucible_core, protocol).__name__ == protocol
+
+
+def test_command_index_round_trip_in_process(
+    site: Site, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The index's fast path (sys.path unchanged) and its rescan path agree."""
+    from crucible_core import _command_index
+    from crucible_core.cli.main import main
+    from crucible_core.plugins import PluginHost
+
+    site.install("acme-plugin", "acme", ACME)
+    monkeypatch.syspath_prepend(str(site.root))
+    monkeypatch.setenv("CRUCIBLE_CACHE_DIR", str(site.cache))
+    monkeypatch.setenv("CRUCIBLE_PLUGINS", "acme")
+    monkeypatch.delenv("CRUCIBLE_STRICT_PLUGINS", raising=False)
+    try:
+        assert _command_index.indexed_commands() == ([], ["acme"])
+        host = PluginHost()
+        _command_index.write(host)
+        written = Path(_command_index.index_path()).stat().st_mtime_ns
+        _command_index.write(host)  # nothing changed: not rewritten
+        assert Path(_command_index.index_path()).stat().st_mtime_ns == written
+        expected = ([("acme-hello", "Say hello from Acme", "acme")], [])
+        assert _command_index.indexed_commands() == expected
+        os.utime(site.root, ns=(1, 1))  # sys.path changed: rescan, keys still match
+        assert _command_index.indexed_commands() == expected
+        with pytest.raises(SystemExit):
+            main(["--help"])
+        assert "Say hello from Acme [acme]" in capsys.readouterr().out
+        Path(_command_index.index_path()).write_bytes(b"not marshal data")
+        assert _command_index.read() == {}
+    finally:
+        for name in [m for m in sys.modules if m.startswith("acme_plugin")]:
+            del sys.modules[name]
