@@ -252,3 +252,31 @@ def test_plugin_command_factory_is_called_like_other_kinds(
     code, _, err = run(capsys, "broken-cmd")
     assert code == 3
     assert "command 'broken-cmd': its factory returned int" in err
+
+
+def test_a_command_two_plugins_register_names_both(
+    host: PluginHost, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    from crucible_core import hookimpl
+
+    monkeypatch.delenv("CRUCIBLE_STRICT_PLUGINS", raising=False)
+
+    class Cmd:
+        def configure(self, parser: Any) -> None: ...
+
+        def run(self, args: Any) -> int:
+            return 0
+
+    for name in ("first", "second"):
+        host.add_plugin(
+            types.SimpleNamespace(
+                register_commands=hookimpl(lambda register: register("dup", Cmd, summary="d"))
+            ),
+            name=name,
+        )
+    code, _, err = run(capsys, "dup")
+    assert code == 3
+    assert "command 'dup' is registered more than once: by plugin 'first'" in err
+    assert "by plugin 'second'" in err

@@ -99,6 +99,11 @@ def build_parser(selected: str | None) -> argparse.ArgumentParser:
     epilog = None
     if plugin_commands:
         commands = _all_commands()
+        if selected not in commands:
+            from crucible_core.plugins import get_host
+
+            if selected in get_host().conflicts("command"):
+                get_host().get("command", selected)  # raises, naming every plugin claiming it
     elif selected is None:
         indexed, missing = _indexed_commands()
         commands = {**indexed, **commands}  # a built-in name always means the built-in
