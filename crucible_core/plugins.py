@@ -418,11 +418,10 @@ class PluginHost:
             info.warnings = _hook_warnings(plugin, callers)
             if info.warnings and self.strict:
                 self.pm.unregister(plugin)
-                problem = info.problem()
-                info.status, info.error = "error", "; ".join(info.warnings)
-                info.hint = problem.hint if problem is not None else None
-                self._set(info)
+                problem = info.problem()  # made from the warnings, while the status is still ok
                 assert problem is not None
+                info.status, info.error, info.hint = "error", "; ".join(info.warnings), problem.hint
+                self._set(info)
                 raise problem
             self._set(info)
 
