@@ -280,3 +280,14 @@ def test_a_command_two_plugins_register_names_both(
     assert code == 3
     assert "command 'dup' is registered more than once: by plugin 'first'" in err
     assert "by plugin 'second'" in err
+
+
+def test_builtin_commands_are_factories_like_plugin_ones() -> None:
+    from crucible_core._imports import import_object
+    from crucible_core.cli.commands import BUILTIN_COMMANDS
+    from crucible_core.contracts import Command
+
+    for factory, _ in BUILTIN_COMMANDS.values():
+        cls = import_object(factory)
+        assert isinstance(cls, type), factory
+        assert isinstance(cls(), Command)
