@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from crucible_core import __version__
-from crucible_core.errors import EXIT_INTERRUPTED, CrucibleError, exit_code_for
 
 __all__ = ["build_parser", "main"]
 
@@ -168,14 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             _refresh_command_index()
         return int(result or 0)
-    except CrucibleError as exc:
-        if os.environ.get("CRUCIBLE_DEBUG"):
-            raise
-        from crucible_core.cli.output import print_error
-
-        print_error(exc.message, exc.hint)
-        return exit_code_for(exc)
     except KeyboardInterrupt:
+        from crucible_core.errors import EXIT_INTERRUPTED
+
         sys.stderr.write("interrupted\n")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
@@ -183,6 +177,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         return 0
+    except Exception as exc:
+        # The error tree is imported only when something failed: `--help` never needs it.
+        from crucible_core.errors import CrucibleError, exit_code_for
+
+        if not isinstance(exc, CrucibleError) or os.environ.get("CRUCIBLE_DEBUG"):
+            raise
+        from crucible_core.cli.output import print_error
+
+        print_error(exc.message, exc.hint)
+        return exit_code_for(exc)
 
 
 def entry() -> None:
