@@ -26,7 +26,8 @@ Run LLM fine-tuning and inference through pluggable backends.
 Most commands accept --json for machine-readable output.
 Environment: CRUCIBLE_HOME (state directory, default ./.crucible),
 CRUCIBLE_PLUGINS / CRUCIBLE_DISABLE_PLUGINS (comma-separated plugin names),
-CRUCIBLE_STRICT_PLUGINS=1 (a broken plugin is an error, not a warning).
+CRUCIBLE_STRICT_PLUGINS=1 (a broken plugin is an error, not a warning),
+CRUCIBLE_CACHE_DIR (the index of plugin commands listed here).
 Exit status: 0 ok, 1 runtime failure, 2 usage or configuration error,
 3 plugin failure (strict mode), 4 not found, 130 interrupted.
 """
