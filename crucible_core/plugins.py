@@ -215,6 +215,9 @@ def strict_mode() -> bool:
     return os.environ.get("CRUCIBLE_STRICT_PLUGINS", "") not in ("", "0", "false", "no")
 
 
+#: Registration hook -> the kind it fills.
+_KIND_OF_HOOK = {hook: kind for kind, hook in KINDS.items()}
+
 #: Every hook name plugins may implement (registration hooks and ``on_event``).
 _SPEC_NAMES = sorted(n for n in vars(HookSpecs) if not n.startswith("_"))
 
@@ -296,6 +299,8 @@ class PluginHost:
         self._infos: dict[str, PluginInfo] = {}
         self._registries: dict[str, dict[str, Registration]] | None = None
         self._conflicts: dict[str, dict[str, list[Registration]]] = {}
+        # plugin name -> its registration hook functions, with the kind each fills.
+        self._register_impls: dict[str, list[tuple[str, Callable[..., Any]]]] = {}
         #: Every entry point seen, disabled ones too: plugin name -> its key
         #: (see ``_entrypoints.entry_point_key``), in discovery order.
         self.entry_point_keys: dict[str, str] = {}
@@ -415,6 +420,13 @@ class PluginHost:
                 return
             callers = self.pm.get_hookcallers(plugin) or []
             info.hooks = sorted(c.name for c in callers if c.spec is not None)
+            self._register_impls[name] = [
+                (_KIND_OF_HOOK[c.name], impl.function)
+                for c in callers
+                if c.name in _KIND_OF_HOOK
+                for impl in c.get_hookimpls()
+                if impl.plugin is plugin
+            ]
             info.warnings = _hook_warnings(plugin, callers)
             if info.warnings and self.strict:
                 self.pm.unregister(plugin)
@@ -432,6 +444,7 @@ class PluginHost:
             if plugin is not None:
                 self.pm.unregister(plugin)
             self._loaded.pop(name, None)
+            self._register_impls.pop(name, None)
             self.entry_point_keys.pop(name, None)
             self._invalidate()
 
@@ -465,23 +478,19 @@ class PluginHost:
         state changes here gets a copy, so a rebuild starts from load time.
         """
         infos = dict(self._loaded)
-        impls: dict[str, list[tuple[str, Any]]] = {}
-        for kind, hook_name in KINDS.items():
-            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-                impls.setdefault(impl.plugin_name, []).append((kind, impl))
         registries: dict[str, dict[str, Registration]] = {kind: {} for kind in KINDS}
         conflicts: dict[str, dict[str, list[Registration]]] = {}
         for plugin_name, info in infos.items():
-            plugin_impls = impls.get(plugin_name)
-            if info.status != "ok" or plugin_impls is None:
+            plugin_impls = self._register_impls.get(plugin_name)
+            if info.status != "ok" or not plugin_impls:
                 continue
             pending: dict[tuple[str, str], Registration] = {}
-            hook_name = ""
+            kind = ""
             try:
-                for kind, impl in plugin_impls:
-                    hook_name = KINDS[kind]
-                    impl.function(self._registrar(kind, info, pending))
+                for kind, function in plugin_impls:
+                    function(self._registrar(kind, info, pending))
             except Exception as exc:
+                hook_name = KINDS[kind]
                 info = infos[plugin_name] = copy.copy(info)
                 info.status = "error"
                 info.error = f"{hook_name} raised {type(exc).__name__}: {exc}"
