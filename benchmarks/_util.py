@@ -27,3 +27,20 @@ def command_ms(argv: Sequence[str], *, runs: int = 15, env: dict[str, str] | Non
         subprocess.run(argv, check=True, capture_output=True, env=env)
         samples.append((time.perf_counter() - start) * 1000)
     return statistics.median(samples)
+
+
+def interleaved_ms(
+    commands: Sequence[Sequence[str]], *, runs: int = 21, env: dict[str, str] | None = None
+) -> list[float]:
+    """Median wall-clock milliseconds of each command, runs interleaved round-robin.
+
+    On a shared machine the load drifts within seconds; interleaving exposes
+    every command to the same drift, so their ratios stay meaningful.
+    """
+    samples: list[list[float]] = [[] for _ in commands]
+    for _ in range(runs):
+        for i, argv in enumerate(commands):
+            start = time.perf_counter()
+            subprocess.run(argv, check=True, capture_output=True, env=env)
+            samples[i].append((time.perf_counter() - start) * 1000)
+    return [statistics.median(s) for s in samples]

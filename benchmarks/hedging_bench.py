@@ -98,7 +98,7 @@ def row(name: str, lat: list[float], base: list[float] | None, extra: float, sha
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--requests", type=int, default=6000)
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--median-ms", type=float, default=10.0)

@@ -27,6 +27,16 @@ _LAZY: dict[str, str] = {
     "list_plugins": "crucible_core.api",
     "list_registrations": "crucible_core.api",
     "hookimpl": "crucible_core.hookspecs",
+    "RegisterArtifactStore": "crucible_core.hookspecs",
+    "RegisterBackend": "crucible_core.hookspecs",
+    "RegisterCommand": "crucible_core.hookspecs",
+    "RegisterDataset": "crucible_core.hookspecs",
+    "RegisterEnsembleStrategy": "crucible_core.hookspecs",
+    "RegisterExecutor": "crucible_core.hookspecs",
+    "RegisterHedgingPolicy": "crucible_core.hookspecs",
+    "RegisterMetric": "crucible_core.hookspecs",
+    "RegisterRenderer": "crucible_core.hookspecs",
+    "RegisterStage": "crucible_core.hookspecs",
     "PluginHost": "crucible_core.plugins",
     "Registration": "crucible_core.plugins",
     "CrucibleError": "crucible_core.errors",
@@ -38,6 +48,16 @@ _LAZY: dict[str, str] = {
 __all__ = [
     "CrucibleError",
     "PluginHost",
+    "RegisterArtifactStore",
+    "RegisterBackend",
+    "RegisterCommand",
+    "RegisterDataset",
+    "RegisterEnsembleStrategy",
+    "RegisterExecutor",
+    "RegisterHedgingPolicy",
+    "RegisterMetric",
+    "RegisterRenderer",
+    "RegisterStage",
     "Registration",
     "__version__",
     "decode",
@@ -72,7 +92,19 @@ if TYPE_CHECKING:
         list_registrations,
     )
     from crucible_core.errors import CrucibleError
-    from crucible_core.hookspecs import hookimpl
+    from crucible_core.hookspecs import (
+        RegisterArtifactStore,
+        RegisterBackend,
+        RegisterCommand,
+        RegisterDataset,
+        RegisterEnsembleStrategy,
+        RegisterExecutor,
+        RegisterHedgingPolicy,
+        RegisterMetric,
+        RegisterRenderer,
+        RegisterStage,
+        hookimpl,
+    )
     from crucible_core.ir.codec import decode, decode_file, encode
     from crucible_core.plugins import PluginHost, Registration
 

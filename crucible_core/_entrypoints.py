@@ -17,17 +17,22 @@ import re
 import sys
 from typing import Any
 
-__all__ = ["EntryPoint", "entry_points"]
+__all__ = ["ENTRY_POINT_GROUP", "EntryPoint", "entry_point_key", "entry_points", "env_list"]
 
-_DIST_DIR = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+?)(?:-py[0-9.]+)?\.(dist|egg)-info$")
+#: The entry-point group plugins declare themselves in.
+ENTRY_POINT_GROUP = "crucible"
+
+# Compiled on first scan, not at import: `crucible --help` imports this module on its fast path.
+_DIST_DIR = r"^(?P<name>[^-]+)-(?P<version>[^-]+?)(?:-py[0-9.]+)?\.(dist|egg)-info$"
 
 
 class _Dist:
-    __slots__ = ("name", "version")
+    __slots__ = ("name", "path", "version")
 
-    def __init__(self, name: str, version: str) -> None:
+    def __init__(self, name: str, version: str, path: str | None = None) -> None:
         self.name = name
         self.version = version
+        self.path = path  # the *.dist-info / *.egg-info directory, when known
 
 
 class EntryPoint:
@@ -94,6 +99,7 @@ def entry_points(group: str) -> list[EntryPoint]:
             for ep in _eps(group=group)
             if ep.dist is not None
         ]
+    dist_dir = re.compile(_DIST_DIR)
     seen: set[str] = set()
     found: list[EntryPoint] = []
     for entry in sys.path:
@@ -103,7 +109,7 @@ def entry_points(group: str) -> list[EntryPoint]:
         except OSError:
             continue
         for dirname in sorted(names):
-            m = _DIST_DIR.match(dirname)
+            m = dist_dir.match(dirname)
             if m is None:
                 continue
             key = _normalize(m.group("name"))
@@ -119,6 +125,37 @@ def entry_points(group: str) -> list[EntryPoint]:
             pairs = _parse(text, group)
             if not pairs:
                 continue
-            dist = _Dist(_metadata_name(path, m.group("name")), m.group("version"))
+            dist = _Dist(_metadata_name(path, m.group("name")), m.group("version"), path)
             found.extend(EntryPoint(n, v, group, dist) for n, v in pairs)
     return found
+
+
+def entry_point_key(ep: Any) -> str:
+    """A string that changes whenever the plugin behind ``ep`` may have changed.
+
+    Name, target, distribution name and version, and the modification time of
+    the distribution's metadata directory (a reinstall of the same version
+    rewrites it). Keys the command index ``crucible --help`` reads; an
+    editable install's edits do not change it (any command that loads plugins
+    refreshes the index).
+    """
+    dist = getattr(ep, "dist", None)
+    path = getattr(dist, "path", None)
+    stamp = 0
+    if isinstance(path, str):
+        try:
+            stamp = os.stat(path).st_mtime_ns
+        except OSError:
+            stamp = 0
+    return (
+        f"{ep.name}={getattr(ep, 'value', '')}|{getattr(dist, 'name', None)}"
+        f"=={getattr(dist, 'version', None)}|{stamp}"
+    )
+
+
+def env_list(name: str) -> set[str] | None:
+    """The comma-separated names in environment variable ``name`` (None when unset)."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return None
+    return {part.strip() for part in raw.split(",") if part.strip()}

@@ -8,20 +8,24 @@ hooks means the hook API is exercised every day. The command table
 
 from __future__ import annotations
 
-from typing import Any
-
 from crucible_core.cli.commands import BUILTIN_COMMANDS
-from crucible_core.hookspecs import hookimpl
+from crucible_core.hookspecs import (
+    RegisterArtifactStore,
+    RegisterCommand,
+    RegisterExecutor,
+    RegisterStage,
+    hookimpl,
+)
 
 
 @hookimpl
-def register_commands(register: Any) -> None:
+def register_commands(register: RegisterCommand) -> None:
     for name, (factory, summary) in BUILTIN_COMMANDS.items():
         register(name, factory, summary=summary)
 
 
 @hookimpl
-def register_executors(register: Any) -> None:
+def register_executors(register: RegisterExecutor) -> None:
     register(
         "inline",
         "crucible_core.runtime.executors:InlineExecutor",
@@ -40,7 +44,7 @@ def register_executors(register: Any) -> None:
 
 
 @hookimpl
-def register_artifact_stores(register: Any) -> None:
+def register_artifact_stores(register: RegisterArtifactStore) -> None:
     register(
         "local",
         "crucible_core.runtime.artifacts:LocalArtifactStore",
@@ -49,7 +53,7 @@ def register_artifact_stores(register: Any) -> None:
 
 
 @hookimpl
-def register_stages(register: Any) -> None:
+def register_stages(register: RegisterStage) -> None:
     register(
         "train.loop",
         "crucible_core.runtime.training:TrainLoopStage",

@@ -6,10 +6,24 @@ Every registration hook receives one argument, ``register``, a callable::
 
 ``name`` is what users type (``backend = "local"``); ``factory`` is either a
 ``"package.module:attr"`` string, imported only when the thing is first used,
-or the object itself; ``capabilities`` (backends) and ``metadata`` are static
-facts shown by ``crucible plugins`` without importing the factory. The host
-stamps each registration with the plugin, distribution and version that made
-it; two registrations of one name in one kind are an error naming both.
+or the object itself. Every kind is built the same way, ``factory(**options)``
+(renderers also get the tokenizer; a metric factory *is* the metric
+function). ``capabilities`` (backends) and ``metadata`` are static facts shown
+by ``crucible plugins`` without importing the factory. The host stamps each
+registration with the plugin, distribution and version that made it.
+
+Each hook's ``register`` has its own callable Protocol (``RegisterBackend``,
+``RegisterStage``, ...; exported here and from ``crucible_core``): annotate
+the argument with it and an editor completes the keywords and pyright checks
+the factory against the contract it must satisfy.
+
+A plugin's registrations are all-or-nothing: if one of its hooks raises, none
+of what it registered is used and the plugin is reported as ``error``. Two
+plugins registering one name in one kind are both reported as ``conflict``
+(each naming the other) and that name cannot be used until one is disabled;
+their other registrations keep working. A function named like a hook that
+matches no hook spec (``register_backend``) is reported as a warning.
+``CRUCIBLE_STRICT_PLUGINS=1`` turns each of these into an error (exit 3).
 
 Registration hooks do no I/O and import nothing heavy. No hook signature has
 default values (their meaning differs between pluggy releases).
@@ -19,26 +33,165 @@ What each factory must produce is given hook by hook below.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
-__all__ = ["PROJECT_NAME", "HookSpecs", "hookimpl", "hookspec"]
+if TYPE_CHECKING:
+    from crucible_core.contracts import (
+        ArtifactStore,
+        Command,
+        DatasetSource,
+        Executor,
+        InferenceBackend,
+        Stage,
+        TrainingBackend,
+    )
+    from crucible_core.ir.backend import Capabilities
+
+__all__ = [
+    "PROJECT_NAME",
+    "HookSpecs",
+    "RegisterArtifactStore",
+    "RegisterBackend",
+    "RegisterCommand",
+    "RegisterDataset",
+    "RegisterEnsembleStrategy",
+    "RegisterExecutor",
+    "RegisterHedgingPolicy",
+    "RegisterMetric",
+    "RegisterRenderer",
+    "RegisterStage",
+    "hookimpl",
+    "hookspec",
+]
 
 PROJECT_NAME = "crucible"
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
+class RegisterBackend(Protocol):
+    """``register`` of ``register_backends``: ``factory(**options)`` builds the backend."""
+
+    def __call__(
+        self,
+        name: str,
+        factory: str | Callable[..., InferenceBackend | TrainingBackend],
+        *,
+        summary: str = ...,
+        capabilities: Capabilities | None = ...,
+        **metadata: Any,
+    ) -> None: ...
+
+
+class RegisterStage(Protocol):
+    """``register`` of ``register_stages``: ``factory(**options)`` builds a ``Stage``."""
+
+    def __call__(
+        self, name: str, factory: str | Callable[..., Stage], *, summary: str = ..., **metadata: Any
+    ) -> None: ...
+
+
+class RegisterDataset(Protocol):
+    """``register`` of ``register_datasets``; ``metadata`` may carry ``schemes``, ``suffixes``."""
+
+    def __call__(
+        self,
+        name: str,
+        factory: str | Callable[..., DatasetSource],
+        *,
+        summary: str = ...,
+        **metadata: Any,
+    ) -> None: ...
+
+
+class RegisterRenderer(Protocol):
+    """``register`` of ``register_renderers``: ``factory(tokenizer, **options)``."""
+
+    def __call__(
+        self, name: str, factory: str | Callable[..., Any], *, summary: str = ..., **metadata: Any
+    ) -> None: ...
+
+
+class RegisterMetric(Protocol):
+    """``register`` of ``register_metrics``: the factory is the metric function itself."""
+
+    def __call__(
+        self,
+        name: str,
+        factory: str | Callable[..., dict[str, float]],
+        *,
+        summary: str = ...,
+        **metadata: Any,
+    ) -> None: ...
+
+
+class RegisterEnsembleStrategy(Protocol):
+    """``register`` of ``register_ensemble_strategies``: ``factory(**options)``."""
+
+    def __call__(
+        self, name: str, factory: str | Callable[..., Any], *, summary: str = ..., **metadata: Any
+    ) -> None: ...
+
+
+class RegisterHedgingPolicy(Protocol):
+    """``register`` of ``register_hedging_policies``: ``factory(**options)``."""
+
+    def __call__(
+        self, name: str, factory: str | Callable[..., Any], *, summary: str = ..., **metadata: Any
+    ) -> None: ...
+
+
+class RegisterExecutor(Protocol):
+    """``register`` of ``register_executors``: ``factory(**options)`` builds an ``Executor``."""
+
+    def __call__(
+        self,
+        name: str,
+        factory: str | Callable[..., Executor],
+        *,
+        summary: str = ...,
+        **metadata: Any,
+    ) -> None: ...
+
+
+class RegisterArtifactStore(Protocol):
+    """``register`` of ``register_artifact_stores``: ``factory(**options)`` builds a store."""
+
+    def __call__(
+        self,
+        name: str,
+        factory: str | Callable[..., ArtifactStore],
+        *,
+        summary: str = ...,
+        **metadata: Any,
+    ) -> None: ...
+
+
+class RegisterCommand(Protocol):
+    """``register`` of ``register_commands``: ``factory()`` builds a ``Command``."""
+
+    def __call__(
+        self,
+        name: str,
+        factory: str | Callable[..., Command],
+        *,
+        summary: str = ...,
+        **metadata: Any,
+    ) -> None: ...
+
+
 class HookSpecs:
     """The hook specifications (a namespace class, as pluggy expects)."""
 
     @hookspec
-    def register_backends(self, register: Any) -> None:
+    def register_backends(self, register: RegisterBackend) -> None:
         """Register inference and training backends.
 
         Returns nothing; call ``register`` once per backend.
-        Called once per process, the first time backends are listed or resolved.
+        Called once per process, the first time any registration is used.
         ``register(name, factory, summary=..., capabilities=Capabilities(...))``:
         ``factory(**options)`` returns an object satisfying ``InferenceBackend``
         and/or ``TrainingBackend`` (:mod:`crucible_core.contracts`).
@@ -46,16 +199,17 @@ class HookSpecs:
         """
 
     @hookspec
-    def register_stages(self, register: Any) -> None:
+    def register_stages(self, register: RegisterStage) -> None:
         """Register pipeline stages that an Experiment's ``StageDef.uses`` can name.
 
         ``factory(**options)`` returns a ``Stage``; ``run(ctx)`` receives a
-        ``StageContext``. Called once per process when a pipeline is built.
+        ``StageContext``. Called once per process, with the other registration
+        hooks.
         Added in 0.1.
         """
 
     @hookspec
-    def register_datasets(self, register: Any) -> None:
+    def register_datasets(self, register: RegisterDataset) -> None:
         """Register dataset sources (by URI scheme or suffix) and shipped samples.
 
         ``factory(**options)`` returns a ``DatasetSource``. ``metadata`` may
@@ -64,7 +218,7 @@ class HookSpecs:
         """
 
     @hookspec
-    def register_renderers(self, register: Any) -> None:
+    def register_renderers(self, register: RegisterRenderer) -> None:
         """Register chat renderers (messages -> tokens + per-token loss weights).
 
         ``factory(tokenizer, **options)`` returns a renderer. Called once per
@@ -72,7 +226,7 @@ class HookSpecs:
         """
 
     @hookspec
-    def register_metrics(self, register: Any) -> None:
+    def register_metrics(self, register: RegisterMetric) -> None:
         """Register evaluation metrics.
 
         ``factory`` is a function ``(predictions, references, **options) ->
@@ -80,7 +234,7 @@ class HookSpecs:
         """
 
     @hookspec
-    def register_ensemble_strategies(self, register: Any) -> None:
+    def register_ensemble_strategies(self, register: RegisterEnsembleStrategy) -> None:
         """Register ensemble voting strategies.
 
         ``factory(**options)`` returns a strategy combining several backends'
@@ -88,7 +242,7 @@ class HookSpecs:
         """
 
     @hookspec
-    def register_hedging_policies(self, register: Any) -> None:
+    def register_hedging_policies(self, register: RegisterHedgingPolicy) -> None:
         """Register request hedging policies.
 
         ``factory(**options)`` returns a policy deciding when to fire a backup
@@ -96,7 +250,7 @@ class HookSpecs:
         """
 
     @hookspec
-    def register_executors(self, register: Any) -> None:
+    def register_executors(self, register: RegisterExecutor) -> None:
         """Register executors that run jobs and stages.
 
         ``factory(**options)`` returns an ``Executor``. Called once per
@@ -104,7 +258,7 @@ class HookSpecs:
         """
 
     @hookspec
-    def register_artifact_stores(self, register: Any) -> None:
+    def register_artifact_stores(self, register: RegisterArtifactStore) -> None:
         """Register artifact stores.
 
         ``factory(**options)`` returns an ``ArtifactStore``. Called once per
@@ -112,14 +266,19 @@ class HookSpecs:
         """
 
     @hookspec
-    def register_commands(self, register: Any) -> None:
+    def register_commands(self, register: RegisterCommand) -> None:
         """Register ``crucible`` subcommands.
 
-        ``factory`` resolves to an object with ``configure(parser)`` (an
+        ``factory()`` returns an object with ``configure(parser)`` (an
         ``argparse.ArgumentParser``) and ``run(args) -> int | None`` (the
-        ``Command`` contract); ``summary`` is the one line shown in
-        ``crucible --help``. Called once per process when the CLI meets a
-        command it does not know. Added in 0.1.
+        ``Command`` contract): usually the command's class. It is called with
+        no options (a command takes its options from the command line); an
+        object that already has ``configure`` and ``run`` and is not callable
+        is used as it is. ``summary`` is the one line shown in ``crucible
+        --help``, which reads it from an index of installed plugins' commands
+        without importing them (refreshed by any command that loads plugins).
+        Called once per process, the first time registrations are used.
+        Added in 0.1.
         """
 
     @hookspec

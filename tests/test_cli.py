@@ -31,7 +31,17 @@ def test_help_lists_builtin_commands(capsys: pytest.CaptureFixture[str]) -> None
     out = capsys.readouterr().out
     for name in ("plugins", "ir", "doctor"):
         assert name in out
-    assert "crucible plugins --kind command" in out
+
+
+def test_help_documents_every_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    from crucible_core.errors import ERROR_TABLE, EXIT_INTERRUPTED
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "3 plugin failure (strict mode)" in out
+    for code in {exit_code for exit_code, _ in ERROR_TABLE.values()} | {0, EXIT_INTERRUPTED}:
+        assert f" {code} " in out.split("Exit status:")[1]
 
 
 def test_no_arguments_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -248,3 +258,76 @@ def test_console_script_runs_without_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "$.budget" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_plugin_command_factory_is_called_like_other_kinds(
+    host: PluginHost, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import types
+
+    from crucible_core import hookimpl
+
+    built: list[str] = []
+
+    class Wave:
+        def __init__(self) -> None:
+            built.append("Wave")
+
+        def configure(self, parser: Any) -> None:
+            parser.add_argument("--to", default="all")
+
+        def run(self, args: Any) -> int:
+            print(f"wave to {args.to}")
+            return 0
+
+    def register(register: Any) -> None:
+        register("wave", Wave, summary="Waves")
+        register("wave-fn", lambda: Wave(), summary="Waves too")
+        register("broken-cmd", lambda: 42, summary="Builds no command")
+
+    host.add_plugin(types.SimpleNamespace(register_commands=hookimpl(register)), name="waver")
+    assert run(capsys, "wave", "--to", "you")[:2] == (0, "wave to you\n")
+    assert run(capsys, "wave-fn")[:2] == (0, "wave to all\n")
+    assert built == ["Wave", "Wave"]
+    code, _, err = run(capsys, "broken-cmd")
+    assert code == 3
+    assert "command 'broken-cmd': its factory returned int" in err
+
+
+def test_a_command_two_plugins_register_names_both(
+    host: PluginHost, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    from crucible_core import hookimpl
+
+    monkeypatch.delenv("CRUCIBLE_STRICT_PLUGINS", raising=False)
+
+    class Cmd:
+        def configure(self, parser: Any) -> None: ...
+
+        def run(self, args: Any) -> int:
+            return 0
+
+    for name in ("first", "second"):
+        host.add_plugin(
+            types.SimpleNamespace(
+                register_commands=hookimpl(lambda register: register("dup", Cmd, summary="d"))
+            ),
+            name=name,
+        )
+    code, _, err = run(capsys, "dup")
+    assert code == 3
+    assert "command 'dup' is registered more than once: by plugin 'first'" in err
+    assert "by plugin 'second'" in err
+
+
+def test_builtin_commands_are_factories_like_plugin_ones() -> None:
+    from crucible_core._imports import import_object
+    from crucible_core.cli.commands import BUILTIN_COMMANDS
+    from crucible_core.contracts import Command
+
+    for factory, _ in BUILTIN_COMMANDS.values():
+        cls = import_object(factory)
+        assert isinstance(cls, type), factory
+        assert isinstance(cls(), Command)

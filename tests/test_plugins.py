@@ -68,11 +68,46 @@ def test_registration_is_lazy_and_cached(host: PluginHost, tmp_path: Path) -> No
         sys.modules.pop("lazy_plugin_mod", None)
 
 
-def test_duplicate_names_are_an_error_naming_both(host: PluginHost) -> None:
-    host.add_plugin(_plugin(register_backends=lambda register: register("x", dict)), name="one")
-    host.add_plugin(_plugin(register_backends=lambda register: register("x", dict)), name="two")
-    with pytest.raises(PluginError, match=r"registered twice: by plugin 'one'.*by plugin 'two'"):
+def test_duplicate_names_mark_both_plugins_and_keep_the_rest(
+    host: PluginHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CRUCIBLE_STRICT_PLUGINS", raising=False)
+
+    def both(own: str) -> Any:
+        def register_backends(register: Any) -> None:
+            register("x", dict)
+            register(own, dict)
+
+        return _plugin(register_backends=register_backends)
+
+    host.add_plugin(both("only-one"), name="one", distribution="dist-one")
+    host.add_plugin(both("only-two"), name="two", distribution="dist-two")
+    backends = host.registrations("backend")
+    assert {"only-one", "only-two"} <= set(backends)
+    assert "x" not in backends
+    assert api.get_backend("only-two") == {}
+    assert api.get_executor("inline") is not None  # the built-ins are untouched
+    with pytest.raises(PluginError, match=r"more than once: by plugin 'one'.*by plugin 'two'"):
+        host.get("backend", "x")
+    infos = {i.name: i for i in host.plugins()}
+    assert infos["one"].status == infos["two"].status == "conflict"
+    assert "backend 'x' is also registered by plugin 'two' (dist-two)" in (infos["one"].error or "")
+    assert "backend 'x' is also registered by plugin 'one' (dist-one)" in (infos["two"].error or "")
+    assert infos["core"].status == "ok"
+    assert [r.plugin for r in host.conflicts("backend")["x"]] == ["one", "two"]
+    monkeypatch.setenv("CRUCIBLE_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginError, match="also registered by"):
         host.registrations("backend")
+
+
+def test_disabling_one_side_of_a_conflict_resolves_it(
+    host: PluginHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRUCIBLE_DISABLE_PLUGINS", "two")
+    plugin = _plugin(register_backends=lambda register: register("x", dict))
+    host.load_entrypoints([_EP("one", lambda: plugin), _EP("two", lambda: plugin)])
+    assert host.get("backend", "x").plugin == "one"
+    assert {i.name: i.status for i in host.plugins()}["two"] == "disabled"
 
 
 def test_unknown_name_suggests_and_lists(host: PluginHost) -> None:
@@ -118,22 +153,134 @@ def test_strict_mode_reraises(host: PluginHost, monkeypatch: pytest.MonkeyPatch)
         host.load_entrypoints([_EP("broken", boom)])
 
 
-def test_hook_that_raises_is_contained(host: PluginHost, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hook_that_raises_drops_every_registration_of_its_plugin(
+    host: PluginHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("CRUCIBLE_STRICT_PLUGINS", raising=False)
+    seen: list[Any] = []
 
     def bad(register: Any) -> None:
+        register("half-done", dict)
         raise ValueError("oops")
 
-    host.add_plugin(_plugin(register_stages=bad), name="badhooks")
+    host.add_plugin(
+        _plugin(
+            register_backends=lambda register: register("partial-backend", dict),
+            register_commands=lambda register: register("partial-cmd", dict, summary="s"),
+            register_stages=bad,
+            on_event=lambda event: seen.append(event),
+        ),
+        name="badhooks",
+    )
+    # Asking for commands first must not let the command through: the plugin is all-or-nothing.
+    assert "partial-cmd" not in host.registrations("command")
+    assert "partial-backend" not in host.registrations("backend")
     assert all(r.plugin == "core" for r in host.registrations("stage").values())
+    host.emit({"kind": "x"})
+    assert seen == []
     info = next(i for i in host.plugins() if i.name == "badhooks")
     assert info.status == "error"
-    assert "oops" in (info.error or "")
+    assert "register_stages raised ValueError: oops" in (info.error or "")
+    assert info.hint is not None
+    assert "none of its registrations is used" in info.hint
+    with pytest.raises(NotFound, match="partial-backend"):
+        host.get("backend", "partial-backend")
     monkeypatch.setenv("CRUCIBLE_STRICT_PLUGINS", "1")
     host2 = PluginHost(autoload=False)
     host2.add_plugin(_plugin(register_stages=bad), name="badhooks")
     with pytest.raises(PluginLoadError, match="oops"):
-        host2.registrations("stage")
+        host2.registrations("command")
+
+
+def test_registering_one_name_twice_in_a_plugin_is_its_error(
+    host: PluginHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CRUCIBLE_STRICT_PLUGINS", raising=False)
+
+    def twice(register: Any) -> None:
+        register("same", dict)
+        register("same", list)
+
+    host.add_plugin(_plugin(register_backends=twice), name="twice")
+    info = next(i for i in host.plugins() if i.name == "twice")
+    assert info.status == "error"
+    assert "registered backend 'same' twice" in (info.error or "")
+
+
+def test_misspelt_and_unmarked_hooks_are_warned_and_strict_errors(
+    host: PluginHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CRUCIBLE_STRICT_PLUGINS", raising=False)
+    plugin = _plugin(register_backend=lambda register: register("typo", dict))
+    plugin.register_stages = lambda register: register("unmarked", dict)  # no @hookimpl
+    host.add_plugin(plugin, name="typo")
+    info = next(i for i in host.plugins() if i.name == "typo")
+    assert info.status == "ok"
+    assert info.warnings == [
+        "'register_backend' is marked @hookimpl but matches no hook; "
+        "did you mean 'register_backends'?",
+        "'register_stages' is not marked @hookimpl, so it is never called",
+    ]
+    assert "typo" not in host.registrations("backend")
+    monkeypatch.setenv("CRUCIBLE_STRICT_PLUGINS", "1")
+    host2 = PluginHost(autoload=False)
+    with pytest.raises(PluginLoadError, match="'register_backend' is marked @hookimpl"):
+        host2.add_plugin(_plugin(register_backend=lambda register: None), name="typo")
+    assert next(i for i in host2.plugins() if i.name == "typo").status == "error"
+
+
+def test_module_plugin_is_not_blamed_for_names_it_imports(
+    host: PluginHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CRUCIBLE_STRICT_PLUGINS", raising=False)
+    (tmp_path / "imports_helpers_plugin.py").write_text(
+        textwrap.dedent(
+            """
+            from os.path import join as register_join
+            from crucible_core import hookimpl
+
+            @hookimpl
+            def register_backends(register):
+                register("fine", dict)
+
+            def register_helper(x):
+                return x
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    module = importlib.import_module("imports_helpers_plugin")
+    try:
+        host.add_plugin(module, name="mod")
+        info = next(i for i in host.plugins() if i.name == "mod")
+        assert [w.split(";")[0] for w in info.warnings] == ["'register_helper' matches no hook"]
+        assert info.hooks == ["register_backends"]
+    finally:
+        sys.modules.pop("imports_helpers_plugin", None)
+
+
+def test_unknown_allow_and_deny_names_are_warned(
+    host: PluginHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRUCIBLE_DISABLE_PLUGINS", "helo,core")
+    monkeypatch.setenv("CRUCIBLE_PLUGINS", "hello,nope")
+    host.load_entrypoints([_EP("hello", lambda: _plugin())])
+    assert host.warnings == [
+        "CRUCIBLE_PLUGINS names 'nope', which is not an installed plugin; installed: hello",
+        "CRUCIBLE_DISABLE_PLUGINS names 'core', the built-in plugin, which cannot be disabled",
+        "CRUCIBLE_DISABLE_PLUGINS names 'helo', which is not an installed plugin "
+        "(did you mean 'hello'?); installed: hello",
+    ]
+
+
+def test_plugin_info_lists_its_hooks(host: PluginHost) -> None:
+    host.add_plugin(_plugin(on_event=lambda event: None), name="sink")
+    infos = {i.name: i for i in host.plugins()}
+    assert infos["sink"].hooks == ["on_event"]
+    assert infos["sink"].describe()["hooks"] == ["on_event"]
+    assert "register_commands" in infos["core"].hooks
 
 
 def test_invalid_hook_signature_is_reported(
@@ -282,3 +429,23 @@ def test_fast_entry_point_scan_agrees_with_importlib(
     slow = {(e.name, e.value, e.dist.name, e.dist.version) for e in entry_points("crucible")}
     assert ("fake", "crucible_fake.plugin", "crucible-fake", "1.2.3") in fast
     assert fast == slow
+
+
+def test_run_records_name_conflicting_plugins_whose_other_registrations_are_used(
+    host: PluginHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crucible_core.runtime.artifacts import environment_info
+
+    monkeypatch.delenv("CRUCIBLE_STRICT_PLUGINS", raising=False)
+
+    def clash(own: str) -> Any:
+        def register_backends(register: Any) -> None:
+            register("x", dict)
+            register(own, dict)
+
+        return _plugin(register_backends=register_backends)
+
+    host.add_plugin(clash("a-own"), name="a", version="1.0")
+    host.add_plugin(clash("b-own"), name="b", version="2.0")
+    host.add_plugin(_plugin(register_stages=lambda register: 1 / 0), name="broken", version="3")
+    assert environment_info(host)["plugins"] == {"a": "1.0", "b": "2.0"}

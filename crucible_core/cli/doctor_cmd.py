@@ -1,4 +1,8 @@
-"""``crucible doctor``: environment checks and each plugin's import time and status."""
+"""``crucible doctor``: environment checks and each plugin's import time and status.
+
+Under ``CRUCIBLE_STRICT_PLUGINS=1`` it still diagnoses every plugin first,
+then exits 3 if any has a problem.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from typing import Any
 
 from crucible_core import __version__
 from crucible_core.cli.output import print_json, print_table
-from crucible_core.plugins import get_host
+from crucible_core.cli.plugins_cmd import detail_column, hooks_column, report_problems
+from crucible_core.plugins import diagnostic_host, strict_mode
 
 
 def _home_check() -> dict[str, Any]:
@@ -50,7 +55,8 @@ class _DoctorCommand:
         parser.add_argument("--json", action="store_true", help="print JSON on stdout")
 
     def run(self, args: argparse.Namespace) -> int:
-        infos = get_host().plugins()
+        host = diagnostic_host()
+        infos = host.plugins()
         checks = [
             {
                 "check": "python",
@@ -61,9 +67,19 @@ class _DoctorCommand:
             _home_check(),
             _database_check(),
         ]
-        ok = all(c["ok"] for c in checks) and all(i.status != "error" for i in infos)
+        plugins_ok = all(i.status in ("ok", "disabled") and not i.warnings for i in infos)
+        ok = all(c["ok"] for c in checks) and plugins_ok
         if args.json:
-            print_json({"ok": ok, "checks": checks, "plugins": [i.describe() for i in infos]})
+            print_json(
+                {
+                    "ok": ok,
+                    "checks": checks,
+                    "plugins": [i.describe() for i in infos],
+                    "warnings": list(host.warnings),
+                }
+            )
+            if strict_mode():
+                host.check()
             return 0 if ok else 1
         print_table(
             ["check", "ok", "detail"],
@@ -71,9 +87,15 @@ class _DoctorCommand:
         )
         sys.stdout.write("\n")
         print_table(
-            ["plugin", "status", "import ms", "error"],
-            [[i.name, i.status, f"{i.load_ms:.1f}", i.error or ""] for i in infos],
+            ["plugin", "status", "import ms", "hooks", "detail"],
+            [
+                [i.name, i.status, f"{i.load_ms:.1f}", hooks_column(i), detail_column(i)]
+                for i in infos
+            ],
         )
+        report_problems(host, infos)
+        if strict_mode():
+            host.check()
         return 0 if ok else 1
 
 

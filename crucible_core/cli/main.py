@@ -14,9 +14,9 @@ import contextlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from crucible_core import __version__
-from crucible_core.errors import EXIT_INTERRUPTED, CrucibleError, exit_code_for
 
 __all__ = ["build_parser", "main"]
 
@@ -26,7 +26,10 @@ Run LLM fine-tuning and inference through pluggable backends.
 Most commands accept --json for machine-readable output.
 Environment: CRUCIBLE_HOME (state directory, default ./.crucible),
 CRUCIBLE_PLUGINS / CRUCIBLE_DISABLE_PLUGINS (comma-separated plugin names),
-CRUCIBLE_STRICT_PLUGINS=1 (a broken plugin is an error, not a warning).
+CRUCIBLE_STRICT_PLUGINS=1 (a broken plugin is an error, not a warning),
+CRUCIBLE_CACHE_DIR (the index of plugin commands listed here).
+Exit status: 0 ok, 1 runtime failure, 2 usage or configuration error,
+3 plugin failure (strict mode), 4 not found, 130 interrupted.
 """
 
 
@@ -58,23 +61,61 @@ def _all_commands() -> dict[str, tuple[str, str, str]]:
     }
 
 
+def _indexed_commands() -> tuple[dict[str, tuple[str, str, str]], list[str]]:
+    # Plugin commands from the index the last plugin-loading run wrote: no plugin is imported.
+    from crucible_core import _command_index
+
+    found, missing = _command_index.indexed_commands()
+    return {name: ("", summary, plugin) for name, summary, plugin in found}, missing
+
+
+def _make_command(obj: Any, name: str) -> Any:
+    """The command a registration's factory builds (``factory()``; a built object as it is)."""
+    built = obj if _is_command(obj) and not isinstance(obj, type) else obj()
+    if not _is_command(built):
+        from crucible_core.errors import PluginError
+
+        raise PluginError(
+            f"command {name!r}: its factory returned {type(built).__name__}, "
+            "which has no configure(parser) and run(args)",
+            hint="register a class (or a function returning an object) with both methods",
+        )
+    return built
+
+
+def _is_command(obj: Any) -> bool:
+    return callable(getattr(obj, "configure", None)) and callable(getattr(obj, "run", None))
+
+
 def build_parser(selected: str | None) -> argparse.ArgumentParser:
     """The top-level parser; only ``selected``'s arguments are configured.
 
-    Plugins are loaded only when ``selected`` is not a built-in command, so
-    ``crucible --help`` never imports a plugin (``crucible plugins --kind
-    command`` lists what plugins add).
+    Plugins are loaded only when ``selected`` is not a built-in command. The
+    help (``selected`` None) lists plugin commands from the command index
+    (:mod:`crucible_core._command_index`) without importing any plugin.
     """
     commands = _builtin_commands()
     plugin_commands = selected is not None and selected not in commands
+    epilog = None
     if plugin_commands:
         commands = _all_commands()
+        if selected not in commands:
+            from crucible_core.plugins import get_host
+
+            if selected in get_host().conflicts("command"):
+                get_host().get("command", selected)  # raises, naming every plugin claiming it
+    elif selected is None:
+        indexed, missing = _indexed_commands()
+        commands = {**indexed, **commands}  # a built-in name always means the built-in
+        if missing:
+            epilog = (
+                f"Plugins whose commands are not indexed yet: {', '.join(missing)}; "
+                "`crucible plugins` loads them and lists their commands here."
+            )
     parser = argparse.ArgumentParser(
         prog="crucible",
         description=_DESCRIPTION,
-        epilog=None
-        if plugin_commands
-        else "Installed plugins add more commands: `crucible plugins --kind command` lists them.",
+        epilog=epilog,
         formatter_class=_wide_formatter,
     )
     parser.add_argument("--version", action="version", version=f"crucible {__version__}")
@@ -91,14 +132,25 @@ def build_parser(selected: str | None) -> argparse.ArgumentParser:
             if plugin_commands:
                 from crucible_core.plugins import get_host
 
-                command = get_host().get("command", name).load()
+                command = _make_command(get_host().get("command", name).load(), name)
             else:
                 from crucible_core._imports import import_object
 
-                command = import_object(factory)
+                command = _make_command(import_object(factory), name)
             command.configure(cmd_parser)
             cmd_parser.set_defaults(_run=command.run)
     return parser
+
+
+def _refresh_command_index() -> None:
+    """Record the installed plugins' commands for the next ``--help``, if plugins were loaded."""
+    plugins = sys.modules.get("crucible_core.plugins")
+    host = None if plugins is None else plugins.current_host()
+    if host is None or not host.autoloaded:
+        return
+    from crucible_core import _command_index
+
+    _command_index.write(host)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -111,16 +163,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if run is None:
             parser.print_help()
             return 0 if not args_list else 2
-        result = run(args)
+        try:
+            result = run(args)
+        finally:
+            _refresh_command_index()
         return int(result or 0)
-    except CrucibleError as exc:
-        if os.environ.get("CRUCIBLE_DEBUG"):
-            raise
-        from crucible_core.cli.output import print_error
-
-        print_error(exc.message, exc.hint)
-        return exit_code_for(exc)
     except KeyboardInterrupt:
+        from crucible_core.errors import EXIT_INTERRUPTED
+
         sys.stderr.write("interrupted\n")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
@@ -128,6 +178,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         return 0
+    except Exception as exc:
+        # The error tree is imported only when something failed: `--help` never needs it.
+        from crucible_core.errors import CrucibleError, exit_code_for
+
+        if not isinstance(exc, CrucibleError) or os.environ.get("CRUCIBLE_DEBUG"):
+            raise
+        from crucible_core.cli.output import print_error
+
+        print_error(exc.message, exc.hint)
+        return exit_code_for(exc)
 
 
 def entry() -> None:

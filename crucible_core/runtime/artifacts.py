@@ -124,7 +124,9 @@ def environment_info(host: Any | None = None) -> dict[str, Any]:
     }
     if host is not None:
         info["plugins"] = {
-            p.name: p.version for p in host.plugins() if p.status == "ok" and not p.builtin
+            p.name: p.version
+            for p in host.plugins()
+            if p.status in ("ok", "conflict") and not p.builtin  # conflict: partly in use
         }
     return info
 

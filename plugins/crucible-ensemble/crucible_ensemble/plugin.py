@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from crucible_core import hookimpl
+from crucible_core import RegisterBackend, RegisterEnsembleStrategy, hookimpl
 from crucible_core.ir import Capabilities
 
 _STRATEGIES = {
@@ -18,13 +16,13 @@ _STRATEGIES = {
 
 
 @hookimpl
-def register_ensemble_strategies(register: Any) -> None:
+def register_ensemble_strategies(register: RegisterEnsembleStrategy) -> None:
     for name, (attr, summary) in _STRATEGIES.items():
         register(name, f"crucible_ensemble.strategies:{attr}", summary=summary)
 
 
 @hookimpl
-def register_backends(register: Any) -> None:
+def register_backends(register: RegisterBackend) -> None:
     register(
         "ensemble",
         "crucible_ensemble.backend:EnsembleBackend",

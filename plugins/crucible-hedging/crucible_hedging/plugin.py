@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from crucible_core import hookimpl
+from crucible_core import RegisterBackend, RegisterHedgingPolicy, hookimpl
 from crucible_core.ir import Capabilities
 
 _POLICIES = {
@@ -17,13 +15,13 @@ _POLICIES = {
 
 
 @hookimpl
-def register_hedging_policies(register: Any) -> None:
+def register_hedging_policies(register: RegisterHedgingPolicy) -> None:
     for name, (attr, summary) in _POLICIES.items():
         register(name, f"crucible_hedging.policies:{attr}", summary=summary)
 
 
 @hookimpl
-def register_backends(register: Any) -> None:
+def register_backends(register: RegisterBackend) -> None:
     register(
         "hedged",
         "crucible_hedging.backend:HedgedBackend",
