@@ -2,10 +2,11 @@
 
 Why threads and not asyncio: the ``InferenceBackend`` contract is synchronous
 (``complete`` blocks), so an event loop would only wrap the same calls in
-threads. Each member call runs in a daemon thread that posts its outcome to a
-queue; the caller waits on that queue with the request's deadline, so a member
-that hangs is counted as failed at the deadline and can never hold the request
-(or the interpreter's exit) hostage.
+threads. Each member call runs in a pooled daemon thread
+(:mod:`crucible_ensemble._threads`) that posts its outcome to a queue; the
+caller waits on that queue with the request's deadline, so a member that hangs
+is counted as failed at the deadline and can never hold the request (or the
+interpreter's exit) hostage.
 
 Cancelling: when the strategy says the outcome is settled, members not yet
 started are never called (sequential and cascade save those calls), and members
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import math
 import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -26,6 +26,7 @@ import msgspec
 
 from crucible_core.errors import BackendError
 from crucible_core.ir import Completion, Costs, Prompt, SamplingParams, Usage
+from crucible_ensemble._threads import run_in_daemon_thread
 from crucible_ensemble.normalise import Normaliser
 from crucible_ensemble.strategies import Strategy
 from crucible_ensemble.votes import Vote, make_vote
@@ -203,9 +204,7 @@ def run_ensemble(
             member = waiting.pop(0)
             running.add(member.name)
             calls += 1
-            threading.Thread(
-                target=worker, args=(member,), name=f"ensemble-{member.name}", daemon=True
-            ).start()
+            run_in_daemon_thread(lambda m=member: worker(m))
         remaining = deadline - clock()
         try:
             name, value, latency = (

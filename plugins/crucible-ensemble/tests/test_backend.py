@@ -205,3 +205,30 @@ def test_each_vote_is_an_event_on_the_bus(
     assert event.data["answer"] == "4"
     assert event.data["members"] == ["a", "b", "c"]
     assert event.data["agreement"] == pytest.approx(2 / 3)
+
+
+def test_pooled_threads_are_reused_and_a_hung_call_does_not_block_others() -> None:
+    """The pool hands work to idle threads; a task that blocks holds only its own thread."""
+    import threading
+
+    from crucible_ensemble._threads import run_in_daemon_thread
+
+    def pooled() -> int:
+        return sum(1 for t in threading.enumerate() if t.name == "crucible-ensemble")
+
+    before = pooled()
+    release = threading.Event()
+    names: list[str] = []
+    done = threading.Semaphore(0)
+    run_in_daemon_thread(release.wait)  # occupies one thread until released
+    for _ in range(20):
+
+        def task() -> None:
+            names.append(threading.current_thread().name)
+            done.release()
+
+        run_in_daemon_thread(task)
+        assert done.acquire(timeout=5)
+    release.set()
+    assert len(names) == 20
+    assert pooled() - before <= 2  # reused: one held by the blocked task, one at most for the rest
