@@ -23,7 +23,9 @@ __all__ = ["ENTRY_POINT_GROUP", "EntryPoint", "entry_point_key", "entry_points",
 ENTRY_POINT_GROUP = "crucible"
 
 # Compiled on first scan, not at import: `crucible --help` imports this module on its fast path.
-_DIST_DIR = r"^(?P<name>[^-]+)-(?P<version>[^-]+?)(?:-py[0-9.]+)?\.(dist|egg)-info$"
+# ``name-version[-pyX.Y].dist-info`` or ``.egg-info``; setuptools' in-tree develop
+# metadata is ``name.egg-info`` with no version in its name (read from PKG-INFO).
+_DIST_DIR = r"^(?P<name>[^-]+?)(?:-(?P<version>[^-]+?))?(?:-py[0-9.]+)?\.(dist|egg)-info$"
 
 
 class _Dist:
@@ -74,19 +76,26 @@ def _parse(text: str, group: str) -> list[tuple[str, str]]:
     return out
 
 
-def _metadata_name(path: str, fallback: str) -> str:
-    # The directory name is normalised (underscores); METADATA has the real name.
+def _metadata(path: str, fallback_name: str, fallback_version: str | None) -> tuple[str, str]:
+    """The distribution's name and version from METADATA/PKG-INFO headers.
+
+    The directory name is normalised (underscores) and may lack the version.
+    """
+    name, version = None, None
     for fname in ("METADATA", "PKG-INFO"):
         try:
             with open(os.path.join(path, fname), encoding="utf-8") as fh:
                 for line in fh:
                     if line.startswith("Name:"):
-                        return line[5:].strip()
-                    if not line.strip():
+                        name = line[5:].strip()
+                    elif line.startswith("Version:"):
+                        version = line[8:].strip()
+                    if not line.strip() or (name and version):
                         break
         except OSError:
             continue
-    return fallback
+        break
+    return name or fallback_name, fallback_version or version or "0"
 
 
 def entry_points(group: str) -> list[EntryPoint]:
@@ -125,7 +134,7 @@ def entry_points(group: str) -> list[EntryPoint]:
             pairs = _parse(text, group)
             if not pairs:
                 continue
-            dist = _Dist(_metadata_name(path, m.group("name")), m.group("version"), path)
+            dist = _Dist(*_metadata(path, m.group("name"), m.group("version")), path)
             found.extend(EntryPoint(n, v, group, dist) for n, v in pairs)
     return found
 

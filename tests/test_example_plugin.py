@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,12 +19,19 @@ EXAMPLE = ROOT / "examples" / "plugin-hello"
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """pip-install the example into a fresh target directory put on PYTHONPATH (no index used)."""
+    """pip-install the example into a fresh target directory put on PYTHONPATH (no index used).
+
+    It is built from a copy: setuptools leaves ``build/`` and ``*.egg-info`` in the
+    directory it builds, and an ``.egg-info`` in the source tree would make the example
+    an installed plugin for every later test that puts that directory on sys.path.
+    """
     target = tmp_path_factory.mktemp("site")
+    source = tmp_path_factory.mktemp("src") / "plugin-hello"
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     subprocess.run(
         [
             sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-            "--no-build-isolation", "--target", str(target), str(EXAMPLE),
+            "--no-build-isolation", "--target", str(target), str(source),
         ],
         check=True,
         timeout=300,

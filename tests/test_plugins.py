@@ -449,3 +449,18 @@ def test_run_records_name_conflicting_plugins_whose_other_registrations_are_used
     host.add_plugin(clash("b-own"), name="b", version="2.0")
     host.add_plugin(_plugin(register_stages=lambda register: 1 / 0), name="broken", version="3")
     assert environment_info(host)["plugins"] == {"a": "1.0", "b": "2.0"}
+
+
+def test_fast_scan_reads_develop_egg_info_without_a_version_in_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """setuptools' in-tree metadata is `name.egg-info`; importlib reads it, so must we."""
+    egg = tmp_path / "crucible_dev.egg-info"
+    egg.mkdir()
+    (egg / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: crucible-dev\nVersion: 0.4\n\n")
+    (egg / "entry_points.txt").write_text("[crucible]\ndev = crucible_dev.plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fast = {(e.name, e.dist.name, e.dist.version) for e in entry_points("crucible")}
+    assert ("dev", "crucible-dev", "0.4") in fast
+    monkeypatch.setenv("CRUCIBLE_ENTRY_POINTS", "importlib")
+    assert fast == {(e.name, e.dist.name, e.dist.version) for e in entry_points("crucible")}

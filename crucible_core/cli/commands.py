@@ -33,6 +33,10 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
         "crucible_core.cli.sample_cmd:_SampleCommand",
         "Generate text from a run's weights or a checkpoint",
     ),
+    "ask": (
+        "crucible_core.cli.ask_cmd:_AskCommand",
+        "Ask a backend, an ensemble of it, or a hedged copy one question",
+    ),
     "runs": (
         "crucible_core.cli.runs_cmd:_RunsCommand",
         "List training runs, show one, or diff two runs' records",

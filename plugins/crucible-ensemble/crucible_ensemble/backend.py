@@ -59,6 +59,8 @@ class EnsembleBackend:
     ``early_stop``: stop waiting once the outcome cannot change. ``quorum``: members
     that must answer (default: a majority). ``deadline_s``: the whole request's bound.
     ``samples``: completions per member (``n``); ``normalise``: :class:`Normaliser` options.
+    With a seed in the request, member i samples from ``seed + i * samples``, so copies of one
+    backend draw different answers, reproducibly.
     ``bus``: an ``EventBus`` that receives an ``ensemble.vote`` event per request
     (under ``job_id``): answer, agreement, strategy, failed, cancelled, early_stopped.
     """

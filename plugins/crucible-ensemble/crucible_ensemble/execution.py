@@ -168,10 +168,18 @@ def run_ensemble(
     concurrency = len(order) if mode == "parallel" else 1
     results: queue.Queue[tuple[str, list[Completion] | BaseException, float]] = queue.Queue()
 
+    index_of = {m.name: i for i, m in enumerate(members)}
+
     def worker(member: Member) -> None:
+        # With a seed, member i draws with seeds from seed + i * n: copies of one backend draw
+        # different answers, reproducibly.
+        own = params
+        if params.seed is not None:
+            offset = index_of[member.name] * params.n
+            own = msgspec.structs.replace(params, seed=params.seed + offset)
         t0 = clock()
         try:
-            value: list[Completion] | BaseException = _call_member(member, prompt, params)
+            value: list[Completion] | BaseException = _call_member(member, prompt, own)
         except BaseException as exc:  # reported as the member's failure, never raised here
             value = exc
         results.put((member.name, value, (clock() - t0) * 1000))
