@@ -443,8 +443,12 @@ class VerifyReport:
         }
 
 
-def verify_run(run: Path) -> VerifyReport:
-    """Recompute the sha256 of every artifact the run's manifest lists and compare."""
+def verify_run(run: Path, *, uri: str | None = None) -> VerifyReport:
+    """Recompute the sha256 of every artifact the run's manifest lists and compare.
+
+    ``uri`` restricts the check to the artifacts recorded with that URI (one
+    checkpoint); a URI the manifest does not list gives an empty report.
+    """
     run = Path(run)
     data = read_manifest(run)
     report = VerifyReport(run_dir=run)
@@ -452,25 +456,31 @@ def verify_run(run: Path) -> VerifyReport:
         if not isinstance(raw, dict):
             continue
         entry = cast(dict[str, Any], raw)
-        rel = entry.get("path")
-        expected = entry.get("sha256")
-        label = str(rel or entry.get("artifact_id") or "?")
-        if not isinstance(rel, str) or not isinstance(expected, str):
-            report.unverifiable.append(label)
+        if uri is not None and entry.get("uri") != uri:
             continue
-        target = Path(rel) if Path(rel).is_absolute() else run / rel
-        files = entry.get("files")
-        if isinstance(files, dict):
-            _verify_tree(report, target, rel, expected, cast(dict[str, str], files))
-        elif not target.is_file():
-            report.missing.append(rel)
-        else:
-            actual = _sha256_file(target)
-            if actual != expected:
-                report.altered.append(AlteredFile(rel, expected, actual))
-            else:
-                report.checked.append(rel)
+        _verify_entry(report, run, entry)
     return report
+
+
+def _verify_entry(report: VerifyReport, run: Path, entry: dict[str, Any]) -> None:
+    rel = entry.get("path")
+    expected = entry.get("sha256")
+    label = str(rel or entry.get("artifact_id") or "?")
+    if not isinstance(rel, str) or not isinstance(expected, str):
+        report.unverifiable.append(label)
+        return
+    target = Path(rel) if Path(rel).is_absolute() else run / rel
+    files = entry.get("files")
+    if isinstance(files, dict):
+        _verify_tree(report, target, rel, expected, cast(dict[str, str], files))
+    elif not target.is_file():
+        report.missing.append(rel)
+    else:
+        actual = _sha256_file(target)
+        if actual != expected:
+            report.altered.append(AlteredFile(rel, expected, actual))
+        else:
+            report.checked.append(rel)
 
 
 def _verify_tree(
