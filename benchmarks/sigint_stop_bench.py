@@ -23,6 +23,7 @@ It also checks the outcome: exit status 130, the run ``interrupted``, the
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -89,12 +90,12 @@ def trial(job: Path, home: Path, run: str, warmup: int, rng: random.Random) -> d
         if proc.poll() is not None:
             raise SystemExit(f"crucible train ended early: {proc.communicate()[1]}")
         time.sleep(0.01)
-    gaps = [b["ts"] - a["ts"] for a, b in zip(steps, steps[1:], strict=False)]
+    gaps = [b["ts"] - a["ts"] for a, b in itertools.pairwise(steps)]
     step_s = statistics.median(gaps)
     time.sleep(rng.uniform(0, step_s))  # land anywhere inside a step
     sent = time.time()
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=600)
+    _out, err = proc.communicate(timeout=600)
     exited = time.time()
     events = _events(home, run)
     stopped = next(e for e in events if e["kind"] == "train.stopped")

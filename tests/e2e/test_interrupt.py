@@ -87,7 +87,7 @@ def test_a_signal_stops_at_a_step_boundary_with_a_checkpoint_and_resume_continue
     proc = _start_and_wait(cli, _job(tmp_path), "sig", steps=4)
     sent = time.time()
     proc.send_signal(signum)
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     state = json.loads((cli.home / "runs" / "sig" / "trainer_state.json").read_text())
