@@ -183,6 +183,24 @@ def _retire_checkpoint(run_dir: Path, saved: SavedCheckpoint) -> None:
         _state_path(run_dir, saved.step).unlink()
 
 
+def _fall_back(run_dir: Path, given: LoopState, chosen: LoopState) -> None:
+    """Make ``chosen`` the run's newest state; unlist and delete the failing later checkpoints.
+
+    The state is rewritten first, so an interruption before the next checkpoint
+    resumes from ``chosen`` again instead of the discarded one.
+    """
+    write_json(run_dir / STATE_FILE, chosen)
+    update_manifest(
+        run_dir,
+        resumed_from_step=chosen.step,
+        last_checkpoint=to_builtins(chosen.checkpoints[-1].ref),
+        checkpoints=[to_builtins(c) for c in chosen.checkpoints],
+    )
+    for c in given.checkpoints:
+        if c.step > chosen.step:
+            _retire_checkpoint(run_dir, c)
+
+
 def _clean_leftovers(run_dir: Path) -> list[Path]:
     """Remove the temporary files a killed process left behind (its own run, lock held)."""
     removed: list[Path] = []
@@ -199,6 +217,10 @@ def _clean_leftovers(run_dir: Path) -> list[Path]:
 def _checkpoint_problem(run_dir: Path, saved: SavedCheckpoint) -> str | None:
     """Why the checkpoint fails its sha256 check (None: it matches, or is remote/unlisted)."""
     report = verify_run(run_dir, uri=saved.ref.uri)
+    local = uri_path(saved.ref.uri)
+    if not (report.checked or report.missing or report.altered) and local is not None:
+        # Unlisted (a run from before hashes were recorded): it must at least exist.
+        return None if local.exists() else f"step {saved.step}: {local} MISSING"
     if report.ok:
         return None
     bad = [*report.missing, *(a.path for a in report.altered)]
@@ -278,15 +300,17 @@ class TrainLoopStage:
             if not resume.checkpoints:
                 raise ConfigError("the resume state lists no checkpoint to load")
             newest = resume.checkpoints[-1].step
+            given = resume
             resume, problems = verified_resume(ctx.run_dir, resume)
             if problems:
                 message = (
                     f"checkpoint of step {newest} failed its sha256 check "
-                    f"({'; '.join(problems)}); resuming from step {resume.step} instead"
+                    f"({'; '.join(problems)}); resuming from step {resume.step} instead "
+                    "(the failing checkpoints are discarded)"
                 )
                 log.warning("%s", message)
                 ctx.emit("train.warning", step=resume.step, message=message)
-                update_manifest(ctx.run_dir, resumed_from_step=resume.step)
+                _fall_back(ctx.run_dir, given, resume)
             ref = resume.checkpoints[-1].ref
             ctx.emit("train.resume", step=resume.step, uri=ref.uri)
             session.load_state(ref).result(timeout=deadline)
