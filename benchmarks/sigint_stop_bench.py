@@ -6,11 +6,13 @@ local backend) as a real ``crucible train`` subprocess in a throw-away
 point inside a step, and reads the run's telemetry. Per trial it reports:
 
 - the step time (median gap between ``train.step`` events before the signal);
-- steps finished after the signal (the step being computed, plus the one
-  already submitted: the loop keeps two steps in flight);
+- steps whose end was logged after the signal (the step being computed; the
+  one queued behind it is withdrawn, crucible-local allows that);
 - signal -> ``train.stopped`` (the stop checkpoint is written by then), in
   seconds and in step times;
-- the checkpoint write (the stop checkpoint's event minus the last step's);
+- the checkpoint write (the stop checkpoint's event minus the last step's),
+  and the time from the signal to the end of the last step, in step times
+  (the target is "at most one step, plus the checkpoint write");
 - signal -> process exit (adds the interpreter's shutdown).
 
 It also checks the outcome: exit status 130, the run ``interrupted``, the
@@ -117,6 +119,8 @@ def trial(job: Path, home: Path, run: str, warmup: int, rng: random.Random) -> d
         "signal_to_stopped_s": round(stop_s, 4),
         "signal_to_stopped_steps": round(stop_s / step_s, 2),
         "checkpoint_write_s": round(ckpt - last_step, 4),
+        # The stop without the checkpoint write, in step times: the target is <= 1.
+        "steps_before_checkpoint": round((last_step - sent) / step_s, 2),
         "signal_to_exit_s": round(exited - sent, 4),
     }
 

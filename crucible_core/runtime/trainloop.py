@@ -22,8 +22,13 @@ pipeline, saves a state checkpoint, and raises
 :class:`~crucible_core.errors.BudgetExhausted`; cancellation does the same at
 the next step boundary and raises :class:`~crucible_core.errors.Cancelled`
 (``reason`` in its details: the cancel token's reason, ``interrupted`` for a
-signal). The stop happens before the next step is submitted, so at most the
-steps already in flight (``window - 1``, plus the one being computed) finish.
+signal). No step is submitted after the flag is seen. A session that sets
+``withdraws_queued_calls = True`` (its futures are ``concurrent.futures``
+futures of one first-in-first-out worker, so cancelling a call that has not
+started means it never runs, as crucible-local's do) gets the flag polled
+while the loop waits, and the steps queued behind the one being computed are
+withdrawn: the run stops within one step plus the checkpoint write. Other
+sessions finish the steps already submitted (at most ``window``).
 
 A non-finite loss (nan/inf) stops the run with
 :class:`~crucible_core.errors.Diverged`. The checkpoints saved from the step
@@ -231,10 +236,22 @@ class _Watchdog:
         self.backend = backend
         self.deadline_s = deadline_s
 
-    def wait(self, future: Future[Any], call: str) -> Any:
+    def wait(self, future: Future[Any], call: str, tick: Callable[[], None] | None = None) -> Any:
+        """``future``'s result; with ``tick``, called every 10 ms while it is not ready."""
         start = time.monotonic()
         try:
-            return future.result(timeout=self.deadline_s)
+            if tick is None:
+                return future.result(timeout=self.deadline_s)
+            while True:
+                left = self.deadline_s - (time.monotonic() - start)
+                if left <= 0:
+                    raise TimeoutError
+                try:
+                    return future.result(timeout=min(0.01, left))
+                except TimeoutError:
+                    if time.monotonic() - start >= self.deadline_s:
+                        raise
+                    tick()
         except TimeoutError as exc:
             waited = time.monotonic() - start
             raise DeadlineExceeded(
@@ -257,6 +274,11 @@ class _InFlight(msgspec.Struct):
     submitted: float
     save: Future[CheckpointRef] | None = None
     val: Future[ForwardBackwardResult] | None = None
+    tokens: int = 0
+
+    def calls(self) -> list[Any]:
+        """Its futures in submission order."""
+        return [*self.fb, self.opt, *(f for f in (self.save, self.val) if f is not None)]
 
 
 def _mean_loss(results: Sequence[ForwardBackwardResult]) -> float:
@@ -362,11 +384,32 @@ def train(
             last_checkpoint=last,
         )
 
+    withdrawable = cancel is not None and getattr(session, "withdraws_queued_calls", False) is True
+
+    def withdraw_queued() -> None:
+        # Cancelled: take back the steps queued behind the one being computed, newest
+        # first. One FIFO worker: if a step's first call has not started, none of its
+        # calls has, so cancelling them all leaves the session exactly as it was.
+        if cancel is None or not cancel.is_set():
+            return
+        while pending:
+            item = pending[-1]
+            calls = item.calls()
+            if not calls[0].cancel():
+                return
+            for f in calls[1:]:
+                f.cancel()
+            pending.pop()
+            state.tokens -= item.tokens
+            state.cost -= item.tokens * price
+
+    tick = withdraw_queued if withdrawable else None
+
     def finish_oldest() -> None:
         nonlocal stopped, patience_left, best_val
         item = pending.popleft()
-        results = [watch.wait(f, "forward_backward") for f in item.fb]
-        opt = watch.wait(item.opt, "optim_step")
+        results = [watch.wait(f, "forward_backward", tick) for f in item.fb]
+        opt = watch.wait(item.opt, "optim_step", tick)
         step_loss = _mean_loss(results)
         if not math.isfinite(step_loss):
             diverged(item, step_loss)
@@ -507,7 +550,7 @@ def train(
             and (step_done % val_spec.every_n_steps == 0 or step_done == total)
         ):
             val = session.forward(list(validation_data), loss)
-        pending.append(_InFlight(step, epoch, fb, opt, lr, submitted, save, val))
+        pending.append(_InFlight(step, epoch, fb, opt, lr, submitted, save, val, step_tokens))
         while len(pending) >= window:
             finish_oldest()
     drain()
