@@ -8,6 +8,7 @@ are in ``tests/e2e/test_interrupt.py``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import threading
@@ -264,8 +265,16 @@ def test_leftover_temporary_files_are_removed_on_the_next_start(
     leftovers = [run / ".manifest.json.4242.abcd1234.tmp", run / "states" / ".x.4242.ab.tmp"]
     for f in leftovers:
         f.write_text("half written")
+    staging = crucible_home / "artifacts" / "tmp"
+    staging.mkdir(parents=True, exist_ok=True)
+    dead = staging / "999999999.0a1b2c"  # no such pid: its writer is gone
+    (dead / "sub").mkdir(parents=True)
+    live = staging / f"{os.getpid()}.3d4e5f"  # a live writer's copy stays
+    live.write_text("in progress")
     run_training(_file_job(), job_id="t", host=toy, resume=read_loop_state(run))
     assert not any(f.exists() for f in leftovers)
+    assert not dead.exists()
+    assert live.exists()
 
 
 def test_resume_keeps_the_learning_config_valid(

@@ -269,6 +269,38 @@ class LocalArtifactStore:
         """Whether the store holds ``sha256``."""
         return self._object(sha256).exists()
 
+    def clean_staging(self) -> list[Path]:
+        """Remove staging copies (``tmp/<pid>.<hex>``) whose writing process is gone.
+
+        A process killed inside :meth:`put` leaves its copy behind; other live
+        writers' copies are left alone. POSIX only (elsewhere nothing is removed).
+        """
+        staging = self.root / "tmp"
+        removed: list[Path] = []
+        if os.name != "posix" or not staging.is_dir():
+            return removed
+        for entry in staging.iterdir():
+            pid_text = entry.name.split(".", 1)[0]
+            if not pid_text.isdigit() or int(pid_text) == os.getpid() or _alive(int(pid_text)):
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+            removed.append(entry)
+        return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process (or not a pid we may probe): leave it
+    return True
+
 
 # -- manifests ---------------------------------------------------------------
 

@@ -57,6 +57,7 @@ from crucible_core.ir.training import Full, TrainingJob
 from crucible_core.ir.work import Job
 from crucible_core.runtime import paths, trainloop
 from crucible_core.runtime.artifacts import (
+    LocalArtifactStore,
     add_artifact,
     config_digest,
     digest_path,
@@ -548,6 +549,7 @@ def _run(
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir) as lock:
         _clean_leftovers(run_dir)
+        LocalArtifactStore().clean_staging()
         return _run_locked(
             work,
             job,
