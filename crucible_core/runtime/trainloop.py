@@ -54,6 +54,7 @@ import msgspec
 
 from crucible_core.contracts import CancelToken, Future, TrainingSession
 from crucible_core.errors import (
+    BackendError,
     BudgetExhausted,
     Cancelled,
     ConfigError,
@@ -397,8 +398,12 @@ def train(
             calls = item.calls()
             if not calls[0].cancel():
                 return
-            for f in calls[1:]:
-                f.cancel()
+            if not all(f.cancel() for f in calls[1:]):
+                raise BackendError(
+                    f"backend {backend_name!r}: a queued call ran before the call queued "
+                    "ahead of it, though the session sets withdraws_queued_calls",
+                    hint="the session must run its calls one at a time, in submission order",
+                )
             pending.pop()
             state.tokens -= item.tokens
             state.cost -= item.tokens * price
