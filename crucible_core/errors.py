@@ -28,6 +28,8 @@ __all__ = [
     "Conflict",
     "CrucibleError",
     "DeadlineExceeded",
+    "Diverged",
+    "IntegrityError",
     "NotFound",
     "PluginError",
     "PluginLoadError",
@@ -202,6 +204,18 @@ class BudgetExhausted(CrucibleError):
     code = "budget_exhausted"
 
 
+class Diverged(CrucibleError, ArithmeticError):
+    """Training produced a non-finite loss (nan/inf); the run stopped, good checkpoints kept."""
+
+    code = "diverged"
+
+
+class IntegrityError(CrucibleError):
+    """A stored file no longer matches the sha256 recorded for it (corrupted or edited)."""
+
+    code = "integrity_error"
+
+
 #: code -> (CLI exit status, HTTP status). The one place this mapping lives.
 ERROR_TABLE: dict[str, tuple[int, int]] = {
     "crucible_error": (1, 500),
@@ -218,6 +232,8 @@ ERROR_TABLE: dict[str, tuple[int, int]] = {
     "auth_error": (2, 401),
     "cancelled": (1, 409),
     "budget_exhausted": (1, 402),
+    "diverged": (1, 422),
+    "integrity_error": (1, 500),
 }
 
 

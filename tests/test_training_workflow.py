@@ -193,7 +193,7 @@ def test_cli_budget_stop_and_resume(
     assert main(["train", str(path), "--job-id", "b", "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "would exceed max_tokens" in err
-    assert "crucible resume RUN --max-tokens N" in err
+    assert "crucible resume b --max-tokens N" in err  # the real run id, not a placeholder
     assert read_manifest(crucible_home / "runs" / "b")["status"] == "budget_exhausted"
     assert main(["resume", "b", "--max-tokens", "100000", "--no-progress"]) == 0
     assert "steps      12/12" in capsys.readouterr().out

@@ -233,6 +233,63 @@ def test_cancellation_saves_then_raises() -> None:
     assert rec.of("train.checkpoint")[-1]["step"] == 3
 
 
+class WithdrawingSession(SlowSession):
+    """A FIFO single-worker session that lets the loop take back queued calls."""
+
+    withdraws_queued_calls = True
+
+    def __init__(self, gate_at_fb: int) -> None:
+        super().__init__(delay=0.0)
+        self.gate = threading.Event()
+        self.fbs = 0
+        self.gate_at_fb = gate_at_fb
+
+    def forward_backward(self, batch: Sequence[Datum], loss: Loss) -> Future[Any]:
+        self.fbs += 1
+        if self.fbs != self.gate_at_fb:
+            return super().forward_backward(batch, loss)
+
+        def blocked() -> Any:
+            self.gate.wait(10)
+            return ToySession.forward_backward(self, batch, loss)
+
+        return self._later("fb", blocked)
+
+
+def test_a_cancel_withdraws_the_steps_queued_behind_the_running_one() -> None:
+    from crucible_core.runtime.cancel import CancelFlag
+
+    session = WithdrawingSession(gate_at_fb=3)
+    flag = CancelFlag()
+    states: list[LoopState] = []
+
+    def stop_during_step_3() -> None:
+        time.sleep(0.2)  # the worker is now blocked inside step 3, steps 4-5 queued
+        flag.set("interrupted")
+        time.sleep(0.1)  # the loop polls the flag while it waits, withdraws 4-5
+        session.gate.set()
+
+    threading.Thread(target=stop_during_step_3, daemon=True).start()
+    spec = job(max_steps=12, policy=CheckpointPolicy(save_every=100))
+    with pytest.raises(Cancelled) as info:
+        train(
+            session, spec, DATA, cancel=flag, window=3, on_checkpoint=lambda c, s: states.append(s)
+        )
+    assert info.value.details == {"step": 3, "reason": "interrupted"}
+    assert session.step == 3  # steps 4 and 5 were submitted, and never ran
+    assert [n for n, _ in session.log].count("done:opt") == 3
+    cfg = spec.learning_config
+    three = sum(
+        len(d.model_input) for s in range(3) for d in trainloop.batch_for_step(DATA, s, 0, cfg)[0]
+    )
+    assert states[-1].step == 3
+    assert states[-1].tokens == three  # the withdrawn steps' tokens are not counted
+    resumed = ToySession()
+    resumed.load_state(states[-1].checkpoints[-1].ref).result()
+    tail = train(resumed, spec, DATA, resume=states[-1], window=1).losses
+    assert tail == train(ToySession(), spec, DATA, window=1).losses[3:]
+
+
 class HangingSession(ToySession):
     def optim_step(self, params: AdamParams) -> Future[Any]:
         return Future()  # never resolves: the watchdog must say so

@@ -192,7 +192,12 @@ class ToyBackend:
         return ByteTokenizer()
 
     def create_session(self, job: TrainingJob) -> ToySession:
-        return self.session_class()
+        session = self.session_class()
+        if isinstance(session, FileSession):
+            from crucible_core.runtime import paths
+
+            session.run_dir = paths.run_dir(job.job_id or "toy")
+        return session
 
     def load_sampler(self, model: ModelSpec, checkpoint: CheckpointRef | None) -> ToySampler:
         w = SAMPLERS[checkpoint.uri] if checkpoint else np.zeros((V, V))
@@ -243,6 +248,38 @@ class ForgetfulSession(ToySession):
 class SyncSession(ToySession):
     def forward(self, batch: Sequence[Datum], loss: Loss) -> Any:  # type: ignore[override]
         return self._run(batch, backward=False)
+
+
+class FileSession(ToySession):
+    """Writes state checkpoints as files under the run directory (``file://`` URIs),
+    as a local backend does, so integrity checks and retiring have real files to work on."""
+
+    run_dir: Any = None
+
+    def save_state(self, name: str) -> Future[CheckpointRef]:
+        from pathlib import Path
+
+        d = Path(self.run_dir) / "checkpoints" / name / "state"
+        d.mkdir(parents=True, exist_ok=True)
+        np.save(d / "w.npy", self.w)
+        (d / "step").write_text(str(self.step))
+        return done(CheckpointRef(uri=d.resolve().as_uri(), kind="state", step=self.step))
+
+    def load_state(self, ref: CheckpointRef) -> Future[None]:
+        from crucible_core.runtime.artifacts import uri_path
+
+        d = uri_path(ref.uri)
+        assert d is not None
+        self.w = np.load(d / "w.npy")
+        self.step = int((d / "step").read_text())
+        return done(None)
+
+
+class FileToyBackend:
+    """The toy backend with :class:`FileSession` (registered as ``toyfile``)."""
+
+    def __new__(cls) -> Any:
+        return backend_with(FileSession)
 
 
 def backend_with(session_class: type[ToySession]) -> ToyBackend:
@@ -303,6 +340,7 @@ def toy_plugin() -> Any:
 
     def register_backends(register: Any) -> None:
         register("toy", ToyBackend, capabilities=CAPS, summary="numpy bigram")
+        register("toyfile", FileToyBackend, capabilities=CAPS, summary="numpy bigram, files")
 
     def register_stages(register: Any) -> None:
         register("data.load", ToyLoadStage)

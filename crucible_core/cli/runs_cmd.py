@@ -1,4 +1,8 @@
-"""``crucible runs``: list runs, show one, diff two runs' reproducibility records."""
+"""``crucible runs``: list runs, show one, diff two runs' reproducibility records.
+
+The status shown is the run status of :mod:`crucible_core.runtime.runstatus`,
+``crashed`` for a run whose process died while it said ``running``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any, cast
 from crucible_core.cli.output import print_json, print_table
 from crucible_core.cli.runref import find_run, list_runs
 from crucible_core.runtime.artifacts import read_manifest
+from crucible_core.runtime.runstatus import effective_status
 
 __all__ = ["RECORD_KEYS", "command", "diff_records", "record_of"]
 
@@ -82,7 +87,7 @@ class _RunsCommand:
                 rows.append(
                     {
                         "run": run.name,
-                        "status": m.get("status"),
+                        "status": effective_status(run, m),
                         "backend": cast(Mapping[str, Any], m.get("backend") or {}).get("name"),
                         "steps": training.get("steps"),
                         "final_loss": training.get("final_loss"),
@@ -108,6 +113,8 @@ class _RunsCommand:
             return 0
         if args.runs_command == "show":
             run_dir, manifest = find_run(args.run)
+            # "crashed" is derived (the owner died while running), never stored.
+            manifest = {**manifest, "status": effective_status(run_dir, manifest)}
             if args.json:
                 print_json(manifest)
             else:

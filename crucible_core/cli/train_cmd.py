@@ -1,11 +1,24 @@
-"""``crucible train FILE`` and ``crucible resume RUN``."""
+"""``crucible train FILE`` and ``crucible resume RUN``.
+
+Stopping: the first SIGINT (Ctrl-C) or SIGTERM asks the training loop to stop
+at the next step boundary; it finishes the step in flight, saves a state
+checkpoint, marks the run ``interrupted``, prints the ``crucible resume <id>``
+line and exits 130. A second signal exits at once (130) without a new
+checkpoint: the run then shows as ``crashed`` and resumes from its last one.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import shlex
+import signal
 import sys
+import threading
+from collections.abc import Generator
 from pathlib import Path
+from types import FrameType
 from typing import Any, cast
 
 import msgspec
@@ -13,13 +26,21 @@ import msgspec
 from crucible_core.cli.output import print_json
 from crucible_core.cli.plan_cmd import format_plan, print_problems
 from crucible_core.cli.runref import find_run
-from crucible_core.errors import BudgetExhausted, Cancelled, ConfigError
+from crucible_core.errors import EXIT_INTERRUPTED, Cancelled, ConfigError
 from crucible_core.ids import check_id
-from crucible_core.ir.codec import convert, decode_file
+from crucible_core.ir.codec import convert, decode_file, to_builtins
 from crucible_core.ir.training import Budget, TrainingJob
-from crucible_core.runtime.artifacts import update_manifest
+from crucible_core.runtime import paths
+from crucible_core.runtime.cancel import CancelFlag
 from crucible_core.runtime.plan import Plan, make_plan
-from crucible_core.runtime.training import TrainingOutcome, read_loop_state, run_training
+from crucible_core.runtime.runstatus import INTERRUPT_REASONS
+from crucible_core.runtime.training import (
+    STATE_FILE,
+    TrainingOutcome,
+    new_job_id,
+    read_loop_state,
+    run_training,
+)
 from crucible_core.runtime.trainloop import LoopState
 
 __all__ = ["command", "resume_command"]
@@ -41,6 +62,61 @@ def _summary(plan: Plan) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _stop_on_signals(flag: CancelFlag, run: str) -> Generator[None]:
+    """SIGINT/SIGTERM: first one sets ``flag`` (stop at a step boundary), second exits now."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    count = 0
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal count
+        count += 1
+        name = signal.Signals(signum).name
+        if count == 1:
+            sys.stderr.write(
+                f"\ncrucible: {name}: stopping run {run} after the current step and saving a "
+                "checkpoint (signal again to exit at once)\n"
+            )
+            sys.stderr.flush()
+            flag.set("interrupted")
+            return
+        sys.stderr.write(
+            f"\ncrucible: {name} again: exiting now without a new checkpoint; continue from the "
+            f"last one with: crucible resume {run}\n"
+        )
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _interrupted(run: str, exc: Cancelled, args: argparse.Namespace) -> int:
+    """Report an interrupted run: where it stopped and the exact command that continues it."""
+    resumable = (paths.run_dir(run) / STATE_FILE).is_file()
+    step = exc.details.get("step")
+    if resumable:
+        line = f"crucible resume {run}"
+        message = (
+            f"interrupted after step {step}; checkpoint saved. Continue with:  {line}\n"
+            if step is not None
+            else f"interrupted; continue from the last checkpoint with:  {line}\n"
+        )
+    else:
+        line = None
+        message = "interrupted before the first checkpoint: nothing to resume, train again\n"
+    if args.json:
+        print_json({"run": run, "status": "interrupted", "step": step, "resume": line})
+    sys.stderr.write(message)
+    return EXIT_INTERRUPTED
+
+
 def _execute(
     job: TrainingJob,
     args: argparse.Namespace,
@@ -53,8 +129,10 @@ def _execute(
     from crucible_core.runtime.events import EventBus
 
     host = get_host()
+    run = job_id or job.job_id or new_job_id()
+    flag = CancelFlag()
     progress: Any = None
-    with EventBus(host=host) as bus:
+    with EventBus(host=host) as bus, _stop_on_signals(flag, run):
         if not args.json and not args.no_progress:
             from crucible_core.runtime.progress import ProgressSubscriber
 
@@ -63,21 +141,23 @@ def _execute(
         try:
             outcome = run_training(
                 job,
-                job_id=job_id,
+                job_id=run,
                 host=host,
                 bus=bus,
+                cancel=flag,
                 resume=resume,
                 plan=_summary(plan) if plan is not None else None,
             )
-        except (BudgetExhausted, Cancelled) as exc:
+        except Cancelled as exc:
             if progress is not None:
                 progress.close()
-            status = "budget_exhausted" if isinstance(exc, BudgetExhausted) else "cancelled"
-            run = job_id or job.job_id
-            if run:
-                from crucible_core.runtime import paths
-
-                update_manifest(paths.run_dir(run), status=status)
+            bus.drain()
+            if exc.details.get("reason") in INTERRUPT_REASONS or flag.is_set():
+                return _interrupted(run, exc, args)
+            raise
+        except BaseException:
+            if progress is not None:
+                progress.close()
             raise
         finally:
             bus.drain()
@@ -218,8 +298,17 @@ class _ResumeCommand:
             budget = convert({**msgspec.to_builtins(budget), **changes}, Budget)
         learning = job.learning_config
         if args.max_steps is not None:
+            if args.max_steps <= state.step:
+                raise ConfigError(
+                    f"--max-steps {args.max_steps}: run {run_dir.name} is already at step "
+                    f"{state.step}",
+                    hint=f"give a total above {state.step}, or omit --max-steps",
+                )
             learning = msgspec.structs.replace(learning, max_steps=args.max_steps)
         job = msgspec.structs.replace(job, budget=budget, learning_config=learning)
+        # Validate the changed job like a file (struct replace skips the checks) before it
+        # is written into the manifest: a bad value must never break later resumes.
+        job = convert(to_builtins(job), TrainingJob)
         if not args.json:
             sys.stdout.write(f"resuming {run_dir.name} from step {state.step}\n")
         return _execute(job, args, job_id=run_dir.name, resume=state)

@@ -271,6 +271,38 @@ class LocalArtifactStore:
         """Whether the store holds ``sha256``."""
         return self._object(sha256).exists()
 
+    def clean_staging(self) -> list[Path]:
+        """Remove staging copies (``tmp/<pid>.<hex>``) whose writing process is gone.
+
+        A process killed inside :meth:`put` leaves its copy behind; other live
+        writers' copies are left alone. POSIX only (elsewhere nothing is removed).
+        """
+        staging = self.root / "tmp"
+        removed: list[Path] = []
+        if os.name != "posix" or not staging.is_dir():
+            return removed
+        for entry in staging.iterdir():
+            pid_text = entry.name.split(".", 1)[0]
+            if not pid_text.isdigit() or int(pid_text) == os.getpid() or _alive(int(pid_text)):
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+            removed.append(entry)
+        return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process (or not a pid we may probe): leave it
+    return True
+
 
 # -- manifests ---------------------------------------------------------------
 
@@ -445,8 +477,12 @@ class VerifyReport:
         }
 
 
-def verify_run(run: Path) -> VerifyReport:
-    """Recompute the sha256 of every artifact the run's manifest lists and compare."""
+def verify_run(run: Path, *, uri: str | None = None) -> VerifyReport:
+    """Recompute the sha256 of every artifact the run's manifest lists and compare.
+
+    ``uri`` restricts the check to the artifacts recorded with that URI (one
+    checkpoint); a URI the manifest does not list gives an empty report.
+    """
     run = Path(run)
     data = read_manifest(run)
     report = VerifyReport(run_dir=run)
@@ -454,25 +490,31 @@ def verify_run(run: Path) -> VerifyReport:
         if not isinstance(raw, dict):
             continue
         entry = cast(dict[str, Any], raw)
-        rel = entry.get("path")
-        expected = entry.get("sha256")
-        label = str(rel or entry.get("artifact_id") or "?")
-        if not isinstance(rel, str) or not isinstance(expected, str):
-            report.unverifiable.append(label)
+        if uri is not None and entry.get("uri") != uri:
             continue
-        target = Path(rel) if Path(rel).is_absolute() else run / rel
-        files = entry.get("files")
-        if isinstance(files, dict):
-            _verify_tree(report, target, rel, expected, cast(dict[str, str], files))
-        elif not target.is_file():
-            report.missing.append(rel)
-        else:
-            actual = _sha256_file(target)
-            if actual != expected:
-                report.altered.append(AlteredFile(rel, expected, actual))
-            else:
-                report.checked.append(rel)
+        _verify_entry(report, run, entry)
     return report
+
+
+def _verify_entry(report: VerifyReport, run: Path, entry: dict[str, Any]) -> None:
+    rel = entry.get("path")
+    expected = entry.get("sha256")
+    label = str(rel or entry.get("artifact_id") or "?")
+    if not isinstance(rel, str) or not isinstance(expected, str):
+        report.unverifiable.append(label)
+        return
+    target = Path(rel) if Path(rel).is_absolute() else run / rel
+    files = entry.get("files")
+    if isinstance(files, dict):
+        _verify_tree(report, target, rel, expected, cast(dict[str, str], files))
+    elif not target.is_file():
+        report.missing.append(rel)
+    else:
+        actual = _sha256_file(target)
+        if actual != expected:
+            report.altered.append(AlteredFile(rel, expected, actual))
+        else:
+            report.checked.append(rel)
 
 
 def _verify_tree(

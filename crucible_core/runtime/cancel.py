@@ -4,7 +4,8 @@
 A flag may have a parent (a job's flag is the parent of each stage's), so
 cancelling the job cancels every stage while a stage's own flag can be set
 without touching its siblings. ``reason`` says why (``cancelled``,
-``timeout``, ``lease_lost``, ``shutdown``).
+``timeout``, ``lease_lost``, ``shutdown``, ``interrupted`` for a signal);
+:func:`reason_of` finds the reason of a flag set through a parent.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 
 from crucible_core.contracts import CancelToken
 
-__all__ = ["CancelFlag"]
+__all__ = ["CancelFlag", "reason_of"]
 
 
 class CancelFlag:
@@ -49,3 +50,16 @@ class CancelFlag:
                 return False
             self._event.wait(0.05 if left is None else min(0.05, left))
         return True
+
+
+def reason_of(token: CancelToken | None) -> str | None:
+    """The reason ``token`` (or the nearest ancestor that has one) was set with; None if unset."""
+    seen = 0
+    node: object = token
+    while node is not None and seen < 64:  # a parent chain is short; never loop forever
+        reason = getattr(node, "reason", None)
+        if isinstance(reason, str):
+            return reason
+        node = getattr(node, "_parent", None)
+        seen += 1
+    return None

@@ -23,7 +23,13 @@
 - **Cancellation.** ``cancel`` is polled before each stage starts and is the
   parent of every stage's ``ctx.cancel``; once set, no stage starts, running
   ones are left to stop cooperatively, and :class:`~crucible_core.errors.Cancelled`
-  is raised.
+  is raised. A KeyboardInterrupt in the calling thread sets the stages' flags
+  (reason ``interrupted``), waits for the running stages to stop, records the
+  run ``interrupted`` and is re-raised.
+- **Status.** The manifest's ``status`` is ``running`` while the stages run,
+  then one of the run statuses of :mod:`crucible_core.runtime.runstatus`
+  (``budget_exhausted``, ``cancelled``, ``interrupted`` by the error class and
+  cancellation reason; ``failed`` for other errors).
 - **Records.** Events ``stage.start`` / ``stage.end`` (``status`` ok, error
   or skipped; ``duration_ms``) go to ``bus``; ``runs/<job_id>/manifest.json``
   gets the config digest, dataset, seed, timestamps, per-stage status and
@@ -68,8 +74,9 @@ from crucible_core.runtime.artifacts import (
     environment_info,
     update_manifest,
 )
-from crucible_core.runtime.cancel import CancelFlag
+from crucible_core.runtime.cancel import CancelFlag, reason_of
 from crucible_core.runtime.events import EventBus
+from crucible_core.runtime.runstatus import status_for
 
 if TYPE_CHECKING:
     from crucible_core.plugins import PluginHost
@@ -129,7 +136,7 @@ class _Run:
         host: PluginHost | None,
         bus: EventBus,
         store: ArtifactStore,
-        cancel: CancelToken,
+        cancel: CancelFlag,
         backend_resolver: BackendResolver | None,
     ) -> None:
         self.experiment = experiment
@@ -349,7 +356,8 @@ def run_pipeline(
         host=host,
         bus=bus if bus is not None else EventBus(host=host if host is not None else _host()),
         store=store if store is not None else LocalArtifactStore(),
-        cancel=cancel if cancel is not None else CancelFlag(),
+        # Our own flag (child of the caller's): Ctrl-C in the waiting thread sets it.
+        cancel=CancelFlag(parent=cancel),
         backend_resolver=backend_resolver,
     )
     stages: dict[str, Stage] = {}
@@ -405,6 +413,7 @@ def run_pipeline(
             run.emit("stage.end", stage=n, status="skipped", duration_ms=0.0)
             todo.extend(dependents[n])
 
+    aborted: BaseException | None = None
     try:
         while unresolved:
             if run.cancel.is_set():
@@ -453,13 +462,22 @@ def run_pipeline(
                     waiting[child] -= 1
                     if waiting[child] == 0 and child in unresolved:
                         ready.append(child)
+    except BaseException as exc:
+        # Ctrl-C (or any error) while waiting: ask running stages to stop at their next
+        # safe point (a training loop saves a checkpoint there) before recording the end.
+        aborted = exc
+        run.cancel.set("interrupted" if isinstance(exc, KeyboardInterrupt) else "cancelled")
+        raise
     finally:
         for fut in running:
             with contextlib.suppress(Exception):
                 fut.result()
         if own_executor:
             pool.shutdown(wait=True)
-        final = "failed" if failures else "cancelled" if run.cancel.is_set() else "succeeded"
+        final = status_for(
+            failures[0][1] if failures else aborted,
+            cancel_reason=(reason_of(run.cancel) or "cancelled") if run.cancel.is_set() else None,
+        )
         _record(run, lineage, spans, started, final)
         update_manifest(
             run.run_dir,
@@ -480,6 +498,7 @@ def run_pipeline(
         raise Cancelled(
             f"pipeline of job {job.id!r} was cancelled"
             + (f"; stages not run: {', '.join(skipped)}" if skipped else ""),
+            reason=reason_of(run.cancel),
         )
     return outputs
 

@@ -16,7 +16,11 @@ writes, under ``$CRUCIBLE_HOME/runs/<job_id>/``:
   (actual beside the plan's estimate);
 - ``telemetry.jsonl``: every event;
 - ``trainer_state.json``: the loop state of the newest checkpoint (what
-  ``crucible resume`` continues from);
+  ``crucible resume`` continues from), and ``states/step-NNNNNN.json`` the
+  loop state of each kept checkpoint (what a resume falls back to when the
+  newest checkpoint fails its sha256 check);
+- ``.owner.lock``: held (``flock``) by the process working on the run, see
+  :mod:`crucible_core.runtime.runstatus`;
 - ``checkpoints/step-NNNNNN/``: state checkpoints the policy keeps (file
   backends), and ``checkpoints/final/sampler``: the weights to sample from;
 - ``metrics.json``: the loss curve and evaluation.
@@ -29,6 +33,8 @@ checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import secrets
@@ -42,23 +48,27 @@ from typing import Any, cast
 import msgspec
 
 from crucible_core.contracts import CancelToken, StageContext, TrainingSession
-from crucible_core.errors import ConfigError, NotFound
+from crucible_core.errors import ConfigError, IntegrityError, NotFound
 from crucible_core.ir.backend import CheckpointRef, Datum
 from crucible_core.ir.codec import convert, to_builtins
+from crucible_core.ir.experiment import Experiment
 from crucible_core.ir.lineage import Artifact, Edge
 from crucible_core.ir.training import Full, TrainingJob
 from crucible_core.ir.work import Job
 from crucible_core.runtime import paths, sampled_eval, trainloop
 from crucible_core.runtime.artifacts import (
+    LocalArtifactStore,
     add_artifact,
     config_digest,
     digest_path,
     read_manifest,
     update_manifest,
     uri_path,
+    verify_run,
     write_json,
 )
 from crucible_core.runtime.plan import training_experiment
+from crucible_core.runtime.runstatus import RunLock
 from crucible_core.runtime.trainloop import LoopResult, LoopState, SavedCheckpoint
 
 __all__ = [
@@ -75,6 +85,8 @@ __all__ = [
 ]
 
 STATE_FILE = "trainer_state.json"
+STATES_DIR = "states"
+log = logging.getLogger(__name__)
 
 
 def new_job_id(prefix: str = "train") -> str:
@@ -118,8 +130,13 @@ def read_loop_state(run_dir: Path) -> LoopState:
         raise ConfigError(f"{path}: unreadable loop state ({exc})") from None
 
 
+def _state_path(run_dir: Path, step: int) -> Path:
+    return run_dir / STATES_DIR / f"step-{step:06d}.json"
+
+
 def _record_checkpoint(run_dir: Path, saved: SavedCheckpoint, state: LoopState) -> None:
     """Persist the loop state, then list the checkpoint in the manifest (with hashes if local)."""
+    write_json(_state_path(run_dir, saved.step), state)
     write_json(run_dir / STATE_FILE, state)
     ref = saved.ref
     path = uri_path(ref.uri)
@@ -145,13 +162,11 @@ def _record_checkpoint(run_dir: Path, saved: SavedCheckpoint, state: LoopState) 
 
 
 def _retire_checkpoint(run_dir: Path, saved: SavedCheckpoint) -> None:
-    """Delete a checkpoint the policy no longer keeps (file backends) and unlist it."""
-    path = uri_path(saved.ref.uri)
-    if path is not None and path.exists():
-        shutil.rmtree(path, ignore_errors=True)
-        parent = path.parent
-        if parent.name.startswith("step-") and parent.exists() and not any(parent.iterdir()):
-            parent.rmdir()
+    """Unlist a checkpoint the policy no longer keeps, then delete its files (file backends).
+
+    The record goes first: a crash in between leaves files nobody lists (harmless,
+    overwritten by the next save of that step), never a manifest listing missing files.
+    """
     manifest = read_manifest(run_dir)
     kept = [
         a
@@ -159,6 +174,93 @@ def _retire_checkpoint(run_dir: Path, saved: SavedCheckpoint) -> None:
         if a.get("uri") != saved.ref.uri
     ]
     update_manifest(run_dir, artifacts=kept)
+    path = uri_path(saved.ref.uri)
+    if path is not None and path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+        parent = path.parent
+        if parent.name.startswith("step-") and parent.exists() and not any(parent.iterdir()):
+            parent.rmdir()
+    with contextlib.suppress(FileNotFoundError):
+        _state_path(run_dir, saved.step).unlink()
+
+
+def _fall_back(run_dir: Path, given: LoopState, chosen: LoopState) -> None:
+    """Make ``chosen`` the run's newest state; unlist and delete the failing later checkpoints.
+
+    The state is rewritten first, so an interruption before the next checkpoint
+    resumes from ``chosen`` again instead of the discarded one.
+    """
+    write_json(run_dir / STATE_FILE, chosen)
+    update_manifest(
+        run_dir,
+        resumed_from_step=chosen.step,
+        last_checkpoint=to_builtins(chosen.checkpoints[-1].ref),
+        checkpoints=[to_builtins(c) for c in chosen.checkpoints],
+    )
+    for c in given.checkpoints:
+        if c.step > chosen.step:
+            _retire_checkpoint(run_dir, c)
+
+
+def _clean_leftovers(run_dir: Path) -> list[Path]:
+    """Remove the temporary files a killed process left behind (its own run, lock held)."""
+    removed: list[Path] = []
+    for folder in (run_dir, run_dir / STATES_DIR):
+        if not folder.is_dir():
+            continue
+        for f in folder.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                f.unlink()
+                removed.append(f)
+    return removed
+
+
+def _checkpoint_problem(run_dir: Path, saved: SavedCheckpoint) -> str | None:
+    """Why the checkpoint fails its sha256 check (None: it matches, or is remote/unlisted)."""
+    report = verify_run(run_dir, uri=saved.ref.uri)
+    local = uri_path(saved.ref.uri)
+    if not (report.checked or report.missing or report.altered) and local is not None:
+        # Unlisted (a run from before hashes were recorded): it must at least exist.
+        return None if local.exists() else f"step {saved.step}: {local} MISSING"
+    if report.ok:
+        return None
+    bad = [*report.missing, *(a.path for a in report.altered)]
+    return f"step {saved.step}: " + ", ".join(
+        f"{p} {'MISSING' if p in report.missing else 'ALTERED'}" for p in bad[:4]
+    )
+
+
+def verified_resume(run_dir: Path, resume: LoopState) -> tuple[LoopState, list[str]]:
+    """The state to resume from: ``resume`` if its newest checkpoint verifies, else fallback.
+
+    Every candidate is checked against the sha256 the manifest recorded for it
+    before anything loads it. A corrupted newest checkpoint gives way to the
+    newest earlier one that verifies (its loop state is in ``states/``);
+    returns ``(state, problems)``, problems naming what failed. None verifying
+    raises :class:`~crucible_core.errors.IntegrityError`.
+    """
+    problems: list[str] = []
+    for c in reversed(resume.checkpoints):
+        problem = _checkpoint_problem(run_dir, c)
+        if problem is not None:
+            problems.append(problem)
+            continue
+        if c is resume.checkpoints[-1]:
+            return resume, problems
+        try:
+            state = msgspec.json.decode(_state_path(run_dir, c.step).read_bytes(), type=LoopState)
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+            problems.append(f"step {c.step}: its loop state ({STATES_DIR}/) is unreadable")
+            continue
+        earlier = [k for k in resume.checkpoints if k.step <= c.step]
+        state.checkpoints = [k for k in state.checkpoints if k in earlier] or [c]
+        return state, problems
+    raise IntegrityError(
+        f"{run_dir}: no checkpoint of the run passes its sha256 check ({'; '.join(problems)})",
+        hint=f"`crucible artifacts verify {run_dir.name}` lists the damage; start the run "
+        "again with `crucible train`",
+        problems=problems,
+    )
 
 
 class TrainLoopStage:
@@ -198,6 +300,18 @@ class TrainLoopStage:
             resume = convert(raw, LoopState)
             if not resume.checkpoints:
                 raise ConfigError("the resume state lists no checkpoint to load")
+            newest = resume.checkpoints[-1].step
+            given = resume
+            resume, problems = verified_resume(ctx.run_dir, resume)
+            if problems:
+                message = (
+                    f"checkpoint of step {newest} failed its sha256 check "
+                    f"({'; '.join(problems)}); resuming from step {resume.step} instead "
+                    "(the failing checkpoints are discarded)"
+                )
+                log.warning("%s", message)
+                ctx.emit("train.warning", step=resume.step, message=message)
+                _fall_back(ctx.run_dir, given, resume)
             ref = resume.checkpoints[-1].ref
             ctx.emit("train.resume", step=resume.step, uri=ref.uri)
             session.load_state(ref).result(timeout=deadline)
@@ -438,8 +552,6 @@ def _run(
     window: int,
     plan: Mapping[str, Any] | None,
 ) -> TrainingOutcome:
-    from crucible_core.runtime.pipeline import run_pipeline
-
     experiment = training_experiment(job, work.id)
     options: dict[str, Any] = {"window": window}
     if resume is not None:
@@ -454,8 +566,41 @@ def _run(
     )
     run_dir = paths.run_dir(work.id)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir) as lock:
+        _clean_leftovers(run_dir)
+        LocalArtifactStore().clean_staging()
+        return _run_locked(
+            work,
+            job,
+            experiment,
+            run_dir,
+            lock.owner(),
+            host=host,
+            bus=bus,
+            cancel=cancel,
+            resume=resume,
+            plan=plan,
+        )
+
+
+def _run_locked(
+    work: Job,
+    job: TrainingJob,
+    experiment: Experiment,
+    run_dir: Path,
+    owner: dict[str, Any],
+    *,
+    host: Any,
+    bus: Any,
+    cancel: CancelToken | None,
+    resume: LoopState | None,
+    plan: Mapping[str, Any] | None,
+) -> TrainingOutcome:
+    from crucible_core.runtime.pipeline import run_pipeline
+
     update_manifest(
         run_dir,
+        owner=owner,
         training_job=to_builtins(job),
         job_config_digest=config_digest(job),
         backend=to_builtins(job.backend_ref),

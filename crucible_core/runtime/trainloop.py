@@ -20,7 +20,21 @@ would exceed ``max_tokens``/``max_cost``; ``max_wall_time`` stops when the
 next step would, at the measured pace, pass the limit. A stop drains the
 pipeline, saves a state checkpoint, and raises
 :class:`~crucible_core.errors.BudgetExhausted`; cancellation does the same at
-the next step boundary and raises :class:`~crucible_core.errors.Cancelled`.
+the next step boundary and raises :class:`~crucible_core.errors.Cancelled`
+(``reason`` in its details: the cancel token's reason, ``interrupted`` for a
+signal). No step is submitted after the flag is seen. A session that sets
+``withdraws_queued_calls = True`` (its futures are ``concurrent.futures``
+futures of one first-in-first-out worker, so cancelling a call that has not
+started means it never runs, as crucible-local's do) gets the flag polled
+while the loop waits, and the steps queued behind the one being computed are
+withdrawn: the run stops within one step plus the checkpoint write. Other
+sessions finish the steps already submitted (at most ``window``).
+
+A non-finite loss (nan/inf) stops the run with
+:class:`~crucible_core.errors.Diverged`. The checkpoints saved from the step
+whose weights produced it onwards (in flight or recorded) are discarded when
+the loop still knows the state of an earlier checkpoint, so what is left to
+resume from is the last good checkpoint.
 Every wait on the backend has a deadline: a call that exceeds it raises
 :class:`~crucible_core.errors.DeadlineExceeded` naming the backend, the call
 and how long it waited (never a silent hang).
@@ -39,7 +53,14 @@ from typing import Any, Protocol
 import msgspec
 
 from crucible_core.contracts import CancelToken, Future, TrainingSession
-from crucible_core.errors import BudgetExhausted, Cancelled, ConfigError, DeadlineExceeded
+from crucible_core.errors import (
+    BackendError,
+    BudgetExhausted,
+    Cancelled,
+    ConfigError,
+    DeadlineExceeded,
+    Diverged,
+)
 from crucible_core.ir.backend import (
     AdamParams,
     CheckpointRef,
@@ -49,6 +70,7 @@ from crucible_core.ir.backend import (
     OptimStepResult,
 )
 from crucible_core.ir.training import SGD, AdamW, LearningConfig, TrainingJob
+from crucible_core.runtime.cancel import reason_of
 from crucible_core.runtime.checkpoints import CheckpointTracker
 
 __all__ = [
@@ -215,10 +237,22 @@ class _Watchdog:
         self.backend = backend
         self.deadline_s = deadline_s
 
-    def wait(self, future: Future[Any], call: str) -> Any:
+    def wait(self, future: Future[Any], call: str, tick: Callable[[], None] | None = None) -> Any:
+        """``future``'s result; with ``tick``, called every 10 ms while it is not ready."""
         start = time.monotonic()
         try:
-            return future.result(timeout=self.deadline_s)
+            if tick is None:
+                return future.result(timeout=self.deadline_s)
+            while True:
+                left = self.deadline_s - (time.monotonic() - start)
+                if left <= 0:
+                    raise TimeoutError
+                try:
+                    return future.result(timeout=min(0.01, left))
+                except TimeoutError:
+                    if time.monotonic() - start >= self.deadline_s:
+                        raise
+                    tick()
         except TimeoutError as exc:
             waited = time.monotonic() - start
             raise DeadlineExceeded(
@@ -241,6 +275,11 @@ class _InFlight(msgspec.Struct):
     submitted: float
     save: Future[CheckpointRef] | None = None
     val: Future[ForwardBackwardResult] | None = None
+    tokens: int = 0
+
+    def calls(self) -> list[Any]:
+        """Its futures in submission order."""
+        return [*self.fb, self.opt, *(f for f in (self.save, self.val) if f is not None)]
 
 
 def _mean_loss(results: Sequence[ForwardBackwardResult]) -> float:
@@ -292,6 +331,10 @@ def train(
     losses: list[float] = []
     pending: deque[_InFlight] = deque()
     session_start = clock()
+    # The loop state of each checkpoint this process knows, to roll back to after a divergence.
+    known: dict[int, LoopState] = {}
+    if resume is not None and state.checkpoints:
+        known[state.checkpoints[-1].step] = _snapshot(state)
     step_times: deque[float] = deque(maxlen=8)
     stopped: str | None = None
     patience_left = val_spec.early_stopping_patience if val_spec else None
@@ -301,12 +344,80 @@ def train(
         # Wall time of the whole run, across resumes.
         return (resume.elapsed_s if resume else 0.0) + (clock() - session_start)
 
+    def diverged(item: _InFlight, step_loss: float) -> None:
+        # Weights after step k-1 produced step k's bad loss: checkpoints from k-1 on are
+        # suspect. Saves still in flight are waited for and deleted (never recorded).
+        k = item.step + 1
+        discarded: list[SavedCheckpoint] = []
+        for it in [item, *pending]:
+            if it.save is not None:
+                ref = watch.wait(it.save, "save_state")
+                discarded.append(SavedCheckpoint(ref=ref, step=it.step + 1))
+        pending.clear()
+        suspect = [c for c in state.checkpoints if c.step >= k - 1]
+        good = [c for c in state.checkpoints if c.step < k - 1]
+        if suspect and good and good[-1].step in known:
+            back = _snapshot(known[good[-1].step])
+            back.checkpoints = [c for c in back.checkpoints if c in good]
+            if on_checkpoint is not None:
+                on_checkpoint(good[-1], back)
+            state.checkpoints = good
+            discarded.extend(suspect)
+        for c in discarded:
+            if on_delete is not None:
+                on_delete(c)
+        last = state.checkpoints[-1].step if state.checkpoints else None
+        say("train.stopped", step=k, reason="non_finite_loss", loss=step_loss)
+        raise Diverged(
+            f"step {k}: the loss is {step_loss} (not finite); training stopped"
+            + (
+                f", the last good checkpoint (step {last}) is kept"
+                if last is not None and last < k - 1
+                else f"; the newest checkpoint (step {last}) may hold the diverged weights"
+                if last is not None
+                else ", no checkpoint was saved before it"
+            ),
+            hint="lower learning_config.optimizer.lr, or set optimizer.grad_clip, and train "
+            "again (or resume from the kept checkpoint with `crucible resume "
+            f"{job.job_id or 'RUN'}`)",
+            step=k,
+            loss=str(step_loss),
+            last_checkpoint=last,
+        )
+
+    withdrawable = cancel is not None and getattr(session, "withdraws_queued_calls", False) is True
+
+    def withdraw_queued() -> None:
+        # Cancelled: take back the steps queued behind the one being computed, newest
+        # first. One FIFO worker: if a step's first call has not started, none of its
+        # calls has, so cancelling them all leaves the session exactly as it was.
+        if cancel is None or not cancel.is_set():
+            return
+        while pending:
+            item = pending[-1]
+            calls = item.calls()
+            if not calls[0].cancel():
+                return
+            if not all(f.cancel() for f in calls[1:]):
+                raise BackendError(
+                    f"backend {backend_name!r}: a queued call ran before the call queued "
+                    "ahead of it, though the session sets withdraws_queued_calls",
+                    hint="the session must run its calls one at a time, in submission order",
+                )
+            pending.pop()
+            state.tokens -= item.tokens
+            state.cost -= item.tokens * price
+
+    tick = withdraw_queued if withdrawable else None
+
     def finish_oldest() -> None:
         nonlocal stopped, patience_left, best_val
         item = pending.popleft()
-        results = [watch.wait(f, "forward_backward") for f in item.fb]
-        opt = watch.wait(item.opt, "optim_step")
+        results = [watch.wait(f, "forward_backward", tick) for f in item.fb]
+        opt = watch.wait(item.opt, "optim_step", tick)
         step_loss = _mean_loss(results)
+        if not math.isfinite(step_loss):
+            diverged(item, step_loss)
         now = clock()
         step_times.append(now - item.submitted)
         state.step = item.step + 1
@@ -361,6 +472,7 @@ def train(
             # between leaves an extra file, never a state pointing at a deleted one.
             state.checkpoints = [c for c in state.checkpoints if c not in doomed] + [saved]
             state.elapsed_s = elapsed()
+            known[saved.step] = _snapshot(state)
             if on_checkpoint is not None:
                 on_checkpoint(saved, _snapshot(state))
             say("train.checkpoint", step=state.step, uri=ref.uri, checkpoint_kind=ref.kind)
@@ -381,6 +493,7 @@ def train(
         saved = SavedCheckpoint(ref=ref, step=state.step, metric=state.last_loss)
         state.checkpoints.append(saved)
         state.elapsed_s = elapsed()
+        known[saved.step] = _snapshot(state)
         if on_checkpoint is not None:
             on_checkpoint(saved, _snapshot(state))
         say("train.checkpoint", step=state.step, uri=ref.uri, checkpoint_kind=ref.kind)
@@ -398,7 +511,8 @@ def train(
         if stopped is not None:
             break
         if cancel is not None and cancel.is_set():
-            stop_with("cancelled", _cancelled_error)
+            reason = reason_of(cancel) or "cancelled"
+            stop_with(reason, functools.partial(_cancelled_error, reason))
         micro = [
             batch_for_step(train_data, step, m, cfg, shuffle=shuffle) for m in range(cfg.grad_accum)
         ]
@@ -416,7 +530,9 @@ def train(
             pace=(sum(step_times) / len(step_times)) if step_times else 0.0,
         )
         if problem is not None:
-            stop_with(f"budget:{problem}", functools.partial(_budget_error, problem))
+            stop_with(
+                f"budget:{problem}", functools.partial(_budget_error, problem, job.job_id or "RUN")
+            )
         state.tokens += step_tokens
         state.cost += step_tokens * price
         lr = learning_rate(cfg, step, total)
@@ -439,7 +555,7 @@ def train(
             and (step_done % val_spec.every_n_steps == 0 or step_done == total)
         ):
             val = session.forward(list(validation_data), loss)
-        pending.append(_InFlight(step, epoch, fb, opt, lr, submitted, save, val))
+        pending.append(_InFlight(step, epoch, fb, opt, lr, submitted, save, val, step_tokens))
         while len(pending) >= window:
             finish_oldest()
     drain()
@@ -460,17 +576,20 @@ def train(
     )
 
 
-def _budget_error(which: str, step: int) -> BudgetExhausted:
+def _budget_error(which: str, run: str, step: int) -> BudgetExhausted:
     return BudgetExhausted(
         f"stopped after step {step}: the next step would exceed {which}",
-        hint=f"resume with a larger budget: crucible resume RUN --{which.replace('_', '-')} N",
+        hint=f"resume with a larger budget: crucible resume {run} --{which.replace('_', '-')} N",
         budget=which,
         step=step,
     )
 
 
-def _cancelled_error(step: int) -> Cancelled:
-    return Cancelled(f"training cancelled after step {step}; a checkpoint was saved", step=step)
+def _cancelled_error(reason: str, step: int) -> Cancelled:
+    verb = "interrupted" if reason in ("interrupted", "shutdown", "lease_lost") else "cancelled"
+    return Cancelled(
+        f"training {verb} after step {step}; a checkpoint was saved", step=step, reason=reason
+    )
 
 
 def _budget_problem(

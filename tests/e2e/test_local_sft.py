@@ -109,6 +109,8 @@ def test_kill_9_then_resume_continues_the_uninterrupted_curve(cli: Cli, tmp_path
         victim.stderr.close()
     state = json.loads((cli.home / "runs" / "victim" / "trainer_state.json").read_text())
     assert state["step"] >= kill_after
+    listed = json.loads(cli("runs", "list", "--json").stdout)
+    assert {r["run"]: r["status"] for r in listed}["victim"] == "crashed"  # owner gone
     resumed = cli("resume", "victim", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming victim from step {state['step']}" in resumed.stdout

@@ -23,7 +23,12 @@ from crucible_core.errors import ConfigError, UnsupportedError
 from crucible_core.ir.backend import CheckpointRef, Health
 from crucible_core.ir.training import ModelSpec
 from crucible_local.capabilities import static_capabilities
-from crucible_local.checkpoints import check_format, find_weights_dir, path_from_uri
+from crucible_local.checkpoints import (
+    check_format,
+    find_weights_dir,
+    path_from_uri,
+    recover_partial,
+)
 from crucible_local.schedule import LrSchedule, check_schedule
 
 if TYPE_CHECKING:
@@ -161,11 +166,14 @@ class LocalBackend:
         self._threads_for(loaded)
         model = apply_adapter(loaded, job.adapter_config, seed=job.learning_config.seed)
         job_id = job.job_id or new_job_id()
+        where = Path(run_dir) if run_dir is not None else self.home / "runs" / job_id
+        # A process killed mid-save left temporary directories: clean them before writing.
+        recover_partial(where / "checkpoints")
         session = LocalTrainingSession(
             job=job,
             loaded=loaded,
             model=model,
-            run_dir=Path(run_dir) if run_dir is not None else self.home / "runs" / job_id,
+            run_dir=where,
             job_id=job_id,
             weights_format=weights_format,
             lr_schedule=self._lr_schedule,

@@ -4,7 +4,9 @@ Layout: ``save_state(name)`` and ``save_weights_for_sampler(name)`` write to
 ``D/state/`` and ``D/sampler/`` where ``D`` is ``name`` itself when it is an
 absolute path (or a ``file://`` URI), else ``<run_dir>/checkpoints/<name>``.
 A directory is written beside its final place and renamed into it, so a
-crash never leaves half a checkpoint under the final name.
+crash never leaves half a checkpoint under the final name; what a killed
+process leaves beside it (``.NAME.tmp-*``, ``.NAME.old-*``) is cleaned by
+:func:`recover_partial` when the next session of the run starts.
 
 ``CheckpointRef.uri`` is always a ``file://`` URI of the ``state/`` or
 ``sampler/`` directory. Readers accept a ``file://`` URI or a plain path (a
@@ -40,6 +42,7 @@ __all__ = [
     "load_tensors",
     "path_from_uri",
     "read_meta",
+    "recover_partial",
     "save_tensors",
     "to_uri",
     "write_meta",
@@ -117,6 +120,32 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_partial(root: Path) -> list[Path]:
+    """Clean the leftovers of :func:`atomic_dir` blocks a killed process left under ``root``.
+
+    ``root`` is a run's ``checkpoints/`` directory; leftovers sit one level
+    down, beside ``state/`` and ``sampler/``. A ``.NAME.old-*`` whose
+    ``NAME`` is gone is the complete previous version (the crash fell between
+    the two renames) and is renamed back; every other leftover is removed.
+    Returns the paths removed or restored. Only call it while no session of
+    the run is writing.
+    """
+    touched: list[Path] = []
+    if not root.is_dir():
+        return touched
+    for d in [root, *(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))]:
+        for left in sorted(d.glob(".*.old-*")) + sorted(d.glob(".*.tmp-*")):
+            if not left.exists():
+                continue
+            name = left.name[1:].rsplit(".old-", 1)[0] if ".old-" in left.name else None
+            if name and not (d / name).exists():
+                left.rename(d / name)
+            else:
+                shutil.rmtree(left, ignore_errors=True)
+            touched.append(left)
+    return touched
 
 
 def save_tensors(tensors: Mapping[str, torch.Tensor], directory: Path, stem: str, fmt: str) -> Path:

@@ -91,6 +91,11 @@ class LocalTrainingSession:
     Created by :meth:`crucible_local.backend.LocalBackend.create_session`.
     """
 
+    #: Calls run one at a time, in submission order, on one worker thread; cancelling
+    #: the future of a call that has not started means it never runs. The training
+    #: loop relies on this to withdraw queued steps when a run is stopped.
+    withdraws_queued_calls = True
+
     def __init__(
         self,
         *,

@@ -320,3 +320,28 @@ def test_checkpoint_size_estimate_is_close_to_what_is_written(
 
     assert size(state) == pytest.approx(estimate["state"], rel=0.25)
     assert size(sampler) == pytest.approx(estimate["sampler"], rel=0.5)
+
+
+def test_leftovers_of_a_killed_save_are_cleaned_when_the_next_session_starts(
+    backend: LocalBackend, make_job: Callable[..., Any], tmp_path: Path
+) -> None:
+    """What ``atomic_dir`` leaves when its process dies between mkdir and the final rename."""
+    root = tmp_path / "run" / "checkpoints"
+    half = root / "step-000004" / ".state.tmp-1a2b3c4d"  # died while writing
+    half.mkdir(parents=True)
+    (half / "trainable.safetensors").write_bytes(b"half")
+    swapped = root / "step-000008" / ".state.old-5e6f7a8b"  # died between the two renames
+    swapped.mkdir(parents=True)
+    (swapped / "crucible_checkpoint.json").write_text("{}")
+    stale = root / "final" / ".sampler.old-9c0d1e2f"  # died after the rename, before cleanup
+    stale.mkdir(parents=True)
+    (root / "final" / "sampler").mkdir()
+    session = backend.create_session(make_job(max_steps=1), run_dir=tmp_path / "run")
+    try:
+        assert not half.exists()
+        assert not swapped.exists()
+        assert (root / "step-000008" / "state" / "crucible_checkpoint.json").read_text() == "{}"
+        assert not stale.exists()
+        assert (root / "final" / "sampler").is_dir()
+    finally:
+        session.close()
