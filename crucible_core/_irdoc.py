@@ -120,7 +120,7 @@ def render() -> str:
         "Generated from `crucible_core/ir/` by "
         "`python -m crucible_core._irdoc > docs/ir-reference.md`; do not edit by hand.",
         "Every type decodes from JSON, TOML or msgpack with `crucible_core.ir.decode`; "
-        "unknown fields are refused. Top-level messages also have a JSON Schema in "
+        "unknown fields are refused. Every type also has a JSON Schema in "
         "`ir_schemas/`. See `docs/ir.md` for how to read and write them.",
         "",
     ]

@@ -16,10 +16,10 @@ from crucible_core.ir import codec
 
 
 def write_schemas(directory: Path) -> list[Path]:
-    """Write ``<Name>.schema.json`` for every top-level IR type; return the paths written."""
+    """Write ``<Name>.schema.json`` for every IR type, nested ones included; return the paths."""
     directory.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for name, schema in codec.schemas().items():
+    for name, schema in codec.schemas(nested=True).items():
         path = directory / f"{name}.schema.json"
         text = msgspec.json.format(msgspec.json.encode(schema), indent=2).decode() + "\n"
         path.write_text(text, encoding="utf-8")

@@ -270,9 +270,28 @@ def schema(type_: type[Any]) -> dict[str, Any]:
     }
 
 
-def schemas() -> dict[str, dict[str, Any]]:
-    """The JSON Schema of every top-level IR type, by name."""
-    return {name: schema(t) for name, t in IR_TYPES.items()}
+def schemas(*, nested: bool = False) -> dict[str, dict[str, Any]]:
+    """The JSON Schema of every top-level IR type, by name; with ``nested``, also of
+    every Struct they contain (``Prompt``, ``StageDef``, ``LoRA``, ...)."""
+    out = {name: schema(t) for name, t in IR_TYPES.items()}
+    if nested:
+        for t in nested_types():
+            out.setdefault(t.__name__, schema(t))
+    return out
+
+
+def nested_types() -> list[type[Any]]:
+    """Every other IR Struct :mod:`crucible_core.ir` exports (``Prompt``, ``SamplingParams``,
+    ``StageDef``, ``LoRA``, ...), by name: the parts of messages and the values
+    backends exchange."""
+    import crucible_core.ir as ir
+
+    by_name: dict[str, type[Any]] = {}
+    for name in ir.__all__:
+        t = getattr(ir, name)
+        if isinstance(t, type) and issubclass(t, IRStruct) and t is not IRStruct:
+            by_name.setdefault(t.__name__, t)  # aliases (Resources = ResourceSpec) once
+    return [t for n, t in sorted(by_name.items()) if n not in IR_TYPES]
 
 
 # -- internals ---------------------------------------------------------------
