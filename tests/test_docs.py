@@ -40,6 +40,24 @@ def test_plugin_authoring_guide_quotes_the_example_plugin() -> None:
     assert tests.strip() in guide
 
 
+def test_plugin_authoring_guide_quotes_the_acme_plugin_whole() -> None:
+    guide = (ROOT / "docs" / "plugin-authoring.md").read_text()
+    package = ROOT / "examples" / "plugin-acme" / "acme_plugin"
+    for name in ("plugin.py", "stages.py", "source.py", "executor.py", "cli.py", "sink.py"):
+        assert f"```python\n{(package / name).read_text().strip()}\n```" in guide, name
+
+
+def test_the_guides_toml_examples_decode() -> None:
+    """Every TOML block of the plugin guide parses (an experiment stage, a pyproject)."""
+    import msgspec
+
+    guide = (ROOT / "docs" / "plugin-authoring.md").read_text()
+    blocks = guide.split("```toml\n")[1:]
+    assert blocks
+    for block in blocks:
+        msgspec.toml.decode(block.split("```")[0])
+
+
 def test_readme_starts_with_the_two_commands() -> None:
     readme = (ROOT / "README.md").read_text()
     head = readme[: readme.index("\n## ", readme.index("```"))]
