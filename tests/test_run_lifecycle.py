@@ -152,7 +152,7 @@ def test_a_run_owned_by_a_live_process_is_refused_and_one_without_owner_is_crash
     run = crucible_home / "runs" / "o"
     with RunLock(run):
         assert main(["resume", "o", "--max-tokens", "100000", "--no-progress"]) == 1
-        assert "is being worked on by another process" in capsys.readouterr().err
+        assert f"is being worked on by process {os.getpid()}" in capsys.readouterr().err
         with pytest.raises(Conflict):
             RunLock(run).__enter__()
         assert effective_status(run, {"status": "running"}) == "running"

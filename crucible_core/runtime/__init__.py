@@ -14,7 +14,7 @@ module you need. One module, one job:
 - :mod:`~crucible_core.runtime.lineage`: traces, spans and provenance edges.
 - :mod:`~crucible_core.runtime.checkpoints`: the pure checkpoint-policy engine.
 - :mod:`~crucible_core.runtime.cancel`: the cooperative cancellation flag.
-- :mod:`~crucible_core.runtime.runlock`: one writer per run directory (a pid-stamped flock).
+- :mod:`~crucible_core.runtime.runstatus`: a run's status, and its one owner (a pid-stamped flock).
 - :mod:`~crucible_core.runtime.dbrepair`: checks and rebuilds a damaged ``crucible.db``.
 
 docs/runtime.md is the overview: the aging rule, the fsync policy and the

@@ -23,7 +23,10 @@ and host in the manifest's ``owner``). The kernel drops the lock when the
 process dies, however it dies, so "``running`` and nobody holds the lock"
 means crashed, with no heartbeat to tune and no pid-reuse trap. A second
 process cannot take a run that is being worked on (:class:`RunLock` raises
-:class:`~crucible_core.errors.Conflict`). Where ``fcntl`` is missing (Windows)
+:class:`~crucible_core.errors.Conflict` naming the holder's pid, which it
+writes into the lock file): a worker's retry beside a hung attempt, or
+``crucible resume`` beside a worker running the same job, would otherwise
+interleave their writes and corrupt the run. Where ``fcntl`` is missing (Windows)
 no lock is taken and a stale ``running`` is shown as is.
 """
 
@@ -35,9 +38,9 @@ import socket
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Final, Literal
+from typing import Any, Final, Literal
 
-from crucible_core.errors import BudgetExhausted, Cancelled, Conflict
+from crucible_core.errors import BudgetExhausted, Cancelled, ConfigError, Conflict
 
 __all__ = [
     "INTERRUPT_REASONS",
@@ -46,6 +49,7 @@ __all__ = [
     "RunLock",
     "RunStatus",
     "effective_status",
+    "holder_pid",
     "status_for",
 ]
 
@@ -101,17 +105,39 @@ def _fcntl() -> Any:
     return fcntl
 
 
-class RunLock:
-    """Exclusive ownership of a run directory while a process works on it.
+def holder_pid(run_dir: Path) -> int | None:
+    """The pid written in ``run_dir``'s lock file by its holder (or last holder), or None."""
+    try:
+        text = (Path(run_dir) / LOCK_FILE).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
-    Use as a context manager around the work. Entering raises
-    :class:`~crucible_core.errors.Conflict` when another live process owns
-    the run; leaving (or the process dying) releases it.
+
+class RunLock:
+    """Exclusive ownership of a run directory while a process works on it: the one
+    writer of its state, checkpoints and manifest.
+
+    Use as a context manager around the work (or :meth:`acquire`/:meth:`release`).
+    Entering creates the directory if needed, takes an exclusive ``flock`` on
+    :data:`LOCK_FILE` without waiting and writes this process's pid into it;
+    if another holder has it, :class:`~crucible_core.errors.Conflict` names that
+    pid. The lock belongs to the open file: the kernel drops it when the holder
+    closes it or dies (even by ``kill -9``), so a file left behind never blocks
+    anyone, and it is not deleted on release (that would race with a new holder).
+    Not re-entrant: a second ``RunLock`` on one directory conflicts even in the
+    same process.
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
-        self._fh: IO[bytes] | None = None
+        self.path = self.run_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock now."""
+        return self._fd is not None
 
     def owner(self) -> dict[str, Any]:
         """What this process records as the run's owner in the manifest."""
@@ -121,26 +147,54 @@ class RunLock:
             "since": datetime.now(UTC).isoformat(),
         }
 
-    def __enter__(self) -> RunLock:
+    def acquire(self) -> None:
+        """Take the lock or raise Conflict naming the pid that holds it."""
         fcntl = _fcntl()
-        if fcntl is None:  # pragma: no cover - Windows
-            return self
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        fh = open(self.run_dir / LOCK_FILE, "ab")  # held until __exit__
+        if fcntl is None:  # pragma: no cover - Windows: no ownership, as documented
+            return
+        if self._fd is not None:
+            raise Conflict(f"{self.run_dir}: this lock object already holds the run directory")
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigError(
+                f"{self.path}: cannot create the run directory's lock file ({exc.strerror})",
+                hint="check that the run directory is writable, or set CRUCIBLE_HOME",
+                path=str(self.path),
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            fh.close()
+            os.close(fd)
+            pid = holder_pid(self.run_dir)
+            who = f"process {pid}" if pid is not None else "another process"
             raise Conflict(
-                f"run {self.run_dir.name!r} is being worked on by another process",
-                hint="wait for it to finish, or stop it (Ctrl-C) and then `crucible resume "
-                f"{self.run_dir.name}`",
+                f"run {self.run_dir.name!r} is being worked on by {who}",
+                hint="two writers would corrupt the run; wait for it to finish, or stop it "
+                f"(Ctrl-C{f' or kill {pid}' if pid is not None else ''}) and then "
+                f"`crucible resume {self.run_dir.name}`",
                 run=self.run_dir.name,
+                pid=pid,
             ) from None
         except BaseException:
-            fh.close()
+            os.close(fd)
             raise
-        self._fh = fh
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Drop the lock (a no-op when not held)."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)  # closing the descriptor releases the flock
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
         return self
 
     def __exit__(
@@ -149,9 +203,7 @@ class RunLock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._fh is not None:
-            self._fh.close()  # closing the descriptor releases the flock
-            self._fh = None
+        self.release()
 
 
 def _owned(run_dir: Path) -> bool | None:

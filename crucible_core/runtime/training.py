@@ -533,12 +533,9 @@ def run_training(
         payload=to_builtins(job),
         created_at=datetime.now(UTC),
     )
-    from crucible_core.runtime.runlock import RunDirLock
-
-    with RunDirLock(paths.run_dir(run_id)):  # one writer per run directory
-        return _run(
-            work, job, host=host, bus=bus, cancel=cancel, resume=resume, window=window, plan=plan
-        )
+    return _run(
+        work, job, host=host, bus=bus, cancel=cancel, resume=resume, window=window, plan=plan
+    )
 
 
 def _run(
@@ -551,7 +548,10 @@ def _run(
     resume: LoopState | None,
     window: int,
     plan: Mapping[str, Any] | None,
+    lock: RunLock | None = None,
 ) -> TrainingOutcome:
+    """Run ``job`` as ``work`` in its run directory, owning it (``lock``, if the caller
+    already holds it, else taken here) for the whole run."""
     experiment = training_experiment(job, work.id)
     options: dict[str, Any] = {"window": window}
     if resume is not None:
@@ -566,7 +566,9 @@ def _run(
     )
     run_dir = paths.run_dir(work.id)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir) as lock:
+    with contextlib.ExitStack() as stack:
+        if lock is None:
+            lock = stack.enter_context(RunLock(run_dir))
         _clean_leftovers(run_dir)
         LocalArtifactStore().clean_staging()
         return _run_locked(
@@ -655,6 +657,13 @@ def run_training_job(job: Job, ctx: Any) -> Mapping[str, Any]:
     """
     training = convert(job.payload, TrainingJob)
     training = msgspec.structs.replace(training, job_id=job.id)
+    # Own the run before reading its saved state: a retry started while a hung
+    # attempt still runs must not read (or write) what that attempt is writing.
+    with RunLock(paths.run_dir(job.id)) as lock:
+        return _run_job(job, training, ctx, lock)
+
+
+def _run_job(job: Job, training: TrainingJob, ctx: Any, lock: RunLock) -> Mapping[str, Any]:
     resume: LoopState | None = None
     try:
         resume = read_loop_state(paths.run_dir(job.id))
@@ -686,6 +695,7 @@ def run_training_job(job: Job, ctx: Any) -> Mapping[str, Any]:
             resume=resume,
             window=2,
             plan=None,
+            lock=lock,
         )
     finally:
         if sub is not None and bus is not None:

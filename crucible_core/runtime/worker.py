@@ -239,12 +239,9 @@ def _training(job: Job) -> Handler:
     run_training_job = getattr(module, attr)
 
     def run(ctx: JobContext) -> Any:
-        from crucible_core.runtime.runlock import RunDirLock
-
-        # One writer per run directory, even if a lease lapsed while a hung
-        # attempt still runs: taken before the run's saved state is read.
-        with RunDirLock(ctx.run_dir):
-            return run_training_job(ctx.job, ctx)
+        # The handler owns the run directory (RunLock) before it reads the run's
+        # saved state, so a retry beside a hung attempt is refused, not interleaved.
+        return run_training_job(ctx.job, ctx)
 
     return run
 

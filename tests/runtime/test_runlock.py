@@ -1,6 +1,6 @@
 """One writer per run directory: the lock is held across real processes.
 
-A holder process takes :class:`RunDirLock` and waits; this process (and the
+A holder process takes :class:`RunLock` and waits; this process (and the
 training entry points it calls) must get a Conflict naming the holder's pid,
 and the lock must come free when the holder dies, even by SIGKILL.
 """
@@ -20,7 +20,7 @@ import pytest
 from crucible_core.errors import Conflict, exit_code_for
 from crucible_core.ir import Job
 from crucible_core.plugins import PluginHost
-from crucible_core.runtime.runlock import LOCK_FILE, RunDirLock, holder_pid
+from crucible_core.runtime.runstatus import LOCK_FILE, RunLock, holder_pid
 from crucible_core.runtime.scheduler import Scheduler
 from crucible_core.runtime.training import run_training
 from crucible_core.runtime.worker import Worker
@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 HOLDER = """
 import sys, time
-from crucible_core.runtime.runlock import RunDirLock
-with RunDirLock(sys.argv[1]):
+from crucible_core.runtime.runstatus import RunLock
+with RunLock(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.read()  # hold until the test closes stdin (or kills us)
 print("released", flush=True)
@@ -78,9 +78,9 @@ def test_held_lock_is_a_conflict_naming_the_pid(
     holders.append(holder)
     assert holder_pid(run) == holder.pid
     with pytest.raises(Conflict) as info:
-        RunDirLock(run).acquire()
+        RunLock(run).acquire()
     assert f"process {holder.pid}" in info.value.message
-    assert str(run) in info.value.message
+    assert repr(run.name) in info.value.message
     assert info.value.details["pid"] == holder.pid
     assert info.value.hint is not None
     assert f"kill {holder.pid}" in info.value.hint
@@ -89,7 +89,7 @@ def test_held_lock_is_a_conflict_naming_the_pid(
     assert holder.stdin is not None
     holder.stdin.close()
     assert holder.wait(10) == 0
-    with RunDirLock(run) as lock:
+    with RunLock(run) as lock:
         assert lock.held
         assert holder_pid(run) == os.getpid()
     assert not lock.held
@@ -104,13 +104,13 @@ def test_lock_of_a_killed_holder_is_free(
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait(10)
     assert (run / LOCK_FILE).exists()  # the file stays; the kernel dropped the lock
-    with RunDirLock(run):
+    with RunLock(run):
         assert holder_pid(run) == os.getpid()
 
 
 def test_two_locks_in_one_process_conflict(tmp_path: Path) -> None:
-    with RunDirLock(tmp_path / "r"), pytest.raises(Conflict, match=f"process {os.getpid()}"):
-        RunDirLock(tmp_path / "r").acquire()
+    with RunLock(tmp_path / "r"), pytest.raises(Conflict, match=f"process {os.getpid()}"):
+        RunLock(tmp_path / "r").acquire()
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ def test_run_training_refuses_a_run_directory_in_use(
     run = crucible_home / "runs" / "busy"
     holder = hold(run)
     holders.append(holder)
-    with pytest.raises(Conflict, match=f"in use by process {holder.pid}"):
+    with pytest.raises(Conflict, match=f"worked on by process {holder.pid}"):
         run_training(make_job(), job_id="busy", host=toy)
     assert not (run / "manifest.json").exists()  # nothing was written beside the holder
     assert holder.stdin is not None
