@@ -17,8 +17,7 @@ import msgspec
 
 from crucible_core.cli.output import print_json
 from crucible_core.errors import ConfigError, NotFound
-from crucible_core.ir.backend import Message, Prompt, SamplingParams
-from crucible_core.ir.codec import convert
+from crucible_core.ir.backend import Prompt, SamplingParams
 
 __all__ = ["command", "parse_option", "parse_spec"]
 
@@ -98,20 +97,9 @@ class _AskCommand:
         from crucible_core.plugins import get_host
 
         host = get_host()
-        params = convert(
-            {
-                "max_tokens": args.max_tokens,
-                "temperature": args.temperature,
-                "seed": args.seed,
-                "stop": args.stop,
-            },
-            SamplingParams,
-        )
-        prompt = (
-            Prompt(messages=[Message(role="user", content=args.prompt)])
-            if args.chat
-            else Prompt(text=args.prompt)
-        )
+        from crucible_core.cli.sample_cmd import request_of
+
+        params, prompt = request_of(args)
         options = dict(parse_option(o) for o in cast(list[str], args.option))
         make = self._base(args, options, host)
         if args.hedge:

@@ -17,7 +17,7 @@ from crucible_core.ir.codec import convert
 from crucible_core.ir.common import BackendRef
 from crucible_core.ir.training import ModelSpec
 
-__all__ = ["command", "resolve_sampler"]
+__all__ = ["command", "request_of", "resolve_sampler"]
 
 
 def resolve_sampler(ref: str) -> tuple[BackendRef, ModelSpec, CheckpointRef]:
@@ -41,6 +41,25 @@ def resolve_sampler(ref: str) -> tuple[BackendRef, ModelSpec, CheckpointRef]:
             )
         checkpoint = convert(raw, CheckpointRef)
     return backend, model, checkpoint
+
+
+def request_of(args: argparse.Namespace) -> tuple[SamplingParams, Prompt]:
+    """The sampling settings and prompt a sampling command's arguments ask for, validated
+    as IR (so a bad value names its field); arguments a command lacks keep the defaults."""
+    given = {
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "top_p": getattr(args, "top_p", 1.0),
+        "top_k": getattr(args, "top_k", None),
+        "seed": args.seed,
+        "n": getattr(args, "n", 1),
+        "stop": args.stop,
+    }
+    params = convert(given, SamplingParams)
+    text = cast(str, args.prompt)
+    chat = bool(getattr(args, "chat", False))
+    prompt = Prompt(messages=[Message(role="user", content=text)]) if chat else Prompt(text=text)
+    return params, prompt
 
 
 class _SampleCommand:
@@ -67,23 +86,7 @@ class _SampleCommand:
         from crucible_core.plugins import get_host
 
         backend_ref, model, checkpoint = resolve_sampler(args.ref)
-        params = convert(
-            {
-                "max_tokens": args.max_tokens,
-                "temperature": args.temperature,
-                "top_p": args.top_p,
-                "top_k": args.top_k,
-                "seed": args.seed,
-                "n": args.n,
-                "stop": args.stop,
-            },
-            SamplingParams,
-        )
-        prompt = (
-            Prompt(messages=[Message(role="user", content=args.prompt)])
-            if args.chat
-            else Prompt(text=args.prompt)
-        )
+        params, prompt = request_of(args)
         backend = get_host().create("backend", backend_ref.name, **backend_ref.options)
         sampler = backend.load_sampler(model, checkpoint)
         completions = sampler.sample(prompt, params).result(timeout=600)

@@ -34,6 +34,7 @@ from crucible_core.testing.executors import check_executor
 from crucible_core.testing.host import isolated_host
 from crucible_core.testing.imports import DEFAULT_HEAVY_MODULES, check_light_import
 from crucible_core.testing.inference import check_inference_backend
+from crucible_core.testing.scripted import scripted_completion
 from crucible_core.testing.stages import KitStageContext, check_stage
 from crucible_core.testing.training import check_training_backend, make_datums
 
@@ -52,4 +53,5 @@ __all__ = [
     "check_training_backend",
     "isolated_host",
     "make_datums",
+    "scripted_completion",
 ]

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from crucible_core.errors import UnsupportedError
 from crucible_core.ir import (
     Capabilities,
     Completion,
@@ -17,32 +16,8 @@ from crucible_core.ir import (
     Prompt,
     SamplingParams,
     StreamChunk,
-    Usage,
 )
-
-
-def generate(answer: str, params: SamplingParams, backend_id: str) -> Completion:
-    """A greedy completion of ``answer``, one token per word, honouring max_tokens and stop."""
-    if params.n != 1:
-        raise UnsupportedError("n > 1: complete returns one completion", hint="use n = 1")
-    words = answer.split(" ")
-    pieces = [w if i == 0 else " " + w for i, w in enumerate(words)][: params.max_tokens]
-    text = "".join(pieces)
-    tokens = [sum(map(ord, p)) % 1000 + 1 for p in pieces]
-    finish = "length" if len(words) > params.max_tokens else "stop"
-    cuts = [i for i in (text.find(s) for s in params.stop if s) if i >= 0]
-    if cuts:
-        end, used = min(cuts), 0
-        while used < len(pieces) and len("".join(pieces[:used])) <= end:
-            used += 1
-        text, tokens, finish = text[:end], tokens[:used], "stop"
-    return Completion(
-        text=text,
-        tokens=tokens,
-        finish_reason=finish,
-        usage=Usage(prompt_tokens=3, completion_tokens=len(tokens)),
-        backend_id=backend_id,
-    )
+from crucible_core.testing import scripted_completion
 
 
 class Slow:
@@ -75,7 +50,7 @@ class Slow:
         if i in self.fail_on:
             raise RuntimeError(f"call {i} failed")
         n = 0 if self.same_answer else i
-        return generate(f"answer {n} is ready", params, "slow")
+        return scripted_completion(f"answer {n} is ready", params, "slow")
 
     def stream(self, prompt: Prompt, params: SamplingParams) -> Iterator[StreamChunk]:
         c = self.complete(prompt, params)
