@@ -64,7 +64,7 @@ def test_sft_example_on_tinker_writes_a_run_like_local(
     assert all(c["ref"]["uri"].startswith("tinker://") for c in t_manifest["checkpoints"])
     events = [json.loads(line) for line in (t_dir / "telemetry.jsonl").read_text().splitlines()]
     assert sum(e["kind"] == "train.step" for e in events) == steps
-    assert server.api_key not in "".join(p.read_text() for p in t_dir.iterdir())
+    assert server.api_key not in "".join(p.read_text() for p in t_dir.rglob("*") if p.is_file())
 
     # Sample from the run's weights through the tinker backend.
     assert main(["sample", "t", "--prompt", "Hello", "--max-tokens", "8"]) == 0
