@@ -40,9 +40,9 @@ def test_plugin_authoring_guide_quotes_the_example_plugin() -> None:
     assert tests.strip() in guide
 
 
-def test_plugin_authoring_guide_quotes_the_acme_plugin_whole() -> None:
+def test_plugin_authoring_guide_quotes_the_crucible_acme_whole() -> None:
     guide = (ROOT / "docs" / "plugin-authoring.md").read_text()
-    package = ROOT / "examples" / "plugin-acme" / "acme_plugin"
+    package = ROOT / "examples" / "plugin-acme" / "crucible_acme"
     for name in ("plugin.py", "stages.py", "source.py", "executor.py", "cli.py", "sink.py"):
         assert f"```python\n{(package / name).read_text().strip()}\n```" in guide, name
 

@@ -1,4 +1,4 @@
-"""Make ``acme_plugin`` importable from the source tree when it is not installed."""
+"""Make ``crucible_acme`` importable from the source tree when it is not installed."""
 
 import sys
 from pathlib import Path

@@ -2,11 +2,11 @@ import json
 from pathlib import Path
 
 import pytest
-from acme_plugin import plugin
-from acme_plugin.cli import CountCommand
-from acme_plugin.executor import InlineExecutor
-from acme_plugin.source import LinesSource
-from acme_plugin.stages import DedupeStage
+from crucible_acme import plugin
+from crucible_acme.cli import CountCommand
+from crucible_acme.executor import InlineExecutor
+from crucible_acme.source import LinesSource
+from crucible_acme.stages import DedupeStage
 
 from crucible_core import get_backend, get_dataset, get_executor, get_stage
 from crucible_core.cli.main import main
@@ -89,4 +89,4 @@ def test_the_event_sink_logs_training_steps(
 
 
 def test_the_hooks_module_is_cheap_to_import() -> None:
-    check_light_import("acme_plugin.plugin")
+    check_light_import("crucible_acme.plugin")

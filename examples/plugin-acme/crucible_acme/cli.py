@@ -2,7 +2,7 @@ import argparse
 import json
 import sys
 
-from acme_plugin.source import LinesSource
+from crucible_acme.source import LinesSource
 from crucible_core.ir import DatasetSpec
 
 

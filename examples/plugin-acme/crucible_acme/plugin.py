@@ -11,14 +11,14 @@ from crucible_core import (
 
 @hookimpl
 def register_stages(register: RegisterStage) -> None:
-    register("acme.dedupe", "acme_plugin.stages:DedupeStage", summary="Drop repeated rows")
+    register("acme.dedupe", "crucible_acme.stages:DedupeStage", summary="Drop repeated rows")
 
 
 @hookimpl
 def register_datasets(register: RegisterDataset) -> None:
     register(
         "acme-lines",
-        "acme_plugin.source:LinesSource",
+        "crucible_acme.source:LinesSource",
         summary="A text file, one row per line",
         schemes=["lines"],
     )
@@ -26,16 +26,16 @@ def register_datasets(register: RegisterDataset) -> None:
 
 @hookimpl
 def register_executors(register: RegisterExecutor) -> None:
-    register("acme-inline", "acme_plugin.executor:InlineExecutor", summary="Run in the caller")
+    register("acme-inline", "crucible_acme.executor:InlineExecutor", summary="Run in the caller")
 
 
 @hookimpl
 def register_commands(register: RegisterCommand) -> None:
-    register("acme-count", "acme_plugin.cli:CountCommand", summary="Count a file's rows")
+    register("acme-count", "crucible_acme.cli:CountCommand", summary="Count a file's rows")
 
 
 @hookimpl
 def on_event(event: Any) -> None:
-    from acme_plugin.sink import record
+    from crucible_acme.sink import record
 
     record(event)
