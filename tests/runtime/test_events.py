@@ -156,3 +156,22 @@ def test_progress_subscriber_shows_step_total_and_loss(crucible_home: Path) -> N
     assert "12/40" in text
     assert "0.1235" in text
     assert "j9" in text
+
+
+def test_drain_waits_for_callbacks_to_finish_not_just_for_the_queue(crucible_home: Path) -> None:
+    """A subscriber busy with the last event it took has not handled it yet: drain waits."""
+    handled: list[int] = []
+
+    def slow(event: Event) -> None:
+        time.sleep(0.2)
+        handled.append(event.step or 0)
+
+    with EventBus(sink=False) as bus:
+        bus.subscribe(slow, name="slow")
+        for step in range(3):
+            bus.emit("train.step", job_id="d", step=step, loss=1.0)
+        t0 = time.monotonic()
+        bus.drain(timeout=5)
+        assert handled == [0, 1, 2]
+        assert time.monotonic() - t0 >= 0.2  # it really waited for the callbacks
+        bus.drain(timeout=5)  # idle: returns at once
