@@ -314,15 +314,37 @@ def _stage_error(name: str, exc: BaseException) -> CrucibleError:
 
 
 def _wait_any(futures: Mapping[Future[Any], str]) -> list[Future[Any]]:
+    """The futures that are done, waiting (without polling) until at least one is."""
     native = [f for f in futures if isinstance(f, cf.Future)]
     if len(native) == len(futures):
         done, _ = cf.wait(native, return_when=cf.FIRST_COMPLETED)
         return list(done)
-    while True:  # foreign futures (a plugin executor): poll
+    # A plugin executor's futures need only result() and done(): a daemon thread per
+    # future waits on result() and wakes this one (a future with add_done_callback
+    # is asked to call back instead).
+    wake = threading.Event()
+
+    def on_done(_: object) -> None:
+        wake.set()
+
+    for f in futures:
+        add_done_callback = getattr(f, "add_done_callback", None)
+        if callable(add_done_callback):
+            add_done_callback(on_done)
+        else:
+            threading.Thread(target=_wake_when_done, args=(f, wake), daemon=True).start()
+    while True:
+        wake.clear()
         done = [f for f in futures if f.done()]
         if done:
             return done
-        time.sleep(0.001)
+        wake.wait()
+
+
+def _wake_when_done(future: Future[Any], wake: threading.Event) -> None:
+    with contextlib.suppress(BaseException):  # the caller reads the outcome itself
+        future.result()
+    wake.set()
 
 
 def _iso(ts: float) -> datetime:
