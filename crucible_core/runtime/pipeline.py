@@ -9,7 +9,7 @@
   options at construction (and can refuse bad ones before anything runs);
   the same options are also on ``ctx.options``. Every stage is resolved and
   built before the first one runs, so a misspelt ``uses`` costs nothing.
-- **Order.** Topological (networkx, imported here only). A stage starts when
+- **Order.** Topological (:mod:`crucible_core.runtime.dag`). A stage starts when
   all its enabled dependencies succeeded; independent stages run
   concurrently on ``executor`` (default: a thread pool of up to 4). A stage
   with ``enabled = false`` is skipped: its dependents still run and simply
@@ -259,11 +259,9 @@ class PipelineStageContext:
 
 def _check_dag(experiment: Experiment) -> list[str]:
     """Stage names in a topological order; ConfigError for unknown deps or a cycle."""
-    import networkx as nx
+    from crucible_core.runtime.dag import find_cycle, topological_order
 
-    graph: nx.DiGraph[str] = nx.DiGraph()
     names = [s.name for s in experiment.stages]
-    graph.add_nodes_from(names)
     known = set(names)
     for stage in experiment.stages:
         for dep in stage.depends_on:
@@ -272,12 +270,11 @@ def _check_dag(experiment: Experiment) -> list[str]:
                     f"stage {stage.name!r} depends on unknown stage {dep!r}",
                     hint=f"stages: {', '.join(names)}",
                 )
-            graph.add_edge(dep, stage.name)
-    try:
-        cycle = cast(list[tuple[str, str]], nx.find_cycle(graph))  # pyright: ignore[reportUnknownMemberType]
-    except nx.NetworkXNoCycle:
-        return [str(n) for n in nx.lexicographical_topological_sort(graph, key=names.index)]
-    path = [a for a, _ in cycle] + [cycle[0][0]]
+    depends_on = {s.name: list(s.depends_on) for s in experiment.stages}
+    cycle = find_cycle(depends_on)
+    if cycle is None:
+        return topological_order(names, depends_on)
+    path = cycle[::-1]  # shown in the order stages would run: a -> b means b waits for a
     raise ConfigError(
         f"the stages of experiment {experiment.id!r} form a cycle: {' -> '.join(path)}",
         hint="a stage cannot wait for itself; remove one of these depends_on entries",

@@ -88,6 +88,7 @@ from crucible_core.ir.work import (
 )
 from crucible_core.runtime._db import ConnectionPool, SyncMode, corrupt_error
 from crucible_core.runtime._options import check_count, check_seconds
+from crucible_core.runtime.dag import find_cycle, topological_order
 from crucible_core.runtime.paths import db_path as default_db_path
 
 __all__ = [
@@ -234,35 +235,6 @@ def _new_id(now: float) -> str:
     return f"job-{int(now * 1000):011x}{secrets.token_hex(5)}"
 
 
-def _find_cycle(graph: Mapping[str, Sequence[str]]) -> list[str] | None:
-    """A cycle in ``graph`` (node -> successors) as a closed path, or None."""
-    white, grey, black = 0, 1, 2
-    color = dict.fromkeys(graph, white)
-    for root in graph:
-        if color[root] != white:
-            continue
-        path: list[str] = [root]
-        stack: list[tuple[str, int]] = [(root, 0)]
-        color[root] = grey
-        while stack:
-            node, i = stack[-1]
-            succ = [s for s in graph.get(node, ()) if s in graph]
-            if i < len(succ):
-                stack[-1] = (node, i + 1)
-                nxt = succ[i]
-                if color[nxt] == grey:
-                    return [*path[path.index(nxt) :], nxt]
-                if color[nxt] == white:
-                    color[nxt] = grey
-                    stack.append((nxt, 0))
-                    path.append(nxt)
-            else:
-                color[node] = black
-                stack.pop()
-                path.pop()
-    return None
-
-
 class _Tx:
     """One write transaction: its connection and its clock reading."""
 
@@ -369,14 +341,16 @@ class Scheduler:
             seen.add(job_id)
             prepared.append(job if job.id else msgspec.structs.replace(job, id=job_id))
         if any(j.constraints.depends_on for j in prepared):
-            cycle = _find_cycle({j.id: list(j.constraints.depends_on) for j in prepared})
+            depends_on = {j.id: list(j.constraints.depends_on) for j in prepared}
+            cycle = find_cycle(depends_on)
             if cycle is not None:
                 raise ConfigError(
                     f"depends_on forms a cycle: {' -> '.join(cycle)}",
                     hint="a job cannot wait for itself; remove one of these dependencies",
                     cycle=cycle,
                 )
-            order = _topological(prepared)
+            by_id = {j.id: j for j in prepared}
+            order = [by_id[i] for i in topological_order(list(by_id), depends_on)]
         else:
             order = prepared
         out: dict[str, Job] = {}
@@ -1092,26 +1066,6 @@ class Scheduler:
         ).fetchone()
         if row is None:
             raise Conflict(f"job {job_id!r} is no longer {frm}; it changed meanwhile")
-
-
-def _topological(jobs: Sequence[Job]) -> list[Job]:
-    """Dependencies before dependents (within the batch); acyclic input assumed."""
-    by_id = {j.id: j for j in jobs}
-    done: set[str] = set()
-    order: list[Job] = []
-
-    def visit(job: Job) -> None:
-        if job.id in done:
-            return
-        done.add(job.id)
-        for dep in job.constraints.depends_on:
-            if dep in by_id:
-                visit(by_id[dep])
-        order.append(job)
-
-    for job in jobs:
-        visit(job)
-    return order
 
 
 #: Fields the jobs table keeps in their own columns; the stored spec omits them.
