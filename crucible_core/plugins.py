@@ -630,7 +630,6 @@ class PluginHost:
             except Exception:
                 self._event_error(impl.plugin_name, event)
 
-
     def _event_error(self, plugin: str, event: Any) -> None:
         """Log a plugin's ``on_event`` failure: the first with its traceback, then every
         1000th as a count, so a sink broken for good cannot flood the log."""

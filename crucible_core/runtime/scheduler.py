@@ -57,7 +57,6 @@ error naming the file (:func:`crucible_core.runtime._db.translate`).
 from __future__ import annotations
 
 import contextlib
-import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -75,7 +74,7 @@ from crucible_core.errors import (
     CrucibleError,
     NotFound,
 )
-from crucible_core.ids import ID_HINT, is_valid_id, shown
+from crucible_core.ids import ID_HINT, is_valid_id, new_id, shown
 from crucible_core.ir.backend import CheckpointRef
 from crucible_core.ir.work import (
     PRIORITY_RANK,
@@ -229,12 +228,6 @@ def _epoch(value: datetime) -> float:
     return value.timestamp()
 
 
-def _new_id(now: float) -> str:
-    # Time-ordered (milliseconds, hex) so that new rows land at the end of the id index;
-    # 40 random bits, so ids made in the same millisecond (a big batch) do not collide.
-    return f"job-{int(now * 1000):011x}{secrets.token_hex(5)}"
-
-
 class _Tx:
     """One write transaction: its connection and its clock reading."""
 
@@ -330,7 +323,7 @@ class Scheduler:
         for job in jobs:
             job_id = job.id
             while not job_id or (not job.id and job_id in seen):
-                job_id = _new_id(self._clock())  # a fresh id, never one of this batch's
+                job_id = new_id("job", now=self._clock())  # a fresh id, never one of this batch's
             if not is_valid_id(job_id):
                 raise ConfigError(
                     f"job id {shown(job_id)} is not allowed",
