@@ -176,6 +176,18 @@ class _Run:
         if name is not None and name != ref.name:
             return self.get_host().create("backend", name)
         host = self.get_host()
+        if ref.fallbacks and "routed" in host.registrations("backend"):
+            # crucible-router is installed: fallbacks are honoured per call (circuit
+            # breakers, fail-over on retryable errors), not only when creating the backend.
+            return host.create(
+                "backend",
+                "routed",
+                primary={"name": ref.name, "options": dict(ref.options)},
+                fallbacks=list(ref.fallbacks),
+                bus=self.bus,
+                job_id=self.job.id,
+                host=host,
+            )
         tried: list[str] = []
         for candidate in [ref.name, *ref.fallbacks]:
             options = ref.options if candidate == ref.name else {}

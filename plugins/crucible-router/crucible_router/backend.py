@@ -157,7 +157,9 @@ class RoutedBackend:
             name = wanted if wanted is not None else _label(spec)
             taken = {m.name for m in self.members}
             if name in taken:  # the same backend twice (other options): number the repeats
-                name = next(f"{name}#{k}" for k in range(2, len(specs) + 2) if f"{name}#{k}" not in taken)
+                name = next(
+                    f"{name}#{k}" for k in range(2, len(specs) + 2) if f"{name}#{k}" not in taken
+                )
             breaker = CircuitBreaker(
                 failure_threshold=failure_threshold,
                 error_rate=error_rate,
@@ -292,7 +294,9 @@ class RoutedBackend:
 
     def health_check(self) -> Health:
         """Ok while some member is created and not open; the detail names each member's state."""
-        states = {m.name: ("unavailable" if m.backend is None else m.breaker.state) for m in self.members}
+        states = {
+            m.name: ("unavailable" if m.backend is None else m.breaker.state) for m in self.members
+        }
         ok = any(m.backend is not None and m.breaker.state != "open" for m in self.members)
         detail = ", ".join(f"{k}: {v}" for k, v in states.items())
         return Health(ok=ok, detail=detail)
@@ -329,10 +333,11 @@ class RoutedBackend:
     def __getattr__(self, name: str) -> Any:
         if name not in TRAINING_METHODS or name.startswith("__"):
             raise AttributeError(name)
-        home = self.__dict__.get("home")
+        home: Member | None = self.__dict__.get("home")
         method = getattr(home.backend, name, None) if home is not None else None
-        if method is None:
+        if home is None or method is None:
             raise AttributeError(name)
+        where = home.name
 
         def pinned(*args: Any, **kwargs: Any) -> Any:
             try:
@@ -340,19 +345,19 @@ class RoutedBackend:
             except CrucibleError as exc:
                 if isinstance(exc, BackendError):
                     raise BackendError(
-                        f"{name} on {home.name!r} failed: {exc.message} (training is never "
-                        f"moved to another backend: the session's state lives on {home.name!r})",
+                        f"{name} on {where!r} failed: {exc.message} (training is never "
+                        f"moved to another backend: the session's state lives on {where!r})",
                         hint=exc.hint or "retry on the same backend, or resume from a checkpoint",
                         retryable=exc.retryable,
-                        backend=home.name,
+                        backend=where,
                     ) from exc
                 raise
             except Exception as exc:
                 raise BackendError(
-                    f"{name} on {home.name!r} failed: {type(exc).__name__}: {exc} (training is "
-                    f"never moved to another backend: the session's state lives on {home.name!r})",
+                    f"{name} on {where!r} failed: {type(exc).__name__}: {exc} (training is "
+                    f"never moved to another backend: the session's state lives on {where!r})",
                     hint="retry on the same backend, or resume from a checkpoint",
-                    backend=home.name,
+                    backend=where,
                 ) from exc
 
         return pinned

@@ -41,7 +41,6 @@ BreakerState = Literal["closed", "open", "half_open"]
 STATES: tuple[BreakerState, ...] = ("closed", "half_open", "open")
 
 
-
 class Permit(NamedTuple):
     """Leave to make one call, from :meth:`CircuitBreaker.allow`; ``probe`` in half-open."""
 

@@ -1,4 +1,4 @@
-"""``BreakerStateFile``: the breakers' last known states in SQLite, for ``crucible backends status``.
+"""``BreakerStateFile``: breakers' last known states in SQLite, for ``crucible backends status``.
 
 Why: a breaker lives in the process that routes, but the question "which
 backends are open?" is asked from another process (the CLI). Each router writes

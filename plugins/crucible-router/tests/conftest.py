@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from crucible_core.runtime.events import Event, EventBus
 from crucible_core.ir import (
     Capabilities,
     Completion,
@@ -22,6 +21,7 @@ from crucible_core.ir import (
     SamplingParams,
     StreamChunk,
 )
+from crucible_core.runtime.events import Event, EventBus
 from crucible_core.testing import scripted_completion
 
 
@@ -72,9 +72,7 @@ class Scripted:
             self.clock.advance(float(action))
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(
-            backend_id=self.name, supports_streaming=True, supports_training=True
-        )
+        return Capabilities(backend_id=self.name, supports_streaming=True, supports_training=True)
 
     def complete(self, prompt: Prompt, params: SamplingParams) -> Completion:
         self._step()

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
+from crucible_router import CircuitBreaker, Permit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crucible_core.errors import ConfigError
-from crucible_router import CircuitBreaker, Permit
 
 
 class Clock:
@@ -30,7 +31,10 @@ def test_opens_after_n_consecutive_failures_and_recovers_on_schedule() -> None:
     clock = Clock()
     changes: list[tuple[str, str]] = []
     b = CircuitBreaker(
-        failure_threshold=3, cooldown_s=10, clock=clock, on_change=lambda o, n, i: changes.append((o, n))
+        failure_threshold=3,
+        cooldown_s=10,
+        clock=clock,
+        on_change=lambda o, n, i: changes.append((o, n)),
     )
     for _ in range(2):
         b.record_failure(permit(b))
@@ -195,7 +199,8 @@ def test_transitions_keep_the_breaker_rules(
         if state == "half_open":
             assert (p is not None) == (not probe_running)
         if state == "closed":
-            assert p is not None and not p.probe
+            assert p is not None
+            assert not p.probe
         if p is not None and p.probe:
             assert not probe_running, "a second probe while one is in flight"
         if p is None:
@@ -204,7 +209,12 @@ def test_transitions_keep_the_breaker_rules(
             in_flight.append(p)
         else:
             finish(p, arg)
-    legal = {("closed", "open"), ("open", "half_open"), ("half_open", "closed"), ("half_open", "open")}
+    legal = {
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "closed"),
+        ("half_open", "open"),
+    }
     assert set(edges) <= legal
-    for (_, new), (old, _) in zip(edges, edges[1:], strict=False):
+    for (_, new), (old, _) in itertools.pairwise(edges):
         assert new == old
