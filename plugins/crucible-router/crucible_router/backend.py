@@ -97,7 +97,9 @@ class RoutedBackend:
     outcomes are in it, open it; ``cooldown_s`` later one probe is let through.
     ``clock`` drives the breakers (tests inject one). ``state_file``: ``True``
     writes every breaker change to ``$CRUCIBLE_HOME/router.db``, a path writes
-    there, ``False`` (default) nowhere; ``crucible backends status`` reads it.
+    there, ``False`` (default) nowhere; ``crucible backends status`` reads it, and
+    a router started with the same file begins with the breakers it records as
+    open still open until their probe time.
     ``host``: the plugin host that builds members given by name (default: the
     process's).
 
@@ -179,6 +181,21 @@ class RoutedBackend:
                 hint="install the backends' plugins, or fix their options",
             )
         self.home = next(m for m in self.members if m.backend is not None)
+        if self._state_file is not None:
+            self._resume_open_breakers(self._state_file)
+
+    def _resume_open_breakers(self, store: BreakerStateFile) -> None:
+        """Start with the breakers another process (or an earlier run) left open, until
+        their recorded probe time: a backend known to be down is not hammered again."""
+        now = time.time()
+        rows = {row["backend"]: row for row in store.read()}
+        for m in self.members:
+            row = rows.get(m.name)
+            if row is None or row["state"] != "open" or row["retry_at"] is None:
+                continue
+            if row["retry_at"] > now:
+                why = row["reason"] or "recorded open"
+                m.breaker.open_for(row["retry_at"] - now, f"open in the state file ({why})")
 
     # -- events -----------------------------------------------------------------
 

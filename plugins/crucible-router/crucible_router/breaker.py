@@ -188,6 +188,16 @@ class CircuitBreaker:
             if permit.probe and permit.generation == self._generation:
                 self._probing = False
 
+    def open_for(self, seconds: float, reason: str) -> None:
+        """Open now, admitting a probe ``seconds`` from now (not ``cooldown_s``): used to
+        start from a state another process recorded."""
+        with self._lock:
+            now = self._clock()
+            change = self._open(now, reason)
+            self._opened_at = now + seconds - self.cooldown_s
+            self._probing = False
+        self._notify(change)
+
     # -- internals (called with the lock held) -----------------------------------
 
     def _trim(self, now: float) -> None:

@@ -8,8 +8,9 @@ costs nothing on the hot path); any process reads them back.
 The file is ``$CRUCIBLE_HOME/router.db`` unless a path is given. Rows are keyed
 by the member's name; ``updated_at`` and ``retry_at`` are wall-clock seconds
 (``time.time``), because monotonic clocks are not comparable across processes.
-Routing decisions are still made from the in-process breaker only; the file
-is a report, not a shared lock.
+A router started with the file begins with the breakers it records as open
+(until their ``retry_at``); after that, routing decisions are made from the
+in-process breakers only: the file is not consulted per call.
 """
 
 from __future__ import annotations

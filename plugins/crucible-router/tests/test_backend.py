@@ -284,3 +284,29 @@ def test_state_file_and_backends_status(clock: Clock, tmp_path: Path) -> None:
     assert "probe in" in text
     empty = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=True)
     assert "no breaker state recorded" in empty.stdout
+
+
+def test_a_new_router_starts_with_the_breakers_the_state_file_records_open(
+    clock: Clock, tmp_path: Path, recorder: Recorder
+) -> None:
+    """Two routers sharing one SQLite file: the second does not call a member the first
+    found down until the recorded probe time, then probes it and records it closed."""
+    db = str(tmp_path / "router.db")
+    down = BackendError("down", retryable=True)
+    first = route(Scripted("a", clock, then=down), Scripted("b", clock), clock=clock,
+                  failure_threshold=1, cooldown_s=600, state_file=db)  # fmt: skip
+    first.complete(P, GREEDY)
+    clock2 = Clock()
+    a2 = Scripted("a", clock2)
+    second = route(a2, Scripted("b", clock2), clock=clock2, cooldown_s=600, state_file=db,
+                   bus=recorder.bus)  # fmt: skip
+    assert second.members[0].breaker.state == "open"
+    assert 590 < second.members[0].breaker.retry_in() <= 600
+    assert second.complete(P, GREEDY).backend_id == "b"
+    assert a2.calls == 0
+    clock2.advance(600)
+    assert second.complete(P, GREEDY).backend_id == "a"
+    rows = {row["backend"]: row["state"] for row in BreakerStateFile(db).read()}
+    assert rows["a"] == "closed"
+    third = route(Scripted("a", clock), clock=clock, state_file=db)
+    assert third.members[0].breaker.state == "closed"

@@ -72,6 +72,17 @@ def test_a_failed_probe_reopens_for_another_cooldown() -> None:
     assert b.snapshot()["opens"] == 2
 
 
+def test_open_for_sets_the_probe_time() -> None:
+    clock = Clock()
+    b = CircuitBreaker(cooldown_s=30, clock=clock)
+    b.open_for(5, "from the state file")
+    assert b.state == "open"
+    clock.now = 4.9
+    assert b.allow() is None
+    clock.now = 5
+    assert permit(b).probe
+
+
 def test_release_frees_the_probe_slot_without_closing() -> None:
     clock = Clock()
     b = CircuitBreaker(failure_threshold=1, cooldown_s=1, clock=clock)
