@@ -28,9 +28,13 @@ MEMBERS: dict[str, Scripted] = {}
 class AskStage:
     """Completes once on the experiment's backend and tries to open a training session."""
 
+    def __init__(self, times: int = 1) -> None:
+        self.times = times
+
     def run(self, ctx: Any) -> dict[str, Any]:
         backend = ctx.backend()
-        out = backend.complete(Prompt(text="Hi"), SamplingParams(max_tokens=4))
+        for _ in range(self.times):
+            out = backend.complete(Prompt(text="Hi"), SamplingParams(max_tokens=4))
         try:
             session = backend.create_session(None)
         except BackendError as exc:
@@ -83,3 +87,32 @@ def test_without_the_router_fallbacks_apply_only_at_creation(home: Path) -> None
     )
     with isolated_host(Members()) as host, pytest.raises(Exception, match="down"):
         run_pipeline(e, Job(id="r2"), host=host)
+
+
+def test_a_routed_experiment_backend_takes_breaker_options_and_reports_to_the_run(
+    home: Path,
+) -> None:
+    """``[backend] name = "routed"`` with breaker options: the breaker opens after one
+    failure, so the primary is called once for three requests; events reach telemetry."""
+    MEMBERS["prim"] = Scripted("prim", then=BackendError("down", retryable=True))
+    MEMBERS["spare"] = Scripted("spare")
+    e = Experiment(
+        id="e1",
+        stages=[StageDef(name="ask", uses="ask", options={"times": 3})],
+        backend=BackendRef(
+            name="routed",
+            options={"primary": "prim", "failure_threshold": 1, "cooldown_s": 999},
+            fallbacks=["spare"],
+        ),
+    )
+    with isolated_host(crucible_router.plugin, Members()) as host:
+        out = run_pipeline(e, Job(id="r3"), host=host)
+    assert out["ask"]["answered_by"] == "spare"
+    # one completion (then the breaker is open) and the stage's training call, which
+    # goes to the primary whatever its breaker says
+    assert MEMBERS["prim"].calls == 2
+    assert MEMBERS["prim"].training_calls == ["create_session"]
+    assert MEMBERS["spare"].calls == 3
+    kinds = [ev.kind for ev in read_telemetry("r3")]
+    assert kinds.count("breaker.open") == 1
+    assert kinds.count("route.fallback") == 3
