@@ -236,14 +236,16 @@ class RoutedBackend:
                 skipped.append({"backend": member.name, "reason": reason})
                 retryable = True
                 continue
-            member.calls += 1
+            with self._lock:
+                member.calls += 1
             try:
                 result = call(member.backend)
             except Exception as exc:
                 if not fails_over(exc):
                     member.breaker.release(permit)
                     raise
-                member.failures += 1
+                with self._lock:
+                    member.failures += 1
                 member.breaker.record_failure(permit)
                 retryable = True
                 kind = "over capacity" if "Capacity" in type(exc).__name__ else "failed"

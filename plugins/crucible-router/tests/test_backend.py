@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from crucible_router import BreakerStateFile, RoutedBackend
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crucible_core.errors import (
     BackendError,
@@ -310,3 +312,45 @@ def test_a_new_router_starts_with_the_breakers_the_state_file_records_open(
     assert rows["a"] == "closed"
     third = route(Scripted("a", clock), clock=clock, state_file=db)
     assert third.members[0].breaker.state == "closed"
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    outcomes=st.lists(st.lists(st.booleans(), min_size=3, max_size=3), max_size=40),
+    gaps=st.lists(st.floats(0, 12), min_size=40, max_size=40),
+)
+def test_routing_rules_hold_for_any_failure_pattern(
+    outcomes: list[list[bool]], gaps: list[float]
+) -> None:
+    """For any pattern of member failures and request spacing: an open member is never
+    called before its cool-down, the answer comes from the first member that was let
+    through and did not fail, and a request fails only when every member failed or was
+    skipped."""
+    clock = Clock()
+    down = BackendError("down", retryable=True)
+    scripts: list[list[object]] = [[], [], []]
+    members = [Scripted(n, clock, s, then=None) for n, s in zip("abc", scripts, strict=True)]
+    r = route(*members, clock=clock, failure_threshold=2, cooldown_s=10)
+    for step, fails in enumerate(outcomes):
+        clock.advance(gaps[step])
+        for m, fail in zip(members, fails, strict=True):
+            del m.script[:]
+            m.calls = 0
+            m.then = down if fail else None
+        before = [(mm.breaker.state, mm.breaker.retry_in()) for mm in r.members]
+        try:
+            answer: str | None = r.complete(P, GREEDY).backend_id
+        except BackendError:
+            answer = None
+        called = [m.calls for m in members]
+        for (state, wait), n in zip(before, called, strict=True):
+            if state == "open" and wait > 0:
+                assert n == 0, "an open member was called before its cool-down"
+        if answer is None:
+            assert all(n == 0 or f for n, f in zip(called, fails, strict=True))
+        else:
+            i = "abc".index(answer)
+            assert called[i] == 1
+            assert not fails[i]
+            assert all(n == 0 or f for n, f in zip(called[:i], fails[:i], strict=True))
+            assert called[i + 1 :] == [0] * (2 - i)
