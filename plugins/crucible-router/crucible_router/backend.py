@@ -27,7 +27,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from crucible_core.errors import BackendError, ConfigError, CrucibleError, NotFound, PluginError
+from crucible_core.errors import (
+    BackendError,
+    CapacityError,
+    ConfigError,
+    CrucibleError,
+    NotFound,
+    PluginError,
+)
 from crucible_core.ir import Capabilities, Completion, Health, Prompt, SamplingParams, StreamChunk
 from crucible_router.breaker import STATES, BreakerState, CircuitBreaker
 from crucible_router.state import BreakerStateFile
@@ -248,11 +255,14 @@ class RoutedBackend:
                     member.failures += 1
                 member.breaker.record_failure(permit)
                 retryable = True
-                kind = "over capacity" if "Capacity" in type(exc).__name__ else "failed"
+                kind = "over capacity" if isinstance(exc, CapacityError) else "failed"
                 skipped.append(
                     {"backend": member.name, "reason": f"{kind}: {type(exc).__name__}: {exc}"}
                 )
                 continue
+            except BaseException:  # interrupted: says nothing about health; free a probe slot
+                member.breaker.release(permit)
+                raise
             member.breaker.record_success(permit)
             if skipped:
                 with self._lock:

@@ -91,7 +91,7 @@ class Scripted:
 
         self._step()
         f: Future[list[Completion]] = Future()
-        f.set_result([scripted_completion(f"{self.name} sample", params, self.name)])
+        f.set_result([scripted_completion(f"{self.name} answers this prompt", params, self.name)])
         return f
 
     def health_check(self) -> Health:

@@ -237,22 +237,42 @@ def test_health_and_metrics_show_breaker_state(clock: Clock) -> None:
 
 
 def test_composes_with_hedging_and_ensembles(clock: Clock) -> None:
-    """A routed backend inside ``hedged`` and ``ensemble`` (real plugins), and those inside it."""
+    """A routed backend inside ``hedged`` and ``ensemble`` (the real plugins), and a hedged
+    backend as a routed member: fail-over happens inside each composition."""
     from crucible_ensemble import EnsembleBackend
     from crucible_hedging import FixedDelay, HedgedBackend
 
     down = BackendError("down", retryable=True)
-    routed = route(Scripted("a", clock, then=down), Scripted("b", clock), clock=clock)
+    b = Scripted("b", clock)
+    routed = route(Scripted("a", clock, then=down), b, clock=clock)
     hedged = HedgedBackend(routed, FixedDelay(delay_ms=10_000), budget=0.0)
     assert hedged.complete(P, GREEDY).backend_id == "b"
-    ens = EnsembleBackend([routed, Scripted("c", clock)], strategy="majority")
-    assert ens.complete(P, GREEDY).text
+    b2 = Scripted("b", clock)
+    routed2 = route(Scripted("a", clock, then=down), b2, clock=clock)
+    ens = EnsembleBackend([routed2, Scripted("b", clock)], strategy="majority", mode="sequential")
+    voted = ens.complete(P, GREEDY)
+    assert voted.text == "b answers this prompt"
+    assert b2.calls == 1  # the routed member answered through its fallback
+    x = Scripted("x", clock, then=down)
     outer = RoutedBackend(
-        HedgedBackend(Scripted("x", clock, then=down), FixedDelay(delay_ms=10_000), budget=0.0),
-        [routed],
-        clock=clock,
+        HedgedBackend(x, FixedDelay(delay_ms=10_000), budget=0.0), [routed], clock=clock
     )
     assert outer.complete(P, GREEDY).backend_id == "b"
+    assert x.calls == 1
+
+
+def test_an_interrupted_probe_frees_the_slot(clock: Clock) -> None:
+    """KeyboardInterrupt in a half-open probe is raised and does not leave the member
+    stuck with a probe that never ends."""
+    down = BackendError("down", retryable=True)
+    a = Scripted("a", clock, [down, KeyboardInterrupt(), None])
+    r = route(a, Scripted("b", clock), clock=clock, failure_threshold=1, cooldown_s=5)
+    r.complete(P, GREEDY)
+    clock.advance(5)
+    with pytest.raises(KeyboardInterrupt):
+        r.complete(P, GREEDY)
+    assert r.complete(P, GREEDY).backend_id == "a"
+    assert r.members[0].breaker.state == "closed"
 
 
 def test_state_file_and_backends_status(clock: Clock, tmp_path: Path) -> None:
