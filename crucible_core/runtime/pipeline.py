@@ -176,6 +176,17 @@ class _Run:
         if name is not None and name != ref.name:
             return self.get_host().create("backend", name)
         host = self.get_host()
+        if (ref.fallbacks or ref.name == "routed") and "routed" in host.registrations("backend"):
+            # crucible-router is installed: fallbacks are honoured per call (circuit
+            # breakers, fail-over on retryable errors), not only when creating the backend;
+            # its events go to this run's telemetry.
+            options: dict[str, Any] = dict(ref.options)
+            if ref.name != "routed":
+                options = {"primary": {"name": ref.name, "options": options}}
+            if ref.fallbacks:
+                options["fallbacks"] = [*options.get("fallbacks", ()), *ref.fallbacks]
+            options.update(bus=self.bus, job_id=self.job.id, host=host)
+            return host.create("backend", "routed", **options)
         tried: list[str] = []
         for candidate in [ref.name, *ref.fallbacks]:
             options = ref.options if candidate == ref.name else {}
