@@ -8,6 +8,7 @@ declared capabilities before anything runs.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from msgspec import Meta, field
@@ -130,6 +131,28 @@ class Scheduler(IRStruct, frozen=True, kw_only=True):
     name: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: NonNegativeInt = 0
     min_lr_ratio: Annotated[float, Meta(ge=0, le=1)] = 0.0
+
+    def multiplier(self, step: int, total_steps: int | None) -> float:
+        """The factor applied to the base rate at optimizer step ``step`` (0-based).
+
+        The one copy of the rule (the training loop and any backend that schedules
+        itself use it). Warmup: steps ``0 .. warmup_steps - 1`` get
+        ``(step + 1) / warmup_steps``. Then ``constant`` stays at 1; ``linear`` falls
+        to ``min_lr_ratio`` and ``cosine`` follows half a cosine down to it, both
+        reaching it at ``total_steps`` and staying there. A decaying schedule needs
+        ``total_steps`` (``ValueError`` without it).
+        """
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.name == "constant":
+            return 1.0
+        if total_steps is None:
+            raise ValueError(f"scheduler {self.name!r} needs the total number of steps")
+        progress = min(1.0, (step - self.warmup_steps) / max(1, total_steps - self.warmup_steps))
+        floor = self.min_lr_ratio
+        if self.name == "linear":
+            return 1.0 - (1.0 - floor) * progress
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class Loss(IRStruct, frozen=True, kw_only=True):

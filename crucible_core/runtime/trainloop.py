@@ -189,20 +189,7 @@ def batch_for_step(
 
 def learning_rate(config: LearningConfig, step: int, total: int) -> float:
     """The learning rate of optimizer step ``step`` (0-based): warmup, then the schedule."""
-    base = config.optimizer.lr
-    sched = config.scheduler
-    if sched.warmup_steps and step < sched.warmup_steps:
-        return base * (step + 1) / sched.warmup_steps
-    if sched.name == "constant":
-        return base
-    span = max(1, total - sched.warmup_steps)
-    progress = min(1.0, (step - sched.warmup_steps) / span)
-    floor = sched.min_lr_ratio
-    if sched.name == "linear":
-        factor = 1.0 - (1.0 - floor) * progress
-    else:
-        factor = floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return base * factor
+    return config.optimizer.lr * config.scheduler.multiplier(step, total)
 
 
 def adam_params(config: LearningConfig, lr: float) -> AdamParams:
