@@ -242,6 +242,27 @@ class CheckpointPolicy(IRStruct, frozen=True, kw_only=True):
         if self.push_to_hub and not self.hub_repo:
             raise ValueError("push_to_hub = true needs `hub_repo`")
 
+    # The one copy of the step cadence: the loop asks saves_at, the checkpoint engine
+    # asks it too, and the plan counts the same saves in closed form.
+
+    @property
+    def by_steps(self) -> bool:
+        """Whether saves follow the step cadence (``steps``, ``last``, ``all``)."""
+        return self.strategy in ("steps", "last", "all")
+
+    def saves_at(self, step: int, total: int | None = None) -> bool:
+        """Whether the state after ``step`` (1-based count of steps done) is saved by the
+        step cadence: every ``save_every`` steps, and the last step of ``total``."""
+        return self.by_steps and step > 0 and (step % self.save_every == 0 or step == total)
+
+    def save_count(self, total: int) -> int:
+        """How many states a run of ``total`` steps saves by the step cadence."""
+        return -(-total // self.save_every) if self.by_steps and total > 0 else 0
+
+    def nth_save(self, k: int, total: int) -> int:
+        """The step of the ``k``-th save (1-based) of a run of ``total`` steps."""
+        return min(k * self.save_every, total)
+
 
 class ValidationSpec(IRStruct, frozen=True, kw_only=True):
     """Evaluation during training, and early stopping on it."""

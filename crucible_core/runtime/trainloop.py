@@ -527,9 +527,7 @@ def train(
         fb = [session.forward_backward(b, loss) for b, _ in micro]
         opt = session.optim_step(adam_params(cfg, lr))
         step_done = step + 1
-        will_save = policy.strategy in ("steps", "last", "all") and (
-            step_done % policy.save_every == 0 or step_done == total
-        )
+        will_save = policy.saves_at(step_done, total)
         if policy.strategy == "epoch":
             before = step * cfg.grad_accum / bpe
             will_save = math.floor(epoch) > math.floor(before) or step_done == total
