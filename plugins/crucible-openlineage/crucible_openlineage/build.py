@@ -33,6 +33,9 @@ from crucible_openlineage.states import Transition
 __all__ = ["PRODUCER", "build_event", "dataset_name", "run_uuid"]
 
 PRODUCER: Final = "https://crucible.invalid/crucible-openlineage/0.1.0"
+#: ``producer=`` of a facet: attrs names the init argument of ``_producer`` so, which
+#: type checkers do not follow; passed as keywords.
+_BY_US: Final[dict[str, Any]] = {"producer": PRODUCER}
 #: The namespace of run UUIDs (a fixed UUID: the same job id gives the same runId).
 _RUN_NS: Final = uuid.UUID("5f0c6a52-4a1d-4cf7-9d38-3c0b1f6a7e21")
 _FACET_SCHEMA: Final = (
@@ -128,7 +131,7 @@ def build_event(t: Transition, *, namespace: str) -> Any:
         version = _digest(dataset.get("hash")) or _digest(t.dataset_hash)
         if version:
             facets["version"] = dataset_version_dataset.DatasetVersionDatasetFacet(
-                datasetVersion=version, producer=PRODUCER
+                datasetVersion=version, **_BY_US
             )
         inputs.append(InputDataset(namespace=ns, name=name, facets=facets))
 
@@ -145,7 +148,7 @@ def build_event(t: Transition, *, namespace: str) -> Any:
             version = _digest(raw.get("sha256"))
             if version:
                 facets["version"] = dataset_version_dataset.DatasetVersionDatasetFacet(
-                    datasetVersion=version, producer=PRODUCER
+                    datasetVersion=version, **_BY_US
                 )
             outputs.append(OutputDataset(namespace=ns, name=name, facets=facets))
         for ck in t.checkpoints:
@@ -165,7 +168,7 @@ def build_event(t: Transition, *, namespace: str) -> Any:
             attempt=start.get("attempt"),
             status=None if t.state == "START" else str(t.end.get("status") or t.state.lower()),
             dataset_hash=_digest((dataset or {}).get("hash") or t.dataset_hash),
-            producer=PRODUCER,
+            **_BY_US,
         )
     }
     parent = start.get("parent_job_id")
@@ -173,20 +176,20 @@ def build_event(t: Transition, *, namespace: str) -> Any:
         run_facets["parent"] = parent_run.ParentRunFacet(
             run=parent_run.Run(runId=run_uuid(str(parent))),
             job=parent_run.Job(namespace=namespace, name=str(parent)),
-            producer=PRODUCER,
+            **_BY_US,
         )
     if t.state == "FAIL":
         run_facets["errorMessage"] = error_message_run.ErrorMessageRunFacet(
             message=str(t.end.get("error") or t.end.get("status") or "failed"),
             programmingLanguage="python",
-            producer=PRODUCER,
+            **_BY_US,
         )
     job_facets: dict[str, Any] = {
         "jobType": job_type_job.JobTypeJobFacet(
             processingType="BATCH",
             integration="CRUCIBLE",
             jobType=str(start.get("job_kind") or "run").upper(),
-            producer=PRODUCER,
+            **_BY_US,
         )
     }
     return RunEvent(
@@ -200,7 +203,7 @@ def build_event(t: Transition, *, namespace: str) -> Any:
         ),
         inputs=inputs,
         outputs=outputs,
-        producer=PRODUCER,
+        **_BY_US,
     )
 
 

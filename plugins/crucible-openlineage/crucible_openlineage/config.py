@@ -107,7 +107,7 @@ class SinkConfig:
         return crucible_home() / "openlineage.jsonl"
 
 
-def make_transport(config: SinkConfig) -> Callable[[Any], None] | None:
+def make_transport(config: SinkConfig) -> Callable[[Any], object] | None:
     """A callable sending one OpenLineage event (None when the transport is ``none``).
 
     File: openlineage's ``FileTransport`` appending one JSON event per line.

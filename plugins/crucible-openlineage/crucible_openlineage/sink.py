@@ -61,7 +61,7 @@ class LineageSink:
 
     def __init__(
         self,
-        send: Callable[[Any], None],
+        send: Callable[[Any], object],
         *,
         namespace: str = "crucible",
         queue_size: int = 1000,

@@ -1,0 +1,145 @@
+"""Real runs through the installed plugin: ``crucible train`` on the toy backend of the
+core tests, with the sink configured only by environment variables."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from crucible_openlineage import runtime
+from crucible_openlineage.build import run_uuid
+
+from crucible_core.cli.main import main
+from crucible_core.errors import BackendError
+from crucible_core.ir import Full, ModelSpec, TrainingJob, encode
+from crucible_core.ir.training import AdamW, CheckpointPolicy, DatasetSpec, LearningConfig
+from crucible_core.plugins import PluginHost
+from crucible_core.runtime.training import run_training
+from crucible_core.testing import check_light_import
+from tests.toy_backend import TEXTS, ToySession, backend_with
+
+
+def _job(dataset: Path, backend: str = "toyfile") -> TrainingJob:
+    return TrainingJob(
+        backend=backend,
+        model_spec=ModelSpec(name="toy"),
+        adapter_config=Full(),
+        dataset_spec=DatasetSpec(uri=str(dataset)),
+        learning_config=LearningConfig(optimizer=AdamW(lr=0.02), batch_size=4, max_steps=8),
+        checkpoint_policy=CheckpointPolicy(save_every=4, keep_last=2, save_best=False),
+    )
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    path = tmp_path / "rows.txt"
+    path.write_text("\n".join(TEXTS))
+    return path
+
+
+def test_plugin_module_imports_light() -> None:
+    check_light_import(
+        "crucible_openlineage.plugin",
+        heavy=("torch", "numpy", "openlineage", "requests", "attr", "httpx2", "jsonschema"),
+    )
+
+
+def test_crucible_train_writes_start_and_complete_with_hash_and_checkpoint(
+    host: PluginHost,
+    crucible_home: Path,
+    dataset: Path,
+    tmp_path: Path,
+    validate: Any,
+    lineage_of: Any,
+) -> None:
+    job_file = tmp_path / "job.json"
+    job_file.write_bytes(encode(_job(dataset)))
+    assert main(["train", str(job_file), "--job-id", "lin-ok", "--no-progress"]) == 0
+    runtime.reset()  # what the process does at exit: send what is queued
+    events = lineage_of(crucible_home / "openlineage.jsonl")
+    assert [e["eventType"] for e in events] == ["START", "COMPLETE"]
+    for e in events:
+        validate(e)
+        assert e["run"]["runId"] == run_uuid("lin-ok")
+        [data] = e["inputs"]
+        assert data["name"] == str(dataset.resolve())
+        digest = hashlib.sha256(dataset.read_bytes()).hexdigest()
+        assert data["facets"]["version"]["datasetVersion"] == f"sha256:{digest}"
+    complete = events[1]
+    outputs = {(o["namespace"], o["name"]): o for o in complete["outputs"]}
+    assert ("mem://sampler", "/final") in outputs  # the final (sampler) checkpoint
+    state = crucible_home / "runs" / "lin-ok" / "checkpoints"
+    assert ("file", str((state / "step-000008" / "state").resolve())) in outputs
+    stored = [o for o in complete["outputs"] if "/artifacts/sha256/" in o["name"]]
+    assert stored  # metrics.json, stored by content: its name is its sha256
+    for o in stored:
+        assert o["facets"]["version"]["datasetVersion"] == "sha256:" + o["name"].rsplit("/", 1)[1]
+    crucible = complete["run"]["facets"]["crucible"]
+    assert crucible["status"] == "succeeded"
+    assert crucible["job_kind"] == "training_run"
+    assert len(crucible["config_digest"]) == 64
+
+
+class _Broken(ToySession):
+    def forward_backward(self, batch: Sequence[Any], loss: Any) -> Any:
+        raise BackendError("the accelerator fell over")
+
+
+def test_a_failing_run_gives_fail_with_the_error(
+    host: PluginHost, crucible_home: Path, dataset: Path, validate: Any, lineage_of: Any
+) -> None:
+    import types
+
+    from crucible_core import hookimpl
+    from tests.toy_backend import CAPS
+
+    def register_backends(register: Any) -> None:
+        register("broken", lambda: backend_with(_Broken), capabilities=CAPS, summary="fails")
+
+    host.add_plugin(
+        types.SimpleNamespace(register_backends=hookimpl(register_backends)), name="broken"
+    )
+    with pytest.raises(BackendError):
+        run_training(_job(dataset, backend="broken"), job_id="lin-fail", host=host)
+    runtime.reset()
+    events = lineage_of(crucible_home / "openlineage.jsonl")
+    assert [e["eventType"] for e in events] == ["START", "FAIL"]
+    validate(events[1])
+    assert "the accelerator fell over" in events[1]["run"]["facets"]["errorMessage"]["message"]
+
+
+def test_a_hanging_lineage_server_does_not_hold_up_the_run(
+    host: PluginHost,
+    crucible_home: Path,
+    dataset: Path,
+    hanging_endpoint: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CRUCIBLE_OPENLINEAGE_TRANSPORT", "http")
+    monkeypatch.setenv("CRUCIBLE_OPENLINEAGE_URL", hanging_endpoint.url)
+    monkeypatch.setenv("CRUCIBLE_OPENLINEAGE_TIMEOUT_S", "60")
+    monkeypatch.setenv("CRUCIBLE_OPENLINEAGE_QUEUE", "1")
+    monkeypatch.setenv("CRUCIBLE_OPENLINEAGE_FLUSH_S", "1")
+    job = msgspec.structs.replace(_job(dataset), job_id="")
+    began = time.monotonic()
+    first = run_training(job, job_id="hang-1", host=host)
+    second = run_training(job, job_id="hang-2", host=host)
+    ran = time.monotonic() - began
+    sink = runtime.current()
+    assert sink is not None
+    closing = time.monotonic()
+    runtime.reset()
+    assert time.monotonic() - closing < 3.0  # bounded by FLUSH_S, not by the 60 s timeout
+    assert first.steps == second.steps == 8
+    assert ran < 30.0  # two toy runs; the server would hold each request 30 s
+    assert sink.stats.dropped >= 1
+    from crucible_core.runtime.events import read_telemetry
+
+    warned = [e for e in read_telemetry("hang-2") if e.kind == "openlineage.dropped"]
+    assert warned
+    assert warned[0].data["level"] == "warning"
