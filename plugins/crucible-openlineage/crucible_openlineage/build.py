@@ -51,14 +51,15 @@ def run_uuid(job_id: str) -> str:
 def dataset_name(uri: str, default_namespace: str) -> tuple[str, str]:
     """(namespace, name) of a dataset URI after OpenLineage's naming convention.
 
-    ``file:///a/b`` and plain paths -> ``("file", "/a/b")``;
+    ``file:///a/b``, absolute paths and relative paths that exist ->
+    ``("file", "/abs/path")``;
     ``s3://bucket/key`` -> ``("s3://bucket", "/key")``; a bare name such as a
     hub dataset id -> ``(default_namespace, name)``.
     """
     if "://" not in uri:
-        if uri.startswith("/") or uri.startswith("."):
-            from pathlib import Path
+        from pathlib import Path
 
+        if uri.startswith(("/", ".")) or Path(uri).exists():
             return "file", str(Path(uri).resolve())
         return default_namespace, uri
     parsed = urlparse(uri)

@@ -103,7 +103,15 @@ class LineageSink:
             self._offer(t)
 
     def _offer(self, t: Transition) -> None:
-        built = self._build(t)
+        try:
+            built = self._build(t)
+        except Exception as exc:  # a bad payload loses one lineage event, never the run
+            with self._lock:
+                self.stats.errors += 1
+            log.warning(
+                "could not build the OpenLineage %s event of %s: %s", t.state, t.job_id, exc
+            )
+            return
         try:
             self._queue.put_nowait(built)
         except queue.Full:

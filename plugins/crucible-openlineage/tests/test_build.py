@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -99,6 +100,19 @@ def test_a_dataset_hash_already_prefixed_is_not_prefixed_again() -> None:
 )
 def test_dataset_names_follow_the_openlineage_naming(uri: str, expected: tuple[str, str]) -> None:
     assert dataset_name(uri, "dflt") == expected
+
+
+def test_a_relative_path_that_exists_is_a_file_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "rows.jsonl").write_text("{}\n")
+    monkeypatch.chdir(tmp_path)
+    assert dataset_name("data/rows.jsonl", "dflt") == (
+        "file",
+        str((tmp_path / "data" / "rows.jsonl").resolve()),
+    )
+    assert dataset_name("data/absent.jsonl", "dflt") == ("dflt", "data/absent.jsonl")
 
 
 def test_the_validator_rejects_what_the_spec_forbids(validate: Any) -> None:

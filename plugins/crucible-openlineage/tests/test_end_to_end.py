@@ -143,3 +143,67 @@ def test_a_hanging_lineage_server_does_not_hold_up_the_run(
     warned = [e for e in read_telemetry("hang-2") if e.kind == "openlineage.dropped"]
     assert warned
     assert warned[0].data["level"] == "warning"
+
+
+class _Score:
+    """A one-stage evaluation: stores a result file and reports a metric."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def run(self, ctx: Any) -> dict[str, Any]:
+        out = ctx.run_dir / "scores.json"
+        out.write_text('{"accuracy": 0.75}')
+        ctx.artifacts.put(out, type="metrics", name="scores")
+        ctx.emit("eval.metric", accuracy=0.75)
+        return {}
+
+
+def test_an_experiment_cell_names_its_parent_run(
+    host: PluginHost, crucible_home: Path, dataset: Path, validate: Any, lineage_of: Any
+) -> None:
+    import types
+    from datetime import UTC, datetime
+
+    from crucible_core import hookimpl
+    from crucible_core.ir.experiment import Experiment, StageDef
+    from crucible_core.ir.work import Job
+    from crucible_core.runtime.events import EventBus
+    from crucible_core.runtime.pipeline import run_pipeline
+
+    def register_stages(register: Any) -> None:
+        register("score", _Score)
+
+    host.add_plugin(types.SimpleNamespace(register_stages=hookimpl(register_stages)), name="s")
+    experiment = Experiment(
+        id="grid",
+        name="lr sweep",
+        dataset=DatasetSpec(uri=str(dataset)),
+        stages=[StageDef(name="score", uses="score")],
+    )
+    with EventBus(host=host) as bus:
+        for i in range(2):
+            job = Job(
+                id=f"cell-{i}",
+                kind="experiment_step",
+                metadata={"parent_job_id": "sweep-7"},
+                created_at=datetime.now(UTC),
+            )
+            run_pipeline(experiment, job, host=host, bus=bus)
+    runtime.reset()
+    events = lineage_of(crucible_home / "openlineage.jsonl")
+    by_run: dict[str, list[str]] = {}
+    for e in events:
+        validate(e)
+        by_run.setdefault(e["run"]["runId"], []).append(e["eventType"])
+        parent = e["run"]["facets"]["parent"]
+        assert parent["run"]["runId"] == run_uuid("sweep-7")
+        assert e["job"]["name"] == "lr sweep"
+    assert by_run == {
+        run_uuid("cell-0"): ["START", "COMPLETE"],
+        run_uuid("cell-1"): ["START", "COMPLETE"],
+    }
+    [scores] = [o for o in events[-1]["outputs"] if "/artifacts/sha256/" in o["name"]]
+    digest = hashlib.sha256(b'{"accuracy": 0.75}').hexdigest()
+    assert scores["facets"]["version"]["datasetVersion"] == f"sha256:{digest}"
+    assert events[-1]["run"]["facets"]["crucible"]["job_kind"] == "experiment_step"

@@ -145,3 +145,19 @@ def test_defaults_and_the_none_transport(crucible_home: Path) -> None:
     assert (config.transport, config.namespace, config.queue_size) == ("file", "crucible", 1000)
     assert config.file_path() == crucible_home / "openlineage.jsonl"
     assert make_transport(SinkConfig.from_env({"CRUCIBLE_OPENLINEAGE_TRANSPORT": "none"})) is None
+
+
+def test_an_event_that_cannot_be_built_is_counted_not_raised() -> None:
+    got: list[Any] = []
+
+    def build(t: Any) -> Any:
+        if t.job_id == "bad":
+            raise TypeError("unexpected payload")
+        return t.state
+
+    sink = LineageSink(got.append, build=build)
+    for e in _run_events("bad") + _run_events("good"):
+        sink.observe(e)
+    assert sink.close(5.0)
+    assert got == ["START", "COMPLETE"]
+    assert sink.stats.errors == 2
