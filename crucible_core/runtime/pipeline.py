@@ -32,7 +32,9 @@
   cancellation reason; ``failed`` for other errors).
 - **Records.** Events ``run.start`` (``job_kind``, ``experiment_id``,
   ``name``, ``config_digest``, ``dataset`` ``{uri, hash}``, ``attempt``,
-  ``parent_job_id`` from ``job.metadata``) and, once per run whatever ends it,
+  ``execution``: 1 on the run directory's first pipeline, then 2, 3... for
+  retries and resumes (the manifest's ``executions``), ``parent_job_id``
+  from ``job.metadata``) and, once per run whatever ends it,
   ``run.end`` (``status``: the run status; ``error``; ``artifacts``: what the
   stages stored, ``{artifact_id, uri, sha256, type, name, stage}``) frame
   ``stage.start`` / ``stage.end`` (``status`` ok, error or skipped;
@@ -77,6 +79,7 @@ from crucible_core.runtime.artifacts import (
     config_digest,
     digest_path,
     environment_info,
+    read_manifest,
     update_manifest,
 )
 from crucible_core.runtime.cancel import CancelFlag, reason_of
@@ -382,6 +385,7 @@ def run_pipeline(
         "seed": experiment.seeds[0] if experiment.seeds else None,
         "started_at": _iso(started).isoformat(),
         "status": "running",
+        "executions": _executions(run.run_dir) + 1,
     }
     if experiment.dataset is not None:
         manifest["dataset"] = {
@@ -399,6 +403,7 @@ def run_pipeline(
         config_digest=manifest["config_digest"],
         dataset=manifest.get("dataset"),
         attempt=job.attempts,
+        execution=manifest["executions"],
         parent_job_id=job.metadata.get("parent_job_id"),
     )
 
@@ -546,6 +551,15 @@ def _default_executor(n: int) -> Executor:
     return (
         ThreadExecutor(max_workers=min(4, n), name="crucible-stage") if n > 1 else InlineExecutor()
     )
+
+
+def _executions(run_dir: Path) -> int:
+    """How many times a pipeline has started on this run directory (retries, resumes)."""
+    try:
+        count = read_manifest(run_dir).get("executions")
+    except CrucibleError:
+        return 0
+    return count if isinstance(count, int) else 0
 
 
 def _error_text(exc: BaseException | None) -> str | None:

@@ -145,6 +145,11 @@ def test_diamond_runs_in_order_with_inputs(stages: PluginHost) -> None:
     assert len(kinds) == 10
     assert events[0].data["config_digest"] == read_manifest(run_dir("run1"))["config_digest"]
     assert events[-1].data["status"] == "succeeded"
+    assert events[0].data["execution"] == 1
+    run_pipeline(e, Job(id="run1"), host=stages)  # the same run directory again: a resume
+    starts = [ev.data for ev in read_telemetry("run1") if ev.kind == "run.start"]
+    assert [s["execution"] for s in starts] == [1, 2]
+    assert read_manifest(run_dir("run1"))["executions"] == 2
     manifest = read_manifest(run_dir("run1"))
     assert manifest["status"] == "succeeded"
     assert set(manifest["stages"]) == {"a", "b", "c", "d"}

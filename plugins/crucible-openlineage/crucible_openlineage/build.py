@@ -3,9 +3,9 @@
 Built with openlineage-python's own model classes (``event_v2``/``facet_v2``),
 imported here and nowhere on the light import path. What an event holds:
 
-- ``run.runId``: a UUID derived from the crucible job id (uuid5), so every
-  event of a run, and a child's parent facet, name the same run without any
-  shared state; a resumed run reuses its id.
+- ``run.runId``: a UUID derived from the crucible job id and the execution
+  number (:func:`run_uuid`), so every event of a run, and a child's parent
+  facet, name the same run without any shared state.
 - ``job``: ``namespace`` (configured) and the run's name (the experiment's
   name, ``train <model>`` for a training run).
 - ``inputs`` (START and terminal): the dataset with a ``version`` facet whose
@@ -43,9 +43,16 @@ _FACET_SCHEMA: Final = (
 )
 
 
-def run_uuid(job_id: str) -> str:
-    """The OpenLineage runId of crucible job ``job_id``."""
-    return str(uuid.uuid5(_RUN_NS, job_id))
+def run_uuid(job_id: str, execution: int = 1) -> str:
+    """The OpenLineage runId of execution ``execution`` of crucible job ``job_id``.
+
+    The first execution's id depends on the job id alone, so a child names its
+    parent (``parent_job_id``) without asking anyone; a retry or resume of the
+    same run directory (execution 2, 3...) is a run of its own, as the spec's
+    one START and one terminal per run requires.
+    """
+    key = job_id if execution <= 1 else f"{job_id}#{execution}"
+    return str(uuid.uuid5(_RUN_NS, key))
 
 
 def dataset_name(uri: str, default_namespace: str) -> tuple[str, str]:
@@ -76,6 +83,11 @@ def _digest(value: Any) -> str | None:
     return text if ":" in text else f"sha256:{text}"
 
 
+def _execution(start: Mapping[str, Any]) -> int:
+    value = start.get("execution")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 1
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
@@ -95,6 +107,7 @@ def _facet_class() -> Any:
         experiment_id: str | None = attr.field(default=None)
         config_digest: str | None = attr.field(default=None)
         attempt: int | None = attr.field(default=None)
+        execution: int | None = attr.field(default=None)
         status: str | None = attr.field(default=None)
         dataset_hash: str | None = attr.field(default=None)
 
@@ -167,6 +180,7 @@ def build_event(t: Transition, *, namespace: str) -> Any:
             experiment_id=start.get("experiment_id"),
             config_digest=start.get("config_digest"),
             attempt=start.get("attempt"),
+            execution=_execution(start),
             status=None if t.state == "START" else str(t.end.get("status") or t.state.lower()),
             dataset_hash=_digest((dataset or {}).get("hash") or t.dataset_hash),
             **_BY_US,
@@ -196,7 +210,7 @@ def build_event(t: Transition, *, namespace: str) -> Any:
     return RunEvent(
         eventType=getattr(RunState, t.state),
         eventTime=_iso(t.ts),
-        run=Run(runId=run_uuid(t.job_id), facets=run_facets),
+        run=Run(runId=run_uuid(t.job_id, _execution(start)), facets=run_facets),
         job=Job(
             namespace=namespace,
             name=str(start.get("name") or t.job_id),

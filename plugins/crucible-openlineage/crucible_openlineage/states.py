@@ -20,7 +20,8 @@ A crucible run (one job id) is framed by the pipeline's ``run.start`` and
 - :meth:`RunTracker.close` ends every open run with ``ABORT`` (the process is
   going away and the runs did not say how they ended).
 
-A run resumed later (``crucible resume``) starts again: START, terminal.
+A run executed again (a worker's retry, ``crucible resume``) is a new
+OpenLineage run: its ``run.start`` carries the next ``execution`` number.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ TerminalState = Literal["COMPLETE", "FAIL", "ABORT"]
 _TERMINAL: Final[dict[str, TerminalState]] = {
     "succeeded": "COMPLETE",
     "failed": "FAIL",
-    "dead_letter": "FAIL",
+    "dead": "FAIL",
     "cancelled": "ABORT",
     "interrupted": "ABORT",
     "budget_exhausted": "ABORT",
@@ -51,7 +52,9 @@ _TERMINAL: Final[dict[str, TerminalState]] = {
 }
 
 #: ``job.state`` statuses that end a job (``queued`` / ``running`` do not).
-FINAL_JOB_STATES: Final = frozenset({"succeeded", "failed", "cancelled", "dead_letter"})
+FINAL_JOB_STATES: Final = frozenset(
+    {"succeeded", "failed", "cancelled", "dead", "budget_exhausted"}
+)
 
 
 def terminal_state(status: str | None) -> TerminalState:

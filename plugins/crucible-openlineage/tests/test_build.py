@@ -89,6 +89,20 @@ def test_a_dataset_hash_already_prefixed_is_not_prefixed_again() -> None:
     assert dataset["facets"]["version"]["datasetVersion"] == "sha256:" + "e" * 64
 
 
+def test_each_execution_of_a_run_directory_is_its_own_run() -> None:
+    t = RunTracker()
+    ids = []
+    for execution in (1, 2, 3):
+        out = t.feed("run.start", "r", 1.0, {"name": "x", "execution": execution})
+        out += t.feed("run.end", "r", 2.0, {"status": "interrupted"})
+        events = [json.loads(to_json(build_event(x, namespace="ns"))) for x in out]
+        assert len({e["run"]["runId"] for e in events}) == 1
+        ids.append(events[0]["run"]["runId"])
+        assert events[1]["run"]["facets"]["crucible"]["execution"] == execution
+    assert ids[0] == run_uuid("r")  # the first: what a child's parent facet names
+    assert len(set(ids)) == 3
+
+
 @pytest.mark.parametrize(
     ("uri", "expected"),
     [

@@ -207,3 +207,64 @@ def test_an_experiment_cell_names_its_parent_run(
     digest = hashlib.sha256(b'{"accuracy": 0.75}').hexdigest()
     assert scores["facets"]["version"]["datasetVersion"] == f"sha256:{digest}"
     assert events[-1]["run"]["facets"]["crucible"]["job_kind"] == "experiment_step"
+
+
+_FAILS_LEFT = {"n": 0}
+
+
+class _FlakyScore(_Score):
+    """Fails (retryably) while ``_FAILS_LEFT`` says so, then scores."""
+
+    def run(self, ctx: Any) -> dict[str, Any]:
+        if _FAILS_LEFT["n"] > 0:
+            _FAILS_LEFT["n"] -= 1
+            raise BackendError("the judge timed out", retryable=True)
+        return super().run(ctx)
+
+
+def test_a_worker_retry_is_a_new_run_and_each_run_ends_once(
+    host: PluginHost, crucible_home: Path, validate: Any, lineage_of: Any
+) -> None:
+    import types
+
+    from crucible_core import hookimpl
+    from crucible_core.ir.codec import to_builtins
+    from crucible_core.ir.experiment import Experiment, StageDef
+    from crucible_core.ir.work import Constraints, Job, RetryPolicy
+    from crucible_core.runtime.scheduler import Scheduler
+    from crucible_core.runtime.worker import Worker
+
+    def register_stages(register: Any) -> None:
+        register("flaky", _FlakyScore)
+
+    host.add_plugin(types.SimpleNamespace(register_stages=hookimpl(register_stages)), name="f")
+    _FAILS_LEFT["n"] = 1
+    experiment = Experiment(id="ev", name="judge", stages=[StageDef(name="s", uses="flaky")])
+    policy = RetryPolicy(max_attempts=3, initial_delay_ms=0, max_delay_ms=0)
+    sched = Scheduler(sync="normal")
+    try:
+        sched.enqueue(
+            Job(
+                id="eval-1",
+                kind="evaluation",
+                payload=to_builtins(experiment),
+                constraints=Constraints(retry_policy=policy),
+            )
+        )
+        worker = Worker(sched, host=host, lease_s=5.0, heartbeat_s=0.05, poll_s=0.02)
+        worker.run(exit_when_idle=True)
+        assert sched.get("eval-1").status == "succeeded"
+    finally:
+        sched.close()
+    runtime.reset()
+    events = lineage_of(crucible_home / "openlineage.jsonl")
+    for e in events:
+        validate(e)
+    seq = [(e["run"]["runId"], e["eventType"]) for e in events]
+    assert seq == [
+        (run_uuid("eval-1"), "START"),
+        (run_uuid("eval-1"), "FAIL"),
+        (run_uuid("eval-1", 2), "START"),
+        (run_uuid("eval-1", 2), "COMPLETE"),
+    ]
+    assert [e["run"]["facets"]["crucible"]["attempt"] for e in events] == [1, 1, 2, 2]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from crucible_openlineage.states import RunTracker, Transition, terminal_state
+from crucible_openlineage.states import FINAL_JOB_STATES, RunTracker, Transition, terminal_state
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +21,7 @@ from crucible_core.runtime.runstatus import RunStatus
         ("interrupted", "ABORT"),
         ("budget_exhausted", "ABORT"),
         ("crashed", "ABORT"),
-        ("dead_letter", "FAIL"),
+        ("dead", "FAIL"),
         ("something new", "FAIL"),
         (None, "FAIL"),
     ],
@@ -42,6 +42,22 @@ def test_every_run_status_but_running_has_a_deliberate_mapping() -> None:
         "interrupted": "ABORT",
         "crashed": "ABORT",
     }
+
+
+def test_every_final_job_status_ends_a_run_and_maps_deliberately() -> None:
+    from typing import get_args
+
+    from crucible_core.ir.work import JobStatus
+
+    finals = set(get_args(JobStatus)) - {"pending", "queued", "running"}
+    assert finals == FINAL_JOB_STATES
+    for status in finals:
+        t = RunTracker()
+        t.feed("run.start", "j", 1.0, {})
+        [end] = t.feed("job.state", "j", 2.0, {"status": status})
+        assert end.state == {"succeeded": "COMPLETE", "cancelled": "ABORT"}.get(
+            status, "ABORT" if status == "budget_exhausted" else "FAIL"
+        )
 
 
 def test_several_terminal_events_give_one_terminal_the_first_decides() -> None:
