@@ -44,6 +44,8 @@ def _make() -> tuple[LineageSink | None, float]:
 def current() -> LineageSink | None:
     """The process's sink (built on first use; None when off)."""
     with _lock:
+        if _state.get("exiting"):
+            return None  # events delivered while the process exits start no new sink
         if "sink" not in _state:
             sink, flush_s = _make()
             _state["sink"] = sink
@@ -72,4 +74,6 @@ def reset() -> LineageSink | None:
 
 
 def _at_exit() -> None:
+    with _lock:
+        _state["exiting"] = True
     reset()

@@ -27,7 +27,17 @@ from crucible_core.plugins import PluginHost, reset_host
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("CRUCIBLE_CACHE_DIR", str(tmp_path / "cache"))
-    for name in ("TRANSPORT", "FILE", "URL", "ENDPOINT", "NAMESPACE", "QUEUE", "FLUSH_S"):
+    for name in (
+        "TRANSPORT",
+        "FILE",
+        "URL",
+        "ENDPOINT",
+        "API_KEY",
+        "TIMEOUT_S",
+        "NAMESPACE",
+        "QUEUE",
+        "FLUSH_S",
+    ):
         monkeypatch.delenv(f"CRUCIBLE_OPENLINEAGE_{name}", raising=False)
     runtime.reset()
     yield

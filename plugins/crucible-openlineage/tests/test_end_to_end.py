@@ -268,3 +268,73 @@ def test_a_worker_retry_is_a_new_run_and_each_run_ends_once(
         (run_uuid("eval-1", 2), "COMPLETE"),
     ]
     assert [e["run"]["facets"]["crucible"]["attempt"] for e in events] == [1, 1, 2, 2]
+
+
+_SCRIPT = """
+import sys
+from crucible_core.cli.main import main
+from crucible_core.plugins import PluginHost, reset_host
+from crucible_openlineage import plugin
+from tests.toy_backend import toy_plugin
+
+host = PluginHost(autoload=False)
+host.add_plugin(toy_plugin(), name="toy")
+host.add_plugin(plugin, name="openlineage")
+reset_host(host)
+sys.exit(main(["train", sys.argv[1], "--job-id", "proc", "--no-progress"]))
+"""
+
+
+def _train_in_a_process(
+    job_file: Path, home: Path, extra: dict[str, str]
+) -> tuple[int, float, str]:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "CRUCIBLE_HOME": str(home), "PYTHONPATH": str(root), **extra}
+    began = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, str(job_file)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+        cwd=root,
+    )
+    return proc.returncode, time.monotonic() - began, proc.stderr
+
+
+def test_a_process_sends_its_lineage_at_exit(
+    tmp_path: Path, dataset: Path, validate: Any, lineage_of: Any
+) -> None:
+    job_file = tmp_path / "job.json"
+    job_file.write_bytes(encode(_job(dataset)))
+    code, _, err = _train_in_a_process(job_file, tmp_path / "home", {})
+    assert code == 0, err
+    events = lineage_of(tmp_path / "home" / "openlineage.jsonl")
+    assert [e["eventType"] for e in events] == ["START", "COMPLETE"]
+    for e in events:
+        validate(e)
+
+
+def test_a_hanging_server_delays_the_exit_by_flush_s_at_most(
+    tmp_path: Path, dataset: Path, hanging_endpoint: Any
+) -> None:
+    job_file = tmp_path / "job.json"
+    job_file.write_bytes(encode(_job(dataset)))
+    code, took, err = _train_in_a_process(
+        job_file,
+        tmp_path / "home",
+        {
+            "CRUCIBLE_OPENLINEAGE_TRANSPORT": "http",
+            "CRUCIBLE_OPENLINEAGE_URL": hanging_endpoint.url,
+            "CRUCIBLE_OPENLINEAGE_TIMEOUT_S": "60",
+            "CRUCIBLE_OPENLINEAGE_FLUSH_S": "2",
+        },
+    )
+    assert code == 0, err
+    assert took < 20.0  # the run plus 2 s of flushing; the server holds a request 30 s
+    assert (tmp_path / "home" / "runs" / "proc" / "metrics.json").exists()
