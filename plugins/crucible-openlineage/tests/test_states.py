@@ -128,3 +128,34 @@ def test_any_event_sequence_gives_each_start_exactly_one_terminal(
     for x in out:
         if x.state != "START" and x.end.get("status") and "reason" not in x.end:
             assert x.state == terminal_state(x.end["status"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_EVENT, max_size=30))
+def test_any_event_sequence_gives_each_openlineage_run_one_start_then_one_terminal(
+    events: list[tuple[str, str, str]],
+) -> None:
+    """The same guarantee on the built events, as a catalogue sees them (by runId)."""
+    import json
+
+    from crucible_openlineage.build import build_event, to_json
+
+    tracker = RunTracker()
+    executions: dict[str, int] = {}
+    out: list[Transition] = []
+    for i, (job, kind, status) in enumerate(events):
+        data: dict[str, Any] = {"status": status, "name": job}
+        if kind == "run.start":  # as the pipeline numbers them
+            executions[job] = executions.get(job, 0) + 1
+            data["execution"] = executions[job]
+        out += tracker.feed(kind, job, float(i), data)
+    out += tracker.close(float(len(events)))
+    by_run: dict[str, list[str]] = {}
+    for t in out:
+        event = json.loads(to_json(build_event(t, namespace="ns")))
+        by_run.setdefault(event["run"]["runId"], []).append(event["eventType"])
+    assert len(by_run) == sum(executions.values())
+    for states in by_run.values():
+        assert len(states) == 2
+        assert states[0] == "START"
+        assert states[1] in ("COMPLETE", "FAIL", "ABORT")
