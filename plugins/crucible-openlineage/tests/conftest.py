@@ -27,6 +27,8 @@ from crucible_core.plugins import PluginHost, reset_host
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("CRUCIBLE_CACHE_DIR", str(tmp_path / "cache"))
+    # Every test has its own home: drop warnings and lineage files land in it.
+    monkeypatch.setenv("CRUCIBLE_HOME", str(tmp_path / "crucible-home"))
     for name in (
         "TRANSPORT",
         "FILE",
