@@ -2,7 +2,8 @@
 
 An :class:`Event` is ``(kind, job_id, ts, step, epoch, data)``; kinds are
 dotted names: ``job.state``, ``train.start`` (``total_steps``),
-``train.step``, ``train.checkpoint``, ``eval.metric``, ``stage.start``,
+``train.step``, ``train.checkpoint``, ``eval.metric``, ``run.start``,
+``run.end`` (a pipeline run's frame and final status), ``stage.start``,
 ``stage.end``, ``bus.subscriber_dropped``, and whatever plugins add
 (``sample.completed``, ``hedge.fired``...).
 

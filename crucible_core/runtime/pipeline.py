@@ -30,8 +30,15 @@
   then one of the run statuses of :mod:`crucible_core.runtime.runstatus`
   (``budget_exhausted``, ``cancelled``, ``interrupted`` by the error class and
   cancellation reason; ``failed`` for other errors).
-- **Records.** Events ``stage.start`` / ``stage.end`` (``status`` ok, error
-  or skipped; ``duration_ms``) go to ``bus``; ``runs/<job_id>/manifest.json``
+- **Records.** Events ``run.start`` (``job_kind``, ``experiment_id``,
+  ``name``, ``config_digest``, ``dataset`` ``{uri, hash}``, ``attempt``,
+  ``execution``: 1 on the run directory's first pipeline, then 2, 3... for
+  retries and resumes (the manifest's ``executions``), ``parent_job_id``
+  from ``job.metadata``) and, once per run whatever ends it,
+  ``run.end`` (``status``: the run status; ``error``; ``artifacts``: what the
+  stages stored, ``{artifact_id, uri, sha256, type, name, stage}``) frame
+  ``stage.start`` / ``stage.end`` (``status`` ok, error or skipped;
+  ``duration_ms``) on ``bus``; ``runs/<job_id>/manifest.json``
   gets the config digest, dataset, seed, timestamps, per-stage status and
   every artifact a stage stores through ``ctx.artifacts``; lineage gets a
   Trace with one span per stage, ``consumes`` the dataset and ``produces``
@@ -72,6 +79,7 @@ from crucible_core.runtime.artifacts import (
     config_digest,
     digest_path,
     environment_info,
+    read_manifest,
     update_manifest,
 )
 from crucible_core.runtime.cancel import CancelFlag, reason_of
@@ -407,6 +415,7 @@ def run_pipeline(
         "seed": experiment.seeds[0] if experiment.seeds else None,
         "started_at": _iso(started).isoformat(),
         "status": "running",
+        "executions": _executions(run.run_dir) + 1,
     }
     if experiment.dataset is not None:
         manifest["dataset"] = {
@@ -416,6 +425,17 @@ def run_pipeline(
     if run.host is not None:
         manifest["environment"] = environment_info(run.host)
     update_manifest(run.run_dir, **manifest)
+    run.emit(
+        "run.start",
+        job_kind=job.kind,
+        experiment_id=experiment.id,
+        name=experiment.name or experiment.id,
+        config_digest=manifest["config_digest"],
+        dataset=manifest.get("dataset"),
+        attempt=job.attempts,
+        execution=manifest["executions"],
+        parent_job_id=job.metadata.get("parent_job_id"),
+    )
 
     outputs: dict[str, Mapping[str, Any]] = {}
     status: dict[str, str] = {n: "disabled" for n in order if not by_name[n].enabled}
@@ -515,6 +535,22 @@ def run_pipeline(
             finished_at=_iso(time.time()).isoformat(),
             stages={n: {"status": s} | _timing(spans.get(n)) for n, s in status.items()},
         )
+        run.emit(
+            "run.end",
+            status=final,
+            error=_error_text(failures[0][1] if failures else aborted),
+            artifacts=[
+                {
+                    "artifact_id": a.artifact_id,
+                    "uri": a.uri,
+                    "sha256": a.sha256,
+                    "type": a.type,
+                    "name": a.metadata.get("name"),
+                    "stage": a.metadata.get("stage"),
+                }
+                for a in run.artifacts
+            ],
+        )
         if own_bus:
             run.bus.close()
     if failures:
@@ -545,6 +581,19 @@ def _default_executor(n: int) -> Executor:
     return (
         ThreadExecutor(max_workers=min(4, n), name="crucible-stage") if n > 1 else InlineExecutor()
     )
+
+
+def _executions(run_dir: Path) -> int:
+    """How many times a pipeline has started on this run directory (retries, resumes)."""
+    try:
+        count = read_manifest(run_dir).get("executions")
+    except CrucibleError:
+        return 0
+    return count if isinstance(count, int) else 0
+
+
+def _error_text(exc: BaseException | None) -> str | None:
+    return None if exc is None else f"{type(exc).__name__}: {exc}"
 
 
 def _timing(span: tuple[float, float | None, str, str | None] | None) -> dict[str, Any]:

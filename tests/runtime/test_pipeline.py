@@ -135,10 +135,21 @@ def test_diamond_runs_in_order_with_inputs(stages: PluginHost) -> None:
     assert RAN[-1] == "d"
     assert out["d"] == {"label": "d", "saw": ["b", "c"]}
     assert out["b"]["saw"] == ["a"]
-    kinds = [(ev.kind, ev.data.get("stage")) for ev in read_telemetry("run1")]
-    assert kinds[0] == ("stage.start", "a")
-    assert kinds[-1] == ("stage.end", "d")
-    assert len(kinds) == 8
+    events = list(read_telemetry("run1"))
+    kinds = [(ev.kind, ev.data.get("stage")) for ev in events]
+    # run.start and run.end frame the stages' events
+    assert kinds[0] == ("run.start", None)
+    assert kinds[1] == ("stage.start", "a")
+    assert kinds[-2] == ("stage.end", "d")
+    assert kinds[-1] == ("run.end", None)
+    assert len(kinds) == 10
+    assert events[0].data["config_digest"] == read_manifest(run_dir("run1"))["config_digest"]
+    assert events[-1].data["status"] == "succeeded"
+    assert events[0].data["execution"] == 1
+    run_pipeline(e, Job(id="run1"), host=stages)  # the same run directory again: a resume
+    starts = [ev.data for ev in read_telemetry("run1") if ev.kind == "run.start"]
+    assert [s["execution"] for s in starts] == [1, 2]
+    assert read_manifest(run_dir("run1"))["executions"] == 2
     manifest = read_manifest(run_dir("run1"))
     assert manifest["status"] == "succeeded"
     assert set(manifest["stages"]) == {"a", "b", "c", "d"}
@@ -183,6 +194,10 @@ def test_failing_stage_stops_dependents_and_is_named(stages: PluginHost) -> None
     assert manifest["status"] == "failed"
     assert manifest["stages"]["after"]["status"] == "skipped"
     assert manifest["stages"]["later"]["status"] == "skipped"
+    ends = [ev.data for ev in read_telemetry("run4") if ev.kind == "run.end"]
+    assert len(ends) == 1
+    assert ends[0]["status"] == "failed"
+    assert "remote said no" in ends[0]["error"]
 
 
 def test_non_crucible_exception_names_the_stage(stages: PluginHost) -> None:
@@ -233,6 +248,8 @@ def test_cancellation_stops_before_the_next_stage(stages: PluginHost) -> None:
         run_pipeline(e, Job(id="run8"), host=stages, cancel=flag, executor=InlineExecutor())
     assert RAN == []
     assert read_manifest(run_dir("run8"))["status"] == "cancelled"
+    ends = [ev.data["status"] for ev in read_telemetry("run8") if ev.kind == "run.end"]
+    assert ends == ["cancelled"]
 
 
 def test_artifacts_lineage_and_telemetry(stages: PluginHost) -> None:
@@ -255,6 +272,12 @@ def test_artifacts_lineage_and_telemetry(stages: PluginHost) -> None:
         assert [a.sha256 for a in trace.artifacts] == [sha]
         assert [c.id for c in rec.ancestors(f"sha256:{sha}").children] == ["run9"]
         assert rec.ancestors("run9").children[0].id == "dataset:sample:chat"
+    (end,) = [ev.data for ev in read_telemetry("run9") if ev.kind == "run.end"]
+    assert [(a["artifact_id"], a["sha256"], a["stage"]) for a in end["artifacts"]] == [
+        (f"sha256:{sha}", sha, "make")
+    ]
+    (start,) = [ev.data for ev in read_telemetry("run9") if ev.kind == "run.start"]
+    assert start["dataset"] == {"uri": "sample:chat", "hash": None}
     metrics = [ev for ev in read_telemetry("run9") if ev.kind == "eval.metric"]
     assert metrics[0].data == {"loss": None, "metrics": {"accuracy": 0.5}, "stage": "make"}
 
