@@ -10,7 +10,6 @@ import msgspec
 
 from crucible_core.cli.output import print_json, print_table
 from crucible_core.errors import ConfigError
-
 from crucible_registry.names import parse_ref, parse_tag
 from crucible_registry.registry import UNSET, Registry
 

@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import msgspec
-from crucible_registry import db
-from crucible_registry.names import ModelRef, check_alias, check_name, parse_ref
 
 from crucible_core.errors import ConfigError, Conflict, NotFound
 from crucible_core.runtime import pins
 from crucible_core.runtime.artifacts import LocalArtifactStore
+from crucible_registry import db
+from crucible_registry.names import ModelRef, check_alias, check_name, parse_ref
 
 __all__ = ["UNSET", "AliasEvent", "ArtifactRef", "Model", "Registry", "Version"]
 
@@ -252,9 +252,10 @@ class Registry:
         """One version, with its artifacts, tags and the aliases it holds."""
         self._require_version(name, version)
         row = self._conn.execute(
-            "SELECT run_id, run_dir, checkpoint, step, backend, base_model, base_revision, config_hash,"
-            " dataset_hash, manifest_hash, metrics, created_at, created_by, archived_at, archived_by,"
-            " archive_reason FROM versions WHERE name = ? AND version = ?",
+            "SELECT run_id, run_dir, checkpoint, step, backend, base_model, base_revision,"
+            " config_hash, dataset_hash, manifest_hash, metrics, created_at, created_by,"
+            " archived_at, archived_by, archive_reason FROM versions"
+            " WHERE name = ? AND version = ?",
             (name, version),
         ).fetchone()
         arts = [
@@ -328,7 +329,10 @@ class Registry:
     def history(self, name: str, alias: str | None = None) -> list[AliasEvent]:
         """The alias moves of ``name`` (of one alias if given), oldest first."""
         self._require_model(name)
-        q = "SELECT seq, name, alias, action, version, previous, reverts, actor, at, reason FROM alias_events WHERE name = ?"
+        q = (
+            "SELECT seq, name, alias, action, version, previous, reverts, actor, at, reason"
+            " FROM alias_events WHERE name = ?"
+        )
         args: tuple[Any, ...] = (name,)
         if alias is not None:
             q += " AND alias = ?"
@@ -387,17 +391,18 @@ class Registry:
                         ).fetchone()[0]
                     )
                     self._conn.execute(
-                        "INSERT INTO versions (name, version, identity, run_id, run_dir, checkpoint, step,"
-                        " backend, base_model, base_revision, config_hash, dataset_hash, manifest_hash,"
-                        " metrics, created_at, created_by) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        "INSERT INTO versions (name, version, identity, run_id, run_dir,"
+                        " checkpoint, step, backend, base_model, base_revision, config_hash,"
+                        " dataset_hash, manifest_hash, metrics, created_at, created_by)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         (name, number, c.identity, c.run_id, str(c.run_dir), c.checkpoint, c.step,
                          c.backend, c.base_model, c.base_revision, c.config_hash, c.dataset_hash,
                          c.manifest_hash, msgspec.json.encode(c.metrics).decode(), _now(),
                          actor or default_actor()),
                     )  # fmt: skip
                     self._conn.execute(
-                        "INSERT INTO artifacts (name, version, role, sha256, size_bytes, store_uri, run_path)"
-                        " VALUES (?,?,?,?,?,?,?)",
+                        "INSERT INTO artifacts (name, version, role, sha256, size_bytes,"
+                        " store_uri, run_path) VALUES (?,?,?,?,?,?,?)",
                         (name, number, "weights", c.sha256, size, store_uri, str(c.path)),
                     )
                 self._set_tags(name, number, tags or {})
@@ -457,11 +462,13 @@ class Registry:
         who = actor or default_actor()
         self._conn.execute(
             "INSERT INTO aliases (name, alias, version, updated_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
+            " ON CONFLICT (name, alias) DO UPDATE"
+            " SET version = excluded.version, updated_at = excluded.updated_at",
             (name, alias, version, now),
         )
         cur = self._conn.execute(
-            "INSERT INTO alias_events (name, alias, action, version, previous, reverts, actor, at, reason)"
+            "INSERT INTO alias_events"
+            " (name, alias, action, version, previous, reverts, actor, at, reason)"
             " VALUES (?,?,?,?,?,?,?,?,?)",
             (name, alias, action, version, held, reverts, who, now, reason),
         )
@@ -473,7 +480,8 @@ class Registry:
         """(seq, previous) of the moves not yet rolled back, oldest first."""
         stack: list[tuple[int, int | None]] = []
         for seq, action, previous in self._conn.execute(
-            "SELECT seq, action, previous FROM alias_events WHERE name = ? AND alias = ? ORDER BY seq",
+            "SELECT seq, action, previous FROM alias_events"
+            " WHERE name = ? AND alias = ? ORDER BY seq",
             (name, alias),
         ):
             if action == "rollback":
@@ -555,7 +563,7 @@ class Registry:
     def archive(
         self, name: str, version: int, *, reason: str = "", actor: str | None = None
     ) -> Version:
-        """Archive a version: kept (and pinned), never aliasable. Refused while it holds an alias."""
+        """Archive: kept (and pinned), not aliasable; refused while it holds an alias."""
         with self._tx():
             self._require_version(name, version)
             held = self._aliases(name, version)

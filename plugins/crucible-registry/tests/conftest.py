@@ -13,6 +13,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from crucible_registry import Registry
 
 from crucible_core.ir import (
     AdamW,
@@ -25,7 +26,6 @@ from crucible_core.ir import (
 )
 from crucible_core.plugins import PluginHost, reset_host
 from crucible_core.runtime.training import run_training
-from crucible_registry import Registry
 
 
 @pytest.fixture(autouse=True)
