@@ -65,6 +65,12 @@ def toy_job(**changes: object) -> TrainingJob:
 
 
 @pytest.fixture
+def make_job() -> Callable[..., TrainingJob]:
+    """``make_job(**changes)``: the toy TrainingJob (file checkpoints every 4 steps, 12 steps)."""
+    return toy_job
+
+
+@pytest.fixture
 def train(toy: PluginHost, home: Path) -> Callable[..., Path]:
     """``train(run_id, **job_changes)``: a real toy run; returns its run directory."""
 

@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 from crucible_registry import Registry
 
-from crucible_core.errors import ConfigError, IntegrityError, NotFound
+from crucible_core.errors import BudgetExhausted, ConfigError, IntegrityError, NotFound
+from crucible_core.ir import Budget, CheckpointPolicy, TrainingJob
+from crucible_core.plugins import PluginHost
 from crucible_core.runtime import pins
-from crucible_core.runtime.artifacts import LocalArtifactStore, read_manifest
+from crucible_core.runtime.artifacts import LocalArtifactStore, read_manifest, verify_run
+from crucible_core.runtime.training import read_loop_state, run_training
 
 
 def test_a_version_records_the_run_and_its_checksummed_artifact(
@@ -116,3 +119,21 @@ def test_versions_and_metadata_survive_reopening(train: Callable[..., Path], hom
         v = reg.resolve("models:/bigram/1")
     assert json.loads(json.dumps(v.metrics)) == v.metrics
     assert (home / "registry.db").is_file()
+
+
+def test_retention_of_a_resumed_run_keeps_the_registered_checkpoint(
+    toy: PluginHost, registry: Registry, home: Path, make_job: Callable[..., TrainingJob]
+) -> None:
+    policy = CheckpointPolicy(save_every=4, keep_last=1, save_best=False)
+    with pytest.raises(BudgetExhausted):
+        run_training(make_job(checkpoint_policy=policy, budget=Budget(max_tokens=1500)),
+                     job_id="cut", host=toy)  # fmt: skip
+    run = home / "runs" / "cut"
+    state = read_loop_state(run)
+    step = state.checkpoints[-1].step
+    v = registry.register("cut", name="bigram", checkpoint=str(step))
+    run_training(make_job(checkpoint_policy=policy), job_id="cut", host=toy, resume=state)
+    kept = sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step-"))
+    assert kept == [f"step-{step:06d}", "step-000012"]  # without the pin: only step-000012
+    assert verify_run(run).ok
+    assert registry.version("bigram", v.version).artifacts[0].sha256 == v.artifacts[0].sha256
