@@ -54,6 +54,7 @@ class ModelsCommand:
         p.add_argument("name")
         p.add_argument("alias")
         p.add_argument("--reason", default="")
+        p.add_argument("--expect", help="refuse unless the alias holds this version now")
         p.add_argument("--json", action="store_true")
         p = sub.add_parser("tag", help="set or remove tags on a name or a version")
         p.add_argument("ref", metavar="NAME[/VERSION]")
@@ -134,7 +135,8 @@ class ModelsCommand:
         return self._event(e, args)
 
     def _rollback(self, reg: Registry, args: argparse.Namespace) -> int:
-        return self._event(reg.rollback(args.name, args.alias, reason=args.reason), args)
+        e = reg.rollback(args.name, args.alias, reason=args.reason, expected=_expect(args.expect))
+        return self._event(e, args)
 
     def _event(self, e: Any, args: argparse.Namespace) -> int:
         if args.json:

@@ -366,7 +366,6 @@ class Registry:
         check_name(name)
         c = read_candidate(run, checkpoint)
         holder = _holder(name, c.identity)
-        was_pinned = any(h.get("holder") == holder for h in pins.holders(c.sha256))
         # Pin before verifying: retention must not delete it while it is being copied.
         pins.pin(c.sha256, holder, note=f"registering {name} from {c.run_id}/{c.checkpoint}")
         try:
@@ -408,7 +407,10 @@ class Registry:
                 self._set_tags(name, number, tags or {})
             pins.pin(c.sha256, holder, note=f"{name} v{number} ({c.run_id}/{c.checkpoint})")
         except BaseException:
-            if not was_pinned:
+            # Unpin unless a version holds it (an earlier or a concurrent registration).
+            if not self._conn.execute(
+                "SELECT 1 FROM versions WHERE name = ? AND identity = ?", (name, c.identity)
+            ).fetchone():
                 pins.unpin(c.sha256, holder)
             raise
         return self.version(name, number, existing=existing)

@@ -30,7 +30,8 @@ def test_the_whole_cycle_through_the_command(train: Callable[..., Path], home: P
     )
     _run("alias", "bigram", "production", "2", "--expect", "1")
     _run("alias", "bigram", "production", "1", "--expect", "none", exit_code=1)  # Conflict
-    back = json.loads(_run("rollback", "bigram", "production", "--json"))
+    _run("rollback", "bigram", "production", "--expect", "1", exit_code=1)  # holds 2
+    back = json.loads(_run("rollback", "bigram", "production", "--expect", "2", "--json"))
     assert (back["action"], back["previous"], back["version"]) == ("rollback", 2, 1)
     assert json.loads(_run("tag", "bigram/2", "eval=ok", "--json")) == {"eval": "ok", "lr": "0.02"}
     _run("archive", "bigram", "1", exit_code=1)  # holds production
