@@ -137,3 +137,17 @@ def test_retention_of_a_resumed_run_keeps_the_registered_checkpoint(
     assert kept == [f"step-{step:06d}", "step-000012"]  # without the pin: only step-000012
     assert verify_run(run).ok
     assert registry.version("bigram", v.version).artifacts[0].sha256 == v.artifacts[0].sha256
+
+
+def test_a_refused_re_registration_keeps_the_existing_versions_pin(
+    train: Callable[..., Path], registry: Registry
+) -> None:
+    run = train("run-a")
+    v = registry.register("run-a", name="bigram", checkpoint="12")
+    sha = v.artifacts[0].sha256
+    target = run / "checkpoints" / "step-000012" / "state" / "w.npy"
+    target.write_bytes(target.read_bytes()[:-1] + b"\x02")
+    with pytest.raises(IntegrityError):
+        registry.register("run-a", name="bigram", checkpoint="12")
+    assert pins.is_pinned(sha)
+    assert registry.model("bigram").versions == [1]
