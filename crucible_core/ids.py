@@ -13,10 +13,21 @@ and the CLI's run lookup all use this module, so the rule cannot drift.
 from __future__ import annotations
 
 import re
+import secrets
+import time
+from datetime import UTC, datetime
 
 from crucible_core.errors import ConfigError
 
-__all__ = ["ID_HINT", "ID_PATTERN", "MAX_ID_LENGTH", "check_id", "is_valid_id", "shown"]
+__all__ = [
+    "ID_HINT",
+    "ID_PATTERN",
+    "MAX_ID_LENGTH",
+    "check_id",
+    "is_valid_id",
+    "new_id",
+    "shown",
+]
 
 #: The longest id (file systems allow 255 bytes per name; leave room for suffixes).
 MAX_ID_LENGTH = 200
@@ -50,3 +61,14 @@ def shown(value: str, limit: int = 60) -> str:
     if len(text) <= limit:
         return text
     return f"{text[: limit - 20]}...{text[-12:]} ({len(value)} characters)"
+
+
+def new_id(prefix: str, *, now: float | None = None) -> str:
+    """A fresh id ``<prefix>-YYYYmmdd-HHMMSS-<10 hex>`` (UTC) that obeys the id rule.
+
+    Ids sort by creation time to the second (new rows land at the end of an id
+    index; a person can read when a run started), and 40 random bits make two
+    ids made in the same second collide about once in 10**12 pairs.
+    """
+    stamp = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    return f"{prefix}-{stamp:%Y%m%d-%H%M%S}-{secrets.token_hex(5)}"

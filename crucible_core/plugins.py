@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import difflib
 import importlib
+import logging
 import os
 import threading
 import time
@@ -297,6 +298,8 @@ class PluginHost:
         # State after loading (import, hook validation), and after the registry build.
         self._loaded: dict[str, PluginInfo] = {}
         self._infos: dict[str, PluginInfo] = {}
+        #: ``on_event`` failures per plugin (each is logged; see :meth:`emit`).
+        self.event_errors: dict[str, int] = {}
         self._registries: dict[str, dict[str, Registration]] | None = None
         self._conflicts: dict[str, dict[str, list[Registration]]] = {}
         # plugin name -> its registration hook functions, with the kind each fills.
@@ -625,9 +628,26 @@ class PluginHost:
             try:
                 impl.function(event)
             except Exception:
-                continue
+                self._event_error(impl.plugin_name, event)
+
+    def _event_error(self, plugin: str, event: Any) -> None:
+        """Log a plugin's ``on_event`` failure: the first with its traceback, then every
+        1000th as a count, so a sink broken for good cannot flood the log."""
+        count = self.event_errors.get(plugin, 0) + 1
+        self.event_errors[plugin] = count
+        kind = getattr(event, "kind", type(event).__name__)
+        if count == 1:
+            _log.warning(
+                "plugin %r: on_event raised on a %r event; it keeps receiving events",
+                plugin,
+                kind,
+                exc_info=True,
+            )
+        elif count % 1000 == 0:
+            _log.warning("plugin %r: on_event has raised %d times", plugin, count)
 
 
+_log = logging.getLogger("crucible.plugins")
 _host: PluginHost | None = None
 _host_lock = threading.Lock()
 

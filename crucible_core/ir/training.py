@@ -8,6 +8,7 @@ declared capabilities before anything runs.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from msgspec import Meta, field
@@ -131,6 +132,28 @@ class Scheduler(IRStruct, frozen=True, kw_only=True):
     warmup_steps: NonNegativeInt = 0
     min_lr_ratio: Annotated[float, Meta(ge=0, le=1)] = 0.0
 
+    def multiplier(self, step: int, total_steps: int | None) -> float:
+        """The factor applied to the base rate at optimizer step ``step`` (0-based).
+
+        The one copy of the rule (the training loop and any backend that schedules
+        itself use it). Warmup: steps ``0 .. warmup_steps - 1`` get
+        ``(step + 1) / warmup_steps``. Then ``constant`` stays at 1; ``linear`` falls
+        to ``min_lr_ratio`` and ``cosine`` follows half a cosine down to it, both
+        reaching it at ``total_steps`` and staying there. A decaying schedule needs
+        ``total_steps`` (``ValueError`` without it).
+        """
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.name == "constant":
+            return 1.0
+        if total_steps is None:
+            raise ValueError(f"scheduler {self.name!r} needs the total number of steps")
+        progress = min(1.0, (step - self.warmup_steps) / max(1, total_steps - self.warmup_steps))
+        floor = self.min_lr_ratio
+        if self.name == "linear":
+            return 1.0 - (1.0 - floor) * progress
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
 
 class Loss(IRStruct, frozen=True, kw_only=True):
     """The loss: a named one the backend computes, or ``custom`` computed from logprobs.
@@ -218,6 +241,27 @@ class CheckpointPolicy(IRStruct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.push_to_hub and not self.hub_repo:
             raise ValueError("push_to_hub = true needs `hub_repo`")
+
+    # The one copy of the step cadence: the loop asks saves_at, the checkpoint engine
+    # asks it too, and the plan counts the same saves in closed form.
+
+    @property
+    def by_steps(self) -> bool:
+        """Whether saves follow the step cadence (``steps``, ``last``, ``all``)."""
+        return self.strategy in ("steps", "last", "all")
+
+    def saves_at(self, step: int, total: int | None = None) -> bool:
+        """Whether the state after ``step`` (1-based count of steps done) is saved by the
+        step cadence: every ``save_every`` steps, and the last step of ``total``."""
+        return self.by_steps and step > 0 and (step % self.save_every == 0 or step == total)
+
+    def save_count(self, total: int) -> int:
+        """How many states a run of ``total`` steps saves by the step cadence."""
+        return -(-total // self.save_every) if self.by_steps and total > 0 else 0
+
+    def nth_save(self, k: int, total: int) -> int:
+        """The step of the ``k``-th save (1-based) of a run of ``total`` steps."""
+        return min(k * self.save_every, total)
 
 
 class ValidationSpec(IRStruct, frozen=True, kw_only=True):

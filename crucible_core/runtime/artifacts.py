@@ -53,6 +53,7 @@ __all__ = [
     "config_digest",
     "digest_path",
     "environment_info",
+    "fsync_dir",
     "read_manifest",
     "tree_hashes",
     "update_manifest",
@@ -134,8 +135,9 @@ def environment_info(host: Any | None = None) -> dict[str, Any]:
 # -- atomic files ------------------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Makes a rename durable; not every platform can open a directory.
+def fsync_dir(directory: Path) -> None:
+    """Make a rename inside ``directory`` durable (best effort: not every platform can
+    open a directory)."""
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
         try:
@@ -153,7 +155,7 @@ def _fsync_tree(root: Path) -> None:
         finally:
             os.close(fd)
     for dirpath, _dirs, _files in os.walk(root):
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -169,7 +171,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 # -- the store ---------------------------------------------------------------
@@ -222,7 +224,7 @@ class LocalArtifactStore:
                     # Another writer stored the same content first: keep theirs.
                     if not final.exists():
                         raise
-                _fsync_dir(final.parent)
+                fsync_dir(final.parent)
         finally:
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -99,8 +99,8 @@ class CheckpointTracker:
 
     def _wants(self, step: int, epoch: float | None, value: float | None) -> bool:
         p = self.policy
-        if p.strategy in ("steps", "last", "all"):
-            return step > 0 and step % p.save_every == 0
+        if p.by_steps:
+            return p.saves_at(step)  # the last step is saved through ``final``
         if p.strategy == "epoch":
             if epoch is None or not math.isfinite(epoch):
                 return False

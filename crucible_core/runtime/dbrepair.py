@@ -21,7 +21,6 @@ the file being replaced.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from crucible_core.errors import ConfigError, NotFound
 from crucible_core.runtime._db import describe_problems, quick_check
+from crucible_core.runtime.artifacts import fsync_dir
 
 __all__ = ["RepairReport", "check_file", "repair"]
 
@@ -100,7 +100,7 @@ def repair(path: Path) -> RepairReport:
         if src.exists():
             os.replace(src, f"{backup}{suffix}")
     os.replace(fresh, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return RepairReport(path, problems, backup, rows)
 
 
@@ -134,12 +134,3 @@ def _rebuild(src: Path, dst: Path) -> dict[str, int]:
         return rows
     finally:
         conn.close()
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

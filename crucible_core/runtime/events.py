@@ -120,22 +120,28 @@ class Subscription:
         self._bus = bus
         self._callback = callback
         self._queue: queue.Queue[Event | None] = queue.Queue(maxsize=maxsize)
+        self._pending = 0  # offered and not yet handled by the callback
+        self._idle = threading.Condition()
         self._thread = threading.Thread(
             target=self._deliver, name=f"crucible-events-{name}", daemon=True
         )
         self._thread.start()
 
     def _offer(self, event: Event) -> bool:
-        try:
-            self._queue.put_nowait(event)
-        except queue.Full:
-            return False
+        with self._idle:
+            try:
+                self._queue.put_nowait(event)
+            except queue.Full:
+                return False
+            self._pending += 1
         return True
 
     def _deliver(self) -> None:
         while True:
             event = self._queue.get()
             if event is None or self.dropped:
+                with self._idle:
+                    self._idle.notify_all()  # nobody will handle what is left
                 return
             try:
                 self._callback(event)
@@ -143,6 +149,20 @@ class Subscription:
                 self.errors += 1
             else:
                 self.delivered += 1
+            finally:
+                with self._idle:
+                    self._pending -= 1
+                    if self._pending == 0:
+                        self._idle.notify_all()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until every event offered so far has been handled (or the subscriber was
+        dropped or stopped); whether that happened within ``timeout`` seconds."""
+        with self._idle:
+            return self._idle.wait_for(
+                lambda: self._pending == 0 or self.dropped or not self._thread.is_alive(),
+                timeout,
+            )
 
     def _stop(self, timeout: float | None) -> None:
         # The sentinel needs room; a dropped subscriber's thread exits on its own.
@@ -322,11 +342,10 @@ class EventBus:
             self._sink.close(job_id)
 
     def drain(self, timeout: float = 5.0) -> None:
-        """Wait until every subscriber has taken what was queued for it (up to ``timeout``)."""
+        """Wait until every subscriber has handled what was queued for it (up to ``timeout``)."""
         deadline = time.monotonic() + timeout
         for sub in self.subscribers:
-            while not sub._queue.empty() and time.monotonic() < deadline:  # pyright: ignore[reportPrivateUsage]
-                time.sleep(0.001)
+            sub.wait_idle(max(0.0, deadline - time.monotonic()))
 
     def close(self, timeout: float = 5.0) -> None:
         """Deliver what is queued, stop subscriber threads and close every telemetry file."""

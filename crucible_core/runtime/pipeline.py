@@ -9,7 +9,7 @@
   options at construction (and can refuse bad ones before anything runs);
   the same options are also on ``ctx.options``. Every stage is resolved and
   built before the first one runs, so a misspelt ``uses`` costs nothing.
-- **Order.** Topological (networkx, imported here only). A stage starts when
+- **Order.** Topological (:mod:`crucible_core.runtime.dag`). A stage starts when
   all its enabled dependencies succeeded; independent stages run
   concurrently on ``executor`` (default: a thread pool of up to 4). A stage
   with ``enabled = false`` is skipped: its dependents still run and simply
@@ -176,6 +176,17 @@ class _Run:
         if name is not None and name != ref.name:
             return self.get_host().create("backend", name)
         host = self.get_host()
+        if (ref.fallbacks or ref.name == "routed") and "routed" in host.registrations("backend"):
+            # crucible-router is installed: fallbacks are honoured per call (circuit
+            # breakers, fail-over on retryable errors), not only when creating the backend;
+            # its events go to this run's telemetry.
+            options: dict[str, Any] = dict(ref.options)
+            if ref.name != "routed":
+                options = {"primary": {"name": ref.name, "options": options}}
+            if ref.fallbacks:
+                options["fallbacks"] = [*options.get("fallbacks", ()), *ref.fallbacks]
+            options.update(bus=self.bus, job_id=self.job.id, host=host)
+            return host.create("backend", "routed", **options)
         tried: list[str] = []
         for candidate in [ref.name, *ref.fallbacks]:
             options = ref.options if candidate == ref.name else {}
@@ -259,11 +270,9 @@ class PipelineStageContext:
 
 def _check_dag(experiment: Experiment) -> list[str]:
     """Stage names in a topological order; ConfigError for unknown deps or a cycle."""
-    import networkx as nx
+    from crucible_core.runtime.dag import find_cycle, topological_order
 
-    graph: nx.DiGraph[str] = nx.DiGraph()
     names = [s.name for s in experiment.stages]
-    graph.add_nodes_from(names)
     known = set(names)
     for stage in experiment.stages:
         for dep in stage.depends_on:
@@ -272,12 +281,11 @@ def _check_dag(experiment: Experiment) -> list[str]:
                     f"stage {stage.name!r} depends on unknown stage {dep!r}",
                     hint=f"stages: {', '.join(names)}",
                 )
-            graph.add_edge(dep, stage.name)
-    try:
-        cycle = cast(list[tuple[str, str]], nx.find_cycle(graph))  # pyright: ignore[reportUnknownMemberType]
-    except nx.NetworkXNoCycle:
-        return [str(n) for n in nx.lexicographical_topological_sort(graph, key=names.index)]
-    path = [a for a, _ in cycle] + [cycle[0][0]]
+    depends_on = {s.name: list(s.depends_on) for s in experiment.stages}
+    cycle = find_cycle(depends_on)
+    if cycle is None:
+        return topological_order(names, depends_on)
+    path = cycle[::-1]  # shown in the order stages would run: a -> b means b waits for a
     raise ConfigError(
         f"the stages of experiment {experiment.id!r} form a cycle: {' -> '.join(path)}",
         hint="a stage cannot wait for itself; remove one of these depends_on entries",
@@ -314,15 +322,37 @@ def _stage_error(name: str, exc: BaseException) -> CrucibleError:
 
 
 def _wait_any(futures: Mapping[Future[Any], str]) -> list[Future[Any]]:
+    """The futures that are done, waiting (without polling) until at least one is."""
     native = [f for f in futures if isinstance(f, cf.Future)]
     if len(native) == len(futures):
         done, _ = cf.wait(native, return_when=cf.FIRST_COMPLETED)
         return list(done)
-    while True:  # foreign futures (a plugin executor): poll
+    # A plugin executor's futures need only result() and done(): a daemon thread per
+    # future waits on result() and wakes this one (a future with add_done_callback
+    # is asked to call back instead).
+    wake = threading.Event()
+
+    def on_done(_: object) -> None:
+        wake.set()
+
+    for f in futures:
+        add_done_callback = getattr(f, "add_done_callback", None)
+        if callable(add_done_callback):
+            add_done_callback(on_done)
+        else:
+            threading.Thread(target=_wake_when_done, args=(f, wake), daemon=True).start()
+    while True:
+        wake.clear()
         done = [f for f in futures if f.done()]
         if done:
             return done
-        time.sleep(0.001)
+        wake.wait()
+
+
+def _wake_when_done(future: Future[Any], wake: threading.Event) -> None:
+    with contextlib.suppress(BaseException):  # the caller reads the outcome itself
+        future.result()
+    wake.set()
 
 
 def _iso(ts: float) -> datetime:

@@ -523,18 +523,15 @@ def _checkpoint_steps(job: TrainingJob, total: int) -> tuple[list[int], int]:
     steps plans as fast as one of 10.
     """
     policy = job.checkpoint_policy
-    if policy.strategy not in ("steps", "last", "all"):
+    if not policy.by_steps:
         return [total], 1
-    every = policy.save_every
-    # The k-th save (1-based) is at min(k * every, total): the multiples, then the last step.
-    count = -(-total // every)
+    count = policy.save_count(total)
     half = MAX_LISTED_CHECKPOINTS // 2
     if count <= MAX_LISTED_CHECKPOINTS:
         picked: Sequence[int] = range(1, count + 1)
     else:
         picked = [*range(1, half + 1), *range(count - half + 1, count + 1)]
-    steps = [min(k * every, total) for k in picked]
-    return steps, count
+    return [policy.nth_save(k, total) for k in picked], count
 
 
 def _measure(job: TrainingJob, backend: Any, datums: list[Datum]) -> float:

@@ -57,7 +57,6 @@ error naming the file (:func:`crucible_core.runtime._db.translate`).
 from __future__ import annotations
 
 import contextlib
-import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -75,7 +74,7 @@ from crucible_core.errors import (
     CrucibleError,
     NotFound,
 )
-from crucible_core.ids import ID_HINT, is_valid_id, shown
+from crucible_core.ids import ID_HINT, is_valid_id, new_id, shown
 from crucible_core.ir.backend import CheckpointRef
 from crucible_core.ir.work import (
     PRIORITY_RANK,
@@ -88,6 +87,7 @@ from crucible_core.ir.work import (
 )
 from crucible_core.runtime._db import ConnectionPool, SyncMode, corrupt_error
 from crucible_core.runtime._options import check_count, check_seconds
+from crucible_core.runtime.dag import find_cycle, topological_order
 from crucible_core.runtime.paths import db_path as default_db_path
 
 __all__ = [
@@ -228,41 +228,6 @@ def _epoch(value: datetime) -> float:
     return value.timestamp()
 
 
-def _new_id(now: float) -> str:
-    # Time-ordered (milliseconds, hex) so that new rows land at the end of the id index;
-    # 40 random bits, so ids made in the same millisecond (a big batch) do not collide.
-    return f"job-{int(now * 1000):011x}{secrets.token_hex(5)}"
-
-
-def _find_cycle(graph: Mapping[str, Sequence[str]]) -> list[str] | None:
-    """A cycle in ``graph`` (node -> successors) as a closed path, or None."""
-    white, grey, black = 0, 1, 2
-    color = dict.fromkeys(graph, white)
-    for root in graph:
-        if color[root] != white:
-            continue
-        path: list[str] = [root]
-        stack: list[tuple[str, int]] = [(root, 0)]
-        color[root] = grey
-        while stack:
-            node, i = stack[-1]
-            succ = [s for s in graph.get(node, ()) if s in graph]
-            if i < len(succ):
-                stack[-1] = (node, i + 1)
-                nxt = succ[i]
-                if color[nxt] == grey:
-                    return [*path[path.index(nxt) :], nxt]
-                if color[nxt] == white:
-                    color[nxt] = grey
-                    stack.append((nxt, 0))
-                    path.append(nxt)
-            else:
-                color[node] = black
-                stack.pop()
-                path.pop()
-    return None
-
-
 class _Tx:
     """One write transaction: its connection and its clock reading."""
 
@@ -358,7 +323,7 @@ class Scheduler:
         for job in jobs:
             job_id = job.id
             while not job_id or (not job.id and job_id in seen):
-                job_id = _new_id(self._clock())  # a fresh id, never one of this batch's
+                job_id = new_id("job", now=self._clock())  # a fresh id, never one of this batch's
             if not is_valid_id(job_id):
                 raise ConfigError(
                     f"job id {shown(job_id)} is not allowed",
@@ -369,14 +334,16 @@ class Scheduler:
             seen.add(job_id)
             prepared.append(job if job.id else msgspec.structs.replace(job, id=job_id))
         if any(j.constraints.depends_on for j in prepared):
-            cycle = _find_cycle({j.id: list(j.constraints.depends_on) for j in prepared})
+            depends_on = {j.id: list(j.constraints.depends_on) for j in prepared}
+            cycle = find_cycle(depends_on)
             if cycle is not None:
                 raise ConfigError(
                     f"depends_on forms a cycle: {' -> '.join(cycle)}",
                     hint="a job cannot wait for itself; remove one of these dependencies",
                     cycle=cycle,
                 )
-            order = _topological(prepared)
+            by_id = {j.id: j for j in prepared}
+            order = [by_id[i] for i in topological_order(list(by_id), depends_on)]
         else:
             order = prepared
         out: dict[str, Job] = {}
@@ -1092,26 +1059,6 @@ class Scheduler:
         ).fetchone()
         if row is None:
             raise Conflict(f"job {job_id!r} is no longer {frm}; it changed meanwhile")
-
-
-def _topological(jobs: Sequence[Job]) -> list[Job]:
-    """Dependencies before dependents (within the batch); acyclic input assumed."""
-    by_id = {j.id: j for j in jobs}
-    done: set[str] = set()
-    order: list[Job] = []
-
-    def visit(job: Job) -> None:
-        if job.id in done:
-            return
-        done.add(job.id)
-        for dep in job.constraints.depends_on:
-            if dep in by_id:
-                visit(by_id[dep])
-        order.append(job)
-
-    for job in jobs:
-        visit(job)
-    return order
 
 
 #: Fields the jobs table keeps in their own columns; the stored spec omits them.

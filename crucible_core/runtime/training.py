@@ -37,7 +37,6 @@ import contextlib
 import logging
 import math
 import os
-import secrets
 import shutil
 import time
 from collections.abc import Mapping
@@ -49,6 +48,7 @@ import msgspec
 
 from crucible_core.contracts import CancelToken, StageContext, TrainingSession
 from crucible_core.errors import ConfigError, IntegrityError, NotFound
+from crucible_core.ids import new_id
 from crucible_core.ir.backend import CheckpointRef, Datum
 from crucible_core.ir.codec import convert, to_builtins
 from crucible_core.ir.experiment import Experiment
@@ -90,8 +90,8 @@ log = logging.getLogger(__name__)
 
 
 def new_job_id(prefix: str = "train") -> str:
-    """A fresh run id: ``train-YYYYmmdd-HHMMSS-xxxx`` (sorts by start time)."""
-    return f"{prefix}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    """A run id for a job that has none (:func:`crucible_core.ids.new_id`)."""
+    return new_id(prefix)
 
 
 def training_job_of(ctx: StageContext) -> TrainingJob:

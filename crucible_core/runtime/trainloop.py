@@ -189,20 +189,7 @@ def batch_for_step(
 
 def learning_rate(config: LearningConfig, step: int, total: int) -> float:
     """The learning rate of optimizer step ``step`` (0-based): warmup, then the schedule."""
-    base = config.optimizer.lr
-    sched = config.scheduler
-    if sched.warmup_steps and step < sched.warmup_steps:
-        return base * (step + 1) / sched.warmup_steps
-    if sched.name == "constant":
-        return base
-    span = max(1, total - sched.warmup_steps)
-    progress = min(1.0, (step - sched.warmup_steps) / span)
-    floor = sched.min_lr_ratio
-    if sched.name == "linear":
-        factor = 1.0 - (1.0 - floor) * progress
-    else:
-        factor = floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return base * factor
+    return config.optimizer.lr * config.scheduler.multiplier(step, total)
 
 
 def adam_params(config: LearningConfig, lr: float) -> AdamParams:
@@ -540,9 +527,7 @@ def train(
         fb = [session.forward_backward(b, loss) for b, _ in micro]
         opt = session.optim_step(adam_params(cfg, lr))
         step_done = step + 1
-        will_save = policy.strategy in ("steps", "last", "all") and (
-            step_done % policy.save_every == 0 or step_done == total
-        )
+        will_save = policy.saves_at(step_done, total)
         if policy.strategy == "epoch":
             before = step * cfg.grad_accum / bpe
             will_save = math.floor(epoch) > math.floor(before) or step_done == total

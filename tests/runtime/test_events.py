@@ -156,3 +156,46 @@ def test_progress_subscriber_shows_step_total_and_loss(crucible_home: Path) -> N
     assert "12/40" in text
     assert "0.1235" in text
     assert "j9" in text
+
+
+def test_drain_waits_for_callbacks_to_finish_not_just_for_the_queue(crucible_home: Path) -> None:
+    """A subscriber busy with the last event it took has not handled it yet: drain waits."""
+    handled: list[int] = []
+
+    def slow(event: Event) -> None:
+        time.sleep(0.2)
+        handled.append(event.step or 0)
+
+    with EventBus(sink=False) as bus:
+        bus.subscribe(slow, name="slow")
+        for step in range(3):
+            bus.emit("train.step", job_id="d", step=step, loss=1.0)
+        t0 = time.monotonic()
+        bus.drain(timeout=5)
+        assert handled == [0, 1, 2]
+        assert time.monotonic() - t0 >= 0.2  # it really waited for the callbacks
+        bus.drain(timeout=5)  # idle: returns at once
+
+
+def test_a_raising_on_event_is_logged_once_and_keeps_receiving(
+    crucible_home: Path, host: PluginHost, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[str] = []
+
+    class Broken:
+        @hookimpl
+        def on_event(self, event: Any) -> None:
+            calls.append(event.kind)
+            raise RuntimeError("sink down")
+
+    host.add_plugin(Broken(), name="broken-sink")
+    with caplog.at_level("WARNING", logger="crucible.plugins"), EventBus(host=host) as bus:
+        for step in range(3):
+            bus.emit("train.step", job_id="j", step=step, loss=1.0)
+        bus.drain()
+    assert len(calls) == 3  # still delivered after failing
+    assert host.event_errors == {"broken-sink": 3}
+    logged = [r for r in caplog.records if "broken-sink" in r.getMessage()]
+    assert len(logged) == 1
+    assert logged[0].exc_info is not None
+    assert "'train.step'" in logged[0].getMessage()

@@ -307,3 +307,52 @@ def test_stage_refusing_its_options_is_a_config_error(stages: PluginHost) -> Non
 def test_job_without_id_is_refused(stages: PluginHost) -> None:
     with pytest.raises(ConfigError, match="needs a job with an id"):
         run_pipeline(exp(stage("a")), Job(), host=stages)
+
+
+class _BareFuture:
+    """A plugin executor's future with only the contract's result() and done()."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def result(self, timeout: float | None = None) -> Any:
+        if not self._event.wait(timeout):
+            raise TimeoutError
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def done(self) -> bool:
+        return self._event.is_set()
+
+
+class _BareThreadExecutor:
+    """Runs each call on its own thread and returns a _BareFuture (no add_done_callback)."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> _BareFuture:
+        future = _BareFuture()
+
+        def work() -> None:
+            try:
+                future._value = fn(*args, **kwargs)
+            except BaseException as exc:
+                future._error = exc
+            future._event.set()
+
+        threading.Thread(target=work, daemon=True).start()
+        return future
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
+
+
+def test_a_plugin_executor_s_bare_futures_are_waited_for_without_polling(
+    stages: PluginHost,
+) -> None:
+    BARRIER["y"] = threading.Barrier(2, timeout=5)
+    e = exp(stage("a"), stage("b", "record", "a", barrier="y"), stage("c", barrier="y"))
+    out = run_pipeline(e, Job(id="run-bare"), host=stages, executor=_BareThreadExecutor())
+    assert set(out) == {"a", "b", "c"}
+    assert out["b"]["saw"] == ["a"]

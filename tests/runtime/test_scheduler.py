@@ -199,13 +199,13 @@ def test_expired_lease_requeues_and_counts_the_attempt(sched: Scheduler, clock: 
 def test_generated_ids_of_one_batch_never_collide(
     sched: Scheduler, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Ids made in one millisecond differ only by their random part.
+    """Ids made in one second differ only by their random part.
 
     With 24 random bits a batch of 2000 collided about one time in eight
     ("appears twice in one submission"). The repeat is forced here by
     replacing the random source (a collision cannot be caused on demand).
     """
-    from crucible_core.runtime import scheduler as module
+    from crucible_core import ids as module
 
     draws = iter(["aaaaaaaaaa", "aaaaaaaaaa", "bbbbbbbbbb"])
     monkeypatch.setattr(module.secrets, "token_hex", lambda n: next(draws))

@@ -212,9 +212,11 @@ class Adaptive:
     bootstrap resample of the latency window (the posterior draw), estimates for each
     arm the ``target`` percentile it would achieve, ``min(primary, delay + backup)``
     with backups rationed to the ``budget`` share, and plays the best arm until the
-    next draw. Resampling keeps it exploring while the window is small and settles
-    as it fills. Before ``min_samples`` latencies it hedges at ``initial_delay_ms``.
-    ``budget`` defaults to the wrapping ``HedgedBackend``'s.
+    next draw. Arms that would want backups more often than ``headroom`` x the
+    budget are ruled out (see :meth:`estimate`). Resampling keeps it exploring while
+    the window is small and settles as it fills. Before ``min_samples`` latencies it
+    hedges at ``initial_delay_ms``. ``budget`` defaults to the wrapping
+    ``HedgedBackend``'s.
     """
 
     name = "adaptive"
@@ -224,11 +226,12 @@ class Adaptive:
         candidates: Sequence[float] = (80.0, 85.0, 90.0, 93.0, 95.0, 97.0, 98.0, 99.0),
         target: float = 99.0,
         window: int = 1000,
-        min_samples: int = 50,
+        min_samples: int = 20,
         initial_delay_ms: float = 100.0,
         refresh: int = 25,
         resample: int = 1000,
         budget: float | None = None,
+        headroom: float = 0.8,
         seed: int | None = None,
     ) -> None:
         if not candidates:
@@ -243,6 +246,7 @@ class Adaptive:
         self.refresh = int(_number("refresh", refresh, low=1))
         self.resample = int(_number("resample", resample, low=10))
         self.budget = None if budget is None else _number("budget", budget, low=0.0, high=1.0)
+        self.headroom = _number("headroom", headroom, low=0.0, high=1.0, open_low=True)
         self._window = _LatencyWindow(int(_number("window", window, low=1)))
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -251,10 +255,18 @@ class Adaptive:
         self.plays = [0] * len(self.candidates)
 
     def estimate(self, sample: Sequence[float], arm: int, rng: random.Random) -> float:
-        """The ``target`` percentile of latency that ``arm`` would give on ``sample``."""
+        """The ``target`` percentile of latency that ``arm`` would give on ``sample``.
+
+        An arm whose backups would be wanted more often than ``headroom`` x the budget
+        scores infinity (unless no arm fits): the budget would then refuse backups in
+        bursts, at busy moments, which is when the stragglers it exists for arrive,
+        something a random rationing model would not see.
+        """
         delay = percentile(sample, self.candidates[arm])
         slow = sum(1 for x in sample if x > delay)
         budget = 1.0 if self.budget is None else self.budget
+        if slow > self.headroom * budget * len(sample) and arm != len(self.candidates) - 1:
+            return math.inf
         ration = 1.0 if slow == 0 else min(1.0, budget * len(sample) / slow)
         out: list[float] = []
         for x in sample:

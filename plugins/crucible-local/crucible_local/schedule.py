@@ -16,7 +16,6 @@ Either way ``OptimStepResult.learning_rate`` reports the rate actually used.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 from crucible_core.errors import ConfigError
@@ -28,28 +27,15 @@ LrSchedule = Literal["session", "caller"]
 
 
 def lr_multiplier(scheduler: Scheduler, step: int, total_steps: int | None) -> float:
-    """The factor applied to the base rate at optimizer step ``step`` (0-based).
-
-    Warmup: steps ``0 .. warmup_steps - 1`` get ``(step + 1) / warmup_steps``.
-    Then ``constant`` stays at 1; ``linear`` falls to ``min_lr_ratio`` and
-    ``cosine`` follows half a cosine down to it, both reaching it at
-    ``total_steps`` (and staying there past it).
-    """
-    warmup = scheduler.warmup_steps
-    if step < warmup:
-        return (step + 1) / warmup
-    if scheduler.name == "constant":
-        return 1.0
-    if total_steps is None:
+    """The factor applied to the base rate at optimizer step ``step`` (0-based):
+    :meth:`crucible_core.ir.Scheduler.multiplier`, the one copy of the rule, with a
+    message naming the setting when a decaying schedule has no ``max_steps``."""
+    if scheduler.name != "constant" and total_steps is None and step >= scheduler.warmup_steps:
         raise ConfigError(
             f"learning_config.scheduler.name = {scheduler.name!r} needs "
             "learning_config.max_steps to know where the decay ends"
         )
-    floor = scheduler.min_lr_ratio
-    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-    if scheduler.name == "linear":
-        return 1.0 - (1.0 - floor) * progress
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return scheduler.multiplier(step, total_steps)
 
 
 def check_schedule(config: LearningConfig, mode: LrSchedule) -> None:

@@ -1,0 +1,392 @@
+"""``RoutedBackend``: a primary backend and its fallbacks, each behind a circuit breaker.
+
+Inference and sampling calls (``complete``, ``stream`` before its first chunk,
+``sample``) go to the first member that is available: created, and whose
+breaker allows a call. A member that fails with a retryable error (a
+``BackendError`` with ``retryable``, so ``CapacityError`` and
+``DeadlineExceeded``, or an exception that is not a ``CrucibleError`` at all,
+e.g. a dropped connection) is recorded as a failure on its breaker and the call
+moves on to the next member. Errors that are the request's fault rather than
+the backend's (``ConfigError``, ``UnsupportedError``, a non-retryable
+``BackendError``, any other ``CrucibleError``) are raised at once and say
+nothing about the member's health.
+
+Training calls are never moved: they go to the *home* member (the first that
+could be created) and a failure is raised as a ``BackendError`` that says so,
+because a training session's state lives on one backend.
+
+Events on ``bus`` (``job_id`` given): ``route.fallback`` (which member
+answered, and why each earlier one was skipped), ``breaker.open``,
+``breaker.half_open``, ``breaker.closed``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from crucible_core.errors import (
+    BackendError,
+    CapacityError,
+    ConfigError,
+    CrucibleError,
+    NotFound,
+    PluginError,
+)
+from crucible_core.ir import Capabilities, Completion, Health, Prompt, SamplingParams, StreamChunk
+from crucible_router.breaker import STATES, BreakerState, CircuitBreaker
+from crucible_router.state import BreakerStateFile
+
+__all__ = ["TRAINING_METHODS", "Member", "RoutedBackend", "fails_over"]
+
+TRAINING_METHODS = frozenset(
+    {
+        "create_session",
+        "forward_backward",
+        "forward",
+        "optim_step",
+        "save_state",
+        "load_state",
+        "load_sampler",
+        "save_weights_for_sampler",
+    }
+)
+
+
+def fails_over(exc: BaseException) -> bool:
+    """Does ``exc`` mean "this backend failed, try the next one"? (See the module docstring.)"""
+    if isinstance(exc, BackendError):
+        return exc.retryable
+    return not isinstance(exc, CrucibleError)
+
+
+class Member:
+    """One backend of a route: its name, the object (or why it could not be built), its breaker."""
+
+    def __init__(self, name: str, backend: Any, error: str | None, breaker: CircuitBreaker):
+        self.name = name
+        self.backend = backend
+        self.error = error
+        self.breaker = breaker
+        self.owned = False
+        self.calls = 0
+        self.failures = 0
+
+
+def _spec_name(spec: Any, where: str) -> str | None:
+    """The registered name a member spec asks for (None for an object); ConfigError if malformed."""
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, Mapping):
+        table: Mapping[str, Any] = spec  # pyright: ignore[reportUnknownVariableType]
+        if "name" not in table or set(table) - {"name", "options"}:
+            raise ConfigError(
+                f"{where}: expected a table with 'name' (and 'options'), got keys {sorted(table)}"
+            )
+        return str(table["name"])
+    if callable(getattr(spec, "complete", None)) or callable(getattr(spec, "sample", None)):
+        return None
+    raise ConfigError(f"{where}: {type(spec).__name__} is not a backend name, table or object")
+
+
+def _label(spec: Any) -> str:
+    caps = spec.capabilities() if callable(getattr(spec, "capabilities", None)) else None
+    return str(getattr(caps, "backend_id", None) or type(spec).__name__)
+
+
+class RoutedBackend:
+    """``primary`` then ``fallbacks`` (each a name, a ``{"name", "options"}`` table or an object).
+
+    Breaker options (one breaker per member): ``failure_threshold`` consecutive
+    failures, or ``error_rate`` over ``window_s`` seconds once ``min_calls``
+    outcomes are in it, open it; ``cooldown_s`` later one probe is let through.
+    ``clock`` drives the breakers (tests inject one). ``state_file``: ``True``
+    writes every breaker change to ``$CRUCIBLE_HOME/router.db``, a path writes
+    there, ``False`` (default) nowhere; ``crucible backends status`` reads it, and
+    a router started with the same file begins with the breakers it records as
+    open still open until their probe time.
+    ``host``: the plugin host that builds members given by name (default: the
+    process's).
+
+    A member whose creation fails (plugin missing, bad options) stays in the route
+    as unavailable, so the route still answers from the others; when no member
+    can be created, ``BackendError`` lists why for each.
+    """
+
+    def __init__(
+        self,
+        primary: Any,
+        fallbacks: Sequence[Any] = (),
+        *,
+        failure_threshold: int = 5,
+        error_rate: float | None = None,
+        window_s: float = 60.0,
+        min_calls: int = 10,
+        cooldown_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        state_file: bool | str | BreakerStateFile = False,
+        bus: Any = None,
+        job_id: str = "router",
+        host: Any = None,
+    ) -> None:
+        if isinstance(fallbacks, str | Mapping):
+            raise ConfigError("router.fallbacks: expected a list of backends, got one")
+        self.bus = bus
+        self.job_id = job_id
+        self._lock = threading.Lock()
+        self._counts = {"requests": 0, "fallbacks": 0, "failed": 0}
+        if state_file is True:
+            self._state_file: BreakerStateFile | None = BreakerStateFile()
+        elif isinstance(state_file, BreakerStateFile):
+            self._state_file = state_file
+        elif state_file:
+            self._state_file = BreakerStateFile(state_file)
+        else:
+            self._state_file = None
+        self.members: list[Member] = []
+        specs = [primary, *fallbacks]
+        names = [
+            _spec_name(spec, "router.primary" if i == 0 else f"router.fallbacks[{i - 1}]")
+            for i, spec in enumerate(specs)
+        ]
+        for spec, wanted in zip(specs, names, strict=True):
+            backend, owned, error = spec, False, None
+            if wanted is not None:
+                if host is None:
+                    from crucible_core.plugins import get_host
+
+                    host = get_host()
+                options = dict(spec.get("options") or {}) if isinstance(spec, Mapping) else {}  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
+                try:
+                    backend, owned = host.create("backend", wanted, **options), True
+                except (NotFound, PluginError, BackendError) as exc:
+                    backend, error = None, exc.message
+            name = wanted if wanted is not None else _label(spec)
+            taken = {m.name for m in self.members}
+            if name in taken:  # the same backend twice (other options): number the repeats
+                name = next(
+                    f"{name}#{k}" for k in range(2, len(specs) + 2) if f"{name}#{k}" not in taken
+                )
+            breaker = CircuitBreaker(
+                failure_threshold=failure_threshold,
+                error_rate=error_rate,
+                window_s=window_s,
+                min_calls=min_calls,
+                cooldown_s=cooldown_s,
+                clock=clock,
+                on_change=self._on_change(name),
+            )
+            member = Member(name, backend, error, breaker)
+            member.owned = owned
+            self.members.append(member)
+        if all(m.backend is None for m in self.members):
+            raise BackendError(
+                "no backend of the route could be created: "
+                + "; ".join(f"{m.name} ({m.error})" for m in self.members),
+                hint="install the backends' plugins, or fix their options",
+            )
+        self.home = next(m for m in self.members if m.backend is not None)
+        if self._state_file is not None:
+            self._resume_open_breakers(self._state_file)
+
+    def _resume_open_breakers(self, store: BreakerStateFile) -> None:
+        """Start with the breakers another process (or an earlier run) left open, until
+        their recorded probe time: a backend known to be down is not hammered again."""
+        now = time.time()
+        rows = {row["backend"]: row for row in store.read()}
+        for m in self.members:
+            row = rows.get(m.name)
+            if row is None or row["state"] != "open" or row["retry_at"] is None:
+                continue
+            if row["retry_at"] > now:
+                why = row["reason"] or "recorded open"
+                m.breaker.open_for(row["retry_at"] - now, f"open in the state file ({why})")
+
+    # -- events -----------------------------------------------------------------
+
+    def _emit(self, kind: str, **data: Any) -> None:
+        if self.bus is not None:
+            self.bus.emit(kind, job_id=self.job_id, **data)
+
+    def _on_change(
+        self, name: str
+    ) -> Callable[[BreakerState, BreakerState, Mapping[str, Any]], None]:
+        def changed(old: BreakerState, new: BreakerState, info: Mapping[str, Any]) -> None:
+            self._emit(f"breaker.{new}", backend=name, previous=old, **info)
+            if self._state_file is not None:
+                member = next(m for m in self.members if m.name == name)
+                self._state_file.write(name, member.breaker.snapshot(), info.get("reason"))
+
+        return changed
+
+    # -- routing ----------------------------------------------------------------
+
+    def _route(self, op: str, call: Callable[[Any], Any]) -> Any:
+        """Run ``call(member.backend)`` on the first member that answers (module docstring)."""
+        skipped: list[dict[str, str]] = []
+        retryable = False
+        with self._lock:
+            self._counts["requests"] += 1
+        for member in self.members:
+            if member.backend is None:
+                skipped.append({"backend": member.name, "reason": f"unavailable: {member.error}"})
+                continue
+            if not callable(getattr(member.backend, op, None)):
+                skipped.append({"backend": member.name, "reason": f"has no {op}()"})
+                continue
+            permit = member.breaker.allow()
+            if permit is None:
+                wait = member.breaker.retry_in()
+                reason = f"circuit open (probe in {wait:.3g} s)" if wait else "probe in flight"
+                skipped.append({"backend": member.name, "reason": reason})
+                retryable = True
+                continue
+            with self._lock:
+                member.calls += 1
+            try:
+                result = call(member.backend)
+            except Exception as exc:
+                if not fails_over(exc):
+                    member.breaker.release(permit)
+                    raise
+                with self._lock:
+                    member.failures += 1
+                member.breaker.record_failure(permit)
+                retryable = True
+                kind = "over capacity" if isinstance(exc, CapacityError) else "failed"
+                skipped.append(
+                    {"backend": member.name, "reason": f"{kind}: {type(exc).__name__}: {exc}"}
+                )
+                continue
+            except BaseException:  # interrupted: says nothing about health; free a probe slot
+                member.breaker.release(permit)
+                raise
+            member.breaker.record_success(permit)
+            if skipped:
+                with self._lock:
+                    self._counts["fallbacks"] += 1
+                self._emit("route.fallback", op=op, backend=member.name, skipped=skipped)
+            return result
+        with self._lock:
+            self._counts["failed"] += 1
+        raise BackendError(
+            f"{op}: no backend of the route answered: "
+            + "; ".join(f"{s['backend']} ({s['reason']})" for s in skipped),
+            hint="see `crucible backends status`; open circuits admit a probe after cooldown_s",
+            retryable=retryable,
+        )
+
+    # -- InferenceBackend -----------------------------------------------------------
+
+    def capabilities(self) -> Capabilities:
+        """The home member's capabilities (``supports_training``: training goes only there)."""
+        caps: Capabilities = self.home.backend.capabilities()
+        return caps
+
+    def complete(self, prompt: Prompt, params: SamplingParams) -> Completion:
+        """The first available member's completion; its ``backend_id`` names who answered."""
+        return self._route("complete", lambda b: b.complete(prompt, params))
+
+    def stream(self, prompt: Prompt, params: SamplingParams) -> Iterator[StreamChunk]:
+        """Fails over until a member yields its first chunk; after that the stream is that
+        member's (a stream cannot be switched mid-way): its errors are raised and counted
+        in the member's ``failures`` metric, but not fed to the breaker (the member did
+        answer, and the breaker's permit ended with the first chunk)."""
+
+        def first(backend: Any) -> tuple[Any, Iterator[StreamChunk], Any]:
+            it = iter(backend.stream(prompt, params))
+            return backend, it, next(it, None)
+
+        backend, it, head = self._route("stream", first)
+        if head is None:
+            return
+        yield head
+        member = next(m for m in self.members if m.backend is backend)
+        try:
+            yield from it
+        except Exception as exc:
+            if fails_over(exc):
+                member.failures += 1
+            raise
+
+    def sample(self, prompt: Prompt, params: SamplingParams) -> Any:
+        """``Sampler.sample`` with fail-over: waits for the member's future so a failure can
+        move on; returns a completed future of the completions."""
+        from concurrent.futures import Future
+
+        result = self._route("sample", lambda b: list(b.sample(prompt, params).result()))
+        future: Future[list[Completion]] = Future()
+        future.set_result(result)
+        return future
+
+    def health_check(self) -> Health:
+        """Ok while some member is created and not open; the detail names each member's state."""
+        states = {
+            m.name: ("unavailable" if m.backend is None else m.breaker.state) for m in self.members
+        }
+        ok = any(m.backend is not None and m.breaker.state != "open" for m in self.members)
+        detail = ", ".join(f"{k}: {v}" for k, v in states.items())
+        return Health(ok=ok, detail=detail)
+
+    def metrics(self) -> Mapping[str, float]:
+        """``requests``, ``fallbacks``, ``failed``, and per member ``<name>.state`` (0 closed,
+        1 half-open, 2 open, -1 unavailable), ``.calls``, ``.failures``, ``.opens``."""
+        with self._lock:
+            out: dict[str, float] = {k: float(v) for k, v in self._counts.items()}
+        for m in self.members:
+            out[f"{m.name}.state"] = (
+                -1.0 if m.backend is None else float(STATES.index(m.breaker.state))
+            )
+            out[f"{m.name}.calls"] = float(m.calls)
+            out[f"{m.name}.failures"] = float(m.failures)
+            out[f"{m.name}.opens"] = float(m.breaker.opens)
+        return out
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per member: ``backend``, ``available``, ``error`` and the breaker's snapshot."""
+        return [
+            {"backend": m.name, "available": m.backend is not None, "error": m.error}
+            | m.breaker.snapshot()
+            for m in self.members
+        ]
+
+    def close(self) -> None:
+        for m in self.members:
+            if m.owned and m.backend is not None:
+                m.backend.close()
+
+    # -- TrainingBackend: the home member only, never failed over -----------------
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in TRAINING_METHODS or name.startswith("__"):
+            raise AttributeError(name)
+        home: Member | None = self.__dict__.get("home")
+        method = getattr(home.backend, name, None) if home is not None else None
+        if home is None or method is None:
+            raise AttributeError(name)
+        where = home.name
+
+        def pinned(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except CrucibleError as exc:
+                if isinstance(exc, BackendError):
+                    raise BackendError(
+                        f"{name} on {where!r} failed: {exc.message} (training is never "
+                        f"moved to another backend: the session's state lives on {where!r})",
+                        hint=exc.hint or "retry on the same backend, or resume from a checkpoint",
+                        retryable=exc.retryable,
+                        backend=where,
+                    ) from exc
+                raise
+            except Exception as exc:
+                raise BackendError(
+                    f"{name} on {where!r} failed: {type(exc).__name__}: {exc} (training is "
+                    f"never moved to another backend: the session's state lives on {where!r})",
+                    hint="retry on the same backend, or resume from a checkpoint",
+                    backend=where,
+                ) from exc
+
+        return pinned
