@@ -7,6 +7,14 @@ a valid id (:mod:`crucible_core.ids`) nor a path inside a run (``/``,
 with no run is ``NotFound`` (exit 4). Nothing the user types raises anything
 else: OS errors from probing the path (name too long, NUL byte, permission)
 mean "not that path".
+
+A reference with a URI scheme (``models:/dates@production``) is first handed
+to the resolver an installed distribution declares for that scheme, in the
+entry-point group ``crucible.resolvers`` (``models =
+"crucible_registry.uri:resolve"``): a function taking the reference and
+returning a run id, a run directory or a path inside a run. No hook, no
+plugin host: the resolver is imported only when a reference of its scheme is
+used. A scheme nobody resolves is a usage error naming it.
 """
 
 from __future__ import annotations
@@ -19,7 +27,10 @@ from crucible_core.ids import ID_HINT, is_valid_id, shown
 from crucible_core.runtime import paths
 from crucible_core.runtime.artifacts import MANIFEST_FILE, read_manifest
 
-__all__ = ["find_run", "list_runs", "resolve_run"]
+__all__ = ["RESOLVER_GROUP", "expand_ref", "find_run", "list_runs", "resolve_run"]
+
+#: Entry-point group of reference resolvers: ``<scheme> = "module:function"``.
+RESOLVER_GROUP = "crucible.resolvers"
 
 
 def find_run(ref: str) -> tuple[Path, dict[str, Any]]:
@@ -28,8 +39,37 @@ def find_run(ref: str) -> tuple[Path, dict[str, Any]]:
     return run_dir, read_manifest(run_dir)
 
 
+def _scheme(ref: str) -> str | None:
+    head, sep, _ = ref.partition(":/")
+    if not sep or not head or len(head) > 32 or not head[0].isalpha():
+        return None
+    if not all(c.isascii() and (c.isalnum() or c in "+.-") for c in head):
+        return None
+    return head.lower()
+
+
+def expand_ref(ref: str) -> str:
+    """``ref`` with its URI scheme resolved (see the module docstring); other refs unchanged.
+
+    An existing path wins over a scheme (a directory may be named ``models:``).
+    """
+    scheme = _scheme(ref)
+    if scheme is None or _existing(ref) is not None:
+        return ref
+    from crucible_core import _entrypoints
+
+    for ep in _entrypoints.entry_points(RESOLVER_GROUP):
+        if ep.name == scheme:
+            return str(ep.load()(ref))
+    raise ConfigError(
+        f"{shown(ref)}: no installed plugin resolves {scheme}:/ references",
+        hint="install the plugin that provides them (models:/ comes with crucible-registry)",
+    )
+
+
 def resolve_run(ref: str) -> Path:
     """The run directory (one holding a manifest) that ``ref`` names; see the module docstring."""
+    ref = expand_ref(ref)
     candidates: list[Path] = []
     node = _existing(ref)
     if node is not None:

@@ -10,7 +10,7 @@ from typing import Any, cast
 import msgspec
 
 from crucible_core.cli.output import print_json
-from crucible_core.cli.runref import find_run
+from crucible_core.cli.runref import expand_ref, find_run
 from crucible_core.errors import ConfigError
 from crucible_core.ir.backend import CheckpointRef, Message, Prompt, SamplingParams
 from crucible_core.ir.codec import convert
@@ -21,7 +21,9 @@ __all__ = ["command", "request_of", "resolve_sampler"]
 
 
 def resolve_sampler(ref: str) -> tuple[BackendRef, ModelSpec, CheckpointRef]:
-    """Backend, base model and sampler checkpoint for a run id/dir or a checkpoint path."""
+    """Backend, base model and sampler checkpoint for a run id/dir, a checkpoint path, or a
+    reference a resolver turns into one (``models:/NAME@ALIAS``, see :mod:`..runref`)."""
+    ref = expand_ref(ref)
     run_dir, manifest = find_run(ref)
     backend = convert(manifest.get("backend") or {"name": "local"}, BackendRef)
     model_raw = manifest.get("model")
@@ -68,7 +70,11 @@ class _SampleCommand:
             "Load the weights a run saved (or a checkpoint directory) on the run's backend and "
             "generate text for a prompt."
         )
-        parser.add_argument("ref", metavar="RUN_OR_CHECKPOINT", help="run id, run dir or path")
+        parser.add_argument(
+            "ref",
+            metavar="RUN_OR_CHECKPOINT",
+            help="run id, run dir, path, or a registry reference (models:/NAME@ALIAS)",
+        )
         parser.add_argument("--prompt", required=True, help="the text to continue")
         parser.add_argument(
             "--chat", action="store_true", help="send the prompt as a user chat message"

@@ -166,8 +166,16 @@ def _retire_checkpoint(run_dir: Path, saved: SavedCheckpoint) -> None:
 
     The record goes first: a crash in between leaves files nobody lists (harmless,
     overwritten by the next save of that step), never a manifest listing missing files.
+    A checkpoint something pins (:mod:`crucible_core.runtime.pins`, e.g. a registered
+    model version) keeps its files and its manifest entry: it only leaves the loop state.
     """
+    from crucible_core.runtime import pins
+
     manifest = read_manifest(run_dir)
+    listed = cast(list[dict[str, Any]], manifest.get("artifacts") or [])
+    if any(a.get("uri") == saved.ref.uri and pins.is_pinned(a.get("sha256")) for a in listed):
+        log.info("checkpoint of step %s is pinned: its files are kept", saved.step)
+        return
     kept = [
         a
         for a in cast(list[dict[str, Any]], manifest.get("artifacts") or [])

@@ -1,0 +1,79 @@
+"""``crucible models ...``: run as the CLI runs it (the conformance kit), exit codes, --json."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from crucible_registry.cli import ModelsCommand
+
+from crucible_core.testing import check_command, check_light_import
+
+
+def _run(*argv: str, exit_code: int = 0) -> str:
+    return check_command(ModelsCommand(), list(argv), exit_code=exit_code, name="models").stdout
+
+
+def test_the_whole_cycle_through_the_command(train: Callable[..., Path], home: Path) -> None:
+    train("run-a")
+    v1 = json.loads(_run("register", "run-a", "--name", "bigram", "--checkpoint", "8", "--json"))
+    assert (v1["version"], v1["existing"]) == (1, False)
+    _run("register", "run-a", "--name", "bigram", "--checkpoint", "12", "--tag", "lr=0.02")
+    again = _run("register", "run-a", "--name", "bigram", "--checkpoint", "12")
+    assert again == "already registered as bigram version 2 (run-a/step-12)\n"
+    assert _run("alias", "bigram", "production", "1", "--reason", "first") == (
+        "bigram@production: nothing -> v1\n"
+    )
+    _run("alias", "bigram", "production", "2", "--expect", "1")
+    _run("alias", "bigram", "production", "1", "--expect", "none", exit_code=1)  # Conflict
+    _run("rollback", "bigram", "production", "--expect", "1", exit_code=1)  # holds 2
+    back = json.loads(_run("rollback", "bigram", "production", "--expect", "2", "--json"))
+    assert (back["action"], back["previous"], back["version"]) == ("rollback", 2, 1)
+    assert json.loads(_run("tag", "bigram/2", "eval=ok", "--json")) == {"eval": "ok", "lr": "0.02"}
+    _run("archive", "bigram", "1", exit_code=1)  # holds production
+    _run("alias", "bigram", "production", "2")
+    archived = json.loads(_run("archive", "bigram", "1", "--reason", "old", "--json"))
+    assert archived["archived_at"] is not None
+    listed = json.loads(_run("list", "--json"))
+    assert [(m["name"], m["versions"], m["aliases"]) for m in listed] == [
+        ("bigram", [1, 2], {"production": 2})
+    ]
+    shown = json.loads(_run("show", "bigram", "--json"))
+    assert [e["version"] for e in shown["history"]] == [1, 2, 1, 2]
+    assert json.loads(_run("show", "models:/bigram@production", "--json"))["tags"] == {
+        "lr": "0.02",
+        "eval": "ok",
+    }
+    text = _run("show", "bigram")
+    assert "alias history:" in text
+    assert "production v2 -> v1 (rollback)" in text
+
+
+def test_user_mistakes_exit_2_and_unknown_things_exit_4(
+    train: Callable[..., Path], home: Path
+) -> None:
+    train("run-a")
+    _run("register", "run-a", "--name", "bigram", "--checkpoint", "12")
+    run = check_command(ModelsCommand(), ["show", "bigrm"], exit_code=4, name="models")
+    assert run.error is not None
+    assert "did you mean bigram" in str(run.error)
+    _run("show", "bigram/9", exit_code=4)
+    _run("show", "bigram/x", exit_code=2)
+    _run("alias", "bigram", "Prod!", "1", exit_code=2)
+    _run("register", "run-a", "--name", "bigram", "--tag", "novalue", exit_code=2)
+    _run("register", "no-such-run", "--name", "bigram", exit_code=4)
+    _run("alias", "bigram", "production", "1", "--expect", "v1", exit_code=2)
+
+
+def test_the_command_is_registered_and_its_plugin_imports_nothing_heavy(home: Path) -> None:
+    check_light_import("crucible_registry.plugin")
+    env = {**os.environ, "CRUCIBLE_HOME": str(home), "CRUCIBLE_STRICT_PLUGINS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "crucible_core.cli.main", "models", "list", "--json"],
+        env=env, capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    assert json.loads(out) == []
