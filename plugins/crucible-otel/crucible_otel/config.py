@@ -72,7 +72,7 @@ def _number(name: str, default: float, *, minimum: float) -> float | None:
 
 
 def shutdown_timeout() -> float:
-    """Seconds a finishing process waits for the last export (``CRUCIBLE_OTEL_SHUTDOWN_TIMEOUT``)."""
+    """Seconds a finishing process waits for the last export (``..._SHUTDOWN_TIMEOUT``)."""
     return _number("CRUCIBLE_OTEL_SHUTDOWN_TIMEOUT", 5.0, minimum=0.0) or 0.0
 
 

@@ -60,7 +60,14 @@ class _Marker:
 
 def _bounded(fn: Callable[[], Any], timeout: float, name: str) -> bool:
     """Run ``fn`` in a daemon thread; True if it returned within ``timeout`` seconds."""
-    t = threading.Thread(target=fn, name=name, daemon=True)
+
+    def run() -> None:
+        try:
+            fn()
+        except Exception:
+            log.exception("crucible-otel: %s failed", name)
+
+    t = threading.Thread(target=run, name=name, daemon=True)
     t.start()
     t.join(max(timeout, 0.0))
     return not t.is_alive()
@@ -156,7 +163,7 @@ class OtelSink:
                 self.handled += 1
 
     def _mark(self, marker: _Marker, deadline: float) -> bool:
-        """Queue ``marker`` (waiting for room until ``deadline``) and wait for the worker to reach it."""
+        """Queue ``marker`` and wait for the worker to reach it, both until ``deadline``."""
         try:
             self._queue.put(marker, timeout=max(deadline - time.monotonic(), 0.001))
         except queue.Full:

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from crucible_otel import sink as sink_module
+from crucible_otel.sink import OtelSink
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -22,8 +24,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from crucible_core.plugins import PluginHost, reset_host
-from crucible_otel import sink as sink_module
-from crucible_otel.sink import OtelSink
 
 
 @dataclass
@@ -80,9 +80,9 @@ def crucible_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def host(crucible_home: Path) -> Iterator[PluginHost]:
     """An isolated host with the toy backend and this plugin's hook, installed process-wide."""
-    from tests.toy_backend import toy_plugin
-
     import crucible_otel.plugin
+
+    from tests.toy_backend import toy_plugin
 
     h = PluginHost(autoload=False)
     h.add_plugin(toy_plugin(), name="toy")

@@ -48,14 +48,17 @@ def test_a_run_is_one_trace_with_a_span_per_stage_and_per_checkpoint(otel: Any) 
     assert root.attributes["crucible.job_id"] == "j1"
     assert root.attributes["crucible.train.total_steps"] == 4
     train = spans["stage train"]
-    assert train.parent is not None and train.parent.span_id == root.context.span_id
+    assert train.parent is not None
+    assert train.parent.span_id == root.context.span_id
     assert (train.start_time, train.end_time) == (101 * 10**9, int(104.5 * 10**9))
     # A checkpoint span covers the work it saved: from the stage start or the previous one.
     c2, c4 = spans["checkpoint step 2"], spans["checkpoint step 4"]
-    assert c2.parent is not None and c2.parent.span_id == train.context.span_id
+    assert c2.parent is not None
+    assert c2.parent.span_id == train.context.span_id
     assert (c2.start_time, c2.end_time) == (101 * 10**9, 103 * 10**9)
     assert (c4.start_time, c4.end_time) == (103 * 10**9, 104 * 10**9)
-    assert c4.attributes is not None and c4.attributes["crucible.checkpoint.uri"] == "mem://b"
+    assert c4.attributes is not None
+    assert c4.attributes["crucible.checkpoint.uri"] == "mem://b"
     skipped = spans["stage evaluate"]
     assert skipped.attributes is not None
     assert skipped.attributes["crucible.stage.status"] == "skipped"
@@ -123,9 +126,11 @@ def test_eval_metrics_are_gauges_by_split_and_name(otel: Any) -> None:
     )
     otel.sink.flush(10)
     [(attrs, point)] = otel.points("crucible.eval.loss")
-    assert attrs["split"] == "validation" and point.value == 0.5
+    assert attrs["split"] == "validation"
+    assert point.value == 0.5
     [(attrs, point)] = otel.points("crucible.eval.metric")
-    assert attrs["metric"] == "exact_match" and point.value == 0.9
+    assert attrs["metric"] == "exact_match"
+    assert point.value == 0.9
 
 
 def test_events_without_a_job_are_ignored_and_odd_payloads_do_not_break_it(otel: Any) -> None:
