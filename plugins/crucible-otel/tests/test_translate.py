@@ -144,3 +144,12 @@ def test_events_without_a_job_are_ignored_and_odd_payloads_do_not_break_it(otel:
     otel.finished()
     assert otel.sink.errors == 0
     assert otel.sink.handled == 4
+
+
+def test_events_after_close_are_dropped_and_counted_and_close_is_idempotent(otel: Any) -> None:
+    feed(otel, ev("stage.start", 1.0, stage="x"))
+    assert otel.sink.close(10)
+    assert otel.sink.offer(ev("stage.end", 2.0, stage="x")) is False
+    assert otel.sink.dropped == 1
+    assert otel.sink.close(10)
+    assert [s.name for s in otel.spans.get_finished_spans()] == ["stage x", "crucible.run"]
