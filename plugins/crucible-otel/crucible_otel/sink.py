@@ -6,8 +6,9 @@ is down or slow, a synchronous span processor) would hold that thread, delay
 the other plugins and, after 10 000 events, get every plugin dropped by the
 bus. So :meth:`OtelSink.offer` only puts the event on a bounded queue
 (``put_nowait``) and returns; when the queue is full the event is dropped,
-counted (:attr:`OtelSink.dropped`, metric ``crucible.otel.dropped_events``)
-and the first drop is logged as a warning (logger ``crucible_otel``). The
+counted (:attr:`OtelSink.dropped`, metric ``crucible.otel.dropped_events``),
+the first drop is logged as a warning (logger ``crucible_otel``) and a
+``sink.dropped`` warning event goes into the run's telemetry.jsonl. The
 run and the other plugins never wait for OpenTelemetry, and JSONL telemetry
 stays complete.
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.trace import TracerProvider
 
-    from crucible_core.runtime.events import Event
+    from crucible_core.runtime.events import Event, EventBus
 
 __all__ = [
     "DEFAULT_QUEUE_SIZE",
@@ -96,8 +97,10 @@ class OtelSink:
         self.meter_provider = meter_provider
         self.maxsize = maxsize
         self.translator = Translator(tracer_provider, meter_provider)
-        #: Events dropped because the queue was full.
+        #: Events dropped because the queue was full (or the sink closed), in all and by job.
         self.dropped = 0
+        self.dropped_by_job: dict[str, int] = {}
+        self._record_bus: EventBus | None = None
         #: Events whose translation raised (counted, then ignored).
         self.errors = 0
         #: Events turned into spans and metric points.
@@ -126,15 +129,51 @@ class OtelSink:
         with self._lock:
             self.dropped += 1
             first = self.dropped == 1
+            first_of_job = event.job_id not in self.dropped_by_job
+            self.dropped_by_job[event.job_id] = self.dropped_by_job.get(event.job_id, 0) + 1
         self.translator.dropped.add(1, {"crucible.job_id": event.job_id})
+        why = "closed" if self._closed else "not keeping up"
         if first:
             log.warning(
                 "crucible-otel: the OpenTelemetry exporter is %s; events are being dropped "
                 "(queue of %d full) and the run goes on. JSONL telemetry is complete; "
                 "the count is the metric crucible.otel.dropped_events.",
-                "closed" if self._closed else "not keeping up",
+                why,
                 self.maxsize,
             )
+        if first_of_job and event.job_id:
+            self._record_drop(
+                event.job_id,
+                dropped=1,
+                message=f"the OpenTelemetry sink is {why}: it drops events of this run "
+                f"from {event.kind!r} on (queue of {self.maxsize} full); this file stays complete",
+            )
+
+    def _record_drop(self, job_id: str, *, dropped: int, message: str) -> None:
+        """Write a ``sink.dropped`` warning into the run's own telemetry.jsonl.
+
+        Through a private bus with no subscribers: one appended line, whole, beside
+        the run's bus (both append), so the source of truth shows the gap in the copy.
+        """
+        from crucible_core.runtime.events import EventBus
+
+        try:
+            with self._lock:
+                if self._record_bus is None:
+                    self._record_bus = EventBus(fsync="never")
+                bus = self._record_bus
+            bus.emit(
+                "sink.dropped",
+                job_id=job_id,
+                sink="otel",
+                dropped=dropped,
+                queue_size=self.maxsize,
+                level="warning",
+                message=message,
+            )
+            bus.close_job(job_id)
+        except Exception:
+            log.exception("crucible-otel: could not record dropped events for %s", job_id)
 
     # -- worker ---------------------------------------------------------------
 
@@ -207,6 +246,11 @@ class OtelSink:
         done = _bounded(shutdown, deadline - time.monotonic(), "crucible-otel-shutdown")
         if self.dropped:
             log.warning("crucible-otel: %d events were dropped in all", self.dropped)
+            for job_id, n in list(self.dropped_by_job.items()):
+                if job_id:
+                    self._record_drop(
+                        job_id, dropped=n, message=f"the OpenTelemetry sink dropped {n} events"
+                    )
         return ok and done
 
 

@@ -60,7 +60,7 @@ def make_otel(exporter: SpanExporter | None = None, *, maxsize: int = 10_000) ->
 
 
 @pytest.fixture
-def otel() -> Iterator[Otel]:
+def otel(crucible_home: Path) -> Iterator[Otel]:
     """An in-memory sink installed as the process-wide one (restored afterwards)."""
     o = make_otel()
     previous = sink_module.install(o.sink)

@@ -83,7 +83,12 @@ def test_a_hanging_exporter_drops_events_instead_of_stalling_run_or_other_plugin
         with caplog.at_level(logging.WARNING, logger="crucible_otel"):
             outcome = run_training(_job(), job_id="hung", host=host)
         elapsed = time.monotonic() - start
-        events = list(read_telemetry("hung"))
+        telemetry = list(read_telemetry("hung"))
+        # The run's own record says the copy has a gap (written beside the run's bus).
+        [warning] = [e for e in telemetry if e.kind == "sink.dropped"]
+        assert warning.data["level"] == "warning"
+        assert warning.data["sink"] == "otel"
+        events = [e for e in telemetry if e.kind != "sink.dropped"]
         assert outcome.steps == 12
         assert elapsed < 30
         assert hanging.calls == 1  # the first ended span is still being exported
@@ -104,6 +109,8 @@ def test_a_hanging_exporter_drops_events_instead_of_stalling_run_or_other_plugin
         t0 = time.monotonic()
         assert otel.sink.close(0.5) is False
         assert time.monotonic() - t0 < 3
+        summary = [e for e in read_telemetry("hung") if e.kind == "sink.dropped"][-1]
+        assert summary.data["dropped"] == otel.sink.dropped
     finally:
         hanging.release.set()
         sink_module.install(previous)

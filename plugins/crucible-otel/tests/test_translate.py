@@ -6,7 +6,7 @@ from typing import Any
 
 from opentelemetry.trace import StatusCode
 
-from crucible_core.runtime.events import Event
+from crucible_core.runtime.events import Event, read_telemetry
 
 
 def ev(kind: str, ts: float, job: str = "j1", step: int | None = None, **data: Any) -> Event:
@@ -151,5 +151,8 @@ def test_events_after_close_are_dropped_and_counted_and_close_is_idempotent(otel
     assert otel.sink.close(10)
     assert otel.sink.offer(ev("stage.end", 2.0, stage="x")) is False
     assert otel.sink.dropped == 1
+    [note] = read_telemetry("j1")  # the run's record notes the gap in the copy
+    assert (note.kind, note.data["dropped"]) == ("sink.dropped", 1)
+    assert "closed" in note.data["message"]
     assert otel.sink.close(10)
     assert [s.name for s in otel.spans.get_finished_spans()] == ["stage x", "crucible.run"]
