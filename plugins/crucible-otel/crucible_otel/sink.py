@@ -1,0 +1,306 @@
+"""The OpenTelemetry sink: a bounded queue and one worker thread between the bus and the SDK.
+
+Why its own queue: ``on_event`` runs on the event bus's plugin delivery
+thread, shared by every plugin. An exporter that blocks (a collector that
+is down or slow, a synchronous span processor) would hold that thread, delay
+the other plugins and, after 10 000 events, get every plugin dropped by the
+bus. So :meth:`OtelSink.offer` only puts the event on a bounded queue
+(``put_nowait``) and returns; when the queue is full the event is dropped,
+counted (:attr:`OtelSink.dropped`, metric ``crucible.otel.dropped_events``),
+the first drop is logged as a warning (logger ``crucible_otel``) and a
+``sink.dropped`` warning event goes into the run's telemetry.jsonl. The
+run and the other plugins never wait for OpenTelemetry, and JSONL telemetry
+stays complete.
+
+:meth:`OtelSink.close` waits at most ``timeout`` seconds in total for the
+queue to drain and the providers to flush; export that hangs past it is
+abandoned (daemon threads), so a dead collector cannot keep a finished
+process alive.
+
+The process-wide sink is built from the environment on the first event
+(:func:`deliver`; see :mod:`crucible_otel.config`) and closed at exit;
+:func:`install` replaces it (tests, embedding).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from crucible_core.runtime.events import Event, EventBus
+
+__all__ = [
+    "DEFAULT_QUEUE_SIZE",
+    "OtelSink",
+    "current_sink",
+    "deliver",
+    "install",
+]
+
+DEFAULT_QUEUE_SIZE: Final = 10_000
+log = logging.getLogger("crucible_otel")
+
+
+class _Marker:
+    """Queued behind the events: the worker runs ``action`` and sets ``done`` on reaching it."""
+
+    def __init__(self, action: Callable[[], None] | None = None, *, stop: bool = False) -> None:
+        self.action = action
+        self.stop = stop
+        self.done = threading.Event()
+
+
+def _bounded(fn: Callable[[], Any], timeout: float, name: str) -> bool:
+    """Run ``fn`` in a daemon thread; True if it returned within ``timeout`` seconds."""
+
+    def run() -> None:
+        try:
+            fn()
+        except Exception:
+            log.exception("crucible-otel: %s failed", name)
+
+    t = threading.Thread(target=run, name=name, daemon=True)
+    t.start()
+    t.join(max(timeout, 0.0))
+    return not t.is_alive()
+
+
+class OtelSink:
+    """Events in (never blocking), spans and metric points out (on a worker thread).
+
+    ``tracer_provider`` and ``meter_provider`` are SDK providers (the sink
+    flushes and shuts them down on :meth:`close`); ``maxsize`` bounds the
+    events waiting for the worker.
+    """
+
+    def __init__(
+        self,
+        *,
+        tracer_provider: TracerProvider,
+        meter_provider: MeterProvider,
+        maxsize: int = DEFAULT_QUEUE_SIZE,
+    ) -> None:
+        from crucible_otel.translate import Translator
+
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be >= 1, got {maxsize}")
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self.maxsize = maxsize
+        self.translator = Translator(tracer_provider, meter_provider)
+        #: Events dropped because the queue was full (or the sink closed), in all and by job.
+        self.dropped = 0
+        self.dropped_by_job: dict[str, int] = {}
+        self._record_bus: EventBus | None = None
+        #: Events whose translation raised (counted, then ignored).
+        self.errors = 0
+        #: Events turned into spans and metric points.
+        self.handled = 0
+        self._closed = False
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[Event | _Marker] = queue.Queue(maxsize=maxsize)
+        self._thread = threading.Thread(target=self._work, name="crucible-otel", daemon=True)
+        self._thread.start()
+
+    # -- producer side (the bus's delivery thread) -----------------------------
+
+    def offer(self, event: Event) -> bool:
+        """Queue ``event`` for export; False (and counted) if the queue is full or closed."""
+        if not self._closed:
+            try:
+                self._queue.put_nowait(event)
+            except queue.Full:
+                pass
+            else:
+                return True
+        self._drop(event)
+        return False
+
+    def _drop(self, event: Event) -> None:
+        with self._lock:
+            self.dropped += 1
+            first = self.dropped == 1
+            first_of_job = event.job_id not in self.dropped_by_job
+            self.dropped_by_job[event.job_id] = self.dropped_by_job.get(event.job_id, 0) + 1
+        self.translator.dropped.add(1, {"crucible.job_id": event.job_id})
+        why = "closed" if self._closed else "not keeping up"
+        if first:
+            log.warning(
+                "crucible-otel: the OpenTelemetry exporter is %s; events are being dropped "
+                "(queue of %d full) and the run goes on. JSONL telemetry is complete; "
+                "the count is the metric crucible.otel.dropped_events.",
+                why,
+                self.maxsize,
+            )
+        if first_of_job and event.job_id:
+            self._record_drop(
+                event.job_id,
+                dropped=1,
+                message=f"the OpenTelemetry sink is {why}: it drops events of this run "
+                f"from {event.kind!r} on (queue of {self.maxsize} full); this file stays complete",
+            )
+
+    def _record_drop(self, job_id: str, *, dropped: int, message: str) -> None:
+        """Write a ``sink.dropped`` warning into the run's own telemetry.jsonl.
+
+        Through a private bus with no subscribers: one appended line, whole, beside
+        the run's bus (both append), so the source of truth shows the gap in the copy.
+        """
+        from crucible_core.runtime.events import EventBus
+
+        try:
+            with self._lock:
+                if self._record_bus is None:
+                    self._record_bus = EventBus(fsync="never")
+                bus = self._record_bus
+            bus.emit(
+                "sink.dropped",
+                job_id=job_id,
+                sink="otel",
+                dropped=dropped,
+                queue_size=self.maxsize,
+                level="warning",
+                message=message,
+            )
+            bus.close_job(job_id)
+        except Exception:
+            log.exception("crucible-otel: could not record dropped events for %s", job_id)
+
+    # -- worker ---------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if isinstance(item, _Marker):
+                try:
+                    if item.action is not None:
+                        item.action()
+                except Exception:
+                    log.exception("crucible-otel: flushing failed")
+                finally:
+                    item.done.set()
+                if item.stop:
+                    return
+                continue
+            try:
+                self.translator.handle(item)
+            except Exception:
+                with self._lock:
+                    self.errors += 1
+                if self.errors == 1:
+                    log.exception("crucible-otel: an event could not be exported (%s)", item.kind)
+            else:
+                self.handled += 1
+
+    def _mark(self, marker: _Marker, deadline: float) -> bool:
+        """Queue ``marker`` and wait for the worker to reach it, both until ``deadline``."""
+        try:
+            self._queue.put(marker, timeout=max(deadline - time.monotonic(), 0.001))
+        except queue.Full:
+            return False
+        return marker.done.wait(max(deadline - time.monotonic(), 0.0))
+
+    # -- flushing -------------------------------------------------------------
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Export what is queued so far; True if it all went within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        if not self._mark(_Marker(), deadline):
+            return False
+        return self._flush_providers(deadline)
+
+    def _flush_providers(self, deadline: float) -> bool:
+        def flush() -> None:
+            ms = int(max(deadline - time.monotonic(), 0.0) * 1000)
+            self.tracer_provider.force_flush(ms)
+            self.meter_provider.force_flush(ms)
+
+        return _bounded(flush, deadline - time.monotonic(), "crucible-otel-flush")
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """End open runs' spans, flush and shut the providers down, all within ``timeout`` s.
+
+        Returns True if everything was exported in time. Idempotent.
+        """
+        if self._closed:
+            return True
+        deadline = time.monotonic() + timeout
+        ok = self._mark(_Marker(self.translator.finish, stop=True), deadline)
+        self._closed = True
+
+        def shutdown() -> None:
+            self.tracer_provider.shutdown()
+            self.meter_provider.shutdown(
+                timeout_millis=max(deadline - time.monotonic(), 0.0) * 1000
+            )
+
+        done = _bounded(shutdown, deadline - time.monotonic(), "crucible-otel-shutdown")
+        if self.dropped:
+            log.warning("crucible-otel: %d events were dropped in all", self.dropped)
+            for job_id, n in list(self.dropped_by_job.items()):
+                if job_id:
+                    self._record_drop(
+                        job_id, dropped=n, message=f"the OpenTelemetry sink dropped {n} events"
+                    )
+        return ok and done
+
+
+# -- the process-wide sink ------------------------------------------------------
+
+_sink: OtelSink | None = None
+_configured = False
+_global_lock = threading.Lock()
+
+
+def current_sink() -> OtelSink | None:
+    """The process-wide sink (None when export is off or nothing was delivered yet)."""
+    return _sink
+
+
+def install(sink: OtelSink | None) -> OtelSink | None:
+    """Make ``sink`` the process-wide sink (None: export off); returns the one it replaces.
+
+    The replaced sink is not closed: the caller owns it.
+    """
+    global _sink, _configured
+    with _global_lock:
+        previous, _sink, _configured = _sink, sink, True
+    return previous
+
+
+def deliver(event: Event) -> None:
+    """Hand ``event`` to the process-wide sink, building it from the environment first if needed."""
+    sink = _sink
+    if sink is None and not _configured:
+        sink = _configure()
+    if sink is not None:
+        sink.offer(event)
+
+
+def _configure() -> OtelSink | None:
+    global _sink, _configured
+    with _global_lock:
+        if _configured:
+            return _sink
+        _configured = True
+        from crucible_otel.config import sink_from_env
+
+        _sink = sink_from_env()
+        if _sink is not None:
+            atexit.register(_close_at_exit, _sink)
+        return _sink
+
+
+def _close_at_exit(sink: OtelSink) -> None:
+    from crucible_otel.config import shutdown_timeout
+
+    sink.close(shutdown_timeout())
