@@ -1,7 +1,8 @@
 """Crucible events -> OpenTelemetry spans and metric points (imports opentelemetry).
 
 One trace per run (``job_id``): a root span ``crucible.run`` from the run's first
-event to its last (or to a terminal ``job.state``); under it a span per stage
+event to its ``run.end`` (the pipeline's; or a terminal ``job.state``, or, for a
+run that never ended, its last event when the sink closes); under it a span per stage
 (``stage.start`` .. ``stage.end``, status from the stage's) and, under the
 stage that was running, a span per checkpoint covering the work it saved (from
 the previous checkpoint, or the stage's start, to ``train.checkpoint``). Other
@@ -167,6 +168,11 @@ class Translator:
             run.root.add_event("job.state", _attributes("", data), timestamp=_ns(event.ts))
             if status in TERMINAL_STATES:
                 self._end_run(event.job_id, event.ts, status)
+        elif kind == "run.end":  # the pipeline's last word on a run, whoever started it
+            error = data.get("error")
+            if error:
+                run.root.add_event("run.error", {"message": str(error)}, timestamp=_ns(event.ts))
+            self._end_run(event.job_id, event.ts, str(data.get("status") or "") or None)
         else:
             span, _, _ = self._innermost(run)
             attrs = _attributes("", data)

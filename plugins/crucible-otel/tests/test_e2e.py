@@ -31,6 +31,9 @@ def test_crucible_train_gives_one_trace_matching_its_telemetry(
     assert root.attributes["crucible.job_id"] == "traced"
     assert root.start_time == int(events[0].ts * 1e9)
     assert root.end_time == int(events[-1].ts * 1e9)
+    # The run's own end (run.end) closed it, with the run's status, not the sink's exit.
+    assert events[-1].kind == "run.end"
+    assert root.attributes["crucible.job.status"] == "succeeded"
 
     # A span per stage of the run, with the stage's own timing and status.
     started = {e.data["stage"]: e for e in events if e.kind == "stage.start"}
