@@ -310,7 +310,12 @@ class _ResumeCommand:
         # is written into the manifest: a bad value must never break later resumes.
         job = convert(to_builtins(job), TrainingJob)
         if not args.json:
-            sys.stdout.write(f"resuming {run_dir.name} from step {state.step}\n")
+            from crucible_core.runtime.training import verified_resume
+
+            # Name the step the run will really continue from: a newest checkpoint
+            # that fails its sha256 check gives way to an earlier one (warned below).
+            start, _ = verified_resume(run_dir, state)
+            sys.stdout.write(f"resuming {run_dir.name} from step {start.step}\n")
         return _execute(job, args, job_id=run_dir.name, resume=state)
 
 

@@ -155,6 +155,7 @@ def test_resume_refuses_a_corrupted_checkpoint_and_falls_back_to_a_verified_one(
     assert "checkpoint of step 9 failed its sha256 check" in resumed.stderr
     assert "trainable.safetensors ALTERED" in resumed.stderr
     assert "resuming from step 6 instead" in resumed.stderr
+    assert "resuming bad from step 6\n" in resumed.stdout  # not the corrupted step 9
     after = _losses(cli, "bad")
     _assert_curve(after, reference, 12)  # steps 7-9 were trained again from step 6
     assert cli("artifacts", "verify", "bad").returncode == 0  # step 9 was saved afresh
