@@ -26,6 +26,7 @@ _LAZY: dict[str, str] = {
     "get_hedging_policy": "crucible_core.api",
     "list_plugins": "crucible_core.api",
     "list_registrations": "crucible_core.api",
+    "open_backend": "crucible_core.api",
     "hookimpl": "crucible_core.hookspecs",
     "RegisterArtifactStore": "crucible_core.hookspecs",
     "RegisterBackend": "crucible_core.hookspecs",
@@ -75,6 +76,7 @@ __all__ = [
     "hookimpl",
     "list_plugins",
     "list_registrations",
+    "open_backend",
 ]
 
 if TYPE_CHECKING:
@@ -90,6 +92,7 @@ if TYPE_CHECKING:
         get_stage,
         list_plugins,
         list_registrations,
+        open_backend,
     )
     from crucible_core.errors import CrucibleError
     from crucible_core.hookspecs import (

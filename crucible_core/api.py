@@ -8,8 +8,10 @@ kinds work the same way. All go through the process-wide
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Collection, Mapping
+from typing import Any, cast
 
+from crucible_core.errors import ConfigError
 from crucible_core.plugins import PluginInfo, Registration, get_host
 
 __all__ = [
@@ -24,12 +26,43 @@ __all__ = [
     "get_stage",
     "list_plugins",
     "list_registrations",
+    "open_backend",
 ]
 
 
 def get_backend(name: str, **options: Any) -> Any:
     """Build the backend registered as ``name`` with ``options``."""
     return get_host().create("backend", name, **options)
+
+
+def open_backend(
+    spec: Any, *, field: str, keys: Collection[str] = ("name", "options")
+) -> tuple[Any, bool]:
+    """The backend a composing backend's option names, and whether it was built here.
+
+    ``spec`` is a registered name, a table ``{"name": ..., "options": {...}}`` (plus
+    any of ``keys`` the caller reads itself, e.g. an ensemble member's ``weight``),
+    or a backend object (anything with ``complete`` or ``sample``), used as it is.
+    ``owned`` is true when it was built here, so the caller closes it. Anything else
+    is a ``ConfigError`` naming ``field``. Ensembles and hedging resolve their
+    members this way, so every composing backend accepts the same three forms.
+    """
+    if isinstance(spec, str):
+        return get_backend(spec), True
+    if isinstance(spec, Mapping):
+        table = cast(Mapping[str, Any], spec)
+        if "name" not in table or set(table) - set(keys):
+            optional = ", ".join(repr(k) for k in keys if k != "name")
+            raise ConfigError(
+                f"{field}: expected a table with 'name' (and optional {optional}), "
+                f"got keys {sorted(table)}"
+            )
+        return get_backend(str(table["name"]), **dict(table.get("options") or {})), True
+    if callable(getattr(spec, "complete", None)) or callable(getattr(spec, "sample", None)):
+        return spec, False
+    raise ConfigError(
+        f"{field}: {type(spec).__name__} is not a backend name, table or backend object"
+    )
 
 
 def get_stage(name: str, **options: Any) -> Any:

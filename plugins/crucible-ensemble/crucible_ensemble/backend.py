@@ -136,37 +136,24 @@ class EnsembleBackend:
         }
 
     def _members(self, specs: Sequence[Any], weights: Sequence[float] | None) -> list[Member]:
-        from crucible_core import get_backend
+        from crucible_core import open_backend
 
         out: list[Member] = []
         seen: set[str] = set()
+        keys = ("name", "options", "weight", "label")
         for i, spec in enumerate(specs):
             weight: object = 1.0 if weights is None else weights[i]
-            if isinstance(spec, str):
-                label, backend = spec, get_backend(spec)
+            backend, owned = open_backend(spec, field=f"ensemble.members[{i}]", keys=keys)
+            if owned:
                 self._owned.append(backend)
+            if isinstance(spec, str):
+                label = spec
             elif isinstance(spec, Mapping):
                 table = cast(Mapping[str, Any], spec)
-                unknown = set(table) - {"name", "options", "weight", "label"}
-                if "name" not in table or unknown:
-                    raise ConfigError(
-                        f"ensemble.members[{i}]: expected a table with 'name' (and optional "
-                        f"'options', 'weight', 'label'), got keys {sorted(table)}"
-                    )
-                backend = get_backend(str(table["name"]), **dict(table.get("options") or {}))
-                self._owned.append(backend)
                 label = str(table.get("label") or table["name"])
                 weight = table.get("weight", weight)
-            elif callable(getattr(spec, "complete", None)) or callable(
-                getattr(spec, "sample", None)
-            ):
-                backend = spec
-                label = _backend_id(spec) or f"member{i}"
             else:
-                raise ConfigError(
-                    f"ensemble.members[{i}]: {type(spec).__name__} is not a backend name, "
-                    "table or backend object"
-                )
+                label = _backend_id(spec) or f"member{i}"
             base, n = label, 2
             while label in seen:
                 label, n = f"{base}#{n}", n + 1

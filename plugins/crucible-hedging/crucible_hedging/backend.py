@@ -218,27 +218,9 @@ class HedgedBackend:
         bus: Any = None,
         job_id: str = "hedging",
     ) -> None:
-        from crucible_core import get_backend
+        from crucible_core import open_backend
 
-        self._owned = False
-        if isinstance(backend, str):
-            backend, self._owned = get_backend(backend), True
-        elif isinstance(backend, Mapping):
-            table: Mapping[str, Any] = backend  # pyright: ignore[reportUnknownVariableType]
-            if "name" not in table or set(table) - {"name", "options"}:
-                raise ConfigError(
-                    f"hedging.backend: expected a table with 'name' (and 'options'), "
-                    f"got keys {sorted(table)}"
-                )
-            backend = get_backend(str(table["name"]), **dict(table.get("options") or {}))
-            self._owned = True
-        elif not (
-            callable(getattr(backend, "complete", None))
-            or callable(getattr(backend, "sample", None))
-        ):
-            raise ConfigError(
-                f"hedging.backend: {type(backend).__name__} is not a backend name, table or object"
-            )
+        backend, self._owned = open_backend(backend, field="hedging.backend")
         self.backend = backend
         self.policy: HedgePolicy = (
             build_policy(policy, **dict(policy_options or {}))
