@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import string
 import unicodedata
+from decimal import Decimal
 from typing import Annotated
 
 import msgspec
@@ -81,17 +82,21 @@ class Normaliser(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             out = out.casefold()
         if self.punctuation:
             out = _STRIP.sub("", out)
+            if self.numbers:  # removing "0:0"'s colon makes a new number, "00"
+                out = _NUMBER.sub(_canonical_number, out)
         if self.whitespace:
             out = " ".join(out.split())
         return out
 
 
 def _canonical_number(match: re.Match[str]) -> str:
-    raw = match.group(0).replace(",", "")
-    try:
-        value = float(raw)
-    except ValueError:  # pragma: no cover - the pattern only matches numbers
-        return match.group(0)
-    if value.is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return repr(value)
+    """``"1,000.50"`` -> ``"1000.5"``: exact decimal digits, no exponent, no trailing zeros.
+
+    Decimal rather than float: a float's repr can carry an exponent (``1e-07``)
+    whose sign punctuation stripping would then remove, so the key would change
+    when normalised again.
+    """
+    value = Decimal(match.group(0).replace(",", ""))
+    if value == value.to_integral_value():
+        return str(value.quantize(Decimal(1)))
+    return format(value.normalize(), "f")
