@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import difflib
 import importlib
+import inspect
 import logging
 import os
 import threading
@@ -42,7 +43,7 @@ import pluggy
 from crucible_core._entrypoints import ENTRY_POINT_GROUP
 from crucible_core._entrypoints import env_list as _env_list
 from crucible_core._imports import import_object
-from crucible_core.errors import NotFound, PluginError, PluginLoadError
+from crucible_core.errors import ConfigError, NotFound, PluginError, PluginLoadError
 from crucible_core.hookspecs import PROJECT_NAME, HookSpecs
 
 if TYPE_CHECKING:
@@ -113,8 +114,29 @@ class Registration(msgspec.Struct, frozen=True, kw_only=True):
             ) from exc
 
     def create(self, **options: Any) -> Any:
-        """Call the factory with ``options`` and return what it builds."""
-        return self.load()(**options)
+        """Call the factory with ``options`` and return what it builds.
+
+        Options the factory does not take are a ``ConfigError`` naming the
+        registration and what it does take (checked against its signature before
+        the call, so a ``TypeError`` raised inside the factory stays a bug, not a
+        bad option).
+        """
+        factory = self.load()
+        try:
+            signature = inspect.signature(factory)
+        except (TypeError, ValueError):  # a builtin without a signature: just call it
+            return factory(**options)
+        try:
+            signature.bind(**options)
+        except TypeError as exc:
+            takes = [p for p in signature.parameters if p not in ("self", "args", "kwargs")]
+            raise ConfigError(
+                f"{self.name!r} (plugin {self.plugin!r}) refused its options "
+                f"{sorted(options)} (bad options: {exc})",
+                hint=f"{self.kind} {self.name!r} takes: {', '.join(takes) or 'no options'}",
+                refused_options=sorted(options),
+            ) from None
+        return factory(**options)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary (what ``crucible plugins --json`` prints)."""

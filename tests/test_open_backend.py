@@ -39,3 +39,18 @@ def test_what_is_not_a_backend_names_the_field(toy: PluginHost) -> None:
         open_backend(42, field="m[1]")
     with pytest.raises(NotFound, match="did you mean 'toy'"):
         open_backend("tyo", field="m[2]")
+
+
+def test_options_a_factory_does_not_take_are_a_config_error_naming_them(
+    toy: PluginHost,
+) -> None:
+    """The host checks options against the factory's signature before calling it."""
+    import crucible_core
+
+    with pytest.raises(
+        ConfigError, match=r"'toy' \(plugin 'toy'\) refused its options \['bogus'\]"
+    ) as info:
+        crucible_core.get_backend("toy", bogus=1)
+    assert info.value.details["refused_options"] == ["bogus"]
+    assert info.value.hint is not None
+    assert info.value.hint.startswith("backend 'toy' takes:")

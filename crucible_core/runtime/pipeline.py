@@ -306,8 +306,10 @@ def _build_stage(host: PluginHost, sd: StageDef) -> Stage:
     try:
         return cast(Stage, reg.create(**sd.options))
     except CrucibleError as exc:
+        if "refused_options" in exc.details:  # the host's check of the options
+            raise reworded(exc, f"stage {sd.name!r}: {exc.message}", stage=sd.name) from exc
         raise _stage_error(sd.name, exc) from exc
-    except Exception as exc:
+    except Exception as exc:  # the factory itself refused them
         raise ConfigError(
             f"stage {sd.name!r}: {sd.uses!r} (plugin {reg.plugin!r}) refused its options "
             f"{sorted(sd.options)}: {type(exc).__name__}: {exc}",

@@ -329,10 +329,7 @@ def build_strategy(name: str, **options: object) -> Strategy:
     """
     from crucible_core import get_ensemble_strategy
 
-    try:
-        strategy = get_ensemble_strategy(name, **options)
-    except TypeError as exc:
-        raise ConfigError(f"ensemble strategy {name!r}: bad options ({exc})") from None
+    strategy = get_ensemble_strategy(name, **options)  # unknown options: ConfigError from the host
     if not isinstance(strategy, Strategy):
         raise ConfigError(f"ensemble strategy {name!r} does not provide decide() and settled()")
     return strategy
