@@ -18,7 +18,7 @@ import msgspec
 
 from crucible_core.ir import DatasetSpec, TrainingJob, decode_file
 from crucible_core.runtime import trainloop
-from crucible_core.runtime.plan import make_plan
+from crucible_core.train.plan import make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 

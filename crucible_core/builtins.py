@@ -56,21 +56,21 @@ def register_artifact_stores(register: RegisterArtifactStore) -> None:
 def register_stages(register: RegisterStage) -> None:
     register(
         "train.loop",
-        "crucible_core.runtime.training:TrainLoopStage",
+        "crucible_core.train.stages:TrainLoopStage",
         summary="Train the job's model on the tokenized data (pipelined, resumable, budgeted)",
     )
     register(
         "train.evaluate",
-        "crucible_core.runtime.training:EvaluateStage",
+        "crucible_core.train.stages:EvaluateStage",
         summary="Loss and perplexity of the trained weights on the validation split",
     )
     register(
         "train.save",
-        "crucible_core.runtime.training:SaveStage",
+        "crucible_core.train.stages:SaveStage",
         summary="Save the final weights for sampling, store them by content, record lineage",
     )
     register(
         "train.log_metrics",
-        "crucible_core.runtime.training:LogMetricsStage",
+        "crucible_core.train.stages:LogMetricsStage",
         summary="Write metrics.json and the manifest's training record",
     )

@@ -149,7 +149,21 @@ class TrainingSession(Protocol):
 
     def save_weights_for_sampler(self, name: str) -> Future[Sampler]: ...
 
-    def close(self) -> None: ...
+    def delete_checkpoint(self, ref: CheckpointRef) -> None:
+        """Delete a checkpoint this session saved (state or sampler weights).
+
+        The core calls it for checkpoints the policy retires and for weights
+        saved only to score samples, after unlisting them: the files (or the
+        remote object) belong to the backend, which alone knows where and how
+        they are stored. Deleting one that is already gone is not an error; a
+        backend whose service keeps checkpoints itself (with its own
+        retention) may keep them, and says so in its documentation.
+        """
+        ...
+
+    def close(self) -> None:
+        """Finish or drop queued calls and release the model; idempotent."""
+        ...
 
 
 @runtime_checkable
@@ -162,7 +176,14 @@ class TrainingBackend(Protocol):
         """The tokenizer of ``model``, without creating a session (data prep needs it first)."""
         ...
 
-    def create_session(self, job: TrainingJob) -> TrainingSession: ...
+    def create_session(self, job: TrainingJob, *, run_dir: Path) -> TrainingSession:
+        """A session training ``job``; files it writes (checkpoints) go under ``run_dir``.
+
+        ``run_dir`` is the run's directory, chosen by the core
+        (``$CRUCIBLE_HOME/runs/<job_id>`` for a run); a remote backend may
+        ignore it.
+        """
+        ...
 
     def load_sampler(self, model: ModelSpec, checkpoint: CheckpointRef | None) -> Sampler:
         """A sampler over saved sampler weights (``checkpoint``) or the base model (``None``)."""
@@ -211,7 +232,7 @@ class StageContext(Protocol):
 
     def backend(self, name: str | None = None) -> Any: ...
 
-    def emit(self, kind: str, **data: Any) -> None: ...
+    def emit(self, kind: str, /, **data: Any) -> None: ...
 
 
 @runtime_checkable

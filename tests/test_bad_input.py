@@ -28,8 +28,8 @@ from crucible_core.ir import codec
 from crucible_core.ir.base import Identifier
 from crucible_core.ir.files import read_document
 from crucible_core.ir.training import TrainingJob
+from crucible_core.records.manifest import RunRecord
 from crucible_core.runtime import paths
-from crucible_core.runtime.artifacts import write_manifest
 
 _MEMORY_CAP = 2 * 1024**3  # bytes of address space the CLI may use in these tests
 
@@ -182,7 +182,7 @@ def one_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     run = paths.run_dir("run-1")
     run.mkdir(parents=True)
-    write_manifest(run, job_id="run-1", status="succeeded")
+    RunRecord(run).update(job_id="run-1", status="succeeded")
     return run
 
 

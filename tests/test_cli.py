@@ -156,7 +156,7 @@ def test_ir_types_and_schemas(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert set(json.loads(out)) == set(codec.IR_TYPES)
     code, out, _ = run(capsys, "ir", "schemas", "--write", str(tmp_path / "s"))
     assert code == 0
-    names = [*codec.IR_TYPES, *(t.__name__ for t in codec.nested_types())]
+    names = [*codec.IR_TYPES, *(t.__name__ for t in codec.nested_types()), "RunManifest"]
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(
         f"{n}.schema.json" for n in names
     )
@@ -175,7 +175,7 @@ def test_committed_schemas_are_fresh(tmp_path: Path) -> None:
     assert not stale, (
         f"ir_schemas/ is stale ({stale}); run `crucible ir schemas --write ir_schemas`"
     )
-    expected = len(codec.IR_TYPES) + len(codec.nested_types())
+    expected = len(codec.IR_TYPES) + len(codec.nested_types()) + 1  # + RunManifest
     assert len(list(committed.glob("*.schema.json"))) == expected
     for name in ("Prompt", "SamplingParams", "StageDef", "LoRA", "RetryPolicy"):
         assert (committed / f"{name}.schema.json").exists(), name

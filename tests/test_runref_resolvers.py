@@ -10,7 +10,7 @@ import pytest
 from crucible_core import _entrypoints
 from crucible_core.cli.main import main
 from crucible_core.cli.runref import RESOLVER_GROUP, expand_ref, resolve_run
-from crucible_core.runtime.artifacts import write_manifest
+from crucible_core.records.manifest import RunRecord
 
 
 class _FakeEntryPoint:
@@ -26,7 +26,7 @@ class _FakeEntryPoint:
 @pytest.fixture
 def run(crucible_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     d = crucible_home / "runs" / "run-1"
-    write_manifest(d, job_id="run-1")
+    RunRecord(d).update(job_id="run-1")
     seen: list[str] = []
 
     def fake(group: str) -> list[Any]:

@@ -14,12 +14,13 @@ from crucible_core.ir import Full, ModelSpec, TrainingJob, encode
 from crucible_core.ir.training import DatasetSpec, ValidationSpec
 from crucible_core.plugins import PluginHost
 from crucible_core.runtime.events import read_telemetry
-from crucible_core.runtime.sampled_eval import (
+from crucible_core.train.run import run_training
+from crucible_core.train.sampled_eval import (
     SAMPLED_METRICS,
     evaluate_samples,
     sampled_metric_names,
 )
-from crucible_core.runtime.training import read_loop_state, run_training
+from crucible_core.train.state import read_loop_state
 from tests.test_training_workflow import make_job
 from tests.toy_backend import ToySession, toy_plugin
 

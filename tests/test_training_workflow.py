@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from crucible_core.cli.main import main
-from crucible_core.errors import BudgetExhausted
+from crucible_core.errors import BackendError, BudgetExhausted
 from crucible_core.ir import (
     AdamW,
     Budget,
@@ -24,9 +24,10 @@ from crucible_core.ir import (
 )
 from crucible_core.plugins import PluginHost
 from crucible_core.runtime.artifacts import read_manifest, verify_run
-from crucible_core.runtime.plan import make_plan
-from crucible_core.runtime.training import read_loop_state, run_training
-from tests.toy_backend import toy_plugin
+from crucible_core.train.plan import make_plan
+from crucible_core.train.run import run_training
+from crucible_core.train.state import read_loop_state
+from tests.toy_backend import CAPS, ToySession, backend_with, toy_plugin
 
 
 @pytest.fixture
@@ -63,14 +64,7 @@ def test_run_writes_a_complete_run_directory(toy: PluginHost, crucible_home: Pat
     assert [c["step"] for c in manifest["checkpoints"]] == [8, 12]  # keep_last = 2
     assert manifest["sampler_checkpoint"]["kind"] == "sampler"
     assert manifest["training"]["evaluation"]["split"] == "validation"
-    assert set(manifest["stages"]) == {
-        "load",
-        "tokenize",
-        "train",
-        "evaluate",
-        "save",
-        "log_metrics",
-    }
+    assert list(manifest["stages"]) == ["prepare", "train", "evaluate", "save", "log_metrics"]
     kinds = [
         json.loads(line)["kind"] for line in (run / "telemetry.jsonl").read_text().splitlines()
     ]
@@ -218,8 +212,8 @@ def test_runs_diff_reports_changed_seed(
     assert "seed = 0" in capsys.readouterr().out
 
 
-def test_worker_runs_training_jobs_and_records_checkpoints(
-    toy: PluginHost, crucible_home: Path
+def test_worker_runs_training_jobs_and_the_run_directory_is_the_one_recovery_record(
+    toy: PluginHost, crucible_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from crucible_core.ir import Job
     from crucible_core.runtime.scheduler import Scheduler
@@ -233,10 +227,13 @@ def test_worker_runs_training_jobs_and_records_checkpoints(
     done = scheduler.get("w1")
     assert done.status == "succeeded"
     assert done.result["steps"] == 12
-    recorded = scheduler.last_checkpoint("w1")
-    assert recorded is not None
-    assert (recorded.kind, recorded.step) == ("state", 12)
+    # The scheduler keeps no copy of where a training run resumes: trainer_state.json is it.
+    assert scheduler.last_checkpoint("w1") is None
+    assert read_loop_state(crucible_home / "runs" / "w1").step == 12
     assert read_manifest(crucible_home / "runs" / "w1")["status"] == "succeeded"
+    assert main(["jobs", "show", "w1", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["checkpoint"]
+    assert (shown["kind"], shown["step"]) == ("state", 12)
 
 
 def test_runs_diff_reports_changed_dataset_row_and_package_version(
@@ -245,7 +242,7 @@ def test_runs_diff_reports_changed_dataset_row_and_package_version(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from crucible_core.runtime import training
+    from crucible_core.train import steps
     from tests.toy_backend import TEXTS
 
     first = tmp_path / "a.txt"
@@ -253,8 +250,8 @@ def test_runs_diff_reports_changed_dataset_row_and_package_version(
     second = tmp_path / "b.txt"
     second.write_text("\n".join([*TEXTS[:-1], "one row changed"]))
     run_training(make_job(dataset_spec=DatasetSpec(uri=str(first))), job_id="d1", host=toy)
-    real = training._versions  # pyright: ignore[reportPrivateUsage]
-    monkeypatch.setattr(training, "_versions", lambda: {**real(), "torch": "9.9.9"})
+    real = steps._versions  # pyright: ignore[reportPrivateUsage]
+    monkeypatch.setattr(steps, "_versions", lambda: {**real(), "torch": "9.9.9"})
     run_training(make_job(dataset_spec=DatasetSpec(uri=str(first))), job_id="d2", host=toy)
     run_training(make_job(dataset_spec=DatasetSpec(uri=str(second))), job_id="d3", host=toy)
     assert main(["runs", "diff", "d1", "d2", "--json"]) == 0
@@ -281,9 +278,88 @@ def test_plan_context_limit_applies_to_named_models_only(toy: PluginHost) -> Non
         max_context_length=128,
         metadata={"models_by_path": True},
     )
-    from crucible_core.runtime.plan import check_capabilities
+    from crucible_core.train.plan import check_capabilities
 
     named = make_job(model_spec=ModelSpec(name="toy", max_seq_len=4096))
     by_path = make_job(model_spec=ModelSpec(name="mine", path="/models/mine", max_seq_len=4096))
     assert [p.field for p in check_capabilities(named, caps, "toy")] == ["$.model_spec.max_seq_len"]
     assert check_capabilities(by_path, caps, "toy") == []
+
+
+class _ClosingSession(ToySession):
+    """Counts closes; its final save fails (a backend error after training)."""
+
+    closes = 0
+
+    def close(self) -> None:
+        type(self).closes += 1
+
+    def save_weights_for_sampler(self, name: str) -> Any:
+        if name == "final":
+            raise BackendError("disk full while saving the final weights")
+        return super().save_weights_for_sampler(name)
+
+
+def _closing_host(toy: PluginHost) -> PluginHost:
+    import types
+
+    from crucible_core import hookimpl
+
+    def register_backends(register: Any) -> None:
+        register("closing", lambda: backend_with(_ClosingSession), capabilities=CAPS)
+
+    toy.add_plugin(
+        types.SimpleNamespace(register_backends=hookimpl(register_backends)), name="closing"
+    )
+    _ClosingSession.closes = 0
+    return toy
+
+
+def test_the_steps_run_as_stages_of_an_experiment_graph(
+    toy: PluginHost, crucible_home: Path
+) -> None:
+    """The adapters of crucible_core.train.stages: same steps, wired as a DAG by the pipeline."""
+    from crucible_core.ir import Job
+    from crucible_core.runtime.pipeline import run_pipeline
+    from crucible_core.train.plan import training_experiment
+
+    job = make_job()
+    work = Job(id="g1", kind="training_run", payload=msgspec.to_builtins(job))
+    out = run_pipeline(training_experiment(job, "g1"), work, host=toy)
+    summary = out["log_metrics"]
+    assert summary["steps"] == 12
+    assert summary["final_loss"] < summary["initial_loss"]
+    assert summary["evaluation"]["split"] == "validation"
+    assert out["save"]["sampler_checkpoint"]["kind"] == "sampler"
+    manifest = read_manifest(crucible_home / "runs" / "g1")
+    assert set(manifest["stages"]) == {
+        "load",
+        "tokenize",
+        "train",
+        "evaluate",
+        "save",
+        "log_metrics",
+    }
+    assert manifest["status"] == "succeeded"
+    assert len(json.loads((crucible_home / "runs/g1/metrics.json").read_text())["losses"]) == 12
+
+
+def test_the_session_is_closed_when_a_step_after_the_loop_fails(
+    toy: PluginHost, crucible_home: Path
+) -> None:
+    from crucible_core.ir import Job
+    from crucible_core.runtime.pipeline import run_pipeline
+    from crucible_core.train.plan import training_experiment
+
+    host = _closing_host(toy)
+    with pytest.raises(BackendError, match="stage 'save' failed: disk full"):
+        run_training(make_job(backend="closing"), job_id="c1", host=host)
+    assert _ClosingSession.closes == 1
+    assert read_manifest(crucible_home / "runs" / "c1")["status"] == "failed"
+    # The same through the stage graph: the run scope closes the session the loop opened.
+    _ClosingSession.closes = 0
+    job = make_job(backend="closing")
+    work = Job(id="c2", kind="training_run", payload=msgspec.to_builtins(job))
+    with pytest.raises(BackendError, match="stage 'save' failed"):
+        run_pipeline(training_experiment(job, "c2"), work, host=host)
+    assert _ClosingSession.closes == 1

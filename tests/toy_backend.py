@@ -175,6 +175,10 @@ class ToySession:
         SAMPLERS[ref.uri] = self.w.copy()
         return done(ToySampler(self.w.copy(), ref))
 
+    def delete_checkpoint(self, ref: CheckpointRef) -> None:
+        self.saved.pop(ref.uri.removeprefix("mem://"), None)
+        SAMPLERS.pop(ref.uri, None)
+
     def close(self) -> None:
         pass
 
@@ -191,12 +195,10 @@ class ToyBackend:
     def get_tokenizer(self, model: ModelSpec) -> ByteTokenizer:
         return ByteTokenizer()
 
-    def create_session(self, job: TrainingJob) -> ToySession:
+    def create_session(self, job: TrainingJob, *, run_dir: Any = None) -> ToySession:
         session = self.session_class()
         if isinstance(session, FileSession):
-            from crucible_core.runtime import paths
-
-            session.run_dir = paths.run_dir(job.job_id or "toy")
+            session.run_dir = run_dir
         return session
 
     def load_sampler(self, model: ModelSpec, checkpoint: CheckpointRef | None) -> ToySampler:
@@ -273,6 +275,15 @@ class FileSession(ToySession):
         self.w = np.load(d / "w.npy")
         self.step = int((d / "step").read_text())
         return done(None)
+
+    def delete_checkpoint(self, ref: CheckpointRef) -> None:
+        import shutil
+
+        from crucible_core.runtime.artifacts import uri_path
+
+        d = uri_path(ref.uri)
+        if d is not None:
+            shutil.rmtree(d.parent if d.name == "state" else d, ignore_errors=True)
 
 
 class FileToyBackend:

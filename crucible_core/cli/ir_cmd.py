@@ -15,11 +15,19 @@ from crucible_core.errors import ConfigError
 from crucible_core.ir import codec
 
 
+def record_schemas() -> dict[str, dict[str, Any]]:
+    """The schemas of what a run writes beside the IR: ``RunManifest`` (``manifest.json``)."""
+    from crucible_core.records.manifest import RunManifest
+
+    return {"RunManifest": codec.schema(RunManifest)}
+
+
 def write_schemas(directory: Path) -> list[Path]:
-    """Write ``<Name>.schema.json`` for every IR type, nested ones included; return the paths."""
+    """Write ``<Name>.schema.json`` for every IR type, nested ones included, and for the
+    run records (:func:`record_schemas`); return the paths."""
     directory.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for name, schema in codec.schemas(nested=True).items():
+    for name, schema in {**codec.schemas(nested=True), **record_schemas()}.items():
         path = directory / f"{name}.schema.json"
         text = msgspec.json.format(msgspec.json.encode(schema), indent=2).decode() + "\n"
         path.write_text(text, encoding="utf-8")

@@ -29,6 +29,7 @@ from crucible_core.cli.output import print_json, print_table
 from crucible_core.errors import ConfigError, ValidationError
 from crucible_core.ids import check_id
 from crucible_core.ir import codec
+from crucible_core.ir.backend import CheckpointRef
 from crucible_core.ir.experiment import Experiment
 from crucible_core.ir.files import read_document
 from crucible_core.ir.paths import resolve_paths
@@ -139,7 +140,7 @@ def _kind_of(item: Any) -> type[Any]:
 
 def _plan_training(job: Job, where: str) -> None:
     """Refuse a training job whose plan cannot run, listing every problem (exit 2)."""
-    from crucible_core.runtime.plan import make_plan
+    from crucible_core.train.plan import make_plan
 
     tj = codec.convert(job.payload, TrainingJob)
     plan = make_plan(tj, count_data=False, measure=False)
@@ -227,6 +228,8 @@ def _show(args: argparse.Namespace) -> int:
     finally:
         sched.close()
     directory = run_dir(job.id)
+    if checkpoint is None and job.kind == "training_run":
+        checkpoint = _training_resume_point(directory)
     if args.json:
         print_json(
             {
@@ -270,6 +273,18 @@ def _show(args: argparse.Namespace) -> int:
         who = f" by {t.worker}" if t.worker else ""
         out.write(f"  {at}  {t.from_status or '-'} -> {t.to_status}{who}{note}\n")
     return 0
+
+
+def _training_resume_point(directory: Path) -> CheckpointRef | None:
+    """Where a training run continues from: its ``trainer_state.json`` (the one record)."""
+    from crucible_core.errors import CrucibleError
+    from crucible_core.train.state import read_loop_state
+
+    try:
+        state = read_loop_state(directory)
+    except CrucibleError:
+        return None
+    return state.checkpoints[-1].ref if state.checkpoints else None
 
 
 def _cancel(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import msgspec
 from crucible_core.cli.output import print_json
 from crucible_core.ir.codec import decode_file
 from crucible_core.ir.training import TrainingJob
-from crucible_core.runtime.plan import Plan, make_plan
+from crucible_core.train.plan import Plan, make_plan
 
 __all__ = ["command", "format_plan", "print_problems"]
 

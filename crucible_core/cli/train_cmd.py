@@ -32,16 +32,12 @@ from crucible_core.ir.codec import convert, decode_file, to_builtins
 from crucible_core.ir.training import Budget, TrainingJob
 from crucible_core.runtime import paths
 from crucible_core.runtime.cancel import CancelFlag
-from crucible_core.runtime.plan import Plan, make_plan
 from crucible_core.runtime.runstatus import INTERRUPT_REASONS
-from crucible_core.runtime.training import (
-    STATE_FILE,
-    TrainingOutcome,
-    new_job_id,
-    read_loop_state,
-    run_training,
-)
 from crucible_core.runtime.trainloop import LoopState
+from crucible_core.train.plan import Plan, Planned, plan_run
+from crucible_core.train.run import new_job_id, run_training
+from crucible_core.train.state import STATE_FILE, read_loop_state, verified_resume
+from crucible_core.train.steps import TrainingOutcome
 
 __all__ = ["command", "resume_command"]
 
@@ -123,12 +119,13 @@ def _execute(
     *,
     job_id: str | None = None,
     resume: LoopState | None = None,
-    plan: Plan | None = None,
+    planned: Planned | None = None,
 ) -> int:
     from crucible_core.plugins import get_host
     from crucible_core.runtime.events import EventBus
 
     host = get_host()
+    plan = planned.plan if planned is not None else None
     run = job_id or job.job_id or new_job_id()
     flag = CancelFlag()
     progress: Any = None
@@ -147,6 +144,8 @@ def _execute(
                 cancel=flag,
                 resume=resume,
                 plan=_summary(plan) if plan is not None else None,
+                prepared=planned.prepared if planned is not None else None,
+                backend=planned.backend if planned is not None else None,
             )
         except Cancelled as exc:
             if progress is not None:
@@ -256,7 +255,8 @@ class _TrainCommand:
             job = msgspec.structs.replace(job, backend=ref)
         # The same checks as `crucible plan`; the duration is not measured here (the
         # progress bar shows the real pace), to keep start-up short.
-        plan = make_plan(job, measure=False)
+        planned = plan_run(job, measure=False)
+        plan = planned.plan
         if not plan.ok:
             if args.json:
                 print_json(msgspec.to_builtins(plan))
@@ -264,7 +264,7 @@ class _TrainCommand:
             return 2
         if not args.json:
             sys.stdout.write(format_plan(plan) + "\n")
-        return _execute(job, args, job_id=args.job_id, plan=plan)
+        return _execute(job, args, job_id=args.job_id, planned=planned)
 
 
 class _ResumeCommand:
@@ -310,8 +310,6 @@ class _ResumeCommand:
         # is written into the manifest: a bad value must never break later resumes.
         job = convert(to_builtins(job), TrainingJob)
         if not args.json:
-            from crucible_core.runtime.training import verified_resume
-
             # Name the step the run will really continue from: a newest checkpoint
             # that fails its sha256 check gives way to an earlier one (warned below).
             start, _ = verified_resume(run_dir, state)

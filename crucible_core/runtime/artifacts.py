@@ -10,18 +10,15 @@ are renamed into place, so a reader never sees half an object; storing
 content that is already there costs a hash and nothing else.
 
 **Manifest.** ``runs/<job_id>/manifest.json`` records what a run was and what
-it made: config digest, dataset hash, Python/crucible/plugin versions, seed,
-timestamps and every artifact with its path, size and sha256 (directories
-also list each file's sha256). :func:`write_manifest`,
-:func:`update_manifest` and :func:`add_artifact` replace the file atomically
-(temporary file, fsync, ``os.replace``, fsync of the directory), so a crash
-leaves either the old manifest or the new one. :func:`verify_run` rehashes
-every listed file and reports the missing and the altered.
+it made; its schema and its only writer are in
+:mod:`crucible_core.records.manifest`. This module reads it
+(:func:`read_manifest`, as plain JSON) and verifies it: :func:`verify_run`
+rehashes every listed file and reports the missing and the altered.
 
-Supported surface: :class:`LocalArtifactStore`, :func:`write_manifest`,
-:func:`update_manifest`, :func:`read_manifest`, :func:`add_artifact`,
+Supported surface: :class:`LocalArtifactStore`, :func:`read_manifest`,
 :func:`verify_run`, :class:`VerifyReport`, :func:`digest_path`, :func:`tree_hashes`,
-:func:`config_digest`, :func:`environment_info`, :data:`MANIFEST_FILE`.
+:func:`config_digest`, :func:`environment_info`, :func:`write_json`,
+:data:`MANIFEST_FILE`.
 """
 
 from __future__ import annotations
@@ -49,18 +46,16 @@ __all__ = [
     "MANIFEST_FILE",
     "LocalArtifactStore",
     "VerifyReport",
-    "add_artifact",
     "config_digest",
     "digest_path",
     "environment_info",
     "fsync_dir",
+    "lock_for",
     "read_manifest",
     "tree_hashes",
-    "update_manifest",
     "uri_path",
     "verify_run",
     "write_json",
-    "write_manifest",
 ]
 
 MANIFEST_FILE: Final = "manifest.json"
@@ -309,29 +304,14 @@ def _alive(pid: int) -> bool:
 # -- manifests ---------------------------------------------------------------
 
 
-def _lock_for(run: Path) -> threading.Lock:
+def lock_for(run: Path) -> threading.Lock:
+    """The lock that serialises writes of one run's manifest within this process."""
     key = run.resolve()
     with _manifest_locks_guard:
         lock = _manifest_locks.get(key)
         if lock is None:
             lock = _manifest_locks[key] = threading.Lock()
         return lock
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat()
-
-
-def _new_manifest() -> dict[str, Any]:
-    now = _now_iso()
-    artifacts: list[dict[str, Any]] = []
-    return {
-        "schema_version": "1.0",
-        "created_at": now,
-        "updated_at": now,
-        "environment": environment_info(),
-        "artifacts": artifacts,
-    }
 
 
 def read_manifest(run: Path) -> dict[str, Any]:
@@ -360,68 +340,6 @@ def write_json(path: Path, data: Any) -> None:
     _atomic_write(Path(path), msgspec.json.format(msgspec.json.encode(data), indent=2) + b"\n")
 
 
-def _write(run: Path, data: dict[str, Any]) -> None:
-    write_json(Path(run) / MANIFEST_FILE, data)
-
-
-def write_manifest(run: Path, **fields: Any) -> dict[str, Any]:
-    """Create (or replace) the manifest with ``fields`` plus environment and timestamps."""
-    with _lock_for(Path(run)):
-        data = _new_manifest()
-        data.update(msgspec.to_builtins(fields))
-        _write(run, data)
-        return data
-
-
-def update_manifest(run: Path, **fields: Any) -> dict[str, Any]:
-    """Merge ``fields`` into the manifest (created if missing); top-level keys are replaced."""
-    with _lock_for(Path(run)):
-        try:
-            data = read_manifest(run)
-        except NotFound:
-            data = _new_manifest()
-        data.update(msgspec.to_builtins(fields))
-        data["updated_at"] = _now_iso()
-        _write(run, data)
-        return data
-
-
-def add_artifact(run: Path, artifact: Artifact, *, path: Path | None = None) -> dict[str, Any]:
-    """Record ``artifact`` in the run's manifest (replacing an entry of the same path).
-
-    ``path`` is the file or directory to verify later; by default the
-    artifact's ``file://`` URI. Paths inside the run directory are stored
-    relative to it, so a run directory can be moved whole.
-    """
-    run = Path(run)
-    target = path if path is not None else uri_path(artifact.uri)
-    entry: dict[str, Any] = {
-        "artifact_id": artifact.artifact_id,
-        "type": artifact.type,
-        "name": artifact.metadata.get("name"),
-        "uri": artifact.uri,
-        "size_bytes": artifact.size_bytes,
-        "sha256": artifact.sha256,
-        "created_at": (artifact.created_at or datetime.now(UTC)).isoformat(),
-    }
-    if target is not None:
-        entry["path"] = _relative(run, target)
-        if Path(target).is_dir():
-            entry["files"] = tree_hashes(Path(target))
-    with _lock_for(run):
-        try:
-            data = read_manifest(run)
-        except NotFound:
-            data = _new_manifest()
-        artifacts = cast(list[dict[str, Any]], data.setdefault("artifacts", []))
-        key = entry.get("path") or entry["artifact_id"]
-        artifacts[:] = [a for a in artifacts if (a.get("path") or a.get("artifact_id")) != key]
-        artifacts.append(entry)
-        data["updated_at"] = _now_iso()
-        _write(run, data)
-        return entry
-
-
 def uri_path(uri: str) -> Path | None:
     """The local path a ``file://`` URI or plain path names; None for remote URIs."""
     if uri.startswith("file://"):
@@ -431,13 +349,6 @@ def uri_path(uri: str) -> Path | None:
     if "://" not in uri:
         return Path(uri)
     return None
-
-
-def _relative(run: Path, target: Path) -> str:
-    try:
-        return Path(target).resolve().relative_to(run.resolve()).as_posix()
-    except ValueError:
-        return str(Path(target).resolve())
 
 
 # -- verification ------------------------------------------------------------

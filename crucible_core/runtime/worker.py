@@ -15,7 +15,7 @@ adds kinds):
 - ``experiment_step`` and ``evaluation``: ``payload`` is an Experiment, run by
   :func:`crucible_core.runtime.pipeline.run_pipeline`.
 - ``training_run``: ``payload`` is a TrainingJob (validated first), run by
-  ``crucible_core.runtime.training:run_training_job(job, ctx)``, imported
+  ``crucible_core.train.run:run_training_job(job, ctx)``, imported
   when the first such job arrives.
 - anything else is refused (``unsupported``, not retried).
 
@@ -100,7 +100,7 @@ log = logging.getLogger("crucible.worker")
 
 #: A job handler: called with the job's context, returns the job's result.
 Handler = Callable[["JobContext"], Any]
-TRAINING_HANDLER: Final = "crucible_core.runtime.training:run_training_job"
+TRAINING_HANDLER: Final = "crucible_core.train.run:run_training_job"
 
 
 class JobContext:
@@ -233,7 +233,7 @@ def _training(job: Job) -> Handler:
         if exc.name != module_name:
             raise
         raise UnsupportedError(
-            "training_run jobs need crucible_core.runtime.training, which this installation lacks",
+            "training_run jobs need crucible_core.train, which this installation lacks",
             hint="upgrade crucible-core",
         ) from None
     run_training_job = getattr(module, attr)

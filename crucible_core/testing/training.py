@@ -9,7 +9,9 @@ What it asserts, in order (each failure names the call and the rule):
    (``forward_backward`` then ``optim_step`` without waiting) resolves in
    order and advances ``step`` by one.
 3. The loss falls over ``steps`` steps on a fixed batch.
-4. ``save_state`` / ``load_state`` restore the exact loss after further steps.
+4. ``save_state`` / ``load_state`` restore the exact loss after further steps;
+   a checkpoint on disk lies under the ``run_dir`` given to ``create_session``,
+   and ``delete_checkpoint`` removes it (a second delete is harmless).
 5. ``save_weights_for_sampler`` gives a Sampler exposing its CheckpointRef;
    ``sample`` with ``n = 2`` returns two completions (or refuses with
    UnsupportedError); ``load_sampler`` on that reference generates what the
@@ -21,8 +23,11 @@ Every call, and every future's resolution, is bounded by ``timeout`` seconds.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import tempfile
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from crucible_core.contracts import Future, Sampler, Tokenizer, TrainingBackend, TrainingSession
@@ -133,7 +138,7 @@ def check_training_backend(
         isinstance(backend, TrainingBackend),
         "a training backend needs capabilities, get_tokenizer, create_session and load_sampler",
     )
-    with Calls(timeout) as calls:
+    with Calls(timeout) as calls, contextlib.ExitStack() as stack:
         caps = check_capabilities(
             calls("capabilities()", "capabilities() describes the backend", backend.capabilities),
             training=True,
@@ -147,14 +152,17 @@ def check_training_backend(
             )
         )
         batch = make_datums(tok, texts or [_TEXT, _TEXT[::-1]])
+        run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="crucible-kit-")))
         session = calls(
-            "create_session()", "a job's session is created", backend.create_session, job
+            "create_session()",
+            "a job's session is created",
+            functools.partial(backend.create_session, job, run_dir=run_dir),
         )
         require(
             isinstance(session, TrainingSession), "create_session must return a TrainingSession"
         )
         try:
-            _train(calls, backend, job, _Session(calls, session, batch), caps, steps)
+            _train(calls, backend, job, _Session(calls, session, batch), caps, steps, run_dir)
         except BaseException:
             # Report the first failure, not close()'s; a stuck worker cannot run close().
             if not calls.stuck:
@@ -171,6 +179,7 @@ def _train(
     s: _Session,
     caps: Capabilities,
     steps: int,
+    run_dir: Path,
 ) -> None:
     start_step = s.session.step
     before = s.forward("forward computes the loss without gradients")
@@ -213,7 +222,25 @@ def _train(
         f"load_state did not restore the weights: loss {after.loss} at save, "
         f"{restored.loss} after load",
     )
+    _check_delete(calls, s.session, state, run_dir)
     _check_samplers(calls, backend, job, s, caps)
+
+
+def _check_delete(calls: Calls, session: Any, ref: CheckpointRef, run_dir: Path) -> None:
+    """Files go under the run directory; delete_checkpoint removes them, twice is harmless."""
+    from crucible_core.runtime.artifacts import uri_path
+
+    local = uri_path(ref.uri)
+    require(
+        local is None or local.resolve().is_relative_to(run_dir.resolve()),
+        f"a checkpoint on disk must be written under the run_dir given to create_session "
+        f"({run_dir}), got {local}",
+    )
+    rule = "delete_checkpoint removes a checkpoint the session saved"
+    calls("delete_checkpoint()", rule, session.delete_checkpoint, ref)
+    require(local is None or not local.exists(), f"delete_checkpoint left {local} on disk")
+    rule = "deleting a checkpoint that is already gone is not an error"
+    calls("delete_checkpoint() again", rule, session.delete_checkpoint, ref)
 
 
 def _sample(

@@ -11,7 +11,7 @@ import pytest
 
 from crucible_core.ir import TrainingJob, convert, decode_file
 from crucible_core.plugins import PluginHost
-from crucible_core.runtime.plan import make_plan
+from crucible_core.train.plan import make_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE: dict[str, Any] = msgspec.to_builtins(

@@ -10,14 +10,12 @@ import pytest
 
 from crucible_core.contracts import ArtifactStore
 from crucible_core.errors import ConfigError, NotFound
+from crucible_core.records.manifest import RunRecord
 from crucible_core.runtime.artifacts import (
     LocalArtifactStore,
-    add_artifact,
     config_digest,
     read_manifest,
-    update_manifest,
     verify_run,
-    write_manifest,
 )
 
 
@@ -77,11 +75,11 @@ def test_unknown_and_malformed_digests(tmp_path: Path) -> None:
 
 def test_manifest_write_update_read(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    write_manifest(run, config_digest=config_digest({"b": 1, "a": 2}), seed=7)
-    update_manifest(run, dataset_hash="abc", seed=8)
+    RunRecord(run).update(config_digest=config_digest({"b": 1, "a": 2}), seed=7)
+    RunRecord(run).update(dataset={"uri": "d.jsonl", "hash": "abc"}, seed=8)
     m = read_manifest(run)
     assert m["seed"] == 8
-    assert m["dataset_hash"] == "abc"
+    assert m["dataset"] == {"uri": "d.jsonl", "hash": "abc"}
     assert m["config_digest"] == config_digest({"a": 2, "b": 1})
     assert m["environment"]["python"]
     assert m["created_at"] <= m["updated_at"]
@@ -105,7 +103,7 @@ def test_verify_detects_missing_and_altered_files(tmp_path: Path) -> None:
     log = run / "log.txt"
     log.write_text("line")
     for path, kind in ((ckpt, "checkpoint"), (report_file, "report"), (log, "log")):
-        add_artifact(run, store.put(path, type=kind), path=path)  # type: ignore[arg-type]
+        RunRecord(run).record_artifact(store.put(path, type=kind), path=path)  # type: ignore[arg-type]
     assert verify_run(run).ok
     assert len(verify_run(run).checked) == 4
     entries = read_manifest(run)["artifacts"]
@@ -126,14 +124,44 @@ def test_verify_detects_missing_and_altered_files(tmp_path: Path) -> None:
     assert as_dict["missing"] == ["log.txt"]
 
 
-def test_add_artifact_replaces_same_path(tmp_path: Path) -> None:
+def test_record_artifact_replaces_same_path(tmp_path: Path) -> None:
     store = LocalArtifactStore(tmp_path / "store")
     run = tmp_path / "run"
     run.mkdir()
     f = run / "metrics.json"
     f.write_text("1")
-    add_artifact(run, store.put(f, type="metrics"), path=f)
+    RunRecord(run).record_artifact(store.put(f, type="metrics"), path=f)
     f.write_text("2")
-    add_artifact(run, store.put(f, type="metrics"), path=f)
+    RunRecord(run).record_artifact(store.put(f, type="metrics"), path=f)
     assert len(read_manifest(run)["artifacts"]) == 1
     assert verify_run(run).ok
+
+
+def test_a_manifest_write_outside_the_schema_is_refused_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    record = RunRecord(tmp_path)
+    record.update(seed=1, status="running")
+    before = (tmp_path / "manifest.json").read_bytes()
+    with pytest.raises(TypeError, match="not manifest fields"):
+        record.update(sede=2)
+    with pytest.raises(TypeError, match="does not match the schema"):
+        record.update(status="exploded")
+    with pytest.raises(TypeError, match="does not match the schema"):
+        record.update(seed="seven")
+    assert (tmp_path / "manifest.json").read_bytes() == before
+    assert record.read().seed == 1
+
+
+def test_the_published_manifest_schema_matches_the_struct() -> None:
+    import json
+
+    from crucible_core.ir.codec import schema
+    from crucible_core.records.manifest import RunManifest
+
+    root = Path(__file__).resolve().parents[2]
+    published = json.loads((root / "ir_schemas" / "RunManifest.schema.json").read_text())
+    assert published == json.loads(json.dumps(schema(RunManifest)))
+    assert {"status", "dataset", "checkpoints", "training"} <= set(
+        published["$defs"]["RunManifest"]["properties"]
+    )

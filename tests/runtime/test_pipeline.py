@@ -263,7 +263,7 @@ def test_artifacts_lineage_and_telemetry(stages: PluginHost) -> None:
     (entry,) = manifest["artifacts"]
     assert entry["path"] == "out.txt"
     assert entry["sha256"] == sha
-    assert manifest["dataset"] == {"uri": "sample:chat", "hash": None}
+    assert manifest["dataset"] == {"uri": "sample:chat"}  # no file: no file_sha256
     assert verify_run(run_dir("run9")).ok
     with LineageRecorder(db_path()) as rec:
         trace = rec.get_trace("run9")

@@ -22,8 +22,8 @@ from crucible_core.ir import Job
 from crucible_core.plugins import PluginHost
 from crucible_core.runtime.runstatus import LOCK_FILE, RunLock, holder_pid
 from crucible_core.runtime.scheduler import Scheduler
-from crucible_core.runtime.training import run_training
 from crucible_core.runtime.worker import Worker
+from crucible_core.train.run import run_training
 from tests.test_training_workflow import make_job
 from tests.toy_backend import toy_plugin
 

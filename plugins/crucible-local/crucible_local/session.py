@@ -27,8 +27,10 @@ Gradients accumulated since the last ``optim_step`` are not saved.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
+import shutil
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -210,6 +212,23 @@ class LocalTrainingSession:
         """
         directory = checkpoint_root(self._run_dir, name) / "sampler"
         return self._submit(self._save_sampler, directory, name)
+
+    def delete_checkpoint(self, ref: CheckpointRef) -> None:
+        """Delete a checkpoint directory this backend wrote (``<D>/state`` or ``<D>/sampler``),
+        and ``<D>`` when nothing else is left in it. Already gone: nothing to do.
+
+        Runs on the caller's thread: the core retires a checkpoint only after its
+        save resolved, so no queued call still writes it.
+        """
+        path = path_from_uri(ref.uri)
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        parent = path.parent
+        with contextlib.suppress(OSError):  # not empty (the other half is kept): keep it
+            if path.name in ("state", "sampler") and parent.is_dir():
+                parent.rmdir()
 
     def close(self) -> None:
         """Finish queued calls and stop the worker thread. Later calls raise."""

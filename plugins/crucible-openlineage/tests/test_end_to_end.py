@@ -19,8 +19,8 @@ from crucible_core.errors import BackendError
 from crucible_core.ir import Full, ModelSpec, TrainingJob, encode
 from crucible_core.ir.training import AdamW, CheckpointPolicy, DatasetSpec, LearningConfig
 from crucible_core.plugins import PluginHost
-from crucible_core.runtime.training import run_training
 from crucible_core.testing import check_light_import
+from crucible_core.train.run import run_training
 from tests.toy_backend import TEXTS, ToySession, backend_with
 
 

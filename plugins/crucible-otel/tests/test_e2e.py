@@ -39,7 +39,7 @@ def test_crucible_train_gives_one_trace_matching_its_telemetry(
     started = {e.data["stage"]: e for e in events if e.kind == "stage.start"}
     ended = {e.data["stage"]: e for e in events if e.kind == "stage.end"}
     stages = {s.attributes["crucible.stage"]: s for s in spans if s.name.startswith("stage ")}  # type: ignore[index]
-    assert set(stages) == set(ended) >= {"load", "tokenize", "train", "save"}
+    assert set(stages) == set(ended) >= {"prepare", "train", "evaluate", "save"}
     for name, span in stages.items():
         assert span.parent is not None
         assert span.parent.span_id == root.context.span_id

@@ -25,7 +25,7 @@ from crucible_core.ir import (
     TrainingJob,
 )
 from crucible_core.plugins import PluginHost, reset_host
-from crucible_core.runtime.training import run_training
+from crucible_core.train.run import run_training
 
 
 @pytest.fixture(autouse=True)

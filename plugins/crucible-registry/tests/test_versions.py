@@ -15,7 +15,8 @@ from crucible_core.ir import Budget, CheckpointPolicy, TrainingJob
 from crucible_core.plugins import PluginHost
 from crucible_core.runtime import pins
 from crucible_core.runtime.artifacts import LocalArtifactStore, read_manifest, verify_run
-from crucible_core.runtime.training import read_loop_state, run_training
+from crucible_core.train.run import run_training
+from crucible_core.train.state import read_loop_state
 
 
 def test_a_version_records_the_run_and_its_checksummed_artifact(

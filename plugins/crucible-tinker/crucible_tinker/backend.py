@@ -330,7 +330,11 @@ class TinkerBackend:
 
     # -- contract: training ------------------------------------------------------------
 
-    def create_session(self, job: TrainingJob) -> TinkerTrainingSession:
+    def create_session(
+        self, job: TrainingJob, *, run_dir: os.PathLike[str] | str | None = None
+    ) -> TinkerTrainingSession:
+        """A LoRA training client for ``job``; ``run_dir`` is unused (checkpoints live on
+        the Tinker service, addressed by ``tinker://`` paths)."""
         adapter = job.adapter_config
         if isinstance(adapter, QLoRA):
             raise UnsupportedError(
@@ -894,6 +898,16 @@ class TinkerTrainingSession:
 
         saved.add_done_callback(relay)
         return self._track(out)
+
+    def delete_checkpoint(self, ref: CheckpointRef) -> None:
+        """Keep it: the Tinker service stores checkpoints and applies its own retention.
+
+        The Tinker HTTP protocol this backend speaks has no call that deletes a
+        training checkpoint, so a retired ``tinker://`` checkpoint is only
+        unlisted from the run (its manifest and loop state), never removed
+        remotely.
+        """
+        log.info("tinker keeps %s (the service's retention applies)", ref.uri)
 
     def close(self) -> None:
         """Wait for submitted calls to settle (bounded), then refuse new ones."""

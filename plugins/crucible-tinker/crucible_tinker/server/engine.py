@@ -400,7 +400,14 @@ class Engine:
 
     def _create(self, model: _Model, seed: int | None) -> TrainingSession:
         job = self._job(model, seed)
-        return self.backend.create_session(job)
+        return self.backend.create_session(job, run_dir=self._model_dir(model))
+
+    def _model_dir(self, model: _Model) -> Path:
+        """Where a model's checkpoints go: under the server's state directory, else its home."""
+        from crucible_core.runtime import paths
+
+        root = self.state_dir if self.state_dir is not None else paths.crucible_home()
+        return root / "tinker-server" / "models" / model.model_id.replace(":", "-")
 
     def create_model(self, body: CreateModelRequest) -> dict[str, Any]:
         session_id = body.session_id

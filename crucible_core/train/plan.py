@@ -36,7 +36,8 @@ from crucible_core.ir.work import Job
 from crucible_core.plugins import PluginHost, Registration, get_host
 from crucible_core.runtime import trainloop
 from crucible_core.runtime.cancel import CancelFlag
-from crucible_core.runtime.sampled_eval import SAMPLED_METRICS
+from crucible_core.train.prepare import PreparedData, prepare
+from crucible_core.train.sampled_eval import SAMPLED_METRICS
 
 __all__ = [
     "MAX_LISTED_CHECKPOINTS",
@@ -45,9 +46,11 @@ __all__ = [
     "CheckpointEstimate",
     "Plan",
     "PlanProblem",
+    "Planned",
     "check_capabilities",
     "check_pipeline",
     "make_plan",
+    "plan_run",
     "training_experiment",
 ]
 
@@ -324,7 +327,7 @@ def check_pipeline(
 
 
 class _PlanContext:
-    """A minimal StageContext for running the data stages outside a pipeline."""
+    """A minimal StageContext for running the data stages outside a run."""
 
     def __init__(
         self, job: Job, experiment: Experiment, backend: Any, inputs: Mapping[str, Any]
@@ -342,8 +345,16 @@ class _PlanContext:
     def backend(self, name: str | None = None) -> Any:
         return self._backend
 
-    def emit(self, kind: str, **data: Any) -> None:
+    def emit(self, kind: str, /, **data: Any) -> None:
         return None
+
+
+class Planned(msgspec.Struct, kw_only=True):
+    """A plan and what making it built, for the run to reuse (``crucible train``)."""
+
+    plan: Plan
+    backend: Any = None
+    prepared: PreparedData | None = None
 
 
 def make_plan(
@@ -355,6 +366,20 @@ def make_plan(
     measure: bool = True,
 ) -> Plan:
     """Check ``job`` and estimate its run; ``plan.ok`` is False when anything would be refused."""
+    return plan_run(
+        job, backend_name=backend_name, host=host, count_data=count_data, measure=measure
+    ).plan
+
+
+def plan_run(
+    job: TrainingJob,
+    *,
+    backend_name: str | None = None,
+    host: PluginHost | None = None,
+    count_data: bool = True,
+    measure: bool = True,
+) -> Planned:
+    """:func:`make_plan`, keeping the backend it created and the data it prepared."""
     host = host or get_host()
     ref = job.backend_ref
     name = backend_name or ref.name
@@ -365,26 +390,26 @@ def make_plan(
         model_path=job.model_spec.path,
         dataset=job.dataset_spec.uri,
     )
+    out = Planned(plan=plan)
     try:
         reg = host.get("backend", name)
     except CrucibleError as exc:
         plan.problems.append(PlanProblem(field="$.backend", message=exc.message, hint=exc.hint))
-        return plan
+        return out
     plan.plugin = reg.plugin
     plan.stages = [f"{n} ({uses})" for n, uses, _ in TRAINING_STAGES]
     caps = reg.capabilities
-    backend: Any = None
     # Options can change what a backend declares (a model, prices, throughput): ask
     # the configured instance then; otherwise the static registration answers.
     if caps is None or ref.options:
         try:
-            backend = reg.create(**ref.options)
-            caps = cast(Capabilities, backend.capabilities())
+            out.backend = reg.create(**ref.options)
+            caps = cast(Capabilities, out.backend.capabilities())
         except CrucibleError as exc:
             plan.problems.append(
                 PlanProblem(field="$.backend", message=exc.message, backend=name, hint=exc.hint)
             )
-            return plan
+            return out
     plan.problems.extend(check_capabilities(job, caps, name))
     plan.problems.extend(check_pipeline(job, host.registrations("stage"), caps))
     for stage in {uses for _, uses, _ in TRAINING_STAGES}:
@@ -400,37 +425,35 @@ def make_plan(
             )
     if plan.problems or not count_data:
         plan.ok = not plan.problems
-        return plan
+        return out
     try:
-        if backend is None:
-            backend = reg.create(**ref.options)
-        datums = _count(plan, job, host, backend)
+        if out.backend is None:
+            out.backend = reg.create(**ref.options)
+        out.prepared = _count(plan, job, host, out.backend)
     except CrucibleError as exc:
         field = getattr(exc, "path", None) or "$.dataset_spec"
         plan.problems.append(PlanProblem(field=field, message=exc.message, hint=exc.hint))
         plan.ok = False
-        return plan
-    _estimate(plan, job, caps, backend, datums, measure=measure)
+        return out
+    _estimate(plan, job, caps, out.backend, out.prepared.train, measure=measure)
     plan.ok = not plan.problems
-    return plan
+    return out
 
 
-def _count(plan: Plan, job: TrainingJob, host: PluginHost, backend: Any) -> list[Datum]:
+def _count(plan: Plan, job: TrainingJob, host: PluginHost, backend: Any) -> PreparedData:
     work = Job(id="plan", kind="training_run", payload=msgspec.to_builtins(job))
     experiment = training_experiment(job, "plan")
-    load = host.create("stage", "data.load")
-    loaded = dict(load.run(_PlanContext(work, experiment, backend, {})) or {})
-    tokenize = host.create("stage", "data.tokenize")
-    tokenized = dict(tokenize.run(_PlanContext(work, experiment, backend, {"load": loaded})) or {})
-    train = cast(list[Datum], tokenized.get("train", []))
-    plan.rows = len(cast(list[Any], loaded.get("train_rows", [])))
-    plan.validation_rows = len(cast(list[Any], loaded.get("validation_rows", [])))
-    plan.skipped_rows = cast(int, loaded.get("skipped", 0))
-    plan.tokens_per_epoch = sum(len(d.model_input) for d in train)
-    plan.template = cast(str | None, tokenized.get("template"))
+    data = prepare(
+        host, lambda _name, _uses, inputs: _PlanContext(work, experiment, backend, inputs)
+    )
+    plan.rows = data.train_rows
+    plan.validation_rows = data.validation_rows
+    plan.skipped_rows = data.skipped
+    plan.tokens_per_epoch = sum(len(d.model_input) for d in data.train)
+    plan.template = data.template
     tokenizer = backend.get_tokenizer(job.model_spec)
     plan.tokenizer = str(getattr(tokenizer, "name", type(tokenizer).__name__))
-    return train
+    return data
 
 
 def _estimate(
@@ -538,7 +561,15 @@ def _measure(job: TrainingJob, backend: Any, datums: list[Datum]) -> float:
     """Tokens per second of one real forward_backward on a batch of the job's data."""
     cfg = job.learning_config
     batch, _ = trainloop.batch_for_step(datums, 0, 0, cfg)
-    session = backend.create_session(job)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="crucible-plan-") as scratch:
+        return _time_steps(job, backend, batch, Path(scratch))
+
+
+def _time_steps(job: TrainingJob, backend: Any, batch: list[Datum], scratch: Path) -> float:
+    cfg = job.learning_config
+    session = backend.create_session(job, run_dir=scratch)
     try:
         session.forward_backward(batch, cfg.loss).result(timeout=300)  # warm-up
         start = time.perf_counter()

@@ -8,7 +8,7 @@ task. When ``validation_spec.metrics`` names a metric in
 workflow samples a greedy completion (temperature 0, so the score is a
 function of the weights) for each held-out prompt, scores the completions
 against the rows' answers, and does so twice: before the first step
-(``train.loop``, skipped on resume) and after the last (``train.evaluate``).
+(the ``train`` step, skipped on resume) and after the last (``evaluate``).
 
 Only validation rows are scored (``dataset_spec.validation_ratio`` splits
 them off before training; ``validation_spec.max_samples`` caps them), so the
@@ -24,7 +24,6 @@ Weights are sampled through the training contract's
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
@@ -44,7 +43,7 @@ __all__ = [
     "SampledExample",
     "evaluate_samples",
     "sampled_metric_names",
-    "score_stage",
+    "score",
 ]
 
 #: Metric names computed from greedy samples of held-out prompts; each names a metric
@@ -103,15 +102,15 @@ def evaluate_samples(
     name: str,
     deadline_s: float,
     host: PluginHost | None = None,
-    discard_under: Path | None = None,
+    discard: bool = False,
 ) -> SampledEval | None:
     """Score greedy samples of the session's current weights on ``prompts``.
 
     ``prompts`` are ``data.tokenize``'s ``validation_prompts``. Returns None
     when the job names no sampled metric or there is no prompt to score.
-    Metrics come from ``host`` (default: the process's plugin host). The
-    weights saved for sampling are deleted afterwards if they lie under
-    ``discard_under`` (the run directory): they are a copy made only to score.
+    Metrics come from ``host`` (default: the process's plugin host). With
+    ``discard``, the backend deletes the weights saved for sampling afterwards
+    (``TrainingSession.delete_checkpoint``): they are a copy made only to score.
     """
     names = sampled_metric_names(job)
     if not names or not prompts:
@@ -124,8 +123,8 @@ def evaluate_samples(
         close = getattr(sampler, "close", None)
         if callable(close):
             close()
-        if discard_under is not None:
-            _discard(sampler, discard_under)
+        if discard and sampler.checkpoint is not None:
+            session.delete_checkpoint(sampler.checkpoint)
     references = [str(p["reference"]) for p in prompts]
     scores: dict[str, float] = {}
     for metric, fn in metrics.items():
@@ -141,21 +140,6 @@ def evaluate_samples(
         for p, out, ref in zip(prompts, outputs, references, strict=True)
     ][:_KEEP_EXAMPLES]
     return SampledEval(scores=scores, examples=len(prompts), samples=kept)
-
-
-def _discard(sampler: Sampler, run_dir: Path) -> None:
-    import shutil
-
-    from crucible_core.runtime.artifacts import uri_path
-
-    ref = sampler.checkpoint
-    path = uri_path(ref.uri) if ref is not None else None
-    if path is None or not path.resolve().is_relative_to(run_dir.resolve()):
-        return
-    shutil.rmtree(path, ignore_errors=True)
-    parent = path.parent
-    if parent.exists() and not any(parent.iterdir()):
-        parent.rmdir()
 
 
 def _sample_all(
@@ -177,27 +161,25 @@ def _sample_all(
     return [f.result(timeout=deadline_s)[0].text for f in futures]
 
 
-def score_stage(
-    ctx: StageContext, session: TrainingSession, job: TrainingJob, *, when: str, deadline_s: float
+def score(
+    ctx: StageContext,
+    session: TrainingSession,
+    job: TrainingJob,
+    prompts: Sequence[Mapping[str, Any]],
+    *,
+    when: str,
+    deadline_s: float,
 ) -> dict[str, Any] | None:
-    """Run :func:`evaluate_samples` inside a training stage, emit it, return it as plain data.
+    """Run :func:`evaluate_samples` inside a training step, emit it, return it as plain data.
 
-    ``when`` is ``"before"`` or ``"after"`` (training); the prompts are the
-    ``validation_prompts`` of the stage's ``tokenize`` input. The event is an
-    ``eval.metric`` with ``split = "validation"`` and ``when``.
+    ``when`` is ``"before"`` or ``"after"`` (training); ``prompts`` are
+    :attr:`~crucible_core.train.prepare.PreparedData.validation_prompts`. The
+    event is an ``eval.metric`` with ``split = "validation"`` and ``when``.
     """
-    tokenized = ctx.inputs.get("tokenize") or {}
-    prompts = cast(Sequence[Mapping[str, Any]], tokenized.get("validation_prompts") or [])
-    # The pipeline's context carries the run's plugin host (beyond the StageContext contract).
+    # The run's context carries the run's plugin host (beyond the StageContext contract).
     host = cast("PluginHost | None", getattr(ctx, "host", None))
     result = evaluate_samples(
-        session,
-        job,
-        prompts,
-        name=f"eval-{when}",
-        deadline_s=deadline_s,
-        host=host,
-        discard_under=ctx.run_dir,
+        session, job, prompts, name=f"eval-{when}", deadline_s=deadline_s, host=host, discard=True
     )
     if result is None:
         return None

@@ -1,0 +1,1 @@
+"""What a run leaves behind: its manifest (:mod:`~crucible_core.records.manifest`)."""

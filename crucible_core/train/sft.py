@@ -1,0 +1,96 @@
+"""The supervised fine-tuning recipe, top to bottom: prepare -> session -> loop -> evaluate -> save.
+
+:func:`run_sft` is the whole workflow of a TrainingJob, run inside a
+:class:`~crucible_core.runtime.runscope.RunScope` (which records the run's
+start, each step as a stage, and its end). Typed values pass between the
+steps: :class:`~crucible_core.train.prepare.PreparedData` (the data, read
+once), :class:`~crucible_core.train.steps.Trained` (the loop's result), the
+evaluation, the sampler checkpoint, and the
+:class:`~crucible_core.train.steps.TrainingOutcome` the caller gets. One
+backend per run (the scope creates it once), one session, closed on every
+path by :func:`open_session`. The steps live in
+:mod:`crucible_core.train.steps`, shared with the stage adapters and with the
+recipes of other workflows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Generator
+
+import msgspec
+
+from crucible_core.contracts import TrainingBackend, TrainingSession
+from crucible_core.ir.experiment import StageDef
+from crucible_core.ir.training import TrainingJob
+from crucible_core.runtime.runscope import RunScope
+from crucible_core.runtime.trainloop import LoopState
+from crucible_core.train.prepare import PreparedData, prepare
+from crucible_core.train.steps import (
+    TrainingOutcome,
+    evaluate,
+    record_data,
+    save_final,
+    train_step,
+    write_metrics,
+)
+
+__all__ = ["open_session", "run_sft"]
+
+
+def run_sft(
+    scope: RunScope,
+    job: TrainingJob,
+    *,
+    prepared: PreparedData | None = None,
+    resume: LoopState | None = None,
+    window: int = 2,
+) -> TrainingOutcome:
+    """Train ``job`` in ``scope``'s run directory; ``prepared`` skips reading the data again."""
+    start = time.monotonic()
+    backend: TrainingBackend = scope.backend()
+    with scope.step("prepare", "train.prepare") as ctx:
+        data = prepared
+        if data is None:
+            data = prepare(
+                scope.get_host(), lambda n, u, i: scope.context(StageDef(name=n, uses=u), i)
+            )
+        record_data(scope.record, job, data)
+        ctx.emit(
+            "data.prepared",
+            rows=data.rows,
+            train=len(data.train),
+            tokens=data.tokens,
+            template=data.template,
+            dataset_hash=data.dataset_hash,
+            reused=prepared is not None,
+        )
+    with open_session(backend, job, scope) as session:
+        with scope.step("train", "train.loop") as ctx:
+            trained = train_step(ctx, session, job, data, backend.capabilities(), resume, window)
+        with scope.step("evaluate", "train.evaluate") as ctx:
+            evaluation = evaluate(ctx, session, job, data, before=trained.sampled_before)
+        with scope.step("save", "train.save") as ctx:
+            sampler = save_final(ctx, session, job, trained.result)
+    with scope.step("log_metrics", "train.log_metrics") as ctx:
+        summary = write_metrics(ctx, trained.result, evaluation)
+    scope.record.update(wall_time_s=round(time.monotonic() - start, 3))
+    return TrainingOutcome(
+        job_id=scope.job.id,
+        run_dir=str(scope.run_dir),
+        **msgspec.structs.asdict(summary),
+        sampler_checkpoint=sampler,
+    )
+
+
+@contextlib.contextmanager
+def open_session(
+    backend: TrainingBackend, job: TrainingJob, scope: RunScope
+) -> Generator[TrainingSession]:
+    """A session of ``job`` writing under the run directory, closed on every path."""
+    session = backend.create_session(job, run_dir=scope.run_dir)
+    try:
+        yield session
+    finally:
+        session.close()

@@ -1,0 +1,138 @@
+"""The recipe's steps as stages, so an Experiment can compose them in its own graph.
+
+``train.loop`` -> (``train.evaluate``, ``train.save``) -> ``train.log_metrics``,
+after crucible-datasets' ``data.load`` -> ``data.tokenize``. Each adapter turns
+its inputs into the recipe's typed values and calls the same step function
+:func:`crucible_core.train.run.run_training` runs, so the two paths cannot
+drift. ``train.loop`` hands on a :class:`LoopOutput` (the live session and the
+loop's result) under ``"loop"``; the session is closed when the run scope
+ends, on every path, and by ``train.log_metrics`` when the graph completes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, cast
+
+import msgspec
+
+from crucible_core.contracts import StageContext, TrainingSession
+from crucible_core.errors import ConfigError
+from crucible_core.ir.codec import convert, to_builtins
+from crucible_core.ir.training import TrainingJob
+from crucible_core.runtime.trainloop import LoopState
+from crucible_core.train import steps
+from crucible_core.train.prepare import PreparedData
+
+__all__ = ["EvaluateStage", "LogMetricsStage", "LoopOutput", "SaveStage", "TrainLoopStage"]
+
+
+class LoopOutput(msgspec.Struct, kw_only=True):
+    """What ``train.loop`` hands to the stages after it."""
+
+    session: Any
+    trained: steps.Trained
+
+
+def training_job_of(ctx: StageContext) -> TrainingJob:
+    """The run's TrainingJob, with ``job_id`` set to the run's id."""
+    payload: Any = ctx.job.payload
+    job = payload if isinstance(payload, TrainingJob) else convert(payload, TrainingJob)
+    if job.job_id != ctx.job_id:
+        job = msgspec.structs.replace(job, job_id=ctx.job_id)
+    return job
+
+
+def _prepared(ctx: StageContext) -> PreparedData:
+    tokenized = ctx.inputs.get("tokenize")
+    if tokenized is None:
+        raise ConfigError(f"stage needs the outputs of data.tokenize (job {ctx.job_id})")
+    return PreparedData.from_stage_outputs(ctx.inputs.get("load") or {}, tokenized)
+
+
+def _loop(ctx: StageContext) -> LoopOutput:
+    out = (ctx.inputs.get("train") or {}).get("loop")
+    if not isinstance(out, LoopOutput):
+        raise ConfigError(f"stage needs the outputs of train.loop (job {ctx.job_id})")
+    return out
+
+
+class TrainLoopStage:
+    """``train.loop``: create the session (or resume it) and run the loop.
+
+    Options: ``window`` (steps in flight, default 2), ``resume`` (a
+    :class:`LoopState` as plain data: continue from its newest checkpoint).
+    """
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def run(self, ctx: StageContext) -> Mapping[str, Any]:
+        job = training_job_of(ctx)
+        raw = ctx.options.get("resume")
+        resume = convert(raw, LoopState) if raw is not None else None
+        backend = ctx.backend()
+        session = cast(TrainingSession, backend.create_session(job, run_dir=ctx.run_dir))
+        scope = getattr(ctx, "scope", None)
+        if scope is not None:
+            scope.resources.callback(session.close)
+        try:
+            trained = steps.train_step(
+                ctx,
+                session,
+                job,
+                _prepared(ctx),
+                backend.capabilities(),
+                resume,
+                int(self.options.get("window", 2)),
+            )
+        except BaseException:
+            session.close()
+            raise
+        state = trained.result.state
+        return {
+            "loop": LoopOutput(session=session, trained=trained),
+            "final_loss": state.last_loss,
+            "steps": state.step,
+        }
+
+
+class EvaluateStage:
+    """``train.evaluate``: :func:`crucible_core.train.steps.evaluate` on the loop's session."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def run(self, ctx: StageContext) -> Mapping[str, Any]:
+        loop = _loop(ctx)
+        before = loop.trained.sampled_before
+        return steps.evaluate(
+            ctx, loop.session, training_job_of(ctx), _prepared(ctx), before=before
+        )
+
+
+class SaveStage:
+    """``train.save``: :func:`crucible_core.train.steps.save_final` on the loop's session."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def run(self, ctx: StageContext) -> Mapping[str, Any]:
+        loop = _loop(ctx)
+        ref = steps.save_final(ctx, loop.session, training_job_of(ctx), loop.trained.result)
+        return {"sampler_checkpoint": to_builtins(ref)}
+
+
+class LogMetricsStage:
+    """``train.log_metrics``: metrics.json, the manifest's training record; closes the session."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def run(self, ctx: StageContext) -> Mapping[str, Any]:
+        loop = _loop(ctx)
+        summary = steps.write_metrics(
+            ctx, loop.trained.result, dict(ctx.inputs.get("evaluate") or {})
+        )
+        loop.session.close()
+        return cast(dict[str, Any], to_builtins(summary))
