@@ -106,11 +106,10 @@ def record_version(
         *(Edge(src=vid, dst=target, kind=check_relation(kind)) for kind, target in links),
     ]  # fmt: skip
     if v.dataset_uri:
-        dataset = f"dataset:{v.dataset_uri}"
-        rec.add_node(dataset, type="dataset", hash=v.dataset_hash)
-        edges.append(Edge(src=v.run_id, dst=dataset, kind="consumes"))
-    rec.add_edges(edges)
-    rec.add_node(v.run_id, type="run")
+        hashed = {"hash": v.dataset_hash} if v.dataset_hash else {}
+        edges.append(Edge(src=v.run_id, dst=f"dataset:{v.dataset_uri}", kind="consumes",
+                          metadata=hashed))  # fmt: skip
+    rec.add_edges(edges)  # one transaction (each write is fsynced); ends get their types
 
 
 def link(reg: Registry, ref: str, relation: str, target: str) -> Edge:
