@@ -869,9 +869,11 @@ class Registry:
     # -- lineage (crucible_registry.lineage) ---------------------------------
 
     def has_model(self, name: str) -> bool:
+        """Whether ``name`` is registered (no NotFound, no suggestions)."""
         return bool(self._conn.execute("SELECT 1 FROM models WHERE name = ?", (name,)).fetchone())
 
     def has_version(self, name: str, version: int) -> bool:
+        """Whether ``name`` has ``version`` (gc'd versions do not)."""
         return bool(
             self._conn.execute(
                 "SELECT 1 FROM versions WHERE name = ? AND version = ?", (name, version)
