@@ -40,7 +40,10 @@ class ModelsCommand:
     """The ``models`` subcommands; every one has ``--json``."""
 
     def configure(self, parser: argparse.ArgumentParser) -> None:
-        parser.description = "The model registry: versions of trained weights, aliases, tags."
+        parser.description = (
+            "The model registry: versions of trained weights, aliases, promotion gates, "
+            "tags, lineage."
+        )
         sub = parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
         p = sub.add_parser("list", help="registered names with their versions and aliases")
         p.add_argument("--json", action="store_true")
@@ -188,16 +191,22 @@ class ModelsCommand:
             model = reg.model(ref.name)
             history = reg.history(ref.name)
             versions = reg.versions(ref.name)
+            gates = reg.gates(ref.name)
             if args.json:
                 print_json({**msgspec.to_builtins(model),
                             "versions": [msgspec.to_builtins(v) for v in versions],
-                            "history": [msgspec.to_builtins(e) for e in history]})  # fmt: skip
+                            "history": [msgspec.to_builtins(e) for e in history],
+                            "gates": [msgspec.to_builtins(g) for g in gates]})  # fmt: skip
                 return 0
             print_table(
                 ["version", "run", "checkpoint", "aliases", "archived", "created"],
                 [[v.version, v.run_id, v.checkpoint, " ".join(v.aliases),
                   "yes" if v.archived else "", v.created_at] for v in versions],
             )  # fmt: skip
+            if gates:
+                sys.stdout.write("\ngates:\n")
+                for g in gates:
+                    sys.stdout.write(f"  {g.alias}: {g.rule}\n")
             if history:
                 sys.stdout.write("\nalias history:\n")
                 for e in history:

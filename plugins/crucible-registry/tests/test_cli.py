@@ -71,6 +71,8 @@ def test_user_mistakes_exit_2_and_unknown_things_exit_4(
 
 def test_the_command_is_registered_and_its_plugin_imports_nothing_heavy(home: Path) -> None:
     check_light_import("crucible_registry.plugin")
+    for module in ("crucible_registry.cli", "crucible_registry.lineage"):  # the graph libraries
+        check_light_import(module, heavy=("networkx", "pydot", "scipy", "torch", "numpy"))
     env = {**os.environ, "CRUCIBLE_HOME": str(home), "CRUCIBLE_STRICT_PLUGINS": "1"}
     out = subprocess.run(
         [sys.executable, "-m", "crucible_core.cli.main", "models", "list", "--json"],
@@ -104,6 +106,13 @@ def test_gates_evaluations_lineage_export_and_gc_through_the_command(
     )
     check = _run("gate", "check", "bigram", "production", "2", exit_code=1)
     assert "FAIL eval.gsm8k.exact_match >= 0.4: eval.gsm8k.exact_match=0.25\n" in check
+    assert [g["rule"] for g in json.loads(_run("show", "bigram", "--json"))["gates"]] == [
+        "eval.gsm8k.exact_match >= 0.4",
+        "loss <= holder.loss",
+    ]
+    assert (
+        "\ngates:\n  production: eval.gsm8k.exact_match >= 0.4\n  production: loss <= holder.loss\n"
+    ) in _run("show", "bigram")
     refused = check_command(ModelsCommand(), ["alias", "bigram", "production", "2"],
                             exit_code=1, name="models")  # fmt: skip
     assert refused.error is not None
