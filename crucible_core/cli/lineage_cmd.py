@@ -3,7 +3,9 @@
 ID is a job id or an artifact id (``sha256:...``); a unique prefix is
 enough. The output is two trees: ancestors (what ID was made from) and
 descendants (what was made from ID), each line naming the edge that links it
-(``produces``, ``consumes``, ``derived_from``, ``depends_on``, ``triggers``).
+(``produces``, ``consumes``, ``derived_from``, ``depends_on``, ``triggers``,
+and for registered model versions ``fine_tuned_from``, ``dpo_from``,
+``rl_from``, ``distilled_from``, ``merged_from``, ``exported_from``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,10 @@
 A :class:`Trace` is one run's record: :class:`Span` per stage, the
 :class:`Artifact` values it produced, and :class:`Edge` values linking
 artifacts, runs and models (``consumes`` a dataset, ``produces`` a checkpoint,
-``derived_from`` a base model or parent checkpoint).
+``derived_from`` a base model or parent checkpoint). A registered model
+version names how it was made from another model: ``fine_tuned_from``,
+``dpo_from``, ``rl_from``, ``distilled_from``, ``merged_from``,
+``exported_from`` (``src`` is the newer model, ``dst`` what it came from).
 """
 
 from __future__ import annotations
@@ -26,7 +29,20 @@ __all__ = ["Artifact", "ArtifactType", "Edge", "EdgeKind", "Span", "Trace"]
 ArtifactType = Literal[
     "checkpoint", "model", "adapter", "dataset", "log", "report", "metrics", "config"
 ]
-EdgeKind = Literal["derived_from", "produces", "consumes", "depends_on", "triggers"]
+EdgeKind = Literal[
+    "derived_from",
+    "produces",
+    "consumes",
+    "depends_on",
+    "triggers",
+    # How one model came from another (model registry lineage): the child is ``src``.
+    "fine_tuned_from",
+    "dpo_from",
+    "rl_from",
+    "distilled_from",
+    "merged_from",
+    "exported_from",
+]
 Sha256 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
 
 

@@ -12,7 +12,9 @@ beside the jobs, as a graph of *nodes* and *edges*. Node ids:
 Edges are :class:`~crucible_core.ir.lineage.Edge` values, ``src --kind--> dst``:
 a run ``consumes`` a dataset, ``produces`` a checkpoint; a checkpoint is
 ``derived_from`` its base model or parent checkpoint; a job ``depends_on``
-another; a run ``triggers`` another. For ancestry each kind has a direction
+another; a run ``triggers`` another; a registered model version was
+``fine_tuned_from``, ``dpo_from``, ``rl_from``, ``distilled_from``,
+``merged_from`` or ``exported_from`` another model. For ancestry each kind has a direction
 (:data:`PARENT_IS`): the parent of a ``produces``/``triggers`` edge is its
 ``src``; of ``consumes``/``derived_from``/``depends_on`` its ``dst``. So the
 ancestors of a checkpoint are the run that produced it, what that run
@@ -50,6 +52,12 @@ PARENT_IS: Final[dict[str, Literal["src", "dst"]]] = {
     "consumes": "dst",
     "derived_from": "dst",
     "depends_on": "dst",
+    "fine_tuned_from": "dst",
+    "dpo_from": "dst",
+    "rl_from": "dst",
+    "distilled_from": "dst",
+    "merged_from": "dst",
+    "exported_from": "dst",
 }
 
 _SCHEMA = """
@@ -342,6 +350,43 @@ class LineageRecorder:
     def _exists(self, conn: sqlite3.Connection, node_id: str) -> None:
         if conn.execute("SELECT 1 FROM lineage_nodes WHERE id = ?", (node_id,)).fetchone() is None:
             self.node(node_id)
+
+    def closure(
+        self, node_id: str, *, up: bool, types: Iterable[str] | None = None
+    ) -> list[tuple[str, str, str | None]]:
+        """Every ancestor (``up``) or descendant of ``node_id`` as (id, type, label), by id.
+
+        One recursive SQL query (each node visited once, so cycles end), for
+        the flat questions trees are too slow for on big graphs ("every model
+        trained on this dataset"). ``types`` keeps only nodes of those types.
+        """
+        from_src = sorted(k for k, end in PARENT_IS.items() if end == "dst")
+        from_dst = sorted(k for k, end in PARENT_IS.items() if end == "src")
+        if not up:
+            from_src, from_dst = from_dst, from_src
+        marks_s = ",".join("?" * len(from_src))
+        marks_d = ",".join("?" * len(from_dst))
+        # Going up from a node: a parent-is-dst edge leads from its src to its dst,
+        # a parent-is-src edge from its dst to its src; going down, the other way.
+        sql = (
+            "WITH RECURSIVE walk(id) AS (SELECT ? "
+            f"UNION SELECT e.dst FROM walk JOIN lineage_edges e ON e.src = walk.id "
+            f"AND e.kind IN ({marks_s}) "
+            f"UNION SELECT e.src FROM walk JOIN lineage_edges e ON e.dst = walk.id "
+            f"AND e.kind IN ({marks_d})) "
+            "SELECT w.id, n.type, n.label FROM walk w LEFT JOIN lineage_nodes n ON n.id = w.id "
+            "WHERE w.id != ? ORDER BY w.id"
+        )
+        wanted = None if types is None else set(types)
+        with self._db.read() as conn:
+            self._exists(conn, node_id)
+            rows = conn.execute(sql, (node_id, *from_src, *from_dst, node_id)).fetchall()
+        out: list[tuple[str, str, str | None]] = []
+        for nid, type_, label in rows:
+            kind = str(type_) if type_ is not None else _node_type(str(nid))
+            if wanted is None or kind in wanted:
+                out.append((str(nid), kind, label))
+        return out
 
     def ancestors(self, node_id: str, *, depth: int | None = None) -> LineageNode:
         """The tree of what ``node_id`` came from (parents as children of the tree)."""

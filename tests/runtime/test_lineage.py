@@ -96,3 +96,34 @@ def test_resolve_prefix_and_unknown(rec: LineageRecorder) -> None:
         rec.ancestors("nothing")
     with pytest.raises(NotFound):
         rec.get_trace("nothing")
+
+
+def _tree_ids(node: object) -> set[str]:
+    from crucible_core.runtime.lineage import LineageNode
+
+    assert isinstance(node, LineageNode)
+    out: set[str] = set()
+    for child in node.children:
+        out.add(child.id)
+        out |= _tree_ids(child)
+    return out
+
+
+def test_closure_is_the_set_of_the_trees_nodes_and_ends_on_cycles(rec: LineageRecorder) -> None:
+    record_training(rec)
+    rec.add_edge("models:/tiny/2", CKPT, "derived_from")
+    rec.add_edge("models:/tiny/3", "models:/tiny/2", "dpo_from")
+    for node in (DATA, CKPT, "job-train", "models:/tiny/3"):
+        for up in (True, False):
+            tree = rec.ancestors(node) if up else rec.descendants(node)
+            assert {n for n, _, _ in rec.closure(node, up=up)} == _tree_ids(tree)
+    assert [n for n, _, _ in rec.closure(DATA, up=False)] == sorted(
+        ["job-train", CKPT, "job-eval", "models:/tiny/2", "models:/tiny/3"]
+    )
+    assert [n for n, t, _ in rec.closure("models:/tiny/3", up=True, types=["model"])] == [
+        "model:tiny"
+    ]
+    rec.add_edge("model:tiny", "models:/tiny/3", "merged_from")  # a cycle
+    assert "models:/tiny/3" in {n for n, _, _ in rec.closure("models:/tiny/2", up=False)}
+    with pytest.raises(NotFound):
+        rec.closure("job-none", up=True)

@@ -13,12 +13,25 @@ Library use::
 from __future__ import annotations
 
 from crucible_registry.names import ModelRef, parse_ref
-from crucible_registry.registry import UNSET, AliasEvent, ArtifactRef, Model, Registry, Version
+from crucible_registry.registry import (
+    UNSET,
+    AliasEvent,
+    ArtifactRef,
+    EvalRecord,
+    Gate,
+    GateFailed,
+    Model,
+    Registry,
+    Version,
+)
 
 __all__ = [
     "UNSET",
     "AliasEvent",
     "ArtifactRef",
+    "EvalRecord",
+    "Gate",
+    "GateFailed",
     "Model",
     "ModelRef",
     "Registry",

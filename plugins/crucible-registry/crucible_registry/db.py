@@ -93,6 +93,57 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         PRIMARY KEY (name, version, key)
     );
     """,
+    # 1 -> 2: promotion gates, evaluation records, alias removal, the evidence and
+    # override of each move, version numbers never reused (models.last_version),
+    # the dataset URI of a version (for lineage queries).
+    """
+    ALTER TABLE models ADD COLUMN last_version INTEGER NOT NULL DEFAULT 0;
+    UPDATE models SET last_version =
+        (SELECT COALESCE(MAX(v.version), 0) FROM versions v WHERE v.name = models.name);
+    ALTER TABLE versions ADD COLUMN dataset_uri TEXT;
+    CREATE TABLE alias_events_2 (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        alias TEXT NOT NULL,
+        action TEXT NOT NULL CHECK (action IN ('set', 'rollback', 'remove')),
+        version INTEGER,
+        previous INTEGER,
+        reverts INTEGER,
+        actor TEXT NOT NULL,
+        at TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        forced INTEGER NOT NULL DEFAULT 0,
+        evidence TEXT
+    );
+    INSERT INTO alias_events_2
+        (seq, name, alias, action, version, previous, reverts, actor, at, reason)
+        SELECT seq, name, alias, action, version, previous, reverts, actor, at, reason
+        FROM alias_events;
+    DROP TABLE alias_events;
+    ALTER TABLE alias_events_2 RENAME TO alias_events;
+    CREATE INDEX alias_events_by_alias ON alias_events(name, alias, seq);
+    CREATE TABLE gates (
+        name TEXT NOT NULL REFERENCES models(name),
+        alias TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        added_at TEXT NOT NULL,
+        added_by TEXT NOT NULL,
+        PRIMARY KEY (name, alias, rule)
+    );
+    CREATE TABLE evals (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        eval_id TEXT NOT NULL,
+        suite TEXT NOT NULL,
+        metrics TEXT NOT NULL,
+        samples TEXT NOT NULL,
+        recorded_at TEXT NOT NULL,
+        recorded_by TEXT NOT NULL,
+        FOREIGN KEY (name, version) REFERENCES versions(name, version)
+    );
+    CREATE INDEX evals_by_version ON evals(name, version, seq)
+    """,
 )
 
 

@@ -45,6 +45,7 @@ class Candidate:
     base_revision: str | None
     config_hash: str
     dataset_hash: str | None
+    dataset_uri: str | None
     manifest_hash: str
     metrics: dict[str, float] = field(default_factory=dict[str, float])
 
@@ -172,6 +173,7 @@ def read_candidate(run: str, checkpoint: str | None = None) -> Candidate:
         base_revision=cast(str | None, model.get("revision")),
         config_hash=config_hash,
         dataset_hash=cast(str | None, dataset.get("hash")),
+        dataset_uri=cast(str | None, dataset.get("uri")),
         manifest_hash=hashlib.sha256(manifest_bytes).hexdigest(),
         metrics=_metrics(manifest, step if label != "final" else None),
     )

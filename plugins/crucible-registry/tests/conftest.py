@@ -85,3 +85,17 @@ def train(toy: PluginHost, home: Path) -> Callable[..., Path]:
 def registry(home: Path) -> Iterator[Registry]:
     with Registry() as reg:
         yield reg
+
+
+@pytest.fixture
+def three(train: Callable[..., Path], registry: Registry) -> Registry:
+    """Versions 1, 2 (steps 8 and 12 of run-a) and 3 (step 12 of run-b, another lr) of 'bigram'."""
+    train("run-a")
+    train(
+        "run-b",
+        learning_config=LearningConfig(optimizer=AdamW(lr=0.03), batch_size=4, max_steps=12),
+    )
+    registry.register("run-a", name="bigram", checkpoint="8")
+    registry.register("run-a", name="bigram", checkpoint="12")
+    registry.register("run-b", name="bigram", checkpoint="12")
+    return registry

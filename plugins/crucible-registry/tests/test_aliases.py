@@ -3,28 +3,11 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from crucible_registry import Registry
 
 from crucible_core.errors import ConfigError, Conflict, NotFound
-from crucible_core.ir import AdamW, LearningConfig
-
-
-@pytest.fixture
-def three(train: Callable[..., Path], registry: Registry) -> Registry:
-    """Versions 1, 2 (steps 8 and 12 of run-a) and 3 (step 12 of run-b, another lr) of 'bigram'."""
-    train("run-a")
-    train(
-        "run-b",
-        learning_config=LearningConfig(optimizer=AdamW(lr=0.03), batch_size=4, max_steps=12),
-    )
-    registry.register("run-a", name="bigram", checkpoint="8")
-    registry.register("run-a", name="bigram", checkpoint="12")
-    registry.register("run-b", name="bigram", checkpoint="12")
-    return registry
 
 
 def test_moves_are_recorded_with_who_when_why_and_the_previous_holder(three: Registry) -> None:
@@ -117,3 +100,25 @@ def test_tags_on_names_and_versions(three: Registry) -> None:
     assert three.version("bigram", 1).tags == {}
     with pytest.raises(NotFound):
         three.tag("bigram", {"a": "b"}, version=8)
+
+
+def test_an_alias_can_be_removed_and_a_rollback_gives_it_back(three: Registry) -> None:
+    three.set_alias("bigram", "production", 2)
+    with pytest.raises(Conflict, match="holds version 2, not version 1"):
+        three.remove_alias("bigram", "production", expected=1)
+    e = three.remove_alias("bigram", "production", reason="withdrawn", expected=2)
+    assert (e.action, e.previous, e.version) == ("remove", 2, None)
+    with pytest.raises(NotFound, match="no alias 'production'"):
+        three.resolve("bigram@production")
+    assert three.model("bigram").aliases == {}
+    with pytest.raises(NotFound, match="nothing to remove"):
+        three.remove_alias("bigram", "production")
+    back = three.rollback("bigram", "production", reason="not withdrawn after all")
+    assert (back.action, back.previous, back.version) == ("rollback", None, 2)
+    assert three.resolve("bigram@production").version == 2
+    assert [e.action for e in three.history("bigram", "production")] == [
+        "set",
+        "remove",
+        "rollback",
+    ]
+    three.archive("bigram", 1)  # a removed alias no longer holds anything

@@ -31,7 +31,7 @@ def test_an_old_file_is_upgraded_and_keeps_its_rows(tmp_path: Path) -> None:
     step2 = "CREATE TABLE extra (x INTEGER); INSERT INTO extra VALUES (7)"
     connect(path, migrations=MIGRATIONS).close()
     with sqlite3.connect(path) as conn:
-        conn.execute("INSERT INTO models VALUES ('kept', 'now')")
+        conn.execute("INSERT INTO models (name, created_at) VALUES ('kept', 'now')")
     conn = connect(path, migrations=(*MIGRATIONS, step2))
     assert conn.execute("SELECT x FROM extra").fetchall() == [(7,)]
     assert conn.execute("SELECT name FROM models").fetchall() == [("kept",)]
@@ -66,3 +66,33 @@ def test_a_corrupt_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="corrupt") as info:
         connect(path)
     assert str(path) in info.value.message
+
+
+def test_a_version_1_file_gains_gates_evals_and_keeps_its_history_and_numbering(
+    tmp_path: Path,
+) -> None:
+    """A file written by the first release (schema 1) is upgraded in place."""
+    path = tmp_path / "r.db"
+    connect(path, migrations=MIGRATIONS[:1]).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO models VALUES ('m', 'now')")
+        for v in (1, 2, 3):
+            conn.execute(
+                "INSERT INTO versions (name, version, identity, run_id, run_dir, checkpoint,"
+                " backend, base_model, config_hash, manifest_hash, metrics, created_at,"
+                " created_by) VALUES ('m', ?, ?, 'r', '/r', 'final', 'toy', 'toy', 'c', 'h',"
+                " '{}', 'now', 'me')",
+                (v, f"id{v}"),
+            )
+        conn.execute(
+            "INSERT INTO alias_events (name, alias, action, version, previous, actor, at,"
+            " reason) VALUES ('m', 'prod', 'set', 3, NULL, 'me', 'now', 'first')"
+        )
+    with Registry(path) as reg:
+        [event] = reg.history("m")
+        assert (event.version, event.forced, event.evidence) == (3, False, [])
+        assert reg.gates("m") == []
+    conn = connect(path)
+    assert conn.execute("SELECT last_version FROM models").fetchone() == (3,)
+    conn.close()
+    assert _version(path) == len(MIGRATIONS) == 2
