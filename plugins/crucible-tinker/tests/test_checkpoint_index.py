@@ -68,7 +68,8 @@ def test_index_write_is_fsynced_and_renamed_into_place(
     assert len(renamed) == 1
     src, dst = renamed[0]
     assert dst == index_file
-    assert src.parent == tmp_path and src != index_file  # a temporary beside it
+    assert src.parent == tmp_path  # a temporary beside it
+    assert src != index_file
     # The file's data before the rename, the directory entry after it.
     assert synced.index("file") < synced.index("dir")
     assert sorted(p.name for p in tmp_path.iterdir()) == [INDEX_FILE]
