@@ -28,10 +28,8 @@ server's log only. The statuses are the tinker protocol's (the SDK retries
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar
 
@@ -45,7 +43,11 @@ from crucible_core.errors import ConfigError, Conflict, CrucibleError, NotFound
 from crucible_tinker.server.config import ServerConfig
 from crucible_tinker.server.engine import Engine
 from crucible_tinker.server.errors import Gone
-from crucible_tinker.server.futures import JSON, Failure
+from crucible_tinker.server.futures import Failure
+from crucible_tinker.server.idempotency import Idempotency
+from crucible_tinker.server.payloads import (
+    decode_forward_backward,
+)
 from crucible_tinker.server.wire import (
     BodyTooLarge,
     CreateModelRequest,
@@ -60,7 +62,6 @@ from crucible_tinker.server.wire import (
     SaveWeightsRequest,
     SessionRequest,
     WireRequest,
-    decode_forward_backward,
     decode_request,
 )
 
@@ -69,7 +70,6 @@ __all__ = ["ROUTES", "STATUS_OF", "RouteSpec", "build_app", "status_of"]
 log = logging.getLogger("crucible_tinker.server")
 Handler = Callable[[Request], Awaitable[Response]]
 W = TypeVar("W", bound=WireRequest)
-_IDEMPOTENCY_CACHE = 20_000
 
 #: The HTTP status of each typed error, most specific first: the one place they are decided.
 STATUS_OF: tuple[tuple[type[CrucibleError], int], ...] = (
@@ -129,46 +129,6 @@ ROUTES: tuple[RouteSpec, ...] = (
 )
 
 
-class _Idempotency:
-    """Answers already given, by (path, X-Idempotency-Key)."""
-
-    def __init__(self) -> None:
-        self._done: OrderedDict[tuple[str, str], tuple[int, bytes]] = OrderedDict()
-        self._inflight: dict[tuple[str, str], asyncio.Future[tuple[int, bytes]]] = {}
-        self.hits = 0
-
-    async def run(
-        self, key: tuple[str, str], produce: Callable[[], Awaitable[Response]]
-    ) -> Response:
-        cached = self._done.get(key)
-        if cached is not None:
-            self.hits += 1
-            return Response(cached[1], status_code=cached[0], media_type=JSON)
-        pending = self._inflight.get(key)
-        if pending is not None:
-            self.hits += 1
-            status, body = await asyncio.shield(pending)
-            return Response(body, status_code=status, media_type=JSON)
-        fut: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
-        try:
-            response = await produce()
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # retrieved: waiters re-raise it, nobody else needs to
-            raise
-        finally:
-            self._inflight.pop(key, None)
-        body = bytes(response.body)
-        if 200 <= response.status_code < 300 and response.media_type == JSON:
-            self._done[key] = (response.status_code, body)
-            while len(self._done) > _IDEMPOTENCY_CACHE:
-                self._done.popitem(last=False)
-        if not fut.done():
-            fut.set_result((response.status_code, body))
-        return response
-
-
 def _error(status: int, detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status)
 
@@ -209,7 +169,7 @@ def _decoded(raw: bytes, type_: type[W]) -> W:
 def build_app(engine: Engine, config: ServerConfig) -> Starlette:
     """The Starlette application of one server."""
     keys = tuple(k.encode() for k in config.api_keys)
-    idempotency = _Idempotency()
+    idempotency = Idempotency()
     limit = config.body_limit(engine.context_length)
 
     def authorized(request: Request) -> bool:

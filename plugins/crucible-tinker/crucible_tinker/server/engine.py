@@ -34,6 +34,9 @@ from crucible_tinker.server.config import ServerConfig
 from crucible_tinker.server.dispatch import classify
 from crucible_tinker.server.futures import FutureStore
 from crucible_tinker.server.ops import AppliedStep, TrainingOps
+from crucible_tinker.server.payloads import (
+    FwdBwdRequest,
+)
 from crucible_tinker.server.sampling import Sampling
 from crucible_tinker.server.served import ServedBackend
 from crucible_tinker.server.sessions import SessionTable
@@ -41,7 +44,6 @@ from crucible_tinker.server.wire import (
     CreateModelRequest,
     CreateSamplingSessionRequest,
     EmptyRequest,
-    FwdBwdRequest,
     LoadWeightsRequest,
     ModelRequest,
     OptimStepRequest,

@@ -41,19 +41,21 @@ from crucible_tinker.server.checkpoint_index import CheckpointIndex, CheckpointR
 from crucible_tinker.server.dispatch import Model, Op, enqueue
 from crucible_tinker.server.errors import require_seq
 from crucible_tinker.server.futures import JSON, PROTOBUF, FutureStore, Payload
+from crucible_tinker.server.payloads import (
+    FwdBwdRequest,
+    encode_forward_backward_output,
+)
 from crucible_tinker.server.sampling import SamplerEntry, Sampling
 from crucible_tinker.server.served import ServedBackend
 from crucible_tinker.server.sessions import SessionTable, open_training_session
 from crucible_tinker.server.wire import (
     CreateModelRequest,
-    FwdBwdRequest,
     LoadWeightsRequest,
     LoraConfigBody,
     ModelRequest,
     OptimStepRequest,
     SaveWeightsForSamplerRequest,
     SaveWeightsRequest,
-    encode_forward_backward_output,
 )
 
 __all__ = ["LOSS_MAP", "AppliedStep", "TrainingOps"]

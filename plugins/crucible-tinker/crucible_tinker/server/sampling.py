@@ -25,6 +25,9 @@ from crucible_tinker.server import ids
 from crucible_tinker.server.checkpoint_index import CheckpointIndex
 from crucible_tinker.server.dispatch import classify
 from crucible_tinker.server.futures import PROTOBUF, Entry, FutureStore, Payload
+from crucible_tinker.server.payloads import (
+    encode_sample_response,
+)
 from crucible_tinker.server.served import ServedBackend
 from crucible_tinker.server.sessions import SessionTable
 from crucible_tinker.server.wire import (
@@ -32,7 +35,6 @@ from crucible_tinker.server.wire import (
     PromptBody,
     SampleRequest,
     SamplingParamsBody,
-    encode_sample_response,
 )
 
 __all__ = ["SamplerEntry", "Sampling"]
