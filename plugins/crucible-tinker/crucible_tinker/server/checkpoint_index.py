@@ -47,7 +47,8 @@ class CheckpointIndex:
 
     def __init__(self, state_dir: Path | None = None) -> None:
         self.state_dir = state_dir
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the records
+        self._write_lock = threading.Lock()  # one write of the file at a time
         self._records: dict[str, CheckpointRecord] = {}
         if state_dir is not None:
             self._records.update(load_index(state_dir / INDEX_FILE))
@@ -67,25 +68,21 @@ class CheckpointIndex:
             return sorted(self._records)
 
     def register(self, record: CheckpointRecord) -> None:
-        """Add (or replace) ``record``, and persist the index before returning.
+        """Add (or replace) ``record``, once the index holding it is durable.
 
-        When the write fails (disk full, file too large) the error propagates, the file
-        keeps the previous index and so does memory: the SDK is never told of a
-        checkpoint a restarted server would not know.
+        Writers take turns; readers never wait on the disk, and see ``record``
+        only after it was written. When the write fails (disk full, file too
+        large) the error propagates and both the file and memory keep the
+        previous index: the SDK is never told of a checkpoint a restarted server
+        would not know.
         """
-        with self._lock:
-            previous = self._records.get(record.uri)
-            self._records[record.uri] = record
-            if self.path is None:
-                return
-            try:
-                save_index(self.path, self._records)
-            except BaseException:
-                if previous is None:
-                    del self._records[record.uri]
-                else:
-                    self._records[record.uri] = previous
-                raise
+        with self._write_lock:
+            with self._lock:
+                snapshot = {**self._records, record.uri: record}
+            if self.path is not None:
+                save_index(self.path, snapshot)
+            with self._lock:
+                self._records[record.uri] = record
 
     def get(self, uri: str) -> CheckpointRecord:
         """The record of ``uri``: ConfigError if it is not a tinker path, NotFound if this
