@@ -20,15 +20,54 @@ give the first and third when the options are not set.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from crucible_core.contracts import Tokenizer
 from crucible_core.errors import ConfigError
 from crucible_core.ir.backend import Message
+from crucible_core.ir.training import ModelSpec
 
-__all__ = ["HFTokenizer", "render_messages"]
+__all__ = ["HFTokenizer", "find_tokenizer", "render_messages"]
+
+
+def find_tokenizer(
+    model: ModelSpec,
+    *,
+    tokenizer_dir: str | None,
+    tokenizer_backend: str | None,
+    tokenizer_backend_options: Mapping[str, Any],
+    served_backend_name: Callable[[], str | None],
+) -> Tokenizer:
+    """The tokenizer of ``model``, found in the order of the module docstring.
+
+    ``served_backend_name`` asks the server which crucible backend serves it
+    (None when it is not a crucible-tinker server); it is called only when
+    nothing local applies.
+    """
+    if tokenizer_dir:
+        return HFTokenizer(tokenizer_dir)
+    for candidate in (model.tokenizer, model.path):
+        if candidate and Path(candidate).expanduser().is_dir():
+            return HFTokenizer(candidate)
+    import crucible_core
+
+    if tokenizer_backend:
+        other = crucible_core.get_backend(tokenizer_backend, **tokenizer_backend_options)
+        return other.get_tokenizer(model)
+    served = served_backend_name()
+    if served is not None and served != "tinker":
+        known = {r.name for r in crucible_core.list_registrations("backend")}
+        if served in known:
+            return crucible_core.get_backend(served).get_tokenizer(model)
+    raise ConfigError(
+        f"the tinker backend has no tokenizer for {model.name!r} "
+        "(the SDK's own tokenizer download needs a model hub)",
+        hint="set the backend option tokenizer_dir to a local tokenizer directory, set "
+        "model_spec.tokenizer to one, or tokenizer_backend to a registered backend with the "
+        'same model (e.g. "local" when the server is `crucible serve-tinker --backend local`)',
+    )
 
 
 class HFTokenizer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from importlib.metadata import entry_points
 
+import pytest
 from crucible_tinker import plugin
 
 from crucible_core.contracts import Command
@@ -16,6 +17,25 @@ def test_plugin_module_imports_nothing_heavy() -> None:
     check_light_import("crucible_tinker.plugin")
     check_light_import("crucible_tinker.server")  # the server package is lazy too
     check_light_import("crucible_tinker.cli")
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "crucible_tinker",
+        "crucible_tinker.plugin",
+        # The backend and its parts load tinker and numpy on first use, not on import.
+        "crucible_tinker.backend",
+        "crucible_tinker.client",
+        "crucible_tinker.conversion",
+        "crucible_tinker.training",
+        "crucible_tinker.sampler",
+        "crucible_tinker.tokenizers",
+    ],
+)
+def test_importing_does_not_load_tinker_or_numpy(module: str) -> None:
+    """A fresh interpreter imports ``module``; neither SDK nor numpy may be in sys.modules."""
+    check_light_import(module, heavy=("tinker", "numpy", "torch", "transformers"))
 
 
 def test_entry_point_is_declared() -> None:

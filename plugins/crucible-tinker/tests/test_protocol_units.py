@@ -12,7 +12,7 @@ import zstandard
 from crucible_tinker.server import ids
 from crucible_tinker.server.futures import Failure, FutureStore, Payload
 from crucible_tinker.server.ordering import OrderedQueue, StaleSequence
-from crucible_tinker.server.wire import (
+from crucible_tinker.server.payloads import (
     decode_forward_backward,
     encode_forward_backward_output,
     encode_sample_response,

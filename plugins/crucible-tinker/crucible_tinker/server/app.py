@@ -15,17 +15,21 @@ Malformed requests: bodies are decoded in :mod:`~crucible_tinker.server.wire`
 always JSON ``{"detail": ...}``: a body that does not decode is 400, a body
 bigger than ``ServerConfig.body_limit`` is 413 (refused from its
 ``Content-Length`` before it is read, or as soon as a chunked body passes the
-limit; the connection is then closed), a GET with a body is 400. A request
-the engine refuses gets the engine's status; anything unexpected is a JSON
-500 with the traceback in the server's log only.
+limit; the connection is then closed), a GET with a body is 400.
+
+Statuses: the engine knows no HTTP; it raises crucible's typed errors and
+:data:`STATUS_OF` here maps them (a refused request 400, an unknown id 404,
+an ended one 410, a state clash 409). Any other crucible error is a 500
+naming it; anything unexpected is a JSON 500 with the traceback in the
+server's log only. The statuses are the tinker protocol's (the SDK retries
+409 and 5xx, stops on 410), which is why this table, not crucible's
+``ERROR_TABLE``, decides them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar
 
@@ -35,10 +39,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from crucible_core.errors import ConfigError, CrucibleError, NotFound
+from crucible_core.errors import ConfigError, Conflict, CrucibleError, NotFound
 from crucible_tinker.server.config import ServerConfig
-from crucible_tinker.server.engine import ApiError, Engine
-from crucible_tinker.server.futures import JSON, Failure
+from crucible_tinker.server.engine import Engine
+from crucible_tinker.server.errors import Gone
+from crucible_tinker.server.futures import Failure
+from crucible_tinker.server.idempotency import Idempotency
+from crucible_tinker.server.payloads import (
+    decode_forward_backward,
+)
 from crucible_tinker.server.wire import (
     BodyTooLarge,
     CreateModelRequest,
@@ -53,16 +62,28 @@ from crucible_tinker.server.wire import (
     SaveWeightsRequest,
     SessionRequest,
     WireRequest,
-    decode_forward_backward,
     decode_request,
 )
 
-__all__ = ["ROUTES", "RouteSpec", "build_app"]
+__all__ = ["ROUTES", "STATUS_OF", "RouteSpec", "build_app", "status_of"]
 
 log = logging.getLogger("crucible_tinker.server")
 Handler = Callable[[Request], Awaitable[Response]]
 W = TypeVar("W", bound=WireRequest)
-_IDEMPOTENCY_CACHE = 20_000
+
+#: The HTTP status of each typed error, most specific first: the one place they are decided.
+STATUS_OF: tuple[tuple[type[CrucibleError], int], ...] = (
+    (BodyTooLarge, 413),
+    (Gone, 410),
+    (NotFound, 404),
+    (Conflict, 409),
+    (ConfigError, 400),
+)
+
+
+def status_of(exc: CrucibleError) -> int:
+    """The HTTP status answering ``exc`` (500 for a crucible error not in :data:`STATUS_OF`)."""
+    return next((status for cls, status in STATUS_OF if isinstance(exc, cls)), 500)
 
 
 class RouteSpec(NamedTuple):
@@ -108,55 +129,14 @@ ROUTES: tuple[RouteSpec, ...] = (
 )
 
 
-class _Idempotency:
-    """Answers already given, by (path, X-Idempotency-Key)."""
-
-    def __init__(self) -> None:
-        self._done: OrderedDict[tuple[str, str], tuple[int, bytes]] = OrderedDict()
-        self._inflight: dict[tuple[str, str], asyncio.Future[tuple[int, bytes]]] = {}
-        self.hits = 0
-
-    async def run(
-        self, key: tuple[str, str], produce: Callable[[], Awaitable[Response]]
-    ) -> Response:
-        cached = self._done.get(key)
-        if cached is not None:
-            self.hits += 1
-            return Response(cached[1], status_code=cached[0], media_type=JSON)
-        pending = self._inflight.get(key)
-        if pending is not None:
-            self.hits += 1
-            status, body = await asyncio.shield(pending)
-            return Response(body, status_code=status, media_type=JSON)
-        fut: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
-        try:
-            response = await produce()
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # retrieved: waiters re-raise it, nobody else needs to
-            raise
-        finally:
-            self._inflight.pop(key, None)
-        body = bytes(response.body)
-        if 200 <= response.status_code < 300 and response.media_type == JSON:
-            self._done[key] = (response.status_code, body)
-            while len(self._done) > _IDEMPOTENCY_CACHE:
-                self._done.popitem(last=False)
-        if not fut.done():
-            fut.set_result((response.status_code, body))
-        return response
-
-
 def _error(status: int, detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status)
 
 
-def _too_large(limit: int) -> ApiError:
-    return ApiError(
-        413,
+def _too_large(limit: int) -> BodyTooLarge:
+    return BodyTooLarge(
         f"the request body is larger than {limit} bytes, the limit of this server "
-        "(crucible serve-tinker --max-body-bytes)",
+        "(crucible serve-tinker --max-body-bytes)"
     )
 
 
@@ -168,7 +148,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
         try:
             size = int(declared)
         except ValueError:
-            raise ApiError(400, f"bad Content-Length {declared[:40]!r}") from None
+            raise ConfigError(f"bad Content-Length {declared[:40]!r}") from None
         if size > limit:
             raise _too_large(limit)
     parts: list[bytes] = []
@@ -182,16 +162,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _decoded(raw: bytes, type_: type[W]) -> W:
-    try:
-        return decode_request(raw, type_)
-    except ConfigError as exc:  # ValidationError: not JSON, not an object, a bad field
-        raise ApiError(400, str(exc)) from None
+    """``raw`` as ``type_``; ValidationError (400) naming the field when it is not one."""
+    return decode_request(raw, type_)
 
 
 def build_app(engine: Engine, config: ServerConfig) -> Starlette:
     """The Starlette application of one server."""
     keys = tuple(k.encode() for k in config.api_keys)
-    idempotency = _Idempotency()
+    idempotency = Idempotency()
     limit = config.body_limit(engine.context_length)
 
     def authorized(request: Request) -> bool:
@@ -214,18 +192,15 @@ def build_app(engine: Engine, config: ServerConfig) -> Starlette:
             async def produce() -> Response:
                 try:
                     return await fn(request)
-                except ApiError as exc:
-                    response = _error(exc.status, exc.detail)
-                    if exc.status == 413:
+                except CrucibleError as exc:
+                    status = status_of(exc)
+                    if status >= 500:
+                        log.warning("%s %s failed: %s", request.method, request.url.path, exc)
+                    response = _error(status, str(exc))
+                    if status == 413:
                         # The rest of the body is never read: this connection cannot be reused.
                         response.headers["connection"] = "close"
                     return response
-                except (ConfigError, NotFound) as exc:
-                    # A request the backend refused: the SDK must not retry it.
-                    return _error(404 if isinstance(exc, NotFound) else 400, str(exc))
-                except CrucibleError as exc:
-                    log.warning("%s %s failed: %s", request.method, request.url.path, exc)
-                    return _error(500, str(exc))
                 except Exception:
                     # A bug, not a bad request: the traceback goes to the log, not the client.
                     log.exception("%s %s failed", request.method, request.url.path)
@@ -252,7 +227,7 @@ def build_app(engine: Engine, config: ServerConfig) -> Starlette:
 
         async def handler(request: Request) -> Response:
             if await body(request):
-                raise ApiError(400, f"GET {request.url.path} takes no body")
+                raise ConfigError(f"GET {request.url.path} takes no body")
             return await fn(request)
 
         return handler
@@ -311,12 +286,9 @@ def build_app(engine: Engine, config: ServerConfig) -> Starlette:
             engine.stats[f"bodies:{encoding.strip().lower()}"] = (
                 engine.stats.get(f"bodies:{encoding.strip().lower()}", 0) + 1
             )
-        try:
-            req = decode_forward_backward(raw, encoding, max_bytes=limit)
-        except BodyTooLarge as exc:
-            raise ApiError(413, str(exc)) from None
-        except ConfigError as exc:  # ValidationError / UnsupportedError: a bad request
-            raise ApiError(400, str(exc)) from None
+        # BodyTooLarge (413) past the limit once decompressed; ValidationError or
+        # UnsupportedError (400) for a body that is not a request this server runs.
+        req = decode_forward_backward(raw, encoding, max_bytes=limit)
         return JSONResponse(engine.forward_backward(req))
 
     async def get_sampler(request: Request) -> Response:
@@ -332,7 +304,7 @@ def build_app(engine: Engine, config: ServerConfig) -> Starlette:
         if entry is None:
             # 410: the promise is gone (expired or from before a restart); the SDK
             # resubmits a sample and reports a training call as failed.
-            raise ApiError(410, f"unknown or expired request {rid!r}")
+            raise Gone(f"unknown or expired request {rid!r}")
         if not await entry.wait(config.long_poll_s):
             return JSONResponse({"type": "try_again", "request_id": rid, "queue_state": "active"})
         outcome = entry.outcome()
