@@ -245,11 +245,17 @@ class TrainLoop:
     ) -> None:
         self._session = session
         self._job = job
+        self._budget = job.budget
         self._cfg = cfg = job.learning_config
         self._policy = policy = job.checkpoint_policy
         self._train_data = train_data
+        self._shuffle = job.dataset_spec.shuffle
         self._validation_data = validation_data
-        self._val_spec = job.validation_spec
+        self._val_spec = val_spec = job.validation_spec
+        # Validation runs every this many steps (None: no spec, no cadence or no data).
+        self._val_every = (
+            val_spec.every_n_steps if val_spec is not None and validation_data else None
+        )
         self._say: Emit = emit or _quiet
         self._cancel = cancel
         self._resumed = resume is not None
@@ -310,7 +316,8 @@ class TrainLoop:
         """Submit step ``step`` (0-based), then read the oldest steps until fewer than ``window``
         are in flight. Stops the run instead (checkpoint, then raise) when it is cancelled or the
         step would exceed a budget."""
-        self.check_cancel()
+        if self._cancel is not None:
+            self.check_cancel()
         self.submit(step)
         while len(self.pending) >= self.window:
             self.finish_oldest()
@@ -350,7 +357,7 @@ class TrainLoop:
     def budget_problem(self, step_tokens: int) -> str | None:
         """The budget (``max_tokens``, ``max_cost``, ``max_wall_time``, checked in that order)
         the next step, of ``step_tokens`` tokens, would exceed; None when it fits them all."""
-        budget, state = self._job.budget, self.state
+        budget, state = self._budget, self.state
         elapsed = self.elapsed()  # read every step, whichever budgets are set
         times = self._step_times
         pace = (sum(times) / len(times)) if times else 0.0
@@ -368,9 +375,8 @@ class TrainLoop:
         cost. If the step would exceed a budget, :meth:`stop` with
         :class:`~crucible_core.errors.BudgetExhausted` instead, submitting nothing."""
         cfg, session, state = self._cfg, self._session, self.state
-        shuffle = self._job.dataset_spec.shuffle
         micro = [
-            batch_for_step(self._train_data, step, m, cfg, shuffle=shuffle)
+            batch_for_step(self._train_data, step, m, cfg, shuffle=self._shuffle)
             for m in range(cfg.grad_accum)
         ]
         step_tokens = sum(_tokens(b) for b, _ in micro)
@@ -407,13 +413,8 @@ class TrainLoop:
     def _validates(self, step_done: int) -> bool:
         """Whether the validation set is scored after ``step_done`` steps (every
         ``every_n_steps``, and after the last step)."""
-        spec = self._val_spec
-        return bool(
-            spec is not None
-            and spec.every_n_steps
-            and self._validation_data
-            and (step_done % spec.every_n_steps == 0 or step_done == self.total)
-        )
+        every = self._val_every
+        return every is not None and (step_done % every == 0 or step_done == self.total)
 
     def finish_oldest(self) -> None:
         """Read the oldest step in flight and record it: state and ``train.step``, validation
@@ -510,7 +511,8 @@ class TrainLoop:
         elif item.save is not None:
             # Predicted but not wanted (the step was already saved): keep nothing extra.
             self._watch.wait(item.save, "save_state")
-        self._delete(doomed)
+        if doomed:
+            self._delete(doomed)
 
     def _record_checkpoint(self, saved: SavedCheckpoint) -> None:
         """Persist ``saved``, already last in ``state.checkpoints``: stamp the elapsed time,
