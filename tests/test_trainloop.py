@@ -469,3 +469,44 @@ def test_a_non_finite_loss_with_no_earlier_checkpoint_keeps_the_newest() -> None
     assert info.value.details["last_checkpoint"] == 1
     assert "may hold the diverged weights" in info.value.message
     assert sorted(deleted) == [2, 3]  # the saves in flight; checkpoint 1 is all there is
+
+
+def test_the_loop_can_be_driven_a_step_at_a_time() -> None:
+    spec = job(max_steps=6, policy=CheckpointPolicy(save_every=3, keep_last=5))
+    rec = Recorder()
+    loop = trainloop.TrainLoop(ToySession(), spec, DATA, emit=rec, window=2)
+    loop.start()
+    loop.advance(0)
+    assert (loop.state.step, len(loop.pending)) == (0, 1)  # step 1 is in flight, not read
+    loop.advance(1)
+    assert (loop.state.step, len(loop.pending)) == (1, 1)
+    for step in range(2, loop.total):
+        loop.advance(step)
+    result = loop.finish()
+    whole = Recorder()
+    assert result.losses == train(ToySession(), spec, DATA, emit=whole).losses
+    assert [k for k, _ in rec.events] == [k for k, _ in whole.events]
+    assert [c.step for c in result.state.checkpoints] == [3, 6]
+
+
+def test_a_driven_loop_stops_with_a_checkpoint_of_the_last_step_read() -> None:
+    saved: list[int] = []
+    spec = job(max_steps=6, policy=CheckpointPolicy(save_every=100, save_best=False))
+    loop = trainloop.TrainLoop(
+        ToySession(), spec, DATA, window=2, on_checkpoint=lambda c, s: saved.append(c.step)
+    )
+    loop.start()
+    for step in range(3):
+        loop.advance(step)
+    with pytest.raises(RuntimeError, match="paused at 3"):
+        loop.stop("paused", lambda step: RuntimeError(f"paused at {step}"))
+    assert not loop.pending
+    assert loop.state.step == 3
+    assert saved == [3]
+
+
+def test_the_budget_check_names_the_budget_the_next_step_would_exceed() -> None:
+    loop = trainloop.TrainLoop(ToySession(), job(budget=Budget(max_tokens=100)), DATA)
+    assert loop.budget_problem(100) is None
+    assert loop.budget_problem(101) == "max_tokens"
+    assert loop.state.tokens == 0  # a question, not a step
