@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -510,3 +512,20 @@ def test_the_budget_check_names_the_budget_the_next_step_would_exceed() -> None:
     assert loop.budget_problem(100) is None
     assert loop.budget_problem(101) == "max_tokens"
     assert loop.state.tokens == 0  # a question, not a step
+
+
+def test_a_finished_loop_leaves_no_cycle_holding_the_session() -> None:
+    # A session may hold a model: it must be freed when its last reference goes, not at
+    # the next cyclic garbage collection.
+    class Withdrawable(ToySession):
+        withdraws_queued_calls = True
+
+    session = Withdrawable()
+    alive = weakref.ref(session)
+    gc.disable()
+    try:
+        train(session, job(max_steps=3), DATA, cancel=threading.Event())
+        del session
+        assert alive() is None
+    finally:
+        gc.enable()

@@ -252,9 +252,10 @@ class TrainLoop:
         self._shuffle = job.dataset_spec.shuffle
         self._validation_data = validation_data
         self._val_spec = val_spec = job.validation_spec
-        # Validation runs every this many steps (None: no spec, no cadence or no data).
+        # Validation runs every this many steps (None: no spec, no cadence or no data; an
+        # unvalidated spec built in code may say 0, which means none too).
         self._val_every = (
-            val_spec.every_n_steps if val_spec is not None and validation_data else None
+            (val_spec.every_n_steps or None) if val_spec is not None and validation_data else None
         )
         self._say: Emit = emit or _quiet
         self._cancel = cancel
@@ -289,13 +290,12 @@ class TrainLoop:
         if resume is not None and state.checkpoints:
             self._known[state.checkpoints[-1].step] = _snapshot(state)
         self._step_times: deque[float] = deque(maxlen=8)
-        patience = self._val_spec.early_stopping_patience if self._val_spec else None
-        self._patience_left = patience
+        self._patience_left = val_spec.early_stopping_patience if val_spec else None
         self._best_val = min(state.val_history) if state.val_history else None
-        withdrawable = (
+        # Not a stored bound method: that would be a reference cycle keeping the session alive.
+        self._withdrawable = (
             cancel is not None and getattr(session, "withdraws_queued_calls", False) is True
         )
-        self._tick = self.withdraw_queued if withdrawable else None
 
     def run(self) -> LoopResult:
         """The whole run: :meth:`start`, every remaining step, :meth:`finish`."""
@@ -421,7 +421,7 @@ class TrainLoop:
         and early stopping, the checkpoint policy's save and deletions. A non-finite loss
         :meth:`rollback`-s instead."""
         item = self.pending.popleft()
-        wait, tick = self._watch.wait, self._tick
+        wait, tick = self._watch.wait, self.withdraw_queued if self._withdrawable else None
         results = [wait(f, "forward_backward", tick) for f in item.fb]
         opt = wait(item.opt, "optim_step", tick)
         step_loss = _mean_loss(results)
