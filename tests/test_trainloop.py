@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
-from crucible_core.errors import BudgetExhausted, Cancelled, DeadlineExceeded
+from crucible_core.errors import BudgetExhausted, Cancelled, DeadlineExceeded, Diverged
 from crucible_core.ir import (
     AdamParams,
     Budget,
@@ -19,6 +21,7 @@ from crucible_core.ir import (
     CheckpointRef,
     DatasetSpec,
     Datum,
+    ForwardBackwardResult,
     LearningConfig,
     Loss,
     ModelSpec,
@@ -30,7 +33,7 @@ from crucible_core.ir.training import SGD, AdamW
 from crucible_core.runtime import trainloop
 from crucible_core.runtime.trainloop import LoopState, SavedCheckpoint, train
 from crucible_core.testing import make_datums
-from tests.toy_backend import ByteTokenizer, ToySession
+from tests.toy_backend import ByteTokenizer, ToySession, done
 
 TEXTS = [f"sample {i}: the cat sat on the mat and looked at the hat." for i in range(24)]
 DATA = make_datums(ByteTokenizer(), TEXTS, max_len=48)
@@ -407,3 +410,122 @@ def test_grad_accum_submits_micro_batches() -> None:
     result = train(Counting(), job(max_steps=3, grad_accum=3), DATA)
     assert Counting.calls == 9
     assert result.state.step == 3
+
+
+class NanAfter(ToySession):
+    """Its loss turns nan once the weights have taken ``bad_after`` optimizer steps.
+
+    A mock of a fault: a diverging model is slow and flaky to provoke in a unit test (the e2e
+    test in tests/e2e/test_interrupt.py diverges a real model); the loss is what the loop reads.
+    """
+
+    def __init__(self, bad_after: int) -> None:
+        super().__init__()
+        self.bad_after = bad_after
+
+    def forward_backward(self, batch: Sequence[Datum], loss: Loss) -> Future[Any]:
+        if self.step < self.bad_after:
+            return super().forward_backward(batch, loss)
+        return done(ForwardBackwardResult(loss=float("nan"), num_tokens=1))
+
+
+def test_a_non_finite_loss_rolls_back_to_the_last_good_checkpoint() -> None:
+    # The weights after step 4 give step 5 a nan: checkpoints 4 (suspect), 5 and 6 (in flight
+    # in the window of 2) are deleted, and the state of checkpoint 3 is persisted again.
+    rec = Recorder()
+    deleted: list[int] = []
+    persisted: list[tuple[int, LoopState]] = []
+    policy = CheckpointPolicy(save_every=1, keep_last=10, save_best=False)
+    with pytest.raises(Diverged) as info:
+        train(
+            NanAfter(4),
+            job(policy=policy),
+            DATA,
+            emit=rec,
+            window=2,
+            on_checkpoint=lambda c, s: persisted.append((c.step, s)),
+            on_delete=lambda c: deleted.append(c.step),
+        )
+    assert info.value.details == {"step": 5, "loss": "nan", "last_checkpoint": 3}
+    assert "the last good checkpoint (step 3) is kept" in info.value.message
+    assert sorted(deleted) == [4, 5, 6]
+    assert [s for s, _ in persisted] == [1, 2, 3, 4, 3]
+    back = persisted[-1][1]
+    assert back.step == 3
+    assert [c.step for c in back.checkpoints] == [1, 2, 3]
+    [stopped] = rec.of("train.stopped")
+    assert (stopped["step"], stopped["reason"]) == (5, "non_finite_loss")
+
+
+def test_a_non_finite_loss_with_no_earlier_checkpoint_keeps_the_newest() -> None:
+    deleted: list[int] = []
+    policy = CheckpointPolicy(save_every=1, keep_last=10, save_best=False)
+    with pytest.raises(Diverged) as info:
+        train(
+            NanAfter(1),
+            job(policy=policy),
+            DATA,
+            window=2,
+            on_delete=lambda c: deleted.append(c.step),
+        )
+    assert info.value.details["last_checkpoint"] == 1
+    assert "may hold the diverged weights" in info.value.message
+    assert sorted(deleted) == [2, 3]  # the saves in flight; checkpoint 1 is all there is
+
+
+def test_the_loop_can_be_driven_a_step_at_a_time() -> None:
+    spec = job(max_steps=6, policy=CheckpointPolicy(save_every=3, keep_last=5))
+    rec = Recorder()
+    loop = trainloop.TrainLoop(ToySession(), spec, DATA, emit=rec, window=2)
+    loop.start()
+    loop.advance(0)
+    assert (loop.state.step, len(loop.pending)) == (0, 1)  # step 1 is in flight, not read
+    loop.advance(1)
+    assert (loop.state.step, len(loop.pending)) == (1, 1)
+    for step in range(2, loop.total):
+        loop.advance(step)
+    result = loop.finish()
+    whole = Recorder()
+    assert result.losses == train(ToySession(), spec, DATA, emit=whole).losses
+    assert [k for k, _ in rec.events] == [k for k, _ in whole.events]
+    assert [c.step for c in result.state.checkpoints] == [3, 6]
+
+
+def test_a_driven_loop_stops_with_a_checkpoint_of_the_last_step_read() -> None:
+    saved: list[int] = []
+    spec = job(max_steps=6, policy=CheckpointPolicy(save_every=100, save_best=False))
+    loop = trainloop.TrainLoop(
+        ToySession(), spec, DATA, window=2, on_checkpoint=lambda c, s: saved.append(c.step)
+    )
+    loop.start()
+    for step in range(3):
+        loop.advance(step)
+    with pytest.raises(RuntimeError, match="paused at 3"):
+        loop.stop("paused", lambda step: RuntimeError(f"paused at {step}"))
+    assert not loop.pending
+    assert loop.state.step == 3
+    assert saved == [3]
+
+
+def test_the_budget_check_names_the_budget_the_next_step_would_exceed() -> None:
+    loop = trainloop.TrainLoop(ToySession(), job(budget=Budget(max_tokens=100)), DATA)
+    assert loop.budget_problem(100) is None
+    assert loop.budget_problem(101) == "max_tokens"
+    assert loop.state.tokens == 0  # a question, not a step
+
+
+def test_a_finished_loop_leaves_no_cycle_holding_the_session() -> None:
+    # A session may hold a model: it must be freed when its last reference goes, not at
+    # the next cyclic garbage collection.
+    class Withdrawable(ToySession):
+        withdraws_queued_calls = True
+
+    session = Withdrawable()
+    alive = weakref.ref(session)
+    gc.disable()
+    try:
+        train(session, job(max_steps=3), DATA, cancel=threading.Event())
+        del session
+        assert alive() is None
+    finally:
+        gc.enable()

@@ -1,19 +1,22 @@
 """The training loop over the training contract, pipelined, resumable and budgeted.
 
-:func:`train` drives any :class:`~crucible_core.contracts.TrainingSession`:
-it submits step k+1's ``forward_backward`` and ``optim_step`` before it reads
-step k's results (at most ``window`` steps in flight), because a remote
-backend works on a clock and a naive loop waits a cycle per step. Calls are
-applied by the backend in submission order, so a ``save_state`` submitted
-right after step k's ``optim_step`` saves exactly the state after step k even
-while later steps are queued.
+:func:`train` (one :class:`TrainLoop` run) drives any
+:class:`~crucible_core.contracts.TrainingSession`: it submits step k+1's
+``forward_backward`` and ``optim_step`` before it reads step k's results (at
+most ``window`` steps in flight), because a remote backend works on a clock
+and a naive loop waits a cycle per step. Calls are applied by the backend in
+submission order, so a ``save_state`` submitted right after step k's
+``optim_step`` saves exactly the state after step k even while later steps
+are queued.
 
 Exact resume: batches are a pure function of ``(seed, step)`` (each epoch is
-a seeded permutation), so a run restarted from the checkpoint of step k with
-the same data feeds step k+1 the batch an uninterrupted run would have; the
-backend restores weights, optimizer and RNG state (the conformance kit checks
-``load_state``). The loop's own state (step, tokens, cost, elapsed time, the
-checkpoints kept) is a :class:`LoopState` saved beside every checkpoint.
+a seeded permutation; the schedule's pure functions live in
+:mod:`~crucible_core.runtime.schedule` and are re-exported here), so a run
+restarted from the checkpoint of step k with the same data feeds step k+1 the
+batch an uninterrupted run would have; the backend restores weights,
+optimizer and RNG state (the conformance kit checks ``load_state``). The
+loop's own state (step, tokens, cost, elapsed time, the checkpoints kept) is
+a :class:`LoopState` saved beside every checkpoint.
 
 Budgets are checked before a step is submitted, so a run stops *before* it
 would exceed ``max_tokens``/``max_cost``; ``max_wall_time`` stops when the
@@ -38,17 +41,20 @@ resume from is the last good checkpoint.
 Every wait on the backend has a deadline: a call that exceeds it raises
 :class:`~crucible_core.errors.DeadlineExceeded` naming the backend, the call
 and how long it waited (never a silent hang).
+
+Supported surface: :func:`train`, :class:`TrainLoop` (to drive a run a step
+at a time), :class:`LoopState`, :class:`LoopResult`, :class:`SavedCheckpoint`,
+:data:`DEFAULT_DEADLINE_S`, and the re-exported schedule functions.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import random
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import msgspec
 
@@ -57,21 +63,26 @@ from crucible_core.errors import (
     BackendError,
     BudgetExhausted,
     Cancelled,
-    ConfigError,
     DeadlineExceeded,
     Diverged,
 )
 from crucible_core.ir.backend import (
-    AdamParams,
     CheckpointRef,
     Costs,
     Datum,
     ForwardBackwardResult,
     OptimStepResult,
 )
-from crucible_core.ir.training import SGD, AdamW, LearningConfig, TrainingJob
+from crucible_core.ir.training import TrainingJob
 from crucible_core.runtime.cancel import reason_of
 from crucible_core.runtime.checkpoints import CheckpointTracker
+from crucible_core.runtime.schedule import (
+    adam_params,
+    batch_for_step,
+    batches_per_epoch,
+    learning_rate,
+    total_steps,
+)
 
 __all__ = [
     "DEFAULT_DEADLINE_S",
@@ -79,12 +90,15 @@ __all__ = [
     "LoopResult",
     "LoopState",
     "SavedCheckpoint",
+    "TrainLoop",
     "adam_params",
     "batch_for_step",
+    "batches_per_epoch",
     "learning_rate",
     "total_steps",
     "train",
 ]
+
 
 #: How long one backend call may take before the watchdog reports it.
 DEFAULT_DEADLINE_S = 600.0
@@ -135,81 +149,6 @@ class LoopResult(msgspec.Struct, kw_only=True):
 def _snapshot(state: LoopState) -> LoopState:
     return msgspec.structs.replace(
         state, checkpoints=list(state.checkpoints), val_history=list(state.val_history)
-    )
-
-
-def batches_per_epoch(n_datums: int, batch_size: int) -> int:
-    """Batches in one pass over ``n_datums`` (the last one may be short)."""
-    return max(1, math.ceil(n_datums / batch_size))
-
-
-def total_steps(config: LearningConfig, n_datums: int) -> int:
-    """Optimizer steps of a run: ``max_steps``, capped by ``epochs`` when both are set."""
-    if n_datums <= 0:
-        raise ConfigError("the training set is empty", hint="check dataset_spec and its filters")
-    per_step = config.grad_accum
-    by_epochs = None
-    if config.epochs is not None:
-        by_epochs = max(
-            1, config.epochs * batches_per_epoch(n_datums, config.batch_size) // per_step
-        )
-    if config.max_steps is None:
-        assert by_epochs is not None  # LearningConfig refuses neither being set
-        return by_epochs
-    return config.max_steps if by_epochs is None else min(config.max_steps, by_epochs)
-
-
-@functools.lru_cache(maxsize=4)
-def _permutation(n: int, seed: int, epoch: int) -> tuple[int, ...]:
-    # Cached: every batch of an epoch reads the same order, and shuffling a large
-    # dataset per batch would cost more than the step on a small model.
-    order = list(range(n))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    return tuple(order)
-
-
-def batch_for_step(
-    datums: Sequence[Datum], step: int, micro: int, config: LearningConfig, *, shuffle: bool = True
-) -> tuple[list[Datum], float]:
-    """The micro-batch ``micro`` of optimizer step ``step`` (0-based) and the epoch it ends in.
-
-    A pure function of its arguments: this is what makes resume exact.
-    """
-    bpe = batches_per_epoch(len(datums), config.batch_size)
-    index = step * config.grad_accum + micro
-    epoch, k = divmod(index, bpe)
-    start, stop = k * config.batch_size, (k + 1) * config.batch_size
-    chosen = (
-        _permutation(len(datums), config.seed, epoch)[start:stop]
-        if shuffle
-        else range(start, min(stop, len(datums)))
-    )
-    return [datums[i] for i in chosen], (index + 1) / bpe
-
-
-def learning_rate(config: LearningConfig, step: int, total: int) -> float:
-    """The learning rate of optimizer step ``step`` (0-based): warmup, then the schedule."""
-    return config.optimizer.lr * config.scheduler.multiplier(step, total)
-
-
-def adam_params(config: LearningConfig, lr: float) -> AdamParams:
-    """The optimizer-step parameters for ``lr`` (SGD's momentum travels as ``beta1``)."""
-    opt = config.optimizer
-    if isinstance(opt, AdamW):
-        return AdamParams(
-            learning_rate=lr,
-            beta1=opt.betas[0],
-            beta2=opt.betas[1],
-            eps=opt.eps,
-            weight_decay=opt.weight_decay,
-            grad_clip_norm=opt.grad_clip or 0.0,
-        )
-    assert isinstance(opt, SGD)
-    return AdamParams(
-        learning_rate=lr,
-        beta1=opt.momentum,
-        weight_decay=opt.weight_decay,
-        grad_clip_norm=opt.grad_clip or 0.0,
     )
 
 
@@ -276,6 +215,408 @@ def _mean_loss(results: Sequence[ForwardBackwardResult]) -> float:
     return sum(r.loss for r in results) / len(results)
 
 
+class TrainLoop:
+    """One run of the loop on ``session``: the run's state, and one method per rule.
+
+    :func:`train` is ``TrainLoop(...).run()``, and ``run`` is :meth:`start`,
+    :meth:`advance` for each step from ``state.step`` to ``total`` while
+    ``stopped`` is None, then :meth:`finish`: a caller may drive those itself,
+    a step at a time. The run's clock (``max_wall_time``, ``elapsed_s``)
+    starts at construction. The arguments are :func:`train`'s.
+    """
+
+    def __init__(
+        self,
+        session: TrainingSession,
+        job: TrainingJob,
+        train_data: Sequence[Datum],
+        *,
+        validation_data: Sequence[Datum] = (),
+        emit: Emit | None = None,
+        cancel: CancelToken | None = None,
+        resume: LoopState | None = None,
+        on_checkpoint: Callable[[SavedCheckpoint, LoopState], None] | None = None,
+        on_delete: Callable[[SavedCheckpoint], None] | None = None,
+        costs: Costs | None = None,
+        backend_name: str = "backend",
+        window: int = 2,
+        deadline_s: float = DEFAULT_DEADLINE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._session = session
+        self._job = job
+        self._budget = job.budget
+        self._cfg = cfg = job.learning_config
+        self._policy = policy = job.checkpoint_policy
+        self._train_data = train_data
+        self._shuffle = job.dataset_spec.shuffle
+        self._validation_data = validation_data
+        self._val_spec = val_spec = job.validation_spec
+        # Validation runs every this many steps (None: no spec, no cadence or no data; an
+        # unvalidated spec built in code may say 0, which means none too).
+        self._val_every = (
+            (val_spec.every_n_steps or None) if val_spec is not None and validation_data else None
+        )
+        self._say: Emit = emit or _quiet
+        self._cancel = cancel
+        self._resumed = resume is not None
+        self._on_checkpoint = on_checkpoint
+        self._on_delete = on_delete
+        self._price = (costs.train_per_mtok if costs else 0.0) / 1e6
+        self._backend_name = backend_name
+        self._watch = _Watchdog(backend_name, deadline_s)
+        self._clock = clock
+        #: Optimizer steps of the whole run (resumed or not).
+        self.total = total_steps(cfg, len(train_data))
+        self._bpe = batches_per_epoch(len(train_data), cfg.batch_size)
+        #: The loop's resumable state; ``state.step`` is the last step finished.
+        self.state = state = msgspec.structs.replace(resume) if resume is not None else LoopState()
+        state.checkpoints = list(state.checkpoints)
+        self._tracker = CheckpointTracker(
+            policy, saved=[(c.step, c.metric) for c in state.checkpoints]
+        )
+        #: Steps in flight at once; a metric-driven save ("best") needs step k's loss first.
+        self.window = 1 if policy.strategy == "best" else max(1, window)
+        #: Losses of the steps this process finished, in order.
+        self.losses: list[float] = []
+        #: Steps submitted and not yet read, oldest first.
+        self.pending: deque[_InFlight] = deque()
+        #: Why the run ended early without an error ("early_stopping"), else None.
+        self.stopped: str | None = None
+        self._elapsed_before = resume.elapsed_s if resume else 0.0
+        self._session_start = clock()
+        # The loop state of each checkpoint this process knows, to roll back to after a divergence.
+        self._known: dict[int, LoopState] = {}
+        if resume is not None and state.checkpoints:
+            self._known[state.checkpoints[-1].step] = _snapshot(state)
+        self._step_times: deque[float] = deque(maxlen=8)
+        self._patience_left = val_spec.early_stopping_patience if val_spec else None
+        self._best_val = min(state.val_history) if state.val_history else None
+        # Not a stored bound method: that would be a reference cycle keeping the session alive.
+        self._withdrawable = (
+            cancel is not None and getattr(session, "withdraws_queued_calls", False) is True
+        )
+
+    def run(self) -> LoopResult:
+        """The whole run: :meth:`start`, every remaining step, :meth:`finish`."""
+        self.start()
+        for step in range(self.state.step, self.total):
+            if self.stopped is not None:
+                break
+            self.advance(step)
+        return self.finish()
+
+    def start(self) -> None:
+        """Announce the run (``train.start``); once, before the first :meth:`advance`."""
+        self._say(
+            "train.start", step=self.state.step, total_steps=self.total, resumed=self._resumed
+        )
+
+    def advance(self, step: int) -> None:
+        """Submit step ``step`` (0-based), then read the oldest steps until fewer than ``window``
+        are in flight. Stops the run instead (checkpoint, then raise) when it is cancelled or the
+        step would exceed a budget."""
+        if self._cancel is not None:
+            self.check_cancel()
+        self.submit(step)
+        while len(self.pending) >= self.window:
+            self.finish_oldest()
+
+    def finish(self) -> LoopResult:
+        """Read every step in flight, keep the final state of a run that early stopping ended
+        off the save schedule, announce ``train.end``, and report the run."""
+        self.drain()
+        if self.stopped is not None and not self._last_step_saved():
+            self.save_now()
+        state = self.state
+        state.elapsed_s = self.elapsed()
+        self._say("train.end", step=state.step, loss=state.last_loss, stopped=self.stopped)
+        best_step = self._tracker.best
+        by_step = {c.step: c for c in state.checkpoints}
+        return LoopResult(
+            state=state,
+            total_steps=self.total,
+            losses=self.losses,
+            best=by_step.get(best_step) if best_step is not None else None,
+            last=state.checkpoints[-1] if state.checkpoints else None,
+            stopped=self.stopped,
+        )
+
+    def elapsed(self) -> float:
+        """Wall time of the whole run, across resumes."""
+        return self._elapsed_before + (self._clock() - self._session_start)
+
+    def check_cancel(self) -> None:
+        """If the cancel token is set, :meth:`stop` the run with
+        :class:`~crucible_core.errors.Cancelled` (its reason, else ``cancelled``)."""
+        cancel = self._cancel
+        if cancel is not None and cancel.is_set():
+            reason = reason_of(cancel) or "cancelled"
+            self.stop(reason, functools.partial(_cancelled_error, reason))
+
+    def budget_problem(self, step_tokens: int) -> str | None:
+        """The budget (``max_tokens``, ``max_cost``, ``max_wall_time``, checked in that order)
+        the next step, of ``step_tokens`` tokens, would exceed; None when it fits them all."""
+        budget, state = self._budget, self.state
+        elapsed = self.elapsed()  # read every step, whichever budgets are set
+        times = self._step_times
+        pace = (sum(times) / len(times)) if times else 0.0
+        if budget.max_tokens is not None and state.tokens + step_tokens > budget.max_tokens:
+            return "max_tokens"
+        if budget.max_cost is not None and state.cost + step_tokens * self._price > budget.max_cost:
+            return "max_cost"
+        if budget.max_wall_time is not None and elapsed + pace > budget.max_wall_time:
+            return "max_wall_time"
+        return None
+
+    def submit(self, step: int) -> None:
+        """Queue step ``step``'s calls (its micro-batches' ``forward_backward``, ``optim_step``,
+        and the ``save_state`` and validation ``forward`` due after it) and count its tokens and
+        cost. If the step would exceed a budget, :meth:`stop` with
+        :class:`~crucible_core.errors.BudgetExhausted` instead, submitting nothing."""
+        cfg, session, state = self._cfg, self._session, self.state
+        micro = [
+            batch_for_step(self._train_data, step, m, cfg, shuffle=self._shuffle)
+            for m in range(cfg.grad_accum)
+        ]
+        step_tokens = sum(_tokens(b) for b, _ in micro)
+        epoch = micro[-1][1]
+        problem = self.budget_problem(step_tokens)
+        if problem is not None:
+            run = self._job.job_id or "RUN"
+            self.stop(f"budget:{problem}", functools.partial(_budget_error, problem, run))
+        state.tokens += step_tokens
+        state.cost += step_tokens * self._price
+        lr = learning_rate(cfg, step, self.total)
+        submitted = self._clock()
+        fb = [session.forward_backward(b, cfg.loss) for b, _ in micro]
+        opt = session.optim_step(adam_params(cfg, lr))
+        step_done = step + 1
+        save = session.save_state(f"step-{step_done:06d}") if self._saves(step, epoch) else None
+        val = (
+            session.forward(list(self._validation_data), cfg.loss)
+            if self._validates(step_done)
+            else None
+        )
+        self.pending.append(_InFlight(step, epoch, fb, opt, lr, submitted, save, val, step_tokens))
+
+    def _saves(self, step: int, epoch: float) -> bool:
+        """Whether the state after step ``step`` (0-based, ending in ``epoch``) is saved on the
+        policy's schedule: its step cadence, or ("epoch") a step that ends an epoch; the last
+        step always."""
+        step_done = step + 1
+        if self._policy.strategy == "epoch":
+            before = step * self._cfg.grad_accum / self._bpe
+            return math.floor(epoch) > math.floor(before) or step_done == self.total
+        return self._policy.saves_at(step_done, self.total)
+
+    def _validates(self, step_done: int) -> bool:
+        """Whether the validation set is scored after ``step_done`` steps (every
+        ``every_n_steps``, and after the last step)."""
+        every = self._val_every
+        return every is not None and (step_done % every == 0 or step_done == self.total)
+
+    def finish_oldest(self) -> None:
+        """Read the oldest step in flight and record it: state and ``train.step``, validation
+        and early stopping, the checkpoint policy's save and deletions. A non-finite loss
+        :meth:`rollback`-s instead."""
+        item = self.pending.popleft()
+        wait, tick = self._watch.wait, self.withdraw_queued if self._withdrawable else None
+        results = [wait(f, "forward_backward", tick) for f in item.fb]
+        opt = wait(item.opt, "optim_step", tick)
+        step_loss = _mean_loss(results)
+        if not math.isfinite(step_loss):
+            self.rollback(item, step_loss)
+        observed = self._record_step(item, results, opt, step_loss)
+        if item.val is not None:
+            self._record_validation(item.val, observed)
+        self._apply_policy(item, observed)
+
+    def _record_step(
+        self,
+        item: _InFlight,
+        results: Sequence[ForwardBackwardResult],
+        opt: OptimStepResult,
+        step_loss: float,
+    ) -> dict[str, float]:
+        """Advance the state to ``item``'s step and announce ``train.step``; returns the loss
+        and the backend's metrics, what the checkpoint policy observes."""
+        state = self.state
+        self._step_times.append(self._clock() - item.submitted)
+        state.step = item.step + 1
+        state.last_loss = step_loss
+        if state.first_loss is None:
+            state.first_loss = step_loss
+        self.losses.append(step_loss)
+        metrics: dict[str, float] = {}
+        for r in results:
+            metrics.update(r.metrics)
+        metrics.update(opt.metrics)
+        self._say(
+            "train.step",
+            step=state.step,
+            epoch=item.epoch,
+            loss=step_loss,
+            lr=item.lr,
+            tokens=state.tokens,
+            grad_norm=opt.grad_norm,
+            total_steps=self.total,
+            metrics=metrics,
+        )
+        return {"loss": step_loss, **metrics}
+
+    def _record_validation(
+        self, future: Future[ForwardBackwardResult], observed: dict[str, float]
+    ) -> None:
+        """Read the validation loss into ``observed`` and the history, announce it, and count
+        early stopping's patience: a loss that does not beat the best so far uses one, and
+        none left sets ``stopped``."""
+        val = self._watch.wait(future, "forward")
+        observed["val_loss"] = val.loss
+        self.state.val_history.append(val.loss)
+        self._say("eval.metric", step=self.state.step, split="validation", val_loss=val.loss)
+        if self._patience_left is None:
+            return
+        if self._best_val is None or val.loss < self._best_val:
+            self._best_val = val.loss
+            self._patience_left = self._val_spec.early_stopping_patience if self._val_spec else None
+        else:
+            self._patience_left -= 1
+            if self._patience_left <= 0:
+                self.stopped = "early_stopping"
+
+    def _apply_policy(self, item: _InFlight, observed: dict[str, float]) -> None:
+        """Do what the checkpoint policy decides after ``item``'s step: record its save (the
+        one in flight, or a new one) or drop an unwanted one, then delete what it retires."""
+        state = self.state
+        decision = self._tracker.observe(
+            state.step, item.epoch, observed, final=state.step == self.total
+        )
+        if decision.save and item.save is None and self.pending:
+            # Only a metric-driven policy decides late, and it runs with window=1.
+            raise AssertionError("a checkpoint decided after later steps were submitted")
+        doomed = [c for c in state.checkpoints if c.step in decision.delete]
+        if decision.save:
+            future = item.save
+            if future is None:
+                future = self._session.save_state(f"step-{state.step:06d}")
+            ref = self._watch.wait(future, "save_state")
+            saved = SavedCheckpoint(
+                ref=ref, step=state.step, metric=observed.get(self._policy.best_metric)
+            )
+            # Persist the new list first, delete retired files after: a crash in
+            # between leaves an extra file, never a state pointing at a deleted one.
+            state.checkpoints = [c for c in state.checkpoints if c not in doomed] + [saved]
+            self._record_checkpoint(saved)
+        elif item.save is not None:
+            # Predicted but not wanted (the step was already saved): keep nothing extra.
+            self._watch.wait(item.save, "save_state")
+        if doomed:
+            self._delete(doomed)
+
+    def _record_checkpoint(self, saved: SavedCheckpoint) -> None:
+        """Persist ``saved``, already last in ``state.checkpoints``: stamp the elapsed time,
+        remember the state for a rollback, call ``on_checkpoint``, announce it."""
+        state = self.state
+        state.elapsed_s = self.elapsed()
+        self._known[saved.step] = _snapshot(state)
+        if self._on_checkpoint is not None:
+            self._on_checkpoint(saved, _snapshot(state))
+        self._say(
+            "train.checkpoint", step=state.step, uri=saved.ref.uri, checkpoint_kind=saved.ref.kind
+        )
+
+    def _delete(self, checkpoints: Sequence[SavedCheckpoint]) -> None:
+        """Hand each retired checkpoint to ``on_delete``."""
+        if self._on_delete is not None:
+            for c in checkpoints:
+                self._on_delete(c)
+
+    def _last_step_saved(self) -> bool:
+        """Whether the newest checkpoint holds the state after ``state.step``."""
+        checkpoints = self.state.checkpoints
+        return bool(checkpoints) and checkpoints[-1].step == self.state.step
+
+    def drain(self) -> None:
+        """Read every step in flight (:meth:`finish_oldest` until none is left)."""
+        while self.pending:
+            self.finish_oldest()
+
+    def save_now(self) -> None:
+        """Checkpoint the state after ``state.step`` now. Only with nothing in flight (after
+        :meth:`drain`), so the save holds exactly that step."""
+        assert not self.pending, "save_now with steps in flight"
+        state = self.state
+        ref = self._watch.wait(self._session.save_state(f"step-{state.step:06d}"), "save_state")
+        saved = SavedCheckpoint(ref=ref, step=state.step, metric=state.last_loss)
+        state.checkpoints.append(saved)
+        self._record_checkpoint(saved)
+
+    def stop(self, reason: str, make_error: Callable[[int], Exception]) -> NoReturn:
+        """End the run early: drain, checkpoint the last step unless it is saved, announce
+        ``train.stopped`` with ``reason``, and raise ``make_error(step)``."""
+        self.drain()
+        if not self._last_step_saved():
+            self.save_now()
+        self._say("train.stopped", step=self.state.step, reason=reason)
+        raise make_error(self.state.step)
+
+    def rollback(self, item: _InFlight, step_loss: float) -> NoReturn:
+        """Step ``item`` (just read) has the non-finite ``step_loss``: discard every checkpoint
+        from the weights that produced it on, persist the last good one's state again when it
+        is known, announce ``train.stopped`` and raise :class:`~crucible_core.errors.Diverged`.
+
+        The weights after step k-1 gave step k its loss, so checkpoints from k-1 on are suspect;
+        saves still in flight are waited for and deleted (never recorded).
+        """
+        state, k = self.state, item.step + 1
+        discarded: list[SavedCheckpoint] = []
+        for it in [item, *self.pending]:
+            if it.save is not None:
+                ref = self._watch.wait(it.save, "save_state")
+                discarded.append(SavedCheckpoint(ref=ref, step=it.step + 1))
+        self.pending.clear()
+        suspect = [c for c in state.checkpoints if c.step >= k - 1]
+        good = [c for c in state.checkpoints if c.step < k - 1]
+        if suspect and good and good[-1].step in self._known:
+            back = _snapshot(self._known[good[-1].step])
+            back.checkpoints = [c for c in back.checkpoints if c in good]
+            if self._on_checkpoint is not None:
+                self._on_checkpoint(good[-1], back)
+            state.checkpoints = good
+            discarded.extend(suspect)
+        self._delete(discarded)
+        last = state.checkpoints[-1].step if state.checkpoints else None
+        self._say("train.stopped", step=k, reason="non_finite_loss", loss=step_loss)
+        raise _diverged_error(k, step_loss, last, self._job.job_id or "RUN")
+
+    def withdraw_queued(self) -> None:
+        """If the run is cancelled, take back the steps queued behind the one being computed,
+        newest first, and uncount their tokens and cost (the wait's tick, for a session that
+        sets ``withdraws_queued_calls``).
+
+        One FIFO worker: if a step's first call has not started, none of its calls has, so
+        cancelling them all leaves the session exactly as it was.
+        """
+        cancel, pending = self._cancel, self.pending
+        if cancel is None or not cancel.is_set():
+            return
+        while pending:
+            item = pending[-1]
+            calls = item.calls()
+            if not calls[0].cancel():
+                return
+            if not all(f.cancel() for f in calls[1:]):
+                raise BackendError(
+                    f"backend {self._backend_name!r}: a queued call ran before the call queued "
+                    "ahead of it, though the session sets withdraws_queued_calls",
+                    hint="the session must run its calls one at a time, in submission order",
+                )
+            pending.pop()
+            self.state.tokens -= item.tokens
+            self.state.cost -= item.tokens * self._price
+
+
 def train(
     session: TrainingSession,
     job: TrainingJob,
@@ -300,265 +641,22 @@ def train(
     retires one. ``resume`` continues a run from the state saved with its
     last checkpoint (the caller has already ``load_state``-d the session).
     """
-    cfg = job.learning_config
-    policy = job.checkpoint_policy
-    loss = cfg.loss
-    total = total_steps(cfg, len(train_data))
-    shuffle = job.dataset_spec.shuffle
-    budget = job.budget
-    price = (costs.train_per_mtok if costs else 0.0) / 1e6
-    say: Emit = emit or _quiet
-    watch = _Watchdog(backend_name, deadline_s)
-    state = msgspec.structs.replace(resume) if resume is not None else LoopState()
-    state.checkpoints = list(state.checkpoints)
-    tracker = CheckpointTracker(policy, saved=[(c.step, c.metric) for c in state.checkpoints])
-    val_spec = job.validation_spec
-    # A metric-driven save ("best") needs step k's loss before step k+1 runs.
-    window = 1 if policy.strategy == "best" else max(1, window)
-    losses: list[float] = []
-    pending: deque[_InFlight] = deque()
-    session_start = clock()
-    # The loop state of each checkpoint this process knows, to roll back to after a divergence.
-    known: dict[int, LoopState] = {}
-    if resume is not None and state.checkpoints:
-        known[state.checkpoints[-1].step] = _snapshot(state)
-    step_times: deque[float] = deque(maxlen=8)
-    stopped: str | None = None
-    patience_left = val_spec.early_stopping_patience if val_spec else None
-    best_val = min(state.val_history) if state.val_history else None
-
-    def elapsed() -> float:
-        # Wall time of the whole run, across resumes.
-        return (resume.elapsed_s if resume else 0.0) + (clock() - session_start)
-
-    def diverged(item: _InFlight, step_loss: float) -> None:
-        # Weights after step k-1 produced step k's bad loss: checkpoints from k-1 on are
-        # suspect. Saves still in flight are waited for and deleted (never recorded).
-        k = item.step + 1
-        discarded: list[SavedCheckpoint] = []
-        for it in [item, *pending]:
-            if it.save is not None:
-                ref = watch.wait(it.save, "save_state")
-                discarded.append(SavedCheckpoint(ref=ref, step=it.step + 1))
-        pending.clear()
-        suspect = [c for c in state.checkpoints if c.step >= k - 1]
-        good = [c for c in state.checkpoints if c.step < k - 1]
-        if suspect and good and good[-1].step in known:
-            back = _snapshot(known[good[-1].step])
-            back.checkpoints = [c for c in back.checkpoints if c in good]
-            if on_checkpoint is not None:
-                on_checkpoint(good[-1], back)
-            state.checkpoints = good
-            discarded.extend(suspect)
-        for c in discarded:
-            if on_delete is not None:
-                on_delete(c)
-        last = state.checkpoints[-1].step if state.checkpoints else None
-        say("train.stopped", step=k, reason="non_finite_loss", loss=step_loss)
-        raise Diverged(
-            f"step {k}: the loss is {step_loss} (not finite); training stopped"
-            + (
-                f", the last good checkpoint (step {last}) is kept"
-                if last is not None and last < k - 1
-                else f"; the newest checkpoint (step {last}) may hold the diverged weights"
-                if last is not None
-                else ", no checkpoint was saved before it"
-            ),
-            hint="lower learning_config.optimizer.lr, or set optimizer.grad_clip, and train "
-            "again (or resume from the kept checkpoint with `crucible resume "
-            f"{job.job_id or 'RUN'}`)",
-            step=k,
-            loss=str(step_loss),
-            last_checkpoint=last,
-        )
-
-    withdrawable = cancel is not None and getattr(session, "withdraws_queued_calls", False) is True
-
-    def withdraw_queued() -> None:
-        # Cancelled: take back the steps queued behind the one being computed, newest
-        # first. One FIFO worker: if a step's first call has not started, none of its
-        # calls has, so cancelling them all leaves the session exactly as it was.
-        if cancel is None or not cancel.is_set():
-            return
-        while pending:
-            item = pending[-1]
-            calls = item.calls()
-            if not calls[0].cancel():
-                return
-            if not all(f.cancel() for f in calls[1:]):
-                raise BackendError(
-                    f"backend {backend_name!r}: a queued call ran before the call queued "
-                    "ahead of it, though the session sets withdraws_queued_calls",
-                    hint="the session must run its calls one at a time, in submission order",
-                )
-            pending.pop()
-            state.tokens -= item.tokens
-            state.cost -= item.tokens * price
-
-    tick = withdraw_queued if withdrawable else None
-
-    def finish_oldest() -> None:
-        nonlocal stopped, patience_left, best_val
-        item = pending.popleft()
-        results = [watch.wait(f, "forward_backward", tick) for f in item.fb]
-        opt = watch.wait(item.opt, "optim_step", tick)
-        step_loss = _mean_loss(results)
-        if not math.isfinite(step_loss):
-            diverged(item, step_loss)
-        now = clock()
-        step_times.append(now - item.submitted)
-        state.step = item.step + 1
-        state.last_loss = step_loss
-        if state.first_loss is None:
-            state.first_loss = step_loss
-        losses.append(step_loss)
-        metrics: dict[str, float] = {}
-        for r in results:
-            metrics.update(r.metrics)
-        metrics.update(opt.metrics)
-        say(
-            "train.step",
-            step=state.step,
-            epoch=item.epoch,
-            loss=step_loss,
-            lr=item.lr,
-            tokens=state.tokens,
-            grad_norm=opt.grad_norm,
-            total_steps=total,
-            metrics=metrics,
-        )
-        observed: dict[str, float] = {"loss": step_loss, **metrics}
-        if item.val is not None:
-            val = watch.wait(item.val, "forward")
-            observed["val_loss"] = val.loss
-            state.val_history.append(val.loss)
-            say("eval.metric", step=state.step, split="validation", val_loss=val.loss)
-            if patience_left is not None:
-                if best_val is None or val.loss < best_val:
-                    best_val = val.loss
-                    patience_left = val_spec.early_stopping_patience if val_spec else None
-                else:
-                    patience_left -= 1
-                    if patience_left <= 0:
-                        stopped = "early_stopping"
-        decision = tracker.observe(state.step, item.epoch, observed, final=state.step == total)
-        if decision.save and item.save is None and pending:
-            # Only a metric-driven policy decides late, and it runs with window=1.
-            raise AssertionError("a checkpoint decided after later steps were submitted")
-        doomed = [c for c in state.checkpoints if c.step in decision.delete]
-        if decision.save:
-            ref = (
-                watch.wait(item.save, "save_state")
-                if item.save is not None
-                else watch.wait(session.save_state(f"step-{state.step:06d}"), "save_state")
-            )
-            saved = SavedCheckpoint(
-                ref=ref, step=state.step, metric=observed.get(policy.best_metric)
-            )
-            # Persist the new list first, delete retired files after: a crash in
-            # between leaves an extra file, never a state pointing at a deleted one.
-            state.checkpoints = [c for c in state.checkpoints if c not in doomed] + [saved]
-            state.elapsed_s = elapsed()
-            known[saved.step] = _snapshot(state)
-            if on_checkpoint is not None:
-                on_checkpoint(saved, _snapshot(state))
-            say("train.checkpoint", step=state.step, uri=ref.uri, checkpoint_kind=ref.kind)
-        elif item.save is not None:
-            # Predicted but not wanted (the step was already saved): keep nothing extra.
-            watch.wait(item.save, "save_state")
-        for c in doomed:
-            if on_delete is not None:
-                on_delete(c)
-
-    def drain() -> None:
-        while pending:
-            finish_oldest()
-
-    def _save_now() -> None:
-        # The session is idle (drained), so this saves exactly the state after state.step.
-        ref = watch.wait(session.save_state(f"step-{state.step:06d}"), "save_state")
-        saved = SavedCheckpoint(ref=ref, step=state.step, metric=state.last_loss)
-        state.checkpoints.append(saved)
-        state.elapsed_s = elapsed()
-        known[saved.step] = _snapshot(state)
-        if on_checkpoint is not None:
-            on_checkpoint(saved, _snapshot(state))
-        say("train.checkpoint", step=state.step, uri=ref.uri, checkpoint_kind=ref.kind)
-
-    def stop_with(reason: str, make_error: Callable[[int], Exception]) -> None:
-        drain()
-        if not state.checkpoints or state.checkpoints[-1].step != state.step:
-            _save_now()
-        say("train.stopped", step=state.step, reason=reason)
-        raise make_error(state.step)
-
-    say("train.start", step=state.step, total_steps=total, resumed=resume is not None)
-    bpe = batches_per_epoch(len(train_data), cfg.batch_size)
-    for step in range(state.step, total):
-        if stopped is not None:
-            break
-        if cancel is not None and cancel.is_set():
-            reason = reason_of(cancel) or "cancelled"
-            stop_with(reason, functools.partial(_cancelled_error, reason))
-        micro = [
-            batch_for_step(train_data, step, m, cfg, shuffle=shuffle) for m in range(cfg.grad_accum)
-        ]
-        step_tokens = sum(_tokens(b) for b, _ in micro)
-        epoch = micro[-1][1]
-        problem = _budget_problem(
-            budget.max_tokens,
-            budget.max_cost,
-            budget.max_wall_time,
-            tokens=state.tokens,
-            cost=state.cost,
-            step_tokens=step_tokens,
-            price=price,
-            elapsed=elapsed(),
-            pace=(sum(step_times) / len(step_times)) if step_times else 0.0,
-        )
-        if problem is not None:
-            stop_with(
-                f"budget:{problem}", functools.partial(_budget_error, problem, job.job_id or "RUN")
-            )
-        state.tokens += step_tokens
-        state.cost += step_tokens * price
-        lr = learning_rate(cfg, step, total)
-        submitted = clock()
-        fb = [session.forward_backward(b, loss) for b, _ in micro]
-        opt = session.optim_step(adam_params(cfg, lr))
-        step_done = step + 1
-        will_save = policy.saves_at(step_done, total)
-        if policy.strategy == "epoch":
-            before = step * cfg.grad_accum / bpe
-            will_save = math.floor(epoch) > math.floor(before) or step_done == total
-        save = session.save_state(f"step-{step_done:06d}") if will_save else None
-        val = None
-        if (
-            val_spec is not None
-            and val_spec.every_n_steps
-            and validation_data
-            and (step_done % val_spec.every_n_steps == 0 or step_done == total)
-        ):
-            val = session.forward(list(validation_data), loss)
-        pending.append(_InFlight(step, epoch, fb, opt, lr, submitted, save, val, step_tokens))
-        while len(pending) >= window:
-            finish_oldest()
-    drain()
-    if stopped is not None and (not state.checkpoints or state.checkpoints[-1].step != state.step):
-        # Early stopping ended the run off the save schedule: keep its final state.
-        _save_now()
-    state.elapsed_s = elapsed()
-    say("train.end", step=state.step, loss=state.last_loss, stopped=stopped)
-    best_step = tracker.best
-    by_step = {c.step: c for c in state.checkpoints}
-    return LoopResult(
-        state=state,
-        total_steps=total,
-        losses=losses,
-        best=by_step.get(best_step) if best_step is not None else None,
-        last=state.checkpoints[-1] if state.checkpoints else None,
-        stopped=stopped,
-    )
+    return TrainLoop(
+        session,
+        job,
+        train_data,
+        validation_data=validation_data,
+        emit=emit,
+        cancel=cancel,
+        resume=resume,
+        on_checkpoint=on_checkpoint,
+        on_delete=on_delete,
+        costs=costs,
+        backend_name=backend_name,
+        window=window,
+        deadline_s=deadline_s,
+        clock=clock,
+    ).run()
 
 
 def _budget_error(which: str, run: str, step: int) -> BudgetExhausted:
@@ -577,22 +675,19 @@ def _cancelled_error(reason: str, step: int) -> Cancelled:
     )
 
 
-def _budget_problem(
-    max_tokens: int | None,
-    max_cost: float | None,
-    max_wall_time: float | None,
-    *,
-    tokens: int,
-    cost: float,
-    step_tokens: int,
-    price: float,
-    elapsed: float,
-    pace: float,
-) -> str | None:
-    if max_tokens is not None and tokens + step_tokens > max_tokens:
-        return "max_tokens"
-    if max_cost is not None and cost + step_tokens * price > max_cost:
-        return "max_cost"
-    if max_wall_time is not None and elapsed + pace > max_wall_time:
-        return "max_wall_time"
-    return None
+def _diverged_error(step: int, loss: float, last: int | None, run: str) -> Diverged:
+    """Step ``step`` had the non-finite ``loss``; ``last`` is the newest checkpoint kept."""
+    if last is None:
+        kept = ", no checkpoint was saved before it"
+    elif last < step - 1:
+        kept = f", the last good checkpoint (step {last}) is kept"
+    else:
+        kept = f"; the newest checkpoint (step {last}) may hold the diverged weights"
+    return Diverged(
+        f"step {step}: the loss is {loss} (not finite); training stopped" + kept,
+        hint="lower learning_config.optimizer.lr, or set optimizer.grad_clip, and train "
+        f"again (or resume from the kept checkpoint with `crucible resume {run}`)",
+        step=step,
+        loss=str(loss),
+        last_checkpoint=last,
+    )
