@@ -15,6 +15,11 @@ Training calls are never moved: they go to the *home* member (the first that
 could be created) and a failure is raised as a ``BackendError`` that says so,
 because a training session's state lives on one backend.
 
+A member may carry ``limits`` (requests/s, tokens/min, max in flight; shared
+across processes through the state file, :mod:`crucible_router.limits`): a
+member over its limit for longer than ``max_wait_s`` is skipped like one over
+capacity, without counting against its breaker.
+
 Events on ``bus`` (``job_id`` given): ``route.fallback`` (which member
 answered, and why each earlier one was skipped), ``breaker.open``,
 ``breaker.half_open``, ``breaker.closed``.
@@ -37,6 +42,7 @@ from crucible_core.errors import (
 )
 from crucible_core.ir import Capabilities, Completion, Health, Prompt, SamplingParams, StreamChunk
 from crucible_router.breaker import STATES, BreakerState, CircuitBreaker
+from crucible_router.limits import Limits, LimitStore, RateLimiter
 from crucible_router.state import BreakerStateFile
 
 __all__ = ["TRAINING_METHODS", "Member", "RoutedBackend", "fails_over"]
@@ -73,22 +79,62 @@ class Member:
         self.owned = False
         self.calls = 0
         self.failures = 0
+        self.limiter: RateLimiter | None = None
 
 
-def _spec_name(spec: Any, where: str) -> str | None:
-    """The registered name a member spec asks for (None for an object); ConfigError if malformed."""
+class _Spec:
+    """A member spec, parsed: the name to build (or the object), its options and limits."""
+
+    def __init__(self, wanted: str | None, obj: Any, options: dict[str, Any], limits: Limits):
+        self.wanted = wanted
+        self.obj = obj
+        self.options = options
+        self.limits = limits
+
+
+def _is_backend(obj: Any) -> bool:
+    return callable(getattr(obj, "complete", None)) or callable(getattr(obj, "sample", None))
+
+
+def _parse_spec(spec: Any, where: str) -> _Spec:
+    """A name, a ``{name | backend, options, limits}`` table or an object; ConfigError if not."""
     if isinstance(spec, str):
-        return spec
+        return _Spec(spec, None, {}, Limits())
     if isinstance(spec, Mapping):
         table: Mapping[str, Any] = spec  # pyright: ignore[reportUnknownVariableType]
-        if "name" not in table or set(table) - {"name", "options"}:
+        keys = set(table)
+        if keys - {"name", "backend", "options", "limits"} or len(keys & {"name", "backend"}) != 1:
             raise ConfigError(
-                f"{where}: expected a table with 'name' (and 'options'), got keys {sorted(table)}"
+                f"{where}: expected a table with 'name' (or 'backend', an object) and optional "
+                f"'options' and 'limits', got keys {sorted(table)}"
             )
-        return str(table["name"])
-    if callable(getattr(spec, "complete", None)) or callable(getattr(spec, "sample", None)):
-        return None
+        limits_table = table.get("limits") or {}
+        if not isinstance(limits_table, Mapping):
+            raise ConfigError(f"{where}.limits: expected a table, got {limits_table!r}")
+        limits = Limits.parse(limits_table, f"{where}.limits")  # pyright: ignore[reportUnknownArgumentType]
+        if "backend" in table:
+            if not _is_backend(table["backend"]) or "options" in table:
+                raise ConfigError(f"{where}.backend: expected a backend object (without options)")
+            return _Spec(None, table["backend"], {}, limits)
+        options = dict(table.get("options") or {})
+        return _Spec(str(table["name"]), None, options, limits)
+    if _is_backend(spec):
+        return _Spec(None, spec, {}, Limits())
     raise ConfigError(f"{where}: {type(spec).__name__} is not a backend name, table or object")
+
+
+def _tokens(result: Any) -> int:
+    """Tokens a call used, from the ``Completion`` (or list of them, or a stream's first
+    chunk's tokens) it returned: what ``tokens_per_min`` charges."""
+    items = result if isinstance(result, list) else [result]
+    total = 0
+    for item in items:  # pyright: ignore[reportUnknownVariableType]
+        usage = getattr(item, "usage", None)
+        if usage is not None:
+            total += int(usage.prompt_tokens) + int(usage.completion_tokens)
+        elif isinstance(item, tuple) and len(item) == 3:  # pyright: ignore[reportUnknownArgumentType]
+            total += len(getattr(item[2], "tokens", None) or [])  # pyright: ignore[reportUnknownArgumentType]
+    return total
 
 
 def _label(spec: Any) -> str:
@@ -110,6 +156,13 @@ class RoutedBackend:
     ``host``: the plugin host that builds members given by name (default: the
     process's).
 
+    A member table's ``limits`` (``requests_per_s``, ``burst``, ``tokens_per_min``,
+    ``max_in_flight``, ``max_wait_s``, ``key``; see :mod:`crucible_router.limits`)
+    caps the calls sent to it; with ``state_file`` on, the caps are shared with
+    every process using the same file. A member that cannot admit a call within
+    ``max_wait_s`` is skipped (``rate limited``) without counting against its
+    breaker. ``sleep`` is what waiting calls (tests inject one with ``clock``).
+
     A member whose creation fails (plugin missing, bad options) stays in the route
     as unavailable, so the route still answers from the others; when no member
     can be created, ``BackendError`` lists why for each.
@@ -126,6 +179,7 @@ class RoutedBackend:
         min_calls: int = 10,
         cooldown_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
         state_file: bool | str | BreakerStateFile = False,
         bus: Any = None,
         job_id: str = "router",
@@ -147,23 +201,24 @@ class RoutedBackend:
             self._state_file = None
         self.members: list[Member] = []
         specs = [primary, *fallbacks]
-        names = [
-            _spec_name(spec, "router.primary" if i == 0 else f"router.fallbacks[{i - 1}]")
+        parsed = [
+            _parse_spec(spec, "router.primary" if i == 0 else f"router.fallbacks[{i - 1}]")
             for i, spec in enumerate(specs)
         ]
-        for spec, wanted in zip(specs, names, strict=True):
-            backend, owned, error = spec, False, None
-            if wanted is not None:
+        self._sleep = sleep
+        self._limit_store: LimitStore | None = None
+        for spec in parsed:
+            backend, owned, error = spec.obj, False, None
+            if spec.wanted is not None:
                 if host is None:
                     from crucible_core.plugins import get_host
 
                     host = get_host()
-                options = dict(spec.get("options") or {}) if isinstance(spec, Mapping) else {}  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
                 try:
-                    backend, owned = host.create("backend", wanted, **options), True
+                    backend, owned = host.create("backend", spec.wanted, **spec.options), True
                 except (NotFound, PluginError, BackendError) as exc:
                     backend, error = None, exc.message
-            name = wanted if wanted is not None else _label(spec)
+            name = spec.wanted if spec.wanted is not None else _label(spec.obj)
             taken = {m.name for m in self.members}
             if name in taken:  # the same backend twice (other options): number the repeats
                 name = next(
@@ -180,6 +235,10 @@ class RoutedBackend:
             )
             member = Member(name, backend, error, breaker)
             member.owned = owned
+            if spec.limits.active:
+                member.limiter = RateLimiter(
+                    name, spec.limits, self._limits_store(), clock=clock, sleep=sleep
+                )
             self.members.append(member)
         if all(m.backend is None for m in self.members):
             raise BackendError(
@@ -190,6 +249,13 @@ class RoutedBackend:
         self.home = next(m for m in self.members if m.backend is not None)
         if self._state_file is not None:
             self._resume_open_breakers(self._state_file)
+
+    def _limits_store(self) -> LimitStore:
+        """The limiters' database: the state file when on (shared by processes), else memory."""
+        if self._limit_store is None:
+            path = self._state_file.path if self._state_file is not None else None
+            self._limit_store = LimitStore(path)
+        return self._limit_store
 
     def _resume_open_breakers(self, store: BreakerStateFile) -> None:
         """Start with the breakers another process (or an earlier run) left open, until
@@ -243,11 +309,24 @@ class RoutedBackend:
                 skipped.append({"backend": member.name, "reason": reason})
                 retryable = True
                 continue
+            slot = None
+            if member.limiter is not None:
+                try:
+                    slot = member.limiter.acquire()
+                except CapacityError as exc:  # our own limit: says nothing about health
+                    member.breaker.release(permit)
+                    skipped.append(
+                        {"backend": member.name, "reason": f"rate limited: {exc.message}"}
+                    )
+                    retryable = True
+                    continue
             with self._lock:
                 member.calls += 1
             try:
                 result = call(member.backend)
             except Exception as exc:
+                if slot is not None:
+                    member.limiter.release(slot)  # pyright: ignore[reportOptionalMemberAccess]
                 if not fails_over(exc):
                     member.breaker.release(permit)
                     raise
@@ -261,8 +340,12 @@ class RoutedBackend:
                 )
                 continue
             except BaseException:  # interrupted: says nothing about health; free a probe slot
+                if slot is not None:
+                    member.limiter.release(slot)  # pyright: ignore[reportOptionalMemberAccess]
                 member.breaker.release(permit)
                 raise
+            if slot is not None:
+                member.limiter.release(slot, _tokens(result))  # pyright: ignore[reportOptionalMemberAccess]
             member.breaker.record_success(permit)
             if skipped:
                 with self._lock:
@@ -342,6 +425,9 @@ class RoutedBackend:
             out[f"{m.name}.calls"] = float(m.calls)
             out[f"{m.name}.failures"] = float(m.failures)
             out[f"{m.name}.opens"] = float(m.breaker.opens)
+            if m.limiter is not None:
+                for key, value in m.limiter.metrics().items():
+                    out[f"{m.name}.{key}"] = value
         return out
 
     def status(self) -> list[dict[str, Any]]:
@@ -356,6 +442,8 @@ class RoutedBackend:
         for m in self.members:
             if m.owned and m.backend is not None:
                 m.backend.close()
+        if self._limit_store is not None:
+            self._limit_store.close()
 
     # -- TrainingBackend: the home member only, never failed over -----------------
 
