@@ -40,9 +40,18 @@ from crucible_core.errors import (
     NotFound,
     PluginError,
 )
-from crucible_core.ir import Capabilities, Completion, Health, Prompt, SamplingParams, StreamChunk
+from crucible_core.ir import (
+    Capabilities,
+    Completion,
+    Costs,
+    Health,
+    Prompt,
+    SamplingParams,
+    StreamChunk,
+)
 from crucible_router.breaker import STATES, BreakerState, CircuitBreaker
 from crucible_router.limits import Limits, LimitStore, RateLimiter
+from crucible_router.policies import PrimaryFirst
 from crucible_router.state import BreakerStateFile
 
 __all__ = ["TRAINING_METHODS", "Member", "RoutedBackend", "fails_over"]
@@ -80,6 +89,9 @@ class Member:
         self.calls = 0
         self.failures = 0
         self.limiter: RateLimiter | None = None
+        caps = _capabilities(backend)
+        self.backend_id: str | None = caps.backend_id if caps is not None else None
+        self.costs: Costs | None = caps.costs if caps is not None else None
 
 
 class _Spec:
@@ -137,6 +149,31 @@ def _tokens(result: Any) -> int:
     return total
 
 
+def _capabilities(backend: Any) -> Capabilities | None:
+    if backend is None or not callable(getattr(backend, "capabilities", None)):
+        return None
+    try:
+        caps = backend.capabilities()
+    except Exception:  # a member that cannot describe itself is still routable
+        return None
+    return caps if isinstance(caps, Capabilities) else None
+
+
+def _cost(result: Any, costs: Costs | None) -> float:
+    """What a call's answer cost at the member's declared prices (0 when it declares none)."""
+    if costs is None:
+        return 0.0
+    total = 0.0
+    for item in result if isinstance(result, list) else [result]:  # pyright: ignore[reportUnknownVariableType]
+        usage = getattr(item, "usage", None)
+        if usage is not None:
+            total += (
+                usage.prompt_tokens * costs.prompt_per_mtok
+                + usage.completion_tokens * costs.sample_per_mtok
+            )
+    return total / 1e6
+
+
 def _label(spec: Any) -> str:
     caps = spec.capabilities() if callable(getattr(spec, "capabilities", None)) else None
     return str(getattr(caps, "backend_id", None) or type(spec).__name__)
@@ -163,6 +200,13 @@ class RoutedBackend:
     ``max_wait_s`` is skipped (``rate limited``) without counting against its
     breaker. ``sleep`` is what waiting calls (tests inject one with ``clock``).
 
+    ``policy`` orders the members per request (:mod:`crucible_router.policies`): a
+    registered routing policy's name (``primary``, ``round_robin``, ``adaptive``, or
+    one another plugin registers through ``register_routing_policies``) built with
+    ``policy_options``, or an object; default: the configured order. The members
+    after the first still serve as its fallbacks, up to ``max_attempts`` calls per
+    request (default: every member). :meth:`feedback` passes a quality score on.
+
     A member whose creation fails (plugin missing, bad options) stays in the route
     as unavailable, so the route still answers from the others; when no member
     can be created, ``BackendError`` lists why for each.
@@ -184,11 +228,18 @@ class RoutedBackend:
         bus: Any = None,
         job_id: str = "router",
         host: Any = None,
+        policy: Any = None,
+        policy_options: Mapping[str, Any] | None = None,
+        max_attempts: int | None = None,
     ) -> None:
         if isinstance(fallbacks, str | Mapping):
             raise ConfigError("router.fallbacks: expected a list of backends, got one")
         self.bus = bus
         self.job_id = job_id
+        self._clock = clock
+        if max_attempts is not None and max_attempts < 1:
+            raise ConfigError(f"router.max_attempts must be >= 1, got {max_attempts}")
+        self.max_attempts = max_attempts
         self._lock = threading.Lock()
         self._counts = {"requests": 0, "fallbacks": 0, "failed": 0}
         if state_file is True:
@@ -247,8 +298,32 @@ class RoutedBackend:
                 hint="install the backends' plugins, or fix their options",
             )
         self.home = next(m for m in self.members if m.backend is not None)
+        self.policy = self._make_policy(policy, policy_options or {}, host)
         if self._state_file is not None:
             self._resume_open_breakers(self._state_file)
+
+    @staticmethod
+    def _make_policy(policy: Any, options: Mapping[str, Any], host: Any) -> Any:
+        """A registered routing policy by name (built with ``options``), or the object;
+        ``None``: the configured order (``PrimaryFirst``)."""
+        if policy is None and not options:
+            return PrimaryFirst()
+        if isinstance(policy, str):
+            if host is None:
+                from crucible_core.plugins import get_host
+
+                host = get_host()
+            return host.create("routing_policy", policy, **options)
+        if options:
+            raise ConfigError("router.policy_options: only for a policy given by name")
+        if not callable(getattr(policy, "order", None)) or not callable(
+            getattr(policy, "observe", None)
+        ):
+            raise ConfigError(
+                f"router.policy: {type(policy).__name__} has no order()/observe(); give a "
+                "registered policy's name (primary, round_robin, adaptive) or such an object"
+            )
+        return policy
 
     def _limits_store(self) -> LimitStore:
         """The limiters' database: the state file when on (shared by processes), else memory."""
@@ -289,18 +364,60 @@ class RoutedBackend:
 
     # -- routing ----------------------------------------------------------------
 
+    def _order(self, op: str) -> list[Member]:
+        """This request's order: the policy ranks the members that could answer ``op``;
+        the others follow (to be skipped with their reason)."""
+        usable = [
+            m
+            for m in self.members
+            if m.backend is not None and callable(getattr(m.backend, op, None))
+        ]
+        if len(usable) < 2:
+            return self.members
+        by_name = {m.name: m for m in usable}
+        ranked = [
+            by_name.pop(n) for n in self.policy.order([m.name for m in usable]) if n in by_name
+        ]
+        ranked += by_name.values()  # a policy that forgot some: they keep their place at the end
+        return ranked + [m for m in self.members if m not in usable]
+
+    def _observe(self, member: Member, started: float, *, failed: bool, cost: float) -> None:
+        self.policy.observe(
+            member.name, latency_s=max(0.0, self._clock() - started), failed=failed, cost=cost
+        )
+
+    def feedback(self, answer: Completion | str, quality: float) -> None:
+        """Feed an evaluation of an answer back to the policy (``quality`` in [0, 1]):
+        ``answer`` is the ``Completion`` (its ``backend_id`` names the member) or a member's
+        name. Ignored by policies without ``feedback``; ``NotFound`` for an unknown member."""
+        wanted = answer if isinstance(answer, str) else answer.backend_id
+        member = next((m for m in self.members if m.name == wanted), None) or next(
+            (m for m in self.members if m.backend_id == wanted), None
+        )
+        if member is None:
+            raise NotFound(
+                f"no member {wanted!r} in this route (members: {[m.name for m in self.members]})"
+            )
+        hook = getattr(self.policy, "feedback", None)
+        if callable(hook):
+            hook(member.name, quality)
+
     def _route(self, op: str, call: Callable[[Any], Any]) -> Any:
         """Run ``call(member.backend)`` on the first member that answers (module docstring)."""
         skipped: list[dict[str, str]] = []
         retryable = False
         with self._lock:
             self._counts["requests"] += 1
-        for member in self.members:
+        attempts = 0
+        for member in self._order(op):
             if member.backend is None:
                 skipped.append({"backend": member.name, "reason": f"unavailable: {member.error}"})
                 continue
             if not callable(getattr(member.backend, op, None)):
                 skipped.append({"backend": member.name, "reason": f"has no {op}()"})
+                continue
+            if self.max_attempts is not None and attempts >= self.max_attempts:
+                skipped.append({"backend": member.name, "reason": "max_attempts reached"})
                 continue
             permit = member.breaker.allow()
             if permit is None:
@@ -322,11 +439,15 @@ class RoutedBackend:
                     continue
             with self._lock:
                 member.calls += 1
+            attempts += 1
+            started = self._clock()
             try:
                 result = call(member.backend)
             except Exception as exc:
                 if slot is not None:
                     member.limiter.release(slot)  # pyright: ignore[reportOptionalMemberAccess]
+                if fails_over(exc):
+                    self._observe(member, started, failed=True, cost=0.0)
                 if not fails_over(exc):
                     member.breaker.release(permit)
                     raise
@@ -347,6 +468,7 @@ class RoutedBackend:
             if slot is not None:
                 member.limiter.release(slot, _tokens(result))  # pyright: ignore[reportOptionalMemberAccess]
             member.breaker.record_success(permit)
+            self._observe(member, started, failed=False, cost=_cost(result, member.costs))
             if skipped:
                 with self._lock:
                     self._counts["fallbacks"] += 1
@@ -428,6 +550,11 @@ class RoutedBackend:
             if m.limiter is not None:
                 for key, value in m.limiter.metrics().items():
                     out[f"{m.name}.{key}"] = value
+        policy_metrics = getattr(self.policy, "metrics", None)
+        if callable(policy_metrics):
+            extra: Mapping[str, float] = policy_metrics()  # pyright: ignore[reportAssignmentType]
+            for key, value in extra.items():
+                out[f"policy.{key}"] = float(value)
         return out
 
     def status(self) -> list[dict[str, Any]]:
