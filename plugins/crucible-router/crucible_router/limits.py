@@ -47,7 +47,7 @@ from typing import Any
 
 from crucible_core.errors import CapacityError, ConfigError
 
-__all__ = ["LimitStore", "Limits", "RateLimiter"]
+__all__ = ["LimitStore", "Limits", "RateLimiter", "in_flight_by_key"]
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS limit_buckets (
@@ -159,6 +159,24 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def in_flight_by_key(path: Path | str) -> dict[str, int]:
+    """Calls running now per limit key in the state file at ``path``, counting only rows of
+    live processes (what ``crucible backends status`` shows); empty without a file."""
+    if not Path(path).exists():
+        return {}
+    store = LimitStore(path)
+    try:
+        with store.transaction() as conn:
+            rows = conn.execute("SELECT key, pid FROM limit_slots").fetchall()
+    finally:
+        store.close()
+    out: dict[str, int] = {}
+    for key, pid in rows:
+        if _alive(int(pid)):
+            out[str(key)] = out.get(str(key), 0) + 1
+    return out
 
 
 class RateLimiter:
