@@ -476,7 +476,11 @@ class RoutedBackend:
             return result
         with self._lock:
             self._counts["failed"] += 1
-        raise BackendError(
+        busy = bool(skipped) and all(
+            s["reason"].startswith(("rate limited", "over capacity")) for s in skipped
+        )
+        error = CapacityError if busy else BackendError  # every member busy: code "capacity"
+        raise error(
             f"{op}: no backend of the route answered: "
             + "; ".join(f"{s['backend']} ({s['reason']})" for s in skipped),
             hint="see `crucible backends status`; open circuits admit a probe after cooldown_s",

@@ -82,6 +82,26 @@ def test_a_lone_limited_member_raises_a_retryable_capacity_error(clock: Clock) -
     assert "requests/s" in info.value.message
 
 
+def test_a_route_whose_members_are_all_busy_raises_capacity_error(clock: Clock) -> None:
+    """Every member over its limit: ``CapacityError`` (code ``capacity``, retryable), which
+    the scheduler's default ``retryable_errors`` retries; a plain failure stays a
+    ``BackendError``."""
+    a, b = Scripted("a", clock), Scripted("b", clock)
+    r = RoutedBackend(
+        limited(a, requests_per_s=1, max_wait_s=0),
+        [limited(b, requests_per_s=1, max_wait_s=0)],
+        clock=clock,
+        sleep=clock.advance,
+    )
+    r.complete(P, GREEDY)
+    r.complete(P, GREEDY)
+    with pytest.raises(CapacityError) as info:
+        r.complete(P, GREEDY)
+    assert info.value.code == "capacity"
+    assert info.value.retryable
+    assert "a (rate limited" in info.value.message
+
+
 def test_tokens_per_min_charges_real_usage_after_the_call(clock: Clock) -> None:
     """600 tokens/min = 10/s. A 1200-token call leaves a debt of 600: the next waits 60 s."""
 
