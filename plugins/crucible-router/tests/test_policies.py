@@ -204,3 +204,21 @@ def test_policy_estimates_reach_metrics() -> None:
     m = r.metrics()
     assert m["policy.b.latency_s"] == pytest.approx(0.10, rel=0.3)
     assert m["policy.a.loss"] > m["policy.b.loss"]
+
+
+def test_an_adaptive_route_composes_with_hedging_and_ensembles() -> None:
+    """An adaptive route inside ``hedged`` and as an ``ensemble`` member (the real plugins):
+    it answers from the member it learned to prefer."""
+    from crucible_ensemble import EnsembleBackend
+    from crucible_hedging import FixedDelay, HedgedBackend
+
+    clock = FakeClock()
+    a, b, c = three(clock)
+    for m in (a, b, c):
+        m.error_rate = 0.0
+    r = RoutedBackend(a, [b, c], clock=clock, policy=AdaptivePolicy(seed=4, exploration=0.0))
+    answers(r, 30)
+    hedged = HedgedBackend(r, FixedDelay(delay_ms=10_000), budget=0.0)
+    assert hedged.complete(P, GREEDY).backend_id == "b"
+    ens = EnsembleBackend([r, b], strategy="majority", mode="sequential")
+    assert ens.complete(P, GREEDY).text == b.complete(P, GREEDY).text
