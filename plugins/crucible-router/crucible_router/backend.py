@@ -27,6 +27,7 @@ answered, and why each earlier one was skipped), ``breaker.open``,
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -136,16 +137,14 @@ def _parse_spec(spec: Any, where: str) -> _Spec:
 
 
 def _tokens(result: Any) -> int:
-    """Tokens a call used, from the ``Completion`` (or list of them, or a stream's first
-    chunk's tokens) it returned: what ``tokens_per_min`` charges."""
+    """Tokens a call used, from the ``Completion`` (or list of them) it returned: what
+    ``tokens_per_min`` charges (streams count their chunks' tokens themselves)."""
     items = result if isinstance(result, list) else [result]
     total = 0
     for item in items:  # pyright: ignore[reportUnknownVariableType]
         usage = getattr(item, "usage", None)
         if usage is not None:
             total += int(usage.prompt_tokens) + int(usage.completion_tokens)
-        elif isinstance(item, tuple) and len(item) == 3:  # pyright: ignore[reportUnknownArgumentType]
-            total += len(getattr(item[2], "tokens", None) or [])  # pyright: ignore[reportUnknownArgumentType]
     return total
 
 
@@ -402,8 +401,16 @@ class RoutedBackend:
         if callable(hook):
             hook(member.name, quality)
 
-    def _route(self, op: str, call: Callable[[Any], Any]) -> Any:
-        """Run ``call(member.backend)`` on the first member that answers (module docstring)."""
+    def _route(
+        self,
+        op: str,
+        call: Callable[[Any], Any],
+        hold: list[Callable[[int], None]] | None = None,
+    ) -> Any:
+        """Run ``call(member.backend)`` on the first member that answers (module docstring).
+
+        With ``hold`` (a stream), the answering member's in-flight slot is not released on
+        return: a ``release(tokens)`` callable is appended to ``hold`` instead."""
         skipped: list[dict[str, str]] = []
         retryable = False
         with self._lock:
@@ -446,11 +453,10 @@ class RoutedBackend:
             except Exception as exc:
                 if slot is not None:
                     member.limiter.release(slot)  # pyright: ignore[reportOptionalMemberAccess]
-                if fails_over(exc):
-                    self._observe(member, started, failed=True, cost=0.0)
                 if not fails_over(exc):
                     member.breaker.release(permit)
                     raise
+                self._observe(member, started, failed=True, cost=0.0)
                 with self._lock:
                     member.failures += 1
                 member.breaker.record_failure(permit)
@@ -466,7 +472,12 @@ class RoutedBackend:
                 member.breaker.release(permit)
                 raise
             if slot is not None:
-                member.limiter.release(slot, _tokens(result))  # pyright: ignore[reportOptionalMemberAccess]
+                limiter = member.limiter
+                assert limiter is not None
+                if hold is None:
+                    limiter.release(slot, _tokens(result))
+                else:
+                    hold.append(functools.partial(limiter.release, slot))
             member.breaker.record_success(permit)
             self._observe(member, started, failed=False, cost=_cost(result, member.costs))
             if skipped:
@@ -502,23 +513,34 @@ class RoutedBackend:
         """Fails over until a member yields its first chunk; after that the stream is that
         member's (a stream cannot be switched mid-way): its errors are raised and counted
         in the member's ``failures`` metric, but not fed to the breaker (the member did
-        answer, and the breaker's permit ended with the first chunk)."""
+        answer, and the breaker's permit ended with the first chunk). A limited member's
+        in-flight slot is held until the stream ends (or is closed), and its
+        ``tokens_per_min`` is charged the streamed chunks' tokens."""
 
         def first(backend: Any) -> tuple[Any, Iterator[StreamChunk], Any]:
             it = iter(backend.stream(prompt, params))
             return backend, it, next(it, None)
 
-        backend, it, head = self._route("stream", first)
-        if head is None:
-            return
-        yield head
-        member = next(m for m in self.members if m.backend is backend)
+        release: list[Callable[[int], None]] = []
+        backend, it, head = self._route("stream", first, hold=release)
+        tokens = 0
         try:
-            yield from it
-        except Exception as exc:
-            if fails_over(exc):
-                member.failures += 1
-            raise
+            if head is None:
+                return
+            tokens += len(head.tokens)
+            yield head
+            member = next(m for m in self.members if m.backend is backend)
+            try:
+                for chunk in it:
+                    tokens += len(chunk.tokens)
+                    yield chunk
+            except Exception as exc:
+                if fails_over(exc):
+                    member.failures += 1
+                raise
+        finally:  # the member's in-flight slot is held until the stream ends or is closed
+            for done in release:
+                done(tokens)
 
     def sample(self, prompt: Prompt, params: SamplingParams) -> Any:
         """``Sampler.sample`` with fail-over: waits for the member's future so a failure can

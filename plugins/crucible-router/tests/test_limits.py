@@ -102,6 +102,23 @@ def test_a_route_whose_members_are_all_busy_raises_capacity_error(clock: Clock) 
     assert "a (rate limited" in info.value.message
 
 
+def test_a_stream_holds_its_slot_until_it_ends(clock: Clock) -> None:
+    """max_in_flight 1: while a stream is open its slot is taken (the old code freed it at
+    the first chunk); closing the stream frees it."""
+    a = Scripted("a", clock)
+    r = RoutedBackend(limited(a, max_in_flight=1, max_wait_s=0), clock=clock, sleep=clock.advance)
+    limiter = r.members[0].limiter
+    assert limiter is not None
+    stream = r.stream(P, GREEDY)
+    next(stream)
+    assert limiter.in_flight() == 1
+    with pytest.raises(CapacityError):
+        r.complete(P, GREEDY)
+    stream.close()
+    assert limiter.in_flight() == 0
+    assert r.complete(P, GREEDY).backend_id == "a"
+
+
 def test_tokens_per_min_charges_real_usage_after_the_call(clock: Clock) -> None:
     """600 tokens/min = 10/s. A 1200-token call leaves a debt of 600: the next waits 60 s."""
 
