@@ -37,6 +37,7 @@ _LAZY: dict[str, str] = {
     "RegisterHedgingPolicy": "crucible_core.hookspecs",
     "RegisterMetric": "crucible_core.hookspecs",
     "RegisterRenderer": "crucible_core.hookspecs",
+    "RegisterRoutingPolicy": "crucible_core.hookspecs",
     "RegisterStage": "crucible_core.hookspecs",
     "PluginHost": "crucible_core.plugins",
     "Registration": "crucible_core.plugins",
@@ -58,6 +59,7 @@ __all__ = [
     "RegisterHedgingPolicy",
     "RegisterMetric",
     "RegisterRenderer",
+    "RegisterRoutingPolicy",
     "RegisterStage",
     "Registration",
     "__version__",
@@ -105,6 +107,7 @@ if TYPE_CHECKING:
         RegisterHedgingPolicy,
         RegisterMetric,
         RegisterRenderer,
+        RegisterRoutingPolicy,
         RegisterStage,
         hookimpl,
     )

@@ -62,6 +62,7 @@ __all__ = [
     "RegisterHedgingPolicy",
     "RegisterMetric",
     "RegisterRenderer",
+    "RegisterRoutingPolicy",
     "RegisterStage",
     "hookimpl",
     "hookspec",
@@ -138,6 +139,14 @@ class RegisterEnsembleStrategy(Protocol):
 
 class RegisterHedgingPolicy(Protocol):
     """``register`` of ``register_hedging_policies``: ``factory(**options)``."""
+
+    def __call__(
+        self, name: str, factory: str | Callable[..., Any], *, summary: str = ..., **metadata: Any
+    ) -> None: ...
+
+
+class RegisterRoutingPolicy(Protocol):
+    """``register`` of ``register_routing_policies``: ``factory(**options)``."""
 
     def __call__(
         self, name: str, factory: str | Callable[..., Any], *, summary: str = ..., **metadata: Any
@@ -247,6 +256,15 @@ class HookSpecs:
 
         ``factory(**options)`` returns a policy deciding when to fire a backup
         request within a budget. Called once per process. Added in 0.1.
+        """
+
+    @hookspec
+    def register_routing_policies(self, register: RegisterRoutingPolicy) -> None:
+        """Register routing policies: which member a routed backend tries first.
+
+        ``factory(**options)`` returns a policy with ``order(members) -> list``
+        and ``observe(member, *, latency_s, failed, cost)`` (optionally
+        ``feedback(member, quality)``). Called once per process. Added in 0.1.
         """
 
     @hookspec

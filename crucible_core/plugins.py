@@ -74,6 +74,7 @@ KINDS: dict[str, str] = {
     "metric": "register_metrics",
     "ensemble_strategy": "register_ensemble_strategies",
     "hedging_policy": "register_hedging_policies",
+    "routing_policy": "register_routing_policies",
     "executor": "register_executors",
     "artifact_store": "register_artifact_stores",
     "command": "register_commands",

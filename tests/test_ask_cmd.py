@@ -86,3 +86,16 @@ def test_option_values_are_json_when_they_parse() -> None:
     assert parse_spec("--hedge", "adaptive") == ("adaptive", None)
     with pytest.raises(ConfigError):
         parse_spec("--hedge", "percentile:")
+
+
+def test_fallback_without_the_router_applies_when_creating_the_backend(
+    toy: PluginHost, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No crucible-router in this host: a primary that cannot be created falls back to the
+    next ``--fallback``; the old command refused the unknown name."""
+    argv = ["ask", "abc", "--backend", "not-installed", "--fallback", "toy", "--json",
+            "--max-tokens", "3", "--temperature", "0"]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["backend_id"] == "toy"
+    assert main(["ask", "abc", "--backend", "not-installed", "--fallback", "nor-this"]) == 1
+    assert "no backend could be created: not-installed" in capsys.readouterr().err

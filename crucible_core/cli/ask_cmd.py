@@ -73,6 +73,13 @@ class _AskCommand:
             metavar="KEY=VALUE",
             help="a backend option (repeatable), e.g. --option base_url=http://127.0.0.1:8000",
         )
+        parser.add_argument(
+            "--fallback",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="a backend to fail over to (repeatable, in order; per call with crucible-router)",
+        )
         parser.add_argument("--model", metavar="RUN", help="sample from a training run's weights")
         parser.add_argument(
             "--ensemble",
@@ -138,17 +145,25 @@ class _AskCommand:
 
     @staticmethod
     def _base(args: argparse.Namespace, options: dict[str, Any], host: Any) -> Callable[[], Any]:
+        from crucible_core.cli.sample_cmd import backend_from_ref
+        from crucible_core.ir.common import BackendRef
+
+        fallbacks = cast(list[str], args.fallback)
         if args.model:
             from crucible_core.cli.sample_cmd import resolve_sampler
 
             ref, model, checkpoint = resolve_sampler(cast(str, args.model))
-            merged = {**ref.options, **options}
-            return lambda: host.create("backend", ref.name, **merged).load_sampler(
-                model, checkpoint
+            run_ref = BackendRef(
+                name=ref.name,
+                options={**ref.options, **options},
+                fallbacks=[*ref.fallbacks, *fallbacks],
             )
+            return lambda: backend_from_ref(host, run_ref).load_sampler(model, checkpoint)
         name = cast(str, args.backend)
-        host.get("backend", name)  # unknown names fail here, with a did-you-mean
-        return lambda: host.create("backend", name, **options)
+        if not fallbacks:
+            host.get("backend", name)  # unknown names fail here, with a did-you-mean
+        ref = BackendRef(name=name, options=options, fallbacks=fallbacks)
+        return lambda: backend_from_ref(host, ref)
 
     @staticmethod
     def _hedged(args: argparse.Namespace, make: Callable[[], Any], host: Any) -> Callable[[], Any]:

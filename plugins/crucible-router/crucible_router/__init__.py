@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from crucible_router.backend import TRAINING_METHODS, Member, RoutedBackend, fails_over
 from crucible_router.breaker import STATES, BreakerState, CircuitBreaker, Permit
+from crucible_router.limits import Limits, LimitStore, RateLimiter
 from crucible_router.state import BreakerStateFile, default_path
 
 __all__ = [
@@ -12,8 +13,11 @@ __all__ = [
     "BreakerState",
     "BreakerStateFile",
     "CircuitBreaker",
+    "LimitStore",
+    "Limits",
     "Member",
     "Permit",
+    "RateLimiter",
     "RoutedBackend",
     "default_path",
     "fails_over",

@@ -15,6 +15,11 @@ Training calls are never moved: they go to the *home* member (the first that
 could be created) and a failure is raised as a ``BackendError`` that says so,
 because a training session's state lives on one backend.
 
+A member may carry ``limits`` (requests/s, tokens/min, max in flight; shared
+across processes through the state file, :mod:`crucible_router.limits`): a
+member over its limit for longer than ``max_wait_s`` is skipped like one over
+capacity, without counting against its breaker.
+
 Events on ``bus`` (``job_id`` given): ``route.fallback`` (which member
 answered, and why each earlier one was skipped), ``breaker.open``,
 ``breaker.half_open``, ``breaker.closed``.
@@ -22,6 +27,7 @@ answered, and why each earlier one was skipped), ``breaker.open``,
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -35,8 +41,18 @@ from crucible_core.errors import (
     NotFound,
     PluginError,
 )
-from crucible_core.ir import Capabilities, Completion, Health, Prompt, SamplingParams, StreamChunk
+from crucible_core.ir import (
+    Capabilities,
+    Completion,
+    Costs,
+    Health,
+    Prompt,
+    SamplingParams,
+    StreamChunk,
+)
 from crucible_router.breaker import STATES, BreakerState, CircuitBreaker
+from crucible_router.limits import Limits, LimitStore, RateLimiter
+from crucible_router.policies import PrimaryFirst
 from crucible_router.state import BreakerStateFile
 
 __all__ = ["TRAINING_METHODS", "Member", "RoutedBackend", "fails_over"]
@@ -73,22 +89,88 @@ class Member:
         self.owned = False
         self.calls = 0
         self.failures = 0
+        self.limiter: RateLimiter | None = None
+        caps = _capabilities(backend)
+        self.backend_id: str | None = caps.backend_id if caps is not None else None
+        self.costs: Costs | None = caps.costs if caps is not None else None
 
 
-def _spec_name(spec: Any, where: str) -> str | None:
-    """The registered name a member spec asks for (None for an object); ConfigError if malformed."""
+class _Spec:
+    """A member spec, parsed: the name to build (or the object), its options and limits."""
+
+    def __init__(self, wanted: str | None, obj: Any, options: dict[str, Any], limits: Limits):
+        self.wanted = wanted
+        self.obj = obj
+        self.options = options
+        self.limits = limits
+
+
+def _is_backend(obj: Any) -> bool:
+    return callable(getattr(obj, "complete", None)) or callable(getattr(obj, "sample", None))
+
+
+def _parse_spec(spec: Any, where: str) -> _Spec:
+    """A name, a ``{name | backend, options, limits}`` table or an object; ConfigError if not."""
     if isinstance(spec, str):
-        return spec
+        return _Spec(spec, None, {}, Limits())
     if isinstance(spec, Mapping):
         table: Mapping[str, Any] = spec  # pyright: ignore[reportUnknownVariableType]
-        if "name" not in table or set(table) - {"name", "options"}:
+        keys = set(table)
+        if keys - {"name", "backend", "options", "limits"} or len(keys & {"name", "backend"}) != 1:
             raise ConfigError(
-                f"{where}: expected a table with 'name' (and 'options'), got keys {sorted(table)}"
+                f"{where}: expected a table with 'name' (or 'backend', an object) and optional "
+                f"'options' and 'limits', got keys {sorted(table)}"
             )
-        return str(table["name"])
-    if callable(getattr(spec, "complete", None)) or callable(getattr(spec, "sample", None)):
-        return None
+        limits_table = table.get("limits") or {}
+        if not isinstance(limits_table, Mapping):
+            raise ConfigError(f"{where}.limits: expected a table, got {limits_table!r}")
+        limits = Limits.parse(limits_table, f"{where}.limits")  # pyright: ignore[reportUnknownArgumentType]
+        if "backend" in table:
+            if not _is_backend(table["backend"]) or "options" in table:
+                raise ConfigError(f"{where}.backend: expected a backend object (without options)")
+            return _Spec(None, table["backend"], {}, limits)
+        options = dict(table.get("options") or {})
+        return _Spec(str(table["name"]), None, options, limits)
+    if _is_backend(spec):
+        return _Spec(None, spec, {}, Limits())
     raise ConfigError(f"{where}: {type(spec).__name__} is not a backend name, table or object")
+
+
+def _tokens(result: Any) -> int:
+    """Tokens a call used, from the ``Completion`` (or list of them) it returned: what
+    ``tokens_per_min`` charges (streams count their chunks' tokens themselves)."""
+    items = result if isinstance(result, list) else [result]
+    total = 0
+    for item in items:  # pyright: ignore[reportUnknownVariableType]
+        usage = getattr(item, "usage", None)
+        if usage is not None:
+            total += int(usage.prompt_tokens) + int(usage.completion_tokens)
+    return total
+
+
+def _capabilities(backend: Any) -> Capabilities | None:
+    if backend is None or not callable(getattr(backend, "capabilities", None)):
+        return None
+    try:
+        caps = backend.capabilities()
+    except Exception:  # a member that cannot describe itself is still routable
+        return None
+    return caps if isinstance(caps, Capabilities) else None
+
+
+def _cost(result: Any, costs: Costs | None) -> float:
+    """What a call's answer cost at the member's declared prices (0 when it declares none)."""
+    if costs is None:
+        return 0.0
+    total = 0.0
+    for item in result if isinstance(result, list) else [result]:  # pyright: ignore[reportUnknownVariableType]
+        usage = getattr(item, "usage", None)
+        if usage is not None:
+            total += (
+                usage.prompt_tokens * costs.prompt_per_mtok
+                + usage.completion_tokens * costs.sample_per_mtok
+            )
+    return total / 1e6
 
 
 def _label(spec: Any) -> str:
@@ -110,6 +192,20 @@ class RoutedBackend:
     ``host``: the plugin host that builds members given by name (default: the
     process's).
 
+    A member table's ``limits`` (``requests_per_s``, ``burst``, ``tokens_per_min``,
+    ``max_in_flight``, ``max_wait_s``, ``key``; see :mod:`crucible_router.limits`)
+    caps the calls sent to it; with ``state_file`` on, the caps are shared with
+    every process using the same file. A member that cannot admit a call within
+    ``max_wait_s`` is skipped (``rate limited``) without counting against its
+    breaker. ``sleep`` is what waiting calls (tests inject one with ``clock``).
+
+    ``policy`` orders the members per request (:mod:`crucible_router.policies`): a
+    registered routing policy's name (``primary``, ``round_robin``, ``adaptive``, or
+    one another plugin registers through ``register_routing_policies``) built with
+    ``policy_options``, or an object; default: the configured order. The members
+    after the first still serve as its fallbacks, up to ``max_attempts`` calls per
+    request (default: every member). :meth:`feedback` passes a quality score on.
+
     A member whose creation fails (plugin missing, bad options) stays in the route
     as unavailable, so the route still answers from the others; when no member
     can be created, ``BackendError`` lists why for each.
@@ -126,15 +222,23 @@ class RoutedBackend:
         min_calls: int = 10,
         cooldown_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
         state_file: bool | str | BreakerStateFile = False,
         bus: Any = None,
         job_id: str = "router",
         host: Any = None,
+        policy: Any = None,
+        policy_options: Mapping[str, Any] | None = None,
+        max_attempts: int | None = None,
     ) -> None:
         if isinstance(fallbacks, str | Mapping):
             raise ConfigError("router.fallbacks: expected a list of backends, got one")
         self.bus = bus
         self.job_id = job_id
+        self._clock = clock
+        if max_attempts is not None and max_attempts < 1:
+            raise ConfigError(f"router.max_attempts must be >= 1, got {max_attempts}")
+        self.max_attempts = max_attempts
         self._lock = threading.Lock()
         self._counts = {"requests": 0, "fallbacks": 0, "failed": 0}
         if state_file is True:
@@ -147,23 +251,24 @@ class RoutedBackend:
             self._state_file = None
         self.members: list[Member] = []
         specs = [primary, *fallbacks]
-        names = [
-            _spec_name(spec, "router.primary" if i == 0 else f"router.fallbacks[{i - 1}]")
+        parsed = [
+            _parse_spec(spec, "router.primary" if i == 0 else f"router.fallbacks[{i - 1}]")
             for i, spec in enumerate(specs)
         ]
-        for spec, wanted in zip(specs, names, strict=True):
-            backend, owned, error = spec, False, None
-            if wanted is not None:
+        self._sleep = sleep
+        self._limit_store: LimitStore | None = None
+        for spec in parsed:
+            backend, owned, error = spec.obj, False, None
+            if spec.wanted is not None:
                 if host is None:
                     from crucible_core.plugins import get_host
 
                     host = get_host()
-                options = dict(spec.get("options") or {}) if isinstance(spec, Mapping) else {}  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
                 try:
-                    backend, owned = host.create("backend", wanted, **options), True
+                    backend, owned = host.create("backend", spec.wanted, **spec.options), True
                 except (NotFound, PluginError, BackendError) as exc:
                     backend, error = None, exc.message
-            name = wanted if wanted is not None else _label(spec)
+            name = spec.wanted if spec.wanted is not None else _label(spec.obj)
             taken = {m.name for m in self.members}
             if name in taken:  # the same backend twice (other options): number the repeats
                 name = next(
@@ -180,6 +285,10 @@ class RoutedBackend:
             )
             member = Member(name, backend, error, breaker)
             member.owned = owned
+            if spec.limits.active:
+                member.limiter = RateLimiter(
+                    name, spec.limits, self._limits_store(), clock=clock, sleep=sleep
+                )
             self.members.append(member)
         if all(m.backend is None for m in self.members):
             raise BackendError(
@@ -188,8 +297,39 @@ class RoutedBackend:
                 hint="install the backends' plugins, or fix their options",
             )
         self.home = next(m for m in self.members if m.backend is not None)
+        self.policy = self._make_policy(policy, policy_options or {}, host)
         if self._state_file is not None:
             self._resume_open_breakers(self._state_file)
+
+    @staticmethod
+    def _make_policy(policy: Any, options: Mapping[str, Any], host: Any) -> Any:
+        """A registered routing policy by name (built with ``options``), or the object;
+        ``None``: the configured order (``PrimaryFirst``)."""
+        if policy is None and not options:
+            return PrimaryFirst()
+        if isinstance(policy, str):
+            if host is None:
+                from crucible_core.plugins import get_host
+
+                host = get_host()
+            return host.create("routing_policy", policy, **options)
+        if options:
+            raise ConfigError("router.policy_options: only for a policy given by name")
+        if not callable(getattr(policy, "order", None)) or not callable(
+            getattr(policy, "observe", None)
+        ):
+            raise ConfigError(
+                f"router.policy: {type(policy).__name__} has no order()/observe(); give a "
+                "registered policy's name (primary, round_robin, adaptive) or such an object"
+            )
+        return policy
+
+    def _limits_store(self) -> LimitStore:
+        """The limiters' database: the state file when on (shared by processes), else memory."""
+        if self._limit_store is None:
+            path = self._state_file.path if self._state_file is not None else None
+            self._limit_store = LimitStore(path)
+        return self._limit_store
 
     def _resume_open_breakers(self, store: BreakerStateFile) -> None:
         """Start with the breakers another process (or an earlier run) left open, until
@@ -223,18 +363,68 @@ class RoutedBackend:
 
     # -- routing ----------------------------------------------------------------
 
-    def _route(self, op: str, call: Callable[[Any], Any]) -> Any:
-        """Run ``call(member.backend)`` on the first member that answers (module docstring)."""
+    def _order(self, op: str) -> list[Member]:
+        """This request's order: the policy ranks the members that could answer ``op``;
+        the others follow (to be skipped with their reason)."""
+        usable = [
+            m
+            for m in self.members
+            if m.backend is not None and callable(getattr(m.backend, op, None))
+        ]
+        if len(usable) < 2:
+            return self.members
+        by_name = {m.name: m for m in usable}
+        ranked = [
+            by_name.pop(n) for n in self.policy.order([m.name for m in usable]) if n in by_name
+        ]
+        ranked += by_name.values()  # a policy that forgot some: they keep their place at the end
+        return ranked + [m for m in self.members if m not in usable]
+
+    def _observe(self, member: Member, started: float, *, failed: bool, cost: float) -> None:
+        self.policy.observe(
+            member.name, latency_s=max(0.0, self._clock() - started), failed=failed, cost=cost
+        )
+
+    def feedback(self, answer: Completion | str, quality: float) -> None:
+        """Feed an evaluation of an answer back to the policy (``quality`` in [0, 1]):
+        ``answer`` is the ``Completion`` (its ``backend_id`` names the member) or a member's
+        name. Ignored by policies without ``feedback``; ``NotFound`` for an unknown member."""
+        wanted = answer if isinstance(answer, str) else answer.backend_id
+        member = next((m for m in self.members if m.name == wanted), None) or next(
+            (m for m in self.members if m.backend_id == wanted), None
+        )
+        if member is None:
+            raise NotFound(
+                f"no member {wanted!r} in this route (members: {[m.name for m in self.members]})"
+            )
+        hook = getattr(self.policy, "feedback", None)
+        if callable(hook):
+            hook(member.name, quality)
+
+    def _route(
+        self,
+        op: str,
+        call: Callable[[Any], Any],
+        hold: list[Callable[[int], None]] | None = None,
+    ) -> Any:
+        """Run ``call(member.backend)`` on the first member that answers (module docstring).
+
+        With ``hold`` (a stream), the answering member's in-flight slot is not released on
+        return: a ``release(tokens)`` callable is appended to ``hold`` instead."""
         skipped: list[dict[str, str]] = []
         retryable = False
         with self._lock:
             self._counts["requests"] += 1
-        for member in self.members:
+        attempts = 0
+        for member in self._order(op):
             if member.backend is None:
                 skipped.append({"backend": member.name, "reason": f"unavailable: {member.error}"})
                 continue
             if not callable(getattr(member.backend, op, None)):
                 skipped.append({"backend": member.name, "reason": f"has no {op}()"})
+                continue
+            if self.max_attempts is not None and attempts >= self.max_attempts:
+                skipped.append({"backend": member.name, "reason": "max_attempts reached"})
                 continue
             permit = member.breaker.allow()
             if permit is None:
@@ -243,14 +433,30 @@ class RoutedBackend:
                 skipped.append({"backend": member.name, "reason": reason})
                 retryable = True
                 continue
+            slot = None
+            if member.limiter is not None:
+                try:
+                    slot = member.limiter.acquire()
+                except CapacityError as exc:  # our own limit: says nothing about health
+                    member.breaker.release(permit)
+                    skipped.append(
+                        {"backend": member.name, "reason": f"rate limited: {exc.message}"}
+                    )
+                    retryable = True
+                    continue
             with self._lock:
                 member.calls += 1
+            attempts += 1
+            started = self._clock()
             try:
                 result = call(member.backend)
             except Exception as exc:
+                if slot is not None:
+                    member.limiter.release(slot)  # pyright: ignore[reportOptionalMemberAccess]
                 if not fails_over(exc):
                     member.breaker.release(permit)
                     raise
+                self._observe(member, started, failed=True, cost=0.0)
                 with self._lock:
                     member.failures += 1
                 member.breaker.record_failure(permit)
@@ -261,9 +467,19 @@ class RoutedBackend:
                 )
                 continue
             except BaseException:  # interrupted: says nothing about health; free a probe slot
+                if slot is not None:
+                    member.limiter.release(slot)  # pyright: ignore[reportOptionalMemberAccess]
                 member.breaker.release(permit)
                 raise
+            if slot is not None:
+                limiter = member.limiter
+                assert limiter is not None
+                if hold is None:
+                    limiter.release(slot, _tokens(result))
+                else:
+                    hold.append(functools.partial(limiter.release, slot))
             member.breaker.record_success(permit)
+            self._observe(member, started, failed=False, cost=_cost(result, member.costs))
             if skipped:
                 with self._lock:
                     self._counts["fallbacks"] += 1
@@ -271,7 +487,11 @@ class RoutedBackend:
             return result
         with self._lock:
             self._counts["failed"] += 1
-        raise BackendError(
+        busy = bool(skipped) and all(
+            s["reason"].startswith(("rate limited", "over capacity")) for s in skipped
+        )
+        error = CapacityError if busy else BackendError  # every member busy: code "capacity"
+        raise error(
             f"{op}: no backend of the route answered: "
             + "; ".join(f"{s['backend']} ({s['reason']})" for s in skipped),
             hint="see `crucible backends status`; open circuits admit a probe after cooldown_s",
@@ -293,23 +513,34 @@ class RoutedBackend:
         """Fails over until a member yields its first chunk; after that the stream is that
         member's (a stream cannot be switched mid-way): its errors are raised and counted
         in the member's ``failures`` metric, but not fed to the breaker (the member did
-        answer, and the breaker's permit ended with the first chunk)."""
+        answer, and the breaker's permit ended with the first chunk). A limited member's
+        in-flight slot is held until the stream ends (or is closed), and its
+        ``tokens_per_min`` is charged the streamed chunks' tokens."""
 
         def first(backend: Any) -> tuple[Any, Iterator[StreamChunk], Any]:
             it = iter(backend.stream(prompt, params))
             return backend, it, next(it, None)
 
-        backend, it, head = self._route("stream", first)
-        if head is None:
-            return
-        yield head
-        member = next(m for m in self.members if m.backend is backend)
+        release: list[Callable[[int], None]] = []
+        backend, it, head = self._route("stream", first, hold=release)
+        tokens = 0
         try:
-            yield from it
-        except Exception as exc:
-            if fails_over(exc):
-                member.failures += 1
-            raise
+            if head is None:
+                return
+            tokens += len(head.tokens)
+            yield head
+            member = next(m for m in self.members if m.backend is backend)
+            try:
+                for chunk in it:
+                    tokens += len(chunk.tokens)
+                    yield chunk
+            except Exception as exc:
+                if fails_over(exc):
+                    member.failures += 1
+                raise
+        finally:  # the member's in-flight slot is held until the stream ends or is closed
+            for done in release:
+                done(tokens)
 
     def sample(self, prompt: Prompt, params: SamplingParams) -> Any:
         """``Sampler.sample`` with fail-over: waits for the member's future so a failure can
@@ -342,6 +573,14 @@ class RoutedBackend:
             out[f"{m.name}.calls"] = float(m.calls)
             out[f"{m.name}.failures"] = float(m.failures)
             out[f"{m.name}.opens"] = float(m.breaker.opens)
+            if m.limiter is not None:
+                for key, value in m.limiter.metrics().items():
+                    out[f"{m.name}.{key}"] = value
+        policy_metrics = getattr(self.policy, "metrics", None)
+        if callable(policy_metrics):
+            extra: Mapping[str, float] = policy_metrics()  # pyright: ignore[reportAssignmentType]
+            for key, value in extra.items():
+                out[f"policy.{key}"] = float(value)
         return out
 
     def status(self) -> list[dict[str, Any]]:
@@ -356,6 +595,8 @@ class RoutedBackend:
         for m in self.members:
             if m.owned and m.backend is not None:
                 m.backend.close()
+        if self._limit_store is not None:
+            self._limit_store.close()
 
     # -- TrainingBackend: the home member only, never failed over -----------------
 

@@ -1,8 +1,9 @@
 """``crucible backends status [--json] [--file PATH]``: the breakers' last recorded states.
 
 Reads the state file routers write when ``state_file`` is on (default
-``$CRUCIBLE_HOME/router.db``). Exit 0 with an explanatory line when nothing
-was recorded yet.
+``$CRUCIBLE_HOME/router.db``): breaker rows, and the calls in flight per limit
+key of members with ``max_in_flight`` (live processes only). Exit 0 with an
+explanatory line when nothing was recorded yet.
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ class BackendsCommand:
         )
 
     def run(self, args: argparse.Namespace) -> int:
+        from crucible_router.limits import in_flight_by_key
+
         store = BreakerStateFile(args.file)
         rows = store.read()
+        in_flight = in_flight_by_key(store.path)
         now = time.time()
         for row in rows:
             retry_at = row.get("retry_at")
@@ -40,8 +44,15 @@ class BackendsCommand:
         if args.json:
             import json
 
-            sys.stdout.write(json.dumps({"file": str(store.path), "backends": rows}) + "\n")
+            out = {"file": str(store.path), "backends": rows, "in_flight": in_flight}
+            sys.stdout.write(json.dumps(out) + "\n")
             return 0
+        if in_flight:
+            sys.stdout.write(
+                "in flight (max_in_flight limits): "
+                + ", ".join(f"{k} {n}" for k, n in sorted(in_flight.items()))
+                + "\n"
+            )
         if not rows:
             sys.stdout.write(
                 f"no breaker state recorded in {store.path} (routers write it with state_file on)\n"

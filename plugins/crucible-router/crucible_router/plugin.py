@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from crucible_core import RegisterBackend, RegisterCommand, hookimpl
+from crucible_core import RegisterBackend, RegisterCommand, RegisterRoutingPolicy, hookimpl
 from crucible_core.ir import Capabilities
 
 
@@ -13,6 +13,25 @@ def register_backends(register: RegisterBackend) -> None:
         "crucible_router.backend:RoutedBackend",
         summary="a primary and fallbacks behind per-backend circuit breakers",
         capabilities=Capabilities(backend_id="routed", provider="crucible-router"),
+    )
+
+
+@hookimpl
+def register_routing_policies(register: RegisterRoutingPolicy) -> None:
+    register(
+        "primary",
+        "crucible_router.policies:PrimaryFirst",
+        summary="the primary, then the fallbacks in order (the default)",
+    )
+    register(
+        "round_robin",
+        "crucible_router.policies:RoundRobin",
+        summary="each request starts one member further along",
+    )
+    register(
+        "adaptive",
+        "crucible_router.policies:AdaptivePolicy",
+        summary="Thompson sampling on observed latency, errors, cost and fed-back quality",
     )
 
 

@@ -116,3 +116,23 @@ def test_a_routed_experiment_backend_takes_breaker_options_and_reports_to_the_ru
     kinds = [ev.kind for ev in read_telemetry("r3")]
     assert kinds.count("breaker.open") == 1
     assert kinds.count("route.fallback") == 3
+
+
+def test_an_experiment_picks_a_routing_policy_by_name(home: Path) -> None:
+    """``[backend] name = "routed"`` with ``policy = "round_robin"`` in its options: the
+    policy is built through the host like every registration; the stage's three calls
+    alternate between the members."""
+    MEMBERS["prim"] = Scripted("prim")
+    MEMBERS["spare"] = Scripted("spare")
+    e = Experiment(
+        id="e1",
+        stages=[StageDef(name="ask", uses="ask", options={"times": 3})],
+        backend=BackendRef(
+            name="routed", options={"primary": "prim", "policy": "round_robin"}, fallbacks=["spare"]
+        ),
+    )
+    with isolated_host(crucible_router.plugin, Members()) as host:
+        run_pipeline(e, Job(id="r4"), host=host)
+    # prim: completions 1 and 3, and the stage's create_session (training stays home)
+    assert (MEMBERS["prim"].calls, MEMBERS["spare"].calls) == (3, 1)
+    assert MEMBERS["prim"].training_calls == ["create_session"]
