@@ -397,7 +397,9 @@ def plan_run(
         plan.problems.append(PlanProblem(field="$.backend", message=exc.message, hint=exc.hint))
         return out
     plan.plugin = reg.plugin
-    plan.stages = [f"{n} ({uses})" for n, uses, _ in TRAINING_STAGES]
+    from crucible_core.train.sft import STEPS
+
+    plan.stages = [f"{n} ({uses})" for n, uses in STEPS]
     caps = reg.capabilities
     # Options can change what a backend declares (a model, prices, throughput): ask
     # the configured instance then; otherwise the static registration answers.

@@ -36,7 +36,16 @@ from crucible_core.train.steps import (
     write_metrics,
 )
 
-__all__ = ["open_session", "run_sft"]
+__all__ = ["STEPS", "open_session", "run_sft"]
+
+#: The recipe's steps, in order, as (step name, what it runs): each is recorded as a stage.
+STEPS: tuple[tuple[str, str], ...] = (
+    ("prepare", "data.load + data.tokenize"),
+    ("train", "train.loop"),
+    ("evaluate", "train.evaluate"),
+    ("save", "train.save"),
+    ("log_metrics", "train.log_metrics"),
+)
 
 
 def run_sft(
