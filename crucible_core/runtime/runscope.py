@@ -421,41 +421,14 @@ class StepContext:
     ) -> None:
         self.scope = scope
         self.stage = stage
-        self._inputs = inputs
-        self._cancel = CancelFlag(parent=scope.cancel)
-        self._artifacts = _RecordingStore(scope, stage.name)
-
-    @property
-    def job_id(self) -> str:
-        return self.scope.job.id
-
-    @property
-    def job(self) -> Job:
-        return self.scope.job
-
-    @property
-    def experiment(self) -> Experiment:
-        return self.scope.experiment
-
-    @property
-    def run_dir(self) -> Path:
-        return self.scope.run_dir
-
-    @property
-    def options(self) -> Mapping[str, Any]:
-        return self.stage.options
-
-    @property
-    def inputs(self) -> Mapping[str, Mapping[str, Any]]:
-        return self._inputs
-
-    @property
-    def cancel(self) -> CancelFlag:
-        return self._cancel
-
-    @property
-    def artifacts(self) -> ArtifactStore:
-        return self._artifacts
+        self.job: Job = scope.job
+        self.job_id: str = scope.job.id
+        self.experiment: Experiment = scope.experiment
+        self.run_dir: Path = scope.run_dir
+        self.options: Mapping[str, Any] = stage.options
+        self.inputs: Mapping[str, Mapping[str, Any]] = inputs
+        self.cancel: CancelFlag = CancelFlag(parent=scope.cancel)
+        self.artifacts: ArtifactStore = _RecordingStore(scope, stage.name)
 
     @property
     def bus(self) -> EventBus:

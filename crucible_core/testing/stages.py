@@ -59,48 +59,19 @@ class KitStageContext:
         experiment: Experiment | None = None,
         backends: Mapping[str | None, Any] | None = None,
     ) -> None:
-        self._job = job if job is not None else Job(id="conformance", kind="experiment_step")
-        self._experiment = experiment if experiment is not None else Experiment(id="conformance")
-        self._options = dict(options or {})
-        self._inputs = dict(inputs or {})
+        self.job: Job = job if job is not None else Job(id="conformance", kind="experiment_step")
+        self.job_id: str = self.job.id
+        self.experiment: Experiment = (
+            experiment if experiment is not None else Experiment(id="conformance")
+        )
+        self.options: Mapping[str, Any] = dict(options or {})
+        self.inputs: Mapping[str, Mapping[str, Any]] = dict(inputs or {})
         self._backends = dict(backends or {})
-        self._run_dir = Path(root) / "runs" / (self._job.id or "conformance")
-        self._run_dir.mkdir(parents=True, exist_ok=True)
-        self._artifacts = LocalArtifactStore(Path(root) / "artifacts")
-        self._cancel = CancelFlag()
+        self.run_dir: Path = Path(root) / "runs" / (self.job.id or "conformance")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.artifacts: ArtifactStore = LocalArtifactStore(Path(root) / "artifacts")
+        self.cancel: CancelFlag = CancelFlag()
         self.events: list[tuple[str, dict[str, Any]]] = []
-
-    @property
-    def job_id(self) -> str:
-        return self._job.id
-
-    @property
-    def job(self) -> Job:
-        return self._job
-
-    @property
-    def experiment(self) -> Experiment:
-        return self._experiment
-
-    @property
-    def run_dir(self) -> Path:
-        return self._run_dir
-
-    @property
-    def options(self) -> Mapping[str, Any]:
-        return self._options
-
-    @property
-    def inputs(self) -> Mapping[str, Mapping[str, Any]]:
-        return self._inputs
-
-    @property
-    def cancel(self) -> CancelFlag:
-        return self._cancel
-
-    @property
-    def artifacts(self) -> ArtifactStore:
-        return self._artifacts
 
     def backend(self, name: str | None = None) -> Any:
         if name not in self._backends:
