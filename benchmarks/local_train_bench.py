@@ -13,7 +13,7 @@ orchestration overhead) and the process's peak RSS.
     .venv/bin/python -m benchmarks.local_train_bench --threads 2 --hidden 256 --layers 4
     .venv/bin/python -m benchmarks.local_train_bench --json     # one JSON object on stdout
 
-A third arm runs the loop ``crucible train`` uses (``crucible_core.runtime.trainloop.train``:
+A third arm runs the loop ``crucible train`` uses (``crucible_core.train.loop.train``:
 pipelined submission, learning-rate schedule, checkpoint policy, budgets,
 watchdog) with every event going through the event bus to a telemetry file,
 so its ratio to the raw loop is the whole per-step orchestration overhead of
@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- the loop `crucible train` runs, with events to telemetry -----------------------------
     from crucible_core.ir.training import CheckpointPolicy
-    from crucible_core.runtime import trainloop
-    from crucible_core.runtime.events import EventBus
+    from crucible_core.records.events import EventBus
+    from crucible_core.train import loop as trainloop
 
     os.environ["CRUCIBLE_HOME"] = home
     flat = [d for batch in datums for d in batch]

@@ -101,7 +101,7 @@ def bus_round(
     from crucible_otel.config import sink_from_env
 
     from crucible_core.plugins import PluginHost
-    from crucible_core.runtime.events import EventBus
+    from crucible_core.records.events import EventBus
 
     host = PluginHost(autoload=False)
     sink = None
@@ -140,7 +140,7 @@ def bus_round(
 def step_time(home: Path, job_id: str) -> tuple[float, float, int, int]:
     """Median and mean seconds between consecutive train.step events; steps; all events."""
     os.environ["CRUCIBLE_HOME"] = str(home)
-    from crucible_core.runtime.events import read_telemetry
+    from crucible_core.records.events import read_telemetry
 
     events = list(read_telemetry(job_id))
     ts = [e.ts for e in events if e.kind == "train.step"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 
 from crucible_core.ir import DatasetSpec, TrainingJob, decode_file
-from crucible_core.runtime import trainloop
+from crucible_core.train import loop as trainloop
 from crucible_core.train.plan import make_plan
 
 ROOT = Path(__file__).resolve().parents[1]

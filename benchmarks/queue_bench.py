@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from crucible_core.ir.work import Job
-from crucible_core.runtime.scheduler import Scheduler
+from crucible_core.queue.scheduler import Scheduler
 
 
 def _fresh(directory: Path, name: str) -> Path:

@@ -61,15 +61,16 @@ def _time(fn: Callable[[], object], n: int) -> list[float]:
 def _make_run(home: Path, run_id: str, seed: int) -> Path:
     """A finished run directory as core writes one: final weights listed with their sha256."""
     from crucible_core.ir.lineage import Artifact
-    from crucible_core.runtime.artifacts import add_artifact, digest_path, write_manifest
+    from crucible_core.records.artifacts import digest_path
+    from crucible_core.records.manifest import RunRecord
 
     run = home / "runs" / run_id
     weights = run / "checkpoints" / "final" / "sampler" / "weights.bin"
     weights.parent.mkdir(parents=True)
     weights.write_bytes(random.Random(seed).randbytes(256 * 1024))
     sha, size = digest_path(weights)
-    write_manifest(
-        run,
+    record = RunRecord(run)
+    record.update(
         job_config_digest=f"{seed:064x}",
         model={"name": "toy", "revision": "r1"},
         backend={"name": "toyfile"},
@@ -77,8 +78,7 @@ def _make_run(home: Path, run_id: str, seed: int) -> Path:
         training={"final_loss": 1.0 / (seed + 1), "steps": 10},
         sampler_checkpoint={"uri": weights.resolve().as_uri(), "kind": "sampler"},
     )
-    add_artifact(
-        run,
+    record.record_artifact(
         Artifact(artifact_id=f"sha256:{sha}", type="model", uri=weights.resolve().as_uri(),
                  size_bytes=size, sha256=sha, metadata={"name": "final"}),
         path=weights,
@@ -121,7 +121,7 @@ def bench_registry(versions: int, registers: int, resolves: int) -> dict[int, di
     from crucible_registry import Registry
     from crucible_registry.uri import resolve as uri_resolve
 
-    from crucible_core.runtime.artifacts import LocalArtifactStore
+    from crucible_core.records.artifacts import LocalArtifactStore
 
     sizes = (registers, versions)
     times: dict[int, dict[str, list[float]]] = {n: {"register": [], "resolve": [], "uri": []}
@@ -173,7 +173,7 @@ def bench_lineage(nodes: int, rounds: int) -> dict[str, float]:
     import networkx as nx
 
     from crucible_core.ir.lineage import Edge, EdgeKind
-    from crucible_core.runtime.lineage import PARENT_IS, LineageRecorder
+    from crucible_core.records.lineage import PARENT_IS, LineageRecorder
 
     rnd = random.Random(18)
     ids = ["dataset:root"] + [f"models:/m/{i}" for i in range(1, nodes)]
@@ -211,7 +211,7 @@ def _load_graph(rec: object) -> object:
     """networkx needs the graph in memory first: read every edge from the same database."""
     import networkx as nx
 
-    from crucible_core.runtime.lineage import LineageRecorder
+    from crucible_core.records.lineage import LineageRecorder
 
     assert isinstance(rec, LineageRecorder)
     conn = sqlite3.connect(rec.path)

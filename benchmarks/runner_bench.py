@@ -26,11 +26,11 @@ from typing import Any
 from crucible_core.hookspecs import hookimpl
 from crucible_core.ir.experiment import Experiment, StageDef
 from crucible_core.ir.work import Job
+from crucible_core.pipeline.executors import InlineExecutor, ThreadExecutor
+from crucible_core.pipeline.runner import run_pipeline
 from crucible_core.plugins import PluginHost
-from crucible_core.runtime.events import Event, EventBus
-from crucible_core.runtime.executors import InlineExecutor, ThreadExecutor
-from crucible_core.runtime.lineage import LineageRecorder
-from crucible_core.runtime.pipeline import run_pipeline
+from crucible_core.records.events import Event, EventBus
+from crucible_core.records.lineage import LineageRecorder
 
 
 class Noop:

@@ -33,7 +33,7 @@ from crucible_core.ir import (
     OptimStepResult,
     TrainingJob,
 )
-from crucible_core.runtime import trainloop
+from crucible_core.train import loop as trainloop
 
 STEPS = 2000
 
@@ -84,7 +84,7 @@ def main() -> None:
         learning_config=LearningConfig(batch_size=4, max_steps=STEPS),
         checkpoint_policy=CheckpointPolicy(save_every=10**9, save_best=False),
     )
-    from crucible_core.runtime.events import EventBus
+    from crucible_core.records.events import EventBus
 
     bus = EventBus()
 

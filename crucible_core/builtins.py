@@ -28,17 +28,17 @@ def register_commands(register: RegisterCommand) -> None:
 def register_executors(register: RegisterExecutor) -> None:
     register(
         "inline",
-        "crucible_core.runtime.executors:InlineExecutor",
+        "crucible_core.pipeline.executors:InlineExecutor",
         summary="Run each callable at once in the calling thread",
     )
     register(
         "thread",
-        "crucible_core.runtime.executors:ThreadExecutor",
+        "crucible_core.pipeline.executors:ThreadExecutor",
         summary="Run callables in a thread pool (max_workers)",
     )
     register(
         "process",
-        "crucible_core.runtime.executors:ProcessExecutor",
+        "crucible_core.pipeline.executors:ProcessExecutor",
         summary="Run picklable callables in a pool of spawned processes (max_workers)",
     )
 
@@ -47,7 +47,7 @@ def register_executors(register: RegisterExecutor) -> None:
 def register_artifact_stores(register: RegisterArtifactStore) -> None:
     register(
         "local",
-        "crucible_core.runtime.artifacts:LocalArtifactStore",
+        "crucible_core.records.artifacts:LocalArtifactStore",
         summary="Content-addressed files under $CRUCIBLE_HOME/artifacts (root)",
     )
 

@@ -6,7 +6,7 @@ and a path segment in URLs, so it must be a plain name: 1 to
 starting with a letter or digit, with no ``..`` anywhere. That refuses ``/``,
 ``..``, the empty string, control characters and names longer than a file
 system accepts. The IR (``Identifier`` in :mod:`crucible_core.ir.base`), the
-run directories (:func:`crucible_core.runtime.paths.run_dir`), the scheduler
+run directories (:func:`crucible_core.records.paths.run_dir`), the scheduler
 and the CLI's run lookup all use this module, so the rule cannot drift.
 """
 

@@ -28,8 +28,8 @@ from crucible_core.ir import codec
 from crucible_core.ir.base import Identifier
 from crucible_core.ir.files import read_document
 from crucible_core.ir.training import TrainingJob
+from crucible_core.records import paths
 from crucible_core.records.manifest import RunRecord
-from crucible_core.runtime import paths
 
 _MEMORY_CAP = 2 * 1024**3  # bytes of address space the CLI may use in these tests
 
@@ -241,7 +241,7 @@ def test_one_id_rule_for_ir_run_dirs_and_ids(value: str) -> None:
 def test_scheduler_and_ir_refuse_a_slash_in_ids(tmp_path: Path) -> None:
     from crucible_core.cli.ir_cmd import skeleton
     from crucible_core.ir.work import Job
-    from crucible_core.runtime.scheduler import Scheduler
+    from crucible_core.queue.scheduler import Scheduler
 
     document = {**skeleton(TrainingJob), "job_id": "team/run"}
     with pytest.raises(ValidationError, match=r"\$\.job_id"):

@@ -13,7 +13,7 @@ import pytest
 from crucible_core.errors import NotFound
 from crucible_core.ir import Artifact
 from crucible_core.ir.lineage import ArtifactType
-from crucible_core.runtime.artifacts import LocalArtifactStore
+from crucible_core.records.artifacts import LocalArtifactStore
 from crucible_core.testing import ConformanceError, check_artifact_store
 
 

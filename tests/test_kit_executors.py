@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from crucible_core.runtime.executors import InlineExecutor, ProcessExecutor, ThreadExecutor
+from crucible_core.pipeline.executors import InlineExecutor, ProcessExecutor, ThreadExecutor
 from crucible_core.testing import ConformanceError, check_executor
 
 

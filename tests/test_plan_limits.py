@@ -26,7 +26,7 @@ from crucible_core.ir import (
 )
 from crucible_core.ir.training import Loss, ValidationSpec
 from crucible_core.plugins import PluginHost, Registration
-from crucible_core.runtime import trainloop
+from crucible_core.train import loop as trainloop
 from crucible_core.train.plan import (
     MAX_LISTED_CHECKPOINTS,
     _checkpoint_steps,  # pyright: ignore[reportPrivateUsage]

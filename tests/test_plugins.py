@@ -434,7 +434,7 @@ def test_fast_entry_point_scan_agrees_with_importlib(
 def test_run_records_name_conflicting_plugins_whose_other_registrations_are_used(
     host: PluginHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from crucible_core.runtime.artifacts import environment_info
+    from crucible_core.records.artifacts import environment_info
 
     monkeypatch.delenv("CRUCIBLE_STRICT_PLUGINS", raising=False)
 

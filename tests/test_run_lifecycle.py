@@ -26,11 +26,11 @@ from crucible_core.errors import (
     IntegrityError,
 )
 from crucible_core.ir import AdamW, Budget, CheckpointPolicy, Job, LearningConfig
+from crucible_core.pipeline.cancel import CancelFlag
 from crucible_core.plugins import PluginHost
-from crucible_core.runtime.artifacts import read_manifest, verify_run
-from crucible_core.runtime.cancel import CancelFlag
-from crucible_core.runtime.events import EventBus
-from crucible_core.runtime.runstatus import RunLock, effective_status, status_for
+from crucible_core.records.artifacts import read_manifest, verify_run
+from crucible_core.records.events import EventBus
+from crucible_core.records.runstatus import RunLock, effective_status, status_for
 from crucible_core.train.run import run_training
 from crucible_core.train.state import read_loop_state
 from tests.test_training_workflow import _write, make_job
@@ -92,8 +92,8 @@ def test_a_cancel_is_cancelled_and_a_signal_interrupted_with_a_checkpoint(
 def test_a_worker_budget_stop_gives_the_run_the_jobs_status(
     toy: PluginHost, crucible_home: Path
 ) -> None:
-    from crucible_core.runtime.scheduler import Scheduler
-    from crucible_core.runtime.worker import Worker
+    from crucible_core.queue.scheduler import Scheduler
+    from crucible_core.queue.worker import Worker
 
     scheduler = Scheduler()
     job = make_job(budget=Budget(max_tokens=1500))

@@ -13,7 +13,7 @@ from crucible_core.cli.main import main
 from crucible_core.ir import Full, ModelSpec, TrainingJob, encode
 from crucible_core.ir.training import DatasetSpec, ValidationSpec
 from crucible_core.plugins import PluginHost
-from crucible_core.runtime.events import read_telemetry
+from crucible_core.records.events import read_telemetry
 from crucible_core.train.run import run_training
 from crucible_core.train.sampled_eval import (
     SAMPLED_METRICS,

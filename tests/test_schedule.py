@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crucible_core.ir import AdamW, LearningConfig, Scheduler
-from crucible_core.runtime.trainloop import learning_rate
+from crucible_core.train.loop import learning_rate
 
 
 @given(

@@ -23,7 +23,7 @@ from crucible_core.ir import (
     encode,
 )
 from crucible_core.plugins import PluginHost
-from crucible_core.runtime.artifacts import read_manifest, verify_run
+from crucible_core.records.artifacts import read_manifest, verify_run
 from crucible_core.train.plan import make_plan
 from crucible_core.train.run import run_training
 from crucible_core.train.state import read_loop_state
@@ -216,8 +216,8 @@ def test_worker_runs_training_jobs_and_the_run_directory_is_the_one_recovery_rec
     toy: PluginHost, crucible_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from crucible_core.ir import Job
-    from crucible_core.runtime.scheduler import Scheduler
-    from crucible_core.runtime.worker import Worker
+    from crucible_core.queue.scheduler import Scheduler
+    from crucible_core.queue.worker import Worker
 
     scheduler = Scheduler()
     job = Job(id="w1", kind="training_run", payload=msgspec.to_builtins(make_job()))
@@ -320,7 +320,7 @@ def test_the_steps_run_as_stages_of_an_experiment_graph(
 ) -> None:
     """The adapters of crucible_core.train.stages: same steps, wired as a DAG by the pipeline."""
     from crucible_core.ir import Job
-    from crucible_core.runtime.pipeline import run_pipeline
+    from crucible_core.pipeline.runner import run_pipeline
     from crucible_core.train.plan import training_experiment
 
     job = make_job()
@@ -348,7 +348,7 @@ def test_the_session_is_closed_when_a_step_after_the_loop_fails(
     toy: PluginHost, crucible_home: Path
 ) -> None:
     from crucible_core.ir import Job
-    from crucible_core.runtime.pipeline import run_pipeline
+    from crucible_core.pipeline.runner import run_pipeline
     from crucible_core.train.plan import training_experiment
 
     host = _closing_host(toy)

@@ -30,9 +30,9 @@ from crucible_core.ir import (
     ValidationSpec,
 )
 from crucible_core.ir.training import SGD, AdamW
-from crucible_core.runtime import trainloop
-from crucible_core.runtime.trainloop import LoopState, SavedCheckpoint, train
 from crucible_core.testing import make_datums
+from crucible_core.train import loop as trainloop
+from crucible_core.train.loop import LoopState, SavedCheckpoint, train
 from tests.toy_backend import ByteTokenizer, ToySession, done
 
 TEXTS = [f"sample {i}: the cat sat on the mat and looked at the hat." for i in range(24)]
@@ -260,7 +260,7 @@ class WithdrawingSession(SlowSession):
 
 
 def test_a_cancel_withdraws_the_steps_queued_behind_the_running_one() -> None:
-    from crucible_core.runtime.cancel import CancelFlag
+    from crucible_core.pipeline.cancel import CancelFlag
 
     session = WithdrawingSession(gate_at_fb=3)
     flag = CancelFlag()

@@ -268,7 +268,7 @@ class FileSession(ToySession):
         return done(CheckpointRef(uri=d.resolve().as_uri(), kind="state", step=self.step))
 
     def load_state(self, ref: CheckpointRef) -> Future[None]:
-        from crucible_core.runtime.artifacts import uri_path
+        from crucible_core.records.artifacts import uri_path
 
         d = uri_path(ref.uri)
         assert d is not None
@@ -279,7 +279,7 @@ class FileSession(ToySession):
     def delete_checkpoint(self, ref: CheckpointRef) -> None:
         import shutil
 
-        from crucible_core.runtime.artifacts import uri_path
+        from crucible_core.records.artifacts import uri_path
 
         d = uri_path(ref.uri)
         if d is not None:

@@ -34,7 +34,7 @@ class _ArtifactsCommand:
         p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     def run(self, args: argparse.Namespace) -> int:
-        from crucible_core.runtime.artifacts import verify_run
+        from crucible_core.records.artifacts import verify_run
 
         report = verify_run(_run_dir(args.run))
         if args.json:

@@ -32,9 +32,9 @@ def _home_check() -> dict[str, Any]:
 
 def _database_check() -> dict[str, Any]:
     """``PRAGMA quick_check`` of the queue database, if there is one (nothing is created)."""
-    from crucible_core.runtime._db import describe_problems
-    from crucible_core.runtime.dbrepair import check_file
-    from crucible_core.runtime.paths import db_path
+    from crucible_core.queue._db import describe_problems
+    from crucible_core.queue.dbrepair import check_file
+    from crucible_core.records.paths import db_path
 
     path = db_path()
     if not path.is_file():

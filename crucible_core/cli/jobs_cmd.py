@@ -11,7 +11,7 @@ an acknowledged job.
 
 ``jobs recover`` checks the database file (``PRAGMA quick_check``) and, if
 it is damaged, rebuilds it from its tables, keeping the damaged file beside
-it as ``crucible.db.corrupt-<stamp>`` (:mod:`crucible_core.runtime.dbrepair`).
+it as ``crucible.db.corrupt-<stamp>`` (:mod:`crucible_core.queue.dbrepair`).
 Stop every worker first.
 """
 
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
+from crucible_core._errors import reworded
 from crucible_core.cli.output import print_json, print_table
 from crucible_core.errors import ConfigError, ValidationError
 from crucible_core.ids import check_id
@@ -35,14 +36,13 @@ from crucible_core.ir.files import read_document
 from crucible_core.ir.paths import resolve_paths
 from crucible_core.ir.training import TrainingJob
 from crucible_core.ir.work import Job
-from crucible_core.runtime._errors import reworded
 
 if TYPE_CHECKING:
-    from crucible_core.runtime.scheduler import Scheduler
+    from crucible_core.queue.scheduler import Scheduler
 
 
 def _scheduler() -> Scheduler:
-    from crucible_core.runtime.scheduler import Scheduler
+    from crucible_core.queue.scheduler import Scheduler
 
     return Scheduler()
 
@@ -193,7 +193,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from crucible_core.runtime._options import check_count
+    from crucible_core._options import check_count
 
     if args.limit is not None:
         check_count("--limit", args.limit, minimum=0)
@@ -216,7 +216,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from crucible_core.runtime.paths import run_dir
+    from crucible_core.records.paths import run_dir
 
     sched = _scheduler()
     try:
@@ -311,8 +311,8 @@ def _retry(args: argparse.Namespace) -> int:
 
 
 def _recover(args: argparse.Namespace) -> int:
-    from crucible_core.runtime.dbrepair import repair
-    from crucible_core.runtime.paths import db_path
+    from crucible_core.queue.dbrepair import repair
+    from crucible_core.records.paths import db_path
 
     path = Path(args.db) if args.db else db_path()
     report = repair(path)

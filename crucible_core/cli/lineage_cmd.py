@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from crucible_core.cli.output import print_json
 
 if TYPE_CHECKING:
-    from crucible_core.runtime.lineage import LineageNode
+    from crucible_core.records.lineage import LineageNode
 
 
 def _label(node: LineageNode) -> str:
@@ -60,7 +60,7 @@ class _LineageCommand:
         p.add_argument("--json", action="store_true", help="print both trees as JSON")
 
     def run(self, args: argparse.Namespace) -> int:
-        from crucible_core.runtime.lineage import LineageRecorder
+        from crucible_core.records.lineage import LineageRecorder
 
         with LineageRecorder() as rec:
             node_id = rec.resolve(args.id)

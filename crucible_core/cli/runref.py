@@ -24,8 +24,8 @@ from typing import Any
 
 from crucible_core.errors import ConfigError, NotFound
 from crucible_core.ids import ID_HINT, is_valid_id, shown
-from crucible_core.runtime import paths
-from crucible_core.runtime.artifacts import MANIFEST_FILE, read_manifest
+from crucible_core.records import paths
+from crucible_core.records.artifacts import MANIFEST_FILE, read_manifest
 
 __all__ = ["RESOLVER_GROUP", "expand_ref", "find_run", "list_runs", "resolve_run"]
 

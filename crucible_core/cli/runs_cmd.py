@@ -1,6 +1,6 @@
 """``crucible runs``: list runs, show one, diff two runs' reproducibility records.
 
-The status shown is the run status of :mod:`crucible_core.runtime.runstatus`,
+The status shown is the run status of :mod:`crucible_core.records.runstatus`,
 ``crashed`` for a run whose process died while it said ``running``.
 """
 
@@ -13,8 +13,8 @@ from typing import Any, cast
 
 from crucible_core.cli.output import print_json, print_table
 from crucible_core.cli.runref import find_run, list_runs
-from crucible_core.runtime.artifacts import read_manifest
-from crucible_core.runtime.runstatus import effective_status
+from crucible_core.records.artifacts import read_manifest
+from crucible_core.records.runstatus import effective_status
 
 __all__ = ["RECORD_KEYS", "command", "diff_records", "record_of"]
 

@@ -30,10 +30,10 @@ from crucible_core.errors import EXIT_INTERRUPTED, Cancelled, ConfigError
 from crucible_core.ids import check_id
 from crucible_core.ir.codec import convert, decode_file, to_builtins
 from crucible_core.ir.training import Budget, TrainingJob
-from crucible_core.runtime import paths
-from crucible_core.runtime.cancel import CancelFlag
-from crucible_core.runtime.runstatus import INTERRUPT_REASONS
-from crucible_core.runtime.trainloop import LoopState
+from crucible_core.pipeline.cancel import CancelFlag
+from crucible_core.records import paths
+from crucible_core.records.runstatus import INTERRUPT_REASONS
+from crucible_core.train.loop import LoopState
 from crucible_core.train.plan import Plan, Planned, plan_run
 from crucible_core.train.run import new_job_id, run_training
 from crucible_core.train.state import STATE_FILE, read_loop_state, verified_resume
@@ -122,7 +122,7 @@ def _execute(
     planned: Planned | None = None,
 ) -> int:
     from crucible_core.plugins import get_host
-    from crucible_core.runtime.events import EventBus
+    from crucible_core.records.events import EventBus
 
     host = get_host()
     plan = planned.plan if planned is not None else None
@@ -131,7 +131,7 @@ def _execute(
     progress: Any = None
     with EventBus(host=host) as bus, _stop_on_signals(flag, run):
         if not args.json and not args.no_progress:
-            from crucible_core.runtime.progress import ProgressSubscriber
+            from crucible_core.cli.progress import ProgressSubscriber
 
             progress = ProgressSubscriber()
             bus.subscribe(progress, name="progress")

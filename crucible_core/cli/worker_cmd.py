@@ -57,9 +57,9 @@ class _WorkerCommand:
         )
 
     def run(self, args: argparse.Namespace) -> int:
-        from crucible_core.runtime._options import check_count, check_seconds
-        from crucible_core.runtime.scheduler import Scheduler
-        from crucible_core.runtime.worker import Worker
+        from crucible_core._options import check_count, check_seconds
+        from crucible_core.queue.scheduler import Scheduler
+        from crucible_core.queue.worker import Worker
 
         check_count("--concurrency", args.concurrency)
         check_seconds("--lease", args.lease)
@@ -79,7 +79,7 @@ class _WorkerCommand:
         if args.progress:
             from rich.console import Console
 
-            from crucible_core.runtime.progress import ProgressSubscriber
+            from crucible_core.cli.progress import ProgressSubscriber
 
             progress = ProgressSubscriber(console=Console(stderr=True))
             worker.bus.subscribe(progress, name="progress")

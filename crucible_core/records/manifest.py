@@ -13,7 +13,7 @@ under a per-run lock so concurrent stages never lose each other's fields.
 
 The schema is published as ``ir_schemas/RunManifest.schema.json``. Readers
 that only display a manifest (``crucible runs``) may read it as plain JSON
-with :func:`crucible_core.runtime.artifacts.read_manifest`; unknown fields of
+with :func:`crucible_core.records.artifacts.read_manifest`; unknown fields of
 an older or newer manifest are ignored when it is decoded as a
 :class:`RunManifest`.
 """
@@ -191,13 +191,13 @@ class RunRecord:
     @property
     def path(self) -> Path:
         """The manifest file."""
-        from crucible_core.runtime.artifacts import MANIFEST_FILE
+        from crucible_core.records.artifacts import MANIFEST_FILE
 
         return self.run_dir / MANIFEST_FILE
 
     def read(self) -> RunManifest:
         """The manifest as written; NotFound if the run has none yet."""
-        from crucible_core.runtime.artifacts import read_manifest
+        from crucible_core.records.artifacts import read_manifest
 
         raw = read_manifest(self.run_dir)
         try:
@@ -209,7 +209,7 @@ class RunRecord:
         try:
             return self.read()
         except NotFound:
-            from crucible_core.runtime.artifacts import environment_info
+            from crucible_core.records.artifacts import environment_info
 
             now = _now_iso()
             return RunManifest(created_at=now, updated_at=now, environment=environment_info())
@@ -232,7 +232,7 @@ class RunRecord:
         artifact's ``file://`` URI. Paths inside the run directory are stored
         relative to it, so a run directory can be moved whole.
         """
-        from crucible_core.runtime.artifacts import tree_hashes, uri_path
+        from crucible_core.records.artifacts import tree_hashes, uri_path
 
         target = path if path is not None else uri_path(artifact.uri)
         entry = ArtifactEntry(
@@ -262,7 +262,7 @@ class RunRecord:
         self._change(lambda m: {"artifacts": [a for a in m.artifacts if a.uri != uri]})
 
     def _change(self, make: Callable[[RunManifest], Mapping[str, Any]]) -> RunManifest:
-        from crucible_core.runtime.artifacts import lock_for, write_json
+        from crucible_core.records.artifacts import lock_for, write_json
 
         with lock_for(self.run_dir):
             current = self._read_or_new()

@@ -13,7 +13,7 @@ What it asserts (each failure names the call and the rule):
 4. The same content stored from another path has the same ``sha256`` and
    ``artifact_id``.
 5. A directory (a checkpoint) is addressed by its tree digest
-   (:func:`crucible_core.runtime.artifacts.digest_path`, the digest run
+   (:func:`crucible_core.records.artifacts.digest_path`, the digest run
    manifests record), and ``path_of`` gives a directory with the same files.
 6. An unknown digest: ``exists`` is false and ``path_of`` raises
    :class:`~crucible_core.errors.NotFound`; storing a path that does not
@@ -29,7 +29,7 @@ from typing import Any
 from crucible_core.contracts import ArtifactStore
 from crucible_core.errors import NotFound
 from crucible_core.ir.lineage import Artifact
-from crucible_core.runtime.artifacts import digest_path, tree_hashes
+from crucible_core.records.artifacts import digest_path, tree_hashes
 from crucible_core.testing._guard import Calls, ConformanceError, require
 
 __all__ = ["check_artifact_store"]
@@ -110,7 +110,7 @@ def _check_directory(calls: Calls, store: Any, work: Path) -> None:
     require(
         art.sha256 == want,
         f"{call}: a directory is addressed by its tree digest {want} "
-        f"(crucible_core.runtime.artifacts.digest_path), got {art.sha256}",
+        f"(crucible_core.records.artifacts.digest_path), got {art.sha256}",
     )
     stored = Path(calls("path_of(tree digest)", "path_of finds a directory", store.path_of, want))
     require(

@@ -31,8 +31,8 @@ from crucible_core.contracts import ArtifactStore, CancelToken, Stage, StageCont
 from crucible_core.errors import Cancelled, NotFound
 from crucible_core.ir.experiment import Experiment
 from crucible_core.ir.work import Job
-from crucible_core.runtime.artifacts import LocalArtifactStore
-from crucible_core.runtime.cancel import CancelFlag
+from crucible_core.pipeline.cancel import CancelFlag
+from crucible_core.records.artifacts import LocalArtifactStore
 from crucible_core.testing._guard import Calls, ConformanceError, require
 
 __all__ = ["KitStageContext", "check_stage"]
@@ -42,11 +42,11 @@ class KitStageContext:
     """A :class:`~crucible_core.contracts.StageContext` rooted in a test's temporary directory.
 
     ``root`` holds ``runs/<job_id>/`` (``run_dir``) and ``artifacts/`` (a
-    :class:`~crucible_core.runtime.artifacts.LocalArtifactStore`).
+    :class:`~crucible_core.records.artifacts.LocalArtifactStore`).
     ``backends`` maps names to backend objects; ``backend()`` (no name)
     returns ``backends[None]``. Every ``emit`` is kept in ``events`` as
     ``(kind, data)``; ``cancel`` is a settable
-    :class:`~crucible_core.runtime.cancel.CancelFlag`.
+    :class:`~crucible_core.pipeline.cancel.CancelFlag`.
     """
 
     def __init__(

@@ -228,7 +228,7 @@ def _train(
 
 def _check_delete(calls: Calls, session: Any, ref: CheckpointRef, run_dir: Path) -> None:
     """Files go under the run directory; delete_checkpoint removes them, twice is harmless."""
-    from crucible_core.runtime.artifacts import uri_path
+    from crucible_core.records.artifacts import uri_path
 
     local = uri_path(ref.uri)
     require(

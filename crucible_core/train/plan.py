@@ -33,9 +33,9 @@ from crucible_core.ir.backend import Capabilities, Datum
 from crucible_core.ir.experiment import Experiment, StageDef
 from crucible_core.ir.training import LOSS_INPUTS, LearningConfig, LoRA, QLoRA, TrainingJob
 from crucible_core.ir.work import Job
+from crucible_core.pipeline.cancel import CancelFlag
 from crucible_core.plugins import PluginHost, Registration, get_host
-from crucible_core.runtime import trainloop
-from crucible_core.runtime.cancel import CancelFlag
+from crucible_core.train import loop as trainloop
 from crucible_core.train.prepare import PreparedData, prepare
 from crucible_core.train.sampled_eval import SAMPLED_METRICS
 
@@ -525,7 +525,7 @@ def _tokens_to_train(
     """Tokens the run feeds, in closed form: O(dataset), whatever ``total`` is.
 
     Micro-batch ``i`` of the run is batch ``i mod bpe`` of epoch ``i // bpe``
-    (:func:`~crucible_core.runtime.trainloop.batch_for_step`) and an epoch's
+    (:func:`~crucible_core.train.loop.batch_for_step`) and an epoch's
     batches cover every datum once, so whole epochs cost ``tokens_per_epoch``
     each and only the last, partial epoch is walked batch by batch.
     """

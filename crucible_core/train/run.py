@@ -1,10 +1,10 @@
 """Entry points of a training run: the library call and the worker's job handler.
 
 :func:`run_training` (used by ``crucible train`` and ``crucible resume``)
-owns the run directory (:class:`~crucible_core.runtime.runstatus.RunLock`)
+owns the run directory (:class:`~crucible_core.records.runstatus.RunLock`)
 for the whole run, cleans what a killed process left, and runs the SFT recipe
 (:func:`crucible_core.train.sft.run_sft`) in a
-:class:`~crucible_core.runtime.runscope.RunScope`. :func:`run_training_job`
+:class:`~crucible_core.pipeline.scope.RunScope`. :func:`run_training_job`
 is the worker's handler for ``training_run`` jobs: a job reclaimed after its
 worker died resumes from the run directory's ``trainer_state.json``, the one
 record of where a training run can continue (the scheduler keeps no copy).
@@ -31,12 +31,12 @@ from crucible_core.ids import new_id
 from crucible_core.ir.codec import convert, to_builtins
 from crucible_core.ir.training import TrainingJob
 from crucible_core.ir.work import Job
-from crucible_core.runtime import paths
-from crucible_core.runtime.artifacts import LocalArtifactStore
-from crucible_core.runtime.runscope import RunScope
-from crucible_core.runtime.runstatus import RunLock
-from crucible_core.runtime.trainloop import LoopState
+from crucible_core.pipeline.scope import RunScope
+from crucible_core.records import paths
+from crucible_core.records.artifacts import LocalArtifactStore
+from crucible_core.records.runstatus import RunLock
 from crucible_core.train import state as disk
+from crucible_core.train.loop import LoopState
 from crucible_core.train.plan import training_experiment
 from crucible_core.train.prepare import PreparedData
 from crucible_core.train.sft import run_sft

@@ -1,7 +1,7 @@
 """The supervised fine-tuning recipe, top to bottom: prepare -> session -> loop -> evaluate -> save.
 
 :func:`run_sft` is the whole workflow of a TrainingJob, run inside a
-:class:`~crucible_core.runtime.runscope.RunScope` (which records the run's
+:class:`~crucible_core.pipeline.scope.RunScope` (which records the run's
 start, each step as a stage, and its end). Typed values pass between the
 steps: :class:`~crucible_core.train.prepare.PreparedData` (the data, read
 once), :class:`~crucible_core.train.steps.Trained` (the loop's result), the
@@ -24,8 +24,8 @@ import msgspec
 from crucible_core.contracts import TrainingBackend, TrainingSession
 from crucible_core.ir.experiment import StageDef
 from crucible_core.ir.training import TrainingJob
-from crucible_core.runtime.runscope import RunScope
-from crucible_core.runtime.trainloop import LoopState
+from crucible_core.pipeline.scope import RunScope
+from crucible_core.train.loop import LoopState
 from crucible_core.train.prepare import PreparedData, prepare
 from crucible_core.train.steps import (
     TrainingOutcome,

@@ -20,8 +20,8 @@ from crucible_core.contracts import StageContext, TrainingSession
 from crucible_core.errors import ConfigError
 from crucible_core.ir.codec import convert, to_builtins
 from crucible_core.ir.training import TrainingJob
-from crucible_core.runtime.trainloop import LoopState
 from crucible_core.train import steps
+from crucible_core.train.loop import LoopState
 from crucible_core.train.prepare import PreparedData
 
 __all__ = ["EvaluateStage", "LogMetricsStage", "LoopOutput", "SaveStage", "TrainLoopStage"]

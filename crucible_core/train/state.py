@@ -27,9 +27,9 @@ import msgspec
 from crucible_core.contracts import TrainingSession
 from crucible_core.errors import ConfigError, IntegrityError, NotFound
 from crucible_core.ir.lineage import Artifact
+from crucible_core.records.artifacts import digest_path, uri_path, verify_run, write_json
 from crucible_core.records.manifest import RunRecord
-from crucible_core.runtime.artifacts import digest_path, uri_path, verify_run, write_json
-from crucible_core.runtime.trainloop import LoopState, SavedCheckpoint
+from crucible_core.train.loop import LoopState, SavedCheckpoint
 
 __all__ = [
     "STATES_DIR",
@@ -92,10 +92,10 @@ def retire_checkpoint(run_dir: Path, session: TrainingSession, saved: SavedCheck
 
     The record goes first: a crash in between leaves files nobody lists (harmless,
     overwritten by the next save of that step), never a manifest listing missing files.
-    A checkpoint something pins (:mod:`crucible_core.runtime.pins`, e.g. a registered
+    A checkpoint something pins (:mod:`crucible_core.records.pins`, e.g. a registered
     model version) keeps its files and its manifest entry: it only leaves the loop state.
     """
-    from crucible_core.runtime import pins
+    from crucible_core.records import pins
 
     record = RunRecord(run_dir)
     listed = record.read().artifacts

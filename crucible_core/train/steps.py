@@ -2,13 +2,13 @@
 
 A recipe (:mod:`crucible_core.train.sft`, and its siblings for other
 workflows) calls them in order inside a
-:class:`~crucible_core.runtime.runscope.RunScope`; the stage adapters of
+:class:`~crucible_core.pipeline.scope.RunScope`; the stage adapters of
 :mod:`crucible_core.train.stages` call the same functions, so an Experiment
 can wire them into its own graph without a second copy of any rule.
 
 - :func:`manifest_start`, :func:`record_data`: what the run is and read.
 - :func:`train_step`: restore a verified checkpoint (or score the base), then
-  the loop (:mod:`crucible_core.runtime.trainloop`); returns :class:`Trained`.
+  the loop (:mod:`crucible_core.train.loop`); returns :class:`Trained`.
 - :func:`evaluate`: held-out loss and sampled metrics.
 - :func:`save_final`: the final sampler weights, stored and linked in lineage.
 - :func:`write_metrics`: ``metrics.json`` and the manifest's training summary.
@@ -28,12 +28,12 @@ from crucible_core.errors import ConfigError
 from crucible_core.ir.backend import Capabilities, CheckpointRef
 from crucible_core.ir.lineage import Edge
 from crucible_core.ir.training import Full, TrainingJob
+from crucible_core.records.artifacts import config_digest, uri_path, write_json
 from crucible_core.records.manifest import DatasetRecord, RunRecord, TrainingSummary
-from crucible_core.runtime import trainloop
-from crucible_core.runtime.artifacts import config_digest, uri_path, write_json
-from crucible_core.runtime.trainloop import LoopResult, LoopState
+from crucible_core.train import loop as trainloop
 from crucible_core.train import sampled_eval
 from crucible_core.train import state as disk
+from crucible_core.train.loop import LoopResult, LoopState
 from crucible_core.train.prepare import PreparedData
 
 __all__ = [
@@ -221,7 +221,7 @@ def save_final(
     edges = [Edge(src=node, dst=f"model:{job.model_spec.name}", kind="derived_from")]
     if result.last is not None:
         edges.append(Edge(src=node, dst=f"checkpoint:{result.last.ref.uri}", kind="derived_from"))
-    from crucible_core.runtime.lineage import LineageRecorder
+    from crucible_core.records.lineage import LineageRecorder
 
     with LineageRecorder() as recorder:
         recorder.add_edges(edges)

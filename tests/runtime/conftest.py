@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from crucible_core.runtime.scheduler import Scheduler
+from crucible_core.queue.scheduler import Scheduler
 
 
 class FakeClock:

@@ -10,13 +10,13 @@ import pytest
 
 from crucible_core.contracts import ArtifactStore
 from crucible_core.errors import ConfigError, NotFound
-from crucible_core.records.manifest import RunRecord
-from crucible_core.runtime.artifacts import (
+from crucible_core.records.artifacts import (
     LocalArtifactStore,
     config_digest,
     read_manifest,
     verify_run,
 )
+from crucible_core.records.manifest import RunRecord
 
 
 def make_checkpoint(root: Path) -> Path:

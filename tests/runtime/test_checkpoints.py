@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crucible_core.ir.training import CheckpointPolicy
-from crucible_core.runtime.checkpoints import CheckpointTracker
+from crucible_core.train.checkpoints import CheckpointTracker
 
 
 def test_steps_strategy_saves_every_n_and_keeps_last_plus_best() -> None:

@@ -11,9 +11,9 @@ import pytest
 from crucible_core.cli.main import main
 from crucible_core.ir.experiment import Experiment, StageDef
 from crucible_core.ir.work import Job
+from crucible_core.pipeline.runner import run_pipeline
 from crucible_core.plugins import PluginHost
-from crucible_core.runtime.paths import db_path, run_dir
-from crucible_core.runtime.pipeline import run_pipeline
+from crucible_core.records.paths import db_path, run_dir
 
 from .test_pipeline import StagesPlugin
 
@@ -279,7 +279,7 @@ def test_show_prints_error_result_checkpoint_and_retry_time(
 ) -> None:
     from crucible_core.errors import CapacityError
     from crucible_core.ir.backend import CheckpointRef
-    from crucible_core.runtime.scheduler import Scheduler
+    from crucible_core.queue.scheduler import Scheduler
 
     with Scheduler() as sched:
         sched.enqueue(Job(id="s1", kind="custom", constraints=_deps()))

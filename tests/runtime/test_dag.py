@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crucible_core.runtime.dag import find_cycle, topological_order
+from crucible_core.pipeline.dag import find_cycle, topological_order
 
 
 @st.composite

@@ -21,11 +21,11 @@ from crucible_core.errors import ConfigError, exit_code_for
 from crucible_core.ir.lineage import Edge
 from crucible_core.ir.work import Job
 from crucible_core.plugins import PluginHost
-from crucible_core.runtime.dbrepair import check_file, repair
-from crucible_core.runtime.lineage import LineageRecorder
-from crucible_core.runtime.paths import db_path
-from crucible_core.runtime.scheduler import Scheduler
-from crucible_core.runtime.worker import Worker
+from crucible_core.queue.dbrepair import check_file, repair
+from crucible_core.queue.scheduler import Scheduler
+from crucible_core.queue.worker import Worker
+from crucible_core.records.lineage import LineageRecorder
+from crucible_core.records.paths import db_path
 
 from . import jobs
 

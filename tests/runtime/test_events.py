@@ -13,8 +13,8 @@ import pytest
 
 from crucible_core.hookspecs import hookimpl
 from crucible_core.plugins import PluginHost
-from crucible_core.runtime.events import TELEMETRY_FILE, Event, EventBus, read_telemetry
-from crucible_core.runtime.paths import run_dir
+from crucible_core.records.events import TELEMETRY_FILE, Event, EventBus, read_telemetry
+from crucible_core.records.paths import run_dir
 
 
 def test_every_event_is_appended_and_flushed_at_once(crucible_home: Path) -> None:
@@ -143,7 +143,7 @@ def test_bad_job_id_is_refused(crucible_home: Path) -> None:
 def test_progress_subscriber_shows_step_total_and_loss(crucible_home: Path) -> None:
     from rich.console import Console
 
-    from crucible_core.runtime.progress import ProgressSubscriber
+    from crucible_core.cli.progress import ProgressSubscriber
 
     out = io.StringIO()
     console = Console(file=out, force_terminal=False, width=120)

@@ -9,8 +9,8 @@ import pytest
 
 from crucible_core.contracts import Executor
 from crucible_core.errors import ConfigError
+from crucible_core.pipeline.executors import InlineExecutor, ProcessExecutor, ThreadExecutor
 from crucible_core.plugins import PluginHost
-from crucible_core.runtime.executors import InlineExecutor, ProcessExecutor, ThreadExecutor
 
 
 def test_registered_under_their_names(host: PluginHost) -> None:
@@ -67,7 +67,7 @@ def test_cancel_flag_reason_parent_and_wait() -> None:
     import time
 
     from crucible_core.contracts import CancelToken
-    from crucible_core.runtime.cancel import CancelFlag
+    from crucible_core.pipeline.cancel import CancelFlag
 
     parent = CancelFlag()
     child = CancelFlag(parent=parent)

@@ -9,7 +9,7 @@ import pytest
 
 from crucible_core.errors import NotFound
 from crucible_core.ir.lineage import Artifact, Edge, Span, Trace
-from crucible_core.runtime.lineage import LineageRecorder
+from crucible_core.records.lineage import LineageRecorder
 
 CKPT = "sha256:" + "c" * 64
 DATA = "dataset:data/train.jsonl"
@@ -99,7 +99,7 @@ def test_resolve_prefix_and_unknown(rec: LineageRecorder) -> None:
 
 
 def _tree_ids(node: object) -> set[str]:
-    from crucible_core.runtime.lineage import LineageNode
+    from crucible_core.records.lineage import LineageNode
 
     assert isinstance(node, LineageNode)
     out: set[str] = set()

@@ -16,13 +16,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from crucible_core._options import check_count, check_seconds
 from crucible_core.cli.main import main
 from crucible_core.errors import ConfigError, exit_code_for
 from crucible_core.ir.work import Job
 from crucible_core.plugins import PluginHost
-from crucible_core.runtime._options import check_count, check_seconds
-from crucible_core.runtime.scheduler import Scheduler
-from crucible_core.runtime.worker import Worker
+from crucible_core.queue.scheduler import Scheduler
+from crucible_core.queue.worker import Worker
 
 BAD_SECONDS = [float("nan"), float("inf"), float("-inf"), -1.0, 0.0]
 

@@ -9,8 +9,8 @@ import pytest
 from crucible_core.errors import ConfigError
 from crucible_core.ir import CheckpointPolicy
 from crucible_core.plugins import PluginHost
-from crucible_core.runtime import pins
-from crucible_core.runtime.artifacts import read_manifest, verify_run
+from crucible_core.records import pins
+from crucible_core.records.artifacts import read_manifest, verify_run
 from crucible_core.train.run import run_training
 from tests.test_training_workflow import make_job
 from tests.toy_backend import toy_plugin

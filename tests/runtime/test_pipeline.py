@@ -17,13 +17,13 @@ from crucible_core.ir.common import BackendRef
 from crucible_core.ir.experiment import Experiment, StageDef
 from crucible_core.ir.training import DatasetSpec
 from crucible_core.ir.work import Job
+from crucible_core.pipeline.executors import InlineExecutor, ThreadExecutor
+from crucible_core.pipeline.runner import PipelineStageContext, run_pipeline
 from crucible_core.plugins import PluginHost
-from crucible_core.runtime.artifacts import read_manifest, verify_run
-from crucible_core.runtime.events import read_telemetry
-from crucible_core.runtime.executors import InlineExecutor, ThreadExecutor
-from crucible_core.runtime.lineage import LineageRecorder
-from crucible_core.runtime.paths import db_path, run_dir
-from crucible_core.runtime.pipeline import PipelineStageContext, run_pipeline
+from crucible_core.records.artifacts import read_manifest, verify_run
+from crucible_core.records.events import read_telemetry
+from crucible_core.records.lineage import LineageRecorder
+from crucible_core.records.paths import db_path, run_dir
 
 RAN: list[str] = []
 BARRIER: dict[str, threading.Barrier] = {}

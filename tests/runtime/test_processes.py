@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from crucible_core.ir.work import TERMINAL_STATUSES, Job
-from crucible_core.runtime.events import read_telemetry
-from crucible_core.runtime.scheduler import Scheduler
+from crucible_core.queue.scheduler import Scheduler
+from crucible_core.records.events import read_telemetry
 
 from . import jobs
 

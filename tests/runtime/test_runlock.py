@@ -20,9 +20,9 @@ import pytest
 from crucible_core.errors import Conflict, exit_code_for
 from crucible_core.ir import Job
 from crucible_core.plugins import PluginHost
-from crucible_core.runtime.runstatus import LOCK_FILE, RunLock, holder_pid
-from crucible_core.runtime.scheduler import Scheduler
-from crucible_core.runtime.worker import Worker
+from crucible_core.queue.scheduler import Scheduler
+from crucible_core.queue.worker import Worker
+from crucible_core.records.runstatus import LOCK_FILE, RunLock, holder_pid
 from crucible_core.train.run import run_training
 from tests.test_training_workflow import make_job
 from tests.toy_backend import toy_plugin
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 HOLDER = """
 import sys, time
-from crucible_core.runtime.runstatus import RunLock
+from crucible_core.records.runstatus import RunLock
 with RunLock(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.read()  # hold until the test closes stdin (or kills us)

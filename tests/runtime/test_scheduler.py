@@ -21,7 +21,7 @@ from crucible_core.errors import (
 )
 from crucible_core.ir.backend import CheckpointRef
 from crucible_core.ir.work import TERMINAL_STATUSES, Constraints, Job, RetryPolicy
-from crucible_core.runtime.scheduler import Scheduler
+from crucible_core.queue.scheduler import Scheduler
 
 from .conftest import FakeClock
 

@@ -33,7 +33,7 @@ from crucible_core.ir.work import (
     RetryPolicy,
     next_delay,
 )
-from crucible_core.runtime.scheduler import Scheduler
+from crucible_core.queue.scheduler import Scheduler
 
 from .conftest import FakeClock
 

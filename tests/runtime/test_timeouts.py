@@ -23,8 +23,8 @@ import pytest
 
 from crucible_core.ir.work import Constraints, Job, RetryPolicy
 from crucible_core.plugins import PluginHost
-from crucible_core.runtime.scheduler import Scheduler
-from crucible_core.runtime.worker import Worker
+from crucible_core.queue.scheduler import Scheduler
+from crucible_core.queue.worker import Worker
 
 from . import jobs
 

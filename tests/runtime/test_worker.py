@@ -15,9 +15,9 @@ from crucible_core.hookspecs import hookimpl
 from crucible_core.ir.experiment import Experiment, StageDef
 from crucible_core.ir.work import Constraints, Job, RetryPolicy
 from crucible_core.plugins import PluginHost
-from crucible_core.runtime.events import read_telemetry
-from crucible_core.runtime.scheduler import Scheduler
-from crucible_core.runtime.worker import Worker
+from crucible_core.queue.scheduler import Scheduler
+from crucible_core.queue.worker import Worker
+from crucible_core.records.events import read_telemetry
 
 from . import jobs
 
@@ -276,7 +276,7 @@ def test_dependent_jobs_run_in_order(sched: Scheduler, host: PluginHost, tmp_pat
     worker(sched, host, concurrency=2).run(exit_when_idle=True)
     (log,) = list(tmp_path.glob("*.log"))
     assert log.read_text().split() == ["first", "second"]
-    from crucible_core.runtime.lineage import LineageRecorder
+    from crucible_core.records.lineage import LineageRecorder
 
     with LineageRecorder(sched.path) as rec:
         assert [c.id for c in rec.ancestors("second").children] == ["first"]

@@ -74,7 +74,7 @@ def test_registrations_are_reachable_by_name(
 def test_the_event_sink_logs_training_steps(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from crucible_core.runtime.events import EventBus
+    from crucible_core.records.events import EventBus
 
     log = tmp_path / "steps.jsonl"
     monkeypatch.setenv("ACME_EVENT_LOG", str(log))

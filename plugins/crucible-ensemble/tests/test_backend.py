@@ -190,7 +190,7 @@ def test_an_ensemble_of_real_local_backends_through_the_plugin_host() -> None:
 def test_each_vote_is_an_event_on_the_bus(
     scripted: Make, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from crucible_core.runtime.events import EventBus, read_telemetry
+    from crucible_core.records.events import EventBus, read_telemetry
 
     monkeypatch.setenv("CRUCIBLE_HOME", str(tmp_path))
     with EventBus() as bus:

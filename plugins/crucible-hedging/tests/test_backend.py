@@ -87,7 +87,7 @@ def test_the_hedged_backend_passes_the_inference_conformance_kit(slow: Make) -> 
 def test_hedge_events_reach_the_bus(
     slow: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from crucible_core.runtime.events import EventBus, read_telemetry
+    from crucible_core.records.events import EventBus, read_telemetry
 
     monkeypatch.setenv("CRUCIBLE_HOME", str(tmp_path))
     with EventBus() as bus:

@@ -102,7 +102,7 @@ class SinkConfig:
         """The file transport's file (``$CRUCIBLE_HOME/openlineage.jsonl`` unless set)."""
         if self.file is not None:
             return self.file
-        from crucible_core.runtime.paths import crucible_home
+        from crucible_core.records.paths import crucible_home
 
         return crucible_home() / "openlineage.jsonl"
 

@@ -45,7 +45,7 @@ class SinkStats:
 
 def _telemetry_warning(job_id: str, data: dict[str, Any]) -> None:
     """Append an ``openlineage.dropped`` warning to the run's telemetry.jsonl."""
-    from crucible_core.runtime.events import EventBus
+    from crucible_core.records.events import EventBus
 
     with EventBus(host=None) as bus:
         bus.emit("openlineage.dropped", job_id=job_id, **data)

@@ -40,7 +40,7 @@ __all__ = [
 
 TerminalState = Literal["COMPLETE", "FAIL", "ABORT"]
 
-#: Run statuses (crucible_core.runtime.runstatus) and final job statuses -> terminal state.
+#: Run statuses (crucible_core.records.runstatus) and final job statuses -> terminal state.
 _TERMINAL: Final[dict[str, TerminalState]] = {
     "succeeded": "COMPLETE",
     "failed": "FAIL",

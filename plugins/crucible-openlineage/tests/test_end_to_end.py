@@ -138,7 +138,7 @@ def test_a_hanging_lineage_server_does_not_hold_up_the_run(
     assert first.steps == second.steps == 8
     assert ran < 30.0  # two toy runs; the server would hold each request 30 s
     assert sink.stats.dropped >= 1
-    from crucible_core.runtime.events import read_telemetry
+    from crucible_core.records.events import read_telemetry
 
     warned = [e for e in read_telemetry("hang-2") if e.kind == "openlineage.dropped"]
     assert warned
@@ -168,8 +168,8 @@ def test_an_experiment_cell_names_its_parent_run(
     from crucible_core import hookimpl
     from crucible_core.ir.experiment import Experiment, StageDef
     from crucible_core.ir.work import Job
-    from crucible_core.runtime.events import EventBus
-    from crucible_core.runtime.pipeline import run_pipeline
+    from crucible_core.pipeline.runner import run_pipeline
+    from crucible_core.records.events import EventBus
 
     def register_stages(register: Any) -> None:
         register("score", _Score)
@@ -231,8 +231,8 @@ def test_a_worker_retry_is_a_new_run_and_each_run_ends_once(
     from crucible_core.ir.codec import to_builtins
     from crucible_core.ir.experiment import Experiment, StageDef
     from crucible_core.ir.work import Constraints, Job, RetryPolicy
-    from crucible_core.runtime.scheduler import Scheduler
-    from crucible_core.runtime.worker import Worker
+    from crucible_core.queue.scheduler import Scheduler
+    from crucible_core.queue.worker import Worker
 
     def register_stages(register: Any) -> None:
         register("flaky", _FlakyScore)

@@ -17,7 +17,7 @@ from crucible_openlineage.config import SinkConfig, make_transport
 from crucible_openlineage.sink import LineageSink
 
 from crucible_core.errors import ConfigError
-from crucible_core.runtime.events import Event, read_telemetry
+from crucible_core.records.events import Event, read_telemetry
 
 
 def _ev(kind: str, job: str, ts: float, **data: Any) -> Event:

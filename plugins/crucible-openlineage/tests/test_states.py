@@ -9,7 +9,7 @@ from crucible_openlineage.states import FINAL_JOB_STATES, RunTracker, Transition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crucible_core.runtime.runstatus import RunStatus
+from crucible_core.records.runstatus import RunStatus
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from crucible_core import hookimpl
 
 if TYPE_CHECKING:
-    from crucible_core.runtime.events import Event
+    from crucible_core.records.events import Event
 
 
 @hookimpl

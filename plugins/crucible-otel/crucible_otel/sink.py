@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.trace import TracerProvider
 
-    from crucible_core.runtime.events import Event, EventBus
+    from crucible_core.records.events import Event, EventBus
 
 __all__ = [
     "DEFAULT_QUEUE_SIZE",
@@ -155,7 +155,7 @@ class OtelSink:
         Through a private bus with no subscribers: one appended line, whole, beside
         the run's bus (both append), so the source of truth shows the gap in the copy.
         """
-        from crucible_core.runtime.events import EventBus
+        from crucible_core.records.events import EventBus
 
         try:
             with self._lock:

@@ -36,7 +36,7 @@ from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import Span, Status, StatusCode, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
-from crucible_core.runtime.events import Event
+from crucible_core.records.events import Event
 
 __all__ = ["TERMINAL_STATES", "Translator"]
 

@@ -8,7 +8,7 @@ from typing import Any
 from crucible_core.cli.main import main
 from crucible_core.ir import encode
 from crucible_core.plugins import PluginHost
-from crucible_core.runtime.events import read_telemetry
+from crucible_core.records.events import read_telemetry
 
 
 def test_crucible_train_gives_one_trace_matching_its_telemetry(

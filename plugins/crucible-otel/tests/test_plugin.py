@@ -14,7 +14,7 @@ from crucible_otel import sink as sink_module
 from crucible_otel.config import exporter_choice, sink_from_env
 
 from crucible_core.plugins import PluginHost
-from crucible_core.runtime.events import Event
+from crucible_core.records.events import Event
 from crucible_core.testing import check_light_import
 
 ROOT = Path(__file__).resolve().parents[3]

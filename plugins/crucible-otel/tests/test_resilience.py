@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from crucible_core import hookimpl
 from crucible_core.plugins import PluginHost, reset_host
-from crucible_core.runtime.events import Event, read_telemetry
+from crucible_core.records.events import Event, read_telemetry
 from crucible_core.train.run import run_training
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from opentelemetry.trace import StatusCode
 
-from crucible_core.runtime.events import Event, read_telemetry
+from crucible_core.records.events import Event, read_telemetry
 
 
 def ev(kind: str, ts: float, job: str = "j1", step: int | None = None, **data: Any) -> Event:

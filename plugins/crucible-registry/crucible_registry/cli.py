@@ -19,7 +19,7 @@ from crucible_registry.names import parse_ref, parse_tag
 from crucible_registry.registry import UNSET, Registry
 
 if TYPE_CHECKING:
-    from crucible_core.runtime.lineage import LineageNode
+    from crucible_core.records.lineage import LineageNode
 
 __all__ = ["ModelsCommand"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Final
 
 from crucible_core.errors import ConfigError, CrucibleError
-from crucible_core.runtime import paths
+from crucible_core.records import paths
 
 __all__ = ["MIGRATIONS", "connect", "default_path", "migrate", "transaction"]
 

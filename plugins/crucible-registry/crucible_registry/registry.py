@@ -9,7 +9,7 @@ two processes see each other's changes whole or not at all.
   model and revision, the TrainingJob config hash, the dataset hash, the
   run's metrics and the hash of the run's manifest at registration.
   Registering the same config hash and checksums again returns the existing
-  version. The artifact is pinned (:mod:`crucible_core.runtime.pins`), so
+  version. The artifact is pinned (:mod:`crucible_core.records.pins`), so
   checkpoint retention and clean-ups keep it.
 - **Aliases** (any name: production, staging, champion...) point at one
   version. Every move appends an event (who, when, why, the previous holder);
@@ -41,14 +41,14 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from crucible_core.errors import ConfigError, Conflict, NotFound
-from crucible_core.runtime import paths, pins
-from crucible_core.runtime.artifacts import LocalArtifactStore
+from crucible_core.records import paths, pins
+from crucible_core.records.artifacts import LocalArtifactStore
 from crucible_registry import db
 from crucible_registry.gates import MetricView, RuleResult, evaluate, parse_rule, require_stats
 from crucible_registry.names import ModelRef, check_alias, check_name, parse_ref
 
 if TYPE_CHECKING:
-    from crucible_core.runtime.lineage import LineageRecorder
+    from crucible_core.records.lineage import LineageRecorder
 
 __all__ = [
     "UNSET",
@@ -218,7 +218,7 @@ class Registry:
     def lineage(self) -> LineageRecorder:
         """The core lineage recorder (``$CRUCIBLE_HOME/crucible.db``), opened on first use."""
         if self._lineage is None:
-            from crucible_core.runtime.lineage import LineageRecorder
+            from crucible_core.records.lineage import LineageRecorder
 
             self._lineage = LineageRecorder(self.lineage_db)
         return self._lineage

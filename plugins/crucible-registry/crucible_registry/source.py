@@ -18,7 +18,7 @@ from typing import Any, cast
 
 from crucible_core.cli.runref import find_run
 from crucible_core.errors import ConfigError, IntegrityError, NotFound
-from crucible_core.runtime.artifacts import (
+from crucible_core.records.artifacts import (
     LocalArtifactStore,
     digest_path,
     uri_path,

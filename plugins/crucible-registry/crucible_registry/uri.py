@@ -11,7 +11,7 @@ is exactly what was registered, or nothing.
 from __future__ import annotations
 
 from crucible_core.errors import IntegrityError, NotFound
-from crucible_core.runtime.artifacts import digest_path, uri_path
+from crucible_core.records.artifacts import digest_path, uri_path
 from crucible_registry.names import parse_ref
 from crucible_registry.registry import Registry
 

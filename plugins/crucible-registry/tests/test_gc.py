@@ -6,7 +6,7 @@ import pytest
 from crucible_registry import Registry
 
 from crucible_core.errors import NotFound
-from crucible_core.runtime import pins
+from crucible_core.records import pins
 
 
 def test_gc_forgets_archived_unaliased_versions_only_and_releases_their_pins(

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from crucible_core.errors import ConfigError, NotFound
 from crucible_core.ir import DatasetSpec
-from crucible_core.runtime.lineage import LineageNode, LineageRecorder
+from crucible_core.records.lineage import LineageNode, LineageRecorder
 
 
 def _ids(node: LineageNode) -> dict[str, str | None]:
@@ -145,7 +145,7 @@ def test_sql_closure_equals_networkx_on_any_graph(
     import tempfile
 
     from crucible_core.ir.lineage import Edge
-    from crucible_core.runtime.lineage import PARENT_IS
+    from crucible_core.records.lineage import PARENT_IS
 
     n, raw = data
     with (

@@ -13,8 +13,8 @@ from crucible_registry import Registry
 from crucible_core.errors import BudgetExhausted, ConfigError, IntegrityError, NotFound
 from crucible_core.ir import Budget, CheckpointPolicy, TrainingJob
 from crucible_core.plugins import PluginHost
-from crucible_core.runtime import pins
-from crucible_core.runtime.artifacts import LocalArtifactStore, read_manifest, verify_run
+from crucible_core.records import pins
+from crucible_core.records.artifacts import LocalArtifactStore, read_manifest, verify_run
 from crucible_core.train.run import run_training
 from crucible_core.train.state import read_loop_state
 

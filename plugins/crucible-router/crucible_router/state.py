@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS breakers (
 
 def default_path() -> Path:
     """``$CRUCIBLE_HOME/router.db``."""
-    from crucible_core.runtime.paths import crucible_home
+    from crucible_core.records.paths import crucible_home
 
     return crucible_home() / "router.db"
 

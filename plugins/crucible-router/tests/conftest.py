@@ -21,7 +21,7 @@ from crucible_core.ir import (
     SamplingParams,
     StreamChunk,
 )
-from crucible_core.runtime.events import Event, EventBus
+from crucible_core.records.events import Event, EventBus
 from crucible_core.testing import scripted_completion
 
 

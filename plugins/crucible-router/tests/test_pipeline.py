@@ -16,8 +16,8 @@ import pytest
 from crucible_core import RegisterBackend, RegisterStage, hookimpl
 from crucible_core.errors import BackendError
 from crucible_core.ir import BackendRef, Experiment, Job, Prompt, SamplingParams, StageDef
-from crucible_core.runtime.events import read_telemetry
-from crucible_core.runtime.pipeline import run_pipeline
+from crucible_core.pipeline.runner import run_pipeline
+from crucible_core.records.events import read_telemetry
 from crucible_core.testing import isolated_host
 
 from .conftest import Scripted

@@ -31,8 +31,8 @@ from crucible_core.ir.training import (
     ModelSpec,
     TrainingJob,
 )
-from crucible_core.runtime.events import EventBus
-from crucible_core.runtime.trainloop import train
+from crucible_core.records.events import EventBus
+from crucible_core.train.loop import train
 
 from .conftest import BASE_MODEL, TEXTS, WAIT
 

@@ -27,7 +27,7 @@ from crucible_core.ir.training import (
     ModelSpec,
     TrainingJob,
 )
-from crucible_core.runtime.trainloop import train
+from crucible_core.train.loop import train
 
 from .conftest import BASE_MODEL, TEXTS, WAIT, byte_datums
 

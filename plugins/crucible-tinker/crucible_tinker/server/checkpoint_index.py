@@ -5,7 +5,7 @@ The index maps each path the SDK was given to the crucible
 and the LoRA settings (what loading it into a new model needs). With a
 ``state_dir`` it lives in ``state_dir/checkpoints.json`` and is rewritten on
 every registration the way crucible writes manifests
-(:func:`crucible_core.runtime.artifacts.write_json`: a temporary file,
+(:func:`crucible_core.records.artifacts.write_json`: a temporary file,
 fsync, ``os.replace``, fsync of the directory), so a crash or a failed write
 leaves the previous index whole and the new one, once acknowledged, survives
 a power cut. The SDK is told of a checkpoint only after its entry is durable.
@@ -100,7 +100,7 @@ class CheckpointIndex:
 
 def save_index(path: Path, records: dict[str, CheckpointRecord]) -> None:
     """Write ``records`` to ``path`` atomically and durably (see the module docstring)."""
-    from crucible_core.runtime.artifacts import write_json
+    from crucible_core.records.artifacts import write_json
 
     data = {
         uri: {"ref": to_builtins(r.ref), "base_model": r.base_model, "lora": r.lora}

@@ -73,7 +73,7 @@ def open_training_session(
     Its files (checkpoints of a file backend) go to
     ``$CRUCIBLE_HOME/tinker-server/models/<model id>``.
     """
-    from crucible_core.runtime import paths
+    from crucible_core.records import paths
 
     run_dir = paths.crucible_home() / "tinker-server" / "models" / model.model_id.replace(":", "-")
     return backend.create_session(training_job(backend_name, model, seed), run_dir=run_dir)

@@ -9,7 +9,7 @@
   options at construction (and can refuse bad ones before anything runs);
   the same options are also on ``ctx.options``. Every stage is resolved and
   built before the first one runs, so a misspelt ``uses`` costs nothing.
-- **Order.** Topological (:mod:`crucible_core.runtime.dag`). A stage starts when
+- **Order.** Topological (:mod:`crucible_core.pipeline.dag`). A stage starts when
   all its enabled dependencies succeeded; independent stages run
   concurrently on ``executor`` (default: a thread pool of up to 4). A stage
   with ``enabled = false`` is skipped: its dependents still run and simply
@@ -27,11 +27,11 @@
   (reason ``interrupted``), waits for the running stages to stop, records the
   run ``interrupted`` and is re-raised.
 - **Status.** The manifest's ``status`` is ``running`` while the stages run,
-  then one of the run statuses of :mod:`crucible_core.runtime.runstatus`
+  then one of the run statuses of :mod:`crucible_core.records.runstatus`
   (``budget_exhausted``, ``cancelled``, ``interrupted`` by the error class and
   cancellation reason; ``failed`` for other errors).
 - **Records.** The run is recorded by a
-  :class:`~crucible_core.runtime.runscope.RunScope` (the same as a recipe's):
+  :class:`~crucible_core.pipeline.scope.RunScope` (the same as a recipe's):
   ``run.start``, ``stage.start``/``stage.end`` per stage, the manifest's
   status and per-stage timing, every artifact a stage stores through
   ``ctx.artifacts``, a lineage Trace with a span per stage, and ``run.end``
@@ -49,18 +49,18 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
+from crucible_core._errors import reworded
 from crucible_core.contracts import ArtifactStore, CancelToken, Executor, Future, Stage
 from crucible_core.errors import Cancelled, ConfigError, CrucibleError
 from crucible_core.ir.experiment import Experiment, StageDef
 from crucible_core.ir.work import Job
-from crucible_core.runtime._errors import reworded
-from crucible_core.runtime.cancel import reason_of
-from crucible_core.runtime.events import EventBus
-from crucible_core.runtime.runscope import BackendResolver, RunScope, StepContext, stage_error
+from crucible_core.pipeline.cancel import reason_of
+from crucible_core.pipeline.scope import BackendResolver, RunScope, StepContext, stage_error
+from crucible_core.records.events import EventBus
 
 if TYPE_CHECKING:
     from crucible_core.plugins import PluginHost
-    from crucible_core.runtime.lineage import LineageRecorder
+    from crucible_core.records.lineage import LineageRecorder
 
 __all__ = ["BackendResolver", "PipelineStageContext", "run_pipeline"]
 
@@ -70,7 +70,7 @@ PipelineStageContext = StepContext
 
 def _check_dag(experiment: Experiment) -> list[str]:
     """Stage names in a topological order; ConfigError for unknown deps or a cycle."""
-    from crucible_core.runtime.dag import find_cycle, topological_order
+    from crucible_core.pipeline.dag import find_cycle, topological_order
 
     names = [s.name for s in experiment.stages]
     known = set(names)
@@ -273,7 +273,7 @@ def run_pipeline(
 
 
 def _default_executor(n: int) -> Executor:
-    from crucible_core.runtime.executors import InlineExecutor, ThreadExecutor
+    from crucible_core.pipeline.executors import InlineExecutor, ThreadExecutor
 
     return (
         ThreadExecutor(max_workers=min(4, n), name="crucible-stage") if n > 1 else InlineExecutor()

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crucible_core.errors import ConfigError, NotFound
-from crucible_core.runtime._db import describe_problems, quick_check
-from crucible_core.runtime.artifacts import fsync_dir
+from crucible_core.queue._db import describe_problems, quick_check
+from crucible_core.records.artifacts import fsync_dir
 
 __all__ = ["RepairReport", "check_file", "repair"]
 

@@ -237,7 +237,7 @@ def effective_status(run_dir: Path, manifest: dict[str, Any]) -> str | None:
     if status != "running" or _owned(run_dir) is not False:
         return status if isinstance(status, str) else None
     from crucible_core.errors import CrucibleError
-    from crucible_core.runtime.artifacts import read_manifest
+    from crucible_core.records.artifacts import read_manifest
 
     try:
         again = read_manifest(run_dir).get("status")

@@ -40,8 +40,8 @@ import msgspec
 
 from crucible_core.errors import NotFound
 from crucible_core.ir.lineage import Artifact, Edge, EdgeKind, Span, Trace
-from crucible_core.runtime._db import ConnectionPool, SyncMode
-from crucible_core.runtime.paths import db_path as default_db_path
+from crucible_core.queue._db import ConnectionPool, SyncMode
+from crucible_core.records.paths import db_path as default_db_path
 
 __all__ = ["PARENT_IS", "LineageNode", "LineageRecorder"]
 

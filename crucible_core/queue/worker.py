@@ -13,7 +13,7 @@ adds kinds):
   worker calls ``func(ctx, **args)`` and stores its return value (JSON data)
   as the job's result.
 - ``experiment_step`` and ``evaluation``: ``payload`` is an Experiment, run by
-  :func:`crucible_core.runtime.pipeline.run_pipeline`.
+  :func:`crucible_core.pipeline.runner.run_pipeline`.
 - ``training_run``: ``payload`` is a TrainingJob (validated first), run by
   ``crucible_core.train.run:run_training_job(job, ctx)``, imported
   when the first such job arrives.
@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 import msgspec
 
+from crucible_core._options import check_count, check_seconds
 from crucible_core.contracts import ArtifactStore
 from crucible_core.errors import (
     ConfigError,
@@ -84,15 +85,14 @@ from crucible_core.ir.backend import CheckpointRef
 from crucible_core.ir.codec import convert
 from crucible_core.ir.lineage import Edge
 from crucible_core.ir.work import Job
-from crucible_core.runtime import paths
-from crucible_core.runtime._options import check_count, check_seconds
-from crucible_core.runtime.cancel import CancelFlag
-from crucible_core.runtime.events import EventBus
-from crucible_core.runtime.scheduler import DEFAULT_LEASE_S, Scheduler
+from crucible_core.pipeline.cancel import CancelFlag
+from crucible_core.queue.scheduler import DEFAULT_LEASE_S, Scheduler
+from crucible_core.records import paths
+from crucible_core.records.events import EventBus
 
 if TYPE_CHECKING:
     from crucible_core.plugins import PluginHost
-    from crucible_core.runtime.lineage import LineageRecorder
+    from crucible_core.records.lineage import LineageRecorder
 
 __all__ = ["Handler", "JobContext", "Worker", "WorkerStats", "resolve_handler"]
 
@@ -206,7 +206,7 @@ def _pipeline(job: Job) -> Handler:
     experiment = convert(job.payload, Experiment)
 
     def run(ctx: JobContext) -> Any:
-        from crucible_core.runtime.pipeline import run_pipeline
+        from crucible_core.pipeline.runner import run_pipeline
 
         outputs = run_pipeline(
             experiment,
@@ -366,7 +366,7 @@ class Worker:
     @property
     def store(self) -> ArtifactStore:
         if self._store is None:
-            from crucible_core.runtime.artifacts import LocalArtifactStore
+            from crucible_core.records.artifacts import LocalArtifactStore
 
             self._store = LocalArtifactStore()
         return self._store
@@ -376,7 +376,7 @@ class Worker:
         if self._lineage is None:
             with self._lock:
                 if self._lineage is None:
-                    from crucible_core.runtime.lineage import LineageRecorder
+                    from crucible_core.records.lineage import LineageRecorder
 
                     self._lineage = LineageRecorder(self.scheduler.path)
         return self._lineage

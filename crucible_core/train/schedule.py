@@ -4,8 +4,8 @@ Everything here is a function of the :class:`~crucible_core.ir.LearningConfig`
 and the step number only (no clock, no session, no state), which is what makes
 resume exact: a run restarted at step k computes the batch and learning rate an
 uninterrupted run would have. The training loop
-(:mod:`~crucible_core.runtime.trainloop`, which re-exports these names) and the
-planner (:mod:`~crucible_core.runtime.plan`) both read the schedule from here,
+(:mod:`~crucible_core.train.loop`, which re-exports these names) and the
+planner (:mod:`~crucible_core.train.plan`) both read the schedule from here,
 so a plan counts exactly the steps and tokens the loop will run.
 
 Supported surface: :func:`total_steps`, :func:`batches_per_epoch`,

@@ -1,6 +1,6 @@
 """A rich progress bar fed by the event bus (the CLI's view of a running job).
 
-Subscribe it to an :class:`~crucible_core.runtime.events.EventBus`; it reads
+Subscribe it to an :class:`~crucible_core.records.events.EventBus`; it reads
 ``train.start`` (``total_steps``), ``train.step`` (step, ``loss``),
 ``stage.start``/``stage.end`` and ``job.state`` and shows, per job, a bar
 with step/total and the last loss. It runs on the bus's delivery thread, so
@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-from crucible_core.runtime.events import Event
+from crucible_core.records.events import Event
 
 if TYPE_CHECKING:
     from rich.console import Console

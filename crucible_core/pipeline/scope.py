@@ -1,7 +1,7 @@
 """One run from ``run.start`` to ``run.end``: its records, its services, its steps.
 
 A :class:`RunScope` is what both the stage-graph runner
-(:func:`crucible_core.runtime.pipeline.run_pipeline`) and a recipe (the typed
+(:func:`crucible_core.pipeline.runner.run_pipeline`) and a recipe (the typed
 supervised workflow, :mod:`crucible_core.train.sft`) run inside, so a run
 looks the same to every observer whichever ran it:
 
@@ -18,7 +18,7 @@ looks the same to every observer whichever ran it:
   context (:class:`StepContext`) emits events tagged with the step, stores
   artifacts by content and lists them in the manifest (``artifact.stored``).
 - **End** (:meth:`RunScope.close`, once, whatever ends the run): the
-  manifest's ``status`` (:func:`~crucible_core.runtime.runstatus.status_for`),
+  manifest's ``status`` (:func:`~crucible_core.records.runstatus.status_for`),
   ``finished_at`` and per-step status, a lineage Trace with a span per step
   (``consumes`` the dataset, ``produces`` each artifact), then ``run.end``
   (``status``, ``error``, ``artifacts``).
@@ -35,27 +35,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from crucible_core._errors import reworded
 from crucible_core.contracts import ArtifactStore
 from crucible_core.errors import BackendError, CrucibleError, NotFound, PluginError
 from crucible_core.ir.experiment import Experiment, StageDef
 from crucible_core.ir.lineage import Artifact, ArtifactType, Edge, Span, Trace
 from crucible_core.ir.work import Job
-from crucible_core.records.manifest import RunRecord
-from crucible_core.runtime import paths
-from crucible_core.runtime._errors import reworded
-from crucible_core.runtime.artifacts import (
+from crucible_core.pipeline.cancel import CancelFlag, reason_of
+from crucible_core.records import paths
+from crucible_core.records.artifacts import (
     LocalArtifactStore,
     config_digest,
     digest_path,
     environment_info,
 )
-from crucible_core.runtime.cancel import CancelFlag, reason_of
-from crucible_core.runtime.events import EventBus
-from crucible_core.runtime.runstatus import status_for
+from crucible_core.records.events import EventBus
+from crucible_core.records.manifest import RunRecord
+from crucible_core.records.runstatus import status_for
 
 if TYPE_CHECKING:
     from crucible_core.plugins import PluginHost
-    from crucible_core.runtime.lineage import LineageRecorder
+    from crucible_core.records.lineage import LineageRecorder
 
 __all__ = ["BackendResolver", "RunScope", "StepContext", "stage_error"]
 
@@ -403,7 +403,7 @@ class RunScope:
         if self._lineage is not None:
             self._lineage.record_trace(trace, label=label)
             return
-        from crucible_core.runtime.lineage import LineageRecorder
+        from crucible_core.records.lineage import LineageRecorder
 
         with LineageRecorder() as recorder:
             recorder.record_trace(trace, label=label)

@@ -40,7 +40,7 @@ import msgspec
 
 from crucible_core.errors import ConfigError, NotFound
 from crucible_core.ir.lineage import Artifact, ArtifactType
-from crucible_core.runtime import paths
+from crucible_core.records import paths
 
 __all__ = [
     "MANIFEST_FILE",

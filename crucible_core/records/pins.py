@@ -28,7 +28,7 @@ from typing import Any, cast
 import msgspec
 
 from crucible_core.errors import ConfigError
-from crucible_core.runtime import paths
+from crucible_core.records import paths
 
 __all__ = ["holders", "is_pinned", "pin", "pins_dir", "unpin"]
 
@@ -54,7 +54,7 @@ def _key(holder: str) -> str:
 
 def pin(sha256: str, holder: str, *, note: str = "") -> None:
     """Pin ``sha256`` for ``holder`` (idempotent: pinning again keeps one pin)."""
-    from crucible_core.runtime.artifacts import write_json
+    from crucible_core.records.artifacts import write_json
 
     folder = _folder(sha256)
     record = {"holder": holder, "note": note, "pinned_at": datetime.now(UTC).isoformat()}

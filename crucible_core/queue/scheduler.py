@@ -4,7 +4,7 @@ Contract (what the server, the registry, the harness and executors rely on):
 
 - :meth:`Scheduler.enqueue` / :meth:`~Scheduler.enqueue_many` commit the job
   before returning it: a returned job is acknowledged and survives a crash
-  (fsync policy in :mod:`crucible_core.runtime._db`); an exception means
+  (fsync policy in :mod:`crucible_core.queue._db`); an exception means
   nothing was recorded. A job whose ``idempotency_key`` (per tenant) was seen
   before is not enqueued again: the existing job is returned. ``depends_on``
   must name existing jobs or jobs of the same batch; a cycle is refused with a
@@ -51,7 +51,7 @@ Contract (what the server, the registry, the harness and executors rely on):
 
 Unknown ids raise :class:`~crucible_core.errors.NotFound`; an illegal move
 raises :class:`~crucible_core.errors.Conflict`; database trouble raises an
-error naming the file (:func:`crucible_core.runtime._db.translate`).
+error naming the file (:func:`crucible_core.queue._db.translate`).
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ from typing import Any, Final, get_args
 
 import msgspec
 
+from crucible_core._options import check_count, check_seconds
 from crucible_core.errors import (
     BackendError,
     ConfigError,
@@ -85,10 +86,9 @@ from crucible_core.ir.work import (
     check_transition,
     next_delay,
 )
-from crucible_core.runtime._db import ConnectionPool, SyncMode, corrupt_error
-from crucible_core.runtime._options import check_count, check_seconds
-from crucible_core.runtime.dag import find_cycle, topological_order
-from crucible_core.runtime.paths import db_path as default_db_path
+from crucible_core.pipeline.dag import find_cycle, topological_order
+from crucible_core.queue._db import ConnectionPool, SyncMode, corrupt_error
+from crucible_core.records.paths import db_path as default_db_path
 
 __all__ = [
     "DEFAULT_AGING_S",

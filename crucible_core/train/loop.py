@@ -11,7 +11,7 @@ are queued.
 
 Exact resume: batches are a pure function of ``(seed, step)`` (each epoch is
 a seeded permutation; the schedule's pure functions live in
-:mod:`~crucible_core.runtime.schedule` and are re-exported here), so a run
+:mod:`~crucible_core.train.schedule` and are re-exported here), so a run
 restarted from the checkpoint of step k with the same data feeds step k+1 the
 batch an uninterrupted run would have; the backend restores weights,
 optimizer and RNG state (the conformance kit checks ``load_state``). The
@@ -74,9 +74,9 @@ from crucible_core.ir.backend import (
     OptimStepResult,
 )
 from crucible_core.ir.training import TrainingJob
-from crucible_core.runtime.cancel import reason_of
-from crucible_core.runtime.checkpoints import CheckpointTracker
-from crucible_core.runtime.schedule import (
+from crucible_core.pipeline.cancel import reason_of
+from crucible_core.train.checkpoints import CheckpointTracker
+from crucible_core.train.schedule import (
     adam_params,
     batch_for_step,
     batches_per_epoch,

@@ -49,7 +49,7 @@ from typing import IO, TYPE_CHECKING, Any, Final, Literal
 import msgspec
 
 from crucible_core.errors import ConfigError, NotFound
-from crucible_core.runtime import paths
+from crucible_core.records import paths
 
 if TYPE_CHECKING:
     from crucible_core.plugins import PluginHost

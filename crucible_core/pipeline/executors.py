@@ -22,8 +22,8 @@ import multiprocessing
 from collections.abc import Callable
 from typing import Any
 
+from crucible_core._options import check_count
 from crucible_core.errors import ConfigError
-from crucible_core.runtime._options import check_count
 
 __all__ = ["InlineExecutor", "ProcessExecutor", "ThreadExecutor"]
 
