@@ -122,3 +122,21 @@ def hanging_server() -> Iterator[HangingServer]:
     s = HangingServer()
     yield s
     s.close()
+
+
+@pytest.fixture
+def host_with() -> Any:
+    """``host_with((plugin, name), ...)``: :func:`make_host`, not installed."""
+    return make_host
+
+
+@pytest.fixture
+def short_job() -> Any:
+    """``short_job(tmp_path, steps=6)``: the shortened main job as a TrainingJob."""
+    from crucible_core.ir.codec import decode_file
+    from crucible_core.ir.training import TrainingJob
+
+    def load(tmp_path: Path, *, steps: int = 6) -> TrainingJob:
+        return decode_file(short_main_job(tmp_path, steps=steps), TrainingJob)
+
+    return load
