@@ -15,6 +15,9 @@ for every sink (crucible-otel, crucible-openlineage, crucible-mlflow):
 - One daemon worker thread calls ``handle(item)`` for each item, in order.
   An exception there is counted (:attr:`SinkQueue.errors`), logged once per
   exception type, and the worker goes on.
+- ``on_idle()`` (optional) runs on the worker when no item arrived for
+  ``idle_s`` seconds: a sink that batches sends its batch there, so nothing
+  waits in a batch while the run is quiet.
 - :meth:`SinkQueue.call` runs a function on the worker after everything
   queued before it (a flush, a sink's final bookkeeping) and waits for it at
   most ``timeout`` seconds; :meth:`SinkQueue.close` stops taking items, runs
@@ -99,6 +102,8 @@ class SinkQueue(Generic[T]):
     ``name`` names the worker thread and the log lines; ``maxsize`` bounds the
     items waiting; ``on_drop(item)`` is called (on the offering thread) for
     every dropped item and must be cheap; an exception from it is logged.
+    ``on_idle()`` is called on the worker once whenever no item arrived for
+    ``idle_s`` seconds.
     """
 
     def __init__(
@@ -108,6 +113,8 @@ class SinkQueue(Generic[T]):
         name: str,
         maxsize: int = DEFAULT_MAXSIZE,
         on_drop: Callable[[T], object] | None = None,
+        on_idle: Callable[[], object] | None = None,
+        idle_s: float = 1.0,
     ) -> None:
         if maxsize < 1:
             raise ValueError(f"maxsize must be >= 1, got {maxsize}")
@@ -121,6 +128,8 @@ class SinkQueue(Generic[T]):
         self.handled = 0
         self._handle = handle
         self._on_drop = on_drop
+        self._on_idle = on_idle
+        self._idle_s = idle_s
         self._closed = False
         self._lock = threading.Lock()
         self._error_kinds: set[str] = set()
@@ -159,9 +168,23 @@ class SinkQueue(Generic[T]):
 
     # -- worker ------------------------------------------------------------------
 
+    def _next(self) -> T | _Call:
+        """The next item; ``on_idle`` runs (once per quiet spell) while none arrives."""
+        if self._on_idle is None:
+            return self._queue.get()
+        try:
+            return self._queue.get(timeout=self._idle_s)
+        except queue.Empty:
+            pass
+        try:
+            self._on_idle()
+        except Exception:
+            log.exception("%s: the idle call failed", self.name)
+        return self._queue.get()
+
     def _work(self) -> None:
         while True:
-            item = self._queue.get()
+            item = self._next()
             if isinstance(item, _Call):
                 try:
                     if item.fn is not None:

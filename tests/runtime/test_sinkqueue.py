@@ -141,3 +141,28 @@ def test_every_offer_is_either_handled_or_counted_as_dropped(ops: list[str], siz
     offers = ops.count("offer")
     assert len(seen) == accepted == offers - q.dropped
     assert seen == sorted(seen)
+
+
+def test_on_idle_runs_on_the_worker_once_per_quiet_spell() -> None:
+    calls: list[tuple[str, int]] = []
+    seen: list[int] = []
+    q = SinkQueue[int](
+        seen.append,
+        name="t-idle",
+        maxsize=10,
+        on_idle=lambda: calls.append((threading.current_thread().name, len(seen))),
+        idle_s=0.05,
+    )
+    q.offer(1)
+    q.offer(2)
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # a long quiet spell: still one call
+    assert calls == [("t-idle", 2)]
+    q.offer(3)
+    deadline = time.monotonic() + 5
+    while len(calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert calls[1] == ("t-idle", 3)
+    assert q.close(5)

@@ -48,7 +48,12 @@ class MlflowSink:
         self.dropped_by_job: dict[str, int] = {}
         self._lock = threading.Lock()
         self.queue: SinkQueue[Event] = SinkQueue(
-            self._handle, name="crucible-mlflow", maxsize=config.queue_size, on_drop=self._drop
+            self.tracker.handle,
+            name="crucible-mlflow",
+            maxsize=config.queue_size,
+            on_drop=self._drop,
+            on_idle=self.tracker.flush,
+            idle_s=1.0,
         )
 
     @property
@@ -64,13 +69,6 @@ class MlflowSink:
     def offer(self, event: Event) -> bool:
         """Queue ``event``; False (dropped and counted) if the queue is full or closed."""
         return self.queue.offer(event)
-
-    def _handle(self, event: Event) -> None:
-        try:
-            self.tracker.handle(event)
-        finally:
-            if self.queue.pending() == 0:
-                self.tracker.flush()
 
     def _drop(self, event: Event) -> None:
         with self._lock:

@@ -26,8 +26,10 @@ the configured experiment, named after the job id:
   anything else that ends a run (cancelled, interrupted, budget exhausted,
   crashed, or never ended when the sink closes) -> KILLED.
 
-Metrics are sent in batches (``log_batch``): whenever the sink's queue is
-empty, every 1000 metrics, and before a run ends.
+Metrics are sent in batches (``log_batch``): every ``batch_s`` seconds (5) or
+1000 metrics, whichever comes first, when the sink's queue has been empty for
+a second, and before a run ends. One call per step would cost the run: a
+SQLite store commits each call, on a thread that shares the GIL with training.
 
 Not thread-safe: :class:`crucible_mlflow.sink.MlflowSink` calls it from its
 one worker thread.
@@ -123,9 +125,13 @@ class _Run:
 class Tracker:
     """Turns events into MLflow calls through one ``MlflowClient`` (see the module doc)."""
 
-    def __init__(self, config: MlflowConfig, *, manifest_wait_s: float = 5.0) -> None:
+    def __init__(
+        self, config: MlflowConfig, *, manifest_wait_s: float = 5.0, batch_s: float = 5.0
+    ) -> None:
         self.config = config
         self.manifest_wait_s = manifest_wait_s
+        self.batch_s = batch_s
+        self._sent_at = time.monotonic()
         self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
         #: Open MLflow runs by crucible job id.
@@ -237,8 +243,8 @@ class Tracker:
                 number = _number(value)
                 if number is not None:
                     run.metrics.append(Metric(metric_key(*prefix, str(name)), number, ts, step))  # pyright: ignore[reportUnknownArgumentType]
-        if len(run.metrics) >= _BATCH:
-            self._send_metrics(run)
+        if len(run.metrics) >= _BATCH or time.monotonic() - self._sent_at >= self.batch_s:
+            self.flush()
 
     def _send_metrics(self, run: _Run) -> None:
         while run.metrics:
@@ -246,7 +252,8 @@ class Tracker:
             self.client.log_batch(run.run_id, metrics=batch)
 
     def flush(self) -> None:
-        """Send every buffered metric (the sink calls this when its queue is empty)."""
+        """Send every buffered metric (the sink calls this when its queue is quiet)."""
+        self._sent_at = time.monotonic()
         for run in list(self.runs.values()):
             self._send_metrics(run)
 
