@@ -80,8 +80,19 @@ def mlflow_status(status: str | None) -> str:
 
 
 def metric_key(*parts: str) -> str:
-    """``parts`` joined by ``/``, with characters MLflow refuses replaced by ``_``."""
-    return _INVALID.sub("_", "/".join(parts))
+    """``parts`` joined by ``/``, as a name MLflow accepts.
+
+    MLflow refuses characters other than letters, digits, ``_ - . / :`` and
+    space (those become ``_``) and names that are not their own normalised
+    path (empty, ``.`` and ``..`` segments: dropped, ``__``).
+    """
+    segments: list[str] = []
+    for segment in _INVALID.sub("_", "/".join(parts)).split("/"):
+        if segment == "..":
+            segments.append("__")
+        elif segment not in ("", "."):
+            segments.append(segment)
+    return "/".join(segments) or "_"
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, str]:
