@@ -7,7 +7,8 @@ stand-in on 127.0.0.1 that answers every request; crucible-openlineage to its de
 file transport; crucible-mlflow to its default SQLite store under ``CRUCIBLE_HOME``.
 
 1. Bus throughput: ``--events`` events per round (``run.start``, a stage, ``train.step``
-   with a checkpoint every 100, ``run.end``) emitted on one ``EventBus`` writing
+   with the nine numbers a crucible-local step reports and a checkpoint every 100,
+   ``run.end``) emitted on one ``EventBus`` writing
    telemetry, with no plugin, a no-op ``on_event`` plugin, each sink alone, and all
    three; rounds alternate between arms. Reported: the producer's events/s (what the run
    sees) and its ratio to no plugin; how fast the sink(s) then finished their work (the
@@ -139,8 +140,18 @@ def bus_round(n: int, arm: str, job_id: str) -> tuple[float, float, int]:
     bus.emit("stage.start", job_id=job_id, stage="train", uses="train.loop")
     bus.emit("train.start", job_id=job_id, step=0, total_steps=n)
     for step in range(1, n - 5):
-        bus.emit(
-            "train.step", job_id=job_id, step=step, loss=1.0 / step, lr=1e-3, tokens=step * 512
+        bus.emit(  # the numbers a crucible-local step reports (nine metrics with the loss)
+            "train.step",
+            job_id=job_id,
+            step=step,
+            loss=1.0 / step,
+            metrics={"loss:sum": 250.0 / step, "grad_norm": 2.0 / step},
+            tokens=step * 450,
+            lr=1e-3,
+            lr_multiplier=1.0,
+            accumulated_calls=1.0,
+            grad_clip=1.0,
+            total_steps=n,
         )
         if step % 100 == 0:
             bus.emit("train.checkpoint", job_id=job_id, step=step, uri=f"mem://{step}")
