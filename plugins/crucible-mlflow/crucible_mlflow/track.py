@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Mapping
@@ -155,6 +156,10 @@ class Tracker:
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
+            # MLflow 3 sends anonymous usage telemetry to its vendor unless told not to; a
+            # copy of crucible's telemetry must not phone anywhere but the configured store.
+            # An explicit MLFLOW_DISABLE_TELEMETRY=false opts back in.
+            os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
             from mlflow import MlflowClient
 
             self._client = MlflowClient(tracking_uri=self.config.tracking_uri)

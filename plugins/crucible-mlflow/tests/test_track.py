@@ -106,3 +106,38 @@ def test_a_bad_setting_names_its_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"CRUCIBLE_MLFLOW_{name}") as info:
         MlflowConfig.from_env({f"CRUCIBLE_MLFLOW_{name}": value})
     assert info.value.hint
+
+
+_NO_TELEMETRY_SCRIPT = """
+import sys, time
+from crucible_mlflow.config import MlflowConfig
+from crucible_mlflow.track import Tracker
+from crucible_core.runtime.events import Event
+t = Tracker(MlflowConfig.from_env())
+t.handle(Event(kind="run.start", job_id="quiet", ts=time.time(), data={}))
+t.handle(Event(kind="run.end", job_id="quiet", ts=time.time(), data={"status": "succeeded"}))
+from mlflow.telemetry.client import get_telemetry_client
+sys.exit(0 if get_telemetry_client() is None else 3)
+"""
+
+
+def test_mlflow_usage_telemetry_stays_off_outside_ci(tmp_path: Path) -> None:
+    """A process like a user's (no CI or pytest variables): MLflow must not start its
+    usage-telemetry client, which would write an installation id and call its vendor."""
+    import os
+    import subprocess
+    import sys
+
+    hidden = ("CI", "PYTEST_CURRENT_TEST", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")
+    env = {k: v for k, v in os.environ.items() if k not in hidden}
+    env.update(CRUCIBLE_HOME=str(tmp_path / "home"), XDG_CONFIG_HOME=str(tmp_path / "config"))
+    proc = subprocess.run(
+        [sys.executable, "-c", _NO_TELEMETRY_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "config" / "mlflow").exists()
