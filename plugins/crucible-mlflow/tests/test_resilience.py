@@ -57,6 +57,9 @@ def test_a_hanging_tracking_server_neither_slows_nor_fails_the_run(
     monkeypatch.setenv("CRUCIBLE_MLFLOW_QUEUE", "4")
     monkeypatch.setenv("CRUCIBLE_MLFLOW_FLUSH_S", "1")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")  # mlflow's own limit stays far
+    # Once the test ends the server goes away: the abandoned worker then fails at once
+    # instead of retrying against a port another test may reuse.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     seen.clear()
     with caplog.at_level(logging.WARNING, logger="crucible_mlflow"):
         began = time.monotonic()

@@ -4,6 +4,7 @@ MLflow's own name validation (``mlflow.utils.validation``) is the oracle."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ def test_flatten_keeps_every_leaf_under_its_dotted_path(nested: dict[str, Any]) 
             assert flat[key] == value
         else:  # numbers as JSON
             a, b = key.split(".")
-            assert float(flat[key]) == nested[a][b]
+            assert json.loads(flat[key]) == nested[a][b]
 
 
 def test_flatten_writes_lists_as_json_and_bounds_values() -> None:
