@@ -162,6 +162,10 @@ class Tracker:
             os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
             from mlflow import MlflowClient
 
+            uri = self.config.tracking_uri or ""
+            if uri.startswith("sqlite:///"):  # older mlflow does not create the directory
+                Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
             self._client = MlflowClient(tracking_uri=self.config.tracking_uri)
         return self._client
 
