@@ -23,7 +23,9 @@ for every sink (crucible-otel, crucible-openlineage, crucible-mlflow):
   most ``timeout`` seconds; :meth:`SinkQueue.close` stops taking items, runs
   an optional final function the same way and stops the worker, all within
   ``timeout``. What still hangs then is abandoned (daemon threads), so a dead
-  endpoint cannot keep a finished process alive.
+  endpoint cannot keep a finished process alive; should it come back, the
+  worker skips whatever was still queued (counted in :attr:`SinkQueue.abandoned`)
+  instead of handling it late.
 
 :func:`bounded_call` runs any function on a daemon thread with a time limit
 (a provider's shutdown); :func:`record_warning` appends a warning event to a
@@ -126,6 +128,9 @@ class SinkQueue(Generic[T]):
         self.errors = 0
         #: Items handled without error.
         self.handled = 0
+        #: Items still queued when :meth:`close` gave up on the worker (never handled).
+        self.abandoned = 0
+        self._given_up = False
         self._handle = handle
         self._on_drop = on_drop
         self._on_idle = on_idle
@@ -187,7 +192,7 @@ class SinkQueue(Generic[T]):
             item = self._next()
             if isinstance(item, _Call):
                 try:
-                    if item.fn is not None:
+                    if item.fn is not None and not self._given_up:
                         item.fn()
                 except Exception:
                     log.exception("%s: a queued call failed", self.name)
@@ -195,6 +200,10 @@ class SinkQueue(Generic[T]):
                     item.done.set()
                 if item.stop:
                     return
+                continue
+            if self._given_up:
+                with self._lock:
+                    self.abandoned += 1
                 continue
             try:
                 self._handle(item)
@@ -247,6 +256,7 @@ class SinkQueue(Generic[T]):
         deadline = time.monotonic() + timeout
         stop = _Call(final, stop=True)
         if not self._call(stop, deadline):
+            self._given_up = True  # a worker that comes back skips the rest
             return False
         self._thread.join(max(deadline - time.monotonic(), 0.0))
         return True

@@ -166,3 +166,25 @@ def test_on_idle_runs_on_the_worker_once_per_quiet_spell() -> None:
         time.sleep(0.01)
     assert calls[1] == ("t-idle", 3)
     assert q.close(5)
+
+
+def test_after_close_gives_up_a_worker_that_comes_back_handles_nothing_more() -> None:
+    release = threading.Event()
+    seen: list[int] = []
+    finals: list[str] = []
+
+    def hang(item: int) -> None:
+        release.wait(30)
+        seen.append(item)
+
+    q = SinkQueue[int](hang, name="t-abandon", maxsize=10)
+    for i in range(5):
+        q.offer(i)
+    assert not q.close(0.2, final=lambda: finals.append("final"))
+    release.set()  # the endpoint answers again: the item in hand completes, no more
+    deadline = time.monotonic() + 5
+    while q.abandoned < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen == [0]
+    assert q.abandoned == 4
+    assert finals == []  # the final call, queued behind them, is skipped too
