@@ -244,8 +244,11 @@ def _main_job(args: argparse.Namespace, home: Path, per_event: dict[str, float])
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
-    home = Path(tempfile.mkdtemp(prefix="crucible-sinks-bench-"))
-    with collector() as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="crucible-sinks-bench-") as tmp,
+        collector() as server,
+    ):
+        home = Path(tmp)
         os.environ.update(
             CRUCIBLE_HOME=str(home),
             CRUCIBLE_OTEL_EXPORTER="otlp",
