@@ -11,7 +11,7 @@ written atomically).
 
 The rule every deletion of run files or store objects follows: ask
 :func:`is_pinned` first and keep what is pinned. Checkpoint retention does
-(``runtime.training``); crucible-registry pins every registered version's
+(``train.run``); crucible-registry pins every registered version's
 artifacts with holder ``crucible-registry:<name>:...``.
 
 Supported surface: :func:`pin`, :func:`unpin`, :func:`is_pinned`, :func:`holders`.

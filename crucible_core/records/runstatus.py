@@ -50,6 +50,7 @@ __all__ = [
     "RunStatus",
     "effective_status",
     "holder_pid",
+    "is_owned",
     "status_for",
 ]
 
@@ -206,8 +207,12 @@ class RunLock:
         self.release()
 
 
-def _owned(run_dir: Path) -> bool | None:
-    """Whether a live process holds the run's lock (None: cannot tell)."""
+def is_owned(run_dir: Path) -> bool | None:
+    """Whether a live process holds the run's lock (None: cannot tell, or no lock file).
+
+    Takes a shared lock for an instant; never blocks. A sink uses it to wait until
+    the process working on a run has written its final manifest.
+    """
     fcntl = _fcntl()
     path = Path(run_dir) / LOCK_FILE
     if fcntl is None or not path.exists():
@@ -234,7 +239,7 @@ def effective_status(run_dir: Path, manifest: dict[str, Any]) -> str | None:
     that just finished writes its final status before releasing the lock).
     """
     status = manifest.get("status")
-    if status != "running" or _owned(run_dir) is not False:
+    if status != "running" or is_owned(run_dir) is not False:
         return status if isinstance(status, str) else None
     from crucible_core.errors import CrucibleError
     from crucible_core.records.artifacts import read_manifest

@@ -22,7 +22,7 @@ from crucible_core.ir import Job
 from crucible_core.plugins import PluginHost
 from crucible_core.queue.scheduler import Scheduler
 from crucible_core.queue.worker import Worker
-from crucible_core.records.runstatus import LOCK_FILE, RunLock, holder_pid
+from crucible_core.records.runstatus import LOCK_FILE, RunLock, holder_pid, is_owned
 from crucible_core.train.run import run_training
 from tests.test_training_workflow import make_job
 from tests.toy_backend import toy_plugin
@@ -150,3 +150,11 @@ def test_worker_training_job_refuses_a_run_directory_in_use(
     assert f"process {holder.pid}" in job.error.message
     assert not (crucible_home / "runs" / "w1" / "manifest.json").exists()
     scheduler.close()
+
+
+def test_is_owned_tells_whether_the_run_is_held_without_waiting(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "owned"
+    assert is_owned(run) is None  # no lock file: cannot tell
+    with RunLock(run):
+        assert is_owned(run) is True
+    assert is_owned(run) is False

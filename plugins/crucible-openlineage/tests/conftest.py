@@ -123,14 +123,20 @@ def hanging_endpoint() -> Iterator[Endpoint]:
     e.close()
 
 
-# -- validation: a JSON Schema of an OpenLineage RunEvent, written for these tests ----------
+# -- validation ---------------------------------------------------------------------------
 #
-# openlineage-python does not ship the spec's OpenLineage.json and tests run offline, so
-# this schema states the spec's rules that matter to a consumer (Marquez, DataHub): the
-# required fields of a RunEvent, its Run, Job and datasets; the event types; the formats
-# of runId (uuid), eventTime (date-time) and producer (uri); and that every facet carries
-# _producer and _schemaURL. validate() also rebuilds the event with openlineage-python's
-# own model classes, whose validators check the runId and the event time again.
+# Always: a JSON Schema of the OpenLineage RunEvent written for these tests from the spec
+# (openlineage-python does not ship the spec's OpenLineage.json, and tests run offline):
+# the required fields of a RunEvent, its Run, Job and datasets; the event types; the
+# formats of runId (uuid), eventTime (date-time) and producer (uri); that every facet
+# carries _producer and _schemaURL; and openlineage-python's own model classes, whose
+# validators check the runId and the event time again.
+#
+# With CRUCIBLE_OPENLINEAGE_SPEC set to the official spec directory (the spec/ folder of
+# the OpenLineage repository: OpenLineage.json and facets/*.json), every event is also
+# validated against the official RunEvent definition and each standard facet against its
+# official schema (the crucible custom facet against CRUCIBLE_FACET_SCHEMA below). See
+# the README ("Tests") for the spec version last checked.
 
 _FACET = {
     "type": "object",
@@ -198,15 +204,107 @@ def _uri(value: object) -> bool:
     return bool(parsed.scheme) and bool(parsed.netloc or parsed.path)
 
 
-def validate_event(event: dict[str, Any]) -> None:
-    """Raise if ``event`` (parsed JSON) is not a valid OpenLineage RunEvent."""
+#: A directory holding the official OpenLineage spec (``OpenLineage.json`` and
+#: ``facets/*.json``, e.g. the ``spec/`` folder of a checkout of the OpenLineage
+#: repository). When set, events are validated against it as well.
+SPEC_ENV = "CRUCIBLE_OPENLINEAGE_SPEC"
+
+#: The ``crucible`` custom run facet, as the sink documents it (README, build.py).
+CRUCIBLE_FACET_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["_producer", "_schemaURL", "job_id"],
+    "properties": {
+        "_producer": {"type": "string", "format": "uri"},
+        "_schemaURL": {"type": "string", "format": "uri"},
+        "job_id": {"type": "string", "minLength": 1},
+        "job_kind": {"type": ["string", "null"]},
+        "experiment_id": {"type": ["string", "null"]},
+        "config_digest": {"type": ["string", "null"]},
+        "attempt": {"type": ["integer", "null"]},
+        "execution": {"type": ["integer", "null"]},
+        "status": {"type": ["string", "null"]},
+        "dataset_hash": {"type": ["string", "null"]},
+    },
+    "additionalProperties": False,
+}
+
+
+def _checker() -> Any:
     import jsonschema
-    from openlineage.client.event_v2 import Job, Run, RunEvent, RunState
 
     checker = jsonschema.FormatChecker(["uuid"])
     checker.checks("date-time", raises=ValueError)(_date_time)
     checker.checks("uri", raises=ValueError)(_uri)
-    jsonschema.Draft202012Validator(RUN_EVENT_SCHEMA, format_checker=checker).validate(event)
+    return checker
+
+
+def _official() -> tuple[dict[str, Any], Any, dict[str, str]] | None:
+    """(core schema, referencing registry, facet name -> facet schema $id), or None."""
+    import os
+
+    raw = os.environ.get(SPEC_ENV)
+    if not raw:
+        return None
+    from referencing import Registry, Resource
+
+    spec = Path(raw)
+    core = json.loads((spec / "OpenLineage.json").read_text())
+    resources = [(core["$id"], Resource.from_contents(core))]
+    facets: dict[str, str] = {}
+    for path in sorted((spec / "facets").glob("*.json")):
+        doc = json.loads(path.read_text())
+        resources.append((doc["$id"], Resource.from_contents(doc)))
+        for key in doc.get("properties", {}):
+            facets[key] = doc["$id"]
+    return core, Registry().with_resources(resources), facets
+
+
+def _validate_facets(facets: dict[str, Any], official: Any) -> None:
+    """Each standard facet against its official schema; the crucible facet against ours."""
+    import jsonschema
+
+    _, registry, known = official
+    for key, facet in facets.items():
+        if key == "crucible":
+            jsonschema.Draft202012Validator(
+                CRUCIBLE_FACET_SCHEMA, format_checker=_checker()
+            ).validate(facet)
+            continue
+        assert key in known, f"facet {key!r} has no official schema"
+        schema = {"$ref": known[key]}
+        jsonschema.Draft202012Validator(
+            schema, registry=registry, format_checker=_checker()
+        ).validate({key: facet})
+
+
+def validate_event(event: dict[str, Any]) -> None:
+    """Raise if ``event`` (parsed JSON) is not a valid OpenLineage RunEvent.
+
+    Always: the schema above, the crucible facet's, and openlineage-python's own
+    model classes. With
+    ``CRUCIBLE_OPENLINEAGE_SPEC`` set: also the official ``OpenLineage.json``
+    (the RunEvent definition) and each standard facet's official schema.
+    """
+    import jsonschema
+    from openlineage.client.event_v2 import Job, Run, RunEvent, RunState
+
+    jsonschema.Draft202012Validator(RUN_EVENT_SCHEMA, format_checker=_checker()).validate(event)
+    crucible = (event["run"].get("facets") or {}).get("crucible")
+    if crucible is not None:
+        jsonschema.Draft202012Validator(CRUCIBLE_FACET_SCHEMA, format_checker=_checker()).validate(
+            crucible
+        )
+    official = _official()
+    if official is not None:
+        core, registry, _ = official
+        run_event = {"$ref": core["$id"] + "#/$defs/RunEvent"}
+        jsonschema.Draft202012Validator(
+            run_event, registry=registry, format_checker=_checker()
+        ).validate(event)
+        _validate_facets(event["run"].get("facets") or {}, official)
+        _validate_facets(event["job"].get("facets") or {}, official)
+        for dataset in event.get("inputs", []) + event.get("outputs", []):
+            _validate_facets(dataset.get("facets") or {}, official)
     RunEvent(
         eventType=RunState(event["eventType"]),
         eventTime=event["eventTime"],

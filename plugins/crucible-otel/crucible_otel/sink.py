@@ -1,6 +1,7 @@
 """The OpenTelemetry sink: a bounded queue and one worker thread between the bus and the SDK.
 
-Why its own queue: ``on_event`` runs on the event bus's plugin delivery
+Why its own queue (the core's :class:`~crucible_core.records.sinkqueue.SinkQueue`,
+shared by every sink plugin): ``on_event`` runs on the event bus's plugin delivery
 thread, shared by every plugin. An exporter that blocks (a collector that
 is down or slow, a synchronous span processor) would hold that thread, delay
 the other plugins and, after 10 000 events, get every plugin dropped by the
@@ -26,17 +27,17 @@ from __future__ import annotations
 
 import atexit
 import logging
-import queue
 import threading
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
+
+from crucible_core.records.sinkqueue import SinkQueue, bounded_call, record_warning
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.trace import TracerProvider
 
-    from crucible_core.records.events import Event, EventBus
+    from crucible_core.records.events import Event
 
 __all__ = [
     "DEFAULT_QUEUE_SIZE",
@@ -48,30 +49,6 @@ __all__ = [
 
 DEFAULT_QUEUE_SIZE: Final = 10_000
 log = logging.getLogger("crucible_otel")
-
-
-class _Marker:
-    """Queued behind the events: the worker runs ``action`` and sets ``done`` on reaching it."""
-
-    def __init__(self, action: Callable[[], None] | None = None, *, stop: bool = False) -> None:
-        self.action = action
-        self.stop = stop
-        self.done = threading.Event()
-
-
-def _bounded(fn: Callable[[], Any], timeout: float, name: str) -> bool:
-    """Run ``fn`` in a daemon thread; True if it returned within ``timeout`` seconds."""
-
-    def run() -> None:
-        try:
-            fn()
-        except Exception:
-            log.exception("crucible-otel: %s failed", name)
-
-    t = threading.Thread(target=run, name=name, daemon=True)
-    t.start()
-    t.join(max(timeout, 0.0))
-    return not t.is_alive()
 
 
 class OtelSink:
@@ -97,42 +74,41 @@ class OtelSink:
         self.meter_provider = meter_provider
         self.maxsize = maxsize
         self.translator = Translator(tracer_provider, meter_provider)
-        #: Events dropped because the queue was full (or the sink closed), in all and by job.
-        self.dropped = 0
+        #: Events dropped by job (the total is :attr:`dropped`).
         self.dropped_by_job: dict[str, int] = {}
-        self._record_bus: EventBus | None = None
-        #: Events whose translation raised (counted, then ignored).
-        self.errors = 0
-        #: Events turned into spans and metric points.
-        self.handled = 0
-        self._closed = False
         self._lock = threading.Lock()
-        self._queue: queue.Queue[Event | _Marker] = queue.Queue(maxsize=maxsize)
-        self._thread = threading.Thread(target=self._work, name="crucible-otel", daemon=True)
-        self._thread.start()
+        self.queue: SinkQueue[Event] = SinkQueue(
+            self.translator.handle, name="crucible-otel", maxsize=maxsize, on_drop=self._drop
+        )
+
+    @property
+    def dropped(self) -> int:
+        """Events dropped because the queue was full (or the sink closed)."""
+        return self.queue.dropped
+
+    @property
+    def errors(self) -> int:
+        """Events whose translation raised (counted, then ignored)."""
+        return self.queue.errors
+
+    @property
+    def handled(self) -> int:
+        """Events turned into spans and metric points."""
+        return self.queue.handled
 
     # -- producer side (the bus's delivery thread) -----------------------------
 
     def offer(self, event: Event) -> bool:
         """Queue ``event`` for export; False (and counted) if the queue is full or closed."""
-        if not self._closed:
-            try:
-                self._queue.put_nowait(event)
-            except queue.Full:
-                pass
-            else:
-                return True
-        self._drop(event)
-        return False
+        return self.queue.offer(event)
 
     def _drop(self, event: Event) -> None:
         with self._lock:
-            self.dropped += 1
-            first = self.dropped == 1
+            first = self.queue.dropped == 1
             first_of_job = event.job_id not in self.dropped_by_job
             self.dropped_by_job[event.job_id] = self.dropped_by_job.get(event.job_id, 0) + 1
         self.translator.dropped.add(1, {"crucible.job_id": event.job_id})
-        why = "closed" if self._closed else "not keeping up"
+        why = "closed" if self.queue.closed else "not keeping up"
         if first:
             log.warning(
                 "crucible-otel: the OpenTelemetry exporter is %s; events are being dropped "
@@ -150,71 +126,22 @@ class OtelSink:
             )
 
     def _record_drop(self, job_id: str, *, dropped: int, message: str) -> None:
-        """Write a ``sink.dropped`` warning into the run's own telemetry.jsonl.
-
-        Through a private bus with no subscribers: one appended line, whole, beside
-        the run's bus (both append), so the source of truth shows the gap in the copy.
-        """
-        from crucible_core.records.events import EventBus
-
-        try:
-            with self._lock:
-                if self._record_bus is None:
-                    self._record_bus = EventBus(fsync="never")
-                bus = self._record_bus
-            bus.emit(
-                "sink.dropped",
-                job_id=job_id,
-                sink="otel",
-                dropped=dropped,
-                queue_size=self.maxsize,
-                level="warning",
-                message=message,
-            )
-            bus.close_job(job_id)
-        except Exception:
-            log.exception("crucible-otel: could not record dropped events for %s", job_id)
-
-    # -- worker ---------------------------------------------------------------
-
-    def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            if isinstance(item, _Marker):
-                try:
-                    if item.action is not None:
-                        item.action()
-                except Exception:
-                    log.exception("crucible-otel: flushing failed")
-                finally:
-                    item.done.set()
-                if item.stop:
-                    return
-                continue
-            try:
-                self.translator.handle(item)
-            except Exception:
-                with self._lock:
-                    self.errors += 1
-                if self.errors == 1:
-                    log.exception("crucible-otel: an event could not be exported (%s)", item.kind)
-            else:
-                self.handled += 1
-
-    def _mark(self, marker: _Marker, deadline: float) -> bool:
-        """Queue ``marker`` and wait for the worker to reach it, both until ``deadline``."""
-        try:
-            self._queue.put(marker, timeout=max(deadline - time.monotonic(), 0.001))
-        except queue.Full:
-            return False
-        return marker.done.wait(max(deadline - time.monotonic(), 0.0))
+        """A ``sink.dropped`` warning in the run's own telemetry.jsonl (the source of truth)."""
+        record_warning(
+            "sink.dropped",
+            job_id,
+            sink="otel",
+            dropped=dropped,
+            queue_size=self.maxsize,
+            message=message,
+        )
 
     # -- flushing -------------------------------------------------------------
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Export what is queued so far; True if it all went within ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
-        if not self._mark(_Marker(), deadline):
+        if not self.queue.flush(timeout):
             return False
         return self._flush_providers(deadline)
 
@@ -224,18 +151,17 @@ class OtelSink:
             self.tracer_provider.force_flush(ms)
             self.meter_provider.force_flush(ms)
 
-        return _bounded(flush, deadline - time.monotonic(), "crucible-otel-flush")
+        return bounded_call(flush, deadline - time.monotonic(), "crucible-otel-flush")
 
     def close(self, timeout: float = 5.0) -> bool:
         """End open runs' spans, flush and shut the providers down, all within ``timeout`` s.
 
         Returns True if everything was exported in time. Idempotent.
         """
-        if self._closed:
+        if self.queue.closed:
             return True
         deadline = time.monotonic() + timeout
-        ok = self._mark(_Marker(self.translator.finish, stop=True), deadline)
-        self._closed = True
+        ok = self.queue.close(timeout, final=self.translator.finish)
 
         def shutdown() -> None:
             self.tracer_provider.shutdown()
@@ -243,7 +169,7 @@ class OtelSink:
                 timeout_millis=max(deadline - time.monotonic(), 0.0) * 1000
             )
 
-        done = _bounded(shutdown, deadline - time.monotonic(), "crucible-otel-shutdown")
+        done = bounded_call(shutdown, deadline - time.monotonic(), "crucible-otel-shutdown")
         if self.dropped:
             log.warning("crucible-otel: %d events were dropped in all", self.dropped)
             for job_id, n in list(self.dropped_by_job.items()):
