@@ -59,9 +59,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any, Final, get_args
 
@@ -69,10 +67,8 @@ import msgspec
 
 from crucible_core._options import check_count, check_seconds
 from crucible_core.errors import (
-    BackendError,
     ConfigError,
     Conflict,
-    CrucibleError,
     NotFound,
 )
 from crucible_core.ids import ID_HINT, is_valid_id, new_id, shown
@@ -83,11 +79,37 @@ from crucible_core.ir.work import (
     Job,
     JobError,
     JobStatus,
-    check_transition,
     next_delay,
 )
 from crucible_core.pipeline.dag import find_cycle, topological_order
-from crucible_core.queue._db import ConnectionPool, SyncMode, corrupt_error
+from crucible_core.queue._db import ConnectionPool, SyncMode
+from crucible_core.queue.deps import dep_statuses, end, release_dependents_of
+from crucible_core.queue.leases import claim_next, expire
+from crucible_core.queue.rows import (
+    JOB_COLS,
+    SCHEMA,
+    JobTiming,
+    Lease,
+    Transition,
+    Tx,
+    attempts_of,
+    check_owner,
+    compact_spec,
+    dependency_error,
+    enc,
+    encode_result,
+    epoch,
+    get_job,
+    history_decoder,
+    job_error,
+    move,
+    not_found,
+    ref_decoder,
+    row_job,
+    spec_of,
+    status_of,
+    ts,
+)
 from crucible_core.records.paths import db_path as default_db_path
 
 __all__ = [
@@ -105,141 +127,6 @@ DEFAULT_LEASE_S: Final = 30.0
 #: Terminal statuses other than success: a dependency ending in one fails its dependents.
 FAILED_STATUSES: Final = frozenset(TERMINAL_STATUSES - {"succeeded"})
 _STATUSES: Final[tuple[str, ...]] = get_args(JobStatus)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    kind TEXT NOT NULL,
-    priority TEXT NOT NULL,
-    status TEXT NOT NULL,
-    tenant_id TEXT NOT NULL,
-    idempotency_key TEXT,
-    concurrency_key TEXT,
-    max_concurrency INTEGER,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    max_attempts INTEGER NOT NULL,
-    score REAL NOT NULL,
-    available_at REAL NOT NULL,
-    lease_owner TEXT,
-    lease_expires REAL,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    history TEXT NOT NULL DEFAULT '',
-    spec BLOB NOT NULL,
-    error BLOB,
-    result BLOB,
-    checkpoint BLOB,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency
-    ON jobs(tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_queued ON jobs(score, seq) WHERE status = 'queued';
-CREATE INDEX IF NOT EXISTS jobs_running ON jobs(lease_expires) WHERE status = 'running';
-CREATE INDEX IF NOT EXISTS jobs_pending ON jobs(seq) WHERE status = 'pending';
-CREATE TABLE IF NOT EXISTS job_deps (
-    job_id TEXT NOT NULL,
-    dep_id TEXT NOT NULL,
-    PRIMARY KEY (job_id, dep_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS job_deps_dep ON job_deps(dep_id);
-CREATE TABLE IF NOT EXISTS limits (
-    scope TEXT NOT NULL,
-    key TEXT NOT NULL,
-    max_running INTEGER NOT NULL,
-    PRIMARY KEY (scope, key)
-) WITHOUT ROWID
-"""
-
-_JOB_COLS = (
-    "id, status, attempts, spec, error, result, created_at, updated_at, started_at, finished_at"
-)
-_job_decoder = msgspec.json.Decoder(Job)
-_history_encoder = msgspec.json.Encoder()
-_history_decoder = msgspec.json.Decoder(tuple[str | None, str, float, str | None, str | None])
-_error_decoder = msgspec.json.Decoder(JobError)
-_ref_decoder = msgspec.json.Decoder(CheckpointRef)
-
-
-@dataclass(frozen=True)
-class Lease:
-    """What a heartbeat answers: the new expiry and whether cancellation was requested."""
-
-    job_id: str
-    worker_id: str
-    expires_at: float
-    cancel_requested: bool
-
-
-@dataclass(frozen=True)
-class JobTiming:
-    """A job's clock: earliest claim time (not_before, backoff) and its lease, if running."""
-
-    available_at: float
-    lease_owner: str | None
-    lease_expires: float | None
-    cancel_requested: bool
-
-
-@dataclass(frozen=True)
-class Transition:
-    """One logged status move of a job (``from_status`` is None at submission)."""
-
-    job_id: str
-    from_status: str | None
-    to_status: str
-    at: float
-    worker: str | None
-    note: str | None
-
-
-def job_error(exc: BaseException) -> JobError:
-    """The :class:`JobError` recorded for ``exc`` (code, message, retryable, hint, details)."""
-    if isinstance(exc, CrucibleError):
-        retryable = isinstance(exc, BackendError) and exc.retryable
-        details = exc.to_dict()
-        for key in ("code", "message", "hint", "retryable"):
-            details.pop(key, None)
-        return JobError(
-            code=exc.code,
-            message=exc.message,
-            retryable=retryable,
-            hint=exc.hint,
-            details=details,
-        )
-    if isinstance(exc, TimeoutError):
-        return JobError(code="timeout", message=f"TimeoutError: {exc}", retryable=True)
-    return JobError(
-        code="unhandled_exception",
-        message=f"{type(exc).__name__}: {exc}",
-        hint="the job's code raised an exception that is not a Crucible error",
-    )
-
-
-def _ts(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
-
-
-def _epoch(value: datetime) -> float:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.timestamp()
-
-
-class _Tx:
-    """One write transaction: its connection and its clock reading."""
-
-    __slots__ = ("conn", "now")
-
-    def __init__(self, conn: sqlite3.Connection, now: float) -> None:
-        self.conn = conn
-        self.now = now
-
-    def entry(self, frm: str | None, to: str, worker: str | None, note: str | None) -> str:
-        """One line of a job's history (appended to its row, so logging costs no extra page)."""
-        return _history_encoder.encode([frm, to, self.now, worker, note]).decode() + "\n"
 
 
 class Scheduler:
@@ -271,7 +158,7 @@ class Scheduler:
         self.aging_s = aging_s
         self._clock = clock or time.time
         self._db = ConnectionPool(
-            self.path, schema=_SCHEMA, marker="limits", busy_timeout_s=busy_timeout_s, sync=sync
+            self.path, schema=SCHEMA, marker="limits", busy_timeout_s=busy_timeout_s, sync=sync
         )
         self._next_sweep = 0.0
         self._limits: tuple[float, dict[str, int]] = (float("-inf"), {})
@@ -306,9 +193,9 @@ class Scheduler:
         return self._clock()
 
     @contextlib.contextmanager
-    def _write(self) -> Generator[_Tx]:
+    def _write(self) -> Generator[Tx]:
         with self._db.write() as conn:
-            yield _Tx(conn, self._clock())
+            yield Tx(conn, self._clock())
 
     # -- submission -----------------------------------------------------------
 
@@ -357,15 +244,15 @@ class Scheduler:
                 out[job.id] = stored
         return [out[j.id] for j in prepared]
 
-    def _insert(self, tx: _Tx, job: Job, deps: list[str]) -> Job:
+    def _insert(self, tx: Tx, job: Job, deps: list[str]) -> Job:
         conn, now = tx.conn, tx.now
         if job.idempotency_key is not None:
             row = conn.execute(
-                f"SELECT {_JOB_COLS} FROM jobs WHERE tenant_id = ? AND idempotency_key = ?",
+                f"SELECT {JOB_COLS} FROM jobs WHERE tenant_id = ? AND idempotency_key = ?",
                 (job.tenant_id, job.idempotency_key),
             ).fetchone()
             if row is not None:
-                return _row_job(row)
+                return row_job(row)
         dep_status: dict[str, str] = {}
         for dep in deps:
             row = conn.execute("SELECT status FROM jobs WHERE id = ?", (dep,)).fetchone()
@@ -381,8 +268,8 @@ class Scheduler:
             job,
             status=status,
             attempts=0,
-            created_at=_ts(now),
-            updated_at=_ts(now),
+            created_at=ts(now),
+            updated_at=ts(now),
             started_at=None,
             finished_at=None,
             error=None,
@@ -408,9 +295,9 @@ class Scheduler:
                     max_concurrency,
                     c.retry_policy.max_attempts,
                     self._score(job.priority, now),
-                    _epoch(c.not_before) if c.not_before is not None else now,
+                    epoch(c.not_before) if c.not_before is not None else now,
                     tx.entry(None, status, None, "submitted"),
-                    _compact_spec(job),
+                    compact_spec(job),
                     now,
                     now,
                 ),
@@ -428,11 +315,9 @@ class Scheduler:
             )
             failed = next((d for d, s in dep_status.items() if s in FAILED_STATUSES), None)
             if failed is not None:
-                error = _dependency_error(failed, dep_status[failed], None)
-                self._move(
-                    tx, job.id, status, "failed", note=error.message, sets={"error": _enc(error)}
-                )
-                return self._get(conn, job.id)
+                error = dependency_error(failed, dep_status[failed], None)
+                move(tx, job.id, status, "failed", note=error.message, sets={"error": enc(error)})
+                return get_job(conn, job.id)
         return spec
 
     def _score(self, priority: str, ready_at: float) -> float:
@@ -464,7 +349,7 @@ class Scheduler:
     ) -> Job | None:
         """:meth:`complete` then :meth:`claim` in one transaction (one commit, one fsync)."""
         lease_s = check_seconds("lease_s", lease_s)
-        payload = _encode_result(job_id, result)
+        payload = encode_result(job_id, result)
         with self._write() as tx:
             self._finish_ok(tx, job_id, payload, worker_id)
             if tx.now >= self._next_sweep:
@@ -492,94 +377,17 @@ class Scheduler:
         self._limits = (now, limits)
         return limits
 
-    def _claim(self, tx: _Tx, worker_id: str, lease_s: float) -> Job | None:
-        conn, now = tx.conn, tx.now
-        tenant_limits = self._tenant_limits(conn, now)
-        running_by_key: dict[str, int] = {}
-        running_by_tenant: dict[str, int] = {}
-        chosen: tuple[int, str] | None = None
-        cur = conn.execute(
-            "SELECT seq, id, tenant_id, concurrency_key, max_concurrency FROM jobs "
-            "WHERE status = 'queued' AND available_at <= ? ORDER BY score, seq",
-            (now,),
-        )
-        try:
-            for seq, job_id, tenant, key, max_conc in cur:
-                if key is not None:
-                    if key not in running_by_key:
-                        running_by_key[key] = _count_running(conn, "concurrency_key", key)
-                    if running_by_key[key] >= (max_conc or 1):
-                        continue
-                limit = tenant_limits.get(tenant)
-                if limit is not None:
-                    if tenant not in running_by_tenant:
-                        running_by_tenant[tenant] = _count_running(conn, "tenant_id", tenant)
-                    if running_by_tenant[tenant] >= limit:
-                        continue
-                chosen = (int(seq), str(job_id))
-                break
-        finally:
-            cur.close()
-        if chosen is None:
-            return None
-        seq, job_id = chosen
-        row = conn.execute(
-            "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ?, "
-            "lease_expires = ?, started_at = ?, updated_at = ?, "
-            "history = history || ? || (attempts + 1) || ? "
-            f"WHERE seq = ? AND status = 'queued' RETURNING {_JOB_COLS}",
-            (worker_id, now + lease_s, now, now, *_split_entry(tx, worker_id), seq),
-        ).fetchone()
-        if row is None:
-            # The queued index listed a row the table says is not queued: a damaged file.
-            raise corrupt_error(
-                self.path, f"index jobs_queued lists job {job_id!r}, which is not queued"
-            )
-        return _row_job(row)
+    def _claim(self, tx: Tx, worker_id: str, lease_s: float) -> Job | None:
+        return claim_next(tx, worker_id, lease_s, self._tenant_limits(tx.conn, tx.now), self.path)
 
     def expire_leases(self) -> list[str]:
         """Requeue (or kill, past max_attempts) running jobs whose lease expired; their ids."""
         with self._write() as tx:
             return self._expire(tx)
 
-    def _expire(self, tx: _Tx) -> list[str]:
-        conn, now = tx.conn, tx.now
-        self._next_sweep = now + self.EXPIRE_SWEEP_S
-        rows = conn.execute(
-            "SELECT id, attempts, max_attempts, cancel_requested, lease_owner FROM jobs "
-            "WHERE status = 'running' AND (lease_expires IS NULL OR lease_expires < ?)",
-            (now,),
-        ).fetchall()
-        expired: list[str] = []
-        for job_id, attempts, max_attempts, cancel_requested, owner in rows:
-            expired.append(str(job_id))
-            error = JobError(
-                code="lease_expired",
-                message=f"worker {owner!r} stopped renewing its lease on attempt "
-                f"{attempts} of {max_attempts} (it died, hung or lost the database)",
-                retryable=True,
-                hint="`crucible jobs show ID` lists the job's attempts",
-            )
-            note = f"lease of {owner} expired"
-            if cancel_requested:
-                self._end(tx, job_id, "running", "cancelled", note=note)
-            elif attempts >= max_attempts:
-                self._end(tx, job_id, "running", "dead", note=note, sets={"error": _enc(error)})
-            else:
-                self._move(
-                    tx,
-                    job_id,
-                    "running",
-                    "queued",
-                    note=note,
-                    sets={
-                        "error": _enc(error),
-                        "available_at": now,
-                        "lease_owner": None,
-                        "lease_expires": None,
-                    },
-                )
-        return expired
+    def _expire(self, tx: Tx) -> list[str]:
+        self._next_sweep = tx.now + self.EXPIRE_SWEEP_S
+        return expire(tx)
 
     def heartbeat(self, job_id: str, *, worker_id: str, lease_s: float = DEFAULT_LEASE_S) -> Lease:
         """Extend ``worker_id``'s lease on a running job; Conflict if the lease was lost."""
@@ -591,18 +399,18 @@ class Scheduler:
                 (tx.now + lease_s, job_id, worker_id),
             ).fetchone()
             if row is None:
-                self._check_owner(tx.conn, job_id, worker_id)  # says why
+                check_owner(tx.conn, job_id, worker_id)  # says why
                 raise Conflict(f"job {job_id!r} changed while its lease was being renewed")
         return Lease(job_id, worker_id, tx.now + lease_s, bool(row[0]))
 
     def release(self, job_id: str, *, worker_id: str) -> Job:
         """Give a running job back to the queue without counting the attempt (worker drain)."""
         with self._write() as tx:
-            cancel = self._check_owner(tx.conn, job_id, worker_id)
+            cancel = check_owner(tx.conn, job_id, worker_id)
             if cancel:
-                self._end(tx, job_id, "running", "cancelled", worker=worker_id)
+                end(tx, job_id, "running", "cancelled", worker=worker_id)
             else:
-                self._move(
+                move(
                     tx,
                     job_id,
                     "running",
@@ -610,26 +418,24 @@ class Scheduler:
                     worker=worker_id,
                     note="released by a draining worker",
                     sets={
-                        "attempts": max(0, self._attempts(tx.conn, job_id) - 1),
+                        "attempts": max(0, attempts_of(tx.conn, job_id) - 1),
                         "available_at": tx.now,
                         "lease_owner": None,
                         "lease_expires": None,
                     },
                 )
-            return self._get(tx.conn, job_id)
+            return get_job(tx.conn, job_id)
 
     # -- finishing ------------------------------------------------------------
 
     def complete(self, job_id: str, result: Any = None, *, worker_id: str | None = None) -> Job:
         """Record success (``cancelled`` instead if cancellation was requested meanwhile)."""
-        payload = _encode_result(job_id, result)
+        payload = encode_result(job_id, result)
         with self._write() as tx:
             self._finish_ok(tx, job_id, payload, worker_id)
-            return self._get(tx.conn, job_id)
+            return get_job(tx.conn, job_id)
 
-    def _finish_ok(
-        self, tx: _Tx, job_id: str, payload: bytes | None, worker_id: str | None
-    ) -> None:
+    def _finish_ok(self, tx: Tx, job_id: str, payload: bytes | None, worker_id: str | None) -> None:
         now = tx.now
         done = tx.conn.execute(
             "UPDATE jobs SET status = 'succeeded', result = ?, error = NULL, updated_at = ?, "
@@ -648,11 +454,11 @@ class Scheduler:
             ),
         ).fetchone()
         if done is not None:
-            self._release_dependents_of(tx, job_id)
+            release_dependents_of(tx, job_id, self._score)
             return
         # Slow path: say why (not running, other owner), or honour a cancel request.
-        self._check_owner(tx.conn, job_id, worker_id)
-        self._end(
+        check_owner(tx.conn, job_id, worker_id)
+        end(
             tx,
             job_id,
             "running",
@@ -672,18 +478,16 @@ class Scheduler:
         err = error if isinstance(error, JobError) else job_error(error)
         with self._write() as tx:
             conn, now = tx.conn, tx.now
-            cancel = self._check_owner(conn, job_id, worker_id)
-            attempts = self._attempts(conn, job_id)
-            policy = self._spec(conn, job_id).constraints.retry_policy
+            cancel = check_owner(conn, job_id, worker_id)
+            attempts = attempts_of(conn, job_id)
+            policy = spec_of(conn, job_id).constraints.retry_policy
             retryable = err.retryable or err.code in policy.retryable_errors
-            sets: dict[str, Any] = {"error": _enc(err)}
+            sets: dict[str, Any] = {"error": enc(err)}
             note = f"{err.code} on attempt {attempts}"
             if cancel or err.code == "cancelled":
-                self._end(
-                    tx, job_id, "running", "cancelled", worker=worker_id, note=note, sets=sets
-                )
+                end(tx, job_id, "running", "cancelled", worker=worker_id, note=note, sets=sets)
             elif err.code == "budget_exhausted":
-                self._end(
+                end(
                     tx,
                     job_id,
                     "running",
@@ -693,9 +497,9 @@ class Scheduler:
                     sets=sets,
                 )
             elif not retryable:
-                self._end(tx, job_id, "running", "failed", worker=worker_id, note=note, sets=sets)
+                end(tx, job_id, "running", "failed", worker=worker_id, note=note, sets=sets)
             elif attempts >= policy.max_attempts:
-                self._end(
+                end(
                     tx,
                     job_id,
                     "running",
@@ -707,7 +511,7 @@ class Scheduler:
             else:
                 delay_s = next_delay(policy, attempts) / 1000.0
                 sets.update(available_at=now + delay_s, lease_owner=None, lease_expires=None)
-                self._move(
+                move(
                     tx,
                     job_id,
                     "running",
@@ -716,7 +520,7 @@ class Scheduler:
                     note=note + f"; retry in {delay_s:g} s",
                     sets=sets,
                 )
-            return self._get(conn, job_id)
+            return get_job(conn, job_id)
 
     # -- cancel and retry -----------------------------------------------------
 
@@ -727,9 +531,9 @@ class Scheduler:
         otherwise is a Conflict.
         """
         with self._write() as tx:
-            status = self._status(tx.conn, job_id)
+            status = status_of(tx.conn, job_id)
             if status in ("pending", "queued"):
-                self._end(tx, job_id, status, "cancelled", note="cancelled by request")
+                end(tx, job_id, status, "cancelled", note="cancelled by request")
             elif status == "running":
                 tx.conn.execute(
                     "UPDATE jobs SET cancel_requested = 1, updated_at = ?, "
@@ -741,7 +545,7 @@ class Scheduler:
                     f"job {job_id!r} already ended {status}; there is nothing to cancel",
                     hint=f"`crucible jobs show {job_id}` shows how it ended",
                 )
-            return self._get(tx.conn, job_id)
+            return get_job(tx.conn, job_id)
 
     def cancel_requested(self, job_id: str) -> bool:
         """Whether cancellation of ``job_id`` was requested (or it is already cancelled)."""
@@ -750,21 +554,21 @@ class Scheduler:
                 "SELECT cancel_requested, status FROM jobs WHERE id = ?", (job_id,)
             ).fetchone()
         if row is None:
-            raise _not_found(job_id)
+            raise not_found(job_id)
         return bool(row[0]) or row[1] == "cancelled"
 
     def retry(self, job_id: str) -> Job:
         """Requeue a failed, dead, cancelled or budget_exhausted job, with a fresh attempt count."""
         with self._write() as tx:
             conn, now = tx.conn, tx.now
-            status = self._status(conn, job_id)
+            status = status_of(conn, job_id)
             if status not in FAILED_STATUSES:
                 raise Conflict(
                     f"job {job_id!r} is {status}; only failed, dead, cancelled or "
                     "budget_exhausted jobs can be retried",
                     hint="`crucible jobs cancel ID` stops a job that is waiting or running",
                 )
-            deps = self._dep_statuses(conn, job_id)
+            deps = dep_statuses(conn, job_id)
             broken = next(((d, s) for d, s in deps.items() if s in FAILED_STATUSES), None)
             if broken is not None:
                 raise Conflict(
@@ -774,7 +578,7 @@ class Scheduler:
             priority = str(
                 conn.execute("SELECT priority FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
             )
-            self._move(
+            move(
                 tx,
                 job_id,
                 status,
@@ -792,77 +596,8 @@ class Scheduler:
                 },
             )
             if any(s != "succeeded" for s in deps.values()):
-                self._move(tx, job_id, "queued", "pending", note="waiting for dependencies")
-            return self._get(conn, job_id)
-
-    # -- dependencies ---------------------------------------------------------
-
-    @staticmethod
-    def _dep_statuses(conn: sqlite3.Connection, job_id: str) -> dict[str, str]:
-        return {
-            str(d): str(s)
-            for d, s in conn.execute(
-                "SELECT d.dep_id, j.status FROM job_deps d JOIN jobs j ON j.id = d.dep_id "
-                "WHERE d.job_id = ?",
-                (job_id,),
-            )
-        }
-
-    def _release_dependents_of(self, tx: _Tx, job_id: str) -> None:
-        conn = tx.conn
-        rows = conn.execute(
-            "SELECT j.id, j.priority FROM job_deps d JOIN jobs j ON j.id = d.job_id "
-            "WHERE d.dep_id = ? AND j.status = 'pending'",
-            (job_id,),
-        ).fetchall()
-        for dependent, priority in rows:
-            unmet = conn.execute(
-                "SELECT 1 FROM job_deps d JOIN jobs j ON j.id = d.dep_id "
-                "WHERE d.job_id = ? AND j.status != 'succeeded' LIMIT 1",
-                (dependent,),
-            ).fetchone()
-            if unmet is None:
-                self._move(
-                    tx,
-                    dependent,
-                    "pending",
-                    "queued",
-                    note="dependencies succeeded",
-                    sets={"score": self._score(str(priority), tx.now)},
-                )
-
-    def _end(
-        self,
-        tx: _Tx,
-        job_id: str,
-        frm: str,
-        to: str,
-        *,
-        worker: str | None = None,
-        note: str | None = None,
-        sets: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Move to a terminal status other than success and fail the job's dependents."""
-        self._move(tx, job_id, frm, to, worker=worker, note=note, sets=sets)
-        todo: list[str] = [job_id]
-        while todo:
-            dep = todo.pop()
-            rows = tx.conn.execute(
-                "SELECT j.id FROM job_deps d JOIN jobs j ON j.id = d.job_id "
-                "WHERE d.dep_id = ? AND j.status = 'pending'",
-                (dep,),
-            ).fetchall()
-            for (dependent,) in rows:
-                error = _dependency_error(job_id, to, dep if dep != job_id else None)
-                self._move(
-                    tx,
-                    dependent,
-                    "pending",
-                    "failed",
-                    note=error.message,
-                    sets={"error": _enc(error)},
-                )
-                todo.append(dependent)
+                move(tx, job_id, "queued", "pending", note="waiting for dependencies")
+            return get_job(conn, job_id)
 
     # -- checkpoints ----------------------------------------------------------
 
@@ -874,15 +609,15 @@ class Scheduler:
                 (msgspec.json.encode(ref), tx.now, job_id),
             )
             if cur.rowcount != 1:
-                raise _not_found(job_id)
+                raise not_found(job_id)
 
     def last_checkpoint(self, job_id: str) -> CheckpointRef | None:
         """The job's last recorded checkpoint, or None."""
         with self._db.read() as conn:
             row = conn.execute("SELECT checkpoint FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
-            raise _not_found(job_id)
-        return None if row[0] is None else _ref_decoder.decode(row[0])
+            raise not_found(job_id)
+        return None if row[0] is None else ref_decoder.decode(row[0])
 
     # -- limits ---------------------------------------------------------------
 
@@ -911,7 +646,7 @@ class Scheduler:
     def get(self, job_id: str) -> Job:
         """The job as it now stands; NotFound if there is no such job."""
         with self._db.read() as conn:
-            return self._get(conn, job_id)
+            return get_job(conn, job_id)
 
     def list(
         self,
@@ -934,7 +669,7 @@ class Scheduler:
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
-        sql = f"SELECT {_JOB_COLS} FROM jobs"
+        sql = f"SELECT {JOB_COLS} FROM jobs"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq"
@@ -942,7 +677,7 @@ class Scheduler:
             sql += " LIMIT ?"
             params.append(limit)
         with self._db.read() as conn:
-            return [_row_job(r) for r in conn.execute(sql, params).fetchall()]
+            return [row_job(r) for r in conn.execute(sql, params).fetchall()]
 
     def unfinished(self) -> bool:
         """Whether any job is pending, queued or running (indexed: cheap on a big table)."""
@@ -967,9 +702,9 @@ class Scheduler:
         with self._db.read() as conn:
             row = conn.execute("SELECT history FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
-            raise _not_found(job_id)
+            raise not_found(job_id)
         return [
-            Transition(job_id, *_history_decoder.decode(line)) for line in str(row[0]).splitlines()
+            Transition(job_id, *history_decoder.decode(line)) for line in str(row[0]).splitlines()
         ]
 
     def timing(self, job_id: str) -> JobTiming:
@@ -981,176 +716,5 @@ class Scheduler:
                 (job_id,),
             ).fetchone()
         if row is None:
-            raise _not_found(job_id)
+            raise not_found(job_id)
         return JobTiming(float(row[0]), row[1], row[2], bool(row[3]))
-
-    # -- internals ------------------------------------------------------------
-
-    @staticmethod
-    def _get(conn: sqlite3.Connection, job_id: str) -> Job:
-        row = conn.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise _not_found(job_id)
-        return _row_job(row)
-
-    @staticmethod
-    def _spec(conn: sqlite3.Connection, job_id: str) -> Job:
-        row = conn.execute("SELECT spec FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise _not_found(job_id)
-        return _job_decoder.decode(row[0])
-
-    @staticmethod
-    def _status(conn: sqlite3.Connection, job_id: str) -> str:
-        row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise _not_found(job_id)
-        return str(row[0])
-
-    @staticmethod
-    def _attempts(conn: sqlite3.Connection, job_id: str) -> int:
-        row = conn.execute("SELECT attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return int(row[0]) if row else 0
-
-    @staticmethod
-    def _check_owner(conn: sqlite3.Connection, job_id: str, worker_id: str | None) -> bool:
-        """Raise unless ``job_id`` runs under ``worker_id``; return its cancel flag."""
-        row = conn.execute(
-            "SELECT status, lease_owner, cancel_requested FROM jobs WHERE id = ?", (job_id,)
-        ).fetchone()
-        if row is None:
-            raise _not_found(job_id)
-        status, owner, cancel = row
-        if status != "running":
-            raise Conflict(
-                f"job {job_id!r} is {status}, not running",
-                hint="its lease expired and it was requeued or ended; this attempt's "
-                "outcome is discarded",
-            )
-        if worker_id is not None and owner != worker_id:
-            raise Conflict(
-                f"job {job_id!r} is leased to {owner!r}, not {worker_id!r}",
-                hint="this worker's lease expired and another worker claimed the job",
-            )
-        return bool(cancel)
-
-    @staticmethod
-    def _move(
-        tx: _Tx,
-        job_id: str,
-        frm: str,
-        to: str,
-        *,
-        worker: str | None = None,
-        note: str | None = None,
-        sets: Mapping[str, Any] | None = None,
-    ) -> None:
-        check_transition(frm, to)
-        cols: dict[str, Any] = {"status": to, "updated_at": tx.now, **(sets or {})}
-        if to in TERMINAL_STATUSES:
-            cols.setdefault("finished_at", tx.now)
-            cols["lease_owner"] = None
-            cols["lease_expires"] = None
-        assignments = ", ".join(f"{k} = ?" for k in cols)
-        row = tx.conn.execute(
-            f"UPDATE jobs SET {assignments}, history = history || ? WHERE id = ? AND status = ? "
-            "RETURNING 1",
-            (*cols.values(), tx.entry(frm, to, worker, note), job_id, frm),
-        ).fetchone()
-        if row is None:
-            raise Conflict(f"job {job_id!r} is no longer {frm}; it changed meanwhile")
-
-
-#: Fields the jobs table keeps in their own columns; the stored spec omits them.
-_RUNTIME_FIELDS: Final = frozenset(
-    {
-        "status",
-        "attempts",
-        "created_at",
-        "updated_at",
-        "started_at",
-        "finished_at",
-        "error",
-        "result",
-    }
-)
-_DEFAULT_JOB: Final = Job()
-#: (attribute, JSON name, default) of every field the spec stores.
-_SPEC_FIELDS: Final = tuple(
-    (f.name, f.encode_name, getattr(_DEFAULT_JOB, f.name))
-    for f in msgspec.structs.fields(Job)
-    if f.name not in _RUNTIME_FIELDS
-)
-
-
-def _compact_spec(job: Job) -> bytes:
-    """The submitted job as JSON without runtime fields or top-level defaults.
-
-    Rows stay small (a few dozen bytes for a plain job instead of ~650), and
-    each commit writes fewer pages; decoding fills the defaults back in.
-    """
-    return msgspec.json.encode(
-        {
-            key: value
-            for name, key, default in _SPEC_FIELDS
-            if (value := getattr(job, name)) != default
-        }
-    )
-
-
-def _split_entry(tx: _Tx, worker_id: str) -> tuple[str, str]:
-    """A claim's history line around its attempt number (filled in by SQL)."""
-    head, _, tail = tx.entry("queued", "running", worker_id, "attempt {n}").rpartition("{n}")
-    return head, tail
-
-
-def _row_job(row: Sequence[Any]) -> Job:
-    _id, status, attempts, spec, error, result, created, updated, started, finished = row
-    job = _job_decoder.decode(spec)
-    return msgspec.structs.replace(
-        job,
-        status=status,
-        attempts=attempts,
-        error=None if error is None else _error_decoder.decode(error),
-        result=None if result is None else msgspec.json.decode(result),
-        created_at=_ts(created),
-        updated_at=_ts(updated),
-        started_at=_ts(started),
-        finished_at=_ts(finished),
-    )
-
-
-def _count_running(conn: sqlite3.Connection, column: str, value: str) -> int:
-    row = conn.execute(
-        f"SELECT count(*) FROM jobs WHERE status = 'running' AND {column} = ?", (value,)
-    ).fetchone()
-    return int(row[0]) if row else 0
-
-
-def _encode_result(job_id: str, result: Any) -> bytes | None:
-    if result is None:
-        return None
-    try:
-        return msgspec.json.encode(result)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ConfigError(
-            f"job {job_id!r} returned a result that cannot be stored as JSON: {exc}",
-            hint="return plain data (dicts, lists, strings, numbers) or IR values",
-        ) from None
-
-
-def _not_found(job_id: str) -> NotFound:
-    return NotFound(f"no job with id {job_id!r}", hint="`crucible jobs list` shows the known jobs")
-
-
-def _enc(value: Any) -> bytes:
-    return msgspec.json.encode(value)
-
-
-def _dependency_error(root: str, status: str, via: str | None) -> JobError:
-    return JobError(
-        code="dependency_failed",
-        message=f"dependency {root!r} ended {status}" + (f" (via {via!r})" if via else ""),
-        hint=f"see `crucible jobs show {root}`; retry it, then retry this job",
-        details={"dependency": root},
-    )
