@@ -1,0 +1,219 @@
+"""`crucible worker --executor ray`: jobs claimed from the durable queue run as Ray tasks.
+
+Real parts throughout: the session's local Ray instance (2 CPUs), a real
+SQLite queue under a temporary CRUCIBLE_HOME, real Ray worker processes
+killed with real signals. The filesystem is shared (one machine), which is
+how artifacts written on a node reach the store.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from crucible_ray import RayExecutor
+
+from crucible_core.ir.common import ResourceSpec
+from crucible_core.ir.work import Constraints, Job, RetryPolicy
+from crucible_core.runtime.events import Event, read_telemetry
+from crucible_core.runtime.scheduler import Scheduler
+from crucible_core.runtime.worker import Worker
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def executor(ray_session: Any) -> Iterator[RayExecutor]:
+    ex = RayExecutor()
+    yield ex
+    ex.shutdown(wait=False)
+
+
+def _job(job_id: str, func: str, **args: Any) -> Job:
+    return Job(
+        id=job_id,
+        kind="custom",
+        payload={"target": f"_ray_jobs:{func}", "args": args},
+        constraints=Constraints(retry_policy=RetryPolicy(max_attempts=3, initial_delay_ms=0)),
+    )
+
+
+class _Running:
+    """A Worker on the ray executor, run in a thread until the queue is idle."""
+
+    def __init__(self, executor: RayExecutor, *, lease_s: float = 3.0, concurrency: int = 1):
+        self.scheduler = Scheduler()
+        self.worker = Worker(
+            self.scheduler,
+            executor=executor,
+            lease_s=lease_s,
+            poll_s=0.05,
+            concurrency=concurrency,
+        )
+        self.events: list[Event] = []
+        self.worker.bus.subscribe(self.events.append, name="test")
+        self.thread = threading.Thread(
+            target=self.worker.run, kwargs={"exit_when_idle": True}, daemon=True
+        )
+
+    def start(self, *jobs: Job) -> _Running:
+        for job in jobs:
+            self.scheduler.enqueue(job)
+        self.thread.start()
+        return self
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"the worker did not finish within {timeout} s"
+        self.scheduler.close()
+
+
+def _wait(predicate: Any, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{what} did not happen within {within} s")
+
+
+def test_jobs_run_as_ray_tasks_with_their_resources(home: Path, executor: RayExecutor) -> None:
+    big = Job(
+        id="big",
+        kind="custom",
+        payload={"target": "_ray_jobs:assigned", "args": {}},
+        resources=ResourceSpec(cpus=2),
+    )
+    run = _Running(executor, concurrency=2).start(_job("sum", "add", a=2, b=3), big)
+    run.join(60)
+    sched = Scheduler()
+    assert sched.get("sum").status == "succeeded"
+    assert sched.get("sum").result == 5
+    assert sched.get("big").result == {"CPU": 2.0}, "cpus=2 must reach Ray as num_cpus=2"
+    sched.close()
+
+
+def test_events_stream_back_while_the_job_runs(home: Path, executor: RayExecutor) -> None:
+    """The job blocks until the test has seen its first event on the driver's bus."""
+    gate = home / "gate"
+    run = _Running(executor).start(_job("talk", "chatty", gate=str(gate)))
+    _wait(lambda: any(e.kind == "probe.tick" for e in run.events), 30, "probe.tick on the bus")
+    assert Scheduler().get("talk").status == "running"
+    gate.parent.mkdir(parents=True, exist_ok=True)
+    gate.touch()
+    run.join(60)
+    assert Scheduler().get("talk").result == "streamed"
+    kinds = [e.kind for e in read_telemetry("talk")]
+    assert kinds.count("probe.tick") == 1, "each event is recorded once, by the driver"
+    assert kinds.index("probe.tick") < kinds.index("probe.tock")
+    tick = next(e for e in read_telemetry("talk") if e.kind == "probe.tick")
+    assert tick.step == 1
+    assert tick.data["pid"] != os.getpid(), "the event came from the Ray worker process"
+
+
+def test_artifacts_written_on_a_node_reach_the_store(home: Path, executor: RayExecutor) -> None:
+    from crucible_core.runtime.artifacts import LocalArtifactStore
+
+    run = _Running(executor).start(_job("art", "store", text="from the node"))
+    run.join(60)
+    sha = Scheduler().get("art").result
+    store = LocalArtifactStore()
+    assert store.exists(sha)
+    assert store.path_of(sha).read_text() == "from the node"
+
+
+def test_a_killed_ray_worker_means_a_retry_and_one_success(
+    home: Path, executor: RayExecutor
+) -> None:
+    pids, ledger = home / "pids", home / "ledger"
+    home.mkdir(parents=True, exist_ok=True)
+    run = _Running(executor).start(
+        _job("phoenix", "pid_then_wait", pids=str(pids), ledger=str(ledger))
+    )
+    _wait(lambda: pids.exists() and pids.read_text().strip(), 30, "attempt 1 starting")
+    attempt, pid = pids.read_text().split()
+    assert (attempt, int(pid) != os.getpid()) == ("1", True)
+    os.kill(int(pid), signal.SIGKILL)
+    run.join(60)
+    job = Scheduler().get("phoenix")
+    assert job.status == "succeeded"
+    assert job.result == "survived"
+    assert job.attempts == 2
+    assert ledger.read_text().splitlines() == ["done on attempt 2"], "exactly one success"
+    assert [line.split()[0] for line in pids.read_text().splitlines()] == ["1", "2"]
+    assert run.worker.stats.retried == 1
+
+
+def test_cancel_stops_a_running_ray_job_in_bounded_time(home: Path, executor: RayExecutor) -> None:
+    pid_file = home / "pid"
+    home.mkdir(parents=True, exist_ok=True)
+    run = _Running(executor, lease_s=1.5).start(_job("nap", "sleeper", pids=str(pid_file)))
+    _wait(lambda: pid_file.exists() and pid_file.read_text(), 30, "the job starting")
+    pid = int(pid_file.read_text())
+    started = time.monotonic()
+    Scheduler().cancel("nap")
+    run.join(20)
+    took = time.monotonic() - started
+    assert Scheduler().get("nap").status == "cancelled"
+    assert took < 10.0, f"cancel took {took:.1f} s"
+
+    def gone() -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    _wait(gone, 10, "the Ray task's process ending")
+
+
+def _cli(home: Path, *args: str, block_ray: bool = False) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CRUCIBLE_HOME": str(home), "CRUCIBLE_STRICT_PLUGINS": "1"}
+    code = "import sys\n"
+    if block_ray:
+        # Fault injection (ray IS installed here): make `import ray` fail as if it were not.
+        code += "sys.modules['ray'] = None\n"
+    code += "from crucible_core.cli.main import entry\nsys.exit(entry())\n"
+    return subprocess.run(
+        [sys.executable, "-c", code, "worker", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_worker_cli_without_ray_says_how_to_install_it(home: Path) -> None:
+    """Ray is installed here, so the subprocess hides it (sys.modules['ray'] = None)."""
+    done = _cli(home, "--executor", "ray", "--address", "local", "--exit-when-idle", block_ray=True)
+    assert done.returncode == 2, done.stderr
+    assert "pip install crucible-ray" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_worker_cli_runs_a_job_on_a_local_ray(home: Path) -> None:
+    sched = Scheduler()
+    sched.enqueue(_job("cli", "add", a=20, b=22))
+    sched.close()
+    done = _cli(
+        home, "--executor", "ray", "--address", "local", "--exit-when-idle", "--poll", "0.05"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "1 succeeded" in done.stderr
+    sched = Scheduler()
+    assert sched.get("cli").result == 42
+    sched.close()
+
+
+def test_worker_cli_refuses_an_executor_that_cannot_run_jobs(home: Path) -> None:
+    done = _cli(home, "--executor", "thread", "--exit-when-idle")
+    assert done.returncode == 2
+    assert "no run_job" in done.stderr
