@@ -217,3 +217,21 @@ def test_worker_cli_refuses_an_executor_that_cannot_run_jobs(home: Path) -> None
     done = _cli(home, "--executor", "thread", "--exit-when-idle")
     assert done.returncode == 2
     assert "no run_job" in done.stderr
+
+
+def test_worker_cli_without_the_plugin_says_how_to_install_it(home: Path) -> None:
+    done = _cli_env(home, {"CRUCIBLE_DISABLE_PLUGINS": "ray"}, "--executor", "ray")
+    assert done.returncode == 2, done.stderr
+    assert "no executor named 'ray'" in done.stderr
+    assert "pip install crucible-ray" in done.stderr
+
+
+def _cli_env(home: Path, extra: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CRUCIBLE_HOME": str(home), **extra}
+    return subprocess.run(
+        [sys.executable, "-m", "crucible_core.cli.main", "worker", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
