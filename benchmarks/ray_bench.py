@@ -98,7 +98,7 @@ def _queue_run(jobs: int, cpus: int, executor: Any | None) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="the ray executor vs thread and process")
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--batch", type=int, default=20)
