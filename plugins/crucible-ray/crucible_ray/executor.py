@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import logging
 import os
 import threading
 import time
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
     from crucible_core.runtime.worker import JobContext
 
 __all__ = ["RUNTIME_ENV_VAR", "RayExecutor"]
+
+log = logging.getLogger("crucible.ray")
 
 RUNTIME_ENV_VAR: Final = "CRUCIBLE_RAY_RUNTIME_ENV"
 _POLL_S: Final = 0.05
@@ -223,6 +226,13 @@ class RayExecutor:
                 if bus is not None:
                     bus.publish(event)
 
+    def _pump_quietly(self) -> None:
+        """Deliver what can be delivered while failing: the job's own error matters more."""
+        try:
+            self._pump()
+        except Exception as exc:
+            log.warning("events of a failed Ray job could not be fetched: %s", exc)
+
     def run_job(self, ctx: JobContext) -> Any:
         """Run ``ctx.job`` as a Ray task; its result, or its exception raised here."""
         ray = self._ray
@@ -237,26 +247,28 @@ class RayExecutor:
                 name=f"crucible-job-{job.id}", **ray_options(job.resources)
             ).remote(job, ctx.resume_from, str(paths.crucible_home().resolve()), queue)
             try:
-                ok, value = self._wait(ctx, ref)
+                ok, value, sent = self._wait(ctx, ref)
             except (Cancelled, ConfigError):
+                self._pump_quietly()
                 raise
             except Exception as exc:
+                self._pump_quietly()
                 raise _lost(ray, exc, f"job {job.id!r}") from exc
-            finally:
-                self._pump()
+            if sent:
+                self._pump()  # the node's puts returned before its result: all are queued
         finally:
             self._buses.pop(job.id, None)
         if ok:
             return value
         raise value
 
-    def _wait(self, ctx: JobContext, ref: Any) -> tuple[bool, Any]:
+    def _wait(self, ctx: JobContext, ref: Any) -> tuple[bool, Any, int]:
         ray = self._ray
         while True:
             ready, _ = ray.wait([ref], timeout=_POLL_S)
-            self._pump()
             if ready:
                 return ray.get(ref)
+            self._pump()
             if ctx.cancel.is_set():
                 ray.cancel(ref, force=True)
                 deadline = time.monotonic() + self.cancel_grace_s

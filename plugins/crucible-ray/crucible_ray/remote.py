@@ -66,10 +66,12 @@ class _ForwardingBus(EventBus):
     def __init__(self, queue: Any) -> None:
         super().__init__(sink=False)
         self._queue = queue
+        self.sent = 0
 
     def publish(self, event: Event) -> None:
         if self._queue is not None:
             self._queue.put(_encoder.encode(event))  # blocks until the queue actor has it
+            self.sent += 1
         super().publish(event)
 
 
@@ -77,7 +79,7 @@ class _NodeServices:
     """The parts of a Worker a JobContext reads, built on the node on first use."""
 
     def __init__(self, queue: Any) -> None:
-        self.bus: EventBus = _ForwardingBus(queue)
+        self.bus = _ForwardingBus(queue)
 
     @cached_property
     def scheduler(self) -> Scheduler:
@@ -112,10 +114,12 @@ class _NodeServices:
 
 
 def run_job(job: Job, resume_from: CheckpointRef | None, home: str, queue: Any) -> Any:
-    """Run ``job``'s handler on this node: ``(True, result)`` or ``(False, exception)``.
+    """Run ``job``'s handler on this node: ``(ok, result or exception, events sent)``.
 
     ``home`` is the driver's absolute ``$CRUCIBLE_HOME`` (a shared
-    filesystem); ``queue`` is the Ray queue events travel back on.
+    filesystem); ``queue`` is the Ray queue events travel back on. The
+    count of events lets the driver skip a final look at the queue when
+    there can be nothing for this job in it.
     """
     from crucible_core.runtime.worker import JobContext, resolve_handler
 
@@ -125,8 +129,8 @@ def run_job(job: Job, resume_from: CheckpointRef | None, home: str, queue: Any) 
         job, worker=cast("Worker", services), cancel=CancelFlag(), resume_from=resume_from
     )
     try:
-        return True, resolve_handler(job)(ctx)
+        outcome: tuple[bool, Any] = (True, resolve_handler(job)(ctx))
     except Exception as exc:
-        return False, exc
-    finally:
-        services.close()
+        outcome = (False, exc)
+    services.close()
+    return (*outcome, services.bus.sent)
