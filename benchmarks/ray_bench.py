@@ -134,21 +134,25 @@ def main() -> None:
     print(f"worker on ray  {on_ray:7.2f} s  {args.jobs / on_ray:7.0f} jobs/s")
     print(f"\n## crossover: {args.batch} CPU-bound jobs of L ms, warm (wall s)")
     print(f"{'L ms':>8s} {'thread':>8s} {'process':>8s} {'ray':>8s}  ray/thread")
-    warm: float | None = None
-    paid: float | None = None
+    ratios: list[tuple[float, float]] = []
     for ms in LENGTHS_MS:
         walls = {n: _through(ex, spin, [ms] * args.batch) for n, ex in executors.items()}
         print(
             f"{ms:8.1f} {walls['thread']:8.3f} {walls['process']:8.3f} {walls['ray']:8.3f}"
             f"  {walls['ray'] / walls['thread']:6.2f}"
         )
-        gain_per_job = (walls["thread"] - walls["ray"]) / args.batch
-        if warm is None and gain_per_job >= 0:
-            warm = ms
-        if paid is None and gain_per_job * args.jobs >= startup["ray"]:
-            paid = ms
-    print(f"crossover (warm Ray no slower than threads): L = {warm} ms")
-    print(f"crossover counting Ray's start-up once per {args.jobs} jobs: L = {paid} ms")
+        ratios.append((ms, walls["ray"] / walls["thread"]))
+    stays = [ms for i, (ms, _) in enumerate(ratios) if all(r <= 1.0 for _, r in ratios[i:])]
+    print(f"measured crossover (Ray no slower from this L on): {stays[0] if stays else None} ms")
+    # Model: c free cores, Ray's per-job overhead o (pipelined), start-up S once per
+    # `jobs` jobs: threads take N*L, Ray N*L/c + N*o (+ S). Ray wins from
+    # L = o*c/(c-1) warm, and from L = (S/jobs + o)*c/(c-1) counting its start.
+    c, o = args.cpus, 1.0 / rates["ray"]
+    if c > 1:
+        print(f"model with {c} free cores, o = {o * 1000:.2f} ms per job:")
+        print(f"  warm: L >= {o * c / (c - 1) * 1000:.1f} ms")
+        paid = (startup["ray"] / args.jobs + o) * c / (c - 1)
+        print(f"  counting start-up once per {args.jobs} jobs: L >= {paid * 1000:.1f} ms")
     for ex in executors.values():
         ex.shutdown()
 
