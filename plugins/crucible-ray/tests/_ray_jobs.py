@@ -69,3 +69,23 @@ def sleeper(ctx: Any, pids: str) -> None:
 def sleep_pid(path: str) -> None:
     Path(path).write_text(str(os.getpid()))
     time.sleep(120)
+
+
+def dates_job(repo: str, seed: int, steps: int = 3) -> dict[str, Any]:
+    """examples/dates-local.toml cut to ``steps`` steps, as a training_run payload."""
+    import msgspec
+
+    from crucible_core.ir import TrainingJob, decode_file
+
+    base = decode_file(Path(repo) / "examples" / "dates-local.toml", TrainingJob)
+    job = msgspec.structs.replace(
+        base,
+        learning_config=msgspec.structs.replace(
+            base.learning_config, max_steps=steps, batch_size=4, seed=seed
+        ),
+        dataset_spec=msgspec.structs.replace(
+            base.dataset_spec, uri=str(Path(repo) / "examples" / "data" / "dates.jsonl")
+        ),
+        validation_spec=None,
+    )
+    return msgspec.to_builtins(job)
