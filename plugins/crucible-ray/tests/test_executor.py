@@ -94,3 +94,19 @@ def test_bad_options_are_config_errors(options: dict[str, Any], field: str) -> N
     with pytest.raises(ConfigError) as info:
         RayExecutor(**options)
     assert info.value.details["option"] == field
+
+
+def test_loading_the_plugin_does_not_import_ray() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from crucible_core.plugins import get_host\n"
+        "assert 'ray' in get_host().registrations('executor')\n"
+        "print('ray' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "False", "ray must be imported only when an executor is built"
