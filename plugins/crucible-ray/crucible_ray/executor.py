@@ -195,9 +195,9 @@ class RayExecutor:
         else:
             for f in pending:
                 f.cancel()
-        if self._queue is not None:
+        if self._queue is not None and self._ray.is_initialized():
             self._ray.kill(self._queue.actor)
-            self._queue = None
+        self._queue = None
         if self._owns_ray and self._ray.is_initialized():
             self._ray.shutdown()
 

@@ -1,4 +1,8 @@
-"""One local Ray instance for the whole session (ray.init(num_cpus=2): start-up takes seconds).
+"""One local Ray instance for these tests (ray.init(num_cpus=2): start-up takes seconds).
+
+It starts with the first test that asks for it and stops after the last test
+of this directory, so the rest of a full-suite run does not share the 2 CI
+cores and the memory with idle Ray processes.
 
 Ray workers inherit this process's environment when Ray starts, so this
 directory goes on ``PYTHONPATH`` first: they import the job bodies in
@@ -29,7 +33,17 @@ def ray_session() -> Iterator[Any]:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
-    ray.shutdown()
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    if nextitem is not None and Path(nextitem.path).parent == Path(HERE):
+        return
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 @pytest.fixture
