@@ -8,6 +8,7 @@ how artifacts written on a node reach the store.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -175,6 +176,18 @@ def test_cancel_stops_a_running_ray_job_in_bounded_time(home: Path, executor: Ra
     _wait(gone, 10, "the Ray task's process ending")
 
 
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def _cli(home: Path, *args: str, block_ray: bool = False) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CRUCIBLE_HOME": str(home), "CRUCIBLE_STRICT_PLUGINS": "1"}
     code = "import sys\n"
@@ -273,4 +286,47 @@ def test_four_training_runs_on_crucible_local_complete_on_ray(
         ]
         assert stored, "the run stored its weights"
         assert all(store.exists(d) for d in stored), "stored on the node, visible here"
+    sched.close()
+
+
+def test_a_lost_cluster_requeues_the_job_for_another_worker(
+    home: Path, executor: RayExecutor
+) -> None:
+    """A `crucible worker --executor ray --address local` and its whole Ray instance die
+    (SIGKILL to the process group: driver, GCS, raylet, task process); the job's lease
+    lapses and a second worker runs it to one success."""
+    pids, ledger = home / "pids", home / "ledger"
+    home.mkdir(parents=True, exist_ok=True)
+    sched = Scheduler()
+    sched.enqueue(_job("orphan", "pid_then_wait", pids=str(pids), ledger=str(ledger)))
+    env = {**os.environ, "CRUCIBLE_HOME": str(home), "CRUCIBLE_STRICT_PLUGINS": "1"}
+    first = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "crucible_core.cli.main", "worker", "--executor", "ray"),
+            *("--address", "local", "--lease", "2", "--poll", "0.05"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait(lambda: pids.exists() and pids.read_text().strip(), 60, "attempt 1 starting")
+        task_pid = int(pids.read_text().split()[1])
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(10)
+        # Ray starts task processes in their own session; without their raylet they exit.
+        survived = not _gone_within(task_pid, 15)
+        if survived:
+            psutil.Process(task_pid).kill()
+        assert sched.get("orphan").status == "running", "nothing recorded the lost attempt"
+        run = _Running(executor).start()
+        run.join(60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)
+    job = sched.get("orphan")
+    assert (job.status, job.attempts, job.result) == ("succeeded", 2, "survived")
+    assert ledger.read_text().splitlines() == ["done on attempt 2"], "exactly one success"
+    assert not survived, "the attempt's Ray task outlived its cluster"
     sched.close()
