@@ -11,6 +11,11 @@ The database is checked (``PRAGMA quick_check``) before the first claim; a
 damaged file stops the worker with exit 2 naming the file and the repair
 command (``crucible jobs recover``). Durations must be finite numbers > 0
 (``--drain-timeout`` may be 0); anything else is exit 2.
+
+``--executor NAME`` runs each claimed job through a registered executor that
+runs jobs (``run_job``) instead of the worker's own threads: ``--executor ray
+--address auto`` runs them as Ray tasks (plugin crucible-ray). ``--address``
+is passed to the executor as its ``address`` option.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-from crucible_core.errors import EXIT_INTERRUPTED
+from crucible_core.errors import EXIT_INTERRUPTED, ConfigError, NotFound
 
 
 class _WorkerCommand:
@@ -55,6 +60,16 @@ class _WorkerCommand:
         parser.add_argument(
             "--progress", action="store_true", help="draw a progress bar per job on stderr"
         )
+        parser.add_argument(
+            "--executor",
+            metavar="NAME",
+            help="run jobs through this executor (e.g. ray) instead of the worker's threads",
+        )
+        parser.add_argument(
+            "--address",
+            metavar="ADDR",
+            help="where the executor runs jobs (ray: local, auto, ray://host:10001)",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         from crucible_core._options import check_count, check_seconds
@@ -67,6 +82,7 @@ class _WorkerCommand:
         check_seconds("--drain-timeout", args.drain_timeout, allow_zero=True)
         if args.max_jobs is not None:
             check_count("--max-jobs", args.max_jobs, minimum=0)
+        executor = _executor(args.executor, args.address)
         sched = Scheduler()
         worker = Worker(
             sched,
@@ -74,6 +90,7 @@ class _WorkerCommand:
             lease_s=args.lease,
             poll_s=args.poll,
             drain_timeout_s=args.drain_timeout,
+            executor=executor,
         )
         progress: Any = None
         if args.progress:
@@ -114,12 +131,46 @@ class _WorkerCommand:
             if progress is not None:
                 progress.close()
             sched.close()
+            if executor is not None:
+                executor.shutdown(wait=False)
         sys.stderr.write(
             f"crucible worker {worker.worker_id}: {stats.claimed} claimed, "
             f"{stats.succeeded} succeeded, {stats.failed} failed, {stats.retried} to retry, "
             f"{stats.cancelled} cancelled, {stats.released} released\n"
         )
         return EXIT_INTERRUPTED if signals["count"] > 1 else 0
+
+
+#: Executors that run jobs but ship outside core: how to get them.
+_INSTALL = {"ray": "pip install crucible-ray"}
+
+
+def _executor(name: str | None, address: str | None) -> Any:
+    """The job-running executor ``--executor`` names (None: the worker's threads)."""
+    if name is None:
+        if address is not None:
+            raise ConfigError("--address needs --executor", hint="add e.g. --executor ray")
+        return None
+    from crucible_core.plugins import get_host
+
+    try:
+        registration = get_host().get("executor", name)
+    except NotFound as exc:
+        install = _INSTALL.get(name)
+        raise ConfigError(
+            f"--executor {name!r}: {exc.message}",
+            hint=f"{install} (then check `crucible plugins`)" if install else exc.hint,
+            option="--executor",
+        ) from None
+    executor = registration.create(**({} if address is None else {"address": address}))
+    if not callable(getattr(executor, "run_job", None)):
+        executor.shutdown(wait=False)
+        raise ConfigError(
+            f"--executor {name!r} runs callables, not worker jobs (it has no run_job)",
+            hint="leave --executor unset: the worker runs jobs in its own threads",
+            option="--executor",
+        )
+    return executor
 
 
 command = _WorkerCommand()

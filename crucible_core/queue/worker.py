@@ -19,6 +19,13 @@ adds kinds):
   when the first such job arrives.
 - anything else is refused (``unsupported``, not retried).
 
+**Elsewhere.** ``executor=`` hands each job to a job runner instead of
+running its handler in the slot's thread: an object with ``run_job(ctx)``
+that runs the job wherever it runs things (``crucible worker --executor
+ray`` runs jobs as Ray tasks, see crucible-ray) and returns its result or
+raises its error. The slot still owns the lease, heartbeats, cancellation
+(the runner watches ``ctx.cancel``) and the recorded outcome.
+
 **The context** (:class:`JobContext`) gives a handler its job, a cooperative
 cancellation token (``ctx.cancel.is_set()``: set when someone cancels the
 job, when ``timeout_s`` passes, when the lease is lost or the worker shuts
@@ -68,7 +75,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast, runtime_checkable
 
 import msgspec
 
@@ -94,13 +101,20 @@ if TYPE_CHECKING:
     from crucible_core.plugins import PluginHost
     from crucible_core.records.lineage import LineageRecorder
 
-__all__ = ["Handler", "JobContext", "Worker", "WorkerStats", "resolve_handler"]
+__all__ = ["Handler", "JobContext", "JobRunner", "Worker", "WorkerStats", "resolve_handler"]
 
 log = logging.getLogger("crucible.worker")
 
 #: A job handler: called with the job's context, returns the job's result.
 Handler = Callable[["JobContext"], Any]
 TRAINING_HANDLER: Final = "crucible_core.train.run:run_training_job"
+
+
+@runtime_checkable
+class JobRunner(Protocol):
+    """Runs one claimed job somewhere else (a cluster); ``Worker(executor=...)`` takes one."""
+
+    def run_job(self, ctx: JobContext) -> Any: ...
 
 
 class JobContext:
@@ -307,8 +321,23 @@ class Worker:
         bus: EventBus | None = None,
         store: ArtifactStore | None = None,
         handlers: Mapping[str, Callable[[Job], Handler]] | None = None,
+        executor: JobRunner | None = None,
     ) -> None:
         concurrency = check_count("concurrency", concurrency)
+        if executor is not None and not isinstance(executor, JobRunner):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise ConfigError(
+                f"the executor {type(executor).__name__} runs callables, not worker jobs "
+                "(it has no run_job(ctx))",
+                hint="leave --executor unset (jobs run in the worker's own threads) or use one "
+                "that runs jobs, e.g. ray (crucible-ray)",
+                option="executor",
+            )
+        if executor is not None and handlers:
+            raise ConfigError(
+                "handlers= and executor= do not combine: the executor resolves handlers "
+                "where it runs the job",
+                option="executor",
+            )
         lease_s = check_seconds("lease_s", lease_s)
         poll_s = check_seconds("poll_s", poll_s)
         drain_timeout_s = check_seconds("drain_timeout_s", drain_timeout_s, allow_zero=True)
@@ -336,6 +365,7 @@ class Worker:
         self._store = store
         self._lineage: LineageRecorder | None = None
         self._handlers = dict(handlers or {})
+        self.executor = executor
         self._active: dict[str, _Active] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -540,8 +570,10 @@ class Worker:
                 self.lineage.add_edges(
                     Edge(src=job.id, dst=d, kind="depends_on") for d in job.constraints.depends_on
                 )
-            handler = resolve_handler(job, self._handlers)
-            outcome = ("ok", handler(ctx))
+            if self.executor is not None:
+                outcome = ("ok", self.executor.run_job(ctx))
+            else:
+                outcome = ("ok", resolve_handler(job, self._handlers)(ctx))
         except Exception as exc:
             outcome = ("error", exc)
         with self._lock:

@@ -294,3 +294,48 @@ def test_plugins_on_event_sees_the_workers_events(sched: Scheduler, host: Plugin
     sched.enqueue(custom("echo", id="o1"))
     worker(sched, host).run(exit_when_idle=True)
     assert seen == [("o1", "job.state"), ("o1", "job.state")]
+
+
+class _Elsewhere:
+    """A job runner (``run_job(ctx)``) that runs jobs on its own thread, recording them."""
+
+    def __init__(self) -> None:
+        self.ran: list[tuple[str, str]] = []
+
+    def run_job(self, ctx: Any) -> Any:
+        box: dict[str, Any] = {}
+
+        def body() -> None:
+            box["thread"] = threading.current_thread().name
+            box["value"] = ctx.job.payload["args"]["a"] * 2
+
+        t = threading.Thread(target=body, name="elsewhere")
+        t.start()
+        t.join()
+        self.ran.append((ctx.job_id, box["thread"]))
+        if ctx.job.payload["args"]["a"] < 0:
+            raise ValueError("negative")
+        return box["value"]
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
+
+
+def test_an_executor_runs_the_jobs_instead_of_the_slot(sched: Scheduler, host: PluginHost) -> None:
+    runner = _Elsewhere()
+    sched.enqueue(custom("not_importable_here", id="twice", args={"a": 21}))
+    sched.enqueue(custom("not_importable_here", id="bad", args={"a": -1}))
+    worker(sched, host, executor=runner).run(exit_when_idle=True)
+    assert sched.get("twice").result == 42, "the runner's result is the job's result"
+    assert sched.get("bad").status == "failed"
+    assert sorted(runner.ran) == [("bad", "elsewhere"), ("twice", "elsewhere")]
+
+
+def test_an_executor_without_run_job_is_refused(sched: Scheduler, host: PluginHost) -> None:
+    from crucible_core.errors import ConfigError
+    from crucible_core.pipeline.executors import ThreadExecutor
+
+    with pytest.raises(ConfigError, match="no run_job"):
+        worker(sched, host, executor=ThreadExecutor())
+    with pytest.raises(ConfigError, match="do not combine"):
+        worker(sched, host, executor=_Elsewhere(), handlers={"custom": lambda job: None})
