@@ -35,7 +35,8 @@ def _problem(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/problem+json"
     body = r.json()
-    assert body["code"] == code and body["status"] == status
+    assert body["code"] == code
+    assert body["status"] == status
     assert ERROR_TABLE[code][1] == status  # the one table decides the status
     return body
 
@@ -47,9 +48,11 @@ def test_submit_runs_and_get_shows_result(start_server, http, tokens: TokenStore
     r = c.post("/v1/jobs", json=_custom("ticks", n=3))
     assert r.status_code == 201, r.text
     sub = r.json()
-    assert sub["created"] is True and sub["stream_url"] == f"/v1/jobs/{sub['job_id']}/events"
+    assert sub["created"] is True
+    assert sub["stream_url"] == f"/v1/jobs/{sub['job_id']}/events"
     job = _wait_status(c, sub["job_id"], {"succeeded", "failed", "dead"})
-    assert job["status"] == "succeeded" and job["result"] == 3
+    assert job["status"] == "succeeded"
+    assert job["result"] == 3
     assert job["tenant_id"] == "acme"
 
 
@@ -61,8 +64,10 @@ def test_idempotency_key_returns_the_first_job(start_server, http, tokens: Token
     first = c.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k-1"})
     again = c.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k-1"})
     other = c.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k-2"})
-    assert first.status_code == 201 and again.status_code == 200
-    assert again.json()["job_id"] == first.json()["job_id"] and again.json()["created"] is False
+    assert first.status_code == 201
+    assert again.status_code == 200
+    assert again.json()["job_id"] == first.json()["job_id"]
+    assert again.json()["created"] is False
     assert other.json()["job_id"] != first.json()["job_id"]
     assert len(c.get("/v1/jobs").json()["items"]) == 2
 
@@ -88,7 +93,8 @@ def test_list_pages_with_a_cursor_and_filters(start_server, http, tokens: TokenS
         cursor = page["next_cursor"]
         if cursor is None:
             break
-    assert seen == ids and pages == 3
+    assert seen == ids
+    assert pages == 3
     assert c.get("/v1/jobs", params={"status": "queued"}).json()["items"]
     assert c.get("/v1/jobs", params={"kind": "training_run"}).json()["items"] == []
     _problem(c.get("/v1/jobs", params={"status": "bogus"}), 400, "config_error")
@@ -106,7 +112,8 @@ def test_cancel_a_running_job_then_retry_it(start_server, http, tokens: TokenSto
     assert r.status_code == 200, r.text
     assert _wait_status(c, job_id, {"cancelled", "succeeded"})["status"] == "cancelled"
     r = c.post(f"/v1/jobs/{job_id}/retry")
-    assert r.status_code == 200 and r.json()["status"] in ("queued", "running")
+    assert r.status_code == 200
+    assert r.json()["status"] in ("queued", "running")
     _wait_status(c, job_id, {"running"})
     c.post(f"/v1/jobs/{job_id}/cancel")
     _wait_status(c, job_id, {"cancelled"})
@@ -192,7 +199,8 @@ def test_rate_limit_is_per_token(start_server, http, tokens: TokenStore) -> None
     srv = start_server(tokens=tokens, workers=0, rate_per_s=1.0, rate_burst=3)
     ca = http(srv, a)
     codes = [ca.get("/v1/jobs").status_code for _ in range(5)]
-    assert codes[:3] == [200, 200, 200] and codes[3:] == [429, 429]
+    assert codes[:3] == [200, 200, 200]
+    assert codes[3:] == [429, 429]
     r = ca.get("/v1/jobs")
     _problem(r, 429, "rate_limited")
     assert int(r.headers["retry-after"]) >= 1
