@@ -47,6 +47,7 @@ from starlette.responses import FileResponse, PlainTextResponse, Response
 
 from crucible_core.errors import ConfigError, CrucibleError, NotFound, TooLarge
 from crucible_core.ids import new_id
+from crucible_core.ir.backend import CheckpointRef
 from crucible_core.ir.experiment import Experiment
 from crucible_core.ir.training import TrainingJob
 from crucible_core.ir.work import TERMINAL_STATUSES, Job
@@ -371,7 +372,7 @@ def build_app(
             JobView(
                 job=job,
                 progress=latest_progress(job_id),
-                checkpoint=scheduler.last_checkpoint(job_id),
+                checkpoint=_checkpoint(scheduler, job),
                 links=links(job_id),
             )
         )
@@ -531,6 +532,20 @@ def build_app(
     app.add_middleware(_CountRequests, counter=metrics.requests)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app
+
+
+def _checkpoint(scheduler: Scheduler, job: Job) -> CheckpointRef | None:
+    """The job's resume point: the scheduler's record, or a training run's trainer_state.json."""
+    ref = scheduler.last_checkpoint(job.id)
+    if ref is not None or job.kind != "training_run":
+        return ref
+    from crucible_core.train.state import read_loop_state
+
+    try:
+        state = read_loop_state(run_dir(job.id))
+    except CrucibleError:
+        return None
+    return state.checkpoints[-1].ref if state.checkpoints else None
 
 
 def _http_problem(status: int, detail: str) -> tuple[int, dict[str, Any]]:

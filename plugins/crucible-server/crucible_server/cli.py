@@ -14,6 +14,7 @@ SIGTERM/SIGINT stop accepting connections and drain the workers (see
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Any
 
@@ -86,9 +87,17 @@ class ServeCommand:
             sys.stderr.flush()
 
         assert is_loopback(args.host) or has_tokens
+        # uvicorn handles SIGTERM/SIGINT while it serves, then re-raises the signal
+        # under the handler that was in place before: make that one ours, so the
+        # re-raised signal drains the worker instead of killing the process.
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+        for signum in previous:
+            signal.signal(signum, lambda *_: server.stop_worker())
         try:
             server.serve_forever(ready)
         finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             server.scheduler.close()
             store.close()
         sys.stderr.write("crucible serve: stopped\n")
