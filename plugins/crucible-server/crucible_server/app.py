@@ -661,5 +661,8 @@ def openapi_document(app: Any) -> dict[str, Any]:
     schemas["Problem"] = PROBLEM_SCHEMA
     comp["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     doc["security"] = [{"bearer": []}]
+    for probe in ("/healthz", "/readyz", "/metrics"):
+        for operation in doc["paths"].get(probe, {}).values():
+            operation["security"] = []  # probes and scrapes need no token
     app.openapi_schema = doc
     return doc
