@@ -427,13 +427,17 @@ def build_app(
 
     @app.get("/v1/jobs/{job_id}/artifacts", tags=["artifacts"], responses=_ok("ArtifactList"))
     def list_artifacts(job_id: str, p: Principal = art) -> Any:  # pyright: ignore[reportUnusedFunction]
-        """Every file of the job's run directory (checkpoints, manifest, telemetry...)."""
+        """Every file of the job's run directory (checkpoints, manifest, telemetry...).
+
+        Dot files (the run's owner lock) are internal and not listed.
+        """
         owned(job_id, p)
         root = run_dir(job_id)
         items: list[ArtifactEntry] = []
         if root.is_dir():
             for path in sorted(root.rglob("*")):
-                if path.is_file() and not path.is_symlink():
+                hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
+                if path.is_file() and not path.is_symlink() and not hidden:
                     rel = path.relative_to(root).as_posix()
                     items.append(
                         ArtifactEntry(
