@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -422,6 +422,37 @@ def build_app(
             _event_stream(tail, scheduler, cfg.poll_s, run_in_threadpool),
             ping=cfg.heartbeat_s,
         )
+
+    @app.websocket("/v1/jobs/{job_id}/ws")
+    async def job_events_ws(  # pyright: ignore[reportUnusedFunction]
+        websocket: WebSocket, job_id: str, last_event_id: int = Query(default=0, ge=0)
+    ) -> None:
+        """The events stream over a WebSocket: one JSON text message per event.
+
+        Messages are ``{"id", "event", "data"}`` (the final ``end`` has no id),
+        then a normal close (1000). A refused request gets one problem message
+        and a close code of 4000 + its HTTP status (4401, 4403, 4404...).
+        """
+        await websocket.accept()
+        try:
+            p = authenticate(websocket.headers.get("authorization"), tokens, limiter)
+            p.require("jobs:read")
+            await run_in_threadpool(owned, job_id, p)
+        except CrucibleError as exc:
+            status, body = problem_body(exc)
+            await websocket.send_text(_encoder.encode(body).decode())
+            await websocket.close(code=4000 + status)
+            return
+        tail = TelemetryTail(job_id, after=last_event_id)
+        try:
+            async for item in _event_stream(tail, scheduler, cfg.poll_s, run_in_threadpool):
+                message: dict[str, Any] = {"event": item["event"], "data": json.loads(item["data"])}
+                if "id" in item:
+                    message["id"] = int(item["id"])
+                await websocket.send_text(json.dumps(message))
+            await websocket.close(code=1000)
+        except (WebSocketDisconnect, RuntimeError):
+            return  # the client went away
 
     # -- artifacts ------------------------------------------------------------
 

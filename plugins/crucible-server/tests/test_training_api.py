@@ -174,3 +174,41 @@ def test_heartbeats_keep_an_idle_stream_alive(start_server, http, tokens: TokenS
             assert time.monotonic() - t0 < 10
     stop.cancel()
     assert len(comments) == 3
+
+
+def test_websocket_stream_equals_the_sse_stream(start_server, tokens: TokenStore) -> None:
+    import json as _json
+
+    from websockets.sync.client import connect
+
+    tok, _ = tokens.create("acme", ["admin"])
+    other, _ = tokens.create("globex", ["admin"])
+    srv = start_server(tokens=tokens, workers=1)
+    ws_url = srv.url.replace("http://", "ws://")
+    with Client(srv.url, token=tok, timeout=60) as c:
+        job = {"kind": "custom", "payload": {"target": "server_test_jobs:ticks", "args": {"n": 12}}}
+        job_id = c.submit(job).job_id
+        sse = list(c.events(job_id))
+        auth = {"Authorization": f"Bearer {tok}"}
+        with connect(
+            f"{ws_url}/v1/jobs/{job_id}/ws", additional_headers=auth, open_timeout=30
+        ) as ws:
+            got = [_json.loads(m) for m in ws]
+        assert [(m.get("id"), m["event"]) for m in got] == [(e.id, e.event) for e in sse]
+        assert got[-1]["data"]["status"] == "succeeded"
+        resume_at = sse[4].id
+        url = f"{ws_url}/v1/jobs/{job_id}/ws?last_event_id={resume_at}"
+        with connect(url, additional_headers=auth, open_timeout=30) as ws:
+            resumed = [_json.loads(m) for m in ws]
+        assert [m.get("id") for m in resumed] == [e.id for e in sse[5:]]
+        # Another tenant: one problem message, close code 4000 + 404.
+        with connect(
+            f"{ws_url}/v1/jobs/{job_id}/ws",
+            additional_headers={"Authorization": f"Bearer {other}"},
+            open_timeout=30,
+        ) as ws:
+            problem = _json.loads(ws.recv(timeout=30))
+            with pytest.raises(Exception):  # noqa: B017, PT011 - the close ends the iteration
+                ws.recv(timeout=30)
+        assert problem["code"] == "not_found"
+        assert ws.close_code == 4404
