@@ -663,11 +663,20 @@ class _Metrics:
 
 
 def _clean(node: Any) -> Any:
+    """Docstring descriptions normalised (msgspec releases differ), and tuples' ``items: false``
+    written as the equivalent ``maxItems``, an array's absent ``items`` as ``{}``: the same
+    schemas, in the form off-the-shelf client generators accept."""
     if isinstance(node, dict):
-        return {
+        out: dict[str, Any] = {
             k: (inspect.cleandoc(v) if k == "description" and isinstance(v, str) else _clean(v))
             for k, v in node.items()  # pyright: ignore[reportUnknownVariableType]
         }
+        if out.get("items") is False and isinstance(out.get("prefixItems"), list):
+            del out["items"]
+            out["maxItems"] = len(out["prefixItems"])
+        elif out.get("type") == "array" and "items" not in out and "prefixItems" not in out:
+            out["items"] = {}  # any item: what an absent `items` means
+        return out
     if isinstance(node, list):
         return [_clean(v) for v in node]  # pyright: ignore[reportUnknownVariableType]
     return node
