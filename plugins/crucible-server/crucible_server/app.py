@@ -600,18 +600,30 @@ async def _event_stream(
     poll_s: float,
     in_thread: Callable[..., Awaitable[Any]],
 ) -> AsyncIterator[dict[str, str]]:
+    """Telemetry lines as SSE dicts, then ``end`` once the job is terminal.
+
+    Each poll is one ``stat`` of the file while nothing is new, and the job's
+    status is read at most once a second, so many subscribers stay cheap for
+    the process that also runs the training loop. Lines are sent as written
+    (no decode and re-encode).
+    """
+    status_every = max(1, round(1.0 / poll_s))
+    idle = 0
     while True:
-        batch: list[tuple[int, Event]] = await in_thread(tail.read)
-        for n, ev in batch:
-            yield {"id": str(n), "event": ev.kind, "data": _encoder.encode(ev).decode()}
+        batch = tail.read_raw()
+        for n, kind, raw in batch:
+            yield {"id": str(n), "event": kind, "data": raw}
         if batch:
+            idle = 0
             continue
-        job: Job = await in_thread(scheduler.get, tail.job_id)
-        if job.status in TERMINAL_STATUSES:
-            for n, ev in await in_thread(tail.read):  # written before the status changed
-                yield {"id": str(n), "event": ev.kind, "data": _encoder.encode(ev).decode()}
-            yield {"event": "end", "data": json.dumps({"job_id": job.id, "status": job.status})}
-            return
+        if idle % status_every == 0:
+            job: Job = await in_thread(scheduler.get, tail.job_id)
+            if job.status in TERMINAL_STATUSES:
+                for n, kind, raw in tail.read_raw():  # written before the status changed
+                    yield {"id": str(n), "event": kind, "data": raw}
+                yield {"event": "end", "data": json.dumps({"job_id": job.id, "status": job.status})}
+                return
+        idle += 1
         await asyncio.sleep(poll_s)
 
 

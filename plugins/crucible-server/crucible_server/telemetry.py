@@ -11,6 +11,7 @@ numbering never shifts) and is skipped.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,13 @@ from crucible_core.runtime.paths import run_dir
 __all__ = ["TelemetryTail", "latest_progress"]
 
 _decoder = msgspec.json.Decoder(Event)
+
+
+class _Kind(msgspec.Struct):
+    kind: str
+
+
+_kind_decoder = msgspec.json.Decoder(_Kind)
 
 
 @dataclass
@@ -40,25 +48,47 @@ class TelemetryTail:
 
     def read(self) -> list[tuple[int, Event]]:
         """The complete events written since the last call, as ``(id, event)``."""
+        out: list[tuple[int, Event]] = []
+        for n, raw in self._lines():
+            try:
+                out.append((n, _decoder.decode(raw)))
+            except msgspec.DecodeError:
+                continue
+        return out
+
+    def read_raw(self) -> list[tuple[int, str, str]]:
+        """Like :meth:`read`, as ``(id, kind, JSON line)``: no re-encoding, for streaming.
+
+        Cheap when nothing changed (one ``stat``), so many subscribers can poll.
+        """
+        out: list[tuple[int, str, str]] = []
+        for n, raw in self._lines():
+            try:
+                kind = _kind_decoder.decode(raw).kind
+            except msgspec.DecodeError:
+                continue
+            out.append((n, kind, raw.decode()))
+        return out
+
+    def _lines(self) -> list[tuple[int, bytes]]:
         try:
-            with open(self._path, "rb") as fh:
-                fh.seek(self._offset)
-                data = fh.read()
+            size = os.stat(self._path).st_size
         except FileNotFoundError:
             return []
+        if size <= self._offset:
+            return []
+        with open(self._path, "rb") as fh:
+            fh.seek(self._offset)
+            data = fh.read(size - self._offset)
         end = data.rfind(b"\n")
         if end < 0:
             return []
         self._offset += end + 1
-        out: list[tuple[int, Event]] = []
+        out: list[tuple[int, bytes]] = []
         for raw in data[: end + 1].splitlines():
             self._line += 1
-            if self._line <= self.after:
-                continue
-            try:
-                out.append((self._line, _decoder.decode(raw)))
-            except msgspec.DecodeError:
-                continue
+            if self._line > self.after:
+                out.append((self._line, raw))
         return out
 
 
