@@ -27,13 +27,12 @@ Contract:
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import inspect
 import json
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -50,13 +49,14 @@ from crucible_core.ids import new_id
 from crucible_core.ir.backend import CheckpointRef
 from crucible_core.ir.experiment import Experiment
 from crucible_core.ir.training import TrainingJob
-from crucible_core.ir.work import TERMINAL_STATUSES, Job
+from crucible_core.ir.work import Job
 from crucible_core.runtime.events import Event
 from crucible_core.runtime.paths import run_dir
 from crucible_server.auth import Principal, RateLimiter, authenticate
+from crucible_server.feeds import Feeds
 from crucible_server.problems import PROBLEM_JSON, PROBLEM_SCHEMA, problem_body
 from crucible_server.submit import job_from_body, plan_problems
-from crucible_server.telemetry import TelemetryTail, latest_progress
+from crucible_server.telemetry import latest_progress
 from crucible_server.tokens import TokenStore
 from crucible_server.views import (
     ArtifactEntry,
@@ -203,6 +203,7 @@ def build_app(
     limiter = RateLimiter(cfg.rate_per_s, cfg.rate_burst) if tokens is not None else None
     hashes = _Sha256Cache()
     metrics = _Metrics(scheduler)
+    feeds = Feeds(scheduler, cfg.poll_s, run_in_threadpool)
 
     app = FastAPI(
         title="Crucible API",
@@ -417,11 +418,7 @@ def build_app(
                     hint="send the id of the last event received (a number)",
                 )
             after = int(last_event_id)
-        tail = TelemetryTail(job_id, after=after)
-        return EventSourceResponse(
-            _event_stream(tail, scheduler, cfg.poll_s, run_in_threadpool),
-            ping=cfg.heartbeat_s,
-        )
+        return EventSourceResponse(feeds.stream(job_id, after), ping=cfg.heartbeat_s)
 
     @app.websocket("/v1/jobs/{job_id}/ws")
     async def job_events_ws(  # pyright: ignore[reportUnusedFunction]
@@ -443,9 +440,8 @@ def build_app(
             await websocket.send_text(_encoder.encode(body).decode())
             await websocket.close(code=4000 + status)
             return
-        tail = TelemetryTail(job_id, after=last_event_id)
         try:
-            async for item in _event_stream(tail, scheduler, cfg.poll_s, run_in_threadpool):
+            async for item in feeds.stream(job_id, last_event_id):
                 message: dict[str, Any] = {"event": item["event"], "data": json.loads(item["data"])}
                 if "id" in item:
                     message["id"] = int(item["id"])
@@ -592,39 +588,6 @@ def _http_problem(status: int, detail: str) -> tuple[int, dict[str, Any]]:
         "detail": detail,
         "code": code,
     }
-
-
-async def _event_stream(
-    tail: TelemetryTail,
-    scheduler: Scheduler,
-    poll_s: float,
-    in_thread: Callable[..., Awaitable[Any]],
-) -> AsyncIterator[dict[str, str]]:
-    """Telemetry lines as SSE dicts, then ``end`` once the job is terminal.
-
-    Each poll is one ``stat`` of the file while nothing is new, and the job's
-    status is read at most once a second, so many subscribers stay cheap for
-    the process that also runs the training loop. Lines are sent as written
-    (no decode and re-encode).
-    """
-    status_every = max(1, round(1.0 / poll_s))
-    idle = 0
-    while True:
-        batch = tail.read_raw()
-        for n, kind, raw in batch:
-            yield {"id": str(n), "event": kind, "data": raw}
-        if batch:
-            idle = 0
-            continue
-        if idle % status_every == 0:
-            job: Job = await in_thread(scheduler.get, tail.job_id)
-            if job.status in TERMINAL_STATUSES:
-                for n, kind, raw in tail.read_raw():  # written before the status changed
-                    yield {"id": str(n), "event": kind, "data": raw}
-                yield {"event": "end", "data": json.dumps({"job_id": job.id, "status": job.status})}
-                return
-        idle += 1
-        await asyncio.sleep(poll_s)
 
 
 class _CountRequests:

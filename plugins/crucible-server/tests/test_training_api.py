@@ -212,3 +212,30 @@ def test_websocket_stream_equals_the_sse_stream(start_server, tokens: TokenStore
                 ws.recv(timeout=30)
         assert problem["code"] == "not_found"
         assert ws.close_code == 4404
+
+
+def test_many_subscribers_of_one_job_each_get_every_event(start_server, tokens: TokenStore) -> None:
+    import asyncio
+
+    tok, _ = tokens.create("acme", ["admin"])
+    srv = start_server(tokens=tokens, workers=1)
+    job = {
+        "kind": "custom",
+        "payload": {"target": "server_test_jobs:ticks", "args": {"n": 30, "delay_s": 0.01}},
+    }
+
+    async def go() -> list[list[int | None]]:
+        async with AsyncClient(srv.url, token=tok, timeout=60) as c:
+            job_id = (await c.submit(job)).job_id
+
+            async def one(after: int | None) -> list[int | None]:
+                return [e.id async for e in c.events(job_id, last_event_id=after)]
+
+            return list(await asyncio.gather(*(one(None) for _ in range(20)), one(10)))
+
+    streams = asyncio.run(go())
+    full = streams[0]
+    assert full[-1] is None  # the end event
+    assert full[:-1] == list(range(1, len(full)))
+    assert all(s == full for s in streams[:20])
+    assert streams[20] == [i for i in full if i is None or i > 10]
