@@ -138,8 +138,7 @@ def _train_once(base: str, body: bytes, subscribers: int) -> float:
     import httpx
 
     job_id = httpx.post(f"{base}/v1/jobs", content=body, timeout=60).json()["job_id"]
-    if subscribers:
-        counts = asyncio.run(_subscribe(base, job_id, subscribers))
+    counts = asyncio.run(_subscribe(base, job_id, subscribers)) if subscribers else []
     deadline = time.monotonic() + 600
     job: dict[str, object] = {}
     while time.monotonic() < deadline:
