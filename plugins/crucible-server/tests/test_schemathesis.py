@@ -13,7 +13,7 @@ from crucible_server.tokens import TokenStore
 
 
 @pytest.mark.slow
-def test_no_generated_request_gets_a_5xx(start_server, tokens: TokenStore) -> None:
+def test_no_generated_request_gets_a_5xx(start_server, tokens: TokenStore, tmp_path: Path) -> None:
     # Not admin: a fuzzed `custom` job must not name a Python function to run
     # (and with workers=0 nothing runs anyway).
     tok, _ = tokens.create("acme", ["jobs:read", "jobs:write", "artifacts:read"])
@@ -30,7 +30,7 @@ def test_no_generated_request_gets_a_5xx(start_server, tokens: TokenStore) -> No
             "--header", f"Authorization: Bearer {tok}",
             "--request-timeout", "30",
         ],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,  # its cache stays there
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:]
     assert "passed" in done.stdout
