@@ -29,10 +29,13 @@ __all__ = [
     "CrucibleError",
     "DeadlineExceeded",
     "Diverged",
+    "Forbidden",
     "IntegrityError",
     "NotFound",
     "PluginError",
     "PluginLoadError",
+    "RateLimited",
+    "TooLarge",
     "UnsupportedError",
     "ValidationError",
     "exit_code_for",
@@ -192,6 +195,24 @@ class AuthError(CrucibleError, PermissionError):
     code = "auth_error"
 
 
+class Forbidden(AuthError):
+    """Valid credentials that do not allow this action (a missing scope)."""
+
+    code = "forbidden"
+
+
+class RateLimited(CapacityError):
+    """A client sent more requests than its rate limit allows; retry after a pause."""
+
+    code = "rate_limited"
+
+
+class TooLarge(ConfigError):
+    """A request or document is larger than the configured maximum."""
+
+    code = "too_large"
+
+
 class Cancelled(CrucibleError):
     """Work was cancelled cooperatively."""
 
@@ -230,6 +251,9 @@ ERROR_TABLE: dict[str, tuple[int, int]] = {
     "not_found": (4, 404),
     "conflict": (1, 409),
     "auth_error": (2, 401),
+    "forbidden": (2, 403),
+    "rate_limited": (1, 429),
+    "too_large": (2, 413),
     "cancelled": (1, 409),
     "budget_exhausted": (1, 402),
     "diverged": (1, 422),

@@ -1,0 +1,264 @@
+"""crucible-server: requests/s at 50 concurrent local clients vs a minimal FastAPI endpoint.
+
+Target (issue 19): ``GET /v1/jobs/{id}`` and ``POST /v1/jobs`` reach at least
+0.7x the requests/s of a minimal FastAPI endpoint (``GET /ping`` returning a
+constant) served the same way.
+
+Both servers are real ``uvicorn`` processes on 127.0.0.1, one at a time
+(``crucible serve --workers 0`` with a token required, so every request pays
+for the token check; and a one-route FastAPI app). The load is ``--clients``
+concurrent httpx connections from this process for ``--seconds`` per
+measurement; each figure is the median of ``--rounds`` rounds, measurements
+interleaved so machine load drifts hit all of them alike. Submissions are
+``experiment_step`` jobs nobody runs (each is one committed SQLite
+transaction).
+
+``--fanout N`` (default 100) also measures the SSE fan-out target (issue 19:
+N subscribers of one job slow its training loop by <= 5 %): the README's main
+job (``examples/dates-local.toml``, ``--steps`` steps, validation off) runs in
+``crucible serve --workers 1`` with no subscriber and with N concurrent SSE
+subscribers, alternately, ``--rounds`` times each; the figure is the
+training loop's own ``elapsed_s`` (from the job's result), median per case.
+Every subscriber must receive every event.
+
+Run: .venv/bin/python -m benchmarks.server_bench [--clients 50] [--seconds 3] [--rounds 3]
+     [--fanout 100] [--steps 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET_RATIO = 0.7
+
+_MINIMAL = """
+import sys, uvicorn
+from fastapi import FastAPI
+app = FastAPI()
+@app.get("/ping")
+def ping() -> dict[str, bool]:
+    return {"ok": True}
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+async def _load(
+    url: str, method: str, clients: int, seconds: float, headers: dict[str, str], body: bytes
+) -> float:
+    import httpx
+
+    done = 0
+    errors = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=30) as client:
+        stop = time.perf_counter() + seconds
+
+        async def one() -> None:
+            nonlocal done, errors
+            while time.perf_counter() < stop:
+                r = await client.request(method, url, content=body or None)
+                if r.status_code >= 400:
+                    errors += 1
+                done += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(clients)))
+        elapsed = time.perf_counter() - start
+    if errors:
+        raise RuntimeError(f"{errors} of {done} requests to {url} failed")
+    return done / elapsed
+
+
+def _dates_job(steps: int) -> bytes:
+    import json
+
+    from crucible_core.ir import TrainingJob, decode_file
+    from crucible_core.ir.codec import to_builtins
+
+    root = Path(__file__).resolve().parents[1]
+    raw = to_builtins(decode_file(root / "examples" / "dates-local.toml", TrainingJob))
+    raw["learning_config"]["max_steps"] = steps
+    raw["validation_spec"] = {"every_n_steps": 10**6, "metrics": ["loss"]}
+    raw["checkpoint_policy"].update({"save_every": 10**6, "keep_last": 1})
+    raw["dataset_spec"]["uri"] = str(root / "examples" / "data" / "dates.jsonl")
+    return json.dumps(raw).encode()
+
+
+async def _subscribe(base: str, job_id: str, n: int) -> list[int]:
+    """``n`` concurrent SSE subscribers of ``job_id``; how many events each received."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=n + 5)
+    async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as client:
+
+        async def one() -> int:
+            count = 0
+            async with client.stream("GET", f"/v1/jobs/{job_id}/events") as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("id:"):
+                        count += 1
+                    elif line == "event: end":
+                        return count
+            return count
+
+        return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+def _train_once(base: str, body: bytes, subscribers: int) -> float:
+    import httpx
+
+    job_id = httpx.post(f"{base}/v1/jobs", content=body, timeout=60).json()["job_id"]
+    counts = asyncio.run(_subscribe(base, job_id, subscribers)) if subscribers else []
+    deadline = time.monotonic() + 600
+    job: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        job = httpx.get(f"{base}/v1/jobs/{job_id}", timeout=60).json()["job"]
+        if job["status"] in ("succeeded", "failed", "dead", "cancelled"):
+            break
+        time.sleep(0.2)
+    if job.get("status") != "succeeded":
+        raise RuntimeError(f"training job {job_id} ended {job.get('status')}")
+    if subscribers:
+        lines = Path(os.environ["CRUCIBLE_HOME"]) / "runs" / job_id / "telemetry.jsonl"
+        expected = len(lines.read_text().splitlines())
+        if set(counts) != {expected}:
+            raise RuntimeError(f"subscribers got {sorted(set(counts))} events, not {expected}")
+    result = job["result"]
+    assert isinstance(result, dict)
+    return float(result["elapsed_s"])  # pyright: ignore[reportUnknownArgumentType]
+
+
+def _fanout(n: int, steps: int, rounds: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        os.environ["CRUCIBLE_HOME"] = str(home)
+        port = _free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "crucible_core.cli.main", "serve", "--port", str(port),
+             "--workers", "1"],
+            env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            base = f"http://127.0.0.1:{port}"
+            _wait_up(f"{base}/healthz", proc)
+            body = _dates_job(steps)
+            _train_once(base, body, 0)  # warm-up: model build, imports
+            alone: list[float] = []
+            watched: list[float] = []
+            for _ in range(rounds):
+                alone.append(_train_once(base, body, 0))
+                watched.append(_train_once(base, body, n))
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    a, w = statistics.median(alone), statistics.median(watched)
+    slowdown = (w / a - 1) * 100
+    flag = "ok" if slowdown <= 5.0 else "above 5 %"
+    print(f"\nSSE fan-out: training loop of {steps} steps, median of {rounds}")
+    print(f"  no subscriber      {a:7.2f} s   {alone}")
+    print(f"  {n} subscribers    {w:7.2f} s   {watched}")
+    print(f"  slowdown           {slowdown:+6.1f} %  {flag}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--fanout", type=int, default=100, help="SSE subscribers (0: skip)")
+    parser.add_argument("--steps", type=int, default=60, help="training steps for --fanout")
+    parser.add_argument("--only-fanout", action="store_true")
+    args = parser.parse_args()
+    if args.only_fanout:
+        _fanout(args.fanout, args.steps, args.rounds)
+        return
+
+    from crucible_server.tokens import TokenStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        env = {**os.environ, "CRUCIBLE_HOME": str(home)}
+        store = TokenStore(home / "server_tokens.db")
+        token, _ = store.create("bench", ["jobs:read", "jobs:write"])
+        store.close()
+        port_api, port_min = _free_port(), _free_port()
+        api = subprocess.Popen(
+            [sys.executable, "-m", "crucible_core.cli.main", "serve", "--port", str(port_api),
+             "--workers", "0", "--rate", "1000000"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        minimal = subprocess.Popen(
+            [sys.executable, "-c", _MINIMAL, str(port_min)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            base = f"http://127.0.0.1:{port_api}"
+            _wait_up(f"{base}/healthz", api)
+            _wait_up(f"http://127.0.0.1:{port_min}/ping", minimal)
+            import httpx
+
+            auth = {"Authorization": f"Bearer {token}"}
+            body = b'{"kind": "experiment_step", "payload": {}}'
+            sub = httpx.post(f"{base}/v1/jobs", content=body, headers=auth, timeout=30).json()
+            job_url = f"{base}/v1/jobs/{sub['job_id']}"
+            json_headers = {**auth, "Content-Type": "application/json"}
+            runs: dict[str, list[float]] = {"minimal": [], "get": [], "submit": []}
+            for _ in range(args.rounds):
+                for name, url, method, headers, payload in (
+                    ("minimal", f"http://127.0.0.1:{port_min}/ping", "GET", {}, b""),
+                    ("get", job_url, "GET", auth, b""),
+                    ("submit", f"{base}/v1/jobs", "POST", json_headers, body),
+                ):
+                    runs[name].append(
+                        asyncio.run(
+                            _load(url, method, args.clients, args.seconds, headers, payload)
+                        )
+                    )
+        finally:
+            for proc in (api, minimal):
+                proc.terminate()
+                proc.wait(30)
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    print(f"{args.clients} concurrent clients, {args.seconds:g} s x {args.rounds} rounds (median)")
+    print(f"{'endpoint':<28} {'req/s':>8} {'vs minimal':>10}")
+    print(f"{'minimal FastAPI GET /ping':<28} {med['minimal']:>8.0f} {1.0:>10.2f}")
+    for name, label in (("get", "GET /v1/jobs/{id}"), ("submit", "POST /v1/jobs")):
+        ratio = med[name] / med["minimal"]
+        flag = "ok" if ratio >= TARGET_RATIO else f"below {TARGET_RATIO}"
+        print(f"{label:<28} {med[name]:>8.0f} {ratio:>10.2f}  {flag}")
+    if args.fanout:
+        _fanout(args.fanout, args.steps, args.rounds)
+
+
+if __name__ == "__main__":
+    main()

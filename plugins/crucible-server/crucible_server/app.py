@@ -1,0 +1,687 @@
+"""The FastAPI application: jobs, events, artifacts, health, metrics, OpenAPI.
+
+Importing this module imports fastapi: the CLI imports it only when serving.
+
+:func:`build_app` wires a :class:`~crucible_core.queue.scheduler.Scheduler`
+and an optional :class:`~crucible_server.tokens.TokenStore` into an ASGI app.
+It holds no job state of its own: every answer comes from the scheduler's
+database or from the run directories under ``$CRUCIBLE_HOME``, so any number
+of API processes and workers can share one home.
+
+Contract:
+
+- Every error is ``application/problem+json`` (RFC 9457) carrying the
+  Crucible ``code``; its status comes from ``crucible_core.errors``' one table.
+- A job of another tenant is answered exactly like a missing one (404).
+- ``POST /v1/jobs`` commits the job before answering (201, or 200 with
+  ``created: false`` when its ``Idempotency-Key`` was already used by the
+  tenant: the first job is returned, nothing is enqueued).
+- ``GET /v1/jobs/{id}/events`` is Server-Sent Events: event ``id`` is the
+  line number in the run's telemetry.jsonl, so ``Last-Event-ID`` resumes
+  without loss or repetition; comment heartbeats every ``heartbeat_s``; the
+  stream ends with an ``end`` event (no id) once the job is terminal and its
+  telemetry fully sent.
+- Request bodies above ``max_body_bytes`` are refused (413) before they are
+  read in full.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import inspect
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+from fastapi import Depends, FastAPI, Header, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import FileResponse, PlainTextResponse, Response
+
+from crucible_core.errors import ConfigError, CrucibleError, NotFound, TooLarge
+from crucible_core.ids import new_id
+from crucible_core.ir.backend import CheckpointRef
+from crucible_core.ir.experiment import Experiment
+from crucible_core.ir.training import TrainingJob
+from crucible_core.ir.work import Job
+from crucible_core.records.events import Event
+from crucible_core.records.paths import run_dir
+from crucible_server.auth import Principal, RateLimiter, authenticate
+from crucible_server.feeds import Feeds
+from crucible_server.problems import PROBLEM_JSON, PROBLEM_SCHEMA, problem_body
+from crucible_server.submit import job_from_body, plan_problems
+from crucible_server.telemetry import latest_progress
+from crucible_server.tokens import TokenStore
+from crucible_server.views import (
+    ArtifactEntry,
+    ArtifactList,
+    JobPage,
+    JobView,
+    Submitted,
+    links,
+)
+
+if TYPE_CHECKING:
+    from crucible_core.queue.scheduler import Scheduler
+
+__all__ = ["API_VERSION", "ServerSettings", "build_app", "openapi_document"]
+
+API_VERSION: Final = "1.0.0"
+_encoder = msgspec.json.Encoder()
+_MAX_PAGE: Final = 500
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Limits and timings of one API instance."""
+
+    max_body_bytes: int = 1 << 20
+    rate_per_s: float = 200.0
+    rate_burst: int = 400
+    heartbeat_s: float = 15.0
+    poll_s: float = 0.1
+    #: Relative paths in submitted jobs are resolved against this directory.
+    base_dir: Path = field(default_factory=Path.cwd)
+    #: Refuse training jobs whose plan (capabilities only) cannot run.
+    check_plan: bool = True
+
+
+class _BodyLimit:
+    """ASGI middleware: 413 for bodies over ``limit`` bytes (declared or streamed)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await _send_problem(scope, receive, send, self._error())
+                return
+        seen = 0
+
+        async def limited() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise self._error()
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _error(self) -> TooLarge:
+        return TooLarge(
+            f"the request body is larger than {self.limit} bytes",
+            hint="send a smaller document",
+            limit=self.limit,
+        )
+
+
+async def _send_problem(scope: Any, receive: Any, send: Any, exc: CrucibleError) -> None:
+    await _problem_response(exc)(scope, receive, send)
+
+
+def _problem_response(exc: CrucibleError) -> Any:
+    status, body = problem_body(exc)
+    headers = {}
+    retry = exc.details.get("retry_after_s")
+    if isinstance(retry, int | float):
+        headers["Retry-After"] = str(max(1, round(retry + 0.5)))
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return Response(_encoder.encode(body), status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def _json(obj: Any, status: int = 200) -> Any:
+    return Response(_encoder.encode(obj), status, media_type="application/json")
+
+
+class _Sha256Cache:
+    """sha256 of files, remembered per (path, size, mtime) so downloads hash once."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, int, int], str] = {}
+        self._lock = threading.Lock()
+
+    def of(self, path: Path) -> str:
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        with self._lock:
+            hit = self._known.get(key)
+        if hit is not None:
+            return hit
+        with open(path, "rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        with self._lock:
+            self._known[key] = digest
+        return digest
+
+
+def _schema_ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+_PROBLEM_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    "4XX": {
+        "description": "problem",
+        "content": {PROBLEM_JSON: {"schema": _schema_ref("Problem")}},
+    },
+    "5XX": {
+        "description": "problem",
+        "content": {PROBLEM_JSON: {"schema": _schema_ref("Problem")}},
+    },
+}
+
+
+def _ok(name: str, status: int = 200) -> dict[int | str, dict[str, Any]]:
+    return {status: {"description": name, **_json_content(_schema_ref(name))}, **_PROBLEM_RESPONSES}
+
+
+def build_app(
+    scheduler: Scheduler,
+    *,
+    tokens: TokenStore | None = None,
+    settings: ServerSettings | None = None,
+) -> FastAPI:
+    """The API over ``scheduler``; with ``tokens`` every request needs a bearer token."""
+    cfg = settings or ServerSettings()
+    limiter = RateLimiter(cfg.rate_per_s, cfg.rate_burst) if tokens is not None else None
+    hashes = _Sha256Cache()
+    metrics = _Metrics(scheduler)
+    feeds = Feeds(scheduler, cfg.poll_s, run_in_threadpool)
+
+    app = FastAPI(
+        title="Crucible API",
+        version=API_VERSION,
+        description="Submit, watch and manage Crucible jobs; see docs/server.md.",
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    def _principal(scope: str) -> Callable[[Request], Principal]:
+        def dependency(request: Request) -> Principal:
+            p = authenticate(request.headers.get("authorization"), tokens, limiter)
+            p.require(scope)
+            return p
+
+        dependency.__name__ = f"require_{scope.replace(':', '_')}"
+        return dependency
+
+    read = Depends(_principal("jobs:read"))
+    write = Depends(_principal("jobs:write"))
+    art = Depends(_principal("artifacts:read"))
+
+    def owned(job_id: str, p: Principal) -> Job:
+        missing = NotFound(f"no job {job_id!r}", hint="`GET /v1/jobs` lists your jobs")
+        try:
+            job = scheduler.get(job_id)
+        except NotFound:
+            raise missing from None
+        if job.tenant_id != p.tenant_id:
+            raise missing
+        return job
+
+    # -- errors ---------------------------------------------------------------
+
+    @app.exception_handler(CrucibleError)
+    async def _crucible_error(request: Request, exc: CrucibleError) -> Any:  # pyright: ignore[reportUnusedFunction]
+        return _problem_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Any:  # pyright: ignore[reportUnusedFunction]
+        status, body = _http_problem(exc.status_code, str(exc.detail))
+        return Response(_encoder.encode(body), status, media_type=PROBLEM_JSON)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Any:  # pyright: ignore[reportUnusedFunction]
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        from crucible_core.errors import ValidationError
+
+        return _problem_response(
+            ValidationError(f"{where}: {first.get('msg', 'invalid')}", path=f"$.{where}")
+        )
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> Any:  # pyright: ignore[reportUnusedFunction]
+        return _problem_response(CrucibleError(f"internal error: {type(exc).__name__}"))
+
+    # -- health and metrics ---------------------------------------------------
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:  # pyright: ignore[reportUnusedFunction]
+        """The process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses=_PROBLEM_RESPONSES)
+    def readyz() -> Any:  # pyright: ignore[reportUnusedFunction]
+        """The job database answers; 503 otherwise."""
+        try:
+            counts = scheduler.counts()
+        except CrucibleError as exc:
+            from crucible_core.errors import CapacityError
+
+            raise CapacityError(f"the job database is not ready: {exc.message}") from None
+        return {"status": "ready", "jobs": counts}
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    def prometheus() -> Any:  # pyright: ignore[reportUnusedFunction]
+        """Prometheus text exposition: request counts, jobs by status."""
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    # -- jobs -----------------------------------------------------------------
+
+    @app.post(
+        "/v1/jobs",
+        tags=["jobs"],
+        status_code=201,
+        responses={**_ok("Submitted", 201), 200: {"description": "an earlier submission"}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                **_json_content(
+                    {
+                        "oneOf": [
+                            _schema_ref("Job"),
+                            _schema_ref("TrainingJob"),
+                            _schema_ref("Experiment"),
+                        ]
+                    }
+                ),
+            }
+        },
+    )
+    async def submit_job(  # pyright: ignore[reportUnusedFunction]
+        request: Request,
+        p: Principal = write,
+        idempotency_key: str | None = Header(default=None, max_length=200),
+    ) -> Any:
+        """Enqueue a Job, a TrainingJob or an Experiment; answered once committed."""
+        body = await request.body()
+
+        def work() -> tuple[Job, bool]:
+            job = job_from_body(
+                body, principal=p, base=cfg.base_dir, idempotency_key=idempotency_key
+            )
+            if cfg.check_plan:
+                problems = plan_problems(job)
+                if problems:
+                    first = problems[0]
+                    raise ConfigError(
+                        f"the plan refuses this job: {first.get('field')}: {first.get('message')}",
+                        hint="POST /v1/plan shows the whole plan",
+                        problems=problems,
+                    )
+            wanted = job.id or new_id("job", now=scheduler.now())
+            stored = scheduler.enqueue(msgspec.structs.replace(job, id=wanted))
+            return stored, stored.id == wanted
+
+        stored, created = await run_in_threadpool(work)
+        view = Submitted(
+            job_id=stored.id,
+            status=stored.status,
+            created=created,
+            url=f"/v1/jobs/{stored.id}",
+            stream_url=f"/v1/jobs/{stored.id}/events",
+        )
+        return _json(view, 201 if created else 200)
+
+    @app.get("/v1/jobs", tags=["jobs"], responses=_ok("JobPage"))
+    def list_jobs(  # pyright: ignore[reportUnusedFunction]
+        p: Principal = read,
+        status: str | None = Query(default=None, max_length=40),
+        kind: str | None = Query(default=None, max_length=40),
+        limit: int = Query(default=100, ge=1, le=_MAX_PAGE),
+        cursor: str | None = Query(default=None, max_length=200),
+    ) -> Any:
+        """The caller's jobs, oldest first, ``limit`` at a time (cursor pagination)."""
+        jobs = scheduler.list(status=status, kind=kind, tenant_id=p.tenant_id)
+        start = 0
+        if cursor is not None:
+            ids = [j.id for j in jobs]
+            if cursor not in ids:
+                raise ConfigError(
+                    f"cursor {cursor!r} is not a position in this listing",
+                    hint="pass the next_cursor of the previous page unchanged",
+                )
+            start = ids.index(cursor) + 1
+        page = jobs[start : start + limit]
+        more = start + limit < len(jobs)
+        return _json(JobPage(items=page, next_cursor=page[-1].id if more and page else None))
+
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"], responses=_ok("JobView"))
+    def get_job(job_id: str, p: Principal = read) -> Any:  # pyright: ignore[reportUnusedFunction]
+        """Status, progress and latest metrics (from telemetry), last checkpoint, links."""
+        job = owned(job_id, p)
+        return _json(
+            JobView(
+                job=job,
+                progress=latest_progress(job_id),
+                checkpoint=_checkpoint(scheduler, job),
+                links=links(job_id),
+            )
+        )
+
+    @app.post("/v1/jobs/{job_id}/cancel", tags=["jobs"], responses=_ok("Job"))
+    def cancel_job(job_id: str, p: Principal = write) -> Any:  # pyright: ignore[reportUnusedFunction]
+        """Cancel at once if waiting, cooperatively if running; 409 if it already ended."""
+        owned(job_id, p)
+        return _json(scheduler.cancel(job_id))
+
+    @app.post("/v1/jobs/{job_id}/retry", tags=["jobs"], responses=_ok("Job"))
+    def retry_job(job_id: str, p: Principal = write) -> Any:  # pyright: ignore[reportUnusedFunction]
+        """Requeue a failed, dead, cancelled or budget_exhausted job."""
+        owned(job_id, p)
+        return _json(scheduler.retry(job_id))
+
+    @app.get(
+        "/v1/jobs/{job_id}/events",
+        tags=["jobs"],
+        responses={
+            200: {
+                "description": "Server-Sent Events; each data is an Event",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            **_PROBLEM_RESPONSES,
+        },
+    )
+    async def job_events(  # pyright: ignore[reportUnusedFunction]
+        job_id: str,
+        p: Principal = read,
+        last_event_id: str | None = Header(default=None, max_length=20),
+    ) -> Any:
+        """The run's telemetry from after ``Last-Event-ID``, then live, until the job ends."""
+        from sse_starlette import EventSourceResponse
+
+        await run_in_threadpool(owned, job_id, p)
+        after = 0
+        if last_event_id:
+            if not last_event_id.isdigit():
+                raise ConfigError(
+                    f"Last-Event-ID {last_event_id!r} is not an event id",
+                    hint="send the id of the last event received (a number)",
+                )
+            after = int(last_event_id)
+        return EventSourceResponse(feeds.stream(job_id, after), ping=cfg.heartbeat_s)
+
+    @app.websocket("/v1/jobs/{job_id}/ws")
+    async def job_events_ws(  # pyright: ignore[reportUnusedFunction]
+        websocket: WebSocket, job_id: str, last_event_id: int = Query(default=0, ge=0)
+    ) -> None:
+        """The events stream over a WebSocket: one JSON text message per event.
+
+        Messages are ``{"id", "event", "data"}`` (the final ``end`` has no id),
+        then a normal close (1000). A refused request gets one problem message
+        and a close code of 4000 + its HTTP status (4401, 4403, 4404...).
+        """
+        await websocket.accept()
+        try:
+            p = authenticate(websocket.headers.get("authorization"), tokens, limiter)
+            p.require("jobs:read")
+            await run_in_threadpool(owned, job_id, p)
+        except CrucibleError as exc:
+            status, body = problem_body(exc)
+            await websocket.send_text(_encoder.encode(body).decode())
+            await websocket.close(code=4000 + status)
+            return
+        try:
+            async for item in feeds.stream(job_id, last_event_id):
+                message: dict[str, Any] = {"event": item["event"], "data": json.loads(item["data"])}
+                if "id" in item:
+                    message["id"] = int(item["id"])
+                await websocket.send_text(json.dumps(message))
+            await websocket.close(code=1000)
+        except (WebSocketDisconnect, RuntimeError):
+            return  # the client went away
+
+    # -- artifacts ------------------------------------------------------------
+
+    @app.get("/v1/jobs/{job_id}/artifacts", tags=["artifacts"], responses=_ok("ArtifactList"))
+    def list_artifacts(job_id: str, p: Principal = art) -> Any:  # pyright: ignore[reportUnusedFunction]
+        """Every file of the job's run directory (checkpoints, manifest, telemetry...).
+
+        Dot files (the run's owner lock) are internal and not listed.
+        """
+        owned(job_id, p)
+        root = run_dir(job_id)
+        items: list[ArtifactEntry] = []
+        if root.is_dir():
+            for path in sorted(root.rglob("*")):
+                hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
+                if path.is_file() and not path.is_symlink() and not hidden:
+                    rel = path.relative_to(root).as_posix()
+                    items.append(
+                        ArtifactEntry(
+                            path=rel,
+                            size=path.stat().st_size,
+                            url=f"/v1/jobs/{job_id}/artifacts/{rel}",
+                        )
+                    )
+        return _json(ArtifactList(items=items))
+
+    @app.get(
+        "/v1/jobs/{job_id}/artifacts/{path:path}",
+        tags=["artifacts"],
+        responses={
+            200: {
+                "description": "the file; Range requests give 206",
+                "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+            },
+            **_PROBLEM_RESPONSES,
+        },
+    )
+    def download_artifact(job_id: str, path: str, p: Principal = art) -> Any:  # pyright: ignore[reportUnusedFunction]
+        """One file; ``X-Checksum-Sha256`` and ``Repr-Digest`` carry its sha256."""
+        owned(job_id, p)
+        root = run_dir(job_id).resolve()
+        target = (root / path).resolve()
+        if not target.is_relative_to(root) or not target.is_file():
+            raise NotFound(
+                f"job {job_id!r} has no artifact {path!r}",
+                hint=f"GET /v1/jobs/{job_id}/artifacts lists them",
+            )
+        digest = hashes.of(target)
+        b64 = base64.b64encode(bytes.fromhex(digest)).decode()
+        return FileResponse(
+            target,
+            headers={"X-Checksum-Sha256": digest, "Repr-Digest": f"sha-256=:{b64}:"},
+        )
+
+    # -- runs, plugins, backends, plan -----------------------------------------
+
+    @app.get("/v1/runs/{run_id}/lineage", tags=["runs"], responses=_PROBLEM_RESPONSES)
+    def run_lineage(run_id: str, p: Principal = read) -> Any:  # pyright: ignore[reportUnusedFunction]
+        """Ancestors and descendants of a run (a job id)."""
+        from crucible_core.records.lineage import LineageRecorder
+
+        owned(run_id, p)
+        with LineageRecorder(scheduler.path) as rec:
+            try:
+                up, down = rec.ancestors(run_id), rec.descendants(run_id)
+            except NotFound:
+                return {"ancestors": None, "descendants": None}
+        return {"ancestors": up.to_dict(), "descendants": down.to_dict()}
+
+    @app.get("/v1/plugins", tags=["meta"], responses=_PROBLEM_RESPONSES)
+    def plugins(p: Principal = read) -> Any:  # pyright: ignore[reportUnusedFunction]
+        """The installed plugins and their status."""
+        from crucible_core.api import list_plugins
+
+        return [info.describe() for info in list_plugins()]
+
+    @app.get("/v1/backends", tags=["meta"], responses=_PROBLEM_RESPONSES)
+    def backends(p: Principal = read) -> Any:  # pyright: ignore[reportUnusedFunction]
+        """The registered training/sampling backends."""
+        from crucible_core.api import list_registrations
+
+        return [
+            {"name": r.name, "summary": r.summary, "plugin": r.plugin}
+            for r in list_registrations("backend")
+        ]
+
+    @app.post(
+        "/v1/plan",
+        tags=["jobs"],
+        responses=_PROBLEM_RESPONSES,
+        openapi_extra={
+            "requestBody": {"required": True, **_json_content(_schema_ref("TrainingJob"))}
+        },
+    )
+    async def plan(request: Request, p: Principal = read) -> Any:  # pyright: ignore[reportUnusedFunction]
+        """The plan of a TrainingJob without running it (capabilities only, no data read)."""
+        from crucible_core.ir import codec
+        from crucible_core.train.plan import make_plan
+
+        body = await request.body()
+
+        def work() -> Any:
+            tj = codec.decode(body, TrainingJob)
+            from crucible_core.ir.paths import resolve_paths
+
+            tj = resolve_paths(tj, cfg.base_dir)
+            return codec.to_builtins(make_plan(tj, count_data=False, measure=False))
+
+        return await run_in_threadpool(work)
+
+    app.add_middleware(_BodyLimit, limit=cfg.max_body_bytes)
+    app.add_middleware(_CountRequests, counter=metrics.requests)
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
+    return app
+
+
+def _checkpoint(scheduler: Scheduler, job: Job) -> CheckpointRef | None:
+    """The job's resume point: the scheduler's record, or a training run's trainer_state.json."""
+    ref = scheduler.last_checkpoint(job.id)
+    if ref is not None or job.kind != "training_run":
+        return ref
+    from crucible_core.train.state import read_loop_state
+
+    try:
+        state = read_loop_state(run_dir(job.id))
+    except CrucibleError:
+        return None
+    return state.checkpoints[-1].ref if state.checkpoints else None
+
+
+def _http_problem(status: int, detail: str) -> tuple[int, dict[str, Any]]:
+    code = "not_found" if status == 404 else "http_error"
+    return status, {
+        "type": f"https://crucible.dev/errors/{code}",
+        "title": code.replace("_", " "),
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+
+
+class _CountRequests:
+    """ASGI middleware: counts answered requests by method and status (streams included)."""
+
+    def __init__(self, app: Any, counter: Any) -> None:
+        self.app = app
+        self.counter = counter
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method = scope["method"]
+
+        async def counting(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                self.counter.labels(method, str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counting)
+
+
+class _Metrics:
+    """Prometheus counters of this app (own registry, so apps in one process do not clash)."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "crucible_http_requests",
+            "HTTP requests answered",
+            ["method", "status"],
+            registry=self.registry,
+        )
+        self.jobs = Gauge(
+            "crucible_jobs", "Jobs in the queue by status", ["status"], registry=self.registry
+        )
+        self._scheduler = scheduler
+
+    def render(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        for status, n in self._scheduler.counts().items():
+            self.jobs.labels(status).set(n)
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _clean(node: Any) -> Any:
+    """Docstring descriptions normalised (msgspec releases differ), and tuples' ``items: false``
+    written as the equivalent ``maxItems``, an array's absent ``items`` as ``{}``: the same
+    schemas, in the form off-the-shelf client generators accept."""
+    if isinstance(node, dict):
+        out: dict[str, Any] = {
+            k: (inspect.cleandoc(v) if k == "description" and isinstance(v, str) else _clean(v))
+            for k, v in node.items()  # pyright: ignore[reportUnknownVariableType]
+        }
+        if out.get("items") is False and isinstance(out.get("prefixItems"), list):
+            del out["items"]
+            out["maxItems"] = len(out["prefixItems"])
+        elif out.get("type") == "array" and "items" not in out and "prefixItems" not in out:
+            out["items"] = {}  # any item: what an absent `items` means
+        return out
+    if isinstance(node, list):
+        return [_clean(v) for v in node]  # pyright: ignore[reportUnknownVariableType]
+    return node
+
+
+def openapi_document(app: Any) -> dict[str, Any]:
+    """The OpenAPI 3.1 document: FastAPI's routes plus the IR's msgspec schemas as components."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    doc = get_openapi(
+        title=app.title,
+        version=app.version,
+        openapi_version="3.1.0",
+        description=app.description,
+        routes=app.routes,
+    )
+    _, components = msgspec.json.schema_components(
+        [Job, TrainingJob, Experiment, Event, Submitted, JobView, JobPage, ArtifactList],
+        ref_template="#/components/schemas/{name}",
+    )
+    comp = doc.setdefault("components", {})
+    schemas = comp.setdefault("schemas", {})
+    schemas.update(_clean(components))
+    schemas["Problem"] = PROBLEM_SCHEMA
+    comp["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    doc["security"] = [{"bearer": []}]
+    for probe in ("/healthz", "/readyz", "/metrics"):
+        for operation in doc["paths"].get(probe, {}).values():
+            operation["security"] = []  # probes and scrapes need no token
+    app.openapi_schema = doc
+    return doc

@@ -1,0 +1,100 @@
+"""One telemetry poller per job, shared by all of its stream subscribers in this process.
+
+A :class:`Feeds` hands out :meth:`~Feeds.stream` iterators. The first
+subscriber of a job starts a poll task that reads the job's telemetry.jsonl
+(one ``stat`` per ``poll_s`` while nothing is new; the job's status at most
+once a second) into memory and wakes the subscribers; later subscribers
+share it, so 100 subscribers cost about what one does. The task stops, and
+the lines are dropped, when the last subscriber leaves. A subscriber
+starting after event ``N`` gets the lines numbered above ``N`` (ids are line
+numbers: see :mod:`crucible_server.telemetry`), then live lines, then an
+``end`` item once the job is terminal and all of its lines were read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from crucible_core.ir.work import TERMINAL_STATUSES
+from crucible_server.telemetry import TelemetryTail
+
+if TYPE_CHECKING:
+    from crucible_core.queue.scheduler import Scheduler
+
+__all__ = ["Feeds"]
+
+
+class _Feed:
+    def __init__(self, job_id: str) -> None:
+        self.tail = TelemetryTail(job_id)
+        self.ids: list[int] = []
+        self.lines: list[tuple[int, str, str]] = []
+        self.end: str | None = None
+        self.changed = asyncio.Event()
+        self.subscribers = 0
+        self.task: asyncio.Task[None] | None = None
+
+
+class Feeds:
+    """The shared pollers of one app (one event loop)."""
+
+    def __init__(
+        self, scheduler: Scheduler, poll_s: float, in_thread: Callable[..., Awaitable[Any]]
+    ) -> None:
+        self._scheduler = scheduler
+        self._poll_s = poll_s
+        self._in_thread = in_thread
+        self._feeds: dict[str, _Feed] = {}
+
+    async def _poll(self, feed: _Feed) -> None:
+        status_every = max(1, round(1.0 / self._poll_s))
+        idle = 0
+        while True:
+            batch = feed.tail.read_raw()
+            if not batch and idle % status_every == 0:
+                job = await self._in_thread(self._scheduler.get, feed.tail.job_id)
+                if job.status in TERMINAL_STATUSES:
+                    batch = feed.tail.read_raw()  # written before the status changed
+                    feed.end = json.dumps({"job_id": job.id, "status": job.status})
+            if batch:
+                feed.lines.extend(batch)
+                feed.ids.extend(n for n, _, _ in batch)
+                idle = 0
+            else:
+                idle += 1
+            if batch or feed.end is not None:
+                feed.changed.set()
+                feed.changed = asyncio.Event()
+            if feed.end is not None:
+                return
+            await asyncio.sleep(self._poll_s)
+
+    async def stream(self, job_id: str, after: int) -> AsyncIterator[dict[str, str]]:
+        """SSE-shaped items (``id``, ``event``, ``data``) after event ``after``, then ``end``."""
+        feed = self._feeds.get(job_id)
+        if feed is None:
+            feed = self._feeds[job_id] = _Feed(job_id)
+            feed.task = asyncio.ensure_future(self._poll(feed))
+        feed.subscribers += 1
+        try:
+            last = after
+            while True:
+                waiter = feed.changed
+                # By id, not position: a new feed's lines arrive after this subscriber came.
+                for n, kind, raw in feed.lines[bisect.bisect_right(feed.ids, last) :]:
+                    last = n
+                    yield {"id": str(n), "event": kind, "data": raw}
+                if feed.end is not None:
+                    yield {"event": "end", "data": feed.end}
+                    return
+                await waiter.wait()
+        finally:
+            feed.subscribers -= 1
+            if feed.subscribers == 0 and self._feeds.get(job_id) is feed:
+                del self._feeds[job_id]
+                if feed.task is not None and not feed.task.done():
+                    feed.task.cancel()

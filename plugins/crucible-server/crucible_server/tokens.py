@@ -1,0 +1,235 @@
+"""API tokens: scoped, bound to one tenant, stored hashed in SQLite.
+
+A token reads ``crk_<id>_<secret>``. Only ``sha256(secret)`` is stored (in
+``$CRUCIBLE_HOME/server_tokens.db``); the plaintext is returned once, by
+:meth:`TokenStore.create`, and never again. :meth:`TokenStore.verify` looks
+the row up by its public ``id`` and compares digests with
+:func:`hmac.compare_digest`, so the comparison takes the same time whatever
+the secret. A revoked or expired token is refused like an unknown one.
+
+Scopes: ``jobs:read``, ``jobs:write``, ``artifacts:read``, ``admin`` (admin
+implies every other scope).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from crucible_core.errors import AuthError, ConfigError, NotFound
+
+__all__ = ["SCOPES", "TokenInfo", "TokenStore", "parse_duration"]
+
+SCOPES: Final = ("jobs:read", "jobs:write", "artifacts:read", "admin")
+TOKENS_FILE: Final = "server_tokens.db"
+_PREFIX: Final = "crk"
+_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    digest TEXT NOT NULL,
+    tenant_id TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    revoked_at REAL
+)
+"""
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """What is known about a token (never its secret)."""
+
+    id: str
+    tenant_id: str
+    scopes: frozenset[str]
+    name: str
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+
+    def allows(self, scope: str) -> bool:
+        """Whether this token carries ``scope`` (``admin`` carries all)."""
+        return scope in self.scopes or "admin" in self.scopes
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready view for ``tokens list --json``."""
+        return {
+            "id": self.id,
+            "tenant_id": self.tenant_id,
+            "scopes": sorted(self.scopes),
+            "name": self.name,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "revoked_at": self.revoked_at,
+        }
+
+
+def parse_duration(text: str) -> float:
+    """``30d``, ``12h``, ``15m``, ``90s``, ``2w`` -> seconds; ConfigError otherwise."""
+    m = _DURATION.match(text.strip())
+    if m is None or int(m.group(1)) == 0:
+        raise ConfigError(
+            f"--expires {text!r} is not a duration", hint="write a number and a unit: 30d, 12h, 90m"
+        )
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def check_scopes(scopes: Iterable[str]) -> frozenset[str]:
+    """The scopes as a set; ConfigError naming an unknown one."""
+    out = frozenset(s.strip() for s in scopes if s.strip())
+    if not out:
+        raise ConfigError("a token needs at least one scope", hint=f"scopes: {', '.join(SCOPES)}")
+    bad = sorted(out - set(SCOPES))
+    if bad:
+        raise ConfigError(
+            f"unknown scope {bad[0]!r}", hint=f"scopes: {', '.join(SCOPES)} (comma separated)"
+        )
+    return out
+
+
+class TokenStore:
+    """The hashed token table in ``path`` (default ``$CRUCIBLE_HOME/server_tokens.db``)."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        if path is None:
+            from crucible_core.records.paths import crucible_home
+
+            path = crucible_home() / TOKENS_FILE
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA busy_timeout = 10000")
+        self._conn.execute(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._conn.close()
+
+    def create(
+        self,
+        tenant_id: str,
+        scopes: Iterable[str],
+        *,
+        expires_in_s: float | None = None,
+        name: str = "",
+    ) -> tuple[str, TokenInfo]:
+        """Make a token; returns ``(plaintext, info)``. The plaintext is not stored anywhere."""
+        if not _TENANT.match(tenant_id):
+            raise ConfigError(
+                f"--tenant {tenant_id!r} is not a tenant name",
+                hint="letters, digits, '_', '.', '-' (at most 64, starting with a letter or digit)",
+            )
+        scope_set = check_scopes(scopes)
+        token_id = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(32)
+        now = time.time()
+        expires = now + expires_in_s if expires_in_s is not None else None
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO tokens (id, digest, tenant_id, scopes, name, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    token_id,
+                    _digest(secret),
+                    tenant_id,
+                    ",".join(sorted(scope_set)),
+                    name,
+                    now,
+                    expires,
+                ),
+            )
+        info = TokenInfo(token_id, tenant_id, scope_set, name, now, expires, None)
+        return f"{_PREFIX}_{token_id}_{secret}", info
+
+    def verify(self, token: str, *, now: float | None = None) -> TokenInfo:
+        """The token's info; AuthError (same message whatever the reason) if it is not valid."""
+        refused = AuthError(
+            "the bearer token is not valid (unknown, revoked or expired)",
+            hint="create one with `crucible tokens create --tenant T --scopes jobs:read`",
+        )
+        parts = token.split("_", 2)
+        if len(parts) != 3 or parts[0] != _PREFIX:
+            raise refused
+        info, digest = self._row(parts[1])
+        # Compare even when the id is unknown, so timing does not tell ids apart.
+        ok = hmac.compare_digest(_digest(parts[2]), digest or "0" * 64)
+        if info is None or not ok or info.revoked_at is not None:
+            raise refused
+        if info.expires_at is not None and (now or time.time()) >= info.expires_at:
+            raise refused
+        return info
+
+    def list(self) -> list[TokenInfo]:
+        """Every token, oldest first (revoked ones included)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, tenant_id, scopes, name, created_at, expires_at, revoked_at "
+                "FROM tokens ORDER BY created_at"
+            ).fetchall()
+        return [_info(r) for r in rows]
+
+    def revoke(self, token_id: str) -> TokenInfo:
+        """Revoke a token by id (idempotent); NotFound if there is no such token."""
+        with self._lock:
+            cur = self._conn.execute(
+                "UPDATE tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
+                (time.time(), token_id),
+            )
+        if cur.rowcount == 0:
+            raise NotFound(f"no token {token_id!r}", hint="`crucible tokens list` shows the ids")
+        info, _ = self._row(token_id)
+        assert info is not None
+        return info
+
+    def active(self) -> bool:
+        """Whether any unrevoked token exists (the server then requires tokens)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM tokens WHERE revoked_at IS NULL)"
+            ).fetchone()
+        return bool(row[0])
+
+    def _row(self, token_id: str) -> tuple[TokenInfo | None, str | None]:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT id, tenant_id, scopes, name, created_at, expires_at, revoked_at, digest "
+                "FROM tokens WHERE id = ?",
+                (token_id,),
+            ).fetchone()
+        if row is None:
+            return None, None
+        return _info(row[:7]), str(row[7])
+
+
+def _info(row: tuple[object, ...]) -> TokenInfo:
+    scopes = str(row[2])
+    return TokenInfo(
+        id=str(row[0]),
+        tenant_id=str(row[1]),
+        scopes=frozenset(scopes.split(",")) if scopes else frozenset(),
+        name=str(row[3]),
+        created_at=float(row[4]),  # type: ignore[arg-type]
+        expires_at=None if row[5] is None else float(row[5]),  # type: ignore[arg-type]
+        revoked_at=None if row[6] is None else float(row[6]),  # type: ignore[arg-type]
+    )
