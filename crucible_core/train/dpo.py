@@ -32,8 +32,8 @@ from crucible_core.ir.experiment import StageDef
 from crucible_core.ir.training import Loss, TrainingJob
 from crucible_core.pipeline.scope import RunScope
 from crucible_core.train.loop import LoopState
-from crucible_core.train.prepare import PreparedData, prepare
 from crucible_core.train.preference import LinearizedDPOSession
+from crucible_core.train.prepare import PreparedData, prepare
 from crucible_core.train.reference import attach, reference_logprobs
 from crucible_core.train.sft import open_session
 from crucible_core.train.steps import (
@@ -72,7 +72,7 @@ def dpo_route(caps: Capabilities) -> str | None:
 def dpo_refusal(backend: str, caps: Capabilities) -> str:
     """Why ``backend`` cannot run DPO (when :func:`dpo_route` is None)."""
     return (
-        f"backend {backend!r} cannot run workflow = \"dpo\": it neither computes the dpo loss "
+        f'backend {backend!r} cannot run workflow = "dpo": it neither computes the dpo loss '
         f"(losses: {', '.join(caps.losses) or 'none'}) nor returns logprobs with the "
         "importance_sampling loss DPO can be computed through"
     )

@@ -378,9 +378,7 @@ class TrainLoop:
         :class:`~crucible_core.errors.BudgetExhausted` instead, submitting nothing."""
         cfg, session, state = self._cfg, self._session, self.state
         micro = [
-            batch_for_step(
-                self._train_data, step, m, cfg, shuffle=self._shuffle, group=self._group
-            )
+            batch_for_step(self._train_data, step, m, cfg, shuffle=self._shuffle, group=self._group)
             for m in range(cfg.grad_accum)
         ]
         step_tokens = sum(_tokens(b) for b, _ in micro)

@@ -560,9 +560,7 @@ def _tokens_to_train(
     for k in range(rest):
         index = full_epochs * bpe + k
         step, micro = divmod(index, cfg.grad_accum)
-        batch, _ = trainloop.batch_for_step(
-            datums, step, micro, cfg, shuffle=shuffle, group=group
-        )
+        batch, _ = trainloop.batch_for_step(datums, step, micro, cfg, shuffle=shuffle, group=group)
         tokens += sum(len(d.model_input) for d in batch)
     return tokens
 

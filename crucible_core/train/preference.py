@@ -135,7 +135,9 @@ class _Mapped(Generic[T, U]):
         return self._inner.done()
 
 
-def _surrogate(batch: Sequence[Datum], logprobs: Sequence[Sequence[float]], terms: DPOTerms):
+def _surrogate(
+    batch: Sequence[Datum], logprobs: Sequence[Sequence[float]], terms: DPOTerms
+) -> list[Datum]:
     """The importance_sampling batch whose gradient at ``logprobs`` is ``terms.grads``."""
     masks = [[1.0 if w != 0 else 0.0 for w in g] for g in terms.grads]
     # Tokens with a zero DPO weight are masked out, so W counts the weighted tokens.
@@ -191,9 +193,7 @@ class LinearizedDPOSession:
 
         return _Mapped(self._inner.forward(data, Loss()), score)
 
-    def forward_backward(
-        self, batch: Sequence[Datum], loss: Loss
-    ) -> Future[ForwardBackwardResult]:
+    def forward_backward(self, batch: Sequence[Datum], loss: Loss) -> Future[ForwardBackwardResult]:
         if loss.name != "dpo":
             return self._inner.forward_backward(batch, loss)
         data = list(batch)

@@ -70,7 +70,9 @@ def cache_path(key: str) -> Path:
     return paths.crucible_home() / "cache" / "dpo-reference" / f"{key}.json"
 
 
-def _score(session: TrainingSession, data: Sequence[Datum], chunk: int, deadline: float):
+def _score(
+    session: TrainingSession, data: Sequence[Datum], chunk: int, deadline: float
+) -> list[list[float]]:
     out: list[list[float]] = []
     for start in range(0, len(data), chunk):
         result = session.forward(data[start : start + chunk], Loss()).result(timeout=deadline)
@@ -102,9 +104,7 @@ def reference_logprobs(
             cached = msgspec.json.decode(path.read_bytes(), type=ReferenceResult)
         except (msgspec.DecodeError, msgspec.ValidationError):
             cached = None  # a damaged cache entry is computed again
-        if cached is not None and [len(r) for r in cached.train] == [
-            d.num_tokens for d in train
-        ]:
+        if cached is not None and [len(r) for r in cached.train] == [d.num_tokens for d in train]:
             return msgspec.structs.replace(cached, cached=True)
     chunk = max(2, job.learning_config.batch_size * 2)
     reference = job.dpo_config.reference

@@ -184,7 +184,8 @@ def evaluate(
     before: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The trained weights' loss on the validation split (or a train sample; for pairs,
-    ``max_samples`` counts pairs), plus the sampled metrics of ``validation_spec.metrics`` beside the score before training."""
+    ``max_samples`` counts pairs, and the loss's metrics are kept), plus the sampled
+    metrics of ``validation_spec.metrics`` beside the score before training."""
     held_out, split = data.validation, "validation"
     if not held_out:
         held_out, split = data.train[:64], "train_sample"
