@@ -25,7 +25,7 @@ import time
 
 import msgspec
 
-from crucible_core.contracts import TrainingBackend, TrainingSession
+from crucible_core.contracts import StageContext, TrainingBackend, TrainingSession
 from crucible_core.errors import ConfigError
 from crucible_core.ir.backend import Capabilities
 from crucible_core.ir.experiment import StageDef
@@ -46,7 +46,7 @@ from crucible_core.train.steps import (
     write_metrics,
 )
 
-__all__ = ["STEPS", "dpo_job", "dpo_refusal", "dpo_route", "run_dpo"]
+__all__ = ["STEPS", "dpo_job", "dpo_refusal", "dpo_route", "run_dpo", "with_reference"]
 
 #: The recipe's steps, in order, as (step name, what it runs): each is recorded as a stage.
 STEPS: tuple[tuple[str, str], ...] = (
@@ -85,6 +85,55 @@ def dpo_job(job: TrainingJob) -> TrainingJob:
     return msgspec.structs.replace(job, learning_config=learning)
 
 
+def with_reference(
+    ctx: StageContext,
+    session: TrainingSession,
+    backend: TrainingBackend,
+    job: TrainingJob,
+    data: PreparedData,
+    *,
+    fresh: bool,
+) -> tuple[TrainingSession, PreparedData]:
+    """The reference step: ``data`` with the reference logprobs attached, and the session
+    to train with (``session`` itself, or wrapped to compute the loss from logprobs).
+
+    ``fresh``: ``session`` has not been trained or restored, so its weights are the
+    base. Emits ``dpo.reference`` (cache key, whether it was cached, the route).
+    """
+    caps = backend.capabilities()
+    route = dpo_route(caps)
+    if route is None:
+        raise ConfigError(dpo_refusal(job.backend_ref.name, caps))
+    computed: list[str] = []
+    ref = reference_logprobs(
+        job,
+        dataset_hash=data.dataset_hash,
+        train=data.train,
+        validation=data.validation,
+        session=session if fresh else None,
+        backend=backend,
+        deadline_s=call_deadline(),
+        on_compute=computed.append,
+    )
+    data = msgspec.structs.replace(
+        data,
+        train=attach(data.train, ref.train),
+        validation=attach(data.validation, ref.validation),
+    )
+    ctx.emit(
+        "dpo.reference",
+        key=ref.key,
+        cached=ref.cached,
+        reference=job.dpo_config.reference,
+        computed_with=computed[0] if computed else None,
+        route=route,
+        beta=job.dpo_config.beta,
+    )
+    if route == "logprobs":
+        session = LinearizedDPOSession(session, deadline_s=call_deadline())
+    return session, data
+
+
 def run_dpo(
     scope: RunScope,
     job: TrainingJob,
@@ -97,7 +146,6 @@ def run_dpo(
     start = time.monotonic()
     job = dpo_job(job)
     backend: TrainingBackend = scope.backend()
-    caps = backend.capabilities()
     with scope.step("prepare", "train.prepare") as ctx:
         data = prepared
         if data is None:
@@ -115,41 +163,11 @@ def run_dpo(
             dataset_hash=data.dataset_hash,
             reused=prepared is not None,
         )
-    route = dpo_route(caps)
-    if route is None:
-        raise ConfigError(dpo_refusal(job.backend_ref.name, caps))
     with open_session(backend, job, scope) as raw:
-        session: TrainingSession = raw
-        if route == "logprobs":
-            session = LinearizedDPOSession(raw, deadline_s=call_deadline())
         with scope.step("reference", "train.reference") as ctx:
-            computed: list[str] = []
-            ref = reference_logprobs(
-                job,
-                dataset_hash=data.dataset_hash,
-                train=data.train,
-                validation=data.validation,
-                session=raw if resume is None else None,
-                backend=backend,
-                deadline_s=call_deadline(),
-                on_compute=computed.append,
-            )
-            data = msgspec.structs.replace(
-                data,
-                train=attach(data.train, ref.train),
-                validation=attach(data.validation, ref.validation),
-            )
-            ctx.emit(
-                "dpo.reference",
-                key=ref.key,
-                cached=ref.cached,
-                reference=job.dpo_config.reference,
-                computed_with=computed[0] if computed else None,
-                route=route,
-                beta=job.dpo_config.beta,
-            )
+            session, data = with_reference(ctx, raw, backend, job, data, fresh=resume is None)
         with scope.step("train", "train.loop") as ctx:
-            trained = train_step(ctx, session, job, data, caps, resume, window)
+            trained = train_step(ctx, session, job, data, backend.capabilities(), resume, window)
         with scope.step("evaluate", "train.evaluate") as ctx:
             evaluation = evaluate(ctx, session, job, data, before=trained.sampled_before)
         with scope.step("save", "train.save") as ctx:

@@ -204,3 +204,21 @@ def test_reference_from_a_second_session_and_from_a_checkpoint(
         assert sum(ckpt.train[0]) > sum(own.train[0]) + 1.0  # it learned the first sequence
     finally:
         backend.close()
+
+
+def test_dpo_runs_as_stages_of_an_experiment_graph(host: PluginHost, home: Path) -> None:
+    """train.loop of the stage adapters runs the DPO recipe's reference step and loss."""
+    from crucible_core.ir import Job
+    from crucible_core.pipeline.runner import run_pipeline
+    from crucible_core.train.plan import training_experiment
+
+    job = _job(steps=8)
+    work = Job(id="g-dpo", kind="training_run", payload=msgspec.to_builtins(job))
+    out = run_pipeline(training_experiment(job, "g-dpo"), work, host=host)
+    summary = out["log_metrics"]
+    assert summary["steps"] == 8
+    assert summary["initial_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert summary["final_loss"] < summary["initial_loss"]
+    assert "eval_accuracy" in summary["evaluation"]
+    (ref,) = _events(home / "runs" / "g-dpo", "dpo.reference")
+    assert ref["data"]["route"] == "backend"
