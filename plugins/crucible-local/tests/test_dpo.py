@@ -222,3 +222,36 @@ def test_dpo_runs_as_stages_of_an_experiment_graph(host: PluginHost, home: Path)
     assert "eval_accuracy" in summary["evaluation"]
     (ref,) = _events(home / "runs" / "g-dpo", "dpo.reference")
     assert ref["data"]["route"] == "backend"
+
+
+def test_a_stopped_dpo_run_resumes_on_the_same_curve(host: PluginHost, home: Path) -> None:
+    """A budget stop then resume: with the cache gone, the resumed run (whose session is no
+    longer the base) computes the reference in a fresh session of the base, and continues
+    with the losses of an uninterrupted run."""
+    from crucible_core.errors import BudgetExhausted
+    from crucible_core.ir import Budget
+    from crucible_core.train.state import read_loop_state
+
+    job = msgspec.structs.replace(
+        _job(steps=8), checkpoint_policy=CheckpointPolicy(save_every=2, save_best=False)
+    )
+    run_training(job, job_id="whole", host=host)
+    whole = json.loads((home / "runs/whole/metrics.json").read_text())["losses"]
+    with pytest.raises(BudgetExhausted):
+        run_training(
+            msgspec.structs.replace(job, budget=Budget(max_tokens=2000)), job_id="cut", host=host
+        )
+    state = read_loop_state(home / "runs" / "cut")
+    assert 0 < state.step < 8
+    for path in (home / "cache" / "dpo-reference").iterdir():
+        path.unlink()
+    resumed = run_training(job, job_id="cut", host=host, resume=state)
+    assert resumed.steps == 8
+    refs = [r["data"] for r in _events(home / "runs" / "cut", "dpo.reference")]
+    assert refs[0]["cached"] is True  # the first attempt read what "whole" computed
+    assert (refs[1]["cached"], refs[1]["computed_with"]) == (
+        False,
+        "a fresh session of the base model",
+    )
+    tail = json.loads((home / "runs/cut/metrics.json").read_text())["losses"]
+    assert tail == pytest.approx(whole[state.step :], abs=1e-5)
