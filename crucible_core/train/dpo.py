@@ -144,7 +144,9 @@ def run_dpo(
 ) -> TrainingOutcome:
     """Train ``job`` (``workflow = "dpo"``) in ``scope``'s run directory."""
     start = time.monotonic()
-    job = dpo_job(job)
+    # Sessions are opened with the job as written (a backend without the dpo loss may
+    # refuse a job naming it); the loop and the evaluation use the DPO loss.
+    trainer = dpo_job(job)
     backend: TrainingBackend = scope.backend()
     with scope.step("prepare", "train.prepare") as ctx:
         data = prepared
@@ -167,9 +169,10 @@ def run_dpo(
         with scope.step("reference", "train.reference") as ctx:
             session, data = with_reference(ctx, raw, backend, job, data, fresh=resume is None)
         with scope.step("train", "train.loop") as ctx:
-            trained = train_step(ctx, session, job, data, backend.capabilities(), resume, window)
+            caps = backend.capabilities()
+            trained = train_step(ctx, session, trainer, data, caps, resume, window)
         with scope.step("evaluate", "train.evaluate") as ctx:
-            evaluation = evaluate(ctx, session, job, data, before=trained.sampled_before)
+            evaluation = evaluate(ctx, session, trainer, data, before=trained.sampled_before)
         with scope.step("save", "train.save") as ctx:
             sampler = save_final(ctx, session, job, trained.result)
     with scope.step("log_metrics", "train.log_metrics") as ctx:

@@ -89,10 +89,10 @@ class TrainLoopStage:
             if job.workflow == "dpo":  # the DPO recipe's reference step, then its loss
                 from crucible_core.train.dpo import dpo_job, with_reference
 
-                job = dpo_job(job)
                 trains, data = with_reference(
                     ctx, session, backend, job, data, fresh=resume is None
                 )
+                job = dpo_job(job)
             trained = steps.train_step(
                 ctx,
                 trains,
