@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -183,8 +184,6 @@ def test_dpo_terms_at_the_reference_is_log_two_with_no_accuracy() -> None:
 
 
 def test_the_dpo_example_decodes() -> None:
-    from pathlib import Path
-
     from crucible_core.ir import decode_file
 
     example = Path(__file__).parents[1] / "examples" / "dpo-local.toml"
@@ -192,3 +191,20 @@ def test_the_dpo_example_decodes() -> None:
     assert job.workflow == "dpo"
     assert job.dpo_config == DPOConfig(beta=0.1, reference="base")
     assert job.dataset_spec.uri == "sample:preference"
+
+
+def test_cli_shows_the_workflow_and_refuses_a_wrong_dpo_job_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from crucible_core.cli.main import main
+
+    assert main(["ir", "show", "TrainingJob"]) == 0
+    assert 'workflow = "sft"' in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        'workflow = "sft"\n[model_spec]\nname = "m"\n[dataset_spec]\nuri = "d"\n[dpo]\nbeta = 0.2\n'
+    )
+    assert main(["ir", "validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert 'dpo` settings are only used with workflow = "dpo"' in err
+    assert "Traceback" not in err
