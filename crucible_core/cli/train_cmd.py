@@ -180,7 +180,11 @@ def _report(outcome: TrainingOutcome, plan: Plan | None, args: argparse.Namespac
     w(f"  ({outcome.stopped})\n" if outcome.stopped else "\n")
     if outcome.evaluation:
         ev = outcome.evaluation
-        w(f"eval       {ev.get('split')}: loss {ev.get('eval_loss', float('nan')):.4f}\n")
+        line = f"eval       {ev.get('split')}: loss {ev.get('eval_loss', float('nan')):.4f}"
+        if "eval_accuracy" in ev:  # preference pairs (DPO)
+            line += f", preference accuracy {ev['eval_accuracy']:.2f}"
+            line += f", reward margin {ev.get('eval_margin', float('nan')):.3f}"
+        w(line + "\n")
         w(format_sampled(ev.get("sampled")))
     est = _summary(plan) if plan else {}
     tokens_est = f" (planned {est['tokens']})" if est.get("tokens") is not None else ""

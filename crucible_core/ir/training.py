@@ -36,6 +36,7 @@ __all__ = [
     "AdapterConfig",
     "Budget",
     "CheckpointPolicy",
+    "DPOConfig",
     "DatasetSpec",
     "FieldMap",
     "Full",
@@ -49,6 +50,7 @@ __all__ = [
     "Scheduler",
     "TrainingJob",
     "ValidationSpec",
+    "Workflow",
 ]
 
 LossName = Literal["cross_entropy", "importance_sampling", "ppo", "dpo", "custom"]
@@ -282,8 +284,31 @@ class Budget(IRStruct, frozen=True, kw_only=True):
     max_wall_time: PositiveFloat | None = None
 
 
+Workflow = Literal["sft", "dpo"]
+
+
+class DPOConfig(IRStruct, frozen=True, kw_only=True):
+    """Direct preference optimisation (``workflow = "dpo"``): its strength and its reference.
+
+    ``beta`` scales the implicit reward ``beta * (log p - log p_ref)`` of each
+    side of a (chosen, rejected) pair. ``reference`` is the frozen model whose
+    log-probabilities the policy is measured against: ``"base"`` (the job's
+    base model, before any step) or the URI of a state checkpoint (a
+    ``CheckpointRef.uri`` of the same backend, e.g. an earlier SFT run's).
+    """
+
+    beta: PositiveFloat = 0.1
+    reference: Annotated[str, Meta(min_length=1)] = "base"
+
+
 class TrainingJob(IRStruct, frozen=True, kw_only=True):
-    """A training run, fully declared. The top-level TrainingIR message."""
+    """A training run, fully declared. The top-level TrainingIR message.
+
+    ``workflow`` picks the recipe: ``"sft"`` (supervised, the loss of
+    ``learning_config.loss``) or ``"dpo"`` (preference pairs, the DPO loss
+    with ``dpo``'s settings; ``learning_config.loss`` stays unset or names
+    ``dpo``).
+    """
 
     schema_version: SchemaVersion = SCHEMA_VERSION
     job_id: Identifier | None = None
@@ -296,7 +321,24 @@ class TrainingJob(IRStruct, frozen=True, kw_only=True):
     validation_spec: ValidationSpec | None = None
     resource_spec: ResourceSpec = ResourceSpec()
     budget: Budget = Budget()
+    workflow: Workflow = "sft"
+    dpo: DPOConfig | None = None
     metadata: Params = {}
+
+    def __post_init__(self) -> None:
+        if self.workflow != "dpo" and self.dpo is not None:
+            raise ValueError('`dpo` settings are only used with workflow = "dpo"')
+        loss = self.learning_config.loss
+        if self.workflow == "dpo" and loss != Loss() and loss.name != "dpo":
+            raise ValueError(
+                'workflow = "dpo" trains with the DPO loss: leave learning_config.loss unset '
+                f"(it says {loss.name!r}) and set dpo.beta instead"
+            )
+
+    @property
+    def dpo_config(self) -> DPOConfig:
+        """``dpo`` or its defaults (a DPO job need not spell them out)."""
+        return self.dpo if self.dpo is not None else DPOConfig()
 
     @property
     def backend_ref(self) -> BackendRef:

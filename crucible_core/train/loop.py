@@ -242,8 +242,10 @@ class TrainLoop:
         window: int = 2,
         deadline_s: float = DEFAULT_DEADLINE_S,
         clock: Callable[[], float] = time.monotonic,
+        group: int = 1,
     ) -> None:
         self._session = session
+        self._group = group
         self._job = job
         self._budget = job.budget
         self._cfg = cfg = job.learning_config
@@ -267,8 +269,8 @@ class TrainLoop:
         self._watch = _Watchdog(backend_name, deadline_s)
         self._clock = clock
         #: Optimizer steps of the whole run (resumed or not).
-        self.total = total_steps(cfg, len(train_data))
-        self._bpe = batches_per_epoch(len(train_data), cfg.batch_size)
+        self.total = total_steps(cfg, len(train_data) // group)
+        self._bpe = batches_per_epoch(len(train_data) // group, cfg.batch_size)
         #: The loop's resumable state; ``state.step`` is the last step finished.
         self.state = state = msgspec.structs.replace(resume) if resume is not None else LoopState()
         state.checkpoints = list(state.checkpoints)
@@ -376,7 +378,7 @@ class TrainLoop:
         :class:`~crucible_core.errors.BudgetExhausted` instead, submitting nothing."""
         cfg, session, state = self._cfg, self._session, self.state
         micro = [
-            batch_for_step(self._train_data, step, m, cfg, shuffle=self._shuffle)
+            batch_for_step(self._train_data, step, m, cfg, shuffle=self._shuffle, group=self._group)
             for m in range(cfg.grad_accum)
         ]
         step_tokens = sum(_tokens(b) for b, _ in micro)
@@ -633,6 +635,7 @@ def train(
     window: int = 2,
     deadline_s: float = DEFAULT_DEADLINE_S,
     clock: Callable[[], float] = time.monotonic,
+    group: int = 1,
 ) -> LoopResult:
     """Run the job's optimizer steps on ``session``; see the module docstring for the rules.
 
@@ -640,6 +643,8 @@ def train(
     state to persist beside it); ``on_delete`` when the checkpoint policy
     retires one. ``resume`` continues a run from the state saved with its
     last checkpoint (the caller has already ``load_state``-d the session).
+    ``group`` datums in a row form one example kept whole in every batch (2 for
+    DPO pairs; see :func:`~crucible_core.train.schedule.batch_for_step`).
     """
     return TrainLoop(
         session,
@@ -656,6 +661,7 @@ def train(
         window=window,
         deadline_s=deadline_s,
         clock=clock,
+        group=group,
     ).run()
 
 

@@ -31,7 +31,14 @@ import msgspec
 from crucible_core.errors import CrucibleError
 from crucible_core.ir.backend import Capabilities, Datum
 from crucible_core.ir.experiment import Experiment, StageDef
-from crucible_core.ir.training import LOSS_INPUTS, LearningConfig, LoRA, QLoRA, TrainingJob
+from crucible_core.ir.training import (
+    LOSS_INPUTS,
+    LearningConfig,
+    LoRA,
+    Loss,
+    QLoRA,
+    TrainingJob,
+)
 from crucible_core.ir.work import Job
 from crucible_core.pipeline.cancel import CancelFlag
 from crucible_core.plugins import PluginHost, Registration, get_host
@@ -206,7 +213,21 @@ def check_capabilities(job: TrainingJob, caps: Capabilities, backend: str) -> li
             )
         )
     cfg = job.learning_config
-    if cfg.loss.name not in caps.losses:
+    if job.workflow == "dpo":
+        from crucible_core.train.dpo import dpo_refusal, dpo_route
+
+        if dpo_route(caps) is None:
+            problems.append(
+                PlanProblem(
+                    field="$.workflow",
+                    message=dpo_refusal(backend, caps),
+                    backend=backend,
+                    supported=list(caps.losses),
+                    hint='choose a backend that declares the "dpo" loss, or logprobs and '
+                    '"importance_sampling"',
+                )
+            )
+    elif cfg.loss.name not in caps.losses:
         _refuse(
             problems, "$.learning_config.loss.name", "loss", cfg.loss.name, caps.losses, backend
         )
@@ -303,6 +324,8 @@ def check_pipeline(
                 )
             )
     loss = job.learning_config.loss.name
+    if job.workflow == "dpo":  # the DPO recipe attaches ref_logprobs itself
+        return problems
     if caps is not None and loss not in caps.losses:
         return problems
     provided = set(BASE_LOSS_INPUTS)
@@ -397,9 +420,10 @@ def plan_run(
         plan.problems.append(PlanProblem(field="$.backend", message=exc.message, hint=exc.hint))
         return out
     plan.plugin = reg.plugin
-    from crucible_core.train.sft import STEPS
+    from crucible_core.train import dpo, sft
 
-    plan.stages = [f"{n} ({uses})" for n, uses in STEPS]
+    steps = dpo.STEPS if job.workflow == "dpo" else sft.STEPS
+    plan.stages = [f"{n} ({uses})" for n, uses in steps]
     caps = reg.capabilities
     # Options can change what a backend declares (a model, prices, throughput): ask
     # the configured instance then; otherwise the static registration answers.
@@ -468,9 +492,10 @@ def _estimate(
     measure: bool,
 ) -> None:
     cfg = job.learning_config
-    total = trainloop.total_steps(cfg, len(datums))
+    group = 2 if job.workflow == "dpo" else 1
+    total = trainloop.total_steps(cfg, len(datums) // group)
     plan.steps = total
-    tokens = _tokens_to_train(datums, total, cfg, shuffle=job.dataset_spec.shuffle)
+    tokens = _tokens_to_train(datums, total, cfg, shuffle=job.dataset_spec.shuffle, group=group)
     plan.tokens_to_train = tokens
     if job.budget.max_tokens is not None and tokens > job.budget.max_tokens:
         plan.notes.append(
@@ -520,7 +545,7 @@ def _estimate(
 
 
 def _tokens_to_train(
-    datums: Sequence[Datum], total: int, cfg: LearningConfig, *, shuffle: bool
+    datums: Sequence[Datum], total: int, cfg: LearningConfig, *, shuffle: bool, group: int = 1
 ) -> int:
     """Tokens the run feeds, in closed form: O(dataset), whatever ``total`` is.
 
@@ -529,13 +554,13 @@ def _tokens_to_train(
     batches cover every datum once, so whole epochs cost ``tokens_per_epoch``
     each and only the last, partial epoch is walked batch by batch.
     """
-    bpe = trainloop.batches_per_epoch(len(datums), cfg.batch_size)
+    bpe = trainloop.batches_per_epoch(len(datums) // group, cfg.batch_size)
     full_epochs, rest = divmod(total * cfg.grad_accum, bpe)
     tokens = full_epochs * sum(len(d.model_input) for d in datums)
     for k in range(rest):
         index = full_epochs * bpe + k
         step, micro = divmod(index, cfg.grad_accum)
-        batch, _ = trainloop.batch_for_step(datums, step, micro, cfg, shuffle=shuffle)
+        batch, _ = trainloop.batch_for_step(datums, step, micro, cfg, shuffle=shuffle, group=group)
         tokens += sum(len(d.model_input) for d in batch)
     return tokens
 
@@ -562,7 +587,8 @@ def _checkpoint_steps(job: TrainingJob, total: int) -> tuple[list[int], int]:
 def _measure(job: TrainingJob, backend: Any, datums: list[Datum]) -> float:
     """Tokens per second of one real forward_backward on a batch of the job's data."""
     cfg = job.learning_config
-    batch, _ = trainloop.batch_for_step(datums, 0, 0, cfg)
+    group = 2 if job.workflow == "dpo" else 1
+    batch, _ = trainloop.batch_for_step(datums, 0, 0, cfg, group=group)
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="crucible-plan-") as scratch:
@@ -571,11 +597,13 @@ def _measure(job: TrainingJob, backend: Any, datums: list[Datum]) -> float:
 
 def _time_steps(job: TrainingJob, backend: Any, batch: list[Datum], scratch: Path) -> float:
     cfg = job.learning_config
+    # DPO's pairs carry no reference logprobs yet: time the same tokens with cross_entropy.
+    loss = Loss() if job.workflow == "dpo" else cfg.loss
     session = backend.create_session(job, run_dir=scratch)
     try:
-        session.forward_backward(batch, cfg.loss).result(timeout=300)  # warm-up
+        session.forward_backward(batch, loss).result(timeout=300)  # warm-up
         start = time.perf_counter()
-        session.forward_backward(batch, cfg.loss).result(timeout=300)
+        session.forward_backward(batch, loss).result(timeout=300)
         session.optim_step(trainloop.adam_params(cfg, cfg.optimizer.lr)).result(timeout=300)
         elapsed = time.perf_counter() - start
     finally:

@@ -24,7 +24,11 @@ __all__ = ["ContextFactory", "PreparedData", "prepare"]
 
 
 class PreparedData(msgspec.Struct, kw_only=True):
-    """A job's data, ready to train on, and what the run records about it."""
+    """A job's data, ready to train on, and what the run records about it.
+
+    For a DPO job (``group == 2``) ``train`` and ``validation`` hold each
+    preference pair as two Datums in a row, chosen then rejected.
+    """
 
     train: list[Datum]
     validation: list[Datum] = []
@@ -40,6 +44,8 @@ class PreparedData(msgspec.Struct, kw_only=True):
     tokens: int = 0
     template: str | None = None
     template_hash: str | None = None
+    #: Datums per example: 1, or 2 for preference pairs (chosen then rejected, in a row).
+    group: int = 1
 
     @classmethod
     def from_stage_outputs(
@@ -60,6 +66,7 @@ class PreparedData(msgspec.Struct, kw_only=True):
             tokens=int(tokenized.get("tokens") or 0),
             template=cast(str | None, tokenized.get("template")),
             template_hash=cast(str | None, tokenized.get("template_hash")),
+            group=int(tokenized.get("group") or 1),
         )
 
 

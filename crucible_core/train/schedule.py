@@ -63,22 +63,34 @@ def _permutation(n: int, seed: int, epoch: int) -> tuple[int, ...]:
 
 
 def batch_for_step(
-    datums: Sequence[Datum], step: int, micro: int, config: LearningConfig, *, shuffle: bool = True
+    datums: Sequence[Datum],
+    step: int,
+    micro: int,
+    config: LearningConfig,
+    *,
+    shuffle: bool = True,
+    group: int = 1,
 ) -> tuple[list[Datum], float]:
     """The micro-batch ``micro`` of optimizer step ``step`` (0-based) and the epoch it ends in.
 
-    A pure function of its arguments: this is what makes resume exact.
+    ``group`` consecutive datums form one example that stays whole and in order
+    (2 for DPO's (chosen, rejected) pairs): ``batch_size`` counts examples and the
+    shuffle permutes examples. A pure function of its arguments: this is what
+    makes resume exact.
     """
-    bpe = batches_per_epoch(len(datums), config.batch_size)
+    examples = len(datums) // group
+    bpe = batches_per_epoch(examples, config.batch_size)
     index = step * config.grad_accum + micro
     epoch, k = divmod(index, bpe)
     start, stop = k * config.batch_size, (k + 1) * config.batch_size
     chosen = (
-        _permutation(len(datums), config.seed, epoch)[start:stop]
+        _permutation(examples, config.seed, epoch)[start:stop]
         if shuffle
-        else range(start, min(stop, len(datums)))
+        else range(start, min(stop, examples))
     )
-    return [datums[i] for i in chosen], (index + 1) / bpe
+    if group == 1:
+        return [datums[i] for i in chosen], (index + 1) / bpe
+    return [datums[i * group + j] for i in chosen for j in range(group)], (index + 1) / bpe
 
 
 def learning_rate(config: LearningConfig, step: int, total: int) -> float:

@@ -1,7 +1,9 @@
 """The recipe's steps as stages, so an Experiment can compose them in its own graph.
 
 ``train.loop`` -> (``train.evaluate``, ``train.save``) -> ``train.log_metrics``,
-after crucible-datasets' ``data.load`` -> ``data.tokenize``. Each adapter turns
+after crucible-datasets' ``data.load`` -> ``data.tokenize``. For a
+``workflow = "dpo"`` job ``train.loop`` runs the DPO recipe's reference step
+(:func:`crucible_core.train.dpo.with_reference`) before the loop. Each adapter turns
 its inputs into the recipe's typed values and calls the same step function
 :func:`crucible_core.train.run.run_training` runs, so the two paths cannot
 drift. ``train.loop`` hands on a :class:`LoopOutput` (the live session and the
@@ -28,10 +30,16 @@ __all__ = ["EvaluateStage", "LogMetricsStage", "LoopOutput", "SaveStage", "Train
 
 
 class LoopOutput(msgspec.Struct, kw_only=True):
-    """What ``train.loop`` hands to the stages after it."""
+    """What ``train.loop`` hands to the stages after it.
+
+    ``job`` and ``data`` are what the loop trained on when they differ from the
+    run's (a DPO job: its loss set, the reference logprobs attached).
+    """
 
     session: Any
     trained: steps.Trained
+    job: TrainingJob | None = None
+    data: PreparedData | None = None
 
 
 def training_job_of(ctx: StageContext) -> TrainingJob:
@@ -77,11 +85,19 @@ class TrainLoopStage:
         if scope is not None:
             scope.resources.callback(session.close)
         try:
+            data, trains = _prepared(ctx), session
+            if job.workflow == "dpo":  # the DPO recipe's reference step, then its loss
+                from crucible_core.train.dpo import dpo_job, with_reference
+
+                trains, data = with_reference(
+                    ctx, session, backend, job, data, fresh=resume is None
+                )
+                job = dpo_job(job)
             trained = steps.train_step(
                 ctx,
-                session,
+                trains,
                 job,
-                _prepared(ctx),
+                data,
                 backend.capabilities(),
                 resume,
                 int(self.options.get("window", 2)),
@@ -90,8 +106,14 @@ class TrainLoopStage:
             session.close()
             raise
         state = trained.result.state
+        dpo = job.workflow == "dpo"
         return {
-            "loop": LoopOutput(session=session, trained=trained),
+            "loop": LoopOutput(
+                session=trains,
+                trained=trained,
+                job=job if dpo else None,
+                data=data if dpo else None,
+            ),
             "final_loss": state.last_loss,
             "steps": state.step,
         }
@@ -106,9 +128,9 @@ class EvaluateStage:
     def run(self, ctx: StageContext) -> Mapping[str, Any]:
         loop = _loop(ctx)
         before = loop.trained.sampled_before
-        return steps.evaluate(
-            ctx, loop.session, training_job_of(ctx), _prepared(ctx), before=before
-        )
+        job = loop.job or training_job_of(ctx)
+        data = loop.data or _prepared(ctx)
+        return steps.evaluate(ctx, loop.session, job, data, before=before)
 
 
 class SaveStage:

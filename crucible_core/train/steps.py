@@ -147,6 +147,7 @@ def train_step(
         backend_name=job.backend_ref.name,
         window=window,
         deadline_s=deadline,
+        group=data.group,
     )
     return Trained(result=result, sampled_before=before)
 
@@ -182,17 +183,22 @@ def evaluate(
     *,
     before: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The trained weights' loss on the validation split (or a train sample), plus the
-    sampled metrics of ``validation_spec.metrics`` beside the score before training."""
+    """The trained weights' loss on the validation split (or a train sample; for pairs,
+    ``max_samples`` counts pairs, and the loss's metrics are kept), plus the sampled
+    metrics of ``validation_spec.metrics`` beside the score before training."""
     held_out, split = data.validation, "validation"
     if not held_out:
         held_out, split = data.train[:64], "train_sample"
     if not held_out:
         return {}
     limit = job.validation_spec.max_samples if job.validation_spec else None
-    held_out = held_out[:limit] if limit else held_out
+    held_out = held_out[: limit * data.group] if limit else held_out
     result = session.forward(held_out, job.learning_config.loss).result(timeout=call_deadline())
-    metrics = {"eval_loss": result.loss, "perplexity": math.exp(min(result.loss, 50.0))}
+    metrics = {"eval_loss": result.loss}
+    if data.group == 1:
+        metrics["perplexity"] = math.exp(min(result.loss, 50.0))
+    else:  # pairs: the loss's own metrics (DPO: accuracy, margin, ...) say more
+        metrics.update({f"eval_{k}": v for k, v in result.metrics.items()})
     ctx.emit("eval.metric", step=session.step, split=split, loss=result.loss, metrics=metrics)
     out: dict[str, Any] = {"split": split, "examples": len(held_out), **metrics}
     after = sampled_eval.score(

@@ -24,6 +24,11 @@ when ``validation_spec.metrics`` names a metric scored on generated text
 (anything but ``loss``/``perplexity``): the held-out prompts and answers the
 training workflow samples and scores before and after training.
 
+A ``workflow = "dpo"`` job gets preference pairs instead
+(:func:`~crucible_datasets.datums.render_pairs`): ``train`` and ``validation``
+hold each pair as two Datums in a row, chosen then rejected (weights on the
+completion tokens only), and ``"group": 2`` says so.
+
 ``tokens`` counts the training Datums' input tokens (one epoch). The length
 limit is ``dataset_spec.max_length``, else ``model_spec.max_seq_len``.
 Datum shift: ``model_input = tokens[:-1]``, ``target_tokens = tokens[1:]``,
@@ -138,6 +143,8 @@ def tokenize_outputs(
     spec = job.dataset_spec
     max_length = spec.max_length or job.model_spec.max_seq_len
     renderer = get_renderer(spec.template, tokenizer)
+    if job.workflow == "dpo":
+        return _pair_outputs(job, tokenizer, train_rows, validation_rows, renderer, max_length)
     held_out = list(validation_rows)  # read twice when samples are wanted
     validation_rows = held_out
     if ctx is not None:
@@ -180,6 +187,46 @@ def tokenize_outputs(
             held_out, renderer, spec, limit=limit, max_length=max_length
         )
     return out
+
+
+def _pair_outputs(
+    job: TrainingJob,
+    tokenizer: Tokenizer,
+    train_rows: Iterable[Mapping[str, Any]],
+    validation_rows: Iterable[Mapping[str, Any]],
+    renderer: Any,
+    max_length: int | None,
+) -> dict[str, Any]:
+    """``data.tokenize``'s output for preference pairs: (chosen, rejected) Datums in a row."""
+    from crucible_datasets.datums import render_pairs
+
+    spec = job.dataset_spec
+    train_rows, validation_rows = list(train_rows), list(validation_rows)
+    flat: dict[str, list[Any]] = {}
+    for split, rows in (("train", train_rows), ("validation", validation_rows)):
+        pairs = render_pairs(rows, tokenizer, spec, max_length=max_length, renderer=renderer)
+        flat[split] = [datum for pair in pairs for datum in pair]
+    if not flat["train"]:
+        raise ConfigError(
+            f"{spec.uri}: no preference pair has a completion token to learn from "
+            f"({len(train_rows)} rows)",
+            hint="check fields.chosen/fields.rejected, train_on and max_length",
+        )
+    return {
+        "train": flat["train"],
+        "validation": flat["validation"],
+        "group": 2,
+        "tokens": sum(d.num_tokens for d in flat["train"]),
+        "template": renderer.name,
+        "template_hash": renderer.template_hash,
+        "validation_tokens": sum(d.num_tokens for d in flat["validation"]),
+        "loss_tokens": sum(sum(d.loss_fn_inputs.weights or ()) for d in flat["train"]),
+        "truncated": 0,
+        "dropped": (len(train_rows) + len(validation_rows))
+        - (len(flat["train"]) + len(flat["validation"])) // 2,
+        "max_length": max_length,
+        "packed": False,
+    }
 
 
 def _wants_samples(job: TrainingJob) -> bool:

@@ -199,3 +199,58 @@ def test_tokenize_gives_held_out_prompts_only_when_a_sampled_metric_asks(
         n = len(prompt["tokens"])
         assert datum.model_input[:n] == prompt["tokens"]
         assert tok.decode(datum.model_input[n:]).startswith(answer)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_tokenize_renders_preference_pairs_for_a_dpo_job(
+    host: PluginHost, tok: ByteTokenizer, tmp_path: Path, fmt: str
+) -> None:
+    """workflow = "dpo": each row becomes (chosen, rejected) Datums in a row, the weights
+    on the completion only, from a file with the usual prompt/chosen/rejected columns."""
+    rows = [
+        {"prompt": f"What is {i} plus 1?", "chosen": f"It is {i + 1}.", "rejected": "No idea."}
+        for i in range(6)
+    ]
+    path = tmp_path / f"prefs.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("".join(msgspec.json.encode(r).decode() + "\n" for r in rows))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    load, tokenize = _stages(host)
+    payload = dict(_job(str(path), validation_ratio=0.34), workflow="dpo")
+    backend = _Backend(tok)
+    loaded = dict(load.run(Context(payload, backend)) or {})
+    out = dict(tokenize.run(Context(payload, backend, {"load": loaded})) or {})
+    assert out["group"] == 2
+    assert len(out["train"]) == 2 * len(loaded["train_rows"])
+    assert len(out["validation"]) == 2 * len(loaded["validation_rows"]) == 4
+    for chosen, rejected in zip(out["train"][0::2], out["train"][1::2], strict=True):
+        text_c = tok.decode(chosen.model_input)
+        text_r = tok.decode(rejected.model_input)
+        weighted_c = tok.decode(
+            [
+                t
+                for t, w in zip(
+                    chosen.loss_fn_inputs.target_tokens,
+                    chosen.loss_fn_inputs.weights or [],
+                    strict=True,
+                )
+                if w
+            ]
+        )
+        assert "plus 1?" in text_c
+        assert "plus 1?" in text_r
+        assert "No idea." in tok.decode(rejected.loss_fn_inputs.target_tokens)
+        assert "plus" not in weighted_c  # the prompt is not trained on
+        assert "It is" in weighted_c
+    assert out["tokens"] == sum(len(d.model_input) for d in out["train"])
+    # The same file for an SFT job trains on the chosen side only: one Datum a row.
+    sft = dict(
+        tokenize.run(Context(_job(str(path), validation_ratio=0.34), backend, {"load": loaded}))
+        or {}
+    )
+    assert "group" not in sft
+    assert len(sft["train"]) == len(loaded["train_rows"])

@@ -19,6 +19,9 @@ absent, 0 on padding). With ``W = sum |w|``:
     prompt), its reference one ``sum(w * ref_logprobs)``;
     ``loss = mean_i -log sigmoid(beta * ((c_i - c_ref_i) - (r_i - r_ref_i)))``,
     ``beta = params.beta`` (default 0.1); ``loss:sum`` is the sum over pairs.
+    Metrics: ``accuracy`` (share of pairs with ``margin > 0``), ``margin``
+    (the mean reward margin), ``reward:chosen``/``reward:rejected``,
+    ``logps:chosen``/``logps:rejected`` (mean sequence log-probabilities).
 ``custom``
     ``fn(data, logprobs, **params) -> (loss, metrics)`` with ``logprobs`` a list
     of one 1-D tensor per datum (autograd attached in ``forward_backward``).
@@ -278,6 +281,8 @@ def compute_loss(
                 "margin": float(margin.mean()),
                 "reward:chosen": float((beta * chosen).mean()),
                 "reward:rejected": float((beta * rejected).mean()),
+                "logps:chosen": float(seq[0::2].mean()),
+                "logps:rejected": float(seq[1::2].mean()),
                 "pairs": float(margin.numel()),
             }
         return loss, metrics
