@@ -70,7 +70,7 @@ def _normal(x: np.ndarray, label: str, alpha: float, checks: dict[str, float]) -
     checks[f"shapiro_wilk[{label}]"] = p
     if p > alpha:
         return True, f"{label} looks normal (Shapiro-Wilk p={p:.3g})"
-    return False, f"{label} is not normal (Shapiro-Wilk p={p:.3g})"
+    return False, f"{label} does not look normal (Shapiro-Wilk p={p:.3g})"
 
 
 def _choose(
@@ -87,7 +87,7 @@ def _choose(
         d = x - y
         if d.size < 3:
             return "paired_t", "fewer than 3 pairs: normality cannot be checked; paired t-test"
-        ok, why = _normal(d, "the differences", alpha, checks)
+        ok, why = _normal(d, "a - b", alpha, checks)
         return (
             ("paired_t", f"{why}: paired t-test")
             if ok

@@ -1,0 +1,21 @@
+"""crucible-harness's hooks: the ``crucible eval`` and ``crucible eval-compare`` commands."""
+
+from __future__ import annotations
+
+from crucible_core import RegisterCommand, hookimpl
+
+
+@hookimpl
+def register_commands(register: RegisterCommand) -> None:
+    register(
+        "eval",
+        "crucible_harness.cli:EvalCommand",
+        summary="score a run's weights on a dataset with registered metrics, with confidence "
+        "intervals; compare two evaluations for significance",
+    )
+    register(
+        "eval-compare",
+        "crucible_harness.cli:EvalCompareCommand",
+        summary="compare two evaluations: the right significance test, effect sizes, "
+        "a Markdown report",
+    )
