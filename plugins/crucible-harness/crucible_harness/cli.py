@@ -175,3 +175,75 @@ def _manifests(files: Any) -> list[Path]:
         if m.is_file() and m not in out:
             out.append(m)
     return out
+
+
+class ExperimentCommand:
+    """``crucible experiment validate|run|status FILE``: a grid of training runs."""
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        parser.description = (
+            "Experiments over a parameter grid of training runs: validate the grid against "
+            "TrainingJob, submit each cell to the durable queue (crucible worker runs them; "
+            "submitting again skips cells already queued or finished), show their status."
+        )
+        parser.add_argument("action", choices=["validate", "run", "status"])
+        parser.add_argument("file", type=Path, metavar="FILE", help="Experiment file")
+        parser.add_argument(
+            "--dry-run", action="store_true", help="run: list the cells, submit nothing"
+        )
+        parser.add_argument("--json", action="store_true")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from crucible_core.cli.output import print_json, print_table
+        from crucible_harness.experiment import cell_status, load, submit
+
+        loaded = load(args.file)
+        rows: list[dict[str, Any]] = []
+        if args.action == "validate" or (args.action == "run" and args.dry_run):
+            rows = [
+                {"cell": c.cell_id, "overrides": c.overrides, "seed": c.seed, "repeat": c.repeat}
+                for c in loaded.cells
+            ]
+        elif args.action == "run":
+            from crucible_core.queue.scheduler import Scheduler
+
+            with_sched = Scheduler()
+            try:
+                done = submit(loaded, with_sched)
+            finally:
+                with_sched.close()
+            rows = [
+                {"cell": c.cell_id, "overrides": c.overrides, "seed": c.seed, "status": status,
+                 "new": new}
+                for c, status, new in done
+            ]  # fmt: skip
+        else:
+            from crucible_core.queue.scheduler import Scheduler
+
+            with_sched = Scheduler()
+            try:
+                rows = [
+                    {"cell": s.cell.cell_id, "overrides": s.cell.overrides, "seed": s.cell.seed,
+                     "status": s.status}
+                    for s in cell_status(loaded, with_sched)
+                ]  # fmt: skip
+            finally:
+                with_sched.close()
+        if args.json:
+            print_json({"experiment": loaded.experiment.id, "cells": rows})
+            return 0
+        headers = list(rows[0]) if rows else ["cell"]
+        print_table(headers, [[_shown(r[h]) for h in headers] for r in rows])
+        if args.action == "run" and not args.dry_run:
+            new = sum(1 for r in rows if r.get("new"))
+            sys.stdout.write(
+                f"{new} cell(s) submitted, {len(rows) - new} already in the queue; "
+                "run them with: crucible worker\n"
+            )
+        return 0
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or "(base)"
+    return str(value)

@@ -19,3 +19,9 @@ def register_commands(register: RegisterCommand) -> None:
         summary="compare two evaluations: the right significance test, effect sizes, "
         "a Markdown report",
     )
+    register(
+        "experiment",
+        "crucible_harness.cli:ExperimentCommand",
+        summary="a grid of training runs: validate it, submit its cells to the queue "
+        "(resumable), show their status",
+    )
