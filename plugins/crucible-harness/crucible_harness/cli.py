@@ -184,7 +184,9 @@ class ExperimentCommand:
         parser.description = (
             "Experiments over a parameter grid of training runs: validate the grid against "
             "TrainingJob, submit each cell to the durable queue (crucible worker runs them; "
-            "submitting again skips cells already queued or finished), show their status."
+            "submitting again skips cells already queued or finished), show their status. "
+            "Once every cell has finished, status checks the quality targets and exits 1 "
+            "with a table of the missed ones."
         )
         parser.add_argument("action", choices=["validate", "run", "status"])
         parser.add_argument("file", type=Path, metavar="FILE", help="Experiment file")
@@ -199,6 +201,7 @@ class ExperimentCommand:
 
         loaded = load(args.file)
         rows: list[dict[str, Any]] = []
+        missed: list[dict[str, Any]] = []
         if args.action == "validate" or (args.action == "run" and args.dry_run):
             rows = [
                 {"cell": c.cell_id, "overrides": c.overrides, "seed": c.seed, "repeat": c.repeat}
@@ -219,21 +222,42 @@ class ExperimentCommand:
             ]  # fmt: skip
         else:
             from crucible_core.queue.scheduler import Scheduler
+            from crucible_harness.experiment import FINAL, missed_targets
 
             with_sched = Scheduler()
             try:
-                rows = [
-                    {"cell": s.cell.cell_id, "overrides": s.cell.overrides, "seed": s.cell.seed,
-                     "status": s.status}
-                    for s in cell_status(loaded, with_sched)
-                ]  # fmt: skip
+                statuses = cell_status(loaded, with_sched)
             finally:
                 with_sched.close()
+            rows = [
+                {"cell": s.cell.cell_id, "overrides": s.cell.overrides, "seed": s.cell.seed,
+                 "status": s.status}
+                for s in statuses
+            ]  # fmt: skip
+            if all(s.status in FINAL for s in statuses):
+                missed = [
+                    {"cell": m.cell_id, "target": m.target, "observed": m.observed}
+                    for m in missed_targets(loaded, statuses)
+                ]
         if args.json:
-            print_json({"experiment": loaded.experiment.id, "cells": rows})
-            return 0
+            print_json({"experiment": loaded.experiment.id, "cells": rows, "missed": missed})
+            return 1 if missed else 0
         headers = list(rows[0]) if rows else ["cell"]
         print_table(headers, [[_shown(r[h]) for h in headers] for r in rows])
+        if missed:
+            sys.stdout.write("\nmissed quality targets:\n")
+            print_table(
+                ["cell", "target", "observed"],
+                [
+                    [
+                        m["cell"],
+                        m["target"],
+                        _shown("not recorded" if m["observed"] is None else m["observed"]),
+                    ]
+                    for m in missed
+                ],
+            )
+            return 1
         if args.action == "run" and not args.dry_run:
             new = sum(1 for r in rows if r.get("new"))
             sys.stdout.write(

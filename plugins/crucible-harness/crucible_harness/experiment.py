@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from crucible_core._errors import reworded
 from crucible_core.errors import ConfigError, CrucibleError, NotFound
@@ -35,7 +35,17 @@ from crucible_core.ir.experiment import Experiment
 from crucible_core.ir.training import TrainingJob
 from crucible_harness.grid import Cell, expand
 
-__all__ = ["CellStatus", "LoadedExperiment", "cell_status", "load", "submit"]
+__all__ = [
+    "FINAL",
+    "CellStatus",
+    "LoadedExperiment",
+    "Miss",
+    "cell_status",
+    "load",
+    "missed_targets",
+    "run_metrics",
+    "submit",
+]
 
 
 @dataclass(frozen=True)
@@ -127,3 +137,50 @@ def cell_status(loaded: LoadedExperiment, scheduler: Any) -> list[CellStatus]:
         CellStatus(cell=c, status=_status(scheduler, c.cell_id) or "not submitted")
         for c in loaded.cells
     ]
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    if isinstance(data, dict):
+        for k, v in cast(dict[str, Any], data).items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+    elif isinstance(data, int | float) and not isinstance(data, bool):
+        out[prefix.rstrip(".")] = float(data)
+    return out
+
+
+def run_metrics(run_dir: Path) -> dict[str, float]:
+    """A finished cell's numbers: its manifest's ``training`` summary, flattened
+    (``final_loss``, ``steps``, ``evaluation.validation.loss``...)."""
+    from crucible_core.records.artifacts import read_manifest
+
+    return _flatten(read_manifest(run_dir).get("training") or {})
+
+
+@dataclass(frozen=True)
+class Miss:
+    """A quality target a finished cell did not meet (``observed`` None: not recorded)."""
+
+    cell_id: str
+    target: str
+    observed: float | None
+
+
+#: Queue states of a cell that will not change without someone acting.
+FINAL = frozenset({"succeeded", "failed", "cancelled", "dead", "budget_exhausted"})
+
+
+def missed_targets(loaded: LoadedExperiment, statuses: list[CellStatus]) -> list[Miss]:
+    """Every (succeeded cell, quality target) pair that misses; empty when all are met."""
+    from crucible_core.records import paths
+
+    misses: list[Miss] = []
+    for s in statuses:
+        if s.status != "succeeded":
+            continue
+        metrics = run_metrics(paths.run_dir(s.cell.cell_id))
+        for t in loaded.experiment.quality_targets:
+            observed = metrics.get(t.metric)
+            if observed is None or not t.check(observed):
+                misses.append(Miss(s.cell.cell_id, f"{t.metric} {t.op} {t.value}", observed))
+    return misses

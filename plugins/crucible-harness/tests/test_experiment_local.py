@@ -101,6 +101,22 @@ def test_grid_survives_a_killed_worker_and_reruns_only_missing_cells(world) -> N
         lrs.add(job["learning_config"]["optimizer"]["lr"])
     assert lrs == {1e-3, 5e-3}
 
+    # Quality targets are checked once every cell has finished: exit 1, a table of misses.
+    (tmp / "grid.toml").write_text(
+        GRID
+        + '\n[[quality_targets]]\nmetric = "final_loss"\nop = "<="\nvalue = 100.0\n'
+        + '\n[[quality_targets]]\nmetric = "evaluation.eval_loss"\nop = "<="\nvalue = 0.01\n'
+        + '\n[[quality_targets]]\nmetric = "evaluation.bleu"\nvalue = 1.0\n'
+    )
+    out = json.loads(cli("experiment", "status", "grid.toml", "--json", code=1).stdout)
+    missed = {(m["cell"], m["target"]) for m in out["missed"]}
+    assert missed == {(c, t) for c in final for t in ("evaluation.eval_loss <= 0.01",
+                                                       "evaluation.bleu >= 1.0")}  # fmt: skip
+    assert {m["observed"] for m in out["missed"] if "bleu" in m["target"]} == {None}
+    table = cli("experiment", "status", "grid.toml", code=1).stdout
+    assert "missed quality targets:" in table
+    assert "not recorded" in table
+
 
 def test_bad_grid_key_is_exit_2_with_path_and_suggestion(world) -> None:  # type: ignore[no-untyped-def]
     tmp, cli, _ = world
