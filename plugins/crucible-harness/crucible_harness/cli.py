@@ -191,7 +191,9 @@ class ExperimentCommand:
         parser.add_argument("action", choices=["validate", "run", "status"])
         parser.add_argument("file", type=Path, metavar="FILE", help="Experiment file")
         parser.add_argument(
-            "--dry-run", action="store_true", help="run: list the cells, submit nothing"
+            "--dry-run",
+            action="store_true",
+            help="run: list the cells with crucible plan's estimates, submit nothing",
         )
         parser.add_argument("--json", action="store_true")
 
@@ -202,11 +204,31 @@ class ExperimentCommand:
         loaded = load(args.file)
         rows: list[dict[str, Any]] = []
         missed: list[dict[str, Any]] = []
-        if args.action == "validate" or (args.action == "run" and args.dry_run):
+        total_cost = total_s = 0.0
+        if args.action == "validate":
             rows = [
                 {"cell": c.cell_id, "overrides": c.overrides, "seed": c.seed, "repeat": c.repeat}
                 for c in loaded.cells
             ]
+        elif args.action == "run" and args.dry_run:
+            from crucible_harness.experiment import plan_cells
+
+            plans = plan_cells(loaded)
+            rows = [
+                {"cell": p.cell.cell_id, "overrides": p.cell.overrides, "seed": p.cell.seed,
+                 "steps": p.steps, "cost": p.cost, "duration_s": p.duration_s,
+                 "problems": "; ".join(p.problems) or None}
+                for p in plans
+            ]  # fmt: skip
+            refused = [p for p in plans if not p.ok]
+            if refused:
+                raise ConfigError(
+                    f"{args.file}: {len(refused)} cell(s) would be refused: "
+                    + "; ".join(f"{p.cell.cell_id}: {p.problems[0]}" for p in refused[:3]),
+                    hint="crucible plan on the base job shows every problem",
+                )
+            total_cost = sum(p.cost or 0.0 for p in plans)
+            total_s = sum(p.duration_s or 0.0 for p in plans)
         elif args.action == "run":
             from crucible_core.queue.scheduler import Scheduler
 
@@ -240,10 +262,20 @@ class ExperimentCommand:
                     for m in missed_targets(loaded, statuses)
                 ]
         if args.json:
-            print_json({"experiment": loaded.experiment.id, "cells": rows, "missed": missed})
+            doc: dict[str, Any] = {"experiment": loaded.experiment.id, "cells": rows}
+            if args.action == "status":
+                doc["missed"] = missed
+            if args.action == "run" and args.dry_run:
+                doc["estimate"] = {"cost": total_cost, "duration_s": total_s}
+            print_json(doc)
             return 1 if missed else 0
         headers = list(rows[0]) if rows else ["cell"]
         print_table(headers, [[_shown(r[h]) for h in headers] for r in rows])
+        if args.action == "run" and args.dry_run:
+            sys.stdout.write(
+                f"{len(rows)} cell(s); estimated cost {total_cost:.4g}, "
+                f"{total_s:.1f} s of training run one after another (crucible plan)\n"
+            )
         if missed:
             sys.stdout.write("\nmissed quality targets:\n")
             print_table(

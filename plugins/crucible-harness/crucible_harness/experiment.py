@@ -37,12 +37,14 @@ from crucible_harness.grid import Cell, expand
 
 __all__ = [
     "FINAL",
+    "CellPlan",
     "CellStatus",
     "LoadedExperiment",
     "Miss",
     "cell_status",
     "load",
     "missed_targets",
+    "plan_cells",
     "run_metrics",
     "submit",
 ]
@@ -184,3 +186,38 @@ def missed_targets(loaded: LoadedExperiment, statuses: list[CellStatus]) -> list
             if observed is None or not t.check(observed):
                 misses.append(Miss(s.cell.cell_id, f"{t.metric} {t.op} {t.value}", observed))
     return misses
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """``crucible plan``'s estimate of one cell (``cost`` in ``currency``, seconds)."""
+
+    cell: Cell
+    ok: bool
+    cost: float | None
+    duration_s: float | None
+    steps: int | None
+    problems: list[str]
+
+
+def plan_cells(loaded: LoadedExperiment) -> list[CellPlan]:
+    """Each cell's plan (:func:`crucible_core.train.plan.make_plan`: checks and estimates,
+    measuring a step on the backend when it can): what ``run --dry-run`` shows."""
+    from crucible_core.plugins import get_host
+    from crucible_core.train.plan import make_plan
+
+    host = get_host()
+    out: list[CellPlan] = []
+    for cell in loaded.cells:
+        plan = make_plan(cell.job, host=host)
+        out.append(
+            CellPlan(
+                cell=cell,
+                ok=plan.ok,
+                cost=plan.cost,
+                duration_s=plan.duration_s,
+                steps=plan.steps,
+                problems=[f"{p.field}: {p.message}" for p in plan.problems],
+            )
+        )
+    return out

@@ -71,6 +71,8 @@ def test_grid_survives_a_killed_worker_and_reruns_only_missing_cells(world) -> N
     tmp, cli, spawn = world
     planned = json.loads(cli("experiment", "run", "grid.toml", "--dry-run", "--json").stdout)
     assert len(planned["cells"]) == 8
+    assert planned["estimate"]["duration_s"] > 0  # crucible plan measured a step per cell
+    assert all(c["steps"] == 2 for c in planned["cells"])
     assert set(_status(cli).values()) == {"not submitted"}  # dry run submits nothing
 
     first = json.loads(cli("experiment", "run", "grid.toml", "--json").stdout)
