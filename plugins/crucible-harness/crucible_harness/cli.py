@@ -140,24 +140,34 @@ class EvalCompareCommand:
         parser.add_argument("--metric", action="append", help="only these metrics")
         parser.add_argument("--alpha", type=float, default=0.05)
         parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-        parser.add_argument("--out", type=Path, help="write the Markdown report here")
+        parser.add_argument("--out", type=Path, help="write the report here")
+        parser.add_argument(
+            "--format",
+            choices=["markdown", "latex"],
+            default="markdown",
+            help="markdown: the full report; latex: the scores table (booktabs tabular)",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         from crucible_harness.evaluate import read_eval
-        from crucible_harness.report import markdown_report
+        from crucible_harness.report import latex_table, markdown_report
 
         files = (find_eval(args.a), find_eval(args.b))
         a, b = read_eval(files[0]), read_eval(files[1])
         manifests = _manifests(files)
-        text = markdown_report(
-            a,
-            b,
-            files=files,
-            manifests=manifests,
-            metrics=_metrics(args.metric) if args.metric else None,
-            alpha=args.alpha,
-            seed=args.seed,
-        )
+        metrics = _metrics(args.metric) if args.metric else None
+        if args.format == "latex":
+            text = latex_table(a, b, metrics=metrics, alpha=args.alpha, seed=args.seed)
+        else:
+            text = markdown_report(
+                a,
+                b,
+                files=files,
+                manifests=manifests,
+                metrics=metrics,
+                alpha=args.alpha,
+                seed=args.seed,
+            )
         if args.out is not None:
             args.out.write_text(text, encoding="utf-8")
             sys.stdout.write(f"wrote {args.out}\n")

@@ -11,6 +11,7 @@ they are compared as independent samples.
 The report is a function of its inputs only (no clock, no random state: the
 bootstrap is seeded), so the same two files give byte-identical output. It
 ends with the sha256 of each evaluation file and of each run's manifest.
+:func:`latex_table` gives the scores table as a LaTeX ``tabular`` for a paper.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from crucible_harness.evaluate import EvalResult
 if TYPE_CHECKING:
     from crucible_harness.stats import Comparison
 
-__all__ = ["MetricComparison", "compare_evals", "markdown_report"]
+__all__ = ["MetricComparison", "compare_evals", "latex_table", "markdown_report"]
 
 
 @dataclass(frozen=True)
@@ -189,4 +190,55 @@ def markdown_report(
             lines.append(f"- {label}: `{path.name}` sha256 `{_sha256(path)}`")
     for path in manifests:
         lines.append(f"- manifest of run `{path.parent.name}`: sha256 `{_sha256(path)}`")
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def _tex(text: str) -> str:
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
+
+
+def latex_table(
+    a: EvalResult,
+    b: EvalResult,
+    *,
+    metrics: Sequence[str] | None = None,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> str:
+    """The comparison's scores table as a LaTeX ``tabular`` (booktabs rules), one row per
+    metric: A, B, A - B with its interval, the test, the Holm-adjusted p and the effect."""
+    paired, comps = compare_evals(a, b, metrics=metrics, alpha=alpha, seed=seed)
+    lines = [
+        "% A = " + _tex(a.target) + ", B = " + _tex(b.target)
+        + (" (paired)" if paired else " (independent samples)"),
+        r"\begin{tabular}{lrrrllr}",
+        r"\toprule",
+        r"metric & A & B & A $-$ B [CI] & test & $p$ (Holm) & effect \\",
+        r"\midrule",
+    ]  # fmt: skip
+    for mc in comps:
+        c = mc.comparison
+        d = c.difference
+        mark = "$^{*}$" if mc.significant else ""
+        lines.append(
+            f"{_tex(mc.metric)} & {_f(mc.score_a)} & {_f(mc.score_b)} & "
+            f"{_f(d.estimate)} [{_f(d.low)}, {_f(d.high)}] & {_tex(c.test.test)} & "
+            f"{_tex(_p(mc.p_adjusted).removeprefix('= '))}{mark} & "
+            f"{_tex(c.effect_size.name)} {_f(c.effect_size.value)} \\\\"
+        )
+    lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"

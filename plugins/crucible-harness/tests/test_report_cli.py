@@ -9,7 +9,7 @@ import msgspec
 import pytest
 from crucible_harness.cli import EvalCommand, EvalCompareCommand
 from crucible_harness.evaluate import EvalExample, EvalResult, MetricScore, _extractor, read_eval
-from crucible_harness.report import compare_evals, markdown_report
+from crucible_harness.report import compare_evals, latex_table, markdown_report
 
 from crucible_core.errors import ConfigError, NotFound
 from crucible_core.testing import check_command, check_light_import
@@ -142,3 +142,20 @@ def test_commands_keep_the_contract(home: Path, tmp_path: Path) -> None:
 def test_plugin_and_cli_import_nothing_heavy() -> None:
     check_light_import("crucible_harness.plugin")
     check_light_import("crucible_harness.cli", heavy=("numpy", "scipy", "matplotlib", "torch"))
+
+
+def test_latex_table_escapes_and_marks_significance(tmp_path: Path) -> None:
+    a, b = _result("eval_a", GOOD), _result("eval-b", BAD)
+    tex = latex_table(a, b)
+    assert tex == latex_table(a, b)  # same inputs, same bytes
+    assert "% A = eval\\_a, B = eval-b (paired)" in tex
+    assert "exact\\_match & 0.8333 & 0.06667" in tex
+    assert "McNemar's exact test" in tex
+    assert "$^{*}$" in tex
+    assert tex.startswith("% A")
+    assert "\\begin{tabular}" in tex
+    assert "\\bottomrule" in tex
+    files = (_write(tmp_path, a), _write(tmp_path, b))
+    run = check_command(EvalCompareCommand(), [str(files[0]), str(files[1]), "--format", "latex"],
+                        name="eval-compare")  # fmt: skip
+    assert run.stdout == tex
