@@ -143,9 +143,10 @@ class EvalCompareCommand:
         parser.add_argument("--out", type=Path, help="write the report here")
         parser.add_argument(
             "--format",
-            choices=["markdown", "latex"],
+            choices=["markdown", "html", "latex"],
             default="markdown",
-            help="markdown: the full report; latex: the scores table (booktabs tabular)",
+            help="markdown: the full report; html: the same as one self-contained page with "
+            "a plot; latex: the scores table (booktabs tabular)",
         )
 
     def run(self, args: argparse.Namespace) -> int:
@@ -158,6 +159,18 @@ class EvalCompareCommand:
         metrics = _metrics(args.metric) if args.metric else None
         if args.format == "latex":
             text = latex_table(a, b, metrics=metrics, alpha=args.alpha, seed=args.seed)
+        elif args.format == "html":
+            from crucible_harness.htmlreport import html_report
+
+            text = html_report(
+                a,
+                b,
+                files=files,
+                manifests=manifests,
+                metrics=metrics,
+                alpha=args.alpha,
+                seed=args.seed,
+            )
         else:
             text = markdown_report(
                 a,

@@ -159,3 +159,24 @@ def test_latex_table_escapes_and_marks_significance(tmp_path: Path) -> None:
     run = check_command(EvalCompareCommand(), [str(files[0]), str(files[1]), "--format", "latex"],
                         name="eval-compare")  # fmt: skip
     assert run.stdout == tex
+
+
+def test_html_report_is_self_contained_and_byte_identical(tmp_path: Path) -> None:
+    import base64
+    import re
+
+    from crucible_harness.htmlreport import html_report
+
+    files = (_write(tmp_path, _result("eval-a", GOOD)), _write(tmp_path, _result("eval-b", BAD)))
+    a, b = read_eval(files[0]), read_eval(files[1])
+    page = html_report(a, b, files=files)
+    assert page == html_report(read_eval(files[0]), read_eval(files[1]), files=files)
+    assert page.startswith("<!DOCTYPE html>")
+    assert "<td>McNemar&#x27;s exact test</td>" in page
+    (png,) = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert base64.b64decode(png).startswith(b"\x89PNG")
+    assert "http" not in page.replace("http-equiv", "")  # nothing fetched from elsewhere
+    out = tmp_path / "r.html"
+    check_command(EvalCompareCommand(), [str(files[0]), str(files[1]), "--format", "html",
+                                         "--out", str(out)], name="eval-compare")  # fmt: skip
+    assert out.read_text() == page
