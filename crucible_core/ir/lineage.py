@@ -7,6 +7,8 @@ artifacts, runs and models (``consumes`` a dataset, ``produces`` a checkpoint,
 version names how it was made from another model: ``fine_tuned_from``,
 ``dpo_from``, ``rl_from``, ``distilled_from``, ``merged_from``,
 ``exported_from`` (``src`` is the newer model, ``dst`` what it came from).
+An evaluation (``eval:<id>``) was ``evaluated_on`` a dataset (``dst``, by
+content hash) and is ``derived_from`` the run whose weights it scored.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ EdgeKind = Literal[
     "distilled_from",
     "merged_from",
     "exported_from",
+    # An evaluation's scores were computed on a dataset (``dst``, by content hash).
+    "evaluated_on",
 ]
 Sha256 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
 

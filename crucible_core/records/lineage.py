@@ -14,12 +14,13 @@ a run ``consumes`` a dataset, ``produces`` a checkpoint; a checkpoint is
 ``derived_from`` its base model or parent checkpoint; a job ``depends_on``
 another; a run ``triggers`` another; a registered model version was
 ``fine_tuned_from``, ``dpo_from``, ``rl_from``, ``distilled_from``,
-``merged_from`` or ``exported_from`` another model. For ancestry each kind has a direction
-(:data:`PARENT_IS`): the parent of a ``produces``/``triggers`` edge is its
-``src``; of ``consumes``/``derived_from``/``depends_on`` its ``dst``. So the
-ancestors of a checkpoint are the run that produced it, what that run
-consumed, and the model it derives from; its descendants are what was made
-from it.
+``merged_from`` or ``exported_from`` another model; an evaluation
+(``eval:<id>``, type ``evaluation``) was ``evaluated_on`` a dataset. For
+ancestry each kind has a direction (:data:`PARENT_IS`): the parent of a
+``produces``/``triggers`` edge is its ``src``; of ``consumes``/``derived_from``/
+``depends_on``/``evaluated_on`` its ``dst``. So the ancestors of a checkpoint
+are the run that produced it, what that run consumed, and the model it derives
+from; its descendants are what was made from it.
 
 Writes are idempotent (re-recording a trace, node or edge updates it), so a
 run that is retried or resumed can record again without duplicates.
@@ -58,6 +59,7 @@ PARENT_IS: Final[dict[str, Literal["src", "dst"]]] = {
     "distilled_from": "dst",
     "merged_from": "dst",
     "exported_from": "dst",
+    "evaluated_on": "dst",
 }
 
 _SCHEMA = """
@@ -127,6 +129,7 @@ def _node_type(node_id: str) -> str:
         "model": "model",
         "dataset": "dataset",
         "checkpoint": "checkpoint",
+        "eval": "evaluation",
     }
     return kinds.get(head, "run")
 

@@ -42,6 +42,7 @@ __all__ = [
     "SampledEval",
     "SampledExample",
     "evaluate_samples",
+    "sample_greedy",
     "sampled_metric_names",
     "score",
 ]
@@ -148,7 +149,27 @@ def _sample_all(
     prompts: Sequence[Mapping[str, Any]],
     deadline_s: float,
 ) -> list[str]:
-    context = job.model_spec.max_seq_len
+    return sample_greedy(
+        sampler, prompts, context=job.model_spec.max_seq_len, deadline_s=deadline_s
+    )
+
+
+def sample_greedy(
+    sampler: Sampler,
+    prompts: Sequence[Mapping[str, Any]],
+    *,
+    context: int | None,
+    deadline_s: float,
+) -> list[str]:
+    """One greedy completion (temperature 0) per prompt, in order.
+
+    ``prompts`` are :func:`crucible_datasets.prompts.eval_prompts` rows (``tokens``,
+    ``reference``). Every request is submitted before any result is read, so a
+    backend that batches or pipelines gets the whole set at once. A completion is
+    at most twice the reference's length + 8 tokens (capped at 256 and by the
+    ``context`` left after the prompt): enough for the answer, bounded in time.
+    ``crucible eval`` (crucible-harness) samples through this function too.
+    """
     tokenizer = sampler.tokenizer
     futures: list[Future[list[Completion]]] = []
     for p in prompts:

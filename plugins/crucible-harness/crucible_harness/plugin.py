@@ -1,0 +1,27 @@
+"""crucible-harness's hooks: the ``crucible eval`` and ``crucible eval-compare`` commands."""
+
+from __future__ import annotations
+
+from crucible_core import RegisterCommand, hookimpl
+
+
+@hookimpl
+def register_commands(register: RegisterCommand) -> None:
+    register(
+        "eval",
+        "crucible_harness.cli:EvalCommand",
+        summary="score a run's weights on a dataset with registered metrics, with confidence "
+        "intervals; compare two evaluations for significance",
+    )
+    register(
+        "eval-compare",
+        "crucible_harness.cli:EvalCompareCommand",
+        summary="compare two evaluations: the right significance test, effect sizes, "
+        "a Markdown report",
+    )
+    register(
+        "experiment",
+        "crucible_harness.cli:ExperimentCommand",
+        summary="a grid of training runs: validate it, submit its cells to the queue "
+        "(resumable), show their status",
+    )
