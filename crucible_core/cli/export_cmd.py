@@ -146,7 +146,7 @@ def model_card(
     metrics = {
         k: training[k] for k in ("initial_loss", "final_loss", "steps", "tokens") if k in training
     }
-    evaluation = training.get("evaluation") or {}
+    evaluation: Any = training.get("evaluation") or {}
     lines = [
         "---",
         "library_name: " + ("peft" if fmt == "peft" else "transformers"),

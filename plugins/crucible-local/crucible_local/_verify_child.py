@@ -30,7 +30,7 @@ def main(fmt: str, export_dir: str, probes_file: str, out_file: str) -> int:
         config = PeftConfig.from_pretrained(export_dir)
         kwargs = {"revision": config.revision} if getattr(config, "revision", None) else {}
         base = AutoModelForCausalLM.from_pretrained(
-            config.base_model_name_or_path, dtype=torch.float32, **kwargs
+            str(config.base_model_name_or_path), dtype=torch.float32, **kwargs
         )
         model = PeftModel.from_pretrained(base, export_dir)
     else:
