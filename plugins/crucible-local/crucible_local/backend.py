@@ -164,7 +164,12 @@ class LocalBackend:
         check_adapter(job.adapter_config)
         loaded = load_model(job.model_spec)
         self._threads_for(loaded)
-        model = apply_adapter(loaded, job.adapter_config, seed=job.learning_config.seed)
+        model = apply_adapter(
+            loaded,
+            job.adapter_config,
+            seed=job.learning_config.seed,
+            start_from=job.model_spec.adapter,
+        )
         job_id = job.job_id or new_job_id()
         where = Path(run_dir) if run_dir is not None else self.home / "runs" / job_id
         # A process killed mid-save left temporary directories: clean them before writing.
@@ -196,7 +201,12 @@ class LocalBackend:
 
         check_adapter(job.adapter_config)
         loaded = load_model(job.model_spec)
-        model = apply_adapter(loaded, job.adapter_config, seed=job.learning_config.seed)
+        model = apply_adapter(
+            loaded,
+            job.adapter_config,
+            seed=job.learning_config.seed,
+            start_from=job.model_spec.adapter,
+        )
         trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
         return {"sampler": int(trained) + 40_000, "state": int(trained) * 4 + 20_000}
 

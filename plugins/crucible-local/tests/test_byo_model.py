@@ -113,3 +113,65 @@ def test_a_hub_id_missing_from_the_cache_is_a_clear_usage_error(tmp_path: Path) 
     assert "Traceback" not in proc.stderr
     assert "'acme/not-downloaded'" in proc.stderr
     assert "hf download acme/not-downloaded" in proc.stderr
+
+
+def test_an_outside_peft_adapter_is_the_start_of_training(
+    tmp_path: Path,
+    backend: LocalBackend,
+    make_job: JobFactory,
+    datums: Callable[..., list[object]],
+    run_steps: Callable[..., list[float]],
+) -> None:
+    """An adapter made by plain peft (rank 4 on q_proj/v_proj) continues training with its
+    own shape and its learnt weights: the new run starts at the old run's loss."""
+    from peft import LoraConfig, get_peft_model
+
+    from crucible_core.ir.training import Loss
+
+    base = load_model(ModelSpec(name="tiny-llama")).model
+    from crucible_local._hf import peft_quiet
+
+    with peft_quiet():  # peft's own deprecation noise (see crucible_local._hf)
+        outside = get_peft_model(
+            base,
+            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
+        )
+    first = backend.create_session(make_job())
+    batch = datums(first.tokenizer)
+    fresh_loss = first.forward(batch, Loss()).result(timeout=120).loss
+    first.close()
+    # Train the outside adapter with plain torch, as another tool would.
+    import torch
+
+    ids = [torch.tensor([d.model_input]) for d in batch]  # type: ignore[attr-defined]
+    opt = torch.optim.AdamW([p for p in outside.parameters() if p.requires_grad], lr=2e-2)
+    for _ in range(15):
+        for x in ids:
+            loss = outside(input_ids=x, labels=x).loss
+            loss.backward()
+        opt.step()
+        opt.zero_grad()
+    adapter_dir = tmp_path / "outside-adapter"
+    with peft_quiet():
+        outside.save_pretrained(str(adapter_dir))
+
+    job = make_job(model_spec=ModelSpec(name="tiny-llama", adapter=str(adapter_dir)))
+    session = backend.create_session(job)
+    # Its own rank and targets: 4 x (64 + 64) per adapted layer, q_proj and v_proj only.
+    names = {n for n, p in session.torch_model.named_parameters() if p.requires_grad}
+    assert names
+    assert all(("q_proj" in n or "v_proj" in n) and "lora_" in n for n in names)
+    start = session.forward(batch, Loss()).result(timeout=120).loss
+    assert start < fresh_loss * 0.8, (start, fresh_loss)
+    losses = run_steps(session, batch, 6, lr=1e-2)
+    assert losses[-1] < start
+    session.close()
+
+
+def test_a_missing_outside_adapter_is_a_config_error(
+    tmp_path: Path, backend: LocalBackend, make_job: JobFactory
+) -> None:
+    job = make_job(model_spec=ModelSpec(name="tiny-llama", adapter=str(tmp_path / "nope")))
+    with pytest.raises(ConfigError) as err:
+        backend.create_session(job)
+    assert "model_spec.adapter" in err.value.message
