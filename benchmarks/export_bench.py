@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-FORMATS = ("peft", "merged", "safetensors-full")
+FORMATS = ("peft", "merged", "safetensors-full", "onnx")
 _RSS_WRAPPER = (
     "import resource, sys\n"
     "from crucible_core.cli.main import main\n"

@@ -6,8 +6,9 @@ Imports nothing from Crucible (it is run by path, not as a module of
 ``crucible_local``), so it checks what a user elsewhere would get:
 ``AutoTokenizer`` tokenizes the probe texts, ``AutoModelForCausalLM`` (with
 ``PeftModel`` for an adapter, its base found through
-``adapter_config.json``) scores them, and the log-softmax at every position
-is written to OUT_FILE (safetensors, one tensor per probe) with the token ids.
+``adapter_config.json``) scores them (``onnxruntime`` for an onnx export),
+and the log-softmax at every position is written to OUT_FILE (safetensors,
+one tensor per probe) with the token ids.
 """
 
 from __future__ import annotations
@@ -32,15 +33,31 @@ def main(fmt: str, export_dir: str, probes_file: str, out_file: str) -> int:
         base = AutoModelForCausalLM.from_pretrained(
             str(config.base_model_name_or_path), dtype=torch.float32, **kwargs
         )
-        model = PeftModel.from_pretrained(base, export_dir)
+        peft_model = PeftModel.from_pretrained(base, export_dir)
+        peft_model.eval()
+
+        def model(input_ids: torch.Tensor) -> torch.Tensor:
+            return peft_model(input_ids=input_ids).logits
+    elif fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(f"{export_dir}/model.onnx")
+
+        def model(input_ids: torch.Tensor) -> torch.Tensor:
+            out = session.run(None, {"input_ids": input_ids.numpy()})[0]
+            return torch.from_numpy(out)
     else:
-        model = AutoModelForCausalLM.from_pretrained(export_dir, dtype=torch.float32)
-    model.eval()
+        hf = AutoModelForCausalLM.from_pretrained(export_dir, dtype=torch.float32)
+        hf.eval()
+
+        def model(input_ids: torch.Tensor) -> torch.Tensor:
+            return hf(input_ids=input_ids).logits
+
     tensors: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for i, text in enumerate(texts):
             ids = tokenizer(text, return_tensors="pt")["input_ids"]
-            logits = model(input_ids=ids).logits[0].float()
+            logits = model(ids)[0].float()
             tensors[f"logprobs.{i}"] = torch.log_softmax(logits, dim=-1).contiguous()
             tensors[f"ids.{i}"] = ids[0].contiguous()
     save_file(tensors, out_file)

@@ -22,6 +22,12 @@ Formats (:data:`EXPORT_FORMATS`):
 ``safetensors-full``
     The same full weights in one unsharded ``model.safetensors``, in the
     run's training dtype (``model_spec.dtype``).
+``onnx``
+    The merged float32 model as ``model.onnx`` (``torch.onnx.export``, the
+    dynamo exporter, past key values off: input ``input_ids`` [batch, seq],
+    output ``logits`` [batch, seq, vocab]), with ``config.json`` and the
+    tokenizer. Needs the ``onnx`` extra (onnx, onnxscript; onnxruntime to
+    verify).
 """
 
 from __future__ import annotations
@@ -92,11 +98,22 @@ def load_trained(model: ModelSpec, checkpoint: CheckpointRef) -> tuple[Any, Any,
     return torch_model, sampler.tokenizer, _is_lora(directory)
 
 
+def _onnx_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript"))
+
+
 def _check_format(fmt: str, is_lora: bool) -> None:
+    if fmt == "onnx" and not _onnx_available():
+        raise UnsupportedError(
+            "--format onnx: the onnx and onnxscript packages are not installed",
+            hint="pip install 'crucible-local[onnx]'",
+        )
     if fmt not in EXPORT_FORMATS:
         raise UnsupportedError(
             f"--format {fmt}: crucible-local exports {', '.join(EXPORT_FORMATS)}",
-            hint="gguf and onnx exports are not implemented yet",
+            hint="gguf exports are not implemented yet",
         )
     if fmt == "peft" and not is_lora:
         raise UnsupportedError(
@@ -122,6 +139,8 @@ def export(
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "peft":
         result = _export_peft(model, torch_model, out, final)
+    elif fmt == "onnx":
+        result = _export_onnx(torch_model, out, is_lora)
     else:
         result = _export_full(model, torch_model, out, fmt, is_lora)
     tokenizer.hf.save_pretrained(str(out))
@@ -201,6 +220,57 @@ def _export_full(
         'tokenizer = AutoTokenizer.from_pretrained("{out}")\n'
     )
     return ExportedModel(format=fmt, base=None, load_code=code)
+
+
+def _export_onnx(torch_model: Any, out: Path, is_lora: bool) -> ExportedModel:
+    import contextlib
+    import sys
+    import warnings
+
+    import torch
+
+    from crucible_local.models import context_length_of
+
+    if is_lora:
+        with peft_quiet():
+            full: Any = torch_model.merge_and_unload()
+    else:
+        full = torch_model
+    full.config.use_cache = False
+
+    class _Logits(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return self.inner(input_ids=input_ids, use_cache=False).logits
+
+    seq = torch.export.Dim("seq", min=2, max=context_length_of(full) or 4096)
+    example = torch.tensor([[1, 2, 3, 4]], dtype=torch.long)
+    # The exporter reports progress on stdout; keep stdout for the command's own output.
+    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _Logits(full).eval(),
+            (example,),
+            str(out / "model.onnx"),
+            input_names=["input_ids"],
+            output_names=["logits"],
+            dynamic_shapes={"input_ids": {1: seq}},
+            dynamo=True,
+            external_data=False,
+        )
+    full.config.save_pretrained(str(out))
+    code = (
+        "import onnxruntime, numpy\n"
+        "from transformers import AutoTokenizer\n"
+        'session = onnxruntime.InferenceSession("{out}/model.onnx")\n'
+        'tokenizer = AutoTokenizer.from_pretrained("{out}")\n'
+        'ids = tokenizer("Hello", return_tensors="np")["input_ids"].astype(numpy.int64)\n'
+        'logits = session.run(None, {"input_ids": ids})[0]\n'
+    )
+    return ExportedModel(format="onnx", base=None, load_code=code)
 
 
 def _write_single_shard_index(out: Path) -> None:

@@ -11,7 +11,8 @@ log-probabilities must stay within the format's tolerance
 - ``peft``: 1e-4 (the same adapter and base weights; only kernel order differs);
 - ``merged``: 1e-3 (``W + BA`` folded into one matrix changes float32 rounding);
 - ``safetensors-full``: 1e-3, or 0.1 for a bfloat16 run (its weights are
-  stored in bfloat16 and compared with the float32 reference).
+  stored in bfloat16 and compared with the float32 reference);
+- ``onnx``: 1e-3 (merged weights, onnxruntime's kernels).
 """
 
 from __future__ import annotations
@@ -39,7 +40,12 @@ PROBES: tuple[str, ...] = (
     "Crucible exports weights that load anywhere.",
     "Hello, world!",
 )
-TOLERANCES: dict[str, float] = {"peft": 1e-4, "merged": 1e-3, "safetensors-full": 1e-3}
+TOLERANCES: dict[str, float] = {
+    "peft": 1e-4,
+    "merged": 1e-3,
+    "safetensors-full": 1e-3,
+    "onnx": 1e-3,
+}
 _BF16_TOLERANCE = 0.1
 _CHILD = Path(__file__).with_name("_verify_child.py")
 #: Seconds the fresh process may take to load and score the export.
@@ -97,7 +103,7 @@ def verify_export(
             mine = torch.log_softmax(logits, dim=-1)
             worst = max(worst, float((mine - theirs[f"logprobs.{i}"]).abs().max()))
     tolerance = tolerance_for(fmt, model)
-    loader = "transformers+peft" if fmt == "peft" else "transformers"
+    loader = {"peft": "transformers+peft", "onnx": "onnxruntime"}.get(fmt, "transformers")
     return {
         "ok": worst <= tolerance,
         "max_abs_diff": worst,

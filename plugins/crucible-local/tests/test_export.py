@@ -146,6 +146,31 @@ def test_safetensors_full_export_is_one_file_and_is_recorded_in_lineage(
     assert "exported_from" in proc.stdout
 
 
+def test_onnx_export_runs_in_onnxruntime_with_the_runs_logprobs(
+    trained: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "onnx"
+    record = _export(trained, "--format", "onnx", "--out", str(out), "--verify")
+    verification = record["verification"]
+    assert isinstance(verification, dict)
+    assert verification["ok"] is True
+    assert verification["loader"].startswith("onnxruntime")
+    assert verification["max_abs_diff"] <= 1e-3
+    merged = tmp_path / "merged-ref"
+    _export(trained, "--format", "merged", "--out", str(merged))
+    code = f"""
+import numpy, onnxruntime, sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+assert not any(m.startswith("crucible") for m in sys.modules)
+tok = AutoTokenizer.from_pretrained({str(out)!r})
+ids = tok("The quick brown fox", return_tensors="np")["input_ids"].astype(numpy.int64)
+onnx = onnxruntime.InferenceSession({str(out / "model.onnx")!r}).run(None, {{"input_ids": ids}})[0]
+ref = AutoModelForCausalLM.from_pretrained({str(merged)!r})(input_ids=torch.from_numpy(ids)).logits
+print(float(numpy.abs(onnx - ref.detach().numpy()).max()))
+"""
+    assert float(_stock(code)) < 1e-3
+
+
 def test_byo_model_trained_exported_merged_and_reloaded_gives_the_same_logits(
     tmp_path: Path,
 ) -> None:
