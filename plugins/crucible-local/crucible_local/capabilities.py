@@ -46,7 +46,7 @@ SCHEDULERS: tuple[str, ...] = ("constant", "linear", "cosine")
 CHECKPOINT_FORMATS: tuple[str, ...] = ("safetensors", "pytorch")
 UNSUPPORTED_FORMATS: tuple[str, ...] = ("gguf", "onnx")
 #: What ``crucible export --format`` writes from a crucible-local run.
-EXPORT_FORMATS: tuple[str, ...] = ("peft", "merged", "safetensors-full", "onnx")
+EXPORT_FORMATS: tuple[str, ...] = ("peft", "merged", "safetensors-full", "onnx", "gguf")
 
 _CAPABILITIES = Capabilities(
     backend_id=BACKEND_ID,

@@ -28,6 +28,11 @@ Formats (:data:`EXPORT_FORMATS`):
     output ``logits`` [batch, seq, vocab]), with ``config.json`` and the
     tokenizer. Needs the ``onnx`` extra (onnx, onnxscript; onnxruntime to
     verify).
+``gguf``
+    The merged float32 model as ``model.gguf`` through the ``gguf`` package's
+    writer, for the llama architecture only (see
+    :mod:`crucible_local.gguf_export`); other architectures are refused with
+    the reason.
 """
 
 from __future__ import annotations
@@ -105,6 +110,14 @@ def _onnx_available() -> bool:
 
 
 def _check_format(fmt: str, is_lora: bool) -> None:
+    if fmt == "gguf":
+        import importlib.util
+
+        if importlib.util.find_spec("gguf") is None:
+            raise UnsupportedError(
+                "--format gguf: the gguf package is not installed",
+                hint="pip install 'crucible-local[gguf]'",
+            )
     if fmt == "onnx" and not _onnx_available():
         raise UnsupportedError(
             "--format onnx: the onnx and onnxscript packages are not installed",
@@ -113,7 +126,7 @@ def _check_format(fmt: str, is_lora: bool) -> None:
     if fmt not in EXPORT_FORMATS:
         raise UnsupportedError(
             f"--format {fmt}: crucible-local exports {', '.join(EXPORT_FORMATS)}",
-            hint="gguf exports are not implemented yet",
+            hint=f"formats: {', '.join(EXPORT_FORMATS)}",
         )
     if fmt == "peft" and not is_lora:
         raise UnsupportedError(
@@ -141,6 +154,12 @@ def export(
         result = _export_peft(model, torch_model, out, final)
     elif fmt == "onnx":
         result = _export_onnx(torch_model, out, is_lora)
+    elif fmt == "gguf":
+        from crucible_local.gguf_export import export_gguf
+
+        result = ExportedModel(
+            format="gguf", base=None, load_code=export_gguf(torch_model, tokenizer, out, is_lora)
+        )
     else:
         result = _export_full(model, torch_model, out, fmt, is_lora)
     tokenizer.hf.save_pretrained(str(out))

@@ -12,7 +12,10 @@ log-probabilities must stay within the format's tolerance
 - ``merged``: 1e-3 (``W + BA`` folded into one matrix changes float32 rounding);
 - ``safetensors-full``: 1e-3, or 0.1 for a bfloat16 run (its weights are
   stored in bfloat16 and compared with the float32 reference);
-- ``onnx``: 1e-3 (merged weights, onnxruntime's kernels).
+- ``onnx``: 1e-3 (merged weights, onnxruntime's kernels);
+- ``gguf``: 0 (no runtime to load it here: the file is read back with the
+  ``gguf`` package's reader and every tensor compared with the merged weights,
+  which are stored as exact float32 copies).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ TOLERANCES: dict[str, float] = {
     "merged": 1e-3,
     "safetensors-full": 1e-3,
     "onnx": 1e-3,
+    "gguf": 0.0,
 }
 _BF16_TOLERANCE = 0.1
 _CHILD = Path(__file__).with_name("_verify_child.py")
@@ -68,6 +72,8 @@ def verify_export(
 
     from crucible_local.export import load_trained
 
+    if fmt == "gguf":
+        return _verify_gguf(model, checkpoint, out)
     torch_model, tokenizer, _ = load_trained(model, checkpoint)
     with tempfile.TemporaryDirectory(prefix="crucible-verify-") as tmp:
         probes_file = Path(tmp) / "probes.json"
@@ -110,4 +116,32 @@ def verify_export(
         "tolerance": tolerance,
         "probes": len(PROBES),
         "loader": f"{loader} (fresh process)",
+    }
+
+
+def _verify_gguf(model: ModelSpec, checkpoint: CheckpointRef, out: Path) -> dict[str, Any]:
+    import numpy as np
+    from gguf import GGUFReader
+
+    from crucible_local.export import load_trained
+    from crucible_local.gguf_export import GGUF_FILE, _merged, expected_tensors
+
+    torch_model, _, is_lora = load_trained(model, checkpoint)
+    expected = expected_tensors(_merged(torch_model, is_lora))
+    reader = GGUFReader(str(out / GGUF_FILE))
+    found = {str(t.name): np.asarray(t.data) for t in reader.tensors}
+    if set(found) != set(expected):
+        missing = sorted(set(expected) ^ set(found))[:5]
+        raise BackendError(f"--verify: the gguf file's tensors differ from the model's: {missing}")
+    worst = 0.0
+    for name, data in expected.items():
+        got = found[name].reshape(-1).astype(np.float32)
+        worst = max(worst, float(np.abs(got - data.reshape(-1)).max()))
+    tolerance = TOLERANCES["gguf"]
+    return {
+        "ok": worst <= tolerance,
+        "max_abs_diff": worst,
+        "tolerance": tolerance,
+        "probes": len(expected),
+        "loader": "gguf.GGUFReader (every tensor)",
     }

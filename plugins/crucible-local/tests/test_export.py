@@ -171,6 +171,27 @@ print(float(numpy.abs(onnx - ref.detach().numpy()).max()))
     assert float(_stock(code)) < 1e-3
 
 
+def test_gguf_export_holds_every_merged_tensor_and_the_tokenizer(
+    trained: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "gguf"
+    record = _export(trained, "--format", "gguf", "--out", str(out), "--verify")
+    verification = record["verification"]
+    assert isinstance(verification, dict)
+    assert verification["ok"] is True
+    assert verification["max_abs_diff"] == 0.0
+    code = f"""
+import sys
+from gguf import GGUFReader
+r = GGUFReader({str(out / "model.gguf")!r})
+names = {{t.name for t in r.tensors}}
+assert "token_embd.weight" in names and "blk.1.attn_q.weight" in names, names
+arch = r.fields["general.architecture"]
+print(bytes(arch.parts[arch.data[0]]).decode(), len(r.fields["tokenizer.ggml.tokens"].data))
+"""
+    assert _stock(code).split() == ["llama", "263"]
+
+
 def test_byo_model_trained_exported_merged_and_reloaded_gives_the_same_logits(
     tmp_path: Path,
 ) -> None:
@@ -212,10 +233,15 @@ def test_bad_input_is_a_usage_error_naming_the_fix(trained: Path, tmp_path: Path
     proc = cli(trained, "export", "exq", "--format", "merged", "--out", str(tmp_path / "x"))
     assert proc.returncode == 4, proc.stderr
     assert "closest runs: exp" in proc.stderr
-    proc = cli(trained, "export", "exp", "--format", "gguf", "--out", str(tmp_path / "x"))
+    gpt2 = tmp_path / "gpt2"
+    job = write_job(tmp_path / "gpt2.toml", 'name = "tiny-gpt2"\nmax_seq_len = 128', steps=2)
+    assert cli(trained, "train", str(job), "--job-id", "g", "--no-progress").returncode == 0
+    proc = cli(trained, "export", "g", "--format", "gguf", "--out", str(gpt2))
     assert proc.returncode == 2, proc.stderr
-    assert "--format gguf" in proc.stderr
-    assert "peft, merged, safetensors-full" in proc.stderr
+    assert "--format gguf: architecture 'gpt2' is not supported" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not gpt2.exists()
+    assert not list(tmp_path.glob(".gpt2.export-*"))
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("mine")
