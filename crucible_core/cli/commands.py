@@ -35,7 +35,7 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "export": (
         "crucible_core.cli.export_cmd:_ExportCommand",
-        "Export a run's weights: PEFT adapter, merged model or full safetensors",
+        "Export a run's weights: PEFT adapter, merged model, safetensors, ONNX or GGUF",
     ),
     "ask": (
         "crucible_core.cli.ask_cmd:_AskCommand",

@@ -234,14 +234,17 @@ class _ExportCommand:
     def configure(self, parser: argparse.ArgumentParser) -> None:
         parser.description = (
             "Write a run's weights (its final ones, or --checkpoint ID) as files the stock "
-            "Hugging Face libraries load: a PEFT adapter, a merged model, or full safetensors."
+            "Hugging Face libraries load: a PEFT adapter, a merged model, full safetensors, "
+            "ONNX or GGUF (which formats depends on the run's backend; see docs/export.md)."
         )
         parser.add_argument("run", metavar="RUN", help="run id or run directory")
         parser.add_argument(
             "--checkpoint", metavar="ID", help="a checkpoint of the run (default: final weights)"
         )
         parser.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
-        parser.add_argument("--out", required=True, type=Path, help="output directory")
+        parser.add_argument(
+            "--out", required=True, type=Path, metavar="DIR", help="output directory"
+        )
         parser.add_argument(
             "--verify",
             action="store_true",
