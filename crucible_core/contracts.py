@@ -45,6 +45,7 @@ __all__ = [
     "Command",
     "DatasetSource",
     "Executor",
+    "ExportingBackend",
     "Future",
     "InferenceBackend",
     "Sampler",
@@ -187,6 +188,41 @@ class TrainingBackend(Protocol):
 
     def load_sampler(self, model: ModelSpec, checkpoint: CheckpointRef | None) -> Sampler:
         """A sampler over saved sampler weights (``checkpoint``) or the base model (``None``)."""
+        ...
+
+
+@runtime_checkable
+class ExportingBackend(Protocol):
+    """Optional, beside TrainingBackend: writes a run's weights in formats other tools load.
+
+    ``crucible export`` (core) resolves the run and checkpoint, makes a fresh
+    temporary directory ``out``, calls :meth:`export`, writes the model card,
+    renames ``out`` to ``final`` and records the export; ``--verify`` then
+    calls :meth:`verify_export` on ``final``. A backend without these methods
+    cannot export (the command says so, exit 2).
+    """
+
+    #: The ``--format`` values this backend writes.
+    export_formats: tuple[str, ...]
+
+    def export(
+        self, model: ModelSpec, checkpoint: CheckpointRef, fmt: str, out: Path, *, final: Path
+    ) -> Mapping[str, Any]:
+        """Write ``checkpoint``'s weights as ``fmt`` into the empty directory ``out``.
+
+        Returns ``{"base": str | None, "load_code": str}``: the base model a
+        ``peft`` export names, and Python loading the export with the stock
+        libraries, ``{out}`` standing for its directory. Refuses a format it
+        cannot write for this model with UnsupportedError naming the reason.
+        """
+        ...
+
+    def verify_export(
+        self, model: ModelSpec, checkpoint: CheckpointRef, fmt: str, out: Path
+    ) -> Mapping[str, Any]:
+        """Load ``out`` with the stock library in a fresh process and compare it with the
+        checkpoint's own sampler; returns ``{"ok", "max_abs_diff", "tolerance", "probes",
+        "loader"}``."""
         ...
 
 

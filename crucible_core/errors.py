@@ -30,6 +30,7 @@ __all__ = [
     "DeadlineExceeded",
     "Diverged",
     "Forbidden",
+    "Gone",
     "IntegrityError",
     "NotFound",
     "PluginError",
@@ -183,6 +184,12 @@ class NotFound(CrucibleError, KeyError):
     code = "not_found"
 
 
+class Gone(NotFound):
+    """A named thing existed and has ended (a finished session, an expired future): HTTP 410."""
+
+    code = "gone"
+
+
 class Conflict(CrucibleError):
     """The request conflicts with the current state (illegal transition, duplicate name)."""
 
@@ -249,6 +256,7 @@ ERROR_TABLE: dict[str, tuple[int, int]] = {
     "capacity": (1, 503),
     "timeout": (1, 504),
     "not_found": (4, 404),
+    "gone": (4, 410),
     "conflict": (1, 409),
     "auth_error": (2, 401),
     "forbidden": (2, 403),

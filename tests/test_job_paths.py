@@ -44,11 +44,13 @@ def test_resolve_uri_rules(project: Path) -> None:
 def test_decode_file_resolves_against_the_job_file(project: Path) -> None:
     job_file = project / "job.toml"
     job_file.write_text(
-        '[model_spec]\nname = "m"\npath = "models/m"\n[dataset_spec]\nuri = "data/rows.jsonl"\n'
+        '[model_spec]\nname = "m"\npath = "models/m"\nadapter = "adapters/a"\n'
+        '[dataset_spec]\nuri = "data/rows.jsonl"\n'
     )
     job = decode_file(Path("..") / "proj" / "job.toml", TrainingJob)
     assert job.dataset_spec.uri == str(project / "data" / "rows.jsonl")
     assert job.model_spec.path == str(project / "models" / "m")  # a path even if absent
+    assert job.model_spec.adapter == str(project / "adapters" / "a")
     exp_file = project / "exp.json"
     exp_file.write_text(json.dumps({"id": "e", "dataset": {"uri": "data/rows.csv"}}))
     exp = decode_file(exp_file, Experiment)

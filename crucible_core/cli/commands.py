@@ -33,6 +33,10 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
         "crucible_core.cli.sample_cmd:_SampleCommand",
         "Generate text from a run's weights or a checkpoint",
     ),
+    "export": (
+        "crucible_core.cli.export_cmd:_ExportCommand",
+        "Export a run's weights: PEFT adapter, merged model, safetensors, ONNX or GGUF",
+    ),
     "ask": (
         "crucible_core.cli.ask_cmd:_AskCommand",
         "Ask a backend, an ensemble of it, or a hedged copy one question",

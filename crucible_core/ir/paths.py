@@ -9,7 +9,8 @@ absolute paths and a worker running elsewhere reads the same files.
 
 The rules:
 
-- ``model_spec.path`` is always a path: a relative one becomes absolute.
+- ``model_spec.path`` and ``model_spec.adapter`` are always paths: a relative
+  one becomes absolute.
 - ``dataset_spec.uri`` and ``model_spec.tokenizer`` may be names as well
   (``sample:chat``, a Hub name, a tokenizer name), so a relative path in them
   (bare, or after a source scheme as in ``csv:data/x.csv``) is rewritten only
@@ -63,6 +64,8 @@ def _model(spec: ModelSpec, base: Path) -> ModelSpec:
     changes: dict[str, str] = {}
     if spec.path is not None and not Path(os.path.expanduser(spec.path)).is_absolute():
         changes["path"] = str(_join(base, spec.path))
+    if spec.adapter is not None and not Path(os.path.expanduser(spec.adapter)).is_absolute():
+        changes["adapter"] = str(_join(base, spec.adapter))
     if spec.tokenizer is not None:
         tokenizer = resolve_uri(spec.tokenizer, base)
         if tokenizer != spec.tokenizer:

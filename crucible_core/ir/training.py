@@ -66,10 +66,16 @@ LOSS_INPUTS: dict[str, tuple[str, ...]] = {
 
 
 class ModelSpec(IRStruct, frozen=True, kw_only=True):
-    """The base model: a name a backend knows, or a path to a model directory on disk."""
+    """The base model: a name a backend knows, or a path to a model directory on disk.
+
+    ``adapter`` is a PEFT adapter directory (``adapter_config.json`` + weights,
+    e.g. a ``crucible export --format peft`` or any outside adapter) to start
+    training from instead of a fresh LoRA: its own rank and target modules apply.
+    """
 
     name: Annotated[str, Meta(min_length=1)]
     path: str | None = None
+    adapter: str | None = None
     revision: str | None = None
     tokenizer: str | None = None
     max_seq_len: PositiveInt | None = None

@@ -35,6 +35,7 @@ __all__ = [
     "MANIFEST_SCHEMA_VERSION",
     "ArtifactEntry",
     "DatasetRecord",
+    "ExportRecord",
     "RunManifest",
     "RunRecord",
     "SavedCheckpointRecord",
@@ -126,6 +127,31 @@ class TrainingSummary(msgspec.Struct, **_Base):
     evaluation: dict[str, Any] = {}
 
 
+class ExportVerification(msgspec.Struct, **_Base):
+    """How an export was checked: loaded by the stock library in a fresh process and
+    compared with the run's own sampler (next-token logprobs on a fixed probe set)."""
+
+    ok: bool
+    max_abs_diff: float
+    tolerance: float
+    probes: int
+    loader: str
+
+
+class ExportRecord(msgspec.Struct, **_Base):
+    """One ``crucible export`` of this run: where it went, from which checkpoint, the
+    sha256 of every file written, and its verification when ``--verify`` was given."""
+
+    format: str
+    path: str
+    checkpoint: str
+    created_at: str
+    artifact_id: str
+    files: dict[str, str] = {}
+    base: str | None = None
+    verification: ExportVerification | None = None
+
+
 RunStatus = Literal[
     "running", "succeeded", "failed", "cancelled", "interrupted", "budget_exhausted"
 ]
@@ -169,6 +195,8 @@ class RunManifest(msgspec.Struct, **_Base):
     sampler_checkpoint: CheckpointRef | None = None
     training: TrainingSummary | None = None
     wall_time_s: float | None = None
+    #: Every export of the run's weights (``crucible export``), oldest first.
+    exports: list[ExportRecord] = []
 
 
 _FIELDS = frozenset(RunManifest.__struct_fields__)
@@ -256,6 +284,17 @@ class RunRecord:
 
         self._change(change)
         return entry
+
+    def record_export(self, export: ExportRecord) -> None:
+        """List ``export``, replacing an earlier export to the same path and format."""
+
+        def change(current: RunManifest) -> Mapping[str, Any]:
+            kept = [
+                e for e in current.exports if (e.path, e.format) != (export.path, export.format)
+            ]
+            return {"exports": [*kept, export]}
+
+        self._change(change)
 
     def forget_artifacts(self, uri: str) -> None:
         """Unlist every artifact recorded with ``uri`` (its files are the owner's business)."""

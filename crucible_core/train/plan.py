@@ -185,8 +185,14 @@ def check_capabilities(job: TrainingJob, caps: Capabilities, backend: str) -> li
     adapter = job.adapter_config
     model = job.model_spec
     # Declared limits (context, LoRA rank) apply to the backend's own models; a model
-    # loaded by path carries its own, which the backend checks when it loads it.
-    by_path = model.path is not None
+    # loaded by path (or a hub id the backend resolves itself, when its capabilities'
+    # metadata says ``models_by_hub_id``) carries its own, checked when it is loaded.
+    by_hub_id = (
+        bool(caps.metadata.get("models_by_hub_id"))
+        and model.name not in caps.models
+        and "/" in model.name
+    )
+    by_path = model.path is not None or by_hub_id
     if adapter.__struct_config__.tag not in caps.adapters:
         _refuse(
             problems,
@@ -264,7 +270,7 @@ def check_capabilities(job: TrainingJob, caps: Capabilities, backend: str) -> li
                 hint="set push_to_hub = false and publish the run's checkpoint yourself",
             )
         )
-    if model.path is None and caps.models and model.name not in caps.models:
+    if not by_path and caps.models and model.name not in caps.models:
         _refuse(problems, "$.model_spec.name", "model", model.name, caps.models, backend)
     if model.path is not None and not caps.metadata.get("models_by_path", False):
         problems.append(

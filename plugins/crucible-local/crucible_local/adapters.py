@@ -20,6 +20,12 @@ The resulting list of qualified names is what ``adapter_config.json`` records.
 ``rank``/``alpha``/``dropout``/``bias`` map to PEFT's ``r``/``lora_alpha``/
 ``lora_dropout``/``bias``. LoRA A matrices are initialised from the job's seed.
 ``Full`` trains every parameter; ``QLoRA`` is refused (no 4/8-bit CPU kernels).
+
+``model_spec.adapter`` (``start_from`` here) names an outside PEFT LoRA
+adapter directory to continue training instead of a fresh LoRA: it is loaded
+trainable with ``PeftModel.from_pretrained(..., is_trainable=True)``, so its
+own rank, alpha and target modules apply and ``adapter_config``'s LoRA fields
+are not used (``kind`` must still be ``lora``).
 """
 
 from __future__ import annotations
@@ -128,10 +134,19 @@ def check_adapter(adapter: LoRA | QLoRA | Full) -> None:
         )
 
 
-def apply_adapter(loaded: LoadedModel, adapter: LoRA | QLoRA | Full, *, seed: int) -> Any:
-    """The model to train: ``loaded.model`` wrapped by PEFT (LoRA) or all-trainable (Full)."""
+def apply_adapter(
+    loaded: LoadedModel,
+    adapter: LoRA | QLoRA | Full,
+    *,
+    seed: int,
+    start_from: str | None = None,
+) -> Any:
+    """The model to train: ``loaded.model`` wrapped by PEFT (LoRA) or all-trainable (Full);
+    with ``start_from``, the outside adapter there (see the module docstring)."""
     check_adapter(adapter)
     model = loaded.model
+    if start_from is not None:
+        return _load_outside_adapter(model, adapter, start_from)
     if isinstance(adapter, Full):
         for p in model.parameters():
             p.requires_grad_(True)
@@ -155,3 +170,33 @@ def apply_adapter(loaded: LoadedModel, adapter: LoRA | QLoRA | Full, *, seed: in
     )
     with seeded(seed), peft_quiet():
         return get_peft_model(model, config)
+
+
+def _load_outside_adapter(model: Any, adapter: LoRA | QLoRA | Full, start_from: str) -> Any:
+    from pathlib import Path
+
+    if isinstance(adapter, Full):
+        raise ConfigError(
+            "model_spec.adapter: an outside adapter continues LoRA training, but "
+            "adapter_config.kind = 'full'",
+            hint="set adapter_config.kind = 'lora', or remove model_spec.adapter",
+        )
+    directory = Path(start_from).expanduser()
+    if not (directory / "adapter_config.json").is_file():
+        raise ConfigError(
+            f"model_spec.adapter: {directory} is not a PEFT adapter directory (no "
+            "adapter_config.json)",
+            hint="point it at a directory written by PeftModel.save_pretrained or "
+            "`crucible export --format peft`",
+        )
+    from peft import PeftModel
+
+    try:
+        with peft_quiet():
+            return PeftModel.from_pretrained(model, str(directory), is_trainable=True)
+    except Exception as exc:
+        raise ConfigError(
+            f"model_spec.adapter: cannot load the adapter at {directory} onto this base: "
+            f"{type(exc).__name__}: {exc}",
+            hint="use an adapter trained on the same base model (its shapes must match)",
+        ) from exc

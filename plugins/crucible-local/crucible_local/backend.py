@@ -22,7 +22,7 @@ import msgspec
 from crucible_core.errors import ConfigError, UnsupportedError
 from crucible_core.ir.backend import CheckpointRef, Health
 from crucible_core.ir.training import ModelSpec
-from crucible_local.capabilities import static_capabilities
+from crucible_local.capabilities import EXPORT_FORMATS, static_capabilities
 from crucible_local.checkpoints import (
     check_format,
     find_weights_dir,
@@ -129,7 +129,7 @@ class LocalBackend:
         """The tokenizer of ``model`` (cached per spec), without building the model."""
         from crucible_local.models import load_tokenizer
 
-        key = msgspec.json.encode([model.name, model.path, model.tokenizer])
+        key = msgspec.json.encode([model.name, model.path, model.revision, model.tokenizer])
         tok = self._tokenizers.get(key)
         if tok is None:
             tok = self._tokenizers[key] = load_tokenizer(model)
@@ -164,7 +164,12 @@ class LocalBackend:
         check_adapter(job.adapter_config)
         loaded = load_model(job.model_spec)
         self._threads_for(loaded)
-        model = apply_adapter(loaded, job.adapter_config, seed=job.learning_config.seed)
+        model = apply_adapter(
+            loaded,
+            job.adapter_config,
+            seed=job.learning_config.seed,
+            start_from=job.model_spec.adapter,
+        )
         job_id = job.job_id or new_job_id()
         where = Path(run_dir) if run_dir is not None else self.home / "runs" / job_id
         # A process killed mid-save left temporary directories: clean them before writing.
@@ -196,7 +201,12 @@ class LocalBackend:
 
         check_adapter(job.adapter_config)
         loaded = load_model(job.model_spec)
-        model = apply_adapter(loaded, job.adapter_config, seed=job.learning_config.seed)
+        model = apply_adapter(
+            loaded,
+            job.adapter_config,
+            seed=job.learning_config.seed,
+            start_from=job.model_spec.adapter,
+        )
         trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
         return {"sampler": int(trained) + 40_000, "state": int(trained) * 4 + 20_000}
 
@@ -249,6 +259,28 @@ class LocalBackend:
             self._samplers.add(sampler)
             self._counters["samplers_loaded"] += 1
         return sampler
+
+    # -- ExportingBackend (optional; crucible export) ------------------------------
+
+    #: The ``crucible export --format`` values this backend writes.
+    export_formats: tuple[str, ...] = EXPORT_FORMATS
+
+    def export(
+        self, model: ModelSpec, checkpoint: CheckpointRef, fmt: str, out: Path, *, final: Path
+    ) -> dict[str, Any]:
+        """Write ``checkpoint`` as ``fmt`` into ``out`` (see :mod:`crucible_local.export`)."""
+        from crucible_local.export import export
+
+        result = export(model, checkpoint, fmt, Path(out), final=Path(final))
+        return {"base": result.base, "load_code": result.load_code, "files": result.files}
+
+    def verify_export(
+        self, model: ModelSpec, checkpoint: CheckpointRef, fmt: str, out: Path
+    ) -> dict[str, Any]:
+        """Load the export in a fresh process and compare (see :mod:`crucible_local.verify`)."""
+        from crucible_local.verify import verify_export
+
+        return verify_export(model, checkpoint, fmt, Path(out))
 
     # -- InferenceBackend ------------------------------------------------------------
 

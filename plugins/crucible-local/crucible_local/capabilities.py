@@ -12,6 +12,7 @@ __all__ = [
     "ADAPTERS",
     "BACKEND_ID",
     "CHECKPOINT_FORMATS",
+    "EXPORT_FORMATS",
     "LOSSES",
     "MAX_CONTEXT_LENGTH",
     "MAX_LORA_RANK",
@@ -44,6 +45,8 @@ OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
 SCHEDULERS: tuple[str, ...] = ("constant", "linear", "cosine")
 CHECKPOINT_FORMATS: tuple[str, ...] = ("safetensors", "pytorch")
 UNSUPPORTED_FORMATS: tuple[str, ...] = ("gguf", "onnx")
+#: What ``crucible export --format`` writes from a crucible-local run.
+EXPORT_FORMATS: tuple[str, ...] = ("peft", "merged", "safetensors-full", "onnx", "gguf")
 
 _CAPABILITIES = Capabilities(
     backend_id=BACKEND_ID,
@@ -64,6 +67,8 @@ _CAPABILITIES = Capabilities(
     metadata={
         "device": "cpu",
         "models_by_path": True,
+        "models_by_hub_id": "from the local Hugging Face cache only (never downloads)",
+        "export_formats": list(EXPORT_FORMATS),
         "qlora": "unsupported: needs bitsandbytes and a CUDA device",
         "max_context_length": "applies to the built-in models; a model loaded from "
         "model_spec.path has its own",

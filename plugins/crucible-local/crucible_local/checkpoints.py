@@ -60,8 +60,9 @@ def check_format(fmt: str) -> WeightsFormat:
     listed = ", ".join(CHECKPOINT_FORMATS)
     raise UnsupportedError(
         f"checkpoint_policy.format = {fmt!r} is not supported by crucible-local "
-        f"(it writes {listed}; {', '.join(UNSUPPORTED_FORMATS)} exports are not implemented)",
-        hint=f"set checkpoint_policy.format to one of: {listed}",
+        f"(it writes {listed} checkpoints; {', '.join(UNSUPPORTED_FORMATS)} are export formats)",
+        hint=f"set checkpoint_policy.format to one of: {listed}, and after the run convert the "
+        f"weights with `crucible export RUN --format {fmt}`",
     )
 
 

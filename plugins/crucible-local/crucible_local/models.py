@@ -3,9 +3,18 @@
 ``ModelSpec.name`` picks a built-in model (``tiny-llama``, ``tiny-gpt2``): a
 transformers model class with a tiny config, its weights initialised from a
 fixed seed (``options.init_seed``, default 0), so every process builds the
-same base weights. ``ModelSpec.path`` (or a ``name`` that is an existing
-directory) loads a Hugging Face model directory (``config.json``, weights and
-tokenizer files) instead; nothing is ever fetched.
+same base weights. Any other model is a Hugging Face causal LM, found in this
+order (the first that applies wins):
+
+1. ``ModelSpec.path``: a directory written by ``save_pretrained``;
+2. a ``name`` that is an existing directory;
+3. a ``name`` that is a hub id (``org/model``), resolved in the local Hugging
+   Face cache (``HF_HUB_CACHE`` / ``HF_HOME``) at ``ModelSpec.revision``
+   (a branch, tag or commit; default ``main``).
+
+Nothing is ever fetched: a hub id missing from the cache is a ConfigError
+naming the model and the command that pre-downloads it (exit 2). The model's
+own tokenizer and chat template come from the same directory.
 """
 
 from __future__ import annotations
@@ -99,9 +108,48 @@ def _byte_tokenizer() -> LocalTokenizer:
 def _model_dir(spec: ModelSpec) -> Path | None:
     if spec.path is not None:
         return Path(spec.path).expanduser()
-    if spec.name not in TINY_MODELS and Path(spec.name).expanduser().is_dir():
+    if spec.name in TINY_MODELS:
+        return None
+    if Path(spec.name).expanduser().is_dir():
         return Path(spec.name).expanduser()
+    if _looks_like_hub_id(spec.name):
+        return hub_snapshot(spec.name, spec.revision)
     return None
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """``org/model`` (one slash, no path syntax): what the hub accepts as a repository id."""
+    parts = name.split("/")
+    return len(parts) == 2 and all(
+        p and p not in (".", "..") and all(c.isalnum() or c in "-_." for c in p) for p in parts
+    )
+
+
+def hub_snapshot(repo_id: str, revision: str | None) -> Path:
+    """The local snapshot directory of hub model ``repo_id`` at ``revision``, from the cache.
+
+    Never downloads (``local_files_only``), whatever ``HF_HUB_OFFLINE`` says:
+    crucible-local runs without a network. Missing: a ConfigError naming the
+    model and how to pre-download it.
+    """
+    offline()
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    at = f" at revision {revision!r}" if revision else ""
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError) as exc:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        rev = f" --revision {revision}" if revision else ""
+        raise ConfigError(
+            f"model_spec.name: model {repo_id!r}{at} is not in the local Hugging Face cache "
+            f"({HF_HUB_CACHE}) and crucible-local never downloads ({type(exc).__name__})",
+            hint=f"pre-download it on a machine with network: `hf download {repo_id}{rev}` "
+            "(then copy the cache, or set HF_HUB_CACHE to it), or save it with "
+            "save_pretrained and set model_spec.path to that directory",
+        ) from None
 
 
 def _unknown_model(spec: ModelSpec) -> ConfigError:
@@ -112,7 +160,8 @@ def _unknown_model(spec: ModelSpec) -> ConfigError:
         f"model_spec.name: crucible-local has no model {spec.name!r}; "
         f"its built-in models are: {', '.join(TINY_MODELS)}",
         hint=(f"did you mean {close[0]!r}? " if close else "")
-        + "to use a Hugging Face model, set model_spec.path to its directory on disk "
+        + "to use a Hugging Face model, set model_spec.name to its hub id (org/model, "
+        "pre-downloaded into the local cache) or model_spec.path to its directory on disk "
         "(config.json, weights and tokenizer files); crucible-local downloads nothing",
     )
 

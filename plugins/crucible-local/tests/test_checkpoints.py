@@ -258,8 +258,9 @@ def test_load_sampler_from_a_lora_state_checkpoint(
 def test_unsupported_formats_are_refused_with_the_supported_list(
     backend: LocalBackend, make_job: Callable[..., Any], fmt: str
 ) -> None:
-    with pytest.raises(UnsupportedError, match=rf"format = '{fmt}'.*safetensors, pytorch"):
+    with pytest.raises(UnsupportedError, match=rf"format = '{fmt}'.*safetensors, pytorch") as err:
         backend.create_session(make_job(checkpoint_policy=CheckpointPolicy(format=fmt)))
+    assert f"crucible export RUN --format {fmt}" in (err.value.hint or "")
 
 
 def test_load_state_refuses_a_checkpoint_that_does_not_fit(

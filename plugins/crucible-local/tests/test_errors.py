@@ -50,8 +50,13 @@ def test_unknown_model_lists_the_models(
         backend.create_session(make_job(model_spec=ModelSpec(name="tiny-lama")))
     assert "did you mean 'tiny-llama'" in str(info.value)
     assert "model_spec.path" in str(info.value)
-    with pytest.raises(ConfigError, match=r"no model 'meta-llama/Llama-3\.2-1B'"):
+    # A hub id is looked up in the local cache (never downloaded): missing, the error
+    # names it and the command that pre-downloads it.
+    with pytest.raises(
+        ConfigError, match=r"model 'meta-llama/Llama-3\.2-1B' is not in the local Hugging Face"
+    ) as hub:
         backend.get_tokenizer(ModelSpec(name="meta-llama/Llama-3.2-1B"))
+    assert "hf download meta-llama/Llama-3.2-1B" in str(hub.value)
 
 
 def test_model_paths_that_are_not_model_directories(

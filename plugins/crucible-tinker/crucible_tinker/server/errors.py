@@ -5,22 +5,17 @@ The engine speaks crucible's error hierarchy (:mod:`crucible_core.errors`):
 a request it refuses is a :class:`~crucible_core.errors.ConfigError`
 (naming the field), an unknown id a :class:`~crucible_core.errors.NotFound`,
 a state clash a :class:`~crucible_core.errors.Conflict`. The tinker protocol
-needs one more: :class:`Gone`, for ids that existed and no longer do (a
-finished session, a closed model, an expired future), which the SDK treats
-differently from "unknown" (it stops heartbeating, resubmits a sample).
+needs :class:`~crucible_core.errors.Gone` too, for ids that existed and no
+longer do (a finished session, a closed model, an expired future), which the
+SDK treats differently from "unknown" (it stops heartbeating, resubmits a
+sample).
 """
 
 from __future__ import annotations
 
-from crucible_core.errors import ConfigError, NotFound
+from crucible_core.errors import ConfigError, Gone
 
 __all__ = ["Gone", "require_seq"]
-
-
-class Gone(NotFound):
-    """The id named a session, model or future that has ended (HTTP 410 on the wire)."""
-
-    code = "gone"
 
 
 def require_seq(value: int | None, name: str) -> int:
