@@ -1,8 +1,9 @@
 """One local Ray instance for these tests (ray.init(num_cpus=2): start-up takes seconds).
 
-It starts with the first test that asks for it and stops after the last test
-of this directory, so the rest of a full-suite run does not share the 2 CI
-cores and the memory with idle Ray processes.
+One per test module (the suite runs a file's tests in one pytest-xdist
+worker): it starts with the module's first test that asks for it and stops
+after the module's last test, so the rest of a full-suite run does not share
+the 2 CI cores and the memory with idle Ray processes.
 
 Ray workers inherit this process's environment when Ray starts, so this
 directory goes on ``PYTHONPATH`` first: they import the job bodies in
@@ -22,7 +23,7 @@ import pytest
 HERE = str(Path(__file__).parent)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_session() -> Iterator[Any]:
     if HERE not in sys.path:
         sys.path.insert(0, HERE)
@@ -34,15 +35,6 @@ def ray_session() -> Iterator[Any]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     if ray.is_initialized():
-        ray.shutdown()
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    if nextitem is not None and Path(nextitem.path).parent == Path(HERE):
-        return
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
         ray.shutdown()
 
 
