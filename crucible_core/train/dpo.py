@@ -28,22 +28,21 @@ import msgspec
 from crucible_core.contracts import StageContext, TrainingBackend, TrainingSession
 from crucible_core.errors import ConfigError
 from crucible_core.ir.backend import Capabilities
-from crucible_core.ir.experiment import StageDef
 from crucible_core.ir.training import Loss, TrainingJob
 from crucible_core.pipeline.scope import RunScope
 from crucible_core.train.loop import LoopState
 from crucible_core.train.preference import LinearizedDPOSession
-from crucible_core.train.prepare import PreparedData, prepare
+from crucible_core.train.prepare import PreparedData
 from crucible_core.train.reference import attach, reference_logprobs
 from crucible_core.train.sft import open_session
 from crucible_core.train.steps import (
     TrainingOutcome,
     call_deadline,
     evaluate,
-    record_data,
+    finish,
+    prepare_step,
     save_final,
     train_step,
-    write_metrics,
 )
 
 __all__ = ["STEPS", "dpo_job", "dpo_refusal", "dpo_route", "run_dpo", "with_reference"]
@@ -148,23 +147,7 @@ def run_dpo(
     # refuse a job naming it); the loop and the evaluation use the DPO loss.
     trainer = dpo_job(job)
     backend: TrainingBackend = scope.backend()
-    with scope.step("prepare", "train.prepare") as ctx:
-        data = prepared
-        if data is None:
-            data = prepare(
-                scope.get_host(), lambda n, u, i: scope.context(StageDef(name=n, uses=u), i)
-            )
-        record_data(scope.record, job, data)
-        ctx.emit(
-            "data.prepared",
-            rows=data.rows,
-            train=len(data.train),
-            pairs=len(data.train) // 2,
-            tokens=data.tokens,
-            template=data.template,
-            dataset_hash=data.dataset_hash,
-            reused=prepared is not None,
-        )
+    data = prepare_step(scope, job, prepared, pairs=True)
     with open_session(backend, job, scope) as raw:
         with scope.step("reference", "train.reference") as ctx:
             session, data = with_reference(ctx, raw, backend, job, data, fresh=resume is None)
@@ -175,12 +158,4 @@ def run_dpo(
             evaluation = evaluate(ctx, session, trainer, data, before=trained.sampled_before)
         with scope.step("save", "train.save") as ctx:
             sampler = save_final(ctx, session, job, trained.result)
-    with scope.step("log_metrics", "train.log_metrics") as ctx:
-        summary = write_metrics(ctx, trained.result, evaluation)
-    scope.record.update(wall_time_s=round(time.monotonic() - start, 3))
-    return TrainingOutcome(
-        job_id=scope.job.id,
-        run_dir=str(scope.run_dir),
-        **msgspec.structs.asdict(summary),
-        sampler_checkpoint=sampler,
-    )
+    return finish(scope, trained, evaluation, sampler, start)

@@ -19,21 +19,18 @@ import contextlib
 import time
 from collections.abc import Generator
 
-import msgspec
-
 from crucible_core.contracts import TrainingBackend, TrainingSession
-from crucible_core.ir.experiment import StageDef
 from crucible_core.ir.training import TrainingJob
 from crucible_core.pipeline.scope import RunScope
 from crucible_core.train.loop import LoopState
-from crucible_core.train.prepare import PreparedData, prepare
+from crucible_core.train.prepare import PreparedData
 from crucible_core.train.steps import (
     TrainingOutcome,
     evaluate,
-    record_data,
+    finish,
+    prepare_step,
     save_final,
     train_step,
-    write_metrics,
 )
 
 __all__ = ["STEPS", "open_session", "run_sft"]
@@ -59,22 +56,7 @@ def run_sft(
     """Train ``job`` in ``scope``'s run directory; ``prepared`` skips reading the data again."""
     start = time.monotonic()
     backend: TrainingBackend = scope.backend()
-    with scope.step("prepare", "train.prepare") as ctx:
-        data = prepared
-        if data is None:
-            data = prepare(
-                scope.get_host(), lambda n, u, i: scope.context(StageDef(name=n, uses=u), i)
-            )
-        record_data(scope.record, job, data)
-        ctx.emit(
-            "data.prepared",
-            rows=data.rows,
-            train=len(data.train),
-            tokens=data.tokens,
-            template=data.template,
-            dataset_hash=data.dataset_hash,
-            reused=prepared is not None,
-        )
+    data = prepare_step(scope, job, prepared)
     with open_session(backend, job, scope) as session:
         with scope.step("train", "train.loop") as ctx:
             trained = train_step(ctx, session, job, data, backend.capabilities(), resume, window)
@@ -82,15 +64,7 @@ def run_sft(
             evaluation = evaluate(ctx, session, job, data, before=trained.sampled_before)
         with scope.step("save", "train.save") as ctx:
             sampler = save_final(ctx, session, job, trained.result)
-    with scope.step("log_metrics", "train.log_metrics") as ctx:
-        summary = write_metrics(ctx, trained.result, evaluation)
-    scope.record.update(wall_time_s=round(time.monotonic() - start, 3))
-    return TrainingOutcome(
-        job_id=scope.job.id,
-        run_dir=str(scope.run_dir),
-        **msgspec.structs.asdict(summary),
-        sampler_checkpoint=sampler,
-    )
+    return finish(scope, trained, evaluation, sampler, start)
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from typing import Any
 
 import msgspec
@@ -26,22 +27,26 @@ import msgspec
 from crucible_core.contracts import StageContext, TrainingSession
 from crucible_core.errors import ConfigError
 from crucible_core.ir.backend import Capabilities, CheckpointRef
+from crucible_core.ir.experiment import StageDef
 from crucible_core.ir.lineage import Edge
 from crucible_core.ir.training import Full, TrainingJob
+from crucible_core.pipeline.scope import RunScope
 from crucible_core.records.artifacts import config_digest, uri_path, write_json
 from crucible_core.records.manifest import DatasetRecord, RunRecord, TrainingSummary
 from crucible_core.train import loop as trainloop
 from crucible_core.train import sampled_eval
 from crucible_core.train import state as disk
 from crucible_core.train.loop import LoopResult, LoopState
-from crucible_core.train.prepare import PreparedData
+from crucible_core.train.prepare import PreparedData, prepare
 
 __all__ = [
     "Trained",
     "TrainingOutcome",
     "call_deadline",
     "evaluate",
+    "finish",
     "manifest_start",
+    "prepare_step",
     "record_data",
     "restore",
     "save_final",
@@ -283,3 +288,48 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
+
+
+def prepare_step(
+    scope: RunScope, job: TrainingJob, prepared: PreparedData | None, *, pairs: bool = False
+) -> PreparedData:
+    """Step ``prepare`` of a recipe: the plan's data (``prepared``), or the data stages run
+    now; recorded in the manifest and announced as ``data.prepared`` (with ``pairs`` for
+    preference data)."""
+    with scope.step("prepare", "train.prepare") as ctx:
+        data = prepared
+        if data is None:
+            data = prepare(
+                scope.get_host(), lambda n, u, i: scope.context(StageDef(name=n, uses=u), i)
+            )
+        record_data(scope.record, job, data)
+        ctx.emit(
+            "data.prepared",
+            rows=data.rows,
+            train=len(data.train),
+            tokens=data.tokens,
+            template=data.template,
+            dataset_hash=data.dataset_hash,
+            reused=prepared is not None,
+            **({"pairs": len(data.train) // 2} if pairs else {}),
+        )
+    return data
+
+
+def finish(
+    scope: RunScope,
+    trained: Trained,
+    evaluation: dict[str, Any],
+    sampler: CheckpointRef,
+    started: float,
+) -> TrainingOutcome:
+    """Step ``log_metrics`` of a recipe, the run's wall time, and what the caller gets."""
+    with scope.step("log_metrics", "train.log_metrics") as ctx:
+        summary = write_metrics(ctx, trained.result, evaluation)
+    scope.record.update(wall_time_s=round(time.monotonic() - started, 3))
+    return TrainingOutcome(
+        job_id=scope.job.id,
+        run_dir=str(scope.run_dir),
+        **msgspec.structs.asdict(summary),
+        sampler_checkpoint=sampler,
+    )
