@@ -7,7 +7,7 @@ import codecs
 from crucible_local.backend import LocalBackend
 from crucible_local.models import load_tokenizer
 from crucible_local.textdecode import TextDecoder
-from crucible_local.tokenizer import LocalTokenizer
+from crucible_local.tokenizer import SPECIAL_TOKENS, LocalTokenizer
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,7 +15,11 @@ from crucible_core.ir.backend import Prompt, SamplingParams
 from crucible_core.ir.training import ModelSpec
 
 _TOKENIZER = load_tokenizer(ModelSpec(name="tiny-llama"))
-_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\ufffd"))
+# Text that spells a special token (``<|user|>``...) encodes as that token, which
+# sampled text never shows: such texts are not what this property is about.
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\ufffd")).filter(
+    lambda t: not any(special in t for special in SPECIAL_TOKENS)
+)
 
 
 def _whole_chars(ids: list[int]) -> str:
