@@ -42,7 +42,13 @@ import time
 from collections.abc import Callable
 from typing import Any, Final, Generic, TypeVar
 
-__all__ = ["DEFAULT_MAXSIZE", "SinkQueue", "bounded_call", "record_warning"]
+__all__ = [
+    "DEFAULT_MAXSIZE",
+    "DropLedger",
+    "SinkQueue",
+    "bounded_call",
+    "record_warning",
+]
 
 DEFAULT_MAXSIZE: Final = 10_000
 T = TypeVar("T")
@@ -96,6 +102,48 @@ def record_warning(kind: str, job_id: str, **data: Any) -> None:
             bus.close()
     except Exception:
         log.exception("could not record %s for run %s", kind, job_id)
+
+
+class DropLedger:
+    """Events a sink dropped, counted per run, for the warnings it owes each run.
+
+    :meth:`count` says whether a drop is the first of its run (the sink then
+    writes a ``sink.dropped`` line into that run's telemetry at once);
+    :meth:`report` writes each run's total when the sink closes.
+    """
+
+    def __init__(self, sink: str, queue_size: int) -> None:
+        self.sink = sink
+        self.queue_size = queue_size
+        #: Drops by job id (``""`` for events of no job).
+        self.by_job: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def count(self, job_id: str) -> bool:
+        """Count one drop of ``job_id``'s events; True if it is that run's first."""
+        with self._lock:
+            first = job_id not in self.by_job
+            self.by_job[job_id] = self.by_job.get(job_id, 0) + 1
+        return first
+
+    def warn(self, job_id: str, dropped: int, message: str) -> None:
+        """A ``sink.dropped`` line in run ``job_id``'s telemetry (none for events of no job)."""
+        if job_id:
+            record_warning(
+                "sink.dropped",
+                job_id,
+                sink=self.sink,
+                dropped=dropped,
+                queue_size=self.queue_size,
+                message=message,
+            )
+
+    def report(self, message: Callable[[int], str]) -> None:
+        """Each run's total drops in its telemetry: ``message(n)`` for ``n`` drops."""
+        with self._lock:
+            totals = list(self.by_job.items())
+        for job_id, n in totals:
+            self.warn(job_id, n, message(n))
 
 
 class SinkQueue(Generic[T]):

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crucible_core.records.events import read_telemetry
-from crucible_core.records.sinkqueue import SinkQueue, bounded_call, record_warning
+from crucible_core.records.sinkqueue import DropLedger, SinkQueue, bounded_call, record_warning
 
 
 def test_items_are_handled_in_order_and_flush_waits_for_them() -> None:
@@ -188,3 +188,19 @@ def test_after_close_gives_up_a_worker_that_comes_back_handles_nothing_more() ->
     assert seen == [0]
     assert q.abandoned == 4
     assert finals == []  # the final call, queued behind them, is skipped too
+
+
+def test_drop_ledger_warns_each_run_once_then_reports_its_total(
+    crucible_home: Path,
+) -> None:
+    ledger = DropLedger("demo", queue_size=8)
+    firsts = [ledger.count(job) for job in ("a", "a", "b", "", "a")]
+    assert firsts == [True, False, True, True, False]
+    assert ledger.by_job == {"a": 3, "b": 1, "": 1}
+    ledger.warn("a", 1, "first drop")
+    ledger.warn("", 1, "no run to write to")  # events of no job have no telemetry file
+    ledger.report(lambda n: f"{n} dropped")
+    lines = [(e.data["dropped"], e.data["message"]) for e in read_telemetry("a")]
+    assert lines == [(1, "first drop"), (3, "3 dropped")]
+    assert [e.data["sink"] for e in read_telemetry("b")] == ["demo"]
+    assert not (crucible_home / "runs" / "").joinpath("telemetry.jsonl").exists()

@@ -27,7 +27,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from crucible_core.records.sinkqueue import SinkQueue, record_warning
+from crucible_core.records.sinkqueue import DropLedger, SinkQueue
 from crucible_mlflow.config import MlflowConfig
 from crucible_mlflow.track import Tracker
 
@@ -45,8 +45,8 @@ class MlflowSink:
     def __init__(self, config: MlflowConfig, *, manifest_wait_s: float = 5.0) -> None:
         self.config = config
         self.tracker = Tracker(config, manifest_wait_s=manifest_wait_s)
-        self.dropped_by_job: dict[str, int] = {}
-        self._lock = threading.Lock()
+        #: Events dropped, by job (the total is :attr:`dropped`).
+        self.drops = DropLedger("mlflow", config.queue_size)
         self.queue: SinkQueue[Event] = SinkQueue(
             self.tracker.handle,
             name="crucible-mlflow",
@@ -71,10 +71,8 @@ class MlflowSink:
         return self.queue.offer(event)
 
     def _drop(self, event: Event) -> None:
-        with self._lock:
-            first = self.queue.dropped == 1
-            first_of_job = event.job_id not in self.dropped_by_job
-            self.dropped_by_job[event.job_id] = self.dropped_by_job.get(event.job_id, 0) + 1
+        first = self.queue.dropped == 1
+        first_of_job = self.drops.count(event.job_id)
         why = "closed" if self.queue.closed else "not keeping up"
         if first:
             log.warning(
@@ -84,14 +82,11 @@ class MlflowSink:
                 why,
                 self.queue.maxsize,
             )
-        if first_of_job and event.job_id:
-            record_warning(
-                "sink.dropped",
+        if first_of_job:
+            self.drops.warn(
                 event.job_id,
-                sink="mlflow",
-                dropped=1,
-                queue_size=self.queue.maxsize,
-                message=f"the MLflow sink is {why}: it drops events of this run from "
+                1,
+                f"the MLflow sink is {why}: it drops events of this run from "
                 f"{event.kind!r} on (queue of {self.queue.maxsize} full); this file stays complete",
             )
 
@@ -109,16 +104,7 @@ class MlflowSink:
         done = self.queue.close(timeout, final=self.tracker.finish)
         if self.dropped:
             log.warning("crucible-mlflow: %d events were dropped in all", self.dropped)
-            for job_id, n in list(self.dropped_by_job.items()):
-                if job_id:
-                    record_warning(
-                        "sink.dropped",
-                        job_id,
-                        sink="mlflow",
-                        dropped=n,
-                        queue_size=self.queue.maxsize,
-                        message=f"the MLflow sink dropped {n} events of this run",
-                    )
+            self.drops.report(lambda n: f"the MLflow sink dropped {n} events of this run")
         return done
 
 

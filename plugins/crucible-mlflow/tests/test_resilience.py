@@ -87,7 +87,7 @@ def test_a_hanging_tracking_server_neither_slows_nor_fails_the_run(
     warnings = [e for e in read_telemetry("hanging") if e.kind == "sink.dropped"]
     assert len(warnings) == 2
     assert all(w.data["sink"] == "mlflow" and w.data["level"] == "warning" for w in warnings)
-    assert warnings[-1].data["dropped"] == sink.dropped_by_job["hanging"]
+    assert warnings[-1].data["dropped"] == sink.drops.by_job["hanging"]
 
 
 def test_a_bad_setting_turns_the_sink_off_with_one_warning(

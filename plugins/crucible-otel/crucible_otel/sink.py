@@ -31,7 +31,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Final
 
-from crucible_core.records.sinkqueue import SinkQueue, bounded_call, record_warning
+from crucible_core.records.sinkqueue import DropLedger, SinkQueue, bounded_call
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
@@ -74,9 +74,8 @@ class OtelSink:
         self.meter_provider = meter_provider
         self.maxsize = maxsize
         self.translator = Translator(tracer_provider, meter_provider)
-        #: Events dropped by job (the total is :attr:`dropped`).
-        self.dropped_by_job: dict[str, int] = {}
-        self._lock = threading.Lock()
+        #: Events dropped, by job (the total is :attr:`dropped`).
+        self.drops = DropLedger("otel", maxsize)
         self.queue: SinkQueue[Event] = SinkQueue(
             self.translator.handle, name="crucible-otel", maxsize=maxsize, on_drop=self._drop
         )
@@ -103,10 +102,8 @@ class OtelSink:
         return self.queue.offer(event)
 
     def _drop(self, event: Event) -> None:
-        with self._lock:
-            first = self.queue.dropped == 1
-            first_of_job = event.job_id not in self.dropped_by_job
-            self.dropped_by_job[event.job_id] = self.dropped_by_job.get(event.job_id, 0) + 1
+        first = self.queue.dropped == 1
+        first_of_job = self.drops.count(event.job_id)
         self.translator.dropped.add(1, {"crucible.job_id": event.job_id})
         why = "closed" if self.queue.closed else "not keeping up"
         if first:
@@ -117,24 +114,13 @@ class OtelSink:
                 why,
                 self.maxsize,
             )
-        if first_of_job and event.job_id:
-            self._record_drop(
+        if first_of_job:
+            self.drops.warn(
                 event.job_id,
-                dropped=1,
-                message=f"the OpenTelemetry sink is {why}: it drops events of this run "
+                1,
+                f"the OpenTelemetry sink is {why}: it drops events of this run "
                 f"from {event.kind!r} on (queue of {self.maxsize} full); this file stays complete",
             )
-
-    def _record_drop(self, job_id: str, *, dropped: int, message: str) -> None:
-        """A ``sink.dropped`` warning in the run's own telemetry.jsonl (the source of truth)."""
-        record_warning(
-            "sink.dropped",
-            job_id,
-            sink="otel",
-            dropped=dropped,
-            queue_size=self.maxsize,
-            message=message,
-        )
 
     # -- flushing -------------------------------------------------------------
 
@@ -172,11 +158,7 @@ class OtelSink:
         done = bounded_call(shutdown, deadline - time.monotonic(), "crucible-otel-shutdown")
         if self.dropped:
             log.warning("crucible-otel: %d events were dropped in all", self.dropped)
-            for job_id, n in list(self.dropped_by_job.items()):
-                if job_id:
-                    self._record_drop(
-                        job_id, dropped=n, message=f"the OpenTelemetry sink dropped {n} events"
-                    )
+            self.drops.report(lambda n: f"the OpenTelemetry sink dropped {n} events")
         return ok and done
 
 
