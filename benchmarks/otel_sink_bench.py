@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -78,7 +78,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _noop_plugin() -> Any:
+def noop_plugin() -> Any:
     import types
 
     from crucible_core import hookimpl
@@ -106,7 +106,7 @@ def bus_round(
     host = PluginHost(autoload=False)
     sink = None
     if noop:
-        host.add_plugin(_noop_plugin(), name="noop")
+        host.add_plugin(noop_plugin(), name="noop")
     if with_sink:
         host.add_plugin(crucible_otel.plugin, name="otel")
         sink = sink_from_env()
@@ -135,6 +135,33 @@ def bus_round(
         sink.close(10)
         sink_module.install(None)
     return n / produced, consumed, dropped
+
+
+def run_main_job(home: Path, job_id: str, disabled: Sequence[str]) -> float:
+    """`crucible train` of the README main job as run ``job_id`` in a fresh process, with the
+    ``disabled`` plugins off; the CPU seconds it used."""
+    env = {**os.environ, "CRUCIBLE_HOME": str(home)}
+    if disabled:
+        env["CRUCIBLE_DISABLE_PLUGINS"] = ",".join(disabled)
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "crucible_core.cli.main",
+            "train",
+            "examples/dates-local.toml",
+            "--job-id",
+            job_id,
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
 
 
 def step_time(home: Path, job_id: str) -> tuple[float, float, int, int]:
@@ -187,28 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in range(args.runs):
                 for on in (False, True):
                     job_id = f"main-{r}-{'on' if on else 'off'}"
-                    env = {**os.environ, "CRUCIBLE_HOME": str(home)}
-                    if not on:
-                        env["CRUCIBLE_DISABLE_PLUGINS"] = "otel"
-                    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-                    subprocess.run(
-                        [
-                            sys.executable,
-                            "-m",
-                            "crucible_core.cli.main",
-                            "train",
-                            "examples/dates-local.toml",
-                            "--job-id",
-                            job_id,
-                            "--no-progress",
-                        ],
-                        cwd=ROOT,
-                        env=env,
-                        check=True,
-                        capture_output=True,
-                    )
-                    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-                    cpu[on].append(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime)
+                    cpu[on].append(run_main_job(home, job_id, () if on else ("otel",)))
                     t, mean, steps, n_events = step_time(home, job_id)
                     times[on].append(t)
                     means[on].append(mean)

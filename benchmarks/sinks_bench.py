@@ -27,19 +27,13 @@ Run: .venv/bin/python -m benchmarks.sinks_bench
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import types
 from pathlib import Path
-from typing import Any
 
-from benchmarks.otel_sink_bench import collector
+from benchmarks.otel_sink_bench import collector, noop_plugin, run_main_job, step_time
 
 ROOT = Path(__file__).resolve().parents[1]
 SINKS = ("otel", "openlineage", "mlflow")
@@ -56,15 +50,6 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         help="main-job arms, alternating, the first is the baseline: off, all, or a sink name",
     )
     return p.parse_args(argv)
-
-
-def _noop_plugin() -> Any:
-    from crucible_core import hookimpl
-
-    def on_event(event: Any) -> None:
-        pass
-
-    return types.SimpleNamespace(on_event=hookimpl(on_event))
 
 
 class _Sinks:
@@ -130,7 +115,7 @@ def bus_round(n: int, arm: str, job_id: str) -> tuple[float, float, int]:
     names: tuple[str, ...] = SINKS if arm == "all" else (arm,) if arm in SINKS else ()
     host = PluginHost(autoload=False)
     if arm == "noop":
-        host.add_plugin(_noop_plugin(), name="noop")
+        host.add_plugin(noop_plugin(), name="noop")
     sinks = _Sinks(names)
     for name in names:
         host.add_plugin(sinks.plugins[name], name=name)
@@ -165,17 +150,6 @@ def bus_round(n: int, arm: str, job_id: str) -> tuple[float, float, int]:
     return n / produced, n / done, dropped
 
 
-def step_time(home: Path, job_id: str) -> tuple[float, float, int, int]:
-    """Median and mean seconds between consecutive train.step events; steps; all events."""
-    os.environ["CRUCIBLE_HOME"] = str(home)
-    from crucible_core.records.events import read_telemetry
-
-    events = list(read_telemetry(job_id))
-    ts = [e.ts for e in events if e.kind == "train.step"]
-    gaps = [b - a for a, b in itertools.pairwise(ts)]
-    return statistics.median(gaps), statistics.fmean(gaps), len(ts), len(events)
-
-
 def _main_job(args: argparse.Namespace, home: Path, per_event: dict[str, float]) -> None:
     arms: list[str] = args.main_arms.split(",")
     times: dict[str, list[float]] = {a: [] for a in arms}
@@ -186,29 +160,7 @@ def _main_job(args: argparse.Namespace, home: Path, per_event: dict[str, float])
         for arm in arms:
             on = SINKS if arm == "all" else () if arm == "off" else (arm,)
             job_id = f"main-{r}-{arm}"
-            env = {**os.environ, "CRUCIBLE_HOME": str(home)}
-            off = [s for s in SINKS if s not in on]
-            if off:
-                env["CRUCIBLE_DISABLE_PLUGINS"] = ",".join(off)
-            cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "crucible_core.cli.main",
-                    "train",
-                    "examples/dates-local.toml",
-                    "--job-id",
-                    job_id,
-                    "--no-progress",
-                ],
-                cwd=ROOT,
-                env=env,
-                check=True,
-                capture_output=True,
-            )
-            cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu[arm].append(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime)
+            cpu[arm].append(run_main_job(home, job_id, [s for s in SINKS if s not in on]))
             t, mean, steps, n_events = step_time(home, job_id)
             times[arm].append(t)
             means[arm].append(mean)
