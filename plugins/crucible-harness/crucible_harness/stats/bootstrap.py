@@ -57,12 +57,26 @@ def bootstrap_ci(
     _check(confidence, method)
     x = sample(data, "data", at_least=2)
     estimate = float(statistic(x, axis=-1))
-    if np.ptp(x) == 0:
+    return _interval((x,), statistic, estimate, confidence, n_resamples, method, seed)
+
+
+def _interval(
+    samples: tuple[np.ndarray, ...],
+    statistic: Callable[..., Any],
+    estimate: float,
+    confidence: float,
+    n_resamples: int,
+    method: str,
+    seed: int,
+) -> Interval:
+    """scipy's bootstrap interval of ``statistic`` over ``samples``; a point interval when
+    every sample is constant (nothing to resample, and BCa would divide by zero)."""
+    if all(np.ptp(x) == 0 for x in samples):
         return Interval(
             estimate=estimate, low=estimate, high=estimate, confidence=confidence, method=method
         )
     r: Any = st.bootstrap(
-        (x,),
+        samples,
         statistic,
         confidence_level=confidence,
         n_resamples=n_resamples,
@@ -104,23 +118,4 @@ def difference_ci(
         )
     _check(confidence, method)
     estimate = float(x.mean() - y.mean())
-    if np.ptp(x) == 0 and np.ptp(y) == 0:
-        return Interval(
-            estimate=estimate, low=estimate, high=estimate, confidence=confidence, method=method
-        )
-    r: Any = st.bootstrap(
-        (x, y),
-        _mean_diff,
-        confidence_level=confidence,
-        n_resamples=n_resamples,
-        method=method,
-        rng=np.random.default_rng(seed),
-    )
-    ci = r.confidence_interval
-    return Interval(
-        estimate=estimate,
-        low=float(ci.low),
-        high=float(ci.high),
-        confidence=confidence,
-        method=method,
-    )
+    return _interval((x, y), _mean_diff, estimate, confidence, n_resamples, method, seed)
