@@ -42,7 +42,7 @@ __all__ = [
 
 #: The version every top-level message is written with. A breaking change
 #: bumps the major part; readers refuse an unknown major.
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 SchemaVersion = Annotated[
     str,
