@@ -21,30 +21,11 @@ __all__ = ["backend_from_ref", "command", "request_of", "resolve_sampler"]
 
 
 def backend_from_ref(host: Any, ref: BackendRef) -> Any:
-    """The backend ``ref`` names, honouring its ``fallbacks``.
+    """The backend ``ref`` names, honouring its ``fallbacks`` (see
+    :func:`crucible_core.pipeline.backends.create_backend`)."""
+    from crucible_core.pipeline.backends import create_backend
 
-    With fallbacks and crucible-router installed, the ``routed`` backend: inference
-    calls fail over per call, and ``load_sampler`` (a training call, pinned to the
-    first member that could be created) comes from the first installed one. Without
-    the router, the first of ``name`` and ``fallbacks`` that can be created.
-    """
-    from crucible_core.errors import BackendError, NotFound, PluginError
-
-    if not ref.fallbacks:
-        return host.create("backend", ref.name, **ref.options)
-    if "routed" in host.registrations("backend"):
-        primary = {"name": ref.name, "options": dict(ref.options)}
-        return host.create("backend", "routed", primary=primary, fallbacks=list(ref.fallbacks))
-    tried: list[str] = []
-    for name in [ref.name, *ref.fallbacks]:
-        try:
-            return host.create("backend", name, **(ref.options if name == ref.name else {}))
-        except (NotFound, PluginError, BackendError) as exc:
-            tried.append(f"{name} ({exc.message})")
-    raise BackendError(
-        "no backend could be created: " + "; ".join(tried),
-        hint="install the backend's plugin, or pass working fallbacks",
-    )
+    return create_backend(host, ref)
 
 
 def resolve_sampler(ref: str) -> tuple[BackendRef, ModelSpec, CheckpointRef]:

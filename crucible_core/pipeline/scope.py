@@ -37,10 +37,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from crucible_core._errors import reworded
 from crucible_core.contracts import ArtifactStore
-from crucible_core.errors import BackendError, CrucibleError, NotFound, PluginError
+from crucible_core.errors import CrucibleError
 from crucible_core.ir.experiment import Experiment, StageDef
 from crucible_core.ir.lineage import Artifact, ArtifactType, Edge, Span, Trace
 from crucible_core.ir.work import Job
+from crucible_core.pipeline.backends import create_backend
 from crucible_core.pipeline.cancel import CancelFlag, reason_of
 from crucible_core.records import paths
 from crucible_core.records.artifacts import (
@@ -173,32 +174,15 @@ class RunScope:
         if name is not None and name != ref.name:
             return self.get_host().create("backend", name)
         host = self.get_host()
-        if (ref.fallbacks or ref.name == "routed") and "routed" in host.registrations("backend"):
-            # crucible-router is installed: fallbacks are honoured per call (circuit
-            # breakers, fail-over on retryable errors), not only when creating the backend;
-            # its events go to this run's telemetry.
-            options: dict[str, Any] = dict(ref.options)
-            if ref.name != "routed":
-                options = {"primary": {"name": ref.name, "options": options}}
-            if ref.fallbacks:
-                options["fallbacks"] = [*options.get("fallbacks", ()), *ref.fallbacks]
-            options.update(bus=self.bus, job_id=self.job.id, host=host)
-            return host.create("backend", "routed", **options)
-        tried: list[str] = []
-        for candidate in [ref.name, *ref.fallbacks]:
-            options = ref.options if candidate == ref.name else {}
-            try:
-                backend = host.create("backend", candidate, **options)
-            except (NotFound, PluginError, BackendError) as exc:
-                tried.append(f"{candidate} ({exc.message})")
-                continue
-            if tried:
-                self.emit("backend.fallback", backend=candidate, skipped=tried)
-            return backend
-        raise BackendError(
-            f"no backend of experiment {self.experiment.id!r} could be created: "
-            + "; ".join(tried),
-            hint="install the backend's plugin, or list working fallbacks in [backend].fallbacks",
+        return create_backend(
+            host,
+            ref,
+            # fail-overs of the routed backend go to this run's telemetry
+            routed_options={"bus": self.bus, "job_id": self.job.id, "host": host},
+            on_fallback=lambda chosen, tried: self.emit(
+                "backend.fallback", backend=chosen, skipped=tried
+            ),
+            owner=f"of experiment {self.experiment.id!r}",
         )
 
     # -- start and end -------------------------------------------------------
