@@ -16,7 +16,7 @@ import shlex
 import signal
 import sys
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from types import FrameType
 from typing import Any, cast
@@ -32,11 +32,12 @@ from crucible_core.ir.codec import convert, decode_file, to_builtins
 from crucible_core.ir.training import Budget, TrainingJob
 from crucible_core.pipeline.cancel import CancelFlag
 from crucible_core.records import paths
+from crucible_core.records.events import Event
 from crucible_core.records.runstatus import INTERRUPT_REASONS
 from crucible_core.train.loop import LoopState
 from crucible_core.train.plan import Plan, Planned, plan_run
 from crucible_core.train.run import new_job_id, run_training
-from crucible_core.train.state import STATE_FILE, read_loop_state, verified_resume
+from crucible_core.train.state import STATE_FILE, read_loop_state
 from crucible_core.train.steps import TrainingOutcome
 
 __all__ = ["command", "resume_command"]
@@ -135,6 +136,10 @@ def _execute(
 
             progress = ProgressSubscriber()
             bus.subscribe(progress, name="progress")
+        if resume is not None and not args.json:
+            # The recipe verifies the checkpoints' sha256 before loading and may fall back
+            # to an earlier one; its ``train.resume`` event names the step really used.
+            bus.subscribe(_resume_announcer(run), name="resume-announcer")
         try:
             outcome = run_training(
                 job,
@@ -164,6 +169,16 @@ def _execute(
             progress.close()
     _report(outcome, plan, args)
     return 0
+
+
+def _resume_announcer(run: str) -> Callable[[Event], None]:
+    def announce(event: Event) -> None:
+        if event.kind == "train.resume":
+            step = event.step if event.step is not None else event.data.get("step")
+            sys.stdout.write(f"resuming {run} from step {step}\n")
+            sys.stdout.flush()
+
+    return announce
 
 
 def _report(outcome: TrainingOutcome, plan: Plan | None, args: argparse.Namespace) -> None:
@@ -313,11 +328,6 @@ class _ResumeCommand:
         # Validate the changed job like a file (struct replace skips the checks) before it
         # is written into the manifest: a bad value must never break later resumes.
         job = convert(to_builtins(job), TrainingJob)
-        if not args.json:
-            # Name the step the run will really continue from: a newest checkpoint
-            # that fails its sha256 check gives way to an earlier one (warned below).
-            start, _ = verified_resume(run_dir, state)
-            sys.stdout.write(f"resuming {run_dir.name} from step {start.step}\n")
         return _execute(job, args, job_id=run_dir.name, resume=state)
 
 
