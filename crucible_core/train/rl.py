@@ -46,6 +46,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -179,6 +180,8 @@ class RLBatches:
         self._samplers: dict[int, Future[Sampler]] = {}
         self._refs: dict[int, CheckpointRef] = {}
         self._prefetched: dict[int, concurrent.futures.Future[RLStep]] = {}
+        # _samplers and _refs are written by the sampling thread and read by the loop's.
+        self._lock = threading.RLock()
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rl-sampling")
         self._reference: TrainingSession | None = None
         self._scratch: contextlib.ExitStack = contextlib.ExitStack()
@@ -212,8 +215,9 @@ class RLBatches:
         """Step ``step`` is being submitted (every earlier step is queued): queue the sampler
         weights of version ``step`` if a step samples from them, get this step's batch, and
         start sampling the next step's when it may be drawn now (off-policy)."""
-        if step not in self._samplers and step not in self._refs and self._needed(step):
-            self._samplers[step] = self._session.save_weights_for_sampler(f"rl-v{step:06d}")
+        with self._lock:
+            if step not in self._samplers and step not in self._refs and self._needed(step):
+                self._samplers[step] = self._session.save_weights_for_sampler(f"rl-v{step:06d}")
         try:
             future = self._prefetched.pop(step, None)
             batch = future.result() if future is not None else self._build(step)
@@ -235,13 +239,16 @@ class RLBatches:
 
     def _sampler(self, version: int) -> Sampler:
         """The sampler of weight ``version``: saved by this process, or loaded from its ref."""
-        future = self._samplers.get(version)
+        with self._lock:
+            future = self._samplers.get(version)
         if future is not None:
             sampler = future.result(timeout=self._deadline)
-            if sampler.checkpoint is not None and version not in self._refs:
-                self._refs[version] = sampler.checkpoint
+            with self._lock:
+                if sampler.checkpoint is not None and version not in self._refs:
+                    self._refs[version] = sampler.checkpoint
             return sampler
-        ref = self._refs.get(version)
+        with self._lock:
+            ref = self._refs.get(version)
         if ref is None:
             raise BackendError(
                 f"rl: the sampler weights of version {version} are neither saved nor listed "
@@ -249,7 +256,8 @@ class RLBatches:
                 hint="the run directory is incomplete; train the run again from its start",
             )
         loaded = self._backend.load_sampler(self._job.model_spec, ref)
-        self._samplers[version] = _Done(loaded)
+        with self._lock:
+            self._samplers[version] = _Done(loaded)
         return loaded
 
     def _build(self, step: int) -> RLStep:
@@ -396,20 +404,25 @@ class RLBatches:
     def before_checkpoint(self, saved: SavedCheckpoint) -> None:
         """List the sampler weights a run resumed from ``saved`` needs, before the loop
         records it (so the record never points at a version nobody can find)."""
-        for version in sorted(self._samplers):
+        with self._lock:
+            versions = sorted(self._samplers)
+        for version in versions:
             if version <= saved.step:
                 self._sampler(version)  # resolved: its save was queued before the step's
         keep = self._cfg.version_for(saved.step)
-        listed = {str(v): ref for v, ref in self._refs.items() if v >= keep}
+        with self._lock:
+            listed = {str(v): ref for v, ref in self._refs.items() if v >= keep}
+            retired = [v for v in self._refs if v < keep]
         write_json(self._run_dir / SAMPLERS_FILE, msgspec.to_builtins(listed))
         # Steps before saved.step are trained and the later ones sample from versions >= keep.
-        for version in [v for v in self._refs if v < keep]:
+        for version in retired:
             self._retire(version)
 
     def _retire(self, version: int) -> None:
         """Close the sampler of ``version`` and delete its weights."""
-        ref = self._refs.pop(version, None)
-        future = self._samplers.pop(version, None)
+        with self._lock:
+            ref = self._refs.pop(version, None)
+            future = self._samplers.pop(version, None)
         if future is not None:
             close = getattr(future.result(timeout=self._deadline), "close", None)
             if callable(close):
