@@ -63,7 +63,9 @@ def _job(steps: int, off_policy: int, backend: str) -> Any:
 
 def _steps_per_s(home: Path, run: str) -> float:
     lines = (home / "runs" / run / "telemetry.jsonl").read_text().splitlines()
-    events = {e["kind"]: e for e in map(json.loads, lines) if e["kind"] in ("train.start", "train.end")}
+    events = {
+        e["kind"]: e for e in map(json.loads, lines) if e["kind"] in ("train.start", "train.end")
+    }
     start, end = events["train.start"], events["train.end"]
     return int(end["step"]) / (float(end["ts"]) - float(start["ts"]))
 

@@ -216,3 +216,26 @@ def test_plan_refuses_rl_on_a_backend_without_a_sampler_and_counts_sampling(
     )
     assert [p.field for p in typo.problems] == ["$.rl.reward"]
     assert "did you mean 'number'?" in (typo.problems[0].hint or "")
+
+
+def test_rl_runs_as_stages_of_an_experiment_graph(host: PluginHost, home: Path) -> None:
+    """train.loop of the stage adapters runs the RL loop (sampled, scored batches), and
+    train.evaluate scores greedy completions of the held-out prompts."""
+    from crucible_core.ir import Job
+    from crucible_core.pipeline.runner import run_pipeline
+    from crucible_core.train.plan import training_experiment
+
+    job = _example()
+    job = msgspec.structs.replace(
+        job,
+        learning_config=msgspec.structs.replace(job.learning_config, max_steps=3),
+        dataset_spec=msgspec.structs.replace(job.dataset_spec, validation_ratio=0.2),
+    )
+    work = Job(id="g-rl", kind="training_run", payload=msgspec.to_builtins(job))
+    out = run_pipeline(training_experiment(job, "g-rl"), work, host=host)
+    summary = out["log_metrics"]
+    assert summary["steps"] == 3
+    assert summary["evaluation"]["examples"] == 8
+    assert 0.0 <= summary["evaluation"]["eval_reward"] <= 1.0
+    metrics = [e["data"]["metrics"] for e in _events(home / "runs" / "g-rl", "train.step")]
+    assert [m["version"] for m in metrics] == [0.0, 0.0, 1.0]
