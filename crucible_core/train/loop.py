@@ -42,8 +42,13 @@ Every wait on the backend has a deadline: a call that exceeds it raises
 :class:`~crucible_core.errors.DeadlineExceeded` naming the backend, the call
 and how long it waited (never a silent hang).
 
+A loop whose batches are not a fixed list (RL's sampled groups) passes a
+:class:`BatchSource`: called as each step is submitted, it makes that step's
+micro-batches and adds its metrics to the step's event; everything else
+(schedule, budgets, checkpoints, resume, events) is the same loop.
+
 Supported surface: :func:`train`, :class:`TrainLoop` (to drive a run a step
-at a time), :class:`LoopState`, :class:`LoopResult`, :class:`SavedCheckpoint`,
+at a time), :class:`BatchSource`, :class:`LoopState`, :class:`LoopResult`, :class:`SavedCheckpoint`,
 :data:`DEFAULT_DEADLINE_S`, and the re-exported schedule functions.
 """
 
