@@ -4,8 +4,9 @@ The job is examples/rl-local.toml (tiny-llama, LoRA, "answer with the number N",
 4 prompts x 8 completions a step) run twice per round, differing only in
 ``rl.max_off_policy_steps``: 0 (strictly on-policy: each step's samples wait for
 the step before) and 1 (the next step's samples are drawn while the current step
-trains). Each run's steps/s is its step count over the time from ``train.start``
-to ``train.end`` in its telemetry (data preparation and the final save excluded).
+trains). Each run's steps/s is its steady state: steps 2..N over the time from
+step 1's ``train.step`` event to ``train.end`` in its telemetry (data
+preparation, the first step's set-up and the final save excluded).
 
 Two settings: crucible-local in this process, and the ``tinker`` backend (the real
 tinker SDK over HTTP) against the project's Tinker-compatible server over
@@ -41,33 +42,47 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=8, help="RL steps per run")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds per setting")
     p.add_argument("--skip-local", action="store_true", help="only the server setting")
+    p.add_argument("--batch", type=int, default=None, help="prompts per step (example: 4)")
+    p.add_argument("--group-size", type=int, default=None, help="completions per prompt (8)")
+    p.add_argument("--max-tokens", type=int, default=None, help="tokens per completion (4)")
+    p.add_argument("--no-kl", action="store_true", help="rl.report_kl = false")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p.parse_args(argv)
 
 
-def _job(steps: int, off_policy: int, backend: str) -> Any:
+def _job(args: argparse.Namespace, off_policy: int, backend: str) -> Any:
     import msgspec
 
     from crucible_core.ir import TrainingJob, decode_file
     from crucible_core.ir.training import CheckpointPolicy
 
     job = decode_file(ROOT / "examples" / "rl-local.toml", TrainingJob)
+    rl = msgspec.structs.replace(job.rl_config, max_off_policy_steps=off_policy)
+    if args.group_size is not None:
+        rl = msgspec.structs.replace(rl, group_size=args.group_size)
+    if args.max_tokens is not None:
+        rl = msgspec.structs.replace(rl, max_tokens=args.max_tokens)
+    if args.no_kl:
+        rl = msgspec.structs.replace(rl, report_kl=False)
+    learning = msgspec.structs.replace(job.learning_config, max_steps=args.steps)
+    if args.batch is not None:
+        learning = msgspec.structs.replace(learning, batch_size=args.batch)
     return msgspec.structs.replace(
         job,
         backend=backend,
-        rl=msgspec.structs.replace(job.rl_config, max_off_policy_steps=off_policy),
-        learning_config=msgspec.structs.replace(job.learning_config, max_steps=steps),
+        rl=rl,
+        learning_config=learning,
         checkpoint_policy=CheckpointPolicy(save_every=10_000, save_best=False, keep_last=1),
     )
 
 
 def _steps_per_s(home: Path, run: str) -> float:
+    """Steady-state steps/s: steps 2..N over the time from step 1's event to train.end
+    (step 1 also opens the reference session and the first sampler)."""
     lines = (home / "runs" / run / "telemetry.jsonl").read_text().splitlines()
-    events = {
-        e["kind"]: e for e in map(json.loads, lines) if e["kind"] in ("train.start", "train.end")
-    }
-    start, end = events["train.start"], events["train.end"]
-    return int(end["step"]) / (float(end["ts"]) - float(start["ts"]))
+    events = [e for e in map(json.loads, lines) if e["kind"] in ("train.step", "train.end")]
+    first, end = events[0], events[-1]
+    return (int(end["step"]) - int(first["step"])) / (float(end["ts"]) - float(first["ts"]))
 
 
 def _rounds(arms: dict[str, Callable[[int], float]], rounds: int) -> dict[str, list[float]]:
@@ -100,13 +115,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from crucible_core.train.run import run_training
 
     torch.set_num_threads(1)  # the shared 2-core machine: one thread per model worker
-    results: dict[str, Any] = {"steps": args.steps, "rounds": args.rounds}
+    results: dict[str, Any] = {
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "batch": args.batch or 4,
+        "group_size": args.group_size or 8,
+        "max_tokens": args.max_tokens or 4,
+        "report_kl": not args.no_kl,
+    }
 
     def arm(setting: str, off_policy: int, backend: Any) -> Callable[[int], float]:
         def run(r: int) -> float:
             run_id = f"{setting}-{off_policy}-{r}"
             name = "tinker" if setting == "server" else "local"
-            run_training(_job(args.steps, off_policy, name), job_id=run_id, backend=backend)
+            run_training(_job(args, off_policy, name), job_id=run_id, backend=backend)
             return _steps_per_s(home, run_id)
 
         return run
@@ -162,7 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write("\n")
         return 0
     w = sys.stdout.write
-    w(f"RL steps/s, examples/rl-local.toml, {args.steps} steps x {args.rounds} rounds\n")
+    w(f"RL steps/s, examples/rl-local.toml, {args.steps} steps x {args.rounds} rounds, ")
+    w(f"{results['batch']} prompts x {results['group_size']} completions x ")
+    w(f"{results['max_tokens']} tokens, report_kl {results['report_kl']}\n")
     for setting in ("local", "server"):
         if setting not in results:
             continue

@@ -180,8 +180,9 @@ class RLBatches:
         self._samplers: dict[int, Future[Sampler]] = {}
         self._refs: dict[int, CheckpointRef] = {}
         self._prefetched: dict[int, concurrent.futures.Future[RLStep]] = {}
-        # _samplers and _refs are written by the sampling thread and read by the loop's.
+        # _samplers, _refs, _kl_pending are written by the sampling thread, read by the loop's.
         self._lock = threading.RLock()
+        self._kl_pending: dict[int, tuple[Callable[[], list[float | None]], int]] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rl-sampling")
         self._reference: TrainingSession | None = None
         self._scratch: contextlib.ExitStack = contextlib.ExitStack()
@@ -200,7 +201,13 @@ class RLBatches:
         return current.micro[micro], current.epochs[micro]
 
     def metrics(self, step: int) -> Mapping[str, float]:
-        return self._metrics.pop(step, {})
+        metrics = self._metrics.pop(step, {})
+        with self._lock:
+            pending = self._kl_pending.pop(step, None)
+        if pending is not None:
+            resolve, tokens = pending
+            metrics["kl"] = _mean_kl(resolve(), tokens)
+        return metrics
 
     # -- steps -----------------------------------------------------------------------
 
@@ -300,7 +307,15 @@ class RLBatches:
                 sample_id = f"step {step + 1}, prompt {i}, completion {k}"
                 r = call_reward(self._reward, cfg.reward, c.text, reference, sample_id)
                 rows.append((m, i, k, c, r))
-        kls = self._kl(rows)
+        resolve = self._kl(rows)
+        tokens = sum(len(c.tokens) for _, _, _, c, _ in rows)
+        if cfg.kl_coef == 0 and cfg.report_kl:
+            # Only reported: read it when the step's metrics are, off the sampling path.
+            with self._lock:
+                self._kl_pending[step] = (resolve, tokens)
+            kls: list[float | None] = [None] * len(rows)
+        else:
+            kls = resolve()
         shaped = [
             r - cfg.kl_coef * kl if kl is not None and cfg.kl_coef > 0 else r
             for (_, _, _, _, r), kl in zip(rows, kls, strict=True)
@@ -345,10 +360,8 @@ class RLBatches:
             "samples": float(len(rows)),
             "sample_tokens": float(sum(len(c.tokens) for _, _, _, c, _ in rows)),
         }
-        tokens = sum(len(c.tokens) for _, _, _, c, _ in rows)
         if kls and kls[0] is not None:
-            weighted = [kl for kl in kls if kl is not None]
-            metrics["kl"] = sum(weighted) / max(1, tokens)
+            metrics["kl"] = _mean_kl(kls, tokens)
         return RLStep(
             step=step,
             version=version,
@@ -358,12 +371,15 @@ class RLBatches:
             samples=samples,
         )
 
-    def _kl(self, rows: Sequence[tuple[int, int, int, Any, float]]) -> list[float | None]:
-        """Each sample's summed log-ratio ``log p_sampler - log p_reference`` over its tokens
-        (None each when KL is neither reported nor used)."""
+    def _kl(
+        self, rows: Sequence[tuple[int, int, int, Any, float]]
+    ) -> Callable[[], list[float | None]]:
+        """Submit the reference's forward pass; the returned function gives each sample's
+        summed log-ratio ``log p_sampler - log p_reference`` over its tokens (None each when
+        KL is neither reported nor used)."""
         cfg = self._cfg
         if not (cfg.report_kl or cfg.kl_coef > 0):
-            return [None] * len(rows)
+            return lambda: [None] * len(rows)
         datums: list[Datum] = []
         where: list[int] = []
         for n, (_, i, _, c, _) in enumerate(rows):
@@ -373,14 +389,19 @@ class RLBatches:
                 where.append(n)
         out: list[float | None] = [0.0] * len(rows)
         if not datums:
+            return lambda: out
+        future = self.reference().forward(datums, Loss())
+
+        def resolve() -> list[float | None]:
+            result = future.result(timeout=self._deadline)
+            for n, datum, ref in zip(where, datums, result.logprobs, strict=True):
+                inputs = datum.loss_fn_inputs
+                weights = inputs.weights or []
+                sampled = inputs.logprobs or []
+                out[n] = sum(w * (s - q) for w, s, q in zip(weights, sampled, ref, strict=True))
             return out
-        result = self.reference().forward(datums, Loss()).result(timeout=self._deadline)
-        for n, datum, ref in zip(where, datums, result.logprobs, strict=True):
-            inputs = datum.loss_fn_inputs
-            weights = inputs.weights or []
-            sampled = inputs.logprobs or []
-            out[n] = sum(w * (s - q) for w, s, q in zip(weights, sampled, ref, strict=True))
-        return out
+
+        return resolve
 
     def reference(self) -> TrainingSession:
         """The reference session (the base model, never trained), opened on first use."""
@@ -454,6 +475,11 @@ class RLBatches:
                 ref = self._refs.get(version)
                 if ref is not None and ref.uri not in kept and not isinstance(future, _Done):
                     self._session.delete_checkpoint(ref)
+
+
+def _mean_kl(kls: Sequence[float | None], tokens: int) -> float:
+    """The KL per completion token of a step, from each sample's summed log-ratio."""
+    return sum(kl for kl in kls if kl is not None) / max(1, tokens)
 
 
 class _Done:
