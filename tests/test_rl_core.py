@@ -215,3 +215,29 @@ def test_a_reward_that_raises_names_the_reward_the_error_and_the_sample() -> Non
     assert "reward 'broken' raised KeyError" in info.value.message
     assert "step 1, prompt 0, completion 0" in info.value.message
     assert call_reward(lambda c, r: 1, "int", "t", "r", "s") == 1.0
+
+
+def test_crucible_train_reports_an_rl_runs_greedy_mean_reward(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import argparse
+
+    from crucible_core.cli.train_cmd import _report  # pyright: ignore[reportPrivateUsage]
+    from crucible_core.train.steps import TrainingOutcome
+
+    outcome = TrainingOutcome(
+        job_id="r",
+        run_dir="/runs/r",
+        initial_loss=0.0,
+        final_loss=-0.01,
+        steps=3,
+        total_steps=3,
+        tokens=10,
+        cost=0.0,
+        elapsed_s=1.0,
+        evaluation={"split": "validation", "examples": 8, "eval_reward": 0.375},
+    )
+    _report(outcome, None, argparse.Namespace(json=False))
+    out = capsys.readouterr().out
+    assert "eval       validation: mean reward 0.375 (greedy)" in out
+    assert "loss nan" not in out
