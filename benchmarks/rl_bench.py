@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             close = getattr(local, "close", None)
             if callable(close):
                 close()
-        results["local"] = {k: _summary(v) for k, v in samples.items()}
+        results["local"] = dict[str, Any]({k: _summary(v) for k, v in samples.items()})
         results["local"]["speedup"] = (
             results["local"]["overlapped"]["median_steps_per_s"]
             / results["local"]["sequential"]["median_steps_per_s"]
@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         backend.close()
         server.stop()
-    results["server"] = {k: _summary(v) for k, v in samples.items()}
+    results["server"] = dict[str, Any]({k: _summary(v) for k, v in samples.items()})
     results["server"]["speedup"] = (
         results["server"]["overlapped"]["median_steps_per_s"]
         / results["server"]["sequential"]["median_steps_per_s"]
