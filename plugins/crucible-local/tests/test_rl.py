@@ -239,3 +239,36 @@ def test_rl_runs_as_stages_of_an_experiment_graph(host: PluginHost, home: Path) 
     assert 0.0 <= summary["evaluation"]["eval_reward"] <= 1.0
     metrics = [e["data"]["metrics"] for e in _events(home / "runs" / "g-rl", "train.step")]
     assert [m["version"] for m in metrics] == [0.0, 0.0, 1.0]
+
+
+def test_a_budget_stopped_on_policy_run_resumes_on_the_same_curve(
+    host: PluginHost, home: Path
+) -> None:
+    """Strictly on-policy (each step samples its own starting weights): a max_tokens stop
+    then resume gives the losses and rewards of an uninterrupted run."""
+    from crucible_core.errors import BudgetExhausted
+    from crucible_core.ir import Budget
+
+    base = _example(max_off_policy_steps=0)
+    job = msgspec.structs.replace(
+        base,
+        learning_config=msgspec.structs.replace(base.learning_config, max_steps=4),
+        checkpoint_policy=CheckpointPolicy(save_every=1, save_best=False, keep_last=2),
+    )
+    run_training(job, job_id="whole", host=host)
+    whole = [e["data"] for e in _events(home / "runs" / "whole", "train.step")]
+    total_tokens = read_loop_state(home / "runs" / "whole").tokens
+    with pytest.raises(BudgetExhausted):
+        run_training(
+            msgspec.structs.replace(job, budget=Budget(max_tokens=total_tokens // 2)),
+            job_id="cut",
+            host=host,
+        )
+    state = read_loop_state(home / "runs" / "cut")
+    assert 0 < state.step < 4
+    run_training(job, job_id="cut", host=host, resume=state)
+    after = [e["data"] for e in _events(home / "runs" / "cut", "train.step")][-(4 - state.step) :]
+    for got, want in zip(after, whole[state.step :], strict=True):
+        assert got["loss"] == pytest.approx(want["loss"], abs=1e-6)
+        assert got["metrics"]["reward:mean"] == pytest.approx(want["metrics"]["reward:mean"])
+        assert got["metrics"]["staleness"] == 0.0
