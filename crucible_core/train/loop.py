@@ -48,8 +48,9 @@ micro-batches and adds its metrics to the step's event; everything else
 (schedule, budgets, checkpoints, resume, events) is the same loop.
 
 Supported surface: :func:`train`, :class:`TrainLoop` (to drive a run a step
-at a time), :class:`BatchSource`, :class:`LoopState`, :class:`LoopResult`, :class:`SavedCheckpoint`,
-:data:`DEFAULT_DEADLINE_S`, and the re-exported schedule functions.
+at a time), :class:`BatchSource`, :class:`LoopState`, :class:`LoopResult`,
+:class:`SavedCheckpoint`, :data:`DEFAULT_DEADLINE_S`, and the re-exported
+schedule functions.
 """
 
 from __future__ import annotations
