@@ -62,6 +62,7 @@ __all__ = [
     "RegisterHedgingPolicy",
     "RegisterMetric",
     "RegisterRenderer",
+    "RegisterReward",
     "RegisterRoutingPolicy",
     "RegisterStage",
     "hookimpl",
@@ -123,6 +124,19 @@ class RegisterMetric(Protocol):
         self,
         name: str,
         factory: str | Callable[..., dict[str, float]],
+        *,
+        summary: str = ...,
+        **metadata: Any,
+    ) -> None: ...
+
+
+class RegisterReward(Protocol):
+    """``register`` of ``register_rewards``: the factory is the reward function itself."""
+
+    def __call__(
+        self,
+        name: str,
+        factory: str | Callable[..., float],
         *,
         summary: str = ...,
         **metadata: Any,
@@ -240,6 +254,17 @@ class HookSpecs:
 
         ``factory`` is a function ``(predictions, references, **options) ->
         dict[str, float]``. Called once per process. Added in 0.1.
+        """
+
+    @hookspec
+    def register_rewards(self, register: RegisterReward) -> None:
+        """Register reward functions for ``workflow = "rl"`` (``rl.reward = "name"``).
+
+        ``factory`` is a function ``(completion, reference) -> float``:
+        ``completion`` is the sampled text, ``reference`` the dataset row's
+        answer (its completion or last assistant message). A reward that
+        raises or returns a non-number stops the run (after a checkpoint)
+        naming the reward and the sample. Called once per process. Added in 0.1.
         """
 
     @hookspec

@@ -72,6 +72,7 @@ KINDS: dict[str, str] = {
     "dataset": "register_datasets",
     "renderer": "register_renderers",
     "metric": "register_metrics",
+    "reward": "register_rewards",
     "ensemble_strategy": "register_ensemble_strategies",
     "hedging_policy": "register_hedging_policies",
     "routing_policy": "register_routing_policies",

@@ -196,7 +196,9 @@ def _report(outcome: TrainingOutcome, plan: Plan | None, args: argparse.Namespac
     if outcome.evaluation:
         ev = outcome.evaluation
         line = f"eval       {ev.get('split')}: loss {ev.get('eval_loss', float('nan')):.4f}"
-        if "eval_accuracy" in ev:  # preference pairs (DPO)
+        if "eval_reward" in ev:  # RL: greedy completions of held-out prompts, scored
+            line = f"eval       {ev.get('split')}: mean reward {ev['eval_reward']:.3f} (greedy)"
+        elif "eval_accuracy" in ev:  # preference pairs (DPO)
             line += f", preference accuracy {ev['eval_accuracy']:.2f}"
             line += f", reward margin {ev.get('eval_margin', float('nan')):.3f}"
         w(line + "\n")

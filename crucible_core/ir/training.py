@@ -46,6 +46,7 @@ __all__ = [
     "ModelSpec",
     "Optimizer",
     "QLoRA",
+    "RLConfig",
     "ResourceSpec",
     "Scheduler",
     "TrainingJob",
@@ -290,7 +291,7 @@ class Budget(IRStruct, frozen=True, kw_only=True):
     max_wall_time: PositiveFloat | None = None
 
 
-Workflow = Literal["sft", "dpo"]
+Workflow = Literal["sft", "dpo", "rl"]
 
 
 class DPOConfig(IRStruct, frozen=True, kw_only=True):
@@ -307,13 +308,70 @@ class DPOConfig(IRStruct, frozen=True, kw_only=True):
     reference: Annotated[str, Meta(min_length=1)] = "base"
 
 
+class RLConfig(IRStruct, frozen=True, kw_only=True):
+    """Reinforcement learning, GRPO-style (``workflow = "rl"``): how to sample, score and learn.
+
+    Each step takes ``learning_config.batch_size`` prompts, samples
+    ``group_size`` completions of each (at most ``max_tokens`` tokens, at
+    ``temperature``) from the policy's sampler, scores each with ``reward``
+    (a registered reward, e.g. ``"gsm8k"`` or ``"exact_match"``, or
+    ``"package.module:function"``), and trains with the group-relative
+    advantage ``reward - mean(group's rewards)`` (divided by the group's
+    standard deviation with ``scale_advantages``) under the ``loss``
+    (``importance_sampling``, or ``ppo`` clipped at ``1 +- clip_epsilon``).
+
+    The sampler's weights are refreshed every ``refresh_every`` steps; a
+    sample may come from weights at most ``max_off_policy_steps`` steps older
+    than the step that trains on it (0: strictly on-policy, sampling waits for
+    each step). With ``max_off_policy_steps >= 1`` the next step's samples are
+    drawn while the current step trains, so ``refresh_every`` may be at most
+    ``max(1, max_off_policy_steps)``. ``kl_coef`` subtracts ``kl_coef`` times
+    each sample's log-ratio to the reference (the base model) from its reward;
+    ``report_kl`` reports that KL per step (it costs a forward pass of the
+    reference per step; it is always computed when ``kl_coef > 0``).
+    """
+
+    reward: Annotated[str, Meta(min_length=1)] = "exact_match"
+    group_size: Annotated[int, Meta(ge=2, le=128)] = 4
+    max_tokens: PositiveInt = 32
+    temperature: PositiveFloat = 1.0
+    loss: Literal["importance_sampling", "ppo"] = "importance_sampling"
+    clip_epsilon: Annotated[float, Meta(gt=0, lt=1)] = 0.2
+    refresh_every: PositiveInt = 1
+    max_off_policy_steps: NonNegativeInt = 0
+    scale_advantages: bool = False
+    kl_coef: NonNegativeFloat = 0.0
+    report_kl: bool = True
+
+    def __post_init__(self) -> None:
+        most = max(1, self.max_off_policy_steps)
+        if self.refresh_every > most:
+            raise ValueError(
+                f"rl.refresh_every = {self.refresh_every} would train on samples more than "
+                f"max_off_policy_steps = {self.max_off_policy_steps} steps old: set "
+                f"refresh_every to {most} or less, or raise max_off_policy_steps"
+            )
+
+    @property
+    def lag(self) -> int:
+        """Steps between the weights a step's samples come from and the step, at least:
+        1 when sampling overlaps training (``max_off_policy_steps >= 1``), else 0."""
+        return 1 if self.max_off_policy_steps >= 1 else 0
+
+    def version_for(self, step: int) -> int:
+        """The weight version (optimizer steps done) step ``step`` (0-based) samples from."""
+        return max(0, (step - self.lag) // self.refresh_every * self.refresh_every)
+
+
 class TrainingJob(IRStruct, frozen=True, kw_only=True):
     """A training run, fully declared. The top-level TrainingIR message.
 
     ``workflow`` picks the recipe: ``"sft"`` (supervised, the loss of
-    ``learning_config.loss``) or ``"dpo"`` (preference pairs, the DPO loss
+    ``learning_config.loss``), ``"dpo"`` (preference pairs, the DPO loss
     with ``dpo``'s settings; ``learning_config.loss`` stays unset or names
-    ``dpo``).
+    ``dpo``) or ``"rl"`` (sampled completions scored by a reward, with
+    ``rl``'s settings; ``learning_config.loss`` stays unset, ``rl.loss``
+    names the loss).
     """
 
     schema_version: SchemaVersion = SCHEMA_VERSION
@@ -329,6 +387,7 @@ class TrainingJob(IRStruct, frozen=True, kw_only=True):
     budget: Budget = Budget()
     workflow: Workflow = "sft"
     dpo: DPOConfig | None = None
+    rl: RLConfig | None = None
     metadata: Params = {}
 
     def __post_init__(self) -> None:
@@ -340,11 +399,23 @@ class TrainingJob(IRStruct, frozen=True, kw_only=True):
                 'workflow = "dpo" trains with the DPO loss: leave learning_config.loss unset '
                 f"(it says {loss.name!r}) and set dpo.beta instead"
             )
+        if self.workflow != "rl" and self.rl is not None:
+            raise ValueError('`rl` settings are only used with workflow = "rl"')
+        if self.workflow == "rl" and loss != Loss() and loss.name != self.rl_config.loss:
+            raise ValueError(
+                'workflow = "rl" trains with rl.loss ("importance_sampling" or "ppo"): leave '
+                f"learning_config.loss unset (it says {loss.name!r}) and set rl.loss instead"
+            )
 
     @property
     def dpo_config(self) -> DPOConfig:
         """``dpo`` or its defaults (a DPO job need not spell them out)."""
         return self.dpo if self.dpo is not None else DPOConfig()
+
+    @property
+    def rl_config(self) -> RLConfig:
+        """``rl`` or its defaults (an RL job need not spell them out)."""
+        return self.rl if self.rl is not None else RLConfig()
 
     @property
     def backend_ref(self) -> BackendRef:

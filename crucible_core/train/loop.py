@@ -42,9 +42,15 @@ Every wait on the backend has a deadline: a call that exceeds it raises
 :class:`~crucible_core.errors.DeadlineExceeded` naming the backend, the call
 and how long it waited (never a silent hang).
 
+A loop whose batches are not a fixed list (RL's sampled groups) passes a
+:class:`BatchSource`: called as each step is submitted, it makes that step's
+micro-batches and adds its metrics to the step's event; everything else
+(schedule, budgets, checkpoints, resume, events) is the same loop.
+
 Supported surface: :func:`train`, :class:`TrainLoop` (to drive a run a step
-at a time), :class:`LoopState`, :class:`LoopResult`, :class:`SavedCheckpoint`,
-:data:`DEFAULT_DEADLINE_S`, and the re-exported schedule functions.
+at a time), :class:`BatchSource`, :class:`LoopState`, :class:`LoopResult`,
+:class:`SavedCheckpoint`, :data:`DEFAULT_DEADLINE_S`, and the re-exported
+schedule functions.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ import functools
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn, Protocol
 
 import msgspec
@@ -86,6 +92,7 @@ from crucible_core.train.schedule import (
 
 __all__ = [
     "DEFAULT_DEADLINE_S",
+    "BatchSource",
     "Emit",
     "LoopResult",
     "LoopState",
@@ -112,6 +119,23 @@ class Emit(Protocol):
 
 def _quiet(event: str, /, **data: Any) -> None:
     """The default Emit: report nothing."""
+
+
+class BatchSource(Protocol):
+    """Makes the batches of a loop whose data is not a fixed list (RL's sampled groups).
+
+    Called as ``source(loop, step, micro)`` when step ``step`` (0-based) is
+    submitted, every earlier step's calls already queued on the session (so a
+    call the source queues on it lands between step ``step - 1`` and step
+    ``step``); returns micro-batch ``micro`` and the epoch it ends in. It may end
+    the run with ``loop.stop(reason, make_error)`` (checkpoint first).
+    """
+
+    def __call__(self, loop: TrainLoop, step: int, micro: int, /) -> tuple[list[Datum], float]: ...
+
+    def metrics(self, step: int, /) -> Mapping[str, float]:
+        """Metrics of step ``step``'s batches, added to its ``train.step`` event."""
+        ...
 
 
 class SavedCheckpoint(msgspec.Struct, kw_only=True):
@@ -243,8 +267,11 @@ class TrainLoop:
         deadline_s: float = DEFAULT_DEADLINE_S,
         clock: Callable[[], float] = time.monotonic,
         group: int = 1,
+        batches: BatchSource | None = None,
+        examples: int | None = None,
     ) -> None:
         self._session = session
+        self._batches = batches
         self._group = group
         self._job = job
         self._budget = job.budget
@@ -269,8 +296,9 @@ class TrainLoop:
         self._watch = _Watchdog(backend_name, deadline_s)
         self._clock = clock
         #: Optimizer steps of the whole run (resumed or not).
-        self.total = total_steps(cfg, len(train_data) // group)
-        self._bpe = batches_per_epoch(len(train_data) // group, cfg.batch_size)
+        n_examples = len(train_data) // group if examples is None else examples
+        self.total = total_steps(cfg, n_examples)
+        self._bpe = batches_per_epoch(n_examples, cfg.batch_size)
         #: The loop's resumable state; ``state.step`` is the last step finished.
         self.state = state = msgspec.structs.replace(resume) if resume is not None else LoopState()
         state.checkpoints = list(state.checkpoints)
@@ -377,10 +405,15 @@ class TrainLoop:
         cost. If the step would exceed a budget, :meth:`stop` with
         :class:`~crucible_core.errors.BudgetExhausted` instead, submitting nothing."""
         cfg, session, state = self._cfg, self._session, self.state
-        micro = [
-            batch_for_step(self._train_data, step, m, cfg, shuffle=self._shuffle, group=self._group)
-            for m in range(cfg.grad_accum)
-        ]
+        if self._batches is not None:
+            micro = [self._batches(self, step, m) for m in range(cfg.grad_accum)]
+        else:
+            micro = [
+                batch_for_step(
+                    self._train_data, step, m, cfg, shuffle=self._shuffle, group=self._group
+                )
+                for m in range(cfg.grad_accum)
+            ]
         step_tokens = sum(_tokens(b) for b, _ in micro)
         epoch = micro[-1][1]
         problem = self.budget_problem(step_tokens)
@@ -454,6 +487,8 @@ class TrainLoop:
         for r in results:
             metrics.update(r.metrics)
         metrics.update(opt.metrics)
+        if self._batches is not None:
+            metrics.update(self._batches.metrics(item.step))
         self._say(
             "train.step",
             step=state.step,
@@ -636,6 +671,8 @@ def train(
     deadline_s: float = DEFAULT_DEADLINE_S,
     clock: Callable[[], float] = time.monotonic,
     group: int = 1,
+    batches: BatchSource | None = None,
+    examples: int | None = None,
 ) -> LoopResult:
     """Run the job's optimizer steps on ``session``; see the module docstring for the rules.
 
@@ -645,6 +682,8 @@ def train(
     last checkpoint (the caller has already ``load_state``-d the session).
     ``group`` datums in a row form one example kept whole in every batch (2 for
     DPO pairs; see :func:`~crucible_core.train.schedule.batch_for_step`).
+    ``batches`` makes each step's micro-batches instead of ``train_data`` (a
+    :class:`BatchSource`); the run then has ``examples`` examples an epoch.
     """
     return TrainLoop(
         session,
@@ -662,6 +701,8 @@ def train(
         deadline_s=deadline_s,
         clock=clock,
         group=group,
+        batches=batches,
+        examples=examples,
     ).run()
 
 

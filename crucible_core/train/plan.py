@@ -138,6 +138,8 @@ class Plan(msgspec.Struct, kw_only=True):
     tokenizer: str | None = None
     steps: int | None = None
     tokens_to_train: int | None = None
+    #: RL: tokens the sampler generates at most (``rl.max_tokens`` per completion).
+    tokens_to_sample: int | None = None
     checkpoints: list[CheckpointEstimate] = []
     state_checkpoints: int | None = None
     cost: float | None = None
@@ -231,6 +233,21 @@ def check_capabilities(job: TrainingJob, caps: Capabilities, backend: str) -> li
                     supported=list(caps.losses),
                     hint='choose a backend that declares the "dpo" loss, or logprobs and '
                     '"importance_sampling"',
+                )
+            )
+    elif job.workflow == "rl":
+        from crucible_core.train.rl import rl_refusal
+
+        refusal = rl_refusal(backend, caps, job.rl_config.loss)
+        if refusal is not None:
+            problems.append(
+                PlanProblem(
+                    field="$.workflow",
+                    message=refusal,
+                    backend=backend,
+                    supported=list(caps.losses),
+                    hint="choose a backend that samples with logprobs and computes rl.loss "
+                    "(crucible-local, tinker)",
                 )
             )
     elif cfg.loss.name not in caps.losses:
@@ -330,7 +347,9 @@ def check_pipeline(
                 )
             )
     loss = job.learning_config.loss.name
-    if job.workflow == "dpo":  # the DPO recipe attaches ref_logprobs itself
+    if job.workflow in ("dpo", "rl"):  # their recipes make the loss inputs themselves
+        if job.workflow == "rl":
+            problems.extend(_check_reward(job))
         return problems
     if caps is not None and loss not in caps.losses:
         return problems
@@ -353,6 +372,17 @@ def check_pipeline(
             )
         )
     return problems
+
+
+def _check_reward(job: TrainingJob) -> list[PlanProblem]:
+    """``rl.reward`` resolved (registered, or importable), else the problem."""
+    from crucible_core.train.rewards import resolve_reward
+
+    try:
+        resolve_reward(job.rl_config.reward)
+    except CrucibleError as exc:
+        return [PlanProblem(field="$.rl.reward", message=exc.message, hint=exc.hint)]
+    return []
 
 
 class _PlanContext:
@@ -426,9 +456,9 @@ def plan_run(
         plan.problems.append(PlanProblem(field="$.backend", message=exc.message, hint=exc.hint))
         return out
     plan.plugin = reg.plugin
-    from crucible_core.train import dpo, sft
+    from crucible_core.train import dpo, rl, sft
 
-    steps = dpo.STEPS if job.workflow == "dpo" else sft.STEPS
+    steps = {"dpo": dpo.STEPS, "rl": rl.STEPS}.get(job.workflow, sft.STEPS)
     plan.stages = [f"{n} ({uses})" for n, uses in steps]
     caps = reg.capabilities
     # Options can change what a backend declares (a model, prices, throughput): ask
@@ -467,7 +497,15 @@ def plan_run(
         plan.problems.append(PlanProblem(field=field, message=exc.message, hint=exc.hint))
         plan.ok = False
         return out
-    _estimate(plan, job, caps, out.backend, out.prepared.train, measure=measure)
+    _estimate(
+        plan,
+        job,
+        caps,
+        out.backend,
+        out.prepared.train,
+        measure=measure,
+        prompts=out.prepared.train_prompts if job.workflow == "rl" else None,
+    )
     plan.ok = not plan.problems
     return out
 
@@ -481,7 +519,7 @@ def _count(plan: Plan, job: TrainingJob, host: PluginHost, backend: Any) -> Prep
     plan.rows = data.train_rows
     plan.validation_rows = data.validation_rows
     plan.skipped_rows = data.skipped
-    plan.tokens_per_epoch = sum(len(d.model_input) for d in data.train)
+    plan.tokens_per_epoch = sum(len(d.model_input) for d in data.train) or data.tokens
     plan.template = data.template
     tokenizer = backend.get_tokenizer(job.model_spec)
     plan.tokenizer = str(getattr(tokenizer, "name", type(tokenizer).__name__))
@@ -496,12 +534,28 @@ def _estimate(
     datums: list[Datum],
     *,
     measure: bool,
+    prompts: Sequence[Mapping[str, Any]] | None = None,
 ) -> None:
     cfg = job.learning_config
     group = 2 if job.workflow == "dpo" else 1
-    total = trainloop.total_steps(cfg, len(datums) // group)
+    if job.workflow == "rl" and prompts is not None:
+        total = trainloop.total_steps(cfg, len(prompts))
+        tokens = _rl_tokens(job, prompts, total)
+        plan.tokens_to_sample = (
+            total
+            * cfg.grad_accum
+            * cfg.batch_size
+            * (job.rl_config.group_size * job.rl_config.max_tokens)
+        )
+        plan.notes.append(
+            f"RL: each step samples {job.rl_config.group_size} completions of "
+            f"{cfg.batch_size * cfg.grad_accum} prompts (up to {job.rl_config.max_tokens} tokens "
+            "each); the token counts are upper bounds"
+        )
+    else:
+        total = trainloop.total_steps(cfg, len(datums) // group)
+        tokens = _tokens_to_train(datums, total, cfg, shuffle=job.dataset_spec.shuffle, group=group)
     plan.steps = total
-    tokens = _tokens_to_train(datums, total, cfg, shuffle=job.dataset_spec.shuffle, group=group)
     plan.tokens_to_train = tokens
     if job.budget.max_tokens is not None and tokens > job.budget.max_tokens:
         plan.notes.append(
@@ -568,6 +622,25 @@ def _tokens_to_train(
         step, micro = divmod(index, cfg.grad_accum)
         batch, _ = trainloop.batch_for_step(datums, step, micro, cfg, shuffle=shuffle, group=group)
         tokens += sum(len(d.model_input) for d in batch)
+    return tokens
+
+
+def _rl_tokens(job: TrainingJob, prompts: Sequence[Mapping[str, Any]], total: int) -> int:
+    """Tokens an RL run trains on at most: each step's prompts, ``group_size`` times,
+    each with a full ``max_tokens`` completion. Walks the steps' prompt indices
+    (O(steps x batch)), which is what a run samples anyway."""
+    cfg, rl = job.learning_config, job.rl_config
+    lengths = [len(cast(Sequence[Any], p["tokens"])) for p in prompts]
+    indices = cast(Sequence[Any], list(range(len(prompts))))
+    tokens = 0
+    for step in range(total):
+        for micro in range(cfg.grad_accum):
+            chosen, _ = trainloop.batch_for_step(
+                indices, step, micro, cfg, shuffle=job.dataset_spec.shuffle
+            )
+            tokens += sum(
+                rl.group_size * (lengths[i] + rl.max_tokens - 1) for i in cast(list[int], chosen)
+            )
     return tokens
 
 

@@ -27,13 +27,16 @@ class PreparedData(msgspec.Struct, kw_only=True):
     """A job's data, ready to train on, and what the run records about it.
 
     For a DPO job (``group == 2``) ``train`` and ``validation`` hold each
-    preference pair as two Datums in a row, chosen then rejected.
+    preference pair as two Datums in a row, chosen then rejected. For an RL job
+    ``train`` is empty and ``train_prompts`` holds the prompts to sample from.
     """
 
     train: list[Datum]
     validation: list[Datum] = []
     #: Held-out prompts and answers for metrics scored on samples (``data.tokenize``).
     validation_prompts: list[dict[str, Any]] = []
+    #: Training prompts and answers of an RL job (``tokens``, ``reference``, ``input``).
+    train_prompts: list[dict[str, Any]] = []
     #: Content hash of the rows (``sha256:...``), independent of the file's format.
     dataset_hash: str | None = None
     rows: int = 0
@@ -58,6 +61,7 @@ class PreparedData(msgspec.Struct, kw_only=True):
             validation_prompts=cast(
                 list[dict[str, Any]], tokenized.get("validation_prompts") or []
             ),
+            train_prompts=cast(list[dict[str, Any]], tokenized.get("train_prompts") or []),
             dataset_hash=cast(str | None, loaded.get("dataset_hash")),
             rows=len(cast(list[Any], loaded.get("rows") or [])),
             train_rows=len(cast(list[Any], loaded.get("train_rows") or [])),

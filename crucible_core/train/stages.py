@@ -3,7 +3,9 @@
 ``train.loop`` -> (``train.evaluate``, ``train.save``) -> ``train.log_metrics``,
 after crucible-datasets' ``data.load`` -> ``data.tokenize``. For a
 ``workflow = "dpo"`` job ``train.loop`` runs the DPO recipe's reference step
-(:func:`crucible_core.train.dpo.with_reference`) before the loop. Each adapter turns
+(:func:`crucible_core.train.dpo.with_reference`) before the loop; for a
+``workflow = "rl"`` job it runs the RL recipe's loop
+(:func:`crucible_core.train.rl.rl_train_step`: sampled, scored batches). Each adapter turns
 its inputs into the recipe's typed values and calls the same step function
 :func:`crucible_core.train.run.run_training` runs, so the two paths cannot
 drift. ``train.loop`` hands on a :class:`LoopOutput` (the live session and the
@@ -86,6 +88,18 @@ class TrainLoopStage:
             scope.resources.callback(session.close)
         try:
             data, trains = _prepared(ctx), session
+            if job.workflow == "rl":  # the RL recipe's loop: sampled, scored batches
+                from crucible_core.train.rl import rl_job, rl_train_step
+
+                job = rl_job(job)
+                trained = rl_train_step(
+                    ctx, session, backend, job, data, resume, int(self.options.get("window", 2))
+                )
+                return {
+                    "loop": LoopOutput(session=session, trained=trained, job=job, data=data),
+                    "final_loss": trained.result.state.last_loss,
+                    "steps": trained.result.state.step,
+                }
             if job.workflow == "dpo":  # the DPO recipe's reference step, then its loss
                 from crucible_core.train.dpo import dpo_job, with_reference
 
@@ -130,6 +144,12 @@ class EvaluateStage:
         before = loop.trained.sampled_before
         job = loop.job or training_job_of(ctx)
         data = loop.data or _prepared(ctx)
+        if job.workflow == "rl":
+            from crucible_core.train.rewards import resolve_reward
+            from crucible_core.train.rl import evaluate_rl
+
+            reward = resolve_reward(job.rl_config.reward, getattr(ctx, "host", None))
+            return evaluate_rl(ctx, loop.session, job, data, reward)
         return steps.evaluate(ctx, loop.session, job, data, before=before)
 
 

@@ -28,7 +28,7 @@ from crucible_core.contracts import StageContext, TrainingSession
 from crucible_core.errors import ConfigError
 from crucible_core.ir.backend import Capabilities, CheckpointRef
 from crucible_core.ir.experiment import StageDef
-from crucible_core.ir.lineage import Edge
+from crucible_core.ir.lineage import Edge, EdgeKind
 from crucible_core.ir.training import Full, TrainingJob
 from crucible_core.pipeline.scope import RunScope
 from crucible_core.records.artifacts import config_digest, uri_path, write_json
@@ -55,6 +55,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: The lineage relation a workflow's final weights have to the base model, beside
+#: ``derived_from``.
+_WORKFLOW_EDGES: dict[str, EdgeKind] = {"rl": "rl_from"}
 
 
 class Trained(msgspec.Struct, kw_only=True):
@@ -230,6 +234,9 @@ def save_final(
             path, type=kind, name="final", metadata={"step": session.step}
         ).artifact_id
     edges = [Edge(src=node, dst=f"model:{job.model_spec.name}", kind="derived_from")]
+    relation = _WORKFLOW_EDGES.get(job.workflow)
+    if relation is not None:  # what kind of training made it from the base
+        edges.append(Edge(src=node, dst=f"model:{job.model_spec.name}", kind=relation))
     if result.last is not None:
         edges.append(Edge(src=node, dst=f"checkpoint:{result.last.ref.uri}", kind="derived_from"))
     from crucible_core.records.lineage import LineageRecorder

@@ -10,7 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from crucible_core.hookspecs import hookimpl
-from crucible_datasets.registry import COMMANDS, METRICS, RENDERERS, SAMPLES, SOURCES, STAGES
+from crucible_datasets.registry import (
+    COMMANDS,
+    METRICS,
+    RENDERERS,
+    REWARDS,
+    SAMPLES,
+    SOURCES,
+    STAGES,
+)
 
 
 @hookimpl
@@ -46,6 +54,12 @@ def register_renderers(register: Any) -> None:
 @hookimpl
 def register_metrics(register: Any) -> None:
     for name, (factory, summary) in METRICS.items():
+        register(name, factory, summary=summary)
+
+
+@hookimpl
+def register_rewards(register: Any) -> None:
+    for name, (factory, summary) in REWARDS.items():
         register(name, factory, summary=summary)
 
 

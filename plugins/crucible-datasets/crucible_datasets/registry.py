@@ -13,6 +13,7 @@ __all__ = [
     "COMMANDS",
     "METRICS",
     "RENDERERS",
+    "REWARDS",
     "SAMPLES",
     "SOURCES",
     "STAGES",
@@ -180,6 +181,17 @@ METRICS: dict[str, tuple[str, str]] = {
     "pass_at_k": (
         f"{_P}.metrics:pass_at_k",
         "pass@k of code run in a subprocess with a timeout and resource limits",
+    ),
+}
+
+#: name -> (factory, summary).
+REWARDS: dict[str, tuple[str, str]] = {
+    "gsm8k": (f"{_P}.rewards:gsm8k", "GSM8K final-answer correctness (1 or 0)"),
+    "exact_match": (f"{_P}.rewards:exact_match", "Exact match after SQuAD normalisation (1 or 0)"),
+    "number": (
+        f"{_P}.rewards:number",
+        "1 for the reference's number, else half the share of digits (shaped, for "
+        "'answer with the number N' tasks)",
     ),
 }
 

@@ -27,7 +27,10 @@ training workflow samples and scores before and after training.
 A ``workflow = "dpo"`` job gets preference pairs instead
 (:func:`~crucible_datasets.datums.render_pairs`): ``train`` and ``validation``
 hold each pair as two Datums in a row, chosen then rejected (weights on the
-completion tokens only), and ``"group": 2`` says so.
+completion tokens only), and ``"group": 2`` says so. A ``workflow = "rl"`` job
+gets prompts instead of Datums: ``"train_prompts"`` and ``"validation_prompts"``
+(:func:`crucible_datasets.prompts.eval_prompts` rows: ``tokens``,
+``reference``, ``input``), ``"train": []``.
 
 ``tokens`` counts the training Datums' input tokens (one epoch). The length
 limit is ``dataset_spec.max_length``, else ``model_spec.max_seq_len``.
@@ -145,6 +148,8 @@ def tokenize_outputs(
     renderer = get_renderer(spec.template, tokenizer)
     if job.workflow == "dpo":
         return _pair_outputs(job, tokenizer, train_rows, validation_rows, renderer, max_length)
+    if job.workflow == "rl":
+        return _prompt_outputs(job, train_rows, validation_rows, renderer, max_length)
     held_out = list(validation_rows)  # read twice when samples are wanted
     validation_rows = held_out
     if ctx is not None:
@@ -224,6 +229,53 @@ def _pair_outputs(
         "truncated": 0,
         "dropped": (len(train_rows) + len(validation_rows))
         - (len(flat["train"]) + len(flat["validation"])) // 2,
+        "max_length": max_length,
+        "packed": False,
+    }
+
+
+def _prompt_outputs(
+    job: TrainingJob,
+    train_rows: Iterable[Mapping[str, Any]],
+    validation_rows: Iterable[Mapping[str, Any]],
+    renderer: Any,
+    max_length: int | None,
+) -> dict[str, Any]:
+    """``data.tokenize``'s output for RL: prompts and reference answers, no Datums.
+
+    A prompt leaves room for ``rl.max_tokens`` sampled tokens within the length limit.
+    """
+    from crucible_datasets.prompts import eval_prompts
+
+    spec = job.dataset_spec
+    room = None if max_length is None else max_length - job.rl_config.max_tokens
+    if room is not None and room < 2:
+        raise ConfigError(
+            f"rl.max_tokens = {job.rl_config.max_tokens} leaves no room for a prompt within "
+            f"the length limit of {max_length} tokens",
+            hint="lower rl.max_tokens or raise dataset_spec.max_length / model_spec.max_seq_len",
+        )
+    train_rows = list(train_rows)
+    train = eval_prompts(train_rows, renderer, spec, max_length=room)
+    validation = eval_prompts(validation_rows, renderer, spec, max_length=room)
+    if not train:
+        raise ConfigError(
+            f"{spec.uri}: no row gives a prompt with an answer to score ({len(train_rows)} rows)",
+            hint="RL needs prompt/completion (or chat) rows whose last message is the answer; "
+            "check dataset_spec.fields and the length limit",
+        )
+    return {
+        "train": [],
+        "train_prompts": train,
+        "validation": [],
+        "validation_prompts": validation,
+        "tokens": sum(len(p["tokens"]) for p in train),
+        "template": renderer.name,
+        "template_hash": renderer.template_hash,
+        "validation_tokens": sum(len(p["tokens"]) for p in validation),
+        "loss_tokens": 0.0,
+        "truncated": 0,
+        "dropped": len(train_rows) - len(train),
         "max_length": max_length,
         "packed": False,
     }

@@ -254,3 +254,28 @@ def test_tokenize_renders_preference_pairs_for_a_dpo_job(
     )
     assert "group" not in sft
     assert len(sft["train"]) == len(loaded["train_rows"])
+
+
+def test_tokenize_gives_prompts_and_answers_for_an_rl_job(
+    host: PluginHost, tok: ByteTokenizer
+) -> None:
+    """workflow = "rl": no Datums, the prompts (ending in the assistant's turn) and the
+    answers the reward scores against, from the shipped GSM8K sample; a length limit that
+    leaves no room for rl.max_tokens is refused."""
+    load, tokenize = _stages(host)
+    payload = dict(_job("sample:gsm8k", validation_ratio=0.2), workflow="rl")
+    backend = _Backend(tok)
+    loaded = dict(load.run(Context(payload, backend)) or {})
+    out = dict(tokenize.run(Context(payload, backend, {"load": loaded})) or {})
+    assert out["train"] == []
+    prompts = out["train_prompts"]
+    assert len(prompts) == len(loaded["train_rows"])
+    assert len(out["validation_prompts"]) == len(loaded["validation_rows"])
+    first = prompts[0]
+    assert first["reference"].rstrip().split("#### ")[-1].isdigit()
+    assert first["input"] in tok.decode(first["tokens"])
+    assert first["reference"] not in tok.decode(first["tokens"])
+    assert out["tokens"] == sum(len(p["tokens"]) for p in prompts)
+    tight = dict(_job("sample:gsm8k", max_seq_len=40), workflow="rl", rl={"max_tokens": 39})
+    with pytest.raises(ConfigError, match="leaves no room for a prompt"):
+        tokenize.run(Context(tight, backend, {"load": loaded}))
