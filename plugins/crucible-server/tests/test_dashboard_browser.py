@@ -1,0 +1,300 @@
+"""The dashboard in a real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright)
+against a real uvicorn on 127.0.0.1.
+
+One browser per module; each test has its own server and browser context.
+Screenshots go to ``tmp/artifacts/dashboard/`` at the repository root (kept by
+CI as test artifacts; ``CRUCIBLE_TEST_ARTIFACTS`` moves them). scripts/test.sh
+installs chromium when it is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from crucible_server.tokens import TokenStore
+
+from crucible_core.ir import TrainingJob, decode_file
+
+ROOT = Path(__file__).resolve().parents[3]
+CHROMIUM = "/usr/bin/chromium"
+#: The network is closed on CI machines: without these Chromium stalls on start.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = (
+    Path(os.environ.get("CRUCIBLE_TEST_ARTIFACTS", ROOT / "tmp" / "artifacts")) / "dashboard"
+)
+T = 20_000  # ms: the longest any single wait in the page may take
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def open_page(browser: Any) -> Iterator[Any]:
+    """``open_page(url, token=None, width=1280)``: a page in a fresh context.
+
+    Each context has its own sessionStorage, so tokens do not leak between tests."""
+    contexts: list[Any] = []
+
+    def make(url: str, token: str | None = None, width: int = 1280) -> Any:
+        # bypass_csp: Playwright's waits evaluate strings, which the pages' CSP forbids.
+        # It also means the XSS test proves the escaping alone, without the CSP's help.
+        ctx = browser.new_context(viewport={"width": width, "height": 900}, bypass_csp=True)
+        contexts.append(ctx)
+        if token is not None:
+            ctx.add_init_script(f"sessionStorage.setItem('crucible.token', {token!r})")
+        page = ctx.new_page()
+        page.set_default_timeout(T)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.js_errors = errors
+        page.goto(url)
+        return page
+
+    yield make
+    for ctx in contexts:
+        ctx.close()
+
+
+def shot(page: Any, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def _dates_job(steps: int) -> dict[str, Any]:
+    raw: dict[str, Any] = msgspec.to_builtins(
+        decode_file(ROOT / "examples" / "dates-local.toml", TrainingJob)
+    )
+    raw["learning_config"]["max_steps"] = steps
+    raw["checkpoint_policy"].update({"save_every": 10, "keep_last": 1})
+    raw["validation_spec"] = {"every_n_steps": 10, "metrics": ["loss"]}
+    raw["dataset_spec"]["uri"] = "examples/data/dates.jsonl"
+    raw["metadata"] = {"name": "dates (dashboard test)"}
+    return raw
+
+
+def _curves(n: int, delay_s: float, **extra: Any) -> dict[str, Any]:
+    args = {"n": n, "delay_s": delay_s, **extra.pop("args", {})}
+    return {
+        "kind": "custom",
+        "payload": {"target": "dashboard_test_jobs:curves", "args": args},
+        **extra,
+    }
+
+
+def _points(page: Any) -> int:
+    return int(page.locator("#points").inner_text())
+
+
+def _wait_status(c: Any, job_id: str, status: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while c.get(f"/v1/jobs/{job_id}").json()["job"]["status"] != status:
+        assert time.monotonic() < deadline, f"{job_id} never became {status}"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_run_page_chart_grows_live_and_resumes_after_a_drop(
+    start_server, http, tokens: TokenStore, open_page
+) -> None:
+    tok, _ = tokens.create("acme", ["admin"])
+    srv = start_server(tokens=tokens, workers=1)
+    c = http(srv, tok)
+    job_id = c.post("/v1/jobs", json=_dates_job(steps=400)).json()["job_id"]
+    page = open_page(f"{srv.url}/runs/{job_id}", token=tok)
+    # Starting the training (torch, the model, the data) may take long on a loaded machine.
+    page.wait_for_function(
+        "Number(document.getElementById('points').textContent) >= 3", timeout=120_000
+    )
+    first = _points(page)
+    assert page.locator("#stream-state").inner_text() == "live"
+    # While the job runs, the chart gains points without a reload.
+    page.wait_for_function(f"Number(document.getElementById('points').textContent) >= {first + 3}")
+    assert int(page.locator("#chart-loss").get_attribute("data-points") or 0) > first // 2
+    assert page.locator("#run-status").inner_text() == "running"
+    assert page.locator("#run-name").inner_text() == "dates (dashboard test)"
+    # Drop the connection: the page says so, reconnects with Last-Event-ID, and
+    # draws nothing twice.
+    page.evaluate("window.crucibleDebug.dropStream()")
+    page.wait_for_function("document.getElementById('stream-state').textContent !== 'live'")
+    assert "reconnecting" in page.locator("#stream-state").inner_text()
+    page.wait_for_function("document.getElementById('stream-state').textContent === 'live'")
+    before = _points(page)
+    page.wait_for_function(f"Number(document.getElementById('points').textContent) > {before}")
+    shot(page, "run-page")
+    c.post(f"/v1/jobs/{job_id}/cancel")
+    page.wait_for_function(
+        "document.getElementById('stream-state').textContent.startsWith('ended')"
+    )
+    ids = page.evaluate("window.crucibleDebug.eventIds")
+    assert ids == list(range(1, len(ids) + 1))  # every line once, in order, across the drop
+    assert page.evaluate("window.crucibleDebug.drops") == 1
+    page.wait_for_function("document.getElementById('run-status').textContent === 'cancelled'")
+    # Artifacts list with sha256 once the run wrote files; config and plan are shown.
+    page.wait_for_selector("#artifacts tbody tr")
+    assert len(page.locator("#artifacts td.hash").first.inner_text()) == 64
+    assert '"max_steps": 400' in page.locator("#config").inner_text()
+    page.wait_for_function("document.getElementById('plan').textContent.includes('steps')")
+    assert page.js_errors == []
+
+
+def test_cancel_from_the_page_after_confirmation(
+    start_server, http, tokens: TokenStore, open_page
+) -> None:
+    tok, _ = tokens.create("acme", ["admin"])
+    srv = start_server(tokens=tokens, workers=1)
+    c = http(srv, tok)
+    job_id = c.post("/v1/jobs", json=_curves(100000, 0.05)).json()["job_id"]
+    _wait_status(c, job_id, "running")
+    page = open_page(f"{srv.url}/runs/{job_id}", token=tok)
+    cancel = page.locator("#cancel")
+    cancel.wait_for(state="visible")
+    page.once("dialog", lambda d: d.dismiss())  # "no": nothing happens
+    cancel.click()
+    time.sleep(0.3)
+    assert c.get(f"/v1/jobs/{job_id}").json()["job"]["status"] == "running"
+    page.once("dialog", lambda d: d.accept())
+    cancel.click()
+    page.wait_for_function("document.getElementById('run-status').textContent === 'cancelled'")
+    assert c.get(f"/v1/jobs/{job_id}").json()["job"]["status"] == "cancelled"
+    assert cancel.is_hidden()
+    assert page.locator("#retry").is_visible()  # a cancelled job may be retried
+    shot(page, "run-page-cancelled")
+    assert page.js_errors == []
+
+
+def test_a_read_only_token_sees_no_cancel_and_the_api_refuses_it(
+    start_server, http, tokens: TokenStore, open_page
+) -> None:
+    admin, _ = tokens.create("acme", ["admin"])
+    ro, _ = tokens.create("acme", ["jobs:read"])
+    srv = start_server(tokens=tokens, workers=1)
+    c = http(srv, admin)
+    job_id = c.post("/v1/jobs", json=_curves(100000, 0.05)).json()["job_id"]
+    _wait_status(c, job_id, "running")
+    page = open_page(f"{srv.url}/runs/{job_id}", token=ro)
+    page.wait_for_function("Number(document.getElementById('points').textContent) >= 2")
+    page.wait_for_function("document.getElementById('run-status').textContent === 'running'")
+    assert page.locator("#cancel").is_hidden()
+    assert "lacks the artifacts:read scope" in page.locator("#artifacts-state").inner_text()
+    status = page.evaluate(
+        """async (id) => (await fetch(`/v1/jobs/${id}/cancel`, {method: 'POST', headers: {
+             Authorization: `Bearer ${sessionStorage.getItem('crucible.token')}`}})).status""",
+        job_id,
+    )
+    assert status == 403
+    assert c.get(f"/v1/jobs/{job_id}").json()["job"]["status"] == "running"
+    c.post(f"/v1/jobs/{job_id}/cancel")
+
+
+def test_a_wrong_token_prompts_for_one_kept_for_the_session_never_in_urls(
+    start_server, http, tokens: TokenStore, open_page
+) -> None:
+    tok, _ = tokens.create("acme", ["admin"])
+    srv = start_server(tokens=tokens, workers=0)
+    job_id = http(srv, tok).post("/v1/jobs", json=_curves(1, 0)).json()["job_id"]
+    page = open_page(f"{srv.url}/", token="crk_wrong_secret")
+    urls: list[str] = []
+    page.on("request", lambda r: urls.append(r.url))
+    panel = page.locator("#token-panel")
+    panel.wait_for(state="visible")
+    assert "refused" in page.locator("#token-reason").inner_text()
+    shot(page, "token-prompt")
+    page.evaluate("sessionStorage.clear()")
+    page.context.clear_cookies()
+    page.fill("#token-input", tok)
+    with page.expect_navigation():
+        page.press("#token-input", "Enter")
+    page.wait_for_selector(f"tr[data-job='{job_id}']")
+    assert panel.is_hidden()
+    assert page.evaluate("sessionStorage.getItem('crucible.token')") == tok
+    assert "tenant acme" in page.locator("#whoami").inner_text()
+    assert urls
+    assert not [u for u in urls if tok in u or "secret" in u]
+
+
+def test_unknown_run_with_tokens_shows_not_found_with_a_link_back(
+    start_server, tokens: TokenStore, open_page
+) -> None:
+    tok, _ = tokens.create("acme", ["admin"])
+    srv = start_server(tokens=tokens, workers=0)
+    page = open_page(f"{srv.url}/runs/job_nope", token=tok)
+    page.locator("#run-missing").wait_for(state="visible")
+    assert page.locator("#run").is_hidden()
+    page.locator("#run-missing a").click()
+    page.wait_for_url(f"{srv.url}/")
+
+
+def test_script_in_job_and_metric_names_is_shown_as_text(
+    start_server, http, tokens: TokenStore, open_page
+) -> None:
+    tok, _ = tokens.create("acme", ["admin"])
+    srv = start_server(tokens=tokens, workers=1)
+    c = http(srv, tok)
+    name = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>' + "A" * 300
+    metric = "<script>window.__xss=3</script><img src=y onerror=window.__xss=4>"
+    job = _curves(5, 0, args={"metric": metric}, metadata={"name": name})
+    job_id = c.post("/v1/jobs", json=job).json()["job_id"]
+    _wait_status(c, job_id, "succeeded")
+    page = open_page(f"{srv.url}/", token=tok)
+    cell = page.locator(f"tr[data-job='{job_id}'] td").nth(2)
+    cell.wait_for()
+    assert cell.inner_text() == name
+    page.goto(f"{srv.url}/runs/{job_id}")
+    page.wait_for_function(
+        "document.getElementById('stream-state').textContent.startsWith('ended')"
+    )
+    assert page.locator("#run-name").inner_text() == name
+    page.get_by_text(metric, exact=True).first.wait_for()  # the chart's legend, as text
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("img[src=x], img[src=y]").count() == 0
+    assert page.js_errors == []
+
+
+def test_accessibility_basics_and_a_narrow_screen(
+    start_server, http, tokens: TokenStore, open_page
+) -> None:
+    tok, _ = tokens.create("acme", ["admin"])
+    srv = start_server(tokens=tokens, workers=1)
+    c = http(srv, tok)
+    job_id = c.post("/v1/jobs", json=_curves(20, 0, metadata={"name": "a11y"})).json()["job_id"]
+    _wait_status(c, job_id, "succeeded")
+    audit = (Path(__file__).parent / "a11y_audit.js").read_text()
+    for width in (1280, 375):
+        for path in ("/", f"/runs/{job_id}"):
+            page = open_page(f"{srv.url}{path}", token=tok, width=width)
+            page.wait_for_selector(
+                f"tr[data-job='{job_id}']" if path == "/" else "#chart-loss .u-over"
+            )
+            assert page.evaluate(audit) == [], (path, width)
+            # Keyboard: the first Tab reaches the skip link, which moves focus to the content.
+            page.keyboard.press("Tab")
+            assert page.evaluate("document.activeElement.className") == "skip"
+            page.keyboard.press("Enter")
+            assert page.evaluate("document.activeElement.id") == "main"
+            if width == 375:
+                shot(page, f"narrow{path.replace('/', '-') or '-jobs'}")
+            assert page.js_errors == []
