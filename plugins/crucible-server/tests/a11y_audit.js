@@ -3,7 +3,7 @@
   Labels, accessible names, WCAG AA text contrast (4.5:1), no horizontal scroll. */
   const out = [];
   if (!document.documentElement.lang) out.push('no lang');
-  if (document.querySelectorAll('h1').length !== 1) out.push('h1 count');
+  if ([...document.querySelectorAll('h1')].filter((h) => h.offsetParent).length !== 1) out.push('h1 count');
   for (const e of document.querySelectorAll('input, select, textarea')) {
     if (e.type === 'hidden') continue;
     if (!(e.labels && e.labels.length) && !e.getAttribute('aria-label')) out.push('unlabelled ' + (e.id || e.name));

@@ -175,13 +175,13 @@ async function followEvents(jobId, h) {
 /* -- charts --------------------------------------------------------------- */
 
 class Curves {
-  constructor(node, label) {
-    this.node = node; this.label = label;
+  constructor(node, label, height) {
+    this.node = node; this.label = label; this.height = height || 240;
     this.series = new Map(); /* name -> Map(step -> value) */
     this.plot = null; this.pending = false; this.count = 0;
     if (window.ResizeObserver) new ResizeObserver(() => this.plot && this.plot.setSize(this.size())).observe(node);
   }
-  size() { return { width: Math.max(240, this.node.clientWidth), height: 240 }; }
+  size() { return { width: Math.max(200, this.node.clientWidth), height: this.height }; }
   add(name, step, value) {
     if (typeof value !== "number" || !Number.isFinite(value) || typeof step !== "number") return;
     let m = this.series.get(name);
@@ -216,6 +216,25 @@ class Curves {
     this.node.dataset.points = String(this.count);
     debug.rendered.push({ step: this.lastStep, at: Date.now(), points: this.count });
     if (debug.rendered.length > 5000) debug.rendered.splice(0, 1000);
+  }
+}
+
+/* One small chart per metric (their scales differ: tokens in thousands, lr in 1e-4). */
+class MetricCharts {
+  constructor(box) { this.box = box; this.charts = new Map(); }
+  get count() { let n = 0; for (const c of this.charts.values()) n += c.count; return n; }
+  add(name, step, value) {
+    if (typeof value !== "number" || !Number.isFinite(value)) return;
+    let c = this.charts.get(name);
+    if (!c) {
+      const empty = this.box.querySelector(".state");
+      if (empty) empty.remove();
+      const node = el("div", { className: "chart", role: "img", "aria-label": `${name} by step` });
+      this.box.append(el("figure", {}, node, el("figcaption", { text: name })));
+      c = new Curves(node, name, 150);
+      this.charts.set(name, c);
+    }
+    c.add(name, step, value);
   }
 }
 
@@ -314,7 +333,7 @@ async function jobsPage() {
 async function runPage() {
   const jobId = document.body.dataset.jobId;
   const loss = new Curves($("chart-loss"), "loss");
-  const metrics = new Curves($("chart-metrics"), "value");
+  const metrics = new MetricCharts($("metric-charts"));
   let total = null;
   let job = null;
   const missing = () => { $("run").hidden = true; $("run-missing").hidden = false; document.title = "Not found · Crucible"; };
