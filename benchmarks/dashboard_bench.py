@@ -118,7 +118,7 @@ def main() -> None:
             fcp: list[float] = []
             chart: list[float] = []
             for _ in range(args.rounds):
-                ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+                ctx = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
                 page = ctx.new_page()
                 page.goto(f"{srv.url}/runs/{done}")
                 page.wait_for_function(
@@ -138,7 +138,7 @@ def main() -> None:
                 ctx.close()
             # -- event to chart, page open while the writer runs ---------------
             live = c.post("/v1/jobs", json=_job(args.events, args.interval, 2.0)).json()
-            ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+            ctx = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
             page = ctx.new_page()
             page.goto(f"{srv.url}/runs/{live['job_id']}")
             page.wait_for_function(
