@@ -38,6 +38,11 @@ function fmt(v) {
   if (typeof v === "number") return Number.isInteger(v) ? String(v) : v.toPrecision(4);
   return typeof v === "string" ? v : JSON.stringify(v);
 }
+const compact = new Intl.NumberFormat("en", { notation: "compact", maximumSignificantDigits: 3 });
+function axisNumber(v) {
+  if (v === null || v === undefined) return "";
+  return Math.abs(v) >= 1000 ? compact.format(v) : String(+v.toPrecision(3));
+}
 function bytes(n) {
   const u = ["B", "KiB", "MiB", "GiB"]; let i = 0;
   while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
@@ -207,8 +212,11 @@ class Curves {
       this.plot = new uPlot({
         ...this.size(),
         scales: { x: { time: false } },
-        axes: [{ label: "step" }, { label: this.label }],
-        series: [{ label: "step" }, ...names.map((n, i) => ({ label: n, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: true, points: { show: xs.length < 60 } }))],
+        axes: this.height < 200
+          ? [{}, { size: 56, values: (u, vals) => vals.map(axisNumber) }]
+          : [{ label: "step" }, { label: this.label, size: 60, values: (u, vals) => vals.map(axisNumber) }],
+        legend: { show: this.height >= 200 },
+        series: [{ label: "step" }, ...names.map((n, i) => ({ label: n, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: true, points: { show: (u) => u.data[0].length < 60 } }))],
       }, data, this.node);
     } else {
       this.plot.setData(data);
@@ -250,7 +258,10 @@ function plotEvent(kind, ev, loss, metrics, prefix) {
   if (kind === "eval.metric" && typeof ev.step === "number") {
     const split = d.split || "eval";
     loss.add(`${p}${split} loss`, ev.step, d.loss);
-    for (const [k, v] of Object.entries(d.metrics || {})) if (metrics) metrics.add(`${p}${split} ${k}`, ev.step, v);
+    for (const [k, v] of Object.entries(d.metrics || {})) {
+      if (k.endsWith("loss")) loss.add(`${p}${split} ${k}`, ev.step, v); /* val_loss beside the train loss */
+      else if (metrics) metrics.add(`${p}${split} ${k}`, ev.step, v);
+    }
     return true;
   }
   return false;
