@@ -150,3 +150,56 @@ def test_diff_is_the_runs_diff_of_the_manifests(start_server, http, tmp_path: Pa
     assert {ch["key"] for ch in d["diffs"][1]["changes"]} == {"seed", "backend.name"}
     assert c.get(f"/ui/api/diff?runs={ids[0]}").status_code == 400
     assert c.get("/ui/api/diff?runs=" + ",".join(ids * 2)).status_code == 400
+
+
+def grid_file(tmp_path: Path) -> Path:
+    """A crucible-harness experiment file over the README job: 2 learning rates x 2 seeds."""
+    root = Path(__file__).resolve().parents[3]
+    path = tmp_path / "grid.toml"
+    path.write_text(
+        'id = "lr-grid"\nseeds = [0, 1]\n'
+        f'metadata = {{ job = "{root / "examples" / "dates-local.toml"}" }}\n'
+        '[parameter_grid]\n"learning_config.optimizer.lr" = [0.001, 0.005]\n'
+    )
+    return path
+
+
+def test_experiments_group_the_harness_cells_per_tenant(
+    start_server, http, tokens: TokenStore, tmp_path: Path
+) -> None:
+    from crucible_harness.experiment import load, submit
+
+    a, _ = tokens.create("default", ["jobs:read"])
+    b, _ = tokens.create("other", ["jobs:read"])
+    srv = start_server(tokens=tokens, workers=0)
+    submit(load(grid_file(tmp_path)), srv.scheduler)  # as `crucible experiment run` does
+    (listed,) = http(srv, a).get("/ui/api/experiments").json()["items"]
+    assert (listed["id"], listed["cells"], listed["statuses"]) == ("lr-grid", 4, {"queued": 4})
+    x = http(srv, a).get("/ui/api/experiments/lr-grid").json()
+    assert x["keys"] == ["learning_config.optimizer.lr"]
+    cells = {(c["overrides"]["learning_config.optimizer.lr"], c["seed"]) for c in x["cells"]}
+    assert cells == {(lr, s) for lr in ("0.001", "0.005") for s in ("0", "1")}
+    assert http(srv, b).get("/ui/api/experiments").json()["items"] == []
+    assert http(srv, b).get("/ui/api/experiments/lr-grid").status_code == 404
+
+
+def test_a_finished_cell_shows_the_harness_metrics_of_its_run() -> None:
+    from crucible_server.dashboard.experiments import experiment_cells
+
+    from crucible_core.ir.work import Job
+
+    meta = {"experiment": "g", "overrides": {"seed": "1"}, "seed": "1"}
+    done = Job(id="cell-a", kind="training_run", status="succeeded", metadata=meta)
+    running = Job(id="cell-b", kind="training_run", status="running", metadata=meta)
+    other = Job(id="cell-c", kind="training_run", status="succeeded", metadata={})
+    run_dir("cell-a").mkdir(parents=True)
+    summary = '{"final_loss": 0.25, "steps": 8, "evaluation": {"validation": {"loss": 0.5}}}'
+    (run_dir("cell-a") / "manifest.json").write_text(f'{{"training": {summary}}}')
+    x = experiment_cells([done, running, other], "g")
+    assert [c["id"] for c in x["cells"]] == ["cell-a", "cell-b"]
+    assert x["cells"][0]["metrics"] == {
+        "final_loss": 0.25,
+        "steps": 8.0,
+        "evaluation.validation.loss": 0.5,
+    }
+    assert x["cells"][1]["metrics"] == {}

@@ -342,3 +342,23 @@ def test_compare_overlays_runs_with_their_diff_and_lineage_is_drawn(
     assert svg.locator("rect").count() >= 2
     assert ids[0] in (svg.locator("title").text_content() or "")
     assert page.js_errors == []
+
+
+def test_experiments_list_and_grid_of_cells(
+    start_server, tokens: TokenStore, open_page, tmp_path: Path
+) -> None:
+    from crucible_harness.experiment import load, submit
+    from test_dashboard import grid_file
+
+    tok, _ = tokens.create("default", ["jobs:read"])
+    srv = start_server(tokens=tokens, workers=0)
+    submit(load(grid_file(tmp_path)), srv.scheduler)
+    page = open_page(f"{srv.url}/experiments", token=tok)
+    with page.expect_navigation():
+        page.get_by_role("link", name="lr-grid").click()
+    page.wait_for_selector("#cells tbody tr")
+    assert page.locator("#cells tbody tr").count() == 4
+    head = page.locator("#cells thead th").all_inner_texts()
+    assert head[:4] == ["cell", "learning_config.optimizer.lr", "seed", "status"]
+    assert page.locator("#experiment-compare").is_visible()
+    assert page.js_errors == []

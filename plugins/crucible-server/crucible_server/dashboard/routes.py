@@ -163,8 +163,15 @@ def mount_dashboard(
 
     @app.get("/experiments", include_in_schema=False)
     def experiments_page() -> Any:  # pyright: ignore[reportUnusedFunction]
+        return page("experiments.html", title="Experiments", nav="experiments")
+
+    @app.get("/experiments/{experiment}", include_in_schema=False)
+    def experiment_page(experiment: str) -> Any:  # pyright: ignore[reportUnusedFunction]
         return page(
-            "jobs.html", title="Experiments", nav="experiments", kind_filter="experiment_step"
+            "experiment.html",
+            title=f"Experiment {experiment}",
+            nav="experiments",
+            experiment=experiment,
         )
 
     @app.get("/runs/{job_id}", include_in_schema=False)
@@ -206,6 +213,22 @@ def mount_dashboard(
         """The caller's newest jobs (newest first) with name, backend and progress."""
         found = scheduler.list(status=status or None, kind=kind or None, tenant_id=p.tenant_id)
         return as_json({"items": [job_summary(j) for j in reversed(found[-limit:])]})
+
+    @app.get("/ui/api/experiments", include_in_schema=False)
+    def experiments(p: Principal = read) -> Any:  # pyright: ignore[reportUnusedFunction]
+        """The caller's grid experiments (crucible-harness cells grouped by experiment)."""
+        from crucible_server.dashboard.experiments import experiment_list
+
+        jobs = scheduler.list(kind="training_run", tenant_id=p.tenant_id)
+        return as_json({"items": experiment_list(jobs)})
+
+    @app.get("/ui/api/experiments/{experiment}", include_in_schema=False)
+    def experiment(experiment: str, p: Principal = read) -> Any:  # pyright: ignore[reportUnusedFunction]
+        """One experiment's cells: overrides, seed, status, metrics of finished ones."""
+        from crucible_server.dashboard.experiments import experiment_cells
+
+        jobs = scheduler.list(kind="training_run", tenant_id=p.tenant_id)
+        return as_json(experiment_cells(jobs, experiment))
 
     @app.get("/ui/api/jobs/{job_id}/artifacts", include_in_schema=False)
     def artifacts(job_id: str, p: Principal = art) -> Any:  # pyright: ignore[reportUnusedFunction]

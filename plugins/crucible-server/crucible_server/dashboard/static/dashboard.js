@@ -616,9 +616,59 @@ async function modelsPage() {
   try { await render(); } catch (e) { if (!(e instanceof AuthNeeded)) $("models-state").textContent = `Could not load the models: ${e.message}`; }
 }
 
+/* -- experiments -------------------------------------------------------------- */
+
+async function experimentsPage() {
+  const body = document.querySelector("#experiments tbody");
+  try {
+    const data = await api("/ui/api/experiments");
+    for (const x of data.items) {
+      const statuses = Object.entries(x.statuses).map(([k, n]) => `${n} ${k}`).join(", ");
+      body.append(el("tr", {},
+        el("td", {}, el("a", { href: `/experiments/${encodeURIComponent(x.id)}`, text: x.id })),
+        el("td", { text: x.cells }), el("td", { text: statuses }),
+        el("td", { text: x.created_at ? new Date(x.created_at).toLocaleString() : "–" })));
+    }
+    $("experiments-state").textContent = data.items.length ? "" : "No grid experiment yet (crucible experiment run FILE).";
+  } catch (e) { if (!(e instanceof AuthNeeded)) $("experiments-state").textContent = `Could not load: ${e.message}`; }
+}
+
+async function experimentPage() {
+  const id = document.body.dataset.experiment;
+  const state = $("experiment-state");
+  try {
+    const x = await api(`/ui/api/experiments/${encodeURIComponent(id)}`);
+    const metricKeys = [...new Set(x.cells.flatMap((c) => Object.keys(c.metrics)))].sort();
+    const shown = metricKeys.filter((k) => !k.includes(".") || k.startsWith("evaluation.")).slice(0, 6);
+    const head = document.querySelector("#cells thead tr");
+    for (const h of ["cell", ...x.keys, "seed", "status", ...shown]) head.append(el("th", { scope: "col", text: h }));
+    const body = document.querySelector("#cells tbody");
+    for (const c of x.cells) {
+      body.append(el("tr", {},
+        el("td", {}, el("a", { href: `/runs/${encodeURIComponent(c.id)}`, text: c.id })),
+        ...x.keys.map((k) => el("td", { text: c.overrides[k] ?? "–" })),
+        el("td", { text: c.seed ?? "–" }),
+        el("td", { className: `status status-${c.status}`, text: c.status }),
+        ...shown.map((k) => el("td", { text: fmt(c.metrics[k]) }))));
+    }
+    const done = x.cells.filter((c) => c.status === "succeeded").length;
+    state.textContent = `${x.cells.length} cell(s), ${done} succeeded.`;
+    if (x.cells.length >= 2) {
+      const link = $("experiment-compare");
+      link.href = `/compare?runs=${x.cells.slice(0, 5).map((c) => encodeURIComponent(c.id)).join(",")}`;
+      link.hidden = false;
+    }
+  } catch (e) {
+    if (!(e instanceof AuthNeeded)) state.textContent = e.status === 404 ? `No experiment ${id}.` : `Could not load: ${e.message}`;
+  }
+}
+
 /* -- start ------------------------------------------------------------------ */
 
-const PAGES = { jobs: jobsPage, run: runPage, compare: comparePage, lineage: lineagePage, models: modelsPage };
+const PAGES = {
+  jobs: jobsPage, run: runPage, compare: comparePage, lineage: lineagePage, models: modelsPage,
+  experiments: experimentsPage, experiment: experimentPage,
+};
 
 document.addEventListener("DOMContentLoaded", async () => {
   setupTokenForm();
