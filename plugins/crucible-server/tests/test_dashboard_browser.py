@@ -9,6 +9,7 @@ installs chromium when it is missing.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Iterator
@@ -190,6 +191,12 @@ def test_cancel_from_the_page_after_confirmation(
     assert cancel.is_hidden()
     assert page.locator("#retry").is_visible()  # a cancelled job may be retried
     shot(page, "run-page-cancelled")
+    page.once("dialog", lambda d: d.accept())
+    with page.expect_navigation():
+        page.locator("#retry").click()
+    page.wait_for_function("document.getElementById('run-status').textContent === 'running'")
+    assert page.locator("#cancel").is_visible()
+    c.post(f"/v1/jobs/{job_id}/cancel")
     assert page.js_errors == []
 
 
@@ -217,13 +224,15 @@ def test_a_read_only_token_sees_no_cancel_and_the_api_refuses_it(
     c.post(f"/v1/jobs/{job_id}/cancel")
 
 
-def test_a_wrong_token_prompts_for_one_kept_for_the_session_never_in_urls(
+def test_an_expired_or_wrong_token_prompts_for_one_kept_for_the_session(
     start_server, http, tokens: TokenStore, open_page
 ) -> None:
     tok, _ = tokens.create("acme", ["admin"])
+    expired, _ = tokens.create("acme", ["admin"], expires_in_s=0.5)
     srv = start_server(tokens=tokens, workers=0)
     job_id = http(srv, tok).post("/v1/jobs", json=_curves(1, 0)).json()["job_id"]
-    page = open_page(f"{srv.url}/", token="crk_wrong_secret")
+    time.sleep(0.6)
+    page = open_page(f"{srv.url}/", token=expired)
     urls: list[str] = []
     page.on("request", lambda r: urls.append(r.url))
     panel = page.locator("#token-panel")
@@ -238,7 +247,14 @@ def test_a_wrong_token_prompts_for_one_kept_for_the_session_never_in_urls(
     assert page.evaluate("sessionStorage.getItem('crucible.token')") == tok
     assert "tenant acme" in page.locator("#whoami").inner_text()
     assert urls
-    assert not [u for u in urls if tok in u or "secret" in u]
+    assert not [u for u in urls if tok in u or expired in u]
+    # A wrong token is refused the same way.
+    page.get_by_role("button", name="Token").click()
+    page.fill("#token-input", "crk_wrong_secret")
+    with page.expect_navigation():
+        page.press("#token-input", "Enter")
+    panel.wait_for(state="visible")
+    assert "refused" in page.locator("#token-reason").inner_text()
 
 
 def test_unknown_run_with_tokens_shows_not_found_with_a_link_back(
@@ -332,6 +348,15 @@ def test_compare_overlays_runs_with_their_diff_and_lineage_is_drawn(
     rows = page.locator("#diff tbody tr")
     assert rows.count() == 1
     assert rows.first.inner_text().split("\t") == ["seed", "0", "1"]
+    # A file downloads through the token-carrying fetch; its bytes have the listed sha256.
+    page.goto(f"{srv.url}/runs/{ids[0]}")
+    row = page.locator("#artifacts tbody tr", has_text="telemetry.jsonl")
+    listed = row.locator("td.hash").inner_text()
+    with page.expect_download() as dl:
+        row.get_by_role("link").click()
+    saved = Path(dl.value.path())
+    assert hashlib.sha256(saved.read_bytes()).hexdigest() == listed
+    assert dl.value.suggested_filename == "telemetry.jsonl"
     # Lineage: the run between what it consumed and what it produced, as SVG.
     with LineageRecorder(srv.scheduler.path) as rec:
         rec.add_edge(ids[0], "dataset:dates", "consumes")
