@@ -269,7 +269,7 @@ def test_unknown_run_with_tokens_shows_not_found_with_a_link_back(
     page.wait_for_url(f"{srv.url}/")
 
 
-def test_script_in_job_and_metric_names_is_shown_as_text(
+def test_jobs_update_live_and_script_in_job_and_metric_names_is_shown_as_text(
     start_server, http, tokens: TokenStore, open_page
 ) -> None:
     tok, _ = tokens.create("acme", ["admin"])
@@ -278,12 +278,18 @@ def test_script_in_job_and_metric_names_is_shown_as_text(
     name = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>' + "A" * 300
     metric = "<script>window.__xss=3</script><img src=y onerror=window.__xss=4>"
     job = _curves(5, 0, args={"metric": metric}, metadata={"name": name})
-    job_id = c.post("/v1/jobs", json=job).json()["job_id"]
-    _wait_status(c, job_id, "succeeded")
     page = open_page(f"{srv.url}/", token=tok)
-    cell = page.locator(f"tr[data-job='{job_id}'] td").nth(2)
-    cell.wait_for()
-    assert cell.inner_text() == name
+    page.locator("#jobs-state").filter(has_text="No jobs match").wait_for()
+    # Submitted while the page is open: the row appears and finishes without a reload.
+    job_id = c.post("/v1/jobs", json=job).json()["job_id"]
+    row = page.locator(f"tr[data-job='{job_id}']")
+    row.locator("td.status-succeeded").wait_for()
+    assert row.locator("td").nth(2).inner_text() == name
+    assert row.locator("td").nth(6).inner_text() == "5/5"  # progress
+    page.select_option("#f-status", "running")  # a filter hides it
+    row.wait_for(state="detached")
+    page.select_option("#f-status", "succeeded")
+    row.wait_for()
     page.goto(f"{srv.url}/runs/{job_id}")
     page.wait_for_function(
         "document.getElementById('stream-state').textContent.startsWith('ended')"
