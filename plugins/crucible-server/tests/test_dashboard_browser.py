@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 import pytest
 from crucible_server.tokens import TokenStore
+from test_dashboard_models import toy  # noqa: F401  (the toy backend fixture)
 
 from crucible_core.ir import TrainingJob, decode_file
 
@@ -371,7 +372,7 @@ def test_compare_overlays_runs_with_their_diff_and_lineage_is_drawn(
     svg = page.locator("#lineage svg")
     svg.wait_for()
     assert svg.locator("rect").count() >= 2
-    assert ids[0] in (svg.locator("title").text_content() or "")
+    assert ids[0] in (svg.locator("title").first.text_content() or "")
     assert page.js_errors == []
 
 
@@ -392,4 +393,39 @@ def test_experiments_list_and_grid_of_cells(
     head = page.locator("#cells thead th").all_inner_texts()
     assert head[:4] == ["cell", "learning_config.optimizer.lr", "seed", "status"]
     assert page.locator("#experiment-compare").is_visible()
+    assert page.js_errors == []
+
+
+def test_models_page_rolls_an_alias_back_and_draws_a_version_lineage(
+    toy: Any,  # noqa: F811  (the fixture imported above)
+    start_server,
+    tokens: TokenStore,
+    open_page,
+) -> None:
+    from crucible_registry import Registry
+    from test_dashboard_models import train_toy
+
+    train_toy(toy, "run-a")
+    with Registry() as reg:
+        reg.register("run-a", name="bigram", checkpoint="4")
+        reg.register("run-a", name="bigram", checkpoint="8")
+        reg.set_alias("bigram", "prod", 1, reason="first")
+        reg.set_alias("bigram", "prod", 2, reason="better")
+    tok, _ = tokens.create("acme", ["admin"])
+    srv = start_server(tokens=tokens, workers=0)
+    page = open_page(f"{srv.url}/models", token=tok)
+    model = page.get_by_role("region", name="Model bigram")
+    alias = model.locator("p[data-alias=prod]")
+    alias.filter(has_text="→ v2").wait_for()
+    assert "better" in model.locator("ol").inner_text()
+    page.once("dialog", lambda d: d.accept())
+    model.get_by_role("button", name="Roll back prod").click()
+    alias.filter(has_text="→ v1").wait_for()
+    with page.expect_navigation():
+        page.get_by_role("link", name="Lineage of bigram v2").click()
+    svg = page.locator("#lineage svg")
+    svg.wait_for()
+    assert (svg.locator("title").first.text_content() or "").startswith("Lineage of bigram/2")
+    assert svg.locator("rect").count() >= 3
+    assert svg.locator('a[href="/runs/run-a"]').count() == 1  # the run it came from, linked
     assert page.js_errors == []

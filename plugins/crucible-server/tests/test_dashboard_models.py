@@ -36,7 +36,8 @@ def toy(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PluginHost]:
     reset_host(None)
 
 
-def _train(host: PluginHost, run_id: str) -> None:
+def train_toy(host: PluginHost, run_id: str) -> None:
+    """A real 8-step run of the toy backend (file checkpoints at steps 4 and 8)."""
     job = TrainingJob(
         backend="toyfile",
         model_spec=ModelSpec(name="toy", revision="r1"),
@@ -51,7 +52,7 @@ def _train(host: PluginHost, run_id: str) -> None:
 def test_models_show_versions_alias_history_with_evidence_and_roll_back(
     toy: PluginHost, start_server, http, tokens: TokenStore
 ) -> None:
-    _train(toy, "run-a")
+    train_toy(toy, "run-a")
     with Registry() as reg:
         reg.register("run-a", name="bigram", checkpoint="4")
         reg.register("run-a", name="bigram", checkpoint="8")
@@ -82,3 +83,17 @@ def test_models_show_versions_alias_history_with_evidence_and_roll_back(
     assert after["version"] == 1
     assert after["history"][0]["actor"].startswith("dashboard:")
     assert http(srv, admin).post("/ui/api/models/nope/aliases/prod/rollback").status_code == 404
+    # Lineage of a version, from the registry: v2 came from run-a (and its checkpoint).
+    lin = http(srv, ro).get("/ui/api/models/bigram/versions/2/lineage").json()
+    assert lin["ancestors"]["id"] == "models:/bigram/2"
+
+    def ids(node: dict[str, object]) -> set[str]:
+        kids = node["children"]
+        assert isinstance(kids, list)
+        return {str(node["id"])} | {i for k in kids for i in ids(k)}
+
+    assert "run-a" in ids(lin["ancestors"])
+    assert http(srv, ro).get("/ui/api/models/bigram/versions/9/lineage").status_code == 404
+    page = http(srv).get("/models/bigram/2/lineage")
+    assert page.status_code == 200
+    assert 'data-source="model"' in page.text

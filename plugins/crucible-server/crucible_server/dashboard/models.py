@@ -13,7 +13,7 @@ import msgspec
 
 from crucible_core.errors import NotFound
 
-__all__ = ["describe_models", "rollback_alias"]
+__all__ = ["describe_models", "rollback_alias", "version_lineage"]
 
 
 def _registry() -> Any:
@@ -73,5 +73,19 @@ def rollback_alias(name: str, alias: str, actor: str) -> dict[str, Any]:
     try:
         event = reg.rollback(name, alias, actor=f"dashboard:{actor}", reason="dashboard rollback")
         return msgspec.to_builtins(event)
+    finally:
+        reg.close()
+
+
+def version_lineage(name: str, version: int) -> dict[str, Any]:
+    """What version ``name/version`` came from and what came from it (lineage trees)."""
+    reg = _registry()
+    try:
+        ref = f"{name}/{version}"
+        reg.version(name, version)  # NotFound for an unknown version
+        return {
+            "ancestors": reg.ancestors(ref).to_dict(),
+            "descendants": reg.descendants(ref).to_dict(),
+        }
     finally:
         reg.close()

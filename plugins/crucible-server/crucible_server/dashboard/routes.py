@@ -194,7 +194,17 @@ def mount_dashboard(
 
     @app.get("/lineage/{node_id}", include_in_schema=False)
     def lineage_page(node_id: str) -> Any:  # pyright: ignore[reportUnusedFunction]
-        return page("lineage.html", title="Lineage", nav="jobs", node_id=node_id)
+        return page("lineage.html", title="Lineage", nav="jobs", node_id=node_id, source="run")
+
+    @app.get("/models/{name}/{version}/lineage", include_in_schema=False)
+    def model_lineage_page(name: str, version: int) -> Any:  # pyright: ignore[reportUnusedFunction]
+        return page(
+            "lineage.html",
+            title="Lineage",
+            nav="models",
+            node_id=f"{name}/{version}",
+            source="model",
+        )
 
     # -- JSON for the pages ----------------------------------------------------
 
@@ -290,6 +300,13 @@ def mount_dashboard(
         from crucible_server.dashboard.models import describe_models
 
         return as_json(await run_in_threadpool(describe_models))
+
+    @app.get("/ui/api/models/{name}/versions/{version}/lineage", include_in_schema=False)
+    async def model_lineage(name: str, version: int, p: Principal = read) -> Any:  # pyright: ignore[reportUnusedFunction]
+        """The lineage trees of one registered version (the registry's library API)."""
+        from crucible_server.dashboard.models import version_lineage
+
+        return as_json(await run_in_threadpool(version_lineage, name, version))
 
     @app.post("/ui/api/models/{name}/aliases/{alias}/rollback", include_in_schema=False)
     async def rollback(name: str, alias: str, p: Principal = admin) -> Any:  # pyright: ignore[reportUnusedFunction]

@@ -541,13 +541,19 @@ function lineageSvg(root, up, down) {
   }
   for (const { x, y, n } of pos.values()) {
     const g = svg("g", {});
+    g.append(svg("title", {}, `${n.node.type || "node"} ${n.node.id}`));
     g.append(svg("rect", { x, y, width: W, height: H, rx: 6, fill: n.key.startsWith("0:") ? "#e8f1fb" : "#ffffff", stroke: "#0b5cad" }));
     g.append(svg("text", { x: x + 8, y: y + 20, "font-weight": 700 }, n.node.type || "node"));
     const label = String(n.node.label || n.node.id);
     g.append(svg("text", { x: x + 8, y: y + 40 }, label.length > 30 ? `${label.slice(0, 29)}…` : label));
     const id = String(n.node.id);
-    if (/^job[_:]/.test(id) || n.node.type === "run") {
-      const a = svg("a", { href: `/runs/${encodeURIComponent(id.replace(/^run:/, ""))}` });
+    let href = null;
+    if (id.startsWith("models:/")) {
+      const [name, version] = id.slice("models:/".length).split("/");
+      href = `/models/${encodeURIComponent(name)}/${encodeURIComponent(version)}/lineage`;
+    } else if (/^job[-_:]/.test(id) || n.node.type === "run") href = `/runs/${encodeURIComponent(id)}`;
+    if (href) {
+      const a = svg("a", { href });
       a.append(g); s.append(a);
     } else s.append(g);
   }
@@ -556,8 +562,12 @@ function lineageSvg(root, up, down) {
 
 async function lineagePage() {
   const id = document.body.dataset.node;
+  const model = document.body.dataset.source === "model";
+  const url = model
+    ? `/ui/api/models/${id.split("/").map(encodeURIComponent).join("/versions/")}/lineage`
+    : `/v1/runs/${encodeURIComponent(id)}/lineage`;
   try {
-    const d = await api(`/v1/runs/${encodeURIComponent(id)}/lineage`);
+    const d = await api(url);
     if (!d.ancestors && !d.descendants) { $("lineage-state").textContent = "This run has no lineage recorded yet."; return; }
     $("lineage").append(lineageSvg(id, d.ancestors, d.descendants));
     $("lineage-state").textContent = "";
@@ -581,7 +591,7 @@ async function modelsPage() {
       const vb = el("tbody");
       for (const v of m.versions) {
         vb.append(el("tr", {},
-          el("td", { text: `v${v.version}` }),
+          el("td", {}, `v${v.version} `, el("a", { href: `/models/${encodeURIComponent(m.name)}/${v.version}/lineage`, text: "lineage", "aria-label": `Lineage of ${m.name} v${v.version}` })),
           el("td", {}, v.run_id ? el("a", { href: `/runs/${encodeURIComponent(v.run_id)}`, text: v.run_id }) : "–"),
           el("td", { className: "hash", text: JSON.stringify(v.metrics || {}) }),
           el("td", { text: v.created_at || "–" }),
@@ -590,7 +600,7 @@ async function modelsPage() {
       vt.append(vb);
       sec.append(el("h3", { text: "Versions" }), el("div", { className: "scroll" }, vt), el("h3", { text: "Aliases" }));
       for (const a of m.aliases) {
-        const head = el("p", {}, el("strong", { text: a.alias }), ` → v${a.version}`);
+        const head = el("p", { "data-alias": a.alias }, el("strong", { text: a.alias }), ` → v${a.version}`);
         if (can("admin")) {
           const b = el("button", { type: "button", className: "secondary", text: `Roll back ${a.alias}` });
           b.addEventListener("click", async () => {
