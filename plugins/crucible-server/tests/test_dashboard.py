@@ -99,9 +99,11 @@ def test_whoami_and_scopes(start_server, http, tokens: TokenStore) -> None:
     assert http(srv, "crk_bad_token").get("/ui/api/whoami").status_code == 401
     me = http(srv, ro).get("/ui/api/whoami").json()
     assert me == {"tenant": "acme", "scopes": ["jobs:read"], "open": False}
-    # A read-only token may not see artifacts' hashes nor roll a model back.
+    # A read-only token may not see artifacts' hashes, roll a model back, nor see the
+    # lineage of a node shared by every tenant.
     assert http(srv, ro).get("/ui/api/jobs/job_x/artifacts").status_code == 403
     assert http(srv, ro).post("/ui/api/models/m/aliases/prod/rollback").status_code == 403
+    assert http(srv, ro).get("/ui/api/lineage?node=dataset:x").status_code == 403
 
 
 def test_jobs_with_progress_keep_tenants_apart(start_server, http, tokens: TokenStore) -> None:

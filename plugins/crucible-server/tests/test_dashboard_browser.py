@@ -373,6 +373,10 @@ def test_compare_overlays_runs_with_their_diff_and_lineage_is_drawn(
     svg.wait_for()
     assert svg.locator("rect").count() >= 2
     assert ids[0] in (svg.locator("title").first.text_content() or "")
+    # The dataset's own lineage (admin: a dataset links runs of every tenant) shows the run.
+    with page.expect_navigation():
+        svg.locator('a[href="/lineage?node=dataset%3Adates"]').click()
+    page.locator(f'#lineage svg a[href="/runs/{ids[0]}"]').wait_for()
     assert page.js_errors == []
 
 

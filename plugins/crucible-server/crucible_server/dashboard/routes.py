@@ -192,6 +192,10 @@ def mount_dashboard(
     def models_page() -> Any:  # pyright: ignore[reportUnusedFunction]
         return page("models.html", title="Models", nav="models", registry=_has_registry())
 
+    @app.get("/lineage", include_in_schema=False)
+    def node_lineage_page(node: str = Query(max_length=2000)) -> Any:  # pyright: ignore[reportUnusedFunction]
+        return page("lineage.html", title="Lineage", nav="jobs", node_id=node, source="node")
+
     @app.get("/lineage/{node_id}", include_in_schema=False)
     def lineage_page(node_id: str) -> Any:  # pyright: ignore[reportUnusedFunction]
         return page("lineage.html", title="Lineage", nav="jobs", node_id=node_id, source="run")
@@ -307,6 +311,21 @@ def mount_dashboard(
         from crucible_server.dashboard.models import version_lineage
 
         return as_json(await run_in_threadpool(version_lineage, name, version))
+
+    @app.get("/ui/api/lineage", include_in_schema=False)
+    def node_lineage(node: str = Query(max_length=2000), p: Principal = admin) -> Any:  # pyright: ignore[reportUnusedFunction]
+        """Lineage of any node (a dataset, an artifact...): admin only, since such a node
+        links runs of every tenant."""
+        from crucible_core.records.lineage import LineageRecorder
+
+        with LineageRecorder(scheduler.path) as rec:
+            found = rec.resolve(node)
+            return as_json(
+                {
+                    "ancestors": rec.ancestors(found).to_dict(),
+                    "descendants": rec.descendants(found).to_dict(),
+                }
+            )
 
     @app.post("/ui/api/models/{name}/aliases/{alias}/rollback", include_in_schema=False)
     async def rollback(name: str, alias: str, p: Principal = admin) -> Any:  # pyright: ignore[reportUnusedFunction]

@@ -552,6 +552,7 @@ function lineageSvg(root, up, down) {
       const [name, version] = id.slice("models:/".length).split("/");
       href = `/models/${encodeURIComponent(name)}/${encodeURIComponent(version)}/lineage`;
     } else if (/^job[-_:]/.test(id) || n.node.type === "run") href = `/runs/${encodeURIComponent(id)}`;
+    else if (!n.key.startsWith("0:")) href = `/lineage?node=${encodeURIComponent(id)}`; /* a dataset, an artifact... */
     if (href) {
       const a = svg("a", { href });
       a.append(g); s.append(a);
@@ -563,9 +564,12 @@ function lineageSvg(root, up, down) {
 async function lineagePage() {
   const id = document.body.dataset.node;
   const model = document.body.dataset.source === "model";
+  const source = document.body.dataset.source;
   const url = model
     ? `/ui/api/models/${id.split("/").map(encodeURIComponent).join("/versions/")}/lineage`
-    : `/v1/runs/${encodeURIComponent(id)}/lineage`;
+    : source === "node"
+      ? `/ui/api/lineage?node=${encodeURIComponent(id)}`
+      : `/v1/runs/${encodeURIComponent(id)}/lineage`;
   try {
     const d = await api(url);
     if (!d.ancestors && !d.descendants) { $("lineage-state").textContent = "This run has no lineage recorded yet."; return; }
