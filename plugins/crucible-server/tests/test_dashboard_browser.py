@@ -59,10 +59,11 @@ def open_page(browser: Any) -> Iterator[Any]:
     Each context has its own sessionStorage, so tokens do not leak between tests."""
     contexts: list[Any] = []
 
-    def make(url: str, token: str | None = None, width: int = 1280) -> Any:
-        # bypass_csp: Playwright's waits evaluate strings, which the pages' CSP forbids.
-        # It also means the XSS test proves the escaping alone, without the CSP's help.
-        ctx = browser.new_context(viewport={"width": width, "height": 900}, bypass_csp=True)
+    def make(url: str, token: str | None = None, width: int = 1280, csp: bool = False) -> Any:
+        # bypass_csp: Playwright's wait_for_function evaluates strings, which the pages'
+        # CSP forbids. It also means the XSS test proves the escaping alone, without the
+        # CSP's help. test_pages_work_under_their_own_csp keeps the CSP.
+        ctx = browser.new_context(viewport={"width": width, "height": 900}, bypass_csp=not csp)
         contexts.append(ctx)
         if token is not None:
             # As if entered once in this tab: set before the first page only.
@@ -74,6 +75,10 @@ def open_page(browser: Any) -> Iterator[Any]:
         page.set_default_timeout(T)
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on(
+            "console",
+            lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
+        )
         page.js_errors = errors
         page.goto(url)
         return page
@@ -432,4 +437,22 @@ def test_models_page_rolls_an_alias_back_and_draws_a_version_lineage(
     assert (svg.locator("title").first.text_content() or "").startswith("Lineage of bigram/2")
     assert svg.locator("rect").count() >= 3
     assert svg.locator('a[href="/runs/run-a"]').count() == 1  # the run it came from, linked
+    assert page.js_errors == []
+
+
+def test_pages_work_under_their_own_csp(start_server, http, tokens: TokenStore, open_page) -> None:
+    """No page needs inline script, eval or a foreign origin: with the CSP enforced, the
+    jobs list fills, the run page draws its curves and the stream ends, nothing refused."""
+    tok, _ = tokens.create("acme", ["admin"])
+    srv = start_server(tokens=tokens, workers=1)
+    c = http(srv, tok)
+    job_id = c.post("/v1/jobs", json=_curves(8, 0)).json()["job_id"]
+    _wait_status(c, job_id, "succeeded")
+    page = open_page(f"{srv.url}/", token=tok, csp=True)
+    page.locator(f"tr[data-job='{job_id}'] td.status-succeeded").wait_for()
+    page.goto(f"{srv.url}/runs/{job_id}")
+    page.locator("#chart-loss .u-over").wait_for()
+    page.locator("#stream-state", has_text="ended").wait_for()
+    assert page.locator("#chart-loss").get_attribute("data-points") == "8"
+    assert page.locator("#metric-charts .chart").count() == 1
     assert page.js_errors == []
