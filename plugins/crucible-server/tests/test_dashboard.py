@@ -205,3 +205,19 @@ def test_a_finished_cell_shows_the_harness_metrics_of_its_run() -> None:
         "evaluation.validation.loss": 0.5,
     }
     assert x["cells"][1]["metrics"] == {}
+
+
+def test_jobs_show_the_total_of_a_run_whose_start_left_the_tail(start_server, http) -> None:
+    """train.start is far from the end of a long run's telemetry: the total still shows."""
+    srv = start_server(workers=1)
+    c = http(srv)
+    job = {
+        "kind": "custom",
+        "payload": {"target": "dashboard_test_jobs:curves", "args": {"n": 150}},
+    }
+    job_id = c.post("/v1/jobs", json=job).json()["job_id"]
+    assert _wait_terminal(c, job_id) == "succeeded"
+    assert (run_dir(job_id) / "telemetry.jsonl").stat().st_size > 3 * 8192
+    for _ in range(2):  # computed, then from the cache
+        (row,) = c.get("/ui/api/jobs").json()["items"]
+        assert (row["progress"]["step"], row["progress"]["total_steps"]) == (150, 150)

@@ -91,7 +91,68 @@ class _Hashes:
         return hit
 
 
-def job_summary(job: Job) -> dict[str, Any]:
+class _Progress:
+    """Jobs' progress for the jobs table, recomputed only when their telemetry changed.
+
+    ``latest_progress`` reads the tail of telemetry.jsonl, where a long run's
+    ``train.start`` (its total steps) no longer is: the total is taken from the
+    file's head once and kept.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def of(self, job_id: str) -> dict[str, Any]:
+        from crucible_core.records.events import TELEMETRY_FILE
+
+        path = run_dir(job_id) / TELEMETRY_FILE
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return {}
+        key = (st.st_size, st.st_mtime_ns)
+        with self._lock:
+            hit = self._known.get(job_id)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        progress = latest_progress(job_id, window=8192)
+        if "total_steps" not in progress:
+            # Known from an earlier read, else from the head (read again only while the
+            # file is short enough that train.start may still be coming).
+            total = hit[1].get("total_steps") if hit is not None else None
+            if total is None and (hit is None or st.st_size < 65536):
+                total = _total_from_head(path)
+            if total is not None:
+                progress["total_steps"] = total
+        with self._lock:
+            self._known[job_id] = (key, progress)
+        return progress
+
+
+def _total_from_head(path: Path) -> int | None:
+    """``total_steps`` of the ``train.start`` event among the file's first lines."""
+    import json
+
+    with open(path, "rb") as fh:
+        for _, raw in zip(range(200), fh, strict=False):
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            if not isinstance(event, dict):
+                continue
+            total = (
+                event.get("data", {}).get("total_steps")
+                if event.get("kind") == "train.start"
+                else None
+            )
+            if isinstance(total, int):
+                return total
+    return None
+
+
+def job_summary(job: Job, progress: dict[str, Any] | None = None) -> dict[str, Any]:
     """The row the jobs table shows: name, backend and progress next to the record."""
     payload: Any = job.payload if isinstance(job.payload, dict) else {}
     meta: Any = payload.get("metadata") if isinstance(payload.get("metadata"), dict) else {}
@@ -108,7 +169,7 @@ def job_summary(job: Job) -> dict[str, Any]:
         "created_at": job.created_at.isoformat() if job.created_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         "attempts": job.attempts,
-        "progress": latest_progress(job.id, window=8192),
+        "progress": latest_progress(job.id, window=8192) if progress is None else progress,
     }
 
 
@@ -122,6 +183,7 @@ def mount_dashboard(
     """Add the dashboard's pages, static files and ``/ui/api`` routes to ``app``."""
     env = _templates()
     hashes = _Hashes()
+    progress = _Progress()
     app.mount("/ui/static", StaticFiles(directory=_HERE / "static"), name="dashboard-static")
 
     def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -226,7 +288,9 @@ def mount_dashboard(
     ) -> Any:
         """The caller's newest jobs (newest first) with name, backend and progress."""
         found = scheduler.list(status=status or None, kind=kind or None, tenant_id=p.tenant_id)
-        return as_json({"items": [job_summary(j) for j in reversed(found[-limit:])]})
+        return as_json(
+            {"items": [job_summary(j, progress.of(j.id)) for j in reversed(found[-limit:])]}
+        )
 
     @app.get("/ui/api/experiments", include_in_schema=False)
     def experiments(p: Principal = read) -> Any:  # pyright: ignore[reportUnusedFunction]
