@@ -7,8 +7,8 @@ from typing import Any
 
 
 def curves(ctx: Any, *, n: int, delay_s: float = 0.0, metric: str = "accuracy") -> int:
-    """``n`` ``train.step`` events with a loss and one metric named ``metric``, then wait
-    for a cancel (at most 30 s) when ``n`` is reached, so the stream stays open."""
+    """``n`` ``train.step`` events with a loss and one metric named ``metric``, ``delay_s``
+    apart (stopping early when cancelled), then one ``train.checkpoint``."""
     ctx.emit("train.start", total_steps=n)
     for i in range(1, n + 1):
         if ctx.cancel.is_set():
@@ -16,4 +16,5 @@ def curves(ctx: Any, *, n: int, delay_s: float = 0.0, metric: str = "accuracy") 
         ctx.emit("train.step", step=i, loss=1.0 / i, metrics={metric: i / n})
         if delay_s:
             time.sleep(delay_s)
+    ctx.emit("train.checkpoint", step=n, uri=f"file:///checkpoints/{n}", checkpoint_kind="state")
     return n

@@ -455,4 +455,7 @@ def test_pages_work_under_their_own_csp(start_server, http, tokens: TokenStore, 
     page.locator("#stream-state", has_text="ended").wait_for()
     assert page.locator("#chart-loss").get_attribute("data-points") == "8"
     assert page.locator("#metric-charts .chart").count() == 1
+    assert page.locator("#checkpoints tbody tr").all_inner_texts() == [
+        "8\tstate\tfile:///checkpoints/8"
+    ]
     assert page.js_errors == []
