@@ -244,6 +244,7 @@ def test_an_expired_or_wrong_token_prompts_for_one_kept_for_the_session(
     panel = page.locator("#token-panel")
     panel.wait_for(state="visible")
     assert "refused" in page.locator("#token-reason").inner_text()
+    assert page.locator("#jobs-state").inner_text() == "Waiting for a token (above)."
     shot(page, "token-prompt")
     page.fill("#token-input", tok)
     with page.expect_navigation():
@@ -329,7 +330,7 @@ def test_accessibility_basics_and_a_narrow_screen(
             page.keyboard.press("Enter")
             assert page.evaluate("document.activeElement.id") == "main"
             if width == 375:
-                shot(page, f"narrow{path.replace('/', '-') or '-jobs'}")
+                shot(page, "narrow-jobs" if path == "/" else "narrow-run")
             assert page.js_errors == []
 
 

@@ -692,7 +692,10 @@ document.addEventListener("DOMContentLoaded", async () => {
     await loadWho();
     await run();
   } catch (e) {
-    if (e instanceof AuthNeeded) return;
+    if (e instanceof AuthNeeded) {
+      for (const n of document.querySelectorAll(".state")) if (n.textContent === "Loading…") n.textContent = "Waiting for a token (above).";
+      return;
+    }
     const main = $("main");
     main.prepend(el("p", { role: "alert", text: `Something went wrong: ${e.message}` }));
   }
