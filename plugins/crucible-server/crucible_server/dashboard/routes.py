@@ -2,17 +2,20 @@
 
 See the package docstring for why pages are shells. Contract:
 
-- ``GET /``, ``/runs/{id}``, ``/compare``, ``/experiments``, ``/models``,
-  ``/lineage/{id}`` answer HTML with a strict Content-Security-Policy (scripts
-  and styles from this origin only, no inline script), so a name that slips
-  past escaping still cannot run.
+- ``GET /``, ``/runs/{id}``, ``/compare``, ``/experiments[/{id}]``,
+  ``/models``, ``/models/{name}/{version}/lineage``, ``/lineage/{id}`` and
+  ``/lineage?node=`` answer HTML with a strict Content-Security-Policy
+  (scripts and styles from this origin only, no inline script), so a name that
+  slips past escaping still cannot run.
 - ``/runs/{id}`` answers 404 (an HTML page with a link back) when no tenant
   has that job and the server is open (no token store). With tokens the shell
   is the same for every id (the page learns "not found" from the API, which
   says 404 for another tenant's job too), so the HTML tells nothing about
   which ids exist.
 - ``/ui/api/*`` needs the same bearer token and scopes as ``/v1``, and a job
-  of another tenant is 404 there too.
+  of another tenant is 404 there too. Models are not per tenant: reading them
+  needs ``jobs:read``, rolling an alias back ``admin``; the lineage of an
+  arbitrary node (a dataset links every tenant's runs) needs ``admin``.
 """
 
 from __future__ import annotations
