@@ -4,6 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --all
+# The dashboard's browser tests (plugins/crucible-server/tests/test_dashboard_browser.py) drive
+# Debian's chromium through Playwright (no downloaded browser, no driver needed).
+if [ ! -x /usr/bin/chromium ]; then
+  SUDO=(); [ "$(id -u)" = 0 ] || SUDO=(sudo)
+  "${SUDO[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq chromium
+fi
 export CRUCIBLE_STRICT_PLUGINS=1
 tests=(tests)
 for p in plugins/*/tests examples/*/tests; do [ -d "$p" ] && tests+=("$p"); done

@@ -559,6 +559,9 @@ def build_app(
 
         return await run_in_threadpool(work)
 
+    from crucible_server.dashboard import mount_dashboard
+
+    mount_dashboard(app, scheduler, tokens=tokens, limiter=limiter)
     app.add_middleware(_BodyLimit, limit=cfg.max_body_bytes)
     app.add_middleware(_CountRequests, counter=metrics.requests)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
