@@ -48,9 +48,11 @@ def world(tmp_path: Path):  # type: ignore[no-untyped-def]
     }
     argv0 = [sys.executable, "-m", "crucible_core.cli.main"]
 
-    def cli(*argv: str, code: int = 0) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([*argv0, *argv], env=env, cwd=tmp_path, capture_output=True,
-                              text=True, timeout=300)  # fmt: skip
+    def cli(
+        *argv: str, code: int = 0, extra: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([*argv0, *argv], env={**env, **(extra or {})}, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
         assert done.returncode == code, (argv, done.stdout, done.stderr)
         return done
 
@@ -266,3 +268,52 @@ def test_time_budget_stops_new_cells_and_lets_the_running_one_finish(world) -> N
     )
     runs = [p.name for p in (tmp / "home" / "runs").iterdir()]
     assert runs == [c["cell"] for c in out["cells"] if c["status"] == "succeeded"]
+
+
+def test_cost_budget_keeps_the_cells_whose_summed_estimate_fits(world) -> None:  # type: ignore[no-untyped-def]
+    """crucible-local is free, so the plans here are made up: within_budget is the rule
+    ``run`` applies to crucible plan's estimates before submitting anything."""
+    from crucible_harness.experiment import CellPlan, load, within_budget
+
+    tmp, _, _ = world
+    (tmp / "grid.toml").write_text(GRID + "\n[budget]\nmax_cost = 1.0\n")
+    loaded = load(tmp / "grid.toml")
+    plans = [CellPlan(c, True, 0.3, 1.0, 2, []) for c in loaded.cells]
+    assert within_budget(loaded, plans) == loaded.cells[:3]  # 0.9 <= 1.0 < 1.2
+    free = [CellPlan(c, True, None, 1.0, 2, []) for c in loaded.cells]
+    assert within_budget(loaded, free) == loaded.cells
+    (tmp / "grid.toml").write_text(GRID)
+    assert within_budget(load(tmp / "grid.toml"), plans) == loaded.cells  # no budget
+
+
+def test_report_open_writes_and_opens_the_html_page(world) -> None:  # type: ignore[no-untyped-def]
+    """``--open`` hands the page to the browser $BROWSER names (here a script recording
+    its argument); a report before any cell ran lists them as not submitted."""
+    tmp, cli, _ = world
+    opened = tmp / "opened.txt"
+    browser = tmp / "browser.sh"
+    browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
+    browser.chmod(0o755)
+    done = cli("experiment", "report", "grid.toml", "--out", "rep", "--open",
+               extra={"BROWSER": str(browser)})  # fmt: skip
+    assert "wrote rep/report.html" in done.stdout
+    deadline = time.monotonic() + 30
+    while not opened.exists():
+        assert time.monotonic() < deadline, "the browser was never started"
+        time.sleep(0.1)
+    assert opened.read_text().strip() == (tmp / "rep" / "report.html").resolve().as_uri()
+    md = (tmp / "rep" / "report.md").read_text()
+    assert md.count("| not submitted |") == 8
+    cli("experiment", "report", "grid.toml", "--out", "rep2")
+    for name in ("report.md", "report.html", "report.tex"):
+        assert (tmp / "rep" / name).read_bytes() == (tmp / "rep2" / name).read_bytes()
+
+
+def test_run_flags_that_do_not_fit_are_usage_errors(world) -> None:  # type: ignore[no-untyped-def]
+    tmp, cli, _ = world
+    err = cli("experiment", "run", "grid.toml", "--executor", "ray", code=2).stderr
+    assert "--executor runs cells in this process: add --workers N" in err
+    err = cli("experiment", "status", "grid.toml", "--workers", "2", code=2).stderr
+    assert "--workers applies to run only" in err
+    err = cli("experiment", "run", "grid.toml", "--open", code=2).stderr
+    assert "--out and --open apply to report only" in err
