@@ -310,7 +310,7 @@ def test_report_open_writes_and_opens_the_html_page(world) -> None:  # type: ign
 
 
 def test_run_flags_that_do_not_fit_are_usage_errors(world) -> None:  # type: ignore[no-untyped-def]
-    tmp, cli, _ = world
+    _, cli, _ = world
     err = cli("experiment", "run", "grid.toml", "--executor", "ray", code=2).stderr
     assert "--executor runs cells in this process: add --workers N" in err
     err = cli("experiment", "status", "grid.toml", "--workers", "2", code=2).stderr
