@@ -116,6 +116,24 @@ def _base_job(path: Path, experiment: Experiment, notes: list[str]) -> TrainingJ
     return decode_file(path.parent / cast(str, ref), TrainingJob)
 
 
+def _check_metrics(path: Path, evaluation: CellEval) -> None:
+    """A ConfigError (did-you-mean) for a metric no plugin registers, before any cell trains."""
+    import difflib
+
+    from crucible_core.plugins import get_host
+
+    known = list(get_host().registrations("metric"))
+    for name in evaluation.metrics:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            raise ConfigError(
+                f"{path}: evaluation.metrics: no metric named {name!r}",
+                hint=(f"did you mean {close[0]!r}? " if close else "")
+                + "registered metrics: "
+                + ", ".join(sorted(known)),
+            )
+
+
 def load(path: Path) -> LoadedExperiment:
     """Decode and check ``path``: every grid key against TrainingJob, every cell's job as IR.
 
@@ -138,6 +156,7 @@ def load(path: Path) -> LoadedExperiment:
         )
     evaluation = experiment.evaluation
     if evaluation is not None:
+        _check_metrics(path, evaluation)
         uri = resolve_uri(evaluation.dataset, path.parent.absolute())
         if uri != evaluation.dataset:
             evaluation = msgspec.structs.replace(evaluation, dataset=uri)
