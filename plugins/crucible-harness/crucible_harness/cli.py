@@ -398,11 +398,11 @@ def _missed(loaded: Any, statuses: Any) -> list[dict[str, Any]]:
 
 def _status_cmd(loaded: Any, args: argparse.Namespace) -> int:
     from crucible_core.queue.scheduler import Scheduler
-    from crucible_harness.experiment import cell_status
+    from crucible_harness.experiment import statuses as cell_statuses
 
     sched = Scheduler()
     try:
-        statuses = cell_status(loaded, sched)
+        statuses = cell_statuses(loaded, sched)
     finally:
         sched.close()
     rows = [

@@ -72,9 +72,11 @@ __all__ = [
     "cell_status",
     "load",
     "missed_targets",
+    "over_budget",
     "plan_cells",
     "run",
     "run_metrics",
+    "statuses",
     "submit",
     "within_budget",
 ]
@@ -375,6 +377,26 @@ class RunOutcome:
         return all(s.status in FINAL for s in self.statuses)
 
 
+def over_budget(loaded: LoadedExperiment, scheduler: Any) -> set[str]:
+    """The cells ``budget.max_cost`` leaves out (:func:`within_budget` on ``crucible
+    plan``'s estimates, without measuring) that the queue does not hold; empty without
+    a cost budget."""
+    budget = loaded.experiment.budget
+    if budget is None or budget.max_cost is None:
+        return set()
+    keep = {c.cell_id for c in within_budget(loaded, plan_cells(loaded, measure=False))}
+    return {
+        c.cell_id
+        for c in loaded.cells
+        if c.cell_id not in keep and _status(scheduler, c.cell_id) is None
+    }
+
+
+def statuses(loaded: LoadedExperiment, scheduler: Any) -> list[CellStatus]:
+    """Every cell's status, ``over budget`` for the cells the cost budget leaves out."""
+    return _statuses(loaded, scheduler, over_budget(loaded, scheduler))
+
+
 def _statuses(loaded: LoadedExperiment, scheduler: Any, over: set[str]) -> list[CellStatus]:
     return [
         CellStatus(s.cell, OVER_BUDGET) if s.cell.cell_id in over else s
@@ -423,18 +445,8 @@ def run(
     import threading
 
     budget = loaded.experiment.budget
-    over: set[str] = set()
-    chosen = list(loaded.cells)
-    if budget is not None and budget.max_cost is not None:
-        plans = plan_cells(loaded, measure=False)
-        chosen = within_budget(loaded, plans)
-        keep = {c.cell_id for c in chosen}
-        over = {
-            c.cell_id
-            for c in loaded.cells
-            if c.cell_id not in keep and _status(scheduler, c.cell_id) is None
-        }
-        chosen = [c for c in loaded.cells if c.cell_id not in over]
+    over = over_budget(loaded, scheduler)
+    chosen = [c for c in loaded.cells if c.cell_id not in over]
     submitted = [c.cell_id for c, _, new in submit(loaded, scheduler, chosen) if new]
     wait = workers > 0 if wait is None else wait
     outcome = RunOutcome(

@@ -397,12 +397,12 @@ def html_report(data: ExperimentData) -> str:
 def write_reports(loaded: LoadedExperiment, out: Path, scheduler: Any = None) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and ``report.tex`` under ``out``: ``{format: path}``."""
     from crucible_core.queue.scheduler import Scheduler
-    from crucible_harness.experiment import cell_status
+    from crucible_harness.experiment import statuses
 
     own = scheduler is None
     sched = Scheduler() if own else scheduler
     try:
-        data = collect(loaded, cell_status(loaded, sched))
+        data = collect(loaded, statuses(loaded, sched))
     finally:
         if own:
             sched.close()

@@ -53,7 +53,7 @@ from typing import Any
 
 from crucible_core.errors import ConfigError, CrucibleError
 from crucible_core.records.events import EventBus
-from crucible_harness.experiment import CellStatus, LoadedExperiment, Miss, RunOutcome
+from crucible_harness.experiment import LoadedExperiment, Miss, RunOutcome
 
 __all__ = ["STAGES", "CellResult", "Results", "Runner"]
 
@@ -233,22 +233,14 @@ class Runner:
         self.reports = write_reports(self.loaded, out, self.scheduler)
         return self.reports
 
-    def _statuses(self) -> list[CellStatus]:
-        from crucible_harness.experiment import OVER_BUDGET, cell_status
-
-        over = set(self.outcome.over_budget) if self.outcome is not None else set[str]()
-        return [
-            CellStatus(s.cell, OVER_BUDGET) if s.cell.cell_id in over else s
-            for s in cell_status(self.loaded, self.scheduler)
-        ]
-
     def get_results(self) -> Results:
         """Every cell's status and metrics, and the missed quality targets (checked
         once every cell has finished; empty before)."""
         from crucible_core.records import paths
         from crucible_harness.experiment import FINAL, missed_targets, run_metrics
+        from crucible_harness.experiment import statuses as cell_statuses
 
-        statuses = self._statuses()
+        statuses = cell_statuses(self.loaded, self.scheduler)
         cells = [
             CellResult(
                 cell_id=s.cell.cell_id,
