@@ -56,6 +56,21 @@ def test_decode_file_resolves_against_the_job_file(project: Path) -> None:
     exp = decode_file(exp_file, Experiment)
     assert exp.dataset is not None
     assert exp.dataset.uri == str(project / "data" / "rows.csv")
+    exp_file.write_text(
+        json.dumps({"id": "e", "job": "jobs/base.toml",
+                    "evaluation": {"dataset": "data/rows.jsonl", "metrics": ["exact_match"]}})
+    )  # fmt: skip
+    exp = decode_file(exp_file, Experiment)
+    assert exp.job == str(project / "jobs" / "base.toml")  # a path even if absent
+    assert exp.evaluation is not None
+    assert exp.evaluation.dataset == str(project / "data" / "rows.jsonl")
+    inline = {"model_spec": {"name": "m", "path": "models/m"},
+              "dataset_spec": {"uri": "data/rows.jsonl"}}  # fmt: skip
+    exp_file.write_text(json.dumps({"id": "e", "job": inline}))
+    exp = decode_file(exp_file, Experiment)
+    assert isinstance(exp.job, TrainingJob)
+    assert exp.job.dataset_spec.uri == str(project / "data" / "rows.jsonl")
+    assert exp.job.model_spec.path == str(project / "models" / "m")
 
 
 def test_absolute_and_scheme_uris_stay_as_is(project: Path) -> None:

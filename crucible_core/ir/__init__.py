@@ -34,7 +34,7 @@ from crucible_core.ir.codec import (
     to_builtins,
 )
 from crucible_core.ir.common import BackendRef, ResourceSpec
-from crucible_core.ir.experiment import Experiment, QualityTarget, StageDef
+from crucible_core.ir.experiment import CellEval, Experiment, QualityTarget, StageDef
 from crucible_core.ir.lineage import Artifact, Edge, Span, Trace
 from crucible_core.ir.training import (
     SGD,
@@ -78,6 +78,7 @@ __all__ = [
     "BackendRef",
     "Budget",
     "Capabilities",
+    "CellEval",
     "CheckpointPolicy",
     "CheckpointRef",
     "Completion",

@@ -1,4 +1,11 @@
-"""Experiment IR: a DAG of stages run against a backend, possibly over a parameter grid."""
+"""Experiment IR: a DAG of stages run against a backend, possibly over a parameter grid.
+
+A grid experiment (``crucible experiment``, plugin crucible-harness) names its
+base :class:`~crucible_core.ir.training.TrainingJob` in ``job`` (inline, or
+the path of a TrainingJob file relative to the experiment file), the grid of
+overrides in ``parameter_grid``, what each cell is scored on after training
+in ``evaluation``, and the limit of the whole experiment in ``budget``.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +23,9 @@ from crucible_core.ir.base import (
     SchemaVersion,
 )
 from crucible_core.ir.common import BackendRef
-from crucible_core.ir.training import DatasetSpec
+from crucible_core.ir.training import Budget, DatasetSpec, TrainingJob
 
-__all__ = ["BackendRef", "Experiment", "QualityTarget", "StageDef"]
+__all__ = ["BackendRef", "CellEval", "Experiment", "QualityTarget", "StageDef"]
 
 
 class StageDef(IRStruct, frozen=True, kw_only=True):
@@ -51,8 +58,33 @@ class QualityTarget(IRStruct, frozen=True, kw_only=True):
         return ops[self.op]
 
 
+class CellEval(IRStruct, frozen=True, kw_only=True):
+    """What every cell of a grid experiment is scored on once trained (``crucible eval``).
+
+    ``dataset`` is a URI crucible-datasets reads (``sample:gsm8k``, a file
+    relative to the experiment file); ``metrics`` are registered metric names;
+    ``n`` caps the examples scored; ``preset`` names the row format of a file;
+    ``extract`` is the answer extraction before scoring. The scores are
+    ``eval.<metric>`` for quality targets and reports.
+    """
+
+    dataset: Annotated[str, Meta(min_length=1)]
+    metrics: Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(min_length=1)]
+    n: PositiveInt | None = None
+    preset: str | None = None
+    extract: Literal["auto", "number", "choice", "none"] = "auto"
+
+
 class Experiment(IRStruct, frozen=True, kw_only=True):
-    """A declared experiment: stages (a DAG), a backend, data, a grid and targets."""
+    """A declared experiment: stages (a DAG), a backend, data, a grid and targets.
+
+    For a grid experiment: ``job`` is the base TrainingJob (a table, or a
+    path to a TrainingJob file relative to the experiment file) each cell
+    overrides with its ``parameter_grid`` values; ``evaluation`` scores each
+    trained cell; ``budget`` bounds the whole experiment (``max_wall_time``
+    seconds since its first cell was submitted, ``max_cost`` summed over the
+    cells): once spent, no new cell starts (running cells finish).
+    """
 
     schema_version: SchemaVersion = SCHEMA_VERSION
     id: Identifier
@@ -65,6 +97,9 @@ class Experiment(IRStruct, frozen=True, kw_only=True):
     repeats: PositiveInt = 1
     seeds: list[int] = []
     quality_targets: list[QualityTarget] = []
+    job: TrainingJob | Annotated[str, Meta(min_length=1)] | None = None
+    evaluation: CellEval | None = None
+    budget: Budget | None = None
     outputs: list[str] = []
     metadata: Params = {}
 

@@ -16,6 +16,10 @@ The rules:
   (bare, or after a source scheme as in ``csv:data/x.csv``) is rewritten only
   when it exists under the job file's directory; otherwise it stays as written
   (and is read relative to the current directory, as before).
+- In an Experiment, ``job`` given as a string is the path of a TrainingJob
+  file: a relative one becomes absolute; an inline ``job`` table is resolved
+  as a TrainingJob; ``evaluation.dataset`` follows the ``dataset_spec.uri``
+  rule.
 - Absolute paths and URLs (``scheme://...``) are never touched.
 """
 
@@ -24,7 +28,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import msgspec
 
@@ -85,7 +89,26 @@ def resolve_paths(obj: T, base: str | Path) -> T:
         if dataset is obj.dataset_spec and model is obj.model_spec:
             return obj
         return msgspec.structs.replace(obj, dataset_spec=dataset, model_spec=model)
-    if isinstance(obj, Experiment) and obj.dataset is not None:
-        dataset = _dataset(obj.dataset, root)
-        return obj if dataset is obj.dataset else msgspec.structs.replace(obj, dataset=dataset)
+    if isinstance(obj, Experiment):
+        return cast(T, _experiment(obj, root))
     return obj
+
+
+def _experiment(exp: Experiment, root: Path) -> Experiment:
+    changes: dict[str, Any] = {}
+    if exp.dataset is not None:
+        dataset = _dataset(exp.dataset, root)
+        if dataset is not exp.dataset:
+            changes["dataset"] = dataset
+    if isinstance(exp.job, str):
+        if not Path(os.path.expanduser(exp.job)).is_absolute():
+            changes["job"] = str(_join(root, exp.job))
+    elif exp.job is not None:
+        job = resolve_paths(exp.job, root)
+        if job is not exp.job:
+            changes["job"] = job
+    if exp.evaluation is not None:
+        uri = resolve_uri(exp.evaluation.dataset, root)
+        if uri != exp.evaluation.dataset:
+            changes["evaluation"] = msgspec.structs.replace(exp.evaluation, dataset=uri)
+    return msgspec.structs.replace(exp, **changes) if changes else exp

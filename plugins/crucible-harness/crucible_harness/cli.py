@@ -201,125 +201,279 @@ def _manifests(files: Any) -> list[Path]:
 
 
 class ExperimentCommand:
-    """``crucible experiment validate|run|status FILE``: a grid of training runs."""
+    """``crucible experiment validate|run|status|report FILE``: a grid of training runs."""
 
     def configure(self, parser: argparse.ArgumentParser) -> None:
         parser.description = (
             "Experiments over a parameter grid of training runs: validate the grid against "
-            "TrainingJob, submit each cell to the durable queue (crucible worker runs them; "
-            "submitting again skips cells already queued or finished), show their status. "
-            "Once every cell has finished, status checks the quality targets and exits 1 "
-            "with a table of the missed ones."
+            "TrainingJob, submit each cell (a training run, then its evaluation) to the "
+            "durable queue and run them (crucible worker processes, or --workers N here; "
+            "submitting again skips cells already queued or finished), show their status, "
+            "write the reports. Once every cell has finished, run and status check the "
+            "quality targets and exit 1 with a table of the missed ones."
         )
-        parser.add_argument("action", choices=["validate", "run", "status"])
+        parser.add_argument("action", choices=["validate", "run", "status", "report"])
         parser.add_argument("file", type=Path, metavar="FILE", help="Experiment file")
         parser.add_argument(
             "--dry-run",
             action="store_true",
             help="run: list the cells with crucible plan's estimates, submit nothing",
         )
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=0,
+            metavar="N",
+            help="run: run up to N cells at a time in this process and wait for all "
+            "(0: leave them to crucible worker processes)",
+        )
+        parser.add_argument(
+            "--wait",
+            action="store_true",
+            help="run: wait until every cell has finished (implied by --workers)",
+        )
+        parser.add_argument(
+            "--executor",
+            metavar="NAME",
+            help="run: run the cells through this executor (e.g. ray) instead of threads",
+        )
+        parser.add_argument(
+            "--address", metavar="ADDR", help="run: where the executor runs (ray: local, auto...)"
+        )
+        parser.add_argument(
+            "--lease", type=float, default=30.0, metavar="S", help="run: lease of a cell (s)"
+        )
+        parser.add_argument(
+            "--out",
+            type=Path,
+            metavar="DIR",
+            help="report: directory for report.md, report.html, report.tex "
+            "(default $CRUCIBLE_HOME/experiments/<id>)",
+        )
+        parser.add_argument(
+            "--open", action="store_true", help="report: open the HTML report in a browser"
+        )
         parser.add_argument("--json", action="store_true")
 
     def run(self, args: argparse.Namespace) -> int:
-        from crucible_core.cli.output import print_json, print_table
-        from crucible_harness.experiment import cell_status, load, submit
+        from crucible_harness.experiment import load
 
         loaded = load(args.file)
-        rows: list[dict[str, Any]] = []
-        missed: list[dict[str, Any]] = []
-        total_cost = total_s = 0.0
+        for note in loaded.notes:
+            sys.stderr.write(f"note: {note}\n")
+        if args.action != "run":
+            for flag in ("dry_run", "wait", "executor", "address"):
+                if getattr(args, flag):
+                    raise ConfigError(f"--{flag.replace('_', '-')} applies to run only")
+            if args.workers:
+                raise ConfigError("--workers applies to run only")
+        if args.action != "report" and (args.out is not None or args.open):
+            raise ConfigError("--out and --open apply to report only")
         if args.action == "validate":
-            rows = [
-                {"cell": c.cell_id, "overrides": c.overrides, "seed": c.seed, "repeat": c.repeat}
-                for c in loaded.cells
-            ]
-        elif args.action == "run" and args.dry_run:
-            from crucible_harness.experiment import plan_cells
-
-            plans = plan_cells(loaded)
-            rows = [
-                {"cell": p.cell.cell_id, "overrides": p.cell.overrides, "seed": p.cell.seed,
-                 "steps": p.steps, "cost": p.cost, "duration_s": p.duration_s,
-                 "problems": "; ".join(p.problems) or None}
-                for p in plans
-            ]  # fmt: skip
-            refused = [p for p in plans if not p.ok]
-            if refused:
-                raise ConfigError(
-                    f"{args.file}: {len(refused)} cell(s) would be refused: "
-                    + "; ".join(f"{p.cell.cell_id}: {p.problems[0]}" for p in refused[:3]),
-                    hint="crucible plan on the base job shows every problem",
-                )
-            total_cost = sum(p.cost or 0.0 for p in plans)
-            total_s = sum(p.duration_s or 0.0 for p in plans)
-        elif args.action == "run":
-            from crucible_core.queue.scheduler import Scheduler
-
-            with_sched = Scheduler()
-            try:
-                done = submit(loaded, with_sched)
-            finally:
-                with_sched.close()
-            rows = [
-                {"cell": c.cell_id, "overrides": c.overrides, "seed": c.seed, "status": status,
-                 "new": new}
-                for c, status, new in done
-            ]  # fmt: skip
-        else:
-            from crucible_core.queue.scheduler import Scheduler
-            from crucible_harness.experiment import FINAL, missed_targets
-
-            with_sched = Scheduler()
-            try:
-                statuses = cell_status(loaded, with_sched)
-            finally:
-                with_sched.close()
-            rows = [
-                {"cell": s.cell.cell_id, "overrides": s.cell.overrides, "seed": s.cell.seed,
-                 "status": s.status}
-                for s in statuses
-            ]  # fmt: skip
-            if all(s.status in FINAL for s in statuses):
-                missed = [
-                    {"cell": m.cell_id, "target": m.target, "observed": m.observed}
-                    for m in missed_targets(loaded, statuses)
-                ]
-        if args.json:
-            doc: dict[str, Any] = {"experiment": loaded.experiment.id, "cells": rows}
-            if args.action == "status":
-                doc["missed"] = missed
-            if args.action == "run" and args.dry_run:
-                doc["estimate"] = {"cost": total_cost, "duration_s": total_s}
-            print_json(doc)
-            return 1 if missed else 0
-        headers = list(rows[0]) if rows else ["cell"]
-        print_table(headers, [[_shown(r[h]) for h in headers] for r in rows])
+            return _validate(loaded, args)
+        if args.action == "report":
+            return _report(loaded, args)
         if args.action == "run" and args.dry_run:
-            sys.stdout.write(
-                f"{len(rows)} cell(s); estimated cost {total_cost:.4g}, "
-                f"{total_s:.1f} s of training run one after another (crucible plan)\n"
-            )
-        if missed:
-            sys.stdout.write("\nmissed quality targets:\n")
-            print_table(
-                ["cell", "target", "observed"],
-                [
-                    [
-                        m["cell"],
-                        m["target"],
-                        _shown("not recorded" if m["observed"] is None else m["observed"]),
-                    ]
-                    for m in missed
-                ],
-            )
-            return 1
-        if args.action == "run" and not args.dry_run:
-            new = sum(1 for r in rows if r.get("new"))
-            sys.stdout.write(
-                f"{new} cell(s) submitted, {len(rows) - new} already in the queue; "
-                "run them with: crucible worker\n"
-            )
+            return _dry_run(loaded, args)
+        if args.action == "run":
+            return _run(loaded, args)
+        return _status_cmd(loaded, args)
+
+
+def _validate(loaded: Any, args: argparse.Namespace) -> int:
+    from crucible_core.cli.output import print_json, print_table
+
+    rows = [
+        {"cell": c.cell_id, "overrides": c.overrides, "seed": c.seed, "repeat": c.repeat}
+        for c in loaded.cells
+    ]
+    if args.json:
+        print_json({"experiment": loaded.experiment.id, "cells": rows})
         return 0
+    _print_rows(print_table, rows)
+    return 0
+
+
+def _print_rows(print_table: Any, rows: list[dict[str, Any]]) -> None:
+    headers = list(rows[0]) if rows else ["cell"]
+    print_table(headers, [[_shown(r[h]) for h in headers] for r in rows])
+
+
+def _dry_run(loaded: Any, args: argparse.Namespace) -> int:
+    from crucible_core.cli.output import print_json, print_table
+    from crucible_harness.experiment import plan_cells, within_budget
+
+    plans = plan_cells(loaded)
+    inside = {c.cell_id for c in within_budget(loaded, plans)}
+    rows = [
+        {"cell": p.cell.cell_id, "overrides": p.cell.overrides, "seed": p.cell.seed,
+         "steps": p.steps, "cost": p.cost, "duration_s": p.duration_s,
+         "within_budget": p.cell.cell_id in inside, "problems": "; ".join(p.problems) or None}
+        for p in plans
+    ]  # fmt: skip
+    refused = [p for p in plans if not p.ok]
+    if refused:
+        raise ConfigError(
+            f"{args.file}: {len(refused)} cell(s) would be refused: "
+            + "; ".join(f"{p.cell.cell_id}: {p.problems[0]}" for p in refused[:3]),
+            hint="crucible plan on the base job shows every problem",
+        )
+    total_cost = sum(p.cost or 0.0 for p in plans)
+    total_s = sum(p.duration_s or 0.0 for p in plans)
+    if args.json:
+        print_json(
+            {
+                "experiment": loaded.experiment.id,
+                "cells": rows,
+                "estimate": {"cost": total_cost, "duration_s": total_s},
+            }
+        )
+        return 0
+    _print_rows(print_table, rows)
+    sys.stdout.write(
+        f"{len(rows)} cell(s); estimated cost {total_cost:.4g}, "
+        f"{total_s:.1f} s of training run one after another (crucible plan)\n"
+    )
+    if len(inside) < len(rows):
+        sys.stdout.write(f"{len(rows) - len(inside)} cell(s) exceed budget.max_cost\n")
+    return 0
+
+
+def _run(loaded: Any, args: argparse.Namespace) -> int:
+    from crucible_core._options import check_count, check_seconds
+    from crucible_core.cli.worker_cmd import _executor  # pyright: ignore[reportPrivateUsage]
+    from crucible_core.queue.scheduler import Scheduler
+    from crucible_harness.experiment import run
+
+    check_count("--workers", args.workers, minimum=0)
+    check_seconds("--lease", args.lease)
+    if args.executor is not None and args.workers < 1:
+        raise ConfigError(
+            "--executor runs cells in this process: add --workers N",
+            hint=f"e.g. crucible experiment run {args.file} --executor {args.executor} --workers 2",
+        )
+    executor = _executor(args.executor, args.address)
+    sched = Scheduler()
+    try:
+        outcome = run(
+            loaded,
+            sched,
+            workers=args.workers,
+            executor=executor,
+            wait=True if args.wait else None,
+            lease_s=args.lease,
+        )
+    finally:
+        sched.close()
+        if executor is not None:
+            executor.shutdown(wait=False)
+    submitted = set(outcome.submitted)
+    rows = [
+        {"cell": s.cell.cell_id, "overrides": s.cell.overrides, "seed": s.cell.seed,
+         "status": s.status, "new": s.cell.cell_id in submitted}
+        for s in outcome.statuses
+    ]  # fmt: skip
+    missed = _missed(loaded, outcome.statuses) if outcome.waited else []
+    doc: dict[str, Any] = {
+        "experiment": loaded.experiment.id,
+        "cells": rows,
+        "over_budget": outcome.over_budget,
+        "stopped_by_time": outcome.stopped_by_time,
+    }
+    if outcome.waited:
+        doc["missed"] = missed
+    return _finish(doc, rows, missed, args, waited=outcome.waited)
+
+
+def _missed(loaded: Any, statuses: Any) -> list[dict[str, Any]]:
+    from crucible_harness.experiment import FINAL, missed_targets
+
+    if not all(s.status in FINAL for s in statuses):
+        return []
+    return [
+        {"cell": m.cell_id, "target": m.target, "observed": m.observed}
+        for m in missed_targets(loaded, statuses)
+    ]
+
+
+def _status_cmd(loaded: Any, args: argparse.Namespace) -> int:
+    from crucible_core.queue.scheduler import Scheduler
+    from crucible_harness.experiment import statuses as cell_statuses
+
+    sched = Scheduler()
+    try:
+        statuses = cell_statuses(loaded, sched)
+    finally:
+        sched.close()
+    rows = [
+        {"cell": s.cell.cell_id, "overrides": s.cell.overrides, "seed": s.cell.seed,
+         "status": s.status}
+        for s in statuses
+    ]  # fmt: skip
+    missed = _missed(loaded, statuses)
+    doc = {"experiment": loaded.experiment.id, "cells": rows, "missed": missed}
+    return _finish(doc, rows, missed, args, waited=None)
+
+
+def _finish(
+    doc: dict[str, Any],
+    rows: list[dict[str, Any]],
+    missed: list[dict[str, Any]],
+    args: argparse.Namespace,
+    *,
+    waited: bool | None,
+) -> int:
+    from crucible_core.cli.output import print_json, print_table
+
+    if args.json:
+        print_json(doc)
+        return 1 if missed else 0
+    _print_rows(print_table, rows)
+    for key, what in (("over_budget", "over budget.max_cost, not submitted"),
+                      ("stopped_by_time", "cancelled: budget.max_wall_time spent")):  # fmt: skip
+        if doc.get(key):
+            sys.stdout.write(f"{len(doc[key])} cell(s) {what}\n")
+    if missed:
+        sys.stdout.write("\nmissed quality targets:\n")
+        print_table(
+            ["cell", "target", "observed"],
+            [
+                [
+                    m["cell"],
+                    m["target"],
+                    _shown("not recorded" if m["observed"] is None else m["observed"]),
+                ]
+                for m in missed
+            ],
+        )
+        return 1
+    if waited is False:
+        new = sum(1 for r in rows if r.get("new"))
+        sys.stdout.write(
+            f"{new} cell(s) submitted, {len(rows) - new} already in the queue; "
+            "run them with: crucible worker (or run again with --workers N)\n"
+        )
+    return 0
+
+
+def _report(loaded: Any, args: argparse.Namespace) -> int:
+    from crucible_core.records import paths
+    from crucible_harness.expreport import write_reports
+
+    out = args.out or paths.crucible_home() / "experiments" / loaded.experiment.id
+    written = write_reports(loaded, out)
+    if args.json:
+        from crucible_core.cli.output import print_json
+
+        print_json({k: str(v) for k, v in written.items()})
+    else:
+        for path in written.values():
+            sys.stdout.write(f"wrote {path}\n")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(written["html"].resolve().as_uri())
+    return 0
 
 
 def _shown(value: Any) -> str:

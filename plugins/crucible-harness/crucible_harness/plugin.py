@@ -22,6 +22,6 @@ def register_commands(register: RegisterCommand) -> None:
     register(
         "experiment",
         "crucible_harness.cli:ExperimentCommand",
-        summary="a grid of training runs: validate it, submit its cells to the queue "
-        "(resumable), show their status",
+        summary="a grid of training runs (+ evaluation): validate it, run its cells through "
+        "the queue (resumable, budgeted), show their status, write reports",
     )

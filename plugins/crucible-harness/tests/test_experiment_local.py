@@ -18,8 +18,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[3]
 
 GRID = """id = "dates-grid"
+job = "base.toml"
 seeds = [0, 1]
-metadata = { job = "base.toml" }
 
 [parameter_grid]
 "learning_config.optimizer.lr" = [1e-3, 5e-3]
@@ -48,9 +48,11 @@ def world(tmp_path: Path):  # type: ignore[no-untyped-def]
     }
     argv0 = [sys.executable, "-m", "crucible_core.cli.main"]
 
-    def cli(*argv: str, code: int = 0) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([*argv0, *argv], env=env, cwd=tmp_path, capture_output=True,
-                              text=True, timeout=300)  # fmt: skip
+    def cli(
+        *argv: str, code: int = 0, extra: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([*argv0, *argv], env={**env, **(extra or {})}, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
         assert done.returncode == code, (argv, done.stdout, done.stderr)
         return done
 
@@ -127,6 +129,191 @@ def test_bad_grid_key_is_exit_2_with_path_and_suggestion(world) -> None:  # type
     assert "grid.toml: parameter_grid.learning_config.optimzer.lr" in err
     assert "did you mean 'learning_config.optimizer'" in err
     assert "Traceback" not in err
-    (tmp / "grid.toml").write_text(GRID.replace('metadata = { job = "base.toml" }\n', ""))
+    (tmp / "grid.toml").write_text(GRID.replace('job = "base.toml"\n', ""))
     err = cli("experiment", "validate", "grid.toml", code=2).stderr
-    assert "metadata.job must name the base TrainingJob file" in err
+    assert "grid.toml: job must name the base TrainingJob" in err
+    (tmp / "grid.toml").write_text(GRID.replace('job = "base.toml"', 'job = "nope.toml"'))
+    err = cli("experiment", "validate", "grid.toml", code=4).stderr
+    assert "nope.toml" in err
+
+
+def test_old_metadata_job_form_still_reads_with_a_deprecation_note(world) -> None:  # type: ignore[no-untyped-def]
+    tmp, cli, _ = world
+    old = GRID.replace('job = "base.toml"', 'metadata = { job = "base.toml" }')
+    (tmp / "grid.toml").write_text(old)
+    done = cli("experiment", "validate", "grid.toml", "--json")
+    assert "metadata.job is deprecated; write job = 'base.toml'" in done.stderr
+    old_cells = [c["cell"] for c in json.loads(done.stdout)["cells"]]
+    (tmp / "grid.toml").write_text(GRID)
+    done = cli("experiment", "validate", "grid.toml", "--json")
+    assert "deprecated" not in done.stderr
+    assert [c["cell"] for c in json.loads(done.stdout)["cells"]] == old_cells
+
+
+def test_inline_job_table_is_the_base_job(world) -> None:  # type: ignore[no-untyped-def]
+    tmp, cli, _ = world
+    base = (tmp / "base.toml").read_text().replace('backend = "local"', "")
+    inline = "\n".join(
+        f"[job.{line[1:]}" if line.startswith("[") else line for line in base.splitlines()
+    )
+    (tmp / "grid.toml").write_text(
+        GRID.replace('job = "base.toml"\n', "") + '\n[job]\nbackend = "local"\n' + inline
+    )
+    out = json.loads(cli("experiment", "validate", "grid.toml", "--json").stdout)
+    assert len(out["cells"]) == 8
+    (tmp / "grid.toml").write_text(GRID + "\n[budget]\nmax_tokens = 5\n")
+    err = cli("experiment", "validate", "grid.toml", code=2).stderr
+    assert "budget.max_tokens is a limit of one run" in err
+
+
+EVALUATED = (
+    GRID
+    + '\n[evaluation]\ndataset = "dates.jsonl"\nmetrics = ["exact_match", "token_f1"]\nn = 2\n'
+    + '\n[[quality_targets]]\nmetric = "final_loss"\nop = "<="\nvalue = 100.0\n'
+    + '\n[[quality_targets]]\nmetric = "eval.token_f1"\nop = ">"\nvalue = 1.0\n'
+)
+
+
+def _jobs(home: Path) -> dict[str, tuple[str, int]]:
+    import sqlite3
+
+    with sqlite3.connect(home / "crucible.db") as db:
+        return {i: (s, a) for i, s, a in db.execute("SELECT id, status, attempts FROM jobs")}
+
+
+@pytest.mark.slow
+def test_runner_killed_mid_experiment_reruns_only_missing_cells_and_reports(world) -> None:  # type: ignore[no-untyped-def]
+    """The runner itself (``run --workers 2``: two cells at a time in its process, each a
+    training run then an evaluation) is killed with SIGKILL once some cells have finished
+    and others run; ``run`` again finishes only the rest, checks the targets (exit 1 with
+    the missed one), and ``report`` writes the three reports, byte-identical twice."""
+    import hashlib
+    import shutil
+
+    tmp, cli, spawn = world
+    home = tmp / "home"
+    shutil.copy(REPO / "examples" / "data" / "dates.jsonl", tmp / "dates.jsonl")
+    (tmp / "grid.toml").write_text(EVALUATED)
+    runner = spawn("experiment", "run", "grid.toml", "--workers", "2", "--lease", "3")
+    deadline = time.monotonic() + 300
+    while True:  # kill it once a cell has finished and another one runs
+        assert runner.poll() is None, "the runner finished before it could be killed"
+        assert time.monotonic() < deadline, "no cell finished in time"
+        states = list(_status(cli).values()) if (home / "crucible.db").exists() else []
+        if "succeeded" in states and "running" in states:
+            break
+        time.sleep(0.2)
+    os.kill(runner.pid, signal.SIGKILL)
+    runner.wait(timeout=30)
+    before = {c: s for c, s in _status(cli).items()}
+    finished = sorted(c for c, s in before.items() if s == "succeeded")
+    assert 0 < len(finished) < 8
+    sha = {c: hashlib.sha256((home / "runs" / c / "manifest.json").read_bytes()).hexdigest()
+           for c in finished}  # fmt: skip
+
+    again = cli("experiment", "run", "grid.toml", "--workers", "2", "--lease", "3", "--json",
+                code=1)  # fmt: skip
+    out = json.loads(again.stdout)
+    assert not any(c["new"] for c in out["cells"])  # nothing submitted twice
+    assert {c["status"] for c in out["cells"]} == {"succeeded"}
+    jobs = _jobs(home)
+    for cell in finished:  # a cell finished before the kill never ran again
+        assert jobs[cell] == ("succeeded", 1)
+        digest = hashlib.sha256((home / "runs" / cell / "manifest.json").read_bytes())
+        assert digest.hexdigest() == sha[cell]
+    assert sorted(p.name for p in (home / "runs").iterdir()) == sorted(before)
+    for cell in before:  # every cell was evaluated once trained
+        evals = list((home / "runs" / cell).glob("eval-*.json"))
+        assert len(evals) >= 1
+        assert json.loads(evals[0].read_text())["dataset"] == str(tmp / "dates.jsonl")
+    assert {(m["cell"], m["target"]) for m in out["missed"]} == {
+        (c, "eval.token_f1 > 1.0") for c in before
+    }
+    table = cli("experiment", "run", "grid.toml", "--workers", "1", code=1).stdout
+    assert "missed quality targets:" in table
+
+    first = json.loads(cli("experiment", "report", "grid.toml", "--out", "r1", "--json").stdout)
+    second = json.loads(cli("experiment", "report", "grid.toml", "--out", "r2", "--json").stdout)
+    for fmt in ("markdown", "html", "latex"):
+        one, two = Path(tmp / first[fmt]).read_bytes(), Path(tmp / second[fmt]).read_bytes()
+        assert one == two, fmt  # same inputs, same bytes
+        for cell in before:
+            digest = hashlib.sha256((home / "runs" / cell / "manifest.json").read_bytes())
+            assert digest.hexdigest() in one.decode()
+    md = Path(tmp / first["markdown"]).read_text()
+    assert "| learning_config.optimizer.lr | metric | n | mean | 95% CI |" in md
+    assert "| 0.001 | eval.token_f1 | 4 |" in md  # two batch sizes x two seeds pooled
+    page = Path(tmp / first["html"]).read_text()
+    assert "Training loss per cell" in page
+    assert "Evaluation during training: val_loss per cell" in page
+    assert "eval.token_f1 by learning_config.batch_size (mean, 95% CI)" in page
+    assert page.count('src="data:image/png;base64,') >= 1 + 1 + 2 * 3
+    tex = Path(tmp / first["latex"]).read_text()
+    assert "\\begin{tabular}" in tex
+    assert "learning\\_config.batch\\_size & metric & n & mean & 95\\% CI \\\\" in tex
+
+
+@pytest.mark.slow
+def test_time_budget_stops_new_cells_and_lets_the_running_one_finish(world) -> None:  # type: ignore[no-untyped-def]
+    """budget.max_wall_time = 1 s on 8 two-step cells run one at a time: the first cell
+    (seconds: it loads the model) outlives the budget, finishes, and no other cell starts."""
+    tmp, cli, _ = world
+    (tmp / "grid.toml").write_text(GRID + "\n[budget]\nmax_wall_time = 1\n")
+    out = json.loads(cli("experiment", "run", "grid.toml", "--workers", "1", "--json").stdout)
+    statuses = [c["status"] for c in out["cells"]]
+    assert statuses.count("succeeded") == 1
+    assert statuses.count("cancelled") == 7
+    assert sorted(out["stopped_by_time"]) == sorted(
+        c["cell"] for c in out["cells"] if c["status"] == "cancelled"
+    )
+    runs = [p.name for p in (tmp / "home" / "runs").iterdir()]
+    assert runs == [c["cell"] for c in out["cells"] if c["status"] == "succeeded"]
+
+
+def test_cost_budget_keeps_the_cells_whose_summed_estimate_fits(world) -> None:  # type: ignore[no-untyped-def]
+    """crucible-local is free, so the plans here are made up: within_budget is the rule
+    ``run`` applies to crucible plan's estimates before submitting anything."""
+    from crucible_harness.experiment import CellPlan, load, within_budget
+
+    tmp, _, _ = world
+    (tmp / "grid.toml").write_text(GRID + "\n[budget]\nmax_cost = 1.0\n")
+    loaded = load(tmp / "grid.toml")
+    plans = [CellPlan(c, True, 0.3, 1.0, 2, []) for c in loaded.cells]
+    assert within_budget(loaded, plans) == loaded.cells[:3]  # 0.9 <= 1.0 < 1.2
+    free = [CellPlan(c, True, None, 1.0, 2, []) for c in loaded.cells]
+    assert within_budget(loaded, free) == loaded.cells
+    (tmp / "grid.toml").write_text(GRID)
+    assert within_budget(load(tmp / "grid.toml"), plans) == loaded.cells  # no budget
+
+
+def test_report_open_writes_and_opens_the_html_page(world) -> None:  # type: ignore[no-untyped-def]
+    """``--open`` hands the page to the browser $BROWSER names (here a script recording
+    its argument); a report before any cell ran lists them as not submitted."""
+    tmp, cli, _ = world
+    opened = tmp / "opened.txt"
+    browser = tmp / "browser.sh"
+    browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
+    browser.chmod(0o755)
+    done = cli("experiment", "report", "grid.toml", "--out", "rep", "--open",
+               extra={"BROWSER": str(browser)})  # fmt: skip
+    assert "wrote rep/report.html" in done.stdout
+    deadline = time.monotonic() + 30
+    while not opened.exists():
+        assert time.monotonic() < deadline, "the browser was never started"
+        time.sleep(0.1)
+    assert opened.read_text().strip() == (tmp / "rep" / "report.html").resolve().as_uri()
+    md = (tmp / "rep" / "report.md").read_text()
+    assert md.count("| not submitted |") == 8
+    cli("experiment", "report", "grid.toml", "--out", "rep2")
+    for name in ("report.md", "report.html", "report.tex"):
+        assert (tmp / "rep" / name).read_bytes() == (tmp / "rep2" / name).read_bytes()
+
+
+def test_run_flags_that_do_not_fit_are_usage_errors(world) -> None:  # type: ignore[no-untyped-def]
+    _, cli, _ = world
+    err = cli("experiment", "run", "grid.toml", "--executor", "ray", code=2).stderr
+    assert "--executor runs cells in this process: add --workers N" in err
+    err = cli("experiment", "status", "grid.toml", "--workers", "2", code=2).stderr
+    assert "--workers applies to run only" in err
+    err = cli("experiment", "run", "grid.toml", "--open", code=2).stderr
+    assert "--out and --open apply to report only" in err

@@ -94,3 +94,31 @@ def test_cell_count_and_unique_ids(
     cells = expand(BASE, grid, seeds=seeds, repeats=repeats)
     assert len(cells) == math.prod(map(len, grid.values())) * max(1, len(seeds)) * repeats
     assert len({c.cell_id for c in cells}) == len(cells)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    hs.lists(hs.one_of(hs.none(), hs.floats(0.0, 5.0)), min_size=1, max_size=8),
+    hs.floats(0.0, 10.0),
+)
+def test_cost_budget_takes_the_longest_prefix_that_fits(
+    costs: list[float | None], max_cost: float
+) -> None:
+    from crucible_harness.experiment import CellPlan, LoadedExperiment, within_budget
+
+    from crucible_core.ir import Budget, Experiment
+
+    cells = expand(BASE, cells=[{"learning_config.max_steps": i + 1} for i in range(len(costs))])
+    loaded = LoadedExperiment(
+        path=Path("x.toml"),
+        experiment=Experiment(id="x", budget=Budget(max_cost=max_cost)),
+        base=BASE,
+        cells=cells,
+    )
+    plans = [CellPlan(c, True, cost, None, None, []) for c, cost in zip(cells, costs, strict=True)]
+    kept = within_budget(loaded, plans)
+    assert kept == cells[: len(kept)]  # a prefix, in cell order
+    spent = sum(c or 0.0 for c in costs[: len(kept)])
+    assert spent <= max_cost
+    if len(kept) < len(cells):  # the next cell would have gone over
+        assert spent + (costs[len(kept)] or 0.0) > max_cost
