@@ -27,7 +27,9 @@ class PreparedData(msgspec.Struct, kw_only=True):
     """A job's data, ready to train on, and what the run records about it.
 
     For a DPO job (``group == 2``) ``train`` and ``validation`` hold each
-    preference pair as two Datums in a row, chosen then rejected.
+    preference pair as two Datums in a row, chosen then rejected. For a
+    distillation job ``train`` is empty until the teacher step fills it from
+    ``prompts``.
     """
 
     train: list[Datum]
@@ -46,6 +48,9 @@ class PreparedData(msgspec.Struct, kw_only=True):
     template_hash: str | None = None
     #: Datums per example: 1, or 2 for preference pairs (chosen then rejected, in a row).
     group: int = 1
+    #: Prompts of the training rows, for a distillation teacher (``data.tokenize``'s
+    #: ``prompts``: ``tokens``, ``messages``, ``reference``, ``input``).
+    prompts: list[dict[str, Any]] = []
 
     @classmethod
     def from_stage_outputs(
@@ -67,6 +72,7 @@ class PreparedData(msgspec.Struct, kw_only=True):
             template=cast(str | None, tokenized.get("template")),
             template_hash=cast(str | None, tokenized.get("template_hash")),
             group=int(tokenized.get("group") or 1),
+            prompts=cast(list[dict[str, Any]], tokenized.get("prompts") or []),
         )
 
 
