@@ -28,7 +28,11 @@ def _job(tmp_path: Path) -> Path:
         "model_spec": {"name": "tiny-llama", "max_seq_len": 128},
         "adapter_config": {"kind": "lora", "rank": 8, "dropout": 0.0},
         "dataset_spec": {"uri": str(ROOT / "examples" / "data" / "dates.jsonl"), "limit": 48},
-        "learning_config": {"batch_size": 4, "max_steps": 12, "optimizer": {"lr": 1e-2}},
+        "learning_config": {
+            "batch_size": 4,
+            "max_steps": 12,
+            "optimizer": {"name": "adamw", "lr": 1e-2},
+        },
         "checkpoint_policy": {"save_every": 3, "keep_last": 5},
     }
     path = tmp_path / "distill.json"

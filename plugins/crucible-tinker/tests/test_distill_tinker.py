@@ -51,7 +51,11 @@ def test_distill_example_on_tinker_with_a_local_teacher(
         "model_spec": {"name": "tiny-llama", "max_seq_len": 128},
         "adapter_config": to_builtins(example.adapter_config),
         "dataset_spec": {"uri": example.dataset_spec.uri, "limit": 32},
-        "learning_config": {"batch_size": 8, "max_steps": 6, "optimizer": {"lr": 1e-2}},
+        "learning_config": {
+            "batch_size": 8,
+            "max_steps": 6,
+            "optimizer": {"name": "adamw", "lr": 1e-2},
+        },
         "checkpoint_policy": {"save_every": 100},
     }
     (tmp_path / "teacher.json").write_text(json.dumps(teacher))
