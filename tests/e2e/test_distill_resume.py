@@ -24,10 +24,10 @@ def _job(tmp_path: Path) -> Path:
     raw = {
         "backend": "local",
         "workflow": "distill",
-        "distill": {"mode": "sft", "sampling": {"max_tokens": 12, "temperature": 1.0}},
+        "distill": {"mode": "sft", "sampling": {"max_tokens": 8, "temperature": 1.0}},
         "model_spec": {"name": "tiny-llama", "max_seq_len": 128},
         "adapter_config": {"kind": "lora", "rank": 8, "dropout": 0.0},
-        "dataset_spec": {"uri": str(ROOT / "examples" / "data" / "dates.jsonl"), "limit": 48},
+        "dataset_spec": {"uri": str(ROOT / "examples" / "data" / "dates.jsonl"), "limit": 24},
         "learning_config": {
             "batch_size": 4,
             "max_steps": 12,
