@@ -166,3 +166,26 @@ def test_on_policy_distillation_lowers_the_reverse_kl(host: PluginHost, home: Pa
     # Measured: about 4.0 -> 3.3 nats per token over 16 steps.
     assert _mean(kl[-4:]) < _mean(kl[:4]) - 0.3
     assert _mean(agreement[-4:]) > _mean(agreement[:4])
+
+
+def test_distill_runs_as_stages_of_an_experiment_graph(host: PluginHost, home: Path) -> None:
+    """train.loop of the stage adapters runs the distillation recipe's teacher step (here
+    the default teacher: the student's own base model) and trains on its completions."""
+    import msgspec
+
+    from crucible_core.ir import Job
+    from crucible_core.pipeline.runner import run_pipeline
+    from crucible_core.train.plan import training_experiment
+
+    job = msgspec.structs.replace(
+        _student("unused", steps=3),
+        distill=DistillConfig(sampling=SamplingParams(max_tokens=8, temperature=0.0)),
+        dataset_spec=DatasetSpec(uri=DATES, limit=12),
+    )
+    work = Job(id="g-distill", kind="training_run", payload=msgspec.to_builtins(job))
+    out = run_pipeline(training_experiment(job, "g-distill"), work, host=host)
+    assert out["log_metrics"]["steps"] == 3
+    (taught,) = _events(home / "runs" / "g-distill", "distill.teacher")
+    assert (taught["data"]["teacher"], taught["data"]["datums"]) == ("model:tiny-llama", 12)
+    steps = _events(home / "runs" / "g-distill", "train.step")
+    assert all("agreement" in e["data"]["metrics"] for e in steps)
