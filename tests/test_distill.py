@@ -319,10 +319,16 @@ def test_plan_counts_the_teachers_sampling(
     assert plan.tokens_per_epoch is not None
     prompts = plan.tokens_per_epoch
     # Two completions of at most 10 tokens for each of 20 prompts, plus the held-out
-    # agreement (8 training prompts: teacher, student before, student after).
+    # agreement (8 of the training prompts: the teacher, the student before and after).
+    teacher = 2 * (prompts + 20 * 10)
     assert plan.sampling_tokens is not None
-    assert plan.sampling_tokens >= 2 * (prompts + 20 * 10)
+    assert teacher + 3 * 8 * 10 < plan.sampling_tokens < teacher + 3 * (prompts + 8 * 10)
+    # 5 steps of 4 Datums, each a prompt and 10 completion tokens (minus the shift).
     assert plan.steps == 5
     assert plan.tokens_to_train is not None
-    assert 0 < plan.tokens_to_train <= 5 * 4 * (max(1, prompts // 20) * 4 + 10)
+    assert 20 * 9 < plan.tokens_to_train <= 20 * 9 + 2 * prompts
     assert any("max_tokens = 10" in note for note in plan.notes)
+    from crucible_core.cli.plan_cmd import format_plan
+
+    assert f"sampling  {plan.sampling_tokens} tokens" in format_plan(plan)
+    assert "stages    prepare -> teacher -> train" in format_plan(plan)
