@@ -122,7 +122,12 @@ def _from_run(ref: str) -> Teacher:
     try:
         run_dir = resolve_run(ref)
     except CrucibleError as exc:
-        raise ConfigError(f"{field}: {exc.message}", hint=exc.hint) from None
+        hint = f"{exc.hint}; " if exc.hint else ""
+        raise ConfigError(
+            f"{field}: {exc.message}",
+            hint=hint + "the teacher run must exist (train it first), or name the teacher by "
+            "backend, model_spec and checkpoint instead",
+        ) from None
     manifest = read_manifest(run_dir)
     raw = manifest.get("training_job")
     if not isinstance(raw, Mapping):

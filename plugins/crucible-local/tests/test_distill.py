@@ -41,15 +41,17 @@ REPO = Path(__file__).resolve().parents[3]
 DATES = str(REPO / "examples" / "data" / "dates.jsonl")
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "crucible-home"
-    monkeypatch.setenv("CRUCIBLE_HOME", str(path))
-    return path
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One CRUCIBLE_HOME for the module: the teacher is trained once."""
+    path = tmp_path_factory.mktemp("distill") / "crucible-home"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CRUCIBLE_HOME", str(path))
+        yield path
 
 
-@pytest.fixture
-def host() -> Iterator[PluginHost]:
+@pytest.fixture(scope="module")
+def host(home: Path) -> Iterator[PluginHost]:
     h = PluginHost(autoload=False)
     h.add_plugin(crucible_local.plugin, name="local", distribution="crucible-local")
     h.add_plugin(crucible_datasets.plugin, name="datasets", distribution="crucible-datasets")
@@ -58,13 +60,8 @@ def host() -> Iterator[PluginHost]:
     reset_host(None)
 
 
-def _learning(steps: int, batch: int = 16, lr: float = 5e-3) -> LearningConfig:
-    return LearningConfig(
-        optimizer=AdamW(lr=lr, weight_decay=0.0), batch_size=batch, max_steps=steps
-    )
-
-
-def _teacher(host: PluginHost, run: str = "teacher") -> str:
+@pytest.fixture(scope="module")
+def teacher(host: PluginHost) -> str:
     """A few SFT steps on the dates: the teacher writes dates its own (partly right) way."""
     job = TrainingJob(
         backend="local",
@@ -74,8 +71,14 @@ def _teacher(host: PluginHost, run: str = "teacher") -> str:
         learning_config=_learning(40),
         checkpoint_policy=CheckpointPolicy(save_every=1000, save_best=False, keep_last=1),
     )
-    run_training(job, job_id=run, host=host)
-    return run
+    run_training(job, job_id="teacher", host=host)
+    return "teacher"
+
+
+def _learning(steps: int, batch: int = 16, lr: float = 5e-3) -> LearningConfig:
+    return LearningConfig(
+        optimizer=AdamW(lr=lr, weight_decay=0.0), batch_size=batch, max_steps=steps
+    )
 
 
 def _student(teacher: str, *, mode: str = "sft", steps: int = 30, **sampling: Any) -> TrainingJob:
@@ -104,8 +107,7 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def test_sft_distillation_follows_the_teacher(host: PluginHost, home: Path) -> None:
-    teacher = _teacher(host)
+def test_sft_distillation_follows_the_teacher(host: PluginHost, home: Path, teacher: str) -> None:
     out = run_training(_student(teacher), job_id="student", host=host)
     run = home / "runs" / "student"
     steps = _events(run, "train.step")
@@ -151,8 +153,9 @@ def test_sft_distillation_follows_the_teacher(host: PluginHost, home: Path) -> N
     assert (again["data"]["cached"], again["data"]["key"]) == (True, taught["data"]["key"])
 
 
-def test_on_policy_distillation_lowers_the_reverse_kl(host: PluginHost, home: Path) -> None:
-    teacher = _teacher(host, "teacher-op")
+def test_on_policy_distillation_lowers_the_reverse_kl(
+    host: PluginHost, home: Path, teacher: str
+) -> None:
     run_training(
         _student(teacher, mode="on_policy", steps=16, temperature=1.0, max_tokens=16),
         job_id="on-policy",
