@@ -224,3 +224,54 @@ def test_a_stopped_on_policy_run_resumes_on_the_same_curve(
     assert resumed.steps == 6
     tail = json.loads((home / "runs/op-cut/metrics.json").read_text())["losses"]
     assert tail == pytest.approx(whole[state.step :], abs=1e-5)
+
+
+def test_an_inference_only_teacher_sends_messages_and_is_refused_on_policy(
+    host: PluginHost, home: Path
+) -> None:
+    """A teacher on ``local-adapter`` (an inference backend serving a LoRA run's adapter):
+    it is sent the prompt's messages, its text is re-encoded for the student (so no teacher
+    logprobs, no teacher_kl), and the plan refuses it for on-policy (it cannot score)."""
+    import msgspec
+
+    from crucible_core.ir import BackendRef, LoRA
+    from crucible_core.train.plan import make_plan
+
+    lora = TrainingJob(
+        backend="local",
+        model_spec=ModelSpec(name="tiny-llama", max_seq_len=128),
+        adapter_config=LoRA(rank=4, dropout=0.0),
+        dataset_spec=DatasetSpec(uri=DATES, limit=16),
+        learning_config=_learning(2, batch=8),
+        checkpoint_policy=CheckpointPolicy(save_every=1000, save_best=False, keep_last=1),
+    )
+    adapter = run_training(lora, job_id="lora-teacher", host=host).sampler_checkpoint
+    assert adapter is not None
+    served = BackendRef(name="local-adapter", options={"adapter": adapter.uri})
+    job = msgspec.structs.replace(
+        _student("unused", steps=2, max_tokens=6),
+        distill=DistillConfig(
+            teacher=TeacherSpec(backend=served),
+            sampling=SamplingParams(max_tokens=6, temperature=0.0),
+        ),
+        dataset_spec=DatasetSpec(uri=DATES, limit=10),
+    )
+    assert make_plan(job, host=host, count_data=False).ok
+    on_policy = msgspec.structs.replace(
+        job, distill=msgspec.structs.replace(job.distill_config, mode="on_policy")
+    )
+    (problem,) = make_plan(on_policy, host=host, count_data=False).problems
+    assert problem.field == "$.distill.teacher"
+    assert "cannot score" in problem.message
+
+    run_training(job, job_id="served", host=host)
+    (taught,) = _events(home / "runs" / "served", "distill.teacher")
+    assert (taught["data"]["backend"], taught["data"]["teacher"]) == (
+        "local-adapter",
+        "model:tiny-llama",
+    )
+    assert taught["data"]["datums"] == 10
+    steps = _events(home / "runs" / "served", "train.step")
+    assert len(steps) == 2
+    assert all("agreement" in e["data"]["metrics"] for e in steps)
+    assert all("teacher_kl" not in e["data"]["metrics"] for e in steps)
