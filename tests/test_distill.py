@@ -332,3 +332,19 @@ def test_plan_counts_the_teachers_sampling(
 
     assert f"sampling  {plan.sampling_tokens} tokens" in format_plan(plan)
     assert "stages    prepare -> teacher -> train" in format_plan(plan)
+
+
+def test_a_teachers_model_paths_resolve_against_the_job_file(tmp_path: Path) -> None:
+    from crucible_core.ir import decode_file
+
+    job_file = tmp_path / "jobs" / "distill.toml"
+    job_file.parent.mkdir()
+    job_file.write_text(
+        'workflow = "distill"\n[model_spec]\nname = "tiny-llama"\n[dataset_spec]\n'
+        'uri = "sample:chat"\n[distill.teacher.model_spec]\nname = "tiny-llama"\n'
+        'path = "../exports/teacher"\nadapter = "peft"\n'
+    )
+    teacher = decode_file(job_file, TrainingJob).distill_config.teacher.model_spec
+    assert teacher is not None
+    assert teacher.path == str(tmp_path / "exports" / "teacher")
+    assert teacher.adapter == str(tmp_path / "jobs" / "peft")
