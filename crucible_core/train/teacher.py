@@ -363,7 +363,11 @@ def teacher_completions(
             cached = msgspec.json.decode(path.read_bytes(), type=TeacherCompletions)
         except (msgspec.DecodeError, msgspec.ValidationError):
             cached = None  # a damaged cache entry is sampled again
-        if cached is not None and len(cached.train) == len(prompts):
+        if (
+            cached is not None
+            and len(cached.train) == len(prompts)
+            and len(cached.validation) == len(held_out)
+        ):
             return msgspec.structs.replace(cached, cached=True)
     sampling = job.distill_config.sampling
     base_seed = sampling.seed if sampling.seed is not None else job.learning_config.seed

@@ -275,3 +275,54 @@ def test_an_inference_only_teacher_sends_messages_and_is_refused_on_policy(
     assert len(steps) == 2
     assert all("agreement" in e["data"]["metrics"] for e in steps)
     assert all("teacher_kl" not in e["data"]["metrics"] for e in steps)
+
+
+def test_teacher_completions_are_cached_and_a_damaged_cache_is_sampled_again(
+    host: PluginHost, home: Path, tmp_path: Path
+) -> None:
+    """The cache returns what was sampled; a damaged file is not trusted: the teacher samples
+    again, with the same seeds, so the same completions come back."""
+    import contextlib
+
+    import msgspec
+    from crucible_local.backend import LocalBackend
+
+    from crucible_core.train.teacher import (
+        cache_path,
+        open_teacher,
+        resolve_teacher,
+        teacher_completions,
+    )
+
+    sampling = SamplingParams(max_tokens=5, temperature=1.0, n=2)
+    job = msgspec.structs.replace(_student("unused"), distill=DistillConfig(sampling=sampling))
+    teacher = resolve_teacher(job)
+    backend = LocalBackend(home=tmp_path / "b", num_threads=1)
+    opened: list[int] = []
+
+    def handle() -> contextlib.AbstractContextManager[Any]:
+        opened.append(1)
+        return open_teacher(teacher, backend, deadline_s=120)
+
+    tok = backend.get_tokenizer(job.model_spec)
+    prompts = [{"tokens": tok.encode(t)} for t in ("1999-01-02", "2020-12-31")]
+    kwargs: dict[str, Any] = {
+        "dataset_hash": "sha256:x",
+        "prompts": prompts,
+        "held_out": prompts[:1],
+        "student_tokenizer": str(tok.name),
+        "deadline_s": 120.0,
+    }
+    try:
+        first = teacher_completions(handle, teacher, job, **kwargs)
+        assert [len(c) for c in first.train] == [2, 2]
+        assert len(first.validation) == 1
+        again = teacher_completions(handle, teacher, job, **kwargs)
+        assert (again.cached, opened) == (True, [1])
+        assert again.train == first.train
+        cache_path(first.key).write_text("{not json")
+        resampled = teacher_completions(handle, teacher, job, **kwargs)
+        assert (resampled.cached, opened) == (False, [1, 1])
+        assert resampled.train == first.train  # seeded: the same completions
+    finally:
+        backend.close()
