@@ -348,3 +348,24 @@ def test_a_teachers_model_paths_resolve_against_the_job_file(tmp_path: Path) -> 
     assert teacher is not None
     assert teacher.path == str(tmp_path / "exports" / "teacher")
     assert teacher.adapter == str(tmp_path / "jobs" / "peft")
+
+
+def test_crucible_train_reports_the_held_out_agreement() -> None:
+    from crucible_core.cli.train_cmd import _format_agreement  # pyright: ignore[reportPrivateUsage]
+
+    line = _format_agreement(
+        {
+            "split": "validation",
+            "before": {"token_match": 0.1, "exact_match": 0.0, "examples": 5.0},
+            "after": {"token_match": 0.9, "exact_match": 0.6, "examples": 5.0},
+        }
+    )
+    assert line == (
+        "teacher    agreement on 5 validation prompts: token_match 0.10 before training -> "
+        "0.90 after; exact_match 0.00 before training -> 0.60 after\n"
+    )
+    resumed = _format_agreement(
+        {"split": "validation", "before": None, "after": {"exact_match": 1}}
+    )
+    assert "before" not in resumed
+    assert _format_agreement(None) == ""
