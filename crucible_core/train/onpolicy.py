@@ -138,18 +138,24 @@ class OnPolicyDistillSession:
     def step(self) -> int:
         return self._inner.step
 
-    def _rollout(self, batch: Sequence[Datum], name: str) -> _Rollout:
+    def _rollout(self, batch: Sequence[Datum], name: str, *, training: bool) -> _Rollout:
         sampler: Sampler = self._inner.save_weights_for_sampler(name).result(timeout=self._deadline)
         # Every call submitted before has been applied: the session's step is this batch's.
         step = self._inner.step
-        self._micro = self._micro + 1 if step == self._last_step else 0
-        self._last_step = step
+        if training:
+            self._micro = self._micro + 1 if step == self._last_step else 0
+            self._last_step = step
+            micro = self._micro
+        else:
+            # Evaluation draws from its own seeds: whether (and how often) it runs must not
+            # shift the training rollouts' seeds, or a resumed run would sample differently.
+            micro = -1
         try:
             futures = [
                 sampler.sample(
                     Prompt(tokens=list(d.model_input)),
                     msgspec.structs.replace(
-                        self._sampling, seed=sample_seed(self._seed, step, self._micro, i)
+                        self._sampling, seed=sample_seed(self._seed, step, micro, i)
                     ),
                 )
                 for i, d in enumerate(batch)
@@ -202,14 +208,14 @@ class OnPolicyDistillSession:
     def forward(self, batch: Sequence[Datum], loss: Loss) -> Future[ForwardBackwardResult]:
         if loss.name != "importance_sampling":
             return self._inner.forward(batch, loss)
-        r = self._rollout(batch, "policy-eval")
+        r = self._rollout(batch, "policy-eval", training=False)
         metrics = {"teacher_kl": r.kl, "agreement": r.agreement, "sampled_tokens": float(r.tokens)}
         return _Done(ForwardBackwardResult(loss=r.kl, metrics=metrics, num_tokens=r.tokens))
 
     def forward_backward(self, batch: Sequence[Datum], loss: Loss) -> Future[ForwardBackwardResult]:
         if loss.name != "importance_sampling":
             return self._inner.forward_backward(batch, loss)
-        r = self._rollout(batch, "policy")
+        r = self._rollout(batch, "policy", training=True)
         if not r.data:
             future: concurrent.futures.Future[ForwardBackwardResult] = concurrent.futures.Future()
             future.set_result(ForwardBackwardResult(loss=0.0))

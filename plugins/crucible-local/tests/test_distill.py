@@ -197,33 +197,39 @@ def test_distill_runs_as_stages_of_an_experiment_graph(host: PluginHost, home: P
 def test_a_stopped_on_policy_run_resumes_on_the_same_curve(
     host: PluginHost, home: Path, teacher: str
 ) -> None:
-    """A budget stop, then resume: the student's rollouts are seeded by (seed, step,
-    micro-batch, prompt) and drawn from the restored weights, so the resumed steps sample
-    and score what the uninterrupted run did, and the losses (reverse KL) match."""
+    """A budget stop at step 2, then resume: the student's rollouts are seeded by (seed,
+    step, micro-batch, prompt) and drawn from the restored weights, so the resumed steps
+    sample and score what the uninterrupted run did, and the losses (reverse KL) match.
+    The validation at step 2 (which the resumed run does not repeat) draws from seeds of
+    its own, so it does not shift step 3's."""
     import msgspec
 
     from crucible_core.errors import BudgetExhausted
-    from crucible_core.ir import Budget
+    from crucible_core.ir import Budget, ValidationSpec
     from crucible_core.train.state import read_loop_state
 
     job = msgspec.structs.replace(
         _student(teacher, mode="on_policy", steps=6, temperature=1.0, max_tokens=8),
         learning_config=_learning(6, batch=4),
         checkpoint_policy=CheckpointPolicy(save_every=2, save_best=False, keep_last=5),
+        validation_spec=ValidationSpec(every_n_steps=2),
     )
     run_training(job, job_id="op-whole", host=host)
-    metrics = json.loads((home / "runs/op-whole/metrics.json").read_text())
-    whole = metrics["losses"]
+    whole = json.loads((home / "runs/op-whole/metrics.json").read_text())["losses"]
     assert len(whole) == 6
-    budget = Budget(max_tokens=metrics["tokens"] // 2)  # stops about halfway
+    assert len(_events(home / "runs" / "op-whole", "eval.metric")) >= 3
+    at_2 = json.loads((home / "runs/op-whole/states/step-000002.json").read_text())
+    # The state saved at step 2 counts the tokens submitted so far: step 3's too (two steps
+    # in flight), so one token less stops the run before step 3.
+    budget = Budget(max_tokens=at_2["tokens"] - 1)
     with pytest.raises(BudgetExhausted):
         run_training(msgspec.structs.replace(job, budget=budget), job_id="op-cut", host=host)
     state = read_loop_state(home / "runs" / "op-cut")
-    assert 0 < state.step < 6
+    assert state.step == 2
     resumed = run_training(job, job_id="op-cut", host=host, resume=state)
     assert resumed.steps == 6
     tail = json.loads((home / "runs/op-cut/metrics.json").read_text())["losses"]
-    assert tail == pytest.approx(whole[state.step :], abs=1e-5)
+    assert tail == pytest.approx(whole[2:], abs=1e-5)
 
 
 def test_an_inference_only_teacher_sends_messages_and_is_refused_on_policy(
