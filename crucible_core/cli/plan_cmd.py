@@ -48,8 +48,8 @@ def format_plan(plan: Plan) -> str:
         )
     if plan.steps is not None:
         lines.append(f"steps     {plan.steps} optimizer steps, {plan.tokens_to_train} tokens")
-    if plan.tokens_to_sample is not None:
-        lines.append(f"sampling  up to {plan.tokens_to_sample} generated tokens")
+    if plan.sampling_tokens is not None:
+        lines.append(f"sampling  {plan.sampling_tokens} tokens sampled or scored beside training")
     listed = sum(c.kind == "state" for c in plan.checkpoints)
     hidden = (plan.state_checkpoints or 0) - listed
     for i, c in enumerate(plan.checkpoints):

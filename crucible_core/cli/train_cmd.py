@@ -202,6 +202,7 @@ def _report(outcome: TrainingOutcome, plan: Plan | None, args: argparse.Namespac
             line += f", preference accuracy {ev['eval_accuracy']:.2f}"
             line += f", reward margin {ev.get('eval_margin', float('nan')):.3f}"
         w(line + "\n")
+        w(_format_agreement(ev.get("agreement")))
         w(format_sampled(ev.get("sampled")))
     est = _summary(plan) if plan else {}
     tokens_est = f" (planned {est['tokens']})" if est.get("tokens") is not None else ""
@@ -218,6 +219,23 @@ def _report(outcome: TrainingOutcome, plan: Plan | None, args: argparse.Namespac
     # Greedy, as the evaluation sampled: the command then writes the answer shown above.
     greedy = " --temperature 0" if held_out else ""
     w(f"\nSample from it:  crucible sample {outcome.job_id} --prompt {quoted} --chat{greedy}\n")
+
+
+def _format_agreement(agreement: Any) -> str:
+    """The report line of a distillation's held-out agreement with its teacher."""
+    if not isinstance(agreement, dict):
+        return ""
+    data = cast(dict[str, Any], agreement)
+    after = cast(dict[str, float], data.get("after") or {})
+    if not after:
+        return ""
+    before = cast(dict[str, float], data.get("before") or {})
+    parts: list[str] = []
+    for name in ("token_match", "exact_match"):
+        was = f"{before[name]:.2f} before training -> " if name in before else ""
+        parts.append(f"{name} {was}{after.get(name, float('nan')):.2f} after")
+    count = int(after.get("examples", 0))
+    return f"teacher    agreement on {count} {data.get('split')} prompts: {'; '.join(parts)}\n"
 
 
 def format_sampled(sampled: Any) -> str:

@@ -9,8 +9,9 @@ absolute paths and a worker running elsewhere reads the same files.
 
 The rules:
 
-- ``model_spec.path`` and ``model_spec.adapter`` are always paths: a relative
-  one becomes absolute.
+- ``model_spec.path`` and ``model_spec.adapter`` (and those of
+  ``distill.teacher.model_spec``) are always paths: a relative one becomes
+  absolute.
 - ``dataset_spec.uri`` and ``model_spec.tokenizer`` may be names as well
   (``sample:chat``, a Hub name, a tokenizer name), so a relative path in them
   (bare, or after a source scheme as in ``csv:data/x.csv``) is rewritten only
@@ -33,7 +34,7 @@ from typing import Any, TypeVar, cast
 import msgspec
 
 from crucible_core.ir.experiment import Experiment
-from crucible_core.ir.training import DatasetSpec, ModelSpec, TrainingJob
+from crucible_core.ir.training import DatasetSpec, DistillConfig, ModelSpec, TrainingJob
 
 __all__ = ["resolve_paths", "resolve_uri"]
 
@@ -77,6 +78,19 @@ def _model(spec: ModelSpec, base: Path) -> ModelSpec:
     return msgspec.structs.replace(spec, **changes) if changes else spec
 
 
+def _distill(cfg: DistillConfig | None, base: Path) -> DistillConfig | None:
+    """A distillation teacher's model (an exported model directory, an adapter) too."""
+    teacher = cfg.teacher.model_spec if cfg is not None else None
+    if cfg is None or teacher is None:
+        return cfg
+    model = _model(teacher, base)
+    if model is teacher:
+        return cfg
+    return msgspec.structs.replace(
+        cfg, teacher=msgspec.structs.replace(cfg.teacher, model_spec=model)
+    )
+
+
 def resolve_paths(obj: T, base: str | Path) -> T:
     """``obj`` (a TrainingJob or Experiment) with its relative paths resolved against ``base``.
 
@@ -86,9 +100,10 @@ def resolve_paths(obj: T, base: str | Path) -> T:
     root = Path(base).absolute()
     if isinstance(obj, TrainingJob):
         dataset, model = _dataset(obj.dataset_spec, root), _model(obj.model_spec, root)
-        if dataset is obj.dataset_spec and model is obj.model_spec:
+        distill = _distill(obj.distill, root)
+        if dataset is obj.dataset_spec and model is obj.model_spec and distill is obj.distill:
             return obj
-        return msgspec.structs.replace(obj, dataset_spec=dataset, model_spec=model)
+        return msgspec.structs.replace(obj, dataset_spec=dataset, model_spec=model, distill=distill)
     if isinstance(obj, Experiment):
         return cast(T, _experiment(obj, root))
     return obj

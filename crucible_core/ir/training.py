@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, field
 
+from crucible_core.ir.backend import SamplingParams
 from crucible_core.ir.base import (
     SCHEMA_VERSION,
     Identifier,
@@ -38,6 +39,7 @@ __all__ = [
     "CheckpointPolicy",
     "DPOConfig",
     "DatasetSpec",
+    "DistillConfig",
     "FieldMap",
     "Full",
     "LearningConfig",
@@ -49,6 +51,7 @@ __all__ = [
     "RLConfig",
     "ResourceSpec",
     "Scheduler",
+    "TeacherSpec",
     "TrainingJob",
     "ValidationSpec",
     "Workflow",
@@ -291,7 +294,7 @@ class Budget(IRStruct, frozen=True, kw_only=True):
     max_wall_time: PositiveFloat | None = None
 
 
-Workflow = Literal["sft", "dpo", "rl"]
+Workflow = Literal["sft", "dpo", "rl", "distill"]
 
 
 class DPOConfig(IRStruct, frozen=True, kw_only=True):
@@ -363,15 +366,75 @@ class RLConfig(IRStruct, frozen=True, kw_only=True):
         return max(0, (step - self.lag) // self.refresh_every * self.refresh_every)
 
 
+class TeacherSpec(IRStruct, frozen=True, kw_only=True):
+    """The model a distillation student learns from: any registered backend that samples.
+
+    Three ways to name it (``run`` excludes ``backend``/``model_spec``/``checkpoint``):
+
+    - ``run``: a finished training run (id or directory): its backend, its base
+      model and its newest state checkpoint (the weights it ended with);
+    - ``backend`` and/or ``model_spec``: a base model (unset: the student's
+      backend and base model), optionally at ``checkpoint``, the URI of a state
+      checkpoint of that backend (a ``CheckpointRef.uri``, as ``dpo.reference``);
+    - an exported model: ``model_spec.path`` (a full Hugging Face directory) or
+      ``model_spec.adapter`` (a PEFT adapter directory over ``model_spec.name``).
+
+    A training backend samples through a session of the teacher's weights
+    (``save_weights_for_sampler``) and scores through the same session's
+    ``forward``; an inference-only backend samples with ``complete`` (mode
+    ``"sft"`` only, no checkpoint).
+    """
+
+    run: Annotated[str, Meta(min_length=1)] | None = None
+    backend: Annotated[str, Meta(min_length=1)] | BackendRef | None = None
+    model_spec: ModelSpec | None = None
+    checkpoint: Annotated[str, Meta(min_length=1)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.run is not None:
+            given = [
+                n for n in ("backend", "model_spec", "checkpoint") if getattr(self, n) is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"`run` names the teacher's backend, model and weights; drop "
+                    f"{', '.join(given)} (or drop `run` and name them yourself)"
+                )
+
+
+class DistillConfig(IRStruct, frozen=True, kw_only=True):
+    """Distillation (``workflow = "distill"``): the teacher, the mode, the teacher's sampling.
+
+    ``mode = "sft"``: the teacher completes every prompt of the dataset
+    (``sampling``; cached by teacher identity and dataset hash) and the student
+    trains on those completions with cross entropy. ``mode = "on_policy"``: each
+    step the student samples ``sampling.n`` completions per prompt from its current
+    weights, the teacher scores them (its log-probabilities of the student's
+    tokens), and the student follows the per-token reverse KL
+    ``log p_teacher - log p_student`` as the advantage of the ``importance_sampling``
+    loss; teacher and student must share a tokenizer and the teacher must be a
+    training backend (it computes logprobs with ``forward``).
+
+    ``sampling.seed`` unset: each prompt is sampled with ``learning_config.seed``
+    plus its index, so a run (and its resume) samples the same completions.
+    """
+
+    teacher: TeacherSpec = TeacherSpec()
+    mode: Literal["sft", "on_policy"] = "sft"
+    sampling: SamplingParams = SamplingParams(max_tokens=64, temperature=1.0)
+
+
 class TrainingJob(IRStruct, frozen=True, kw_only=True):
     """A training run, fully declared. The top-level TrainingIR message.
 
     ``workflow`` picks the recipe: ``"sft"`` (supervised, the loss of
     ``learning_config.loss``), ``"dpo"`` (preference pairs, the DPO loss
     with ``dpo``'s settings; ``learning_config.loss`` stays unset or names
-    ``dpo``) or ``"rl"`` (sampled completions scored by a reward, with
+    ``dpo``), ``"rl"`` (sampled completions scored by a reward, with
     ``rl``'s settings; ``learning_config.loss`` stays unset, ``rl.loss``
-    names the loss).
+    names the loss) or ``"distill"`` (a teacher's completions or
+    log-probabilities, with ``distill``'s settings; ``learning_config.loss``
+    stays unset).
     """
 
     schema_version: SchemaVersion = SCHEMA_VERSION
@@ -388,6 +451,7 @@ class TrainingJob(IRStruct, frozen=True, kw_only=True):
     workflow: Workflow = "sft"
     dpo: DPOConfig | None = None
     rl: RLConfig | None = None
+    distill: DistillConfig | None = None
     metadata: Params = {}
 
     def __post_init__(self) -> None:
@@ -406,6 +470,26 @@ class TrainingJob(IRStruct, frozen=True, kw_only=True):
                 'workflow = "rl" trains with rl.loss ("importance_sampling" or "ppo"): leave '
                 f"learning_config.loss unset (it says {loss.name!r}) and set rl.loss instead"
             )
+        if self.workflow != "distill" and self.distill is not None:
+            raise ValueError('`distill` settings are only used with workflow = "distill"')
+        on_policy = self.distill_config.mode == "on_policy"
+        own: LossName = "importance_sampling" if on_policy else "cross_entropy"
+        if self.workflow == "distill" and loss not in (Loss(), Loss(name=own)):
+            raise ValueError(
+                'workflow = "distill" picks its loss from distill.mode (cross_entropy for '
+                f'"sft", importance_sampling for "on_policy"): leave learning_config.loss unset '
+                f"(it says {loss.name!r})"
+            )
+        if self.workflow == "distill" and self.distill_config.mode == "on_policy":
+            teacher = self.distill_config.teacher
+            if teacher.model_spec is not None and (
+                teacher.model_spec.tokenizer or teacher.model_spec.name
+            ) != (self.model_spec.tokenizer or self.model_spec.name):
+                raise ValueError(
+                    'distill.mode = "on_policy" compares teacher and student token by token: '
+                    "distill.teacher.model_spec must use the student's tokenizer (set "
+                    "model_spec.tokenizer on both, or use the same base model)"
+                )
 
     @property
     def dpo_config(self) -> DPOConfig:
@@ -416,6 +500,11 @@ class TrainingJob(IRStruct, frozen=True, kw_only=True):
     def rl_config(self) -> RLConfig:
         """``rl`` or its defaults (an RL job need not spell them out)."""
         return self.rl if self.rl is not None else RLConfig()
+
+    @property
+    def distill_config(self) -> DistillConfig:
+        """``distill`` or its defaults (the teacher: the student's own base model)."""
+        return self.distill if self.distill is not None else DistillConfig()
 
     @property
     def backend_ref(self) -> BackendRef:

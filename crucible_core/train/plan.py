@@ -138,8 +138,10 @@ class Plan(msgspec.Struct, kw_only=True):
     tokenizer: str | None = None
     steps: int | None = None
     tokens_to_train: int | None = None
-    #: RL: tokens the sampler generates at most (``rl.max_tokens`` per completion).
-    tokens_to_sample: int | None = None
+    #: Tokens sampled or scored beside training (RL: the policy's completions, at most
+    #: ``rl.max_tokens`` each; distillation: the teacher's completions, the held-out
+    #: agreement, on-policy rollouts and the teacher's scoring of them).
+    sampling_tokens: int | None = None
     checkpoints: list[CheckpointEstimate] = []
     state_checkpoints: int | None = None
     cost: float | None = None
@@ -250,6 +252,21 @@ def check_capabilities(job: TrainingJob, caps: Capabilities, backend: str) -> li
                     "(crucible-local, tinker)",
                 )
             )
+    elif job.workflow == "distill":
+        from crucible_core.train.distill import student_refusal
+
+        why = student_refusal(job, backend, caps.losses, caps.supports_logprobs)
+        if why:
+            problems.append(
+                PlanProblem(
+                    field="$.distill.mode",
+                    message=why,
+                    backend=backend,
+                    supported=list(caps.losses),
+                    hint='distill.mode = "sft" needs cross_entropy; "on_policy" needs '
+                    "importance_sampling and logprobs",
+                )
+            )
     elif cfg.loss.name not in caps.losses:
         _refuse(
             problems, "$.learning_config.loss.name", "loss", cfg.loss.name, caps.losses, backend
@@ -347,7 +364,7 @@ def check_pipeline(
                 )
             )
     loss = job.learning_config.loss.name
-    if job.workflow in ("dpo", "rl"):  # their recipes make the loss inputs themselves
+    if job.workflow in ("dpo", "rl", "distill"):  # their recipes make the loss inputs themselves
         if job.workflow == "rl":
             problems.extend(_check_reward(job))
         return problems
@@ -456,9 +473,11 @@ def plan_run(
         plan.problems.append(PlanProblem(field="$.backend", message=exc.message, hint=exc.hint))
         return out
     plan.plugin = reg.plugin
-    from crucible_core.train import dpo, rl, sft
+    from crucible_core.train import distill, dpo, rl, sft
 
-    steps = {"dpo": dpo.STEPS, "rl": rl.STEPS}.get(job.workflow, sft.STEPS)
+    steps = {"dpo": dpo.STEPS, "rl": rl.STEPS, "distill": distill.STEPS}.get(
+        job.workflow, sft.STEPS
+    )
     plan.stages = [f"{n} ({uses})" for n, uses in steps]
     caps = reg.capabilities
     # Options can change what a backend declares (a model, prices, throughput): ask
@@ -474,6 +493,10 @@ def plan_run(
             return out
     plan.problems.extend(check_capabilities(job, caps, name))
     plan.problems.extend(check_pipeline(job, host.registrations("stage"), caps))
+    if job.workflow == "distill" and not plan.problems:
+        if out.backend is None:
+            out.backend = reg.create(**ref.options)
+        plan.problems.extend(check_teacher(job, host, out.backend))
     for stage in {uses for _, uses, _ in TRAINING_STAGES}:
         if stage not in host.registrations("stage"):
             plan.problems.append(
@@ -498,13 +521,7 @@ def plan_run(
         plan.ok = False
         return out
     _estimate(
-        plan,
-        job,
-        caps,
-        out.backend,
-        out.prepared.train,
-        measure=measure,
-        prompts=out.prepared.train_prompts if job.workflow == "rl" else None,
+        plan, job, caps, out.backend, out.prepared.train, measure=measure, prepared=out.prepared
     )
     plan.ok = not plan.problems
     return out
@@ -520,6 +537,8 @@ def _count(plan: Plan, job: TrainingJob, host: PluginHost, backend: Any) -> Prep
     plan.validation_rows = data.validation_rows
     plan.skipped_rows = data.skipped
     plan.tokens_per_epoch = sum(len(d.model_input) for d in data.train) or data.tokens
+    if job.workflow == "distill":
+        plan.tokens_per_epoch = sum(len(p["tokens"]) for p in data.prompts)
     plan.template = data.template
     tokenizer = backend.get_tokenizer(job.model_spec)
     plan.tokenizer = str(getattr(tokenizer, "name", type(tokenizer).__name__))
@@ -534,14 +553,16 @@ def _estimate(
     datums: list[Datum],
     *,
     measure: bool,
-    prompts: Sequence[Mapping[str, Any]] | None = None,
+    prepared: PreparedData | None = None,
 ) -> None:
     cfg = job.learning_config
     group = 2 if job.workflow == "dpo" else 1
-    if job.workflow == "rl" and prompts is not None:
+    sampling = 0
+    if job.workflow == "rl" and prepared is not None:
+        prompts = prepared.prompts
         total = trainloop.total_steps(cfg, len(prompts))
         tokens = _rl_tokens(job, prompts, total)
-        plan.tokens_to_sample = (
+        sampling = (
             total
             * cfg.grad_accum
             * cfg.batch_size
@@ -553,10 +574,19 @@ def _estimate(
             "each); the token counts are upper bounds"
         )
     else:
+        if job.workflow == "distill":
+            datums, sampling = _distill_datums(plan, job, prepared)
         total = trainloop.total_steps(cfg, len(datums) // group)
         tokens = _tokens_to_train(datums, total, cfg, shuffle=job.dataset_spec.shuffle, group=group)
+        if job.workflow == "distill" and job.distill_config.mode == "on_policy":
+            # Each prompt Datum becomes n sampled sequences, sampled by the student and scored
+            # by the teacher before the student trains on them.
+            tokens *= job.distill_config.sampling.n
+            sampling += 2 * tokens
     plan.steps = total
     plan.tokens_to_train = tokens
+    if job.workflow in ("rl", "distill"):
+        plan.sampling_tokens = sampling
     if job.budget.max_tokens is not None and tokens > job.budget.max_tokens:
         plan.notes.append(
             f"the run needs {tokens} tokens; budget.max_tokens = {job.budget.max_tokens} "
@@ -565,6 +595,8 @@ def _estimate(
     costs = caps.costs
     plan.currency = costs.currency if costs else "USD"
     plan.cost = tokens * (costs.train_per_mtok if costs else 0.0) / 1e6
+    if plan.sampling_tokens:
+        plan.cost += plan.sampling_tokens * (costs.sample_per_mtok if costs else 0.0) / 1e6
     if job.budget.max_cost is not None and plan.cost > job.budget.max_cost:
         plan.notes.append(
             f"estimated cost {plan.cost:.4f} {plan.currency} exceeds budget.max_cost "
@@ -602,6 +634,84 @@ def _estimate(
         plan.duration_s = tokens / rate
     elif measure:
         plan.notes.append("duration unknown: the backend declares no throughput")
+
+
+def check_teacher(job: TrainingJob, host: PluginHost, student: Any) -> list[PlanProblem]:
+    """Whether ``job``'s distillation teacher exists and can do what its mode asks: a
+    teacher that cannot sample (or, on-policy, score) is refused here, not mid-run."""
+    from crucible_core.train.teacher import resolve_teacher, teacher_refusal
+
+    field = "$.distill.teacher"
+    try:
+        teacher = resolve_teacher(job)
+    except CrucibleError as exc:
+        return [PlanProblem(field=field, message=exc.message, hint=exc.hint)]
+    ref, mine = teacher.backend, job.backend_ref
+    backend = student
+    made = False
+    if ref.name != mine.name or dict(ref.options) != dict(mine.options):
+        try:
+            backend = host.create("backend", ref.name, **ref.options)
+            made = True
+        except CrucibleError as exc:
+            return [
+                PlanProblem(
+                    field=f"{field}.backend", message=exc.message, backend=ref.name, hint=exc.hint
+                )
+            ]
+    try:
+        why = teacher_refusal(backend, ref.name, teacher, job.distill_config.mode)
+    finally:
+        if made:
+            close = getattr(backend, "close", None)
+            if callable(close):
+                close()
+    if why is None:
+        return []
+    return [
+        PlanProblem(
+            field=field,
+            message=why,
+            backend=ref.name,
+            hint="name a teacher on a backend that samples (a training backend, or an "
+            'inference backend with distill.mode = "sft" and no checkpoint)',
+        )
+    ]
+
+
+def _distill_datums(
+    plan: Plan, job: TrainingJob, prepared: PreparedData | None
+) -> tuple[list[Datum], int]:
+    """Stand-ins for the Datums a distillation trains on (each prompt followed by a
+    completion of ``sampling.max_tokens``: an upper bound), and the tokens the teacher
+    samples (and the held-out agreement scores) before training."""
+    from crucible_core.ir.backend import LossFnInputs
+
+    cfg = job.distill_config
+    prompts = prepared.prompts if prepared is not None else []
+    held_out = (prepared.validation_prompts or prompts[:8]) if prepared is not None else []
+    limit = job.dataset_spec.max_length or job.model_spec.max_seq_len
+    extra = cfg.sampling.max_tokens
+    copies = cfg.sampling.n if cfg.mode == "sft" else 1
+    out: list[Datum] = []
+    for p in prompts:
+        tokens = [int(t) for t in p["tokens"]]
+        length = len(tokens) + (extra if cfg.mode == "sft" else 0)
+        if limit is not None:
+            length = min(length, limit)
+        seq = (tokens * (length // max(1, len(tokens)) + 1))[: max(2, length)]
+        inputs = LossFnInputs(target_tokens=seq[1:], weights=[1.0] * (len(seq) - 1))
+        out.extend([Datum(model_input=seq[:-1], loss_fn_inputs=inputs)] * copies)
+    sampling = 0
+    if cfg.mode == "sft":
+        sampling = sum(copies * (len(p["tokens"]) + extra) for p in prompts)
+    # The teacher's greedy answers to the held-out prompts, and the student's before and after.
+    sampling += 3 * sum(len(p["tokens"]) + extra for p in held_out)
+    plan.notes.append(
+        f"distillation: tokens count each completion at distill.sampling.max_tokens = {extra} "
+        "(an upper bound)"
+    )
+    return out, sampling
 
 
 def _tokens_to_train(
@@ -676,8 +786,9 @@ def _measure(job: TrainingJob, backend: Any, datums: list[Datum]) -> float:
 
 def _time_steps(job: TrainingJob, backend: Any, batch: list[Datum], scratch: Path) -> float:
     cfg = job.learning_config
-    # DPO's pairs carry no reference logprobs yet: time the same tokens with cross_entropy.
-    loss = Loss() if job.workflow == "dpo" else cfg.loss
+    # DPO's pairs carry no reference logprobs yet, a distillation's Datums no teacher
+    # completion: time the same tokens with cross_entropy.
+    loss = Loss() if job.workflow in ("dpo", "distill") else cfg.loss
     session = backend.create_session(job, run_dir=scratch)
     try:
         session.forward_backward(batch, loss).result(timeout=300)  # warm-up

@@ -27,16 +27,15 @@ class PreparedData(msgspec.Struct, kw_only=True):
     """A job's data, ready to train on, and what the run records about it.
 
     For a DPO job (``group == 2``) ``train`` and ``validation`` hold each
-    preference pair as two Datums in a row, chosen then rejected. For an RL job
-    ``train`` is empty and ``train_prompts`` holds the prompts to sample from.
+    preference pair as two Datums in a row, chosen then rejected. For an RL or a
+    distillation job ``train`` starts empty and ``prompts`` holds the prompts to
+    sample from (the distillation teacher step fills ``train`` from them).
     """
 
     train: list[Datum]
     validation: list[Datum] = []
     #: Held-out prompts and answers for metrics scored on samples (``data.tokenize``).
     validation_prompts: list[dict[str, Any]] = []
-    #: Training prompts and answers of an RL job (``tokens``, ``reference``, ``input``).
-    train_prompts: list[dict[str, Any]] = []
     #: Content hash of the rows (``sha256:...``), independent of the file's format.
     dataset_hash: str | None = None
     rows: int = 0
@@ -49,6 +48,9 @@ class PreparedData(msgspec.Struct, kw_only=True):
     template_hash: str | None = None
     #: Datums per example: 1, or 2 for preference pairs (chosen then rejected, in a row).
     group: int = 1
+    #: Prompts of the training rows of an RL or distillation job (``data.tokenize``'s
+    #: ``prompts``: ``tokens``, ``reference``, ``input``; ``messages`` for distillation).
+    prompts: list[dict[str, Any]] = []
 
     @classmethod
     def from_stage_outputs(
@@ -61,7 +63,6 @@ class PreparedData(msgspec.Struct, kw_only=True):
             validation_prompts=cast(
                 list[dict[str, Any]], tokenized.get("validation_prompts") or []
             ),
-            train_prompts=cast(list[dict[str, Any]], tokenized.get("train_prompts") or []),
             dataset_hash=cast(str | None, loaded.get("dataset_hash")),
             rows=len(cast(list[Any], loaded.get("rows") or [])),
             train_rows=len(cast(list[Any], loaded.get("train_rows") or [])),
@@ -71,6 +72,7 @@ class PreparedData(msgspec.Struct, kw_only=True):
             template=cast(str | None, tokenized.get("template")),
             template_hash=cast(str | None, tokenized.get("template_hash")),
             group=int(tokenized.get("group") or 1),
+            prompts=cast(list[dict[str, Any]], tokenized.get("prompts") or []),
         )
 
 

@@ -527,7 +527,7 @@ def rl_train_step(
         reward = resolve_reward(job.rl_config.reward, getattr(ctx, "host", None))
     if resume is not None:
         resume = restore(ctx, session, resume, deadline)
-    prompts = data.train_prompts
+    prompts = data.prompts
     from crucible_core.train.schedule import total_steps
 
     total = total_steps(job.learning_config, len(prompts))

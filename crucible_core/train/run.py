@@ -4,7 +4,8 @@
 owns the run directory (:class:`~crucible_core.records.runstatus.RunLock`)
 for the whole run, cleans what a killed process left, and runs the recipe of
 the job's ``workflow`` (:func:`crucible_core.train.sft.run_sft`,
-:func:`crucible_core.train.dpo.run_dpo`, :func:`crucible_core.train.rl.run_rl`) in a
+:func:`crucible_core.train.dpo.run_dpo`, :func:`crucible_core.train.rl.run_rl`,
+:func:`crucible_core.train.distill.run_distill`) in a
 :class:`~crucible_core.pipeline.scope.RunScope`. :func:`run_training_job`
 is the worker's handler for ``training_run`` jobs: a job reclaimed after its
 worker died resumes from the run directory's ``trainer_state.json``, the one
@@ -37,6 +38,7 @@ from crucible_core.records import paths
 from crucible_core.records.artifacts import LocalArtifactStore
 from crucible_core.records.runstatus import RunLock
 from crucible_core.train import state as disk
+from crucible_core.train.distill import run_distill
 from crucible_core.train.dpo import run_dpo
 from crucible_core.train.loop import LoopState
 from crucible_core.train.plan import training_experiment
@@ -128,7 +130,9 @@ def _run(
         )
         with scope:
             manifest_start(scope.record, job, owner.owner(), plan)
-            recipe = {"dpo": run_dpo, "rl": run_rl}.get(job.workflow, run_sft)
+            recipe = {"dpo": run_dpo, "rl": run_rl, "distill": run_distill}.get(
+                job.workflow, run_sft
+            )
             return scope.call(
                 lambda: recipe(scope, job, prepared=prepared, resume=resume, window=window)
             )

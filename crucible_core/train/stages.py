@@ -5,7 +5,9 @@ after crucible-datasets' ``data.load`` -> ``data.tokenize``. For a
 ``workflow = "dpo"`` job ``train.loop`` runs the DPO recipe's reference step
 (:func:`crucible_core.train.dpo.with_reference`) before the loop; for a
 ``workflow = "rl"`` job it runs the RL recipe's loop
-(:func:`crucible_core.train.rl.rl_train_step`: sampled, scored batches). Each adapter turns
+(:func:`crucible_core.train.rl.rl_train_step`: sampled, scored batches), and for a
+``workflow = "distill"`` job the distillation recipe's teacher step
+(:func:`crucible_core.train.distill.with_teacher`). Each adapter turns
 its inputs into the recipe's typed values and calls the same step function
 :func:`crucible_core.train.run.run_training` runs, so the two paths cannot
 drift. ``train.loop`` hands on a :class:`LoopOutput` (the live session and the
@@ -15,6 +17,7 @@ ends, on every path, and by ``train.log_metrics`` when the graph completes.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -107,6 +110,14 @@ class TrainLoopStage:
                     ctx, session, backend, job, data, fresh=resume is None
                 )
                 job = dpo_job(job)
+            elif job.workflow == "distill":  # the distillation recipe's teacher step
+                from crucible_core.train.distill import distill_job, with_teacher
+
+                stack = scope.resources if scope is not None else contextlib.ExitStack()
+                trains, taught = with_teacher(
+                    ctx, stack, scope, session, backend, job, data, fresh=resume is None
+                )
+                data, job = taught.data, distill_job(job)
             trained = steps.train_step(
                 ctx,
                 trains,
@@ -120,7 +131,7 @@ class TrainLoopStage:
             session.close()
             raise
         state = trained.result.state
-        dpo = job.workflow == "dpo"
+        dpo = job.workflow in ("dpo", "distill")
         return {
             "loop": LoopOutput(
                 session=trains,

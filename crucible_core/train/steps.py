@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -219,9 +220,16 @@ def evaluate(
 
 
 def save_final(
-    ctx: StageContext, session: TrainingSession, job: TrainingJob, result: LoopResult
+    ctx: StageContext,
+    session: TrainingSession,
+    job: TrainingJob,
+    result: LoopResult,
+    *,
+    relations: Sequence[tuple[EdgeKind, str]] = (),
 ) -> CheckpointRef:
-    """The final weights for sampling, stored by content and linked in lineage."""
+    """The final weights for sampling, stored by content and linked in lineage: derived from
+    the base model and the last state checkpoint, plus each ``(kind, node)`` of
+    ``relations`` (a workflow's own edge, e.g. ``("distilled_from", "model:teacher")``)."""
     sampler = session.save_weights_for_sampler("final").result(timeout=call_deadline())
     ref = sampler.checkpoint
     if ref is None:
@@ -239,6 +247,7 @@ def save_final(
         edges.append(Edge(src=node, dst=f"model:{job.model_spec.name}", kind=relation))
     if result.last is not None:
         edges.append(Edge(src=node, dst=f"checkpoint:{result.last.ref.uri}", kind="derived_from"))
+    edges.extend(Edge(src=node, dst=dst, kind=kind) for kind, dst in relations)
     from crucible_core.records.lineage import LineageRecorder
 
     with LineageRecorder() as recorder:

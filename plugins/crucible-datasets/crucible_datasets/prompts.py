@@ -22,7 +22,7 @@ from crucible_datasets.fields import RowAdapter, RowError
 from crucible_datasets.loading import adapter_for
 from crucible_datasets.render import Renderer
 
-__all__ = ["eval_prompts"]
+__all__ = ["distill_prompts", "eval_prompts"]
 
 
 def eval_prompts(
@@ -60,6 +60,54 @@ def eval_prompts(
             {
                 "tokens": tokens,
                 "reference": messages[-1].get("content", ""),
+                "input": users[-1] if users else "",
+            }
+        )
+    return out
+
+
+def distill_prompts(
+    rows: Iterable[Mapping[str, Any]],
+    renderer: Renderer,
+    spec: DatasetSpec,
+    *,
+    max_length: int | None = None,
+    adapter: RowAdapter | None = None,
+) -> list[dict[str, Any]]:
+    """The prompts of ``rows`` a distillation teacher completes, in row order.
+
+    A row's prompt is its conversation without a trailing assistant message (the
+    dataset's own answer is kept as ``reference``, ``""`` when there is none),
+    rendered with the training template and ending in the assistant's header.
+    Each is ``{"tokens": [...], "messages": [...], "reference": str, "input": str}``;
+    ``messages`` are the prompt's messages, for a teacher that is sent text.
+    Text rows, rows the adapter refuses and prompts of ``max_length`` tokens or more
+    (no room left to complete) are left out.
+    """
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        if adapter is None:
+            adapter = adapter_for(spec, list(row))
+        try:
+            example = adapter(row)
+        except RowError:
+            continue
+        messages = list(example.messages or [])
+        reference = ""
+        if messages and messages[-1].get("role") == "assistant":
+            reference = messages[-1].get("content", "")
+            messages = messages[:-1]
+        if not messages:
+            continue
+        tokens = renderer.render_prompt(messages)
+        if max_length is not None and len(tokens) >= max_length:
+            continue
+        users = [m.get("content", "") for m in messages if m.get("role") == "user"]
+        out.append(
+            {
+                "tokens": tokens,
+                "messages": [dict(m) for m in messages],
+                "reference": reference,
                 "input": users[-1] if users else "",
             }
         )

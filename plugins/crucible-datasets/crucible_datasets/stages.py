@@ -24,11 +24,17 @@ when ``validation_spec.metrics`` names a metric scored on generated text
 (anything but ``loss``/``perplexity``): the held-out prompts and answers the
 training workflow samples and scores before and after training.
 
+A ``workflow = "distill"`` job gets prompts instead of Datums
+(:func:`crucible_datasets.prompts.distill_prompts`): ``"prompts"`` (the
+training rows') and ``"validation_prompts"`` (the validation rows'), with
+``train``/``validation`` empty: the distillation recipe builds the Datums from
+the teacher's completions. ``tokens`` counts the prompts' tokens.
+
 A ``workflow = "dpo"`` job gets preference pairs instead
 (:func:`~crucible_datasets.datums.render_pairs`): ``train`` and ``validation``
 hold each pair as two Datums in a row, chosen then rejected (weights on the
 completion tokens only), and ``"group": 2`` says so. A ``workflow = "rl"`` job
-gets prompts instead of Datums: ``"train_prompts"`` and ``"validation_prompts"``
+gets prompts instead of Datums: ``"prompts"`` and ``"validation_prompts"``
 (:func:`crucible_datasets.prompts.eval_prompts` rows: ``tokens``,
 ``reference``, ``input``), ``"train": []``.
 
@@ -146,10 +152,12 @@ def tokenize_outputs(
     spec = job.dataset_spec
     max_length = spec.max_length or job.model_spec.max_seq_len
     renderer = get_renderer(spec.template, tokenizer)
+    if job.workflow == "distill":
+        return _distill_prompt_outputs(job, train_rows, validation_rows, renderer, max_length)
     if job.workflow == "dpo":
         return _pair_outputs(job, tokenizer, train_rows, validation_rows, renderer, max_length)
     if job.workflow == "rl":
-        return _prompt_outputs(job, train_rows, validation_rows, renderer, max_length)
+        return _rl_prompt_outputs(job, train_rows, validation_rows, renderer, max_length)
     held_out = list(validation_rows)  # read twice when samples are wanted
     validation_rows = held_out
     if ctx is not None:
@@ -234,7 +242,7 @@ def _pair_outputs(
     }
 
 
-def _prompt_outputs(
+def _rl_prompt_outputs(
     job: TrainingJob,
     train_rows: Iterable[Mapping[str, Any]],
     validation_rows: Iterable[Mapping[str, Any]],
@@ -264,18 +272,52 @@ def _prompt_outputs(
             hint="RL needs prompt/completion (or chat) rows whose last message is the answer; "
             "check dataset_spec.fields and the length limit",
         )
+    return _prompt_result(train, validation, renderer, len(train_rows), max_length)
+
+
+def _distill_prompt_outputs(
+    job: TrainingJob,
+    train_rows: Iterable[Mapping[str, Any]],
+    validation_rows: Iterable[Mapping[str, Any]],
+    renderer: Any,
+    max_length: int | None,
+) -> dict[str, Any]:
+    """``data.tokenize``'s output for distillation: the prompts a teacher completes."""
+    from crucible_datasets.prompts import distill_prompts
+
+    spec = job.dataset_spec
+    train_rows = list(train_rows)
+    prompts = distill_prompts(train_rows, renderer, spec, max_length=max_length)
+    held_out = distill_prompts(validation_rows, renderer, spec, max_length=max_length)
+    if not prompts:
+        raise ConfigError(
+            f"{spec.uri}: no row has a prompt the teacher could complete ({len(train_rows)} rows)",
+            hint="distillation needs chat or prompt/completion rows (fields.prompt/messages) "
+            "whose prompt fits in max_length",
+        )
+    return _prompt_result(prompts, held_out, renderer, len(train_rows), max_length)
+
+
+def _prompt_result(
+    prompts: list[dict[str, Any]],
+    held_out: list[dict[str, Any]],
+    renderer: Any,
+    rows: int,
+    max_length: int | None,
+) -> dict[str, Any]:
+    """The output of a job that samples (RL, distillation): prompts, no Datums yet."""
     return {
         "train": [],
-        "train_prompts": train,
         "validation": [],
-        "validation_prompts": validation,
-        "tokens": sum(len(p["tokens"]) for p in train),
+        "prompts": prompts,
+        "validation_prompts": held_out,
+        "tokens": sum(len(p["tokens"]) for p in prompts),
         "template": renderer.name,
         "template_hash": renderer.template_hash,
-        "validation_tokens": sum(len(p["tokens"]) for p in validation),
+        "validation_tokens": sum(len(p["tokens"]) for p in held_out),
         "loss_tokens": 0.0,
         "truncated": 0,
-        "dropped": len(train_rows) - len(train),
+        "dropped": rows - len(prompts),
         "max_length": max_length,
         "packed": False,
     }

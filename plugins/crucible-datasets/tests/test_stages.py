@@ -268,7 +268,7 @@ def test_tokenize_gives_prompts_and_answers_for_an_rl_job(
     loaded = dict(load.run(Context(payload, backend)) or {})
     out = dict(tokenize.run(Context(payload, backend, {"load": loaded})) or {})
     assert out["train"] == []
-    prompts = out["train_prompts"]
+    prompts = out["prompts"]
     assert len(prompts) == len(loaded["train_rows"])
     assert len(out["validation_prompts"]) == len(loaded["validation_rows"])
     first = prompts[0]

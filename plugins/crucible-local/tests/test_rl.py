@@ -194,9 +194,9 @@ def test_plan_refuses_rl_on_a_backend_without_a_sampler_and_counts_sampling(
     plan = make_plan(job, host=host, measure=False)
     assert plan.ok, plan.problems
     assert plan.steps == 12
-    assert plan.tokens_to_sample == 12 * 4 * 8 * 4
+    assert plan.sampling_tokens == 12 * 4 * 8 * 4
     assert plan.tokens_to_train is not None
-    assert plan.tokens_to_train > plan.tokens_to_sample
+    assert plan.tokens_to_train > plan.sampling_tokens
     assert plan.stages[1].startswith("train (train.loop (sample")
 
     def register_backends(register: Any) -> None:
