@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crucible_core.ir import DatasetSpec, ModelSpec
 from crucible_core.ir.common import BackendRef
@@ -168,3 +170,29 @@ def test_eval_pass_at_k_cli_on_a_backend_model(tmp_path: Path) -> None:
     err = cli("eval", "tiny-llama", "--backend", "local", "--dataset", "sample:mmlu",
               "--metric", "mc_logprob,exact_match", code=2)  # fmt: skip
     assert "mix metrics that score differently" in err.stderr
+
+
+_CODE = st.text(st.characters(blacklist_characters="`", blacklist_categories=("Cs",)), max_size=80)
+
+
+@settings(max_examples=200, deadline=None)
+@given(code=_CODE, lang=st.sampled_from(["", "python", "py3"]), tail=st.booleans())
+def test_clean_completion_unwraps_a_fence_and_leaves_bare_code_alone(
+    code: str, lang: str, tail: bool
+) -> None:
+    from crucible_harness.code import clean_completion
+
+    assert clean_completion(code) == code
+    fenced = f"Here you go:\n```{lang}\n{code}" + ("```\nDone." if tail else "")
+    assert clean_completion(fenced) == code
+
+
+@settings(max_examples=200, deadline=None)
+@given(scores=st.lists(st.floats(-1e6, 0.0, allow_nan=False), min_size=2, max_size=10))
+def test_pick_is_the_first_option_of_highest_score(scores: list[float]) -> None:
+    from crucible_harness.choice import LETTERS, pick
+
+    letter = pick(scores, LETTERS[: len(scores)])
+    i = LETTERS.index(letter)
+    assert scores[i] == max(scores)
+    assert all(s < scores[i] for s in scores[:i])
