@@ -148,7 +148,7 @@ def test_every_n_steps_scores_sampled_metrics_against_the_checkpoint_of_that_ste
         validation_spec=ValidationSpec(every_n_steps=4, metrics=["loss", "token_f1"]),
         checkpoint_policy=CheckpointPolicy(save_every=4, keep_last=3, save_best=False),
     )
-    run_training(job, job_id="curve", host=toy)
+    outcome = run_training(job, job_id="curve", host=toy)
     events = [e for e in read_telemetry("curve") if e.kind == "eval.metric" and "when" in e.data]
     assert [(e.data["when"], e.step) for e in events] == [
         ("before", 0), ("step", 4), ("step", 8), ("after", 12)
@@ -167,6 +167,13 @@ def test_every_n_steps_scores_sampled_metrics_against_the_checkpoint_of_that_ste
     ]
     curve = [p["scores"]["token_f1"] for p in points]
     assert curve[-1] > curve[0]
+    during = outcome.evaluation["sampled"]["during"]
+    assert during == [{"step": 4, "scores": points[1]["scores"]},
+                      {"step": 8, "scores": points[2]["scores"]}]  # fmt: skip
+    from crucible_core.cli.train_cmd import format_sampled
+
+    text = format_sampled(outcome.evaluation["sampled"])
+    assert f"token_f1 during training: {curve[1]:.2f} at step 4, {curve[2]:.2f} at step 8\n" in text
 
     # Re-score the step-4 checkpoint in a fresh session: the logged score is its score.
     backend = toy.create("backend", "toy")

@@ -210,9 +210,10 @@ def evaluate(
     ctx.emit("eval.metric", step=session.step, split=split, loss=result.loss, metrics=metrics)
     out: dict[str, Any] = {"split": split, "examples": len(held_out), **metrics}
     try:
-        kept = RunRecord(ctx.run_dir).read().checkpoints
+        manifest = RunRecord(ctx.run_dir).read()
     except NotFound:
-        kept = []
+        manifest = None
+    kept = manifest.checkpoints if manifest is not None else []
     at_end = kept[-1].ref.uri if kept and kept[-1].step == session.step else None
     after = sampled_eval.score(
         ctx,
@@ -224,7 +225,12 @@ def evaluate(
         checkpoint=at_end,
     )
     if after is not None:
-        out["sampled"] = {"before": before, "after": after}
+        sampled: dict[str, Any] = {"before": before, "after": after}
+        points = manifest.sampled_evals if manifest is not None else []
+        steps = [{"step": p.step, "scores": p.scores} for p in points if p.when == "step"]
+        if steps:  # the scheduled points between the two (every_n_steps)
+            sampled["during"] = steps
+        out["sampled"] = sampled
     return out
 
 
