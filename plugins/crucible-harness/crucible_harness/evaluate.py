@@ -161,7 +161,7 @@ def resolve_target(
             template=template,
             run_dir=None,
         )
-    from crucible_core.cli.runref import find_run
+    from crucible_core.cli.runref import expand_ref, find_run
     from crucible_core.cli.sample_cmd import resolve_sampler
 
     run_dir, manifest = find_run(ref)
@@ -176,7 +176,7 @@ def resolve_target(
         checkpoint = None
     else:
         backend_ref, model, checkpoint = resolve_sampler(ref)
-        state, state_error = _state_of(ref, run_dir, manifest)
+        state, state_error = _state_of(expand_ref(ref), run_dir, manifest)
     if template is None:
         job = manifest.get("training_job") or {}
         spec = cast(dict[str, Any], job).get("dataset_spec") or {}
