@@ -196,3 +196,42 @@ def test_pick_is_the_first_option_of_highest_score(scores: list[float]) -> None:
     i = LETTERS.index(letter)
     assert scores[i] == max(scores)
     assert all(s < scores[i] for s in scores[:i])
+
+
+@pytest.mark.slow
+def test_pass_at_k_of_a_run_that_learned_the_problems(tmp_path: Path) -> None:
+    """End to end: a run that memorised 4 HumanEval-style problems writes code that passes
+    their tests in the sandbox; its untrained base writes none."""
+    env = {**os.environ, "CRUCIBLE_HOME": str(tmp_path / "home"), "CRUCIBLE_STRICT_PLUGINS": "1"}
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "crucible_core.cli.main", *argv],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, (argv, done.stdout, done.stderr)
+        return done
+
+    problems = tmp_path / "he4.jsonl"
+    problems.write_text("".join(json.dumps(p) + "\n" for p in _problems()[:4]))
+    job = tmp_path / "job.toml"
+    job.write_text(
+        'backend = "local"\n'
+        '[model_spec]\nname = "tiny-llama"\nmax_seq_len = 384\n'
+        '[adapter_config]\nkind = "full"\n'
+        "[learning_config]\nbatch_size = 4\nmax_steps = 60\nseed = 0\n"
+        '[learning_config.optimizer]\nname = "adamw"\nlr = 5e-3\nweight_decay = 0.0\n'
+        f"[dataset_spec]\nuri = {json.dumps(str(problems))}\n"
+        'options = { preset = "humaneval" }\ntrain_on = "assistant"\n'
+        '[checkpoint_policy]\nstrategy = "steps"\nsave_every = 60\nkeep_last = 1\n'
+    )
+    cli("train", str(job), "--job-id", "coder", "--no-progress")
+    scored = {}
+    for extra in ((), ("--base",)):
+        out = json.loads(cli("eval", "coder", *extra, "--dataset", str(problems), "--preset",
+                             "humaneval", "--metric", "pass_at_k", "--json").stdout)  # fmt: skip
+        (metric,) = out["metrics"]
+        assert metric["name"] == "pass@1"
+        scored[extra] = metric["score"]
+    assert scored[()] >= 0.75
+    assert scored[("--base",)] == 0.0
