@@ -122,3 +122,69 @@ def test_a_run_scores_held_out_prompts_before_and_after_and_resume_skips_before(
     resumed = run_training(job, job_id="scored", host=toy, resume=state)
     assert resumed.evaluation["sampled"]["before"] is None
     assert resumed.evaluation["sampled"]["after"]["examples"] == 4
+
+
+def test_every_n_steps_scores_sampled_metrics_against_the_checkpoint_of_that_step(
+    toy: PluginHost, crucible_home: Path, tmp_path: Path
+) -> None:
+    """The schedule: step 0, every ``every_n_steps``, the end. Each point is an event and a
+    manifest entry naming the state checkpoint of its step, and its score is the score of
+    exactly that checkpoint's weights (not of a later step already in flight)."""
+    import types
+
+    from crucible_core import hookimpl
+    from crucible_core.ir.backend import CheckpointRef
+    from crucible_core.ir.training import CheckpointPolicy
+    from crucible_core.records.artifacts import read_manifest
+    from tests.toy_backend import TEXTS
+
+    def register_metrics(register: Any) -> None:
+        register("token_f1", "crucible_datasets.metrics:token_f1")
+
+    toy.add_plugin(
+        types.SimpleNamespace(register_metrics=hookimpl(register_metrics)), name="metrics"
+    )
+    job = make_job(
+        validation_spec=ValidationSpec(every_n_steps=4, metrics=["loss", "token_f1"]),
+        checkpoint_policy=CheckpointPolicy(save_every=4, keep_last=3, save_best=False),
+    )
+    outcome = run_training(job, job_id="curve", host=toy)
+    events = [e for e in read_telemetry("curve") if e.kind == "eval.metric" and "when" in e.data]
+    assert [(e.data["when"], e.step) for e in events] == [
+        ("before", 0), ("step", 4), ("step", 8), ("after", 12)
+    ]  # fmt: skip
+    manifest = read_manifest(crucible_home / "runs" / "curve")
+    points = manifest["sampled_evals"]
+    assert [(p["step"], p["when"]) for p in points] == [
+        (0, "before"), (4, "step"), (8, "step"), (12, "after")
+    ]  # fmt: skip
+    by_step = {c["step"]: c["ref"]["uri"] for c in manifest["checkpoints"]}
+    assert points[0].get("checkpoint") is None  # the base weights: no checkpoint
+    assert [p["checkpoint"] for p in points[1:]] == [by_step[4], by_step[8], by_step[12]]
+    assert [e.data["checkpoint"] for e in events[1:]] == [by_step[4], by_step[8], by_step[12]]
+    assert [e.data["metrics"]["token_f1"] for e in events] == [
+        p["scores"]["token_f1"] for p in points
+    ]
+    curve = [p["scores"]["token_f1"] for p in points]
+    assert curve[-1] > curve[0]
+    during = outcome.evaluation["sampled"]["during"]
+    assert during == [{"step": 4, "scores": points[1]["scores"]},
+                      {"step": 8, "scores": points[2]["scores"]}]  # fmt: skip
+    from crucible_core.cli.train_cmd import format_sampled
+
+    text = format_sampled(outcome.evaluation["sampled"])
+    assert f"token_f1 during training: {curve[1]:.2f} at step 4, {curve[2]:.2f} at step 8\n" in text
+
+    # Re-score the step-4 checkpoint in a fresh session: the logged score is its score.
+    backend = toy.create("backend", "toy")
+    tok = backend.get_tokenizer(job.model_spec)
+    prompts = [
+        {"tokens": tok.encode(head + ":"), "reference": rest.strip(), "input": head}
+        for head, _, rest in (t.partition(":") for t in TEXTS[36:])
+    ]  # what the toy data.tokenize stage makes of the 4 validation rows
+    for step, point in ((4, points[1]), (8, points[2])):
+        session = backend.create_session(job, run_dir=tmp_path / f"again-{step}")
+        session.load_state(CheckpointRef(uri=by_step[step], kind="state")).result()
+        again = evaluate_samples(session, job, prompts, name="again", deadline_s=10, host=toy)
+        assert again is not None
+        assert again.scores == point["scores"]

@@ -254,6 +254,14 @@ def format_sampled(sampled: Any) -> str:
             f"           {name} {start}{score:.2f} after, "
             f"on {after.get('examples')} held-out rows (never trained on)\n"
         )
+        during = cast(list[dict[str, Any]], data.get("during") or [])
+        if during:
+            points = ", ".join(
+                f"{cast(dict[str, float], p['scores'])[name]:.2f} at step {p['step']}"
+                for p in during
+                if name in p["scores"]
+            )
+            lines.append(f"           {name} during training: {points}\n")
     for example in cast(list[dict[str, str]], after.get("samples") or []):
         mark = (
             "right"

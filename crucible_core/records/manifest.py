@@ -38,6 +38,7 @@ __all__ = [
     "ExportRecord",
     "RunManifest",
     "RunRecord",
+    "SampledEvalRecord",
     "SavedCheckpointRecord",
     "StageRecord",
     "TemplateRecord",
@@ -127,6 +128,22 @@ class TrainingSummary(msgspec.Struct, **_Base):
     evaluation: dict[str, Any] = {}
 
 
+class SampledEvalRecord(msgspec.Struct, **_Base):
+    """Sampled metrics of the weights after ``step`` (``crucible_core.train.sampled_eval``).
+
+    ``when`` is ``before`` (step 0, the base weights), ``step`` (every
+    ``validation_spec.every_n_steps``) or ``after`` (the last step);
+    ``checkpoint`` is the URI of the state checkpoint holding those weights
+    when the run kept one at that step, else None.
+    """
+
+    step: int
+    when: str
+    checkpoint: str | None = None
+    scores: dict[str, float] = {}
+    examples: int = 0
+
+
 class ExportVerification(msgspec.Struct, **_Base):
     """How an export was checked: loaded by the stock library in a fresh process and
     compared with the run's own sampler (next-token logprobs on a fixed probe set)."""
@@ -197,6 +214,8 @@ class RunManifest(msgspec.Struct, **_Base):
     wall_time_s: float | None = None
     #: Every export of the run's weights (``crucible export``), oldest first.
     exports: list[ExportRecord] = []
+    #: Task metrics from greedy samples during training, by step: the curve beside the loss.
+    sampled_evals: list[SampledEvalRecord] = []
 
 
 _FIELDS = frozenset(RunManifest.__struct_fields__)
@@ -293,6 +312,17 @@ class RunRecord:
                 e for e in current.exports if (e.path, e.format) != (export.path, export.format)
             ]
             return {"exports": [*kept, export]}
+
+        self._change(change)
+
+    def record_sampled_eval(self, point: SampledEvalRecord) -> None:
+        """Add ``point``, replacing an earlier one of the same step and ``when`` (a resume)."""
+
+        def change(current: RunManifest) -> Mapping[str, Any]:
+            kept = [
+                e for e in current.sampled_evals if (e.step, e.when) != (point.step, point.when)
+            ]
+            return {"sampled_evals": sorted([*kept, point], key=lambda e: e.step)}
 
         self._change(change)
 

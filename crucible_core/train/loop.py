@@ -96,6 +96,7 @@ __all__ = [
     "Emit",
     "LoopResult",
     "LoopState",
+    "OnSampled",
     "SavedCheckpoint",
     "TrainLoop",
     "adam_params",
@@ -115,6 +116,10 @@ class Emit(Protocol):
     """Where the loop reports events (``train.step``, ``train.checkpoint``, ...)."""
 
     def __call__(self, event: str, /, **data: Any) -> None: ...
+
+
+#: ``on_sampled(step, saved, checkpoint)``: score the weights saved for sampling after ``step``.
+OnSampled = Callable[[int, Future[Any], "str | None"], None]
 
 
 def _quiet(event: str, /, **data: Any) -> None:
@@ -226,10 +231,13 @@ class _InFlight(msgspec.Struct):
     save: Future[CheckpointRef] | None = None
     val: Future[ForwardBackwardResult] | None = None
     tokens: int = 0
+    #: Weights saved for sampling after this step (sampled metrics due), else None.
+    sampled: Future[Any] | None = None
 
     def calls(self) -> list[Any]:
         """Its futures in submission order."""
-        return [*self.fb, self.opt, *(f for f in (self.save, self.val) if f is not None)]
+        after = (self.save, self.val, self.sampled)
+        return [*self.fb, self.opt, *(f for f in after if f is not None)]
 
 
 def _mean_loss(results: Sequence[ForwardBackwardResult]) -> float:
@@ -269,6 +277,7 @@ class TrainLoop:
         group: int = 1,
         batches: BatchSource | None = None,
         examples: int | None = None,
+        on_sampled: OnSampled | None = None,
     ) -> None:
         self._session = session
         self._batches = batches
@@ -285,6 +294,11 @@ class TrainLoop:
         # unvalidated spec built in code may say 0, which means none too).
         self._val_every = (
             (val_spec.every_n_steps or None) if val_spec is not None and validation_data else None
+        )
+        # Sampled metrics every this many steps, before the last (``evaluate`` scores the end).
+        self._on_sampled = on_sampled
+        self._sample_every = (
+            (val_spec.every_n_steps or None) if val_spec is not None and on_sampled else None
         )
         self._say: Emit = emit or _quiet
         self._cancel = cancel
@@ -433,7 +447,15 @@ class TrainLoop:
             if self._validates(step_done)
             else None
         )
-        self.pending.append(_InFlight(step, epoch, fb, opt, lr, submitted, save, val, step_tokens))
+        every = self._sample_every
+        sampled = (
+            session.save_weights_for_sampler(f"eval-step-{step_done:06d}")
+            if every is not None and step_done % every == 0 and step_done != self.total
+            else None
+        )
+        self.pending.append(
+            _InFlight(step, epoch, fb, opt, lr, submitted, save, val, step_tokens, sampled)
+        )
 
     def _saves(self, step: int, epoch: float) -> bool:
         """Whether the state after step ``step`` (0-based, ending in ``epoch``) is saved on the
@@ -466,6 +488,10 @@ class TrainLoop:
         if item.val is not None:
             self._record_validation(item.val, observed)
         self._apply_policy(item, observed)
+        if item.sampled is not None and self._on_sampled is not None:
+            kept = self.state.checkpoints
+            here = kept[-1].ref.uri if kept and kept[-1].step == self.state.step else None
+            self._on_sampled(self.state.step, item.sampled, here)
 
     def _record_step(
         self,
@@ -673,6 +699,7 @@ def train(
     group: int = 1,
     batches: BatchSource | None = None,
     examples: int | None = None,
+    on_sampled: OnSampled | None = None,
 ) -> LoopResult:
     """Run the job's optimizer steps on ``session``; see the module docstring for the rules.
 
@@ -684,6 +711,11 @@ def train(
     DPO pairs; see :func:`~crucible_core.train.schedule.batch_for_step`).
     ``batches`` makes each step's micro-batches instead of ``train_data`` (a
     :class:`BatchSource`); the run then has ``examples`` examples an epoch.
+
+    ``on_sampled(step, saved, checkpoint)`` scores sampled metrics every
+    ``validation_spec.every_n_steps`` steps before the last: ``saved`` is the
+    ``save_weights_for_sampler`` submitted right after that step, ``checkpoint``
+    the URI of the state checkpoint kept at that step (or None).
     """
     return TrainLoop(
         session,
@@ -703,6 +735,7 @@ def train(
         group=group,
         batches=batches,
         examples=examples,
+        on_sampled=on_sampled,
     ).run()
 
 

@@ -7,8 +7,17 @@ task. When ``validation_spec.metrics`` names a metric in
 ``metric(predictions, references) -> {name: score, ...}``), the training
 workflow samples a greedy completion (temperature 0, so the score is a
 function of the weights) for each held-out prompt, scores the completions
-against the rows' answers, and does so twice: before the first step
-(the ``train`` step, skipped on resume) and after the last (``evaluate``).
+against the rows' answers, on a schedule: before the first step (the
+``train`` step, skipped on resume), every ``validation_spec.every_n_steps``
+steps (the loop saves the weights for sampling right after that step's
+optimizer step, so later steps already in flight do not leak in; see
+:func:`score_step`), and after the last (``evaluate``).
+
+Each score is an ``eval.metric`` event (``split = "validation"``, ``when`` =
+``before``/``step``/``after``, the ``step``, and the ``checkpoint``: the URI
+of the state checkpoint the run kept at that step, if any) and a
+``sampled_evals`` entry in the manifest, so a curve of task accuracy against
+step (and checkpoint) sits beside the loss curve.
 
 Only validation rows are scored (``dataset_spec.validation_ratio`` splits
 them off before training; ``validation_spec.max_samples`` caps them), so the
@@ -18,7 +27,8 @@ rendered with the training template; see :mod:`crucible_datasets.prompts`).
 
 Weights are sampled through the training contract's
 ``save_weights_for_sampler`` (so any backend works) under the names
-``eval-before`` and ``eval-after``.
+``eval-before``, ``eval-step-NNNNNN`` and ``eval-after``, and deleted after
+scoring.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ __all__ = [
     "sample_greedy",
     "sampled_metric_names",
     "score",
+    "score_step",
 ]
 
 #: Metric names computed from greedy samples of held-out prompts; each names a metric
@@ -104,6 +115,7 @@ def evaluate_samples(
     deadline_s: float,
     host: PluginHost | None = None,
     discard: bool = False,
+    saved: Future[Sampler] | None = None,
 ) -> SampledEval | None:
     """Score greedy samples of the session's current weights on ``prompts``.
 
@@ -112,12 +124,16 @@ def evaluate_samples(
     Metrics come from ``host`` (default: the process's plugin host). With
     ``discard``, the backend deletes the weights saved for sampling afterwards
     (``TrainingSession.delete_checkpoint``): they are a copy made only to score.
+    ``saved`` is a ``save_weights_for_sampler`` already submitted (the loop
+    submits it right after the step it scores); by default one is submitted now.
     """
     names = sampled_metric_names(job)
     if not names or not prompts:
         return None
     metrics = {metric: _metric(metric, host) for metric in names}
-    sampler = session.save_weights_for_sampler(name).result(timeout=deadline_s)
+    if saved is None:
+        saved = session.save_weights_for_sampler(name)
+    sampler = saved.result(timeout=deadline_s)
     try:
         outputs = _sample_all(sampler, job, prompts, deadline_s)
     finally:
@@ -190,26 +206,84 @@ def score(
     *,
     when: str,
     deadline_s: float,
+    checkpoint: str | None = None,
+    step: int | None = None,
+    saved: Future[Sampler] | None = None,
 ) -> dict[str, Any] | None:
-    """Run :func:`evaluate_samples` inside a training step, emit it, return it as plain data.
+    """Run :func:`evaluate_samples` inside a training step, emit it, record it, return it.
 
-    ``when`` is ``"before"`` or ``"after"`` (training); ``prompts`` are
-    :attr:`~crucible_core.train.prepare.PreparedData.validation_prompts`. The
-    event is an ``eval.metric`` with ``split = "validation"`` and ``when``.
+    ``when`` is ``"before"``, ``"step"`` or ``"after"``; ``prompts`` are
+    :attr:`~crucible_core.train.prepare.PreparedData.validation_prompts`;
+    ``step`` defaults to the session's. The event is an ``eval.metric`` with
+    ``split = "validation"``, ``when`` and ``checkpoint``; the manifest gets a
+    ``sampled_evals`` entry.
     """
+    from crucible_core.records.manifest import RunRecord, SampledEvalRecord
+
     # The run's context carries the run's plugin host (beyond the StageContext contract).
     host = cast("PluginHost | None", getattr(ctx, "host", None))
+    step = session.step if step is None else step
+    name = f"eval-step-{step:06d}" if when == "step" else f"eval-{when}"
     result = evaluate_samples(
-        session, job, prompts, name=f"eval-{when}", deadline_s=deadline_s, host=host, discard=True
+        session,
+        job,
+        prompts,
+        name=name,
+        deadline_s=deadline_s,
+        host=host,
+        discard=True,
+        saved=saved,
     )
     if result is None:
         return None
     ctx.emit(
         "eval.metric",
-        step=session.step,
+        step=step,
         split="validation",
         when=when,
+        checkpoint=checkpoint,
         examples=result.examples,
         metrics=result.scores,
     )
+    RunRecord(ctx.run_dir).record_sampled_eval(
+        SampledEvalRecord(
+            step=step,
+            when=when,
+            checkpoint=checkpoint,
+            scores=result.scores,
+            examples=result.examples,
+        )
+    )
     return cast(dict[str, Any], to_builtins(result))
+
+
+def score_step(
+    ctx: StageContext,
+    session: TrainingSession,
+    job: TrainingJob,
+    prompts: Sequence[Mapping[str, Any]],
+    *,
+    deadline_s: float,
+) -> Callable[[int, Future[Sampler], str | None], None] | None:
+    """The loop's ``on_sampled`` callback: score the weights saved after a step.
+
+    None when the job names no sampled metric or has no held-out prompt (the
+    loop then saves nothing for sampling).
+    """
+    if not sampled_metric_names(job) or not prompts:
+        return None
+
+    def on_sampled(step: int, saved: Future[Sampler], checkpoint: str | None) -> None:
+        score(
+            ctx,
+            session,
+            job,
+            prompts,
+            when="step",
+            deadline_s=deadline_s,
+            checkpoint=checkpoint,
+            step=step,
+            saved=saved,
+        )
+
+    return on_sampled

@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 
 from crucible_core.contracts import StageContext, TrainingSession
-from crucible_core.errors import ConfigError
+from crucible_core.errors import ConfigError, NotFound
 from crucible_core.ir.backend import Capabilities, CheckpointRef
 from crucible_core.ir.experiment import StageDef
 from crucible_core.ir.lineage import Edge, EdgeKind
@@ -158,6 +158,9 @@ def train_step(
         window=window,
         deadline_s=deadline,
         group=data.group,
+        on_sampled=sampled_eval.score_step(
+            ctx, session, job, data.validation_prompts, deadline_s=deadline
+        ),
     )
     return Trained(result=result, sampled_before=before)
 
@@ -211,11 +214,28 @@ def evaluate(
         metrics.update({f"eval_{k}": v for k, v in result.metrics.items()})
     ctx.emit("eval.metric", step=session.step, split=split, loss=result.loss, metrics=metrics)
     out: dict[str, Any] = {"split": split, "examples": len(held_out), **metrics}
+    try:
+        manifest = RunRecord(ctx.run_dir).read()
+    except NotFound:
+        manifest = None
+    kept = manifest.checkpoints if manifest is not None else []
+    at_end = kept[-1].ref.uri if kept and kept[-1].step == session.step else None
     after = sampled_eval.score(
-        ctx, session, job, data.validation_prompts, when="after", deadline_s=call_deadline()
+        ctx,
+        session,
+        job,
+        data.validation_prompts,
+        when="after",
+        deadline_s=call_deadline(),
+        checkpoint=at_end,
     )
     if after is not None:
-        out["sampled"] = {"before": before, "after": after}
+        sampled: dict[str, Any] = {"before": before, "after": after}
+        points = manifest.sampled_evals if manifest is not None else []
+        steps = [{"step": p.step, "scores": p.scores} for p in points if p.when == "step"]
+        if steps:  # the scheduled points between the two (every_n_steps)
+            sampled["during"] = steps
+        out["sampled"] = sampled
     return out
 
 

@@ -30,6 +30,16 @@ def test_main_job_raises_the_held_out_score_and_prints_readable_samples(cli: Cli
     assert before["examples"] == after["examples"] == 50
     assert before["scores"]["exact_match"] <= 0.1
     assert after["scores"]["exact_match"] >= 0.7
+    # The task curve beside the loss curve: step 0, every_n_steps (100), the end, each
+    # point naming the checkpoint of its step.
+    manifest = json.loads((run / "manifest.json").read_text())
+    curve = manifest["sampled_evals"]
+    assert [(p["step"], p["when"]) for p in curve] == [(0, "before"), (100, "step"), (200, "after")]
+    assert "/checkpoints/step-000100/" in curve[1]["checkpoint"]
+    assert curve[2]["checkpoint"] == manifest["last_checkpoint"]["uri"]
+    assert [p["scores"]["exact_match"] for p in curve][::2] == [
+        before["scores"]["exact_match"], after["scores"]["exact_match"]
+    ]  # fmt: skip
     # Honest: every scored row is a validation row, none of which was trained on.
     job = decode_file(ROOT / "examples" / "dates-local.toml", TrainingJob)
     split = load_outputs(job.dataset_spec, job.learning_config.seed)

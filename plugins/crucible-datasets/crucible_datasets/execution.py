@@ -8,15 +8,30 @@ space (``memory_mb``), CPU seconds, size of files it may write, open files,
 and no core dumps. The parent enforces a wall-clock timeout and kills the
 whole process group when it expires.
 
+No network, two layers. (1) Where the kernel allows unprivileged user
+namespaces (probed once per process: ``unshare --user --net``), the program
+runs in a fresh network namespace: it has no interface but a loopback that is
+down, so every connection, even to 127.0.0.1, fails with "Network is
+unreachable", for the program and anything it starts. (2) Always, before the
+program's first line, an audit hook (:func:`sys.addaudithook`, which cannot
+be removed) refuses the events that reach the network or escape the hook:
+creating a socket, name lookups, starting processes (``subprocess``,
+``os.system``, ``os.exec*``, ``os.fork``, ``posix_spawn``) and loading native
+code with ``ctypes``. The hook alone is a guard against code that tries the
+network the ordinary way, not against code written to evade it; the namespace
+is a kernel boundary. :func:`network_isolation` says which layers a machine gets.
+
 This contains accidents (infinite loops, memory blow-ups, runaway output,
-stray files); it is not a security boundary against hostile code, which needs
-a container or VM. Limits use ``resource``, so POSIX only.
+stray files, network calls); it is not a security boundary against hostile
+code, which needs a container or VM. Limits use ``resource``, so POSIX only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +43,13 @@ from typing import Literal
 
 from crucible_core.errors import ConfigError
 
-__all__ = ["ExecutionResult", "humaneval_program", "run_program"]
+__all__ = [
+    "ExecutionResult",
+    "humaneval_program",
+    "netns_prefix",
+    "network_isolation",
+    "run_program",
+]
 
 Status = Literal["passed", "failed", "timeout"]
 
@@ -36,6 +57,17 @@ Status = Literal["passed", "failed", "timeout"]
 # the child (not in preexec_fn) is safe when the parent runs threads.
 _BOOTSTRAP = r"""
 import resource, sys
+def _deny(event, args, _blocked=frozenset((
+    "socket.__new__", "socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg",
+    "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr",
+    "socket.getnameinfo", "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn",
+    "os.spawn", "os.fork", "os.forkpty", "ctypes.dlopen", "ctypes.dlsym",
+    "ctypes.call_function",
+))):
+    if event in _blocked:
+        raise PermissionError(f"sandbox: {event} is not allowed (no network, no processes)")
+sys.addaudithook(_deny)
+del _deny
 def _lim(which, value):
     soft, hard = resource.getrlimit(which)
     if hard != resource.RLIM_INFINITY:
@@ -79,8 +111,13 @@ def run_program(
     max_file_mb: int = 16,
     max_open_files: int = 64,
     python: str | None = None,
+    netns: bool | None = None,
 ) -> ExecutionResult:
-    """Run ``source`` as a Python program under the limits above and report how it ended."""
+    """Run ``source`` as a Python program under the limits above and report how it ended.
+
+    ``netns``: run in a fresh network namespace (None: where the machine allows
+    it, see :func:`network_isolation`; False: the audit hook alone).
+    """
     if timeout <= 0:
         raise ConfigError(f"timeout must be > 0, got {timeout}")
     if memory_mb < 64:
@@ -100,7 +137,15 @@ def run_program(
             "HOME": tmp,
             "TMPDIR": tmp,
         }
+        prefix = netns_prefix() if netns is None or netns else []
+        if netns and not prefix:
+            raise ConfigError(
+                "netns=True: this machine cannot create a network namespace "
+                "(unshare --user --net failed)",
+                hint="leave netns unset to use it where available",
+            )
         args = [
+            *prefix,
             python or sys.executable,
             "-I",
             "-c",
@@ -137,6 +182,37 @@ def run_program(
         return ExecutionResult("passed", 0, "", seconds)
     detail = text.splitlines()[-1] if text else _signal_name(proc.returncode)
     return ExecutionResult("failed", proc.returncode, detail[-500:], seconds)
+
+
+@functools.cache
+def netns_prefix() -> list[str]:
+    """The command prefix that runs a program in a new network namespace, or [] if none works."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return []
+    for prefix in (
+        [unshare, "--user", "--net", "--map-current-user"],
+        [unshare, "--user", "--net"],
+    ):
+        try:
+            done = subprocess.run(
+                [*prefix, sys.executable, "-I", "-c", ""],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=10,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if done.returncode == 0:
+            return prefix
+    return []
+
+
+def network_isolation() -> list[str]:
+    """The layers that keep a program off the network here: ``netns`` (if available), ``audit``."""
+    return (["netns"] if netns_prefix() else []) + ["audit"]
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

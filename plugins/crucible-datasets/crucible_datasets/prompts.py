@@ -8,8 +8,10 @@ and ending in the assistant's header, and that message's content. Rows whose
 last message is not the assistant's (text rows, a trailing user turn) have no
 reference answer and are left out.
 
-Each prompt is ``{"tokens": [...], "reference": str, "input": str}``;
-``input`` is the last user message, for showing a sample to a person.
+Each prompt is ``{"tokens": [...], "reference": str, "input": str, "index": int}``;
+``input`` is the last user message, for showing a sample to a person;
+``index`` is the row's position in ``rows`` (a metric that needs the whole row,
+such as pass@k's tests, finds it there).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def eval_prompts(
     completed within the model's context), as are rows the adapter refuses.
     """
     out: list[dict[str, Any]] = []
-    for row in rows:
+    for index, row in enumerate(rows):
         if limit is not None and len(out) >= limit:
             break
         if adapter is None:
@@ -61,6 +63,7 @@ def eval_prompts(
                 "tokens": tokens,
                 "reference": messages[-1].get("content", ""),
                 "input": users[-1] if users else "",
+                "index": index,
             }
         )
     return out

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import socket
+import subprocess
+import sys
 from decimal import Decimal
 
 import pytest
@@ -12,7 +15,12 @@ from hypothesis import strategies as st
 from crucible_core.errors import ConfigError
 from crucible_core.ir.training import DatasetSpec
 from crucible_datasets import load_rows
-from crucible_datasets.execution import humaneval_program, run_program
+from crucible_datasets.execution import (
+    humaneval_program,
+    netns_prefix,
+    network_isolation,
+    run_program,
+)
 from crucible_datasets.metrics import (
     bleu,
     exact_match,
@@ -153,3 +161,84 @@ def test_sandbox_limits() -> None:
     assert env.passed, env.detail
     with pytest.raises(ConfigError, match="needs prompt, test and entry_point"):
         humaneval_program({"prompt": "x"}, "y")
+
+
+_CONNECT = (
+    "import socket\n"
+    "s = socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+    "s.sendall(b'leaked')\n"
+)
+
+
+def _listener() -> socket.socket:
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    server.settimeout(0.5)
+    return server
+
+
+def _was_contacted(server: socket.socket) -> bool:
+    try:
+        conn, _ = server.accept()
+    except TimeoutError:
+        return False
+    conn.close()
+    return True
+
+
+@pytest.mark.parametrize("netns", [None, False])
+def test_sandboxed_code_cannot_reach_the_network(netns: bool | None) -> None:
+    """A real TCP listener on 127.0.0.1: the same program reaches it when run plainly (so the
+    test can fail) and not from the sandbox, with the namespace (where available) or with the
+    audit hook alone (``netns=False``)."""
+    with _listener() as server:
+        port = server.getsockname()[1]
+        program = _CONNECT.format(port=port)
+        plain = subprocess.run([sys.executable, "-c", program], timeout=30, check=False)
+        assert plain.returncode == 0
+        assert _was_contacted(server)
+        result = run_program(program, timeout=10.0, netns=netns)
+        assert result.status == "failed"
+        assert not _was_contacted(server)
+        raw = run_program(
+            f"import socket\nsocket.socket().connect(('127.0.0.1', {port}))\n", netns=netns
+        )
+        assert raw.status == "failed"
+        assert not _was_contacted(server)
+    if netns is False:
+        assert "sandbox: socket.getaddrinfo is not allowed" in result.detail
+        assert "sandbox: socket.__new__ is not allowed" in raw.detail
+    # A process the program starts would not be hooked: starting one is refused too.
+    spawn = run_program("import subprocess\nsubprocess.run(['true'])\n", netns=netns)
+    assert spawn.status == "failed"
+    assert "subprocess.Popen is not allowed" in spawn.detail
+
+
+def test_network_namespace_blocks_what_the_hook_cannot_see() -> None:
+    """Where user namespaces work (this machine: probed by ``network_isolation``), even a
+    connection from a process started around the hook fails: the kernel has no route."""
+    if "netns" not in network_isolation():
+        assert network_isolation() == ["audit"]
+        with pytest.raises(ConfigError, match="cannot create a network namespace"):
+            run_program("pass\n", netns=True)
+        return
+    with _listener() as server:
+        port = server.getsockname()[1]
+        # os.execv replaces the hooked interpreter with a fresh one that has no hook.
+        escape = (
+            "import os, sys\n"
+            "os.execv(sys.executable, [sys.executable, '-c', "
+            f"{_CONNECT.format(port=port)!r}])\n"
+        )
+        hooked = run_program(escape, netns=True)
+        assert hooked.status == "failed"
+        assert "os.exec is not allowed" in hooked.detail
+        # The namespace alone (no hook): the kernel refuses the connection.
+        bare = subprocess.run(
+            [*netns_prefix(), sys.executable, "-c", _CONNECT.format(port=port)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert bare.returncode != 0
+        assert "Network is unreachable" in bare.stderr
+        assert not _was_contacted(server)

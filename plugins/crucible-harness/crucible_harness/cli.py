@@ -29,8 +29,9 @@ class EvalCommand:
         parser.description = (
             "Score a run's weights (or a base model) on a dataset: greedy samples of prompts "
             "rendered with the run's template, registered metrics, bootstrap confidence "
-            "intervals. Writes eval-<id>.json in the run directory and a lineage edge "
-            "evaluated_on to the dataset's content hash."
+            "intervals. mc_logprob scores multiple choice by option log-probability; "
+            "pass_at_k runs sampled code in a sandbox (--samples K). Writes eval-<id>.json in "
+            "the run directory and a lineage edge evaluated_on to the dataset's content hash."
         )
         parser.add_argument(
             "target",
@@ -64,6 +65,24 @@ class EvalCommand:
             help="answer extraction before scoring (auto: numbers for GSM8K-style data, "
             "letters for MMLU-style)",
         )
+        parser.add_argument(
+            "--samples",
+            type=int,
+            default=1,
+            metavar="K",
+            help="pass_at_k: completions sampled per problem (reports pass@1 and pass@K)",
+        )
+        parser.add_argument(
+            "--temperature",
+            type=float,
+            help="pass_at_k: sampling temperature (default 0.8 with --samples > 1, else greedy)",
+        )
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=10.0,
+            help="pass_at_k: seconds one program may run before it is killed (a failure)",
+        )
         parser.add_argument("--confidence", type=float, default=0.95)
         parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -86,6 +105,9 @@ class EvalCommand:
             extract=args.extract,
             confidence=args.confidence,
             seed=args.seed,
+            samples=args.samples,
+            temperature=args.temperature,
+            timeout=args.timeout,
         )
         path = eval_path(result, target)
         if args.json:

@@ -21,6 +21,14 @@ The path, reusing what training's held-out scoring uses so the two agree:
 Answer extraction: a GSM8K-style dataset (preset ``gsm8k``) compares final
 numbers under ``exact_match`` (the worked solution is not what is scored),
 an MMLU-style one (preset ``mmlu``) the chosen letters.
+
+Two metrics replace step 3: ``mc_logprob`` picks each multiple-choice answer
+by the log-probability of every option through a training session's
+``forward`` (:mod:`crucible_harness.choice`), and ``pass_at_k`` samples
+``samples`` completions per problem and runs them against the problem's
+tests in a sandbox (:mod:`crucible_harness.code`; reported as ``pass@1`` and
+``pass@<samples>``). They score differently from the text metrics, so one
+evaluation uses one kind.
 """
 
 from __future__ import annotations
@@ -38,10 +46,12 @@ from crucible_core.errors import ConfigError, NotFound
 from crucible_core.ir.backend import CheckpointRef
 from crucible_core.ir.codec import convert
 from crucible_core.ir.common import BackendRef
-from crucible_core.ir.training import DatasetSpec, ModelSpec
+from crucible_core.ir.training import DatasetSpec, ModelSpec, TrainingJob
 
 __all__ = [
+    "CODE_METRICS",
     "EVAL_SCHEMA_VERSION",
+    "LOGPROB_METRICS",
     "EvalExample",
     "EvalResult",
     "MetricScore",
@@ -54,6 +64,10 @@ __all__ = [
 EVAL_SCHEMA_VERSION = "1"
 #: Seconds allowed for one completion (a stuck backend fails the evaluation, not hangs it).
 _DEADLINE_S = 600.0
+#: Metrics scored from option log-probabilities rather than generated text.
+LOGPROB_METRICS: frozenset[str] = frozenset({"mc_logprob"})
+#: Metrics scored by running sampled code against tests.
+CODE_METRICS: frozenset[str] = frozenset({"pass_at_k"})
 
 
 class MetricScore(msgspec.Struct, frozen=True, kw_only=True):
@@ -96,6 +110,8 @@ class EvalResult(msgspec.Struct, frozen=True, kw_only=True):
     metrics: list[MetricScore]
     examples: list[EvalExample]
     seconds: float
+    #: Completions sampled per prompt (pass@k's n; 1 for everything else).
+    samples: int = 1
 
     def per_example(self, metric: str) -> list[float]:
         """Each example's score under ``metric`` (NotFound if it was not computed)."""
@@ -117,6 +133,12 @@ class Target:
     checkpoint: CheckpointRef | None
     template: str | None
     run_dir: Path | None
+    #: The run's TrainingJob (plain data), to open a session for log-probability scoring.
+    job: Mapping[str, Any] | None = None
+    #: The state checkpoint holding the weights evaluated (None: base weights).
+    state: CheckpointRef | None = None
+    #: Why log-probability scoring cannot load these weights (None: it can).
+    state_error: str | None = None
 
 
 def resolve_target(
@@ -139,10 +161,12 @@ def resolve_target(
             template=template,
             run_dir=None,
         )
-    from crucible_core.cli.runref import find_run
+    from crucible_core.cli.runref import expand_ref, find_run
     from crucible_core.cli.sample_cmd import resolve_sampler
 
     run_dir, manifest = find_run(ref)
+    state: CheckpointRef | None = None
+    state_error: str | None = None
     if base:
         backend_ref = convert(manifest.get("backend") or {"name": "local"}, BackendRef)
         model_raw = manifest.get("model")
@@ -152,6 +176,7 @@ def resolve_target(
         checkpoint = None
     else:
         backend_ref, model, checkpoint = resolve_sampler(ref)
+        state, state_error = _state_of(expand_ref(ref), run_dir, manifest)
     if template is None:
         job = manifest.get("training_job") or {}
         spec = cast(dict[str, Any], job).get("dataset_spec") or {}
@@ -164,7 +189,33 @@ def resolve_target(
         checkpoint=checkpoint,
         template=template,
         run_dir=run_dir,
+        job=cast("dict[str, Any] | None", manifest.get("training_job")),
+        state=state,
+        state_error=state_error,
     )
+
+
+def _state_of(
+    ref: str, run_dir: Path, manifest: Mapping[str, Any]
+) -> tuple[CheckpointRef | None, str | None]:
+    """The state checkpoint with the weights ``ref`` names, or why there is none."""
+    given = Path(ref).expanduser()
+    raw = manifest.get("last_checkpoint")
+    if given.exists() and given.resolve() != run_dir.resolve():
+        listed = [
+            convert(c["ref"], CheckpointRef)
+            for c in cast(list[dict[str, Any]], manifest.get("checkpoints") or [])
+        ]
+        for c in listed:
+            if c.uri == given.resolve().as_uri():
+                return c, None
+        return None, (
+            f"{given} is sampler weights; scoring options loads a state checkpoint "
+            f"(pass the run {run_dir.name}, or one of its state checkpoints)"
+        )
+    if raw is None:
+        return None, f"run {run_dir.name} records no state checkpoint"
+    return convert(raw, CheckpointRef), None
 
 
 def _extractor(preset: str | None, extract: str) -> tuple[str | None, Callable[[str], str]]:
@@ -216,6 +267,60 @@ def _score(
     return float(result[name])
 
 
+def _kind(names: Sequence[str]) -> str:
+    kinds = {
+        "logprob" if n in LOGPROB_METRICS else "code" if n in CODE_METRICS else "text"
+        for n in names
+    }
+    if len(kinds) > 1:
+        raise ConfigError(
+            "--metric: " + ", ".join(names) + " mix metrics that score differently "
+            "(mc_logprob: option log-probabilities; pass_at_k: running sampled code; "
+            "the others: generated text)",
+            hint="evaluate each kind in its own crucible eval",
+        )
+    return kinds.pop()
+
+
+def _no_answers(dataset: str, rows: Sequence[Mapping[str, Any]], spec: DatasetSpec) -> ConfigError:
+    """The usage error for a dataset none of whose rows has an answer, naming the field."""
+    from crucible_datasets.fields import RowError
+    from crucible_datasets.loading import adapter_for
+
+    if not rows:
+        return ConfigError(f"{dataset}: the dataset has no rows")
+    first = rows[0]
+    adapter = adapter_for(spec, list(first))
+    columns = ", ".join(map(str, first)) or "none"
+    try:
+        adapter(first)
+    except RowError as exc:
+        return ConfigError(
+            f"{dataset}: rows lack the answer field {exc.field!r} ({exc})",
+            hint="add the field, or map another column to it (--preset, dataset fields)",
+        )
+    answer = adapter.columns.get("completion") or adapter.columns.get("label") or "completion"
+    return ConfigError(
+        f"{dataset}: rows lack the answer field {answer!r} "
+        f"(the rows have: {columns}; {len(rows)} rows read, none with an answer)",
+        hint="an eval row needs a prompt and an answer: prompt/completion fields, "
+        "messages ending in an assistant reply, or a --preset (gsm8k, mmlu, humaneval); "
+        "also check the model's max_seq_len",
+    )
+
+
+def _logprob_job(target: Target, dataset: str) -> TrainingJob:
+    if target.state_error is not None:
+        raise ConfigError(f"mc_logprob: {target.state_error}")
+    if target.job is not None:
+        return convert(dict(target.job), TrainingJob)
+    return TrainingJob(
+        backend=target.backend,
+        model_spec=target.model,
+        dataset_spec=DatasetSpec(uri=dataset, template=target.template),
+    )
+
+
 def evaluate(
     target: Target,
     dataset: str,
@@ -226,6 +331,9 @@ def evaluate(
     extract: str = "auto",
     confidence: float = 0.95,
     seed: int = 0,
+    samples: int = 1,
+    temperature: float | None = None,
+    timeout: float = 10.0,
     host: Any = None,
     write: bool = True,
 ) -> EvalResult:
@@ -233,8 +341,9 @@ def evaluate(
 
     ``n`` caps the number of rows scored (the first ``n`` usable rows, in file
     order); ``preset`` names a row format (``gsm8k``, ``mmlu``...) for files that
-    are not shipped samples. See the module docstring for the steps. With ``write``, the result
-    is saved and linked in lineage.
+    are not shipped samples. ``samples``, ``temperature`` and ``timeout`` (seconds
+    per program) are pass@k's. See the module docstring for the steps. With
+    ``write``, the result is saved and linked in lineage.
     """
     from crucible_datasets.hashing import dataset_hash
     from crucible_datasets.loading import preset_of, read_dataset
@@ -245,52 +354,66 @@ def evaluate(
     from crucible_core.cli.sample_cmd import backend_from_ref
     from crucible_core.ids import new_id
     from crucible_core.plugins import get_host
-    from crucible_core.train.sampled_eval import sample_greedy
     from crucible_harness.stats import bootstrap_ci
 
     if not metrics:
         raise ConfigError("--metric: name at least one metric")
     if n is not None and n < 1:
         raise ConfigError(f"--n: {n} is not a positive number of examples")
+    if not 1 <= samples <= 128:
+        raise ConfigError(f"--samples: {samples} is not between 1 and 128")
+    if timeout <= 0:
+        raise ConfigError(f"--timeout: {timeout} is not a positive number of seconds")
     host = host if host is not None else get_host()
     fns = _metric_fns(metrics, host)
+    kind = _kind(metrics)
+    if samples > 1 and kind != "code":
+        raise ConfigError(
+            f"--samples {samples}: only pass_at_k scores more than one sample per prompt",
+            hint="add --metric pass_at_k, or leave --samples at 1",
+        )
     started = time.perf_counter()
     options = {"preset": preset} if preset is not None else {}
     spec = DatasetSpec(uri=dataset, template=target.template, options=options)
     loaded = read_dataset(spec)
     _, preset = preset_of(spec, resolve(spec))
-    mode, extract_fn = _extractor(preset, extract)
+    mode, extract_fn = _extractor(preset, extract) if kind == "text" else (kind, str)
     backend = backend_from_ref(host, target.backend)
     tokenizer = backend.get_tokenizer(target.model)
     renderer = get_renderer(target.template, tokenizer)
-    prompts = eval_prompts(
-        loaded.rows, renderer, spec, limit=n, max_length=target.model.max_seq_len
-    )
-    if not prompts:
-        raise ConfigError(
-            f"{dataset}: no row gives a prompt and a reference answer "
-            f"({len(loaded.rows)} rows read)",
-            hint="rows need a prompt and an answer (chat rows ending in an assistant message, "
-            "or prompt/completion fields); check dataset fields and the model's max_seq_len",
+    context = target.model.max_seq_len
+    if kind == "logprob":
+        inputs, outputs, references, per, corpus = _by_logprob(
+            target, dataset, loaded.rows, renderer, spec, backend, fns, n
         )
-    sampler = backend.load_sampler(target.model, target.checkpoint)
-    try:
-        outputs = sample_greedy(
-            sampler, prompts, context=target.model.max_seq_len, deadline_s=_DEADLINE_S
-        )
-    finally:
-        close = getattr(sampler, "close", None)
-        if callable(close):
-            close()
-    references = [str(p["reference"]) for p in prompts]
-    preds = [extract_fn(o) for o in outputs]
-    refs = [extract_fn(r) for r in references]
+    else:
+        prompts = eval_prompts(loaded.rows, renderer, spec, limit=n, max_length=context)
+        if not prompts:
+            raise _no_answers(dataset, loaded.rows, spec)
+        inputs = [str(p.get("input", "")) for p in prompts]
+        sampler = backend.load_sampler(target.model, target.checkpoint)
+        try:
+            if kind == "code":
+                problems = [loaded.rows[int(p["index"])] for p in prompts]
+                outputs, per = _by_execution(
+                    sampler, prompts, problems, samples, temperature, seed, context, timeout
+                )
+                references = [str(p["reference"]) for p in prompts]
+                corpus = {name: sum(v) / len(v) for name, v in per.items()}
+            else:
+                from crucible_core.train.sampled_eval import sample_greedy
+
+                outputs = sample_greedy(sampler, prompts, context=context, deadline_s=_DEADLINE_S)
+                references = [str(p["reference"]) for p in prompts]
+                preds = [extract_fn(o) for o in outputs]
+                refs = [extract_fn(r) for r in references]
+                per, corpus = _text_scores(fns, preds, refs)
+        finally:
+            close = getattr(sampler, "close", None)
+            if callable(close):
+                close()
     scores: list[MetricScore] = []
-    per: dict[str, list[float]] = {}
-    for name, fn in fns.items():
-        corpus = _score(fn, name, preds, refs)
-        each = [_score(fn, name, [p], [r]) for p, r in zip(preds, refs, strict=True)]
-        per[name] = each
+    for name, each in per.items():
         if len(each) >= 2:
             ci = bootstrap_ci(each, confidence=confidence, seed=seed)
             low, high, mean, method = ci.low, ci.high, ci.estimate, ci.method
@@ -300,7 +423,7 @@ def evaluate(
         scores.append(
             MetricScore(
                 name=name,
-                score=corpus,
+                score=corpus[name],
                 mean=mean,
                 low=low,
                 high=high,
@@ -310,12 +433,12 @@ def evaluate(
         )
     examples = [
         EvalExample(
-            input=str(p.get("input", "")),
+            input=inp,
             output=out,
             reference=ref,
-            scores={name: per[name][i] for name in fns},
+            scores={name: per[name][i] for name in per},
         )
-        for i, (p, out, ref) in enumerate(zip(prompts, outputs, references, strict=True))
+        for i, (inp, out, ref) in enumerate(zip(inputs, outputs, references, strict=True))
     ]
     result = EvalResult(
         eval_id=new_id("eval"),
@@ -333,10 +456,77 @@ def evaluate(
         metrics=scores,
         examples=examples,
         seconds=round(time.perf_counter() - started, 3),
+        samples=samples,
     )
     if write:
         _write(result, target)
     return result
+
+
+def _text_scores(
+    fns: Mapping[str, Callable[..., Mapping[str, float]]], preds: list[str], refs: list[str]
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Each metric over the whole set, and over each example alone."""
+    per: dict[str, list[float]] = {}
+    corpus: dict[str, float] = {}
+    for name, fn in fns.items():
+        corpus[name] = _score(fn, name, preds, refs)
+        per[name] = [_score(fn, name, [p], [r]) for p, r in zip(preds, refs, strict=True)]
+    return per, corpus
+
+
+def _by_logprob(
+    target: Target,
+    dataset: str,
+    rows: Sequence[Mapping[str, Any]],
+    renderer: Any,
+    spec: DatasetSpec,
+    backend: Any,
+    fns: Mapping[str, Callable[..., Mapping[str, float]]],
+    n: int | None,
+) -> tuple[list[str], list[str], list[str], dict[str, list[float]], dict[str, float]]:
+    from crucible_harness.choice import choice_items, score_choices
+
+    job = _logprob_job(target, dataset)
+    items = choice_items(rows, renderer, spec, limit=n, max_length=target.model.max_seq_len)
+    if not items:
+        raise ConfigError(
+            f"{dataset}: no row is a multiple-choice question with a choice letter as its answer "
+            f"({len(rows)} rows read)",
+            hint="mc_logprob scores MMLU-style rows (question, choices, answer): "
+            "the shipped sample:mmlu, or --preset mmlu for your file",
+        )
+    preds = score_choices(backend, job, target.state, items, deadline_s=_DEADLINE_S)
+    refs = [item.answer for item in items]
+    per, corpus = _text_scores(fns, preds, refs)
+    return [item.input for item in items], preds, refs, per, corpus
+
+
+def _by_execution(
+    sampler: Any,
+    prompts: Sequence[Mapping[str, Any]],
+    problems: Sequence[Mapping[str, Any]],
+    samples: int,
+    temperature: float | None,
+    seed: int,
+    context: int | None,
+    timeout: float,
+) -> tuple[list[str], dict[str, list[float]]]:
+    from crucible_harness.code import DEFAULT_TEMPERATURE, pass_counts, pass_scores, sample_n
+
+    if temperature is None:
+        temperature = DEFAULT_TEMPERATURE if samples > 1 else 0.0
+    completions = sample_n(
+        sampler,
+        prompts,
+        n=samples,
+        temperature=temperature,
+        seed=seed,
+        context=context,
+        deadline_s=_DEADLINE_S,
+    )
+    passed, _ = pass_counts(problems, completions, timeout=timeout)
+    return [c[0] for c in completions], pass_scores(samples, passed)
 
 
 def eval_path(result: EvalResult, target: Target) -> Path:

@@ -1,8 +1,9 @@
-"""crucible-harness's hooks: the ``crucible eval`` and ``crucible eval-compare`` commands."""
+"""crucible-harness's hooks: the ``crucible eval``, ``eval-compare`` and ``experiment`` commands,
+and the ``mc_logprob`` metric (multiple choice by option log-probability)."""
 
 from __future__ import annotations
 
-from crucible_core import RegisterCommand, hookimpl
+from crucible_core import RegisterCommand, RegisterMetric, hookimpl
 
 
 @hookimpl
@@ -24,4 +25,14 @@ def register_commands(register: RegisterCommand) -> None:
         "crucible_harness.cli:ExperimentCommand",
         summary="a grid of training runs (+ evaluation): validate it, run its cells through "
         "the queue (resumable, budgeted), show their status, write reports",
+    )
+
+
+@hookimpl
+def register_metrics(register: RegisterMetric) -> None:
+    register(
+        "mc_logprob",
+        "crucible_harness.choice:mc_logprob",
+        summary="Multiple-choice accuracy by the log-probability of each option "
+        "(crucible eval scores the options through the backend's forward pass)",
     )

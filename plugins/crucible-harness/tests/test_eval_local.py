@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,7 +143,18 @@ def test_bad_input_is_a_one_line_usage_error(world: tuple[Path, Cli], tmp_path: 
     no_answers = tmp_path / "text.jsonl"
     no_answers.write_text('{"text": "2004-03-06"}\n{"text": "1999-12-31"}\n')
     err = cli("eval", "dates-a", "--dataset", str(no_answers), "--metric", "exact_match", code=2)
-    assert "no row gives a prompt and a reference answer" in err.stderr
+    assert f"{no_answers}: rows lack the answer field 'completion'" in err.stderr
+    assert "the rows have: text" in err.stderr
+    assert "Traceback" not in err.stderr
+
+    # The first row has the answer, none of the others do: the field and the file are named.
+    mmlu = tmp_path / "mc.jsonl"
+    mmlu.write_text('{"question": "Q?", "choices": ["a", "b"]}\n')
+    err = cli("eval", "dates-a", "--dataset", str(mmlu), "--preset", "mmlu", "--metric",
+              "mc_logprob", code=2)  # fmt: skip
+    assert str(mmlu) in err.stderr
+    assert "'answer'" in err.stderr
+    assert "Traceback" not in err.stderr
 
     questions = tmp_path / "q.jsonl"
     questions.write_text('{"question": "What is 2 + 2?"}\n')
@@ -150,3 +163,77 @@ def test_bad_input_is_a_one_line_usage_error(world: tuple[Path, Cli], tmp_path: 
     assert "answer" in err.stderr
 
     cli("eval", "no-such-run", "--dataset", DATES, "--metric", "exact_match", code=4)
+
+
+def _torch_option_sums(model: Any, items: Any) -> list[list[float]]:
+    """Each option's summed reply log-probability, by torch on ``model`` (not the harness)."""
+    import torch
+
+    out: list[list[float]] = []
+    with torch.no_grad():
+        for item in items:
+            sums: list[float] = []
+            for datum in item.datums:
+                logits = model(input_ids=torch.tensor([datum.model_input])).logits[0].float()
+                lp = torch.log_softmax(logits, dim=-1)
+                pairs = zip(datum.loss_fn_inputs.target_tokens, datum.loss_fn_inputs.weights,
+                            strict=True)  # fmt: skip
+                sums.append(sum(w * float(lp[i, t]) for i, (t, w) in enumerate(pairs) if w))
+            out.append(sums)
+    return out
+
+
+@pytest.mark.slow
+def test_mc_logprob_on_a_run_loads_its_last_state_checkpoint(
+    world: tuple[Path, Cli], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The letters picked on the trained run are those its final weights prefer (computed
+    here with torch on the run's sampler checkpoint), not the base model's."""
+    home, cli = world
+    trained = json.loads(cli("eval", "dates-a", "--dataset", "sample:mmlu", "--metric",
+                             "mc_logprob", "--n", "12", "--json").stdout)  # fmt: skip
+    base = json.loads(cli("eval", "dates-a", "--base", "--dataset", "sample:mmlu", "--metric",
+                          "mc_logprob", "--n", "12", "--json").stdout)  # fmt: skip
+    assert trained["extract"] == base["extract"] == "logprob"
+    assert all(e["output"] in "ABCD" and len(e["output"]) == 1 for e in trained["examples"])
+
+    monkeypatch.setenv("CRUCIBLE_HOME", str(home))
+    from crucible_datasets.loading import read_dataset
+    from crucible_datasets.render import get_renderer
+    from crucible_harness.choice import choice_items, pick
+
+    from crucible_core.cli.sample_cmd import resolve_sampler
+    from crucible_core.ir import DatasetSpec
+    from crucible_core.plugins import get_host
+
+    _, model, checkpoint = resolve_sampler("dates-a")
+    backend = get_host().create("backend", "local")
+    spec = DatasetSpec(uri="sample:mmlu")
+    renderer = get_renderer(None, backend.get_tokenizer(model))
+    items = choice_items(read_dataset(spec).rows, renderer, spec, limit=12,
+                         max_length=model.max_seq_len)  # fmt: skip
+    for weights, result in ((checkpoint, trained), (None, base)):
+        sums = _torch_option_sums(backend.load_sampler(model, weights).torch_model, items)
+        assert [e["output"] for e in result["examples"]] == [pick(s, "ABCD") for s in sums]
+
+    # Sampler-only weights cannot be loaded into a session: a usage error saying so.
+    final = Path(checkpoint.uri.removeprefix("file://"))
+    err = cli("eval", str(final), "--dataset", "sample:mmlu", "--metric", "mc_logprob", code=2)
+    assert "scoring options loads a state checkpoint" in err.stderr
+    assert "Traceback" not in err.stderr
+
+
+@pytest.mark.slow
+def test_bleu_rouge_and_extraction_print_a_table_with_intervals(world: tuple[Path, Cli]) -> None:
+    _, cli = world
+    table = cli("eval", "dates-a", "--dataset", DATES, "--metric", "bleu,rouge_l,exact_match",
+                "--n", "20").stdout  # fmt: skip
+    lines = {line.split()[0]: line for line in table.splitlines() if line.strip()}
+    assert "95% CI" in lines["metric"]
+    for name in ("bleu", "rouge_l", "exact_match"):
+        assert re.search(r"\[-?[\d.e+-]+, [\d.e+-]+\]", lines[name]), lines[name]
+    out = json.loads(cli("eval", "dates-a", "--dataset", "sample:gsm8k", "--metric",
+                         "exact_match,bleu", "--n", "4", "--json").stdout)  # fmt: skip
+    assert out["extract"] == "number"
+    bleu = next(m for m in out["metrics"] if m["name"] == "bleu")
+    assert 0.0 <= bleu["low"] <= bleu["mean"] <= bleu["high"] <= 100.0
