@@ -9,6 +9,11 @@ the lines are dropped, when the last subscriber leaves. A subscriber
 starting after event ``N`` gets the lines numbered above ``N`` (ids are line
 numbers: see :mod:`crucible_server.telemetry`), then live lines, then an
 ``end`` item once the job is terminal and all of its lines were read.
+
+``stream(..., sse=True)`` yields each event already encoded as Server-Sent
+Events bytes, encoded once per feed and shared by every subscriber (the
+encoding was the server's main per-subscriber cost under fan-out, see
+docs/benchmarks.md); sse-starlette sends bytes as they are.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class _Feed:
         self.tail = TelemetryTail(job_id)
         self.ids: list[int] = []
         self.lines: list[tuple[int, str, str]] = []
+        self.encoded: list[bytes] = []  # SSE bytes of lines[:len(encoded)], made once
         self.end: str | None = None
         self.changed = asyncio.Event()
         self.subscribers = 0
@@ -73,8 +79,9 @@ class Feeds:
                 return
             await asyncio.sleep(self._poll_s)
 
-    async def stream(self, job_id: str, after: int) -> AsyncIterator[dict[str, str]]:
-        """SSE-shaped items (``id``, ``event``, ``data``) after event ``after``, then ``end``."""
+    async def stream(self, job_id: str, after: int, *, sse: bool = False) -> AsyncIterator[Any]:
+        """SSE-shaped items (``id``, ``event``, ``data``) after event ``after``, then ``end``;
+        with ``sse``, the same as encoded Server-Sent Events bytes."""
         feed = self._feeds.get(job_id)
         if feed is None:
             feed = self._feeds[job_id] = _Feed(job_id)
@@ -85,11 +92,17 @@ class Feeds:
             while True:
                 waiter = feed.changed
                 # By id, not position: a new feed's lines arrive after this subscriber came.
-                for n, kind, raw in feed.lines[bisect.bisect_right(feed.ids, last) :]:
-                    last = n
-                    yield {"id": str(n), "event": kind, "data": raw}
+                start = bisect.bisect_right(feed.ids, last)
+                if sse:
+                    for i in range(start, len(feed.lines)):
+                        last = feed.lines[i][0]
+                        yield _encoded(feed, i)
+                else:
+                    for n, kind, raw in feed.lines[start:]:
+                        last = n
+                        yield {"id": str(n), "event": kind, "data": raw}
                 if feed.end is not None:
-                    yield {"event": "end", "data": feed.end}
+                    yield _sse(None, "end", feed.end) if sse else {"event": "end", "data": feed.end}
                     return
                 await waiter.wait()
         finally:
@@ -98,3 +111,17 @@ class Feeds:
                 del self._feeds[job_id]
                 if feed.task is not None and not feed.task.done():
                     feed.task.cancel()
+
+
+def _sse(n: int | None, kind: str, data: str) -> bytes:
+    from sse_starlette import ServerSentEvent
+
+    return ServerSentEvent(data=data, event=kind, id=None if n is None else str(n)).encode()
+
+
+def _encoded(feed: _Feed, i: int) -> bytes:
+    """Line ``i`` of ``feed`` as SSE bytes, encoded by its first subscriber and kept."""
+    while len(feed.encoded) <= i:
+        n, kind, raw = feed.lines[len(feed.encoded)]
+        feed.encoded.append(_sse(n, kind, raw))
+    return feed.encoded[i]

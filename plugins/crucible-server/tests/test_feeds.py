@@ -1,0 +1,48 @@
+"""The shared per-job feed encodes each event as SSE bytes once for all its subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from crucible_server.feeds import Feeds
+
+from crucible_core.ir.work import TERMINAL_STATUSES
+
+
+def test_subscribers_of_one_job_share_each_encoded_event(start_server, http) -> None:
+    """A real ``ticks`` job run by a real worker; then two SSE subscribers and one plain one."""
+    srv = start_server(tokens=None, workers=1)
+    job = {
+        "kind": "custom",
+        "payload": {"target": "server_test_jobs:ticks", "args": {"n": 12}},
+    }
+    job_id = http(srv).post("/v1/jobs", json=job).json()["job_id"]
+    deadline = time.monotonic() + 120
+    while srv.scheduler.get(job_id).status not in TERMINAL_STATUSES:
+        assert time.monotonic() < deadline, "the job did not finish"
+        time.sleep(0.05)
+
+    async def in_thread(fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+    async def go() -> tuple[list[Any], list[Any], list[Any]]:
+        feeds = Feeds(srv.scheduler, 0.01, in_thread)
+
+        async def take(sse: bool) -> list[Any]:
+            return [item async for item in feeds.stream(job_id, 0, sse=sse)]
+
+        a, b, plain = await asyncio.gather(take(True), take(True), take(False))
+        return a, b, plain
+
+    a, b, plain = asyncio.run(go())
+    assert len(a) == len(plain) >= 13  # 12 ticks and the job's own events, then end
+    assert all(x is y for x, y in zip(a[:-1], b[:-1], strict=True))  # encoded once, shared
+    for raw, item in zip(a, plain, strict=True):
+        assert isinstance(raw, bytes)
+        text = raw.decode()
+        if "id" in item:
+            assert text.startswith(f"id: {item['id']}\r\nevent: {item['event']}\r\n")
+        assert f"data: {item['data']}\r\n" in text
+    assert a[-1].decode().startswith("event: end\r\n")
