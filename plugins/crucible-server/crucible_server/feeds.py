@@ -10,10 +10,12 @@ starting after event ``N`` gets the lines numbered above ``N`` (ids are line
 numbers: see :mod:`crucible_server.telemetry`), then live lines, then an
 ``end`` item once the job is terminal and all of its lines were read.
 
-``stream(..., sse=True)`` yields each event already encoded as Server-Sent
-Events bytes, encoded once per feed and shared by every subscriber (the
-encoding was the server's main per-subscriber cost under fan-out, see
-docs/benchmarks.md); sse-starlette sends bytes as they are.
+``stream(..., sse=True)`` yields the events already encoded as Server-Sent
+Events bytes, every event that is ready in one chunk (one send per poll per
+subscriber, not one per event: per send, the ASGI and HTTP layers cost
+more than the bytes). Each event is encoded once per feed, and subscribers
+at the same point share the same chunk (see docs/benchmarks.md, SSE
+fan-out); sse-starlette sends bytes as they are.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class _Feed:
         self.ids: list[int] = []
         self.lines: list[tuple[int, str, str]] = []
         self.encoded: list[bytes] = []  # SSE bytes of lines[:len(encoded)], made once
+        self.chunk: tuple[int, int, bytes] | None = None  # the newest joined range
+        self.end_sse: bytes | None = None
         self.end: str | None = None
         self.changed = asyncio.Event()
         self.subscribers = 0
@@ -93,16 +97,23 @@ class Feeds:
                 waiter = feed.changed
                 # By id, not position: a new feed's lines arrive after this subscriber came.
                 start = bisect.bisect_right(feed.ids, last)
-                if sse:
-                    for i in range(start, len(feed.lines)):
-                        last = feed.lines[i][0]
-                        yield _encoded(feed, i)
-                else:
-                    for n, kind, raw in feed.lines[start:]:
-                        last = n
-                        yield {"id": str(n), "event": kind, "data": raw}
+                end = len(feed.lines)
+                if start < end:
+                    if sse:
+                        last = feed.lines[end - 1][0]
+                        yield _chunk(feed, start, end)
+                    else:
+                        for n, kind, raw in feed.lines[start:end]:
+                            last = n
+                            yield {"id": str(n), "event": kind, "data": raw}
+                    continue  # more may have come (and the end) while this one was sent
                 if feed.end is not None:
-                    yield _sse(None, "end", feed.end) if sse else {"event": "end", "data": feed.end}
+                    if sse:
+                        if feed.end_sse is None:
+                            feed.end_sse = _sse(None, "end", feed.end)
+                        yield feed.end_sse
+                    else:
+                        yield {"event": "end", "data": feed.end}
                     return
                 await waiter.wait()
         finally:
@@ -125,3 +136,17 @@ def _encoded(feed: _Feed, i: int) -> bytes:
         n, kind, raw = feed.lines[len(feed.encoded)]
         feed.encoded.append(_sse(n, kind, raw))
     return feed.encoded[i]
+
+
+def _chunk(feed: _Feed, start: int, end: int) -> bytes:
+    """Lines ``start..end`` of ``feed`` as one SSE chunk; subscribers in step share it."""
+    cached = feed.chunk
+    if cached is not None and cached[0] == start and cached[1] == end:
+        return cached[2]
+    data = (
+        b"".join(_encoded(feed, i) for i in range(start, end))
+        if end - start > 1
+        else (_encoded(feed, start))
+    )
+    feed.chunk = (start, end, data)
+    return data
