@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Feeds"]
 
+#: Seconds the stream waits, after the job's status turned terminal, for the job's
+#: final ``job.state`` event (written just after the change) before it ends anyway.
+_SETTLE_S = 2.0
+
 
 class _Feed:
     def __init__(self, job_id: str) -> None:
@@ -63,13 +67,23 @@ class Feeds:
     async def _poll(self, feed: _Feed) -> None:
         status_every = max(1, round(1.0 / self._poll_s))
         idle = 0
+        ended: tuple[float, str] | None = None  # when the status was seen terminal, the end
+        loop = asyncio.get_running_loop()
         while True:
             batch = feed.tail.read_raw()
-            if not batch and idle % status_every == 0:
+            if ended is None and not batch and idle % status_every == 0:
                 job = await self._in_thread(self._scheduler.get, feed.tail.job_id)
                 if job.status in TERMINAL_STATUSES:
                     batch = feed.tail.read_raw()  # written before the status changed
-                    feed.end = json.dumps({"job_id": job.id, "status": job.status})
+                    ended = (loop.time(), json.dumps({"job_id": job.id, "status": job.status}))
+            # The worker writes the job's final ``job.state`` event just after the status
+            # changed: the end waits for it (or for _SETTLE_S of quiet, if it never comes).
+            if (
+                ended is not None
+                and not batch
+                and (_final(feed) or loop.time() - ended[0] >= _SETTLE_S)
+            ):
+                feed.end = ended[1]
             if batch:
                 feed.lines.extend(batch)
                 feed.ids.extend(n for n, _, _ in batch)
@@ -150,3 +164,14 @@ def _chunk(feed: _Feed, start: int, end: int) -> bytes:
     )
     feed.chunk = (start, end, data)
     return data
+
+
+def _final(feed: _Feed) -> bool:
+    """Whether the feed's last line is the job's terminal ``job.state`` event."""
+    if not feed.lines or feed.lines[-1][1] != "job.state":
+        return False
+    try:
+        status = json.loads(feed.lines[-1][2]).get("data", {}).get("status")
+    except (ValueError, AttributeError):
+        return False
+    return status in TERMINAL_STATUSES
