@@ -18,8 +18,11 @@ N subscribers of one job slow its training loop by <= 5 %): the README's main
 job (``examples/dates-local.toml``, ``--steps`` steps, validation off) runs in
 ``crucible serve --workers 1`` with no subscriber and with N concurrent SSE
 subscribers, alternately, ``--rounds`` times each; the figure is the
-training loop's own ``elapsed_s`` (from the job's result), median per case.
-Every subscriber must receive every event.
+training loop's own ``elapsed_s`` (from the job's result), median per case,
+and the CPU seconds the API process, the worker process and the benchmark's
+own subscribers used per run (from /proc: on an oversubscribed machine the
+wall-clock figure mostly measures waiting for a core). Every subscriber must
+receive every event.
 
 Run: .venv/bin/python -m benchmarks.server_bench [--clients 50] [--seconds 3] [--rounds 3]
      [--fanout 100] [--steps 60]
@@ -158,6 +161,12 @@ def _train_once(base: str, body: bytes, subscribers: int) -> float:
     return float(result["elapsed_s"])  # pyright: ignore[reportUnknownArgumentType]
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _fanout(n: int, steps: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
@@ -173,11 +182,18 @@ def _fanout(n: int, steps: int, rounds: int) -> None:
             _wait_up(f"{base}/healthz", proc)
             body = _dates_job(steps)
             _train_once(base, body, 0)  # warm-up: model build, imports
+            # crucible serve runs its worker as a child process (one job slot).
+            worker = int(subprocess.check_output(["pgrep", "-P", str(proc.pid)]).split()[0])
             alone: list[float] = []
             watched: list[float] = []
+            cpu: dict[int, list[tuple[float, float, float]]] = {0: [], n: []}
             for _ in range(rounds):
-                alone.append(_train_once(base, body, 0))
-                watched.append(_train_once(base, body, n))
+                for subs, out in ((0, alone), (n, watched)):
+                    a0, w0, t0 = _cpu_s(proc.pid), _cpu_s(worker), os.times()
+                    out.append(_train_once(base, body, subs))
+                    t1 = os.times()
+                    clients = (t1.user + t1.system) - (t0.user + t0.system)
+                    cpu[subs].append((_cpu_s(proc.pid) - a0, _cpu_s(worker) - w0, clients))
         finally:
             proc.terminate()
             proc.wait(60)
@@ -188,6 +204,10 @@ def _fanout(n: int, steps: int, rounds: int) -> None:
     print(f"  no subscriber      {a:7.2f} s   {alone}")
     print(f"  {n} subscribers    {w:7.2f} s   {watched}")
     print(f"  slowdown           {slowdown:+6.1f} %  {flag}")
+    print("  CPU s per run, median (API process / worker process / this process's clients):")
+    for subs in (0, n):
+        api, work, clients = (statistics.median(x[i] for x in cpu[subs]) for i in range(3))
+        print(f"    {subs:3d} subscribers   {api:5.2f} / {work:5.2f} / {clients:5.2f}")
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ _LAZY: dict[str, str] = {
     "list_registrations": "crucible_core.api",
     "open_backend": "crucible_core.api",
     "hookimpl": "crucible_core.hookspecs",
+    "RegisterApiRoute": "crucible_core.hookspecs",
     "RegisterArtifactStore": "crucible_core.hookspecs",
     "RegisterBackend": "crucible_core.hookspecs",
     "RegisterCommand": "crucible_core.hookspecs",
@@ -51,6 +52,7 @@ _LAZY: dict[str, str] = {
 __all__ = [
     "CrucibleError",
     "PluginHost",
+    "RegisterApiRoute",
     "RegisterArtifactStore",
     "RegisterBackend",
     "RegisterCommand",
@@ -100,6 +102,7 @@ if TYPE_CHECKING:
     )
     from crucible_core.errors import CrucibleError
     from crucible_core.hookspecs import (
+        RegisterApiRoute,
         RegisterArtifactStore,
         RegisterBackend,
         RegisterCommand,

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PROJECT_NAME",
     "HookSpecs",
+    "RegisterApiRoute",
     "RegisterArtifactStore",
     "RegisterBackend",
     "RegisterCommand",
@@ -206,6 +207,19 @@ class RegisterCommand(Protocol):
     ) -> None: ...
 
 
+class RegisterApiRoute(Protocol):
+    """``register`` of ``register_api_routes``: ``factory(api)`` returns a router to mount."""
+
+    def __call__(
+        self,
+        name: str,
+        factory: str | Callable[..., Any],
+        *,
+        summary: str = ...,
+        **metadata: Any,
+    ) -> None: ...
+
+
 class HookSpecs:
     """The hook specifications (a namespace class, as pluggy expects)."""
 
@@ -321,6 +335,23 @@ class HookSpecs:
         --help``, which reads it from an index of installed plugins' commands
         without importing them (refreshed by any command that loads plugins).
         Called once per process, the first time registrations are used.
+        Added in 0.1.
+        """
+
+    @hookspec
+    def register_api_routes(self, register: RegisterApiRoute) -> None:
+        """Register routes that ``crucible serve`` (crucible-server) adds to its HTTP API.
+
+        ``factory(api)`` returns a FastAPI ``APIRouter`` (import FastAPI inside
+        the factory, never at module level), mounted as it is; ``api`` is the
+        server's context: ``api.require(scope)`` is a FastAPI dependency that
+        authenticates the request, checks the token's ``scope`` (``jobs:read``,
+        ``jobs:write``, ``artifacts:read``, ``admin``) and returns the
+        principal (``tenant_id``, ``scopes``); ``api.in_thread(fn, *args)``
+        runs blocking work off the event loop. A ``CrucibleError`` raised in a
+        route becomes the server's problem+json response with its status.
+        ``metadata`` may carry ``prefix`` (the path prefix its routes use, shown
+        by ``crucible plugins``). Called once per server, when its app is built.
         Added in 0.1.
         """
 

@@ -79,6 +79,7 @@ KINDS: dict[str, str] = {
     "executor": "register_executors",
     "artifact_store": "register_artifact_stores",
     "command": "register_commands",
+    "api_route": "register_api_routes",
 }
 
 

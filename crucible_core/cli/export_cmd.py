@@ -84,6 +84,31 @@ def resolve_checkpoint(
     return CheckpointRef(uri=(run_dir / "checkpoints" / ident).resolve().as_uri(), kind="sampler")
 
 
+def checkpoint_named(ref: str, run_dir: Path, manifest: Mapping[str, Any]) -> str | None:
+    """The checkpoint id ``ref`` itself points at, if it names one inside ``run_dir``.
+
+    ``models:/NAME/3`` of a version registered from a kept checkpoint resolves
+    to a path in ``RUN/checkpoints/<id>/``, as does a checkpoint path given directly: the
+    export is of that checkpoint, not of the run's final weights. None for a
+    run id, the run directory or the final weights.
+    """
+    from crucible_core.cli.runref import expand_ref
+    from crucible_core.records.artifacts import uri_path
+
+    given = Path(expand_ref(ref)).expanduser()
+    if not given.exists():
+        return None
+    final = cast(Mapping[str, Any], manifest.get("sampler_checkpoint") or {})
+    final_path = uri_path(str(final.get("uri", ""))) if final.get("uri") else None
+    if final_path is not None and final_path.resolve() == given.resolve():
+        return None  # the final weights: the default
+    try:
+        inside = given.resolve().relative_to((run_dir / "checkpoints").resolve())
+    except ValueError:
+        return None
+    return inside.parts[0] if inside.parts else None
+
+
 def _find_run(ref: str) -> tuple[Path, dict[str, Any]]:
     from crucible_core.cli.runref import find_run, list_runs
 
@@ -237,7 +262,11 @@ class _ExportCommand:
             "Hugging Face libraries load: a PEFT adapter, a merged model, full safetensors, "
             "ONNX or GGUF (which formats depends on the run's backend; see docs/export.md)."
         )
-        parser.add_argument("run", metavar="RUN", help="run id or run directory")
+        parser.add_argument(
+            "run",
+            metavar="RUN",
+            help="run id, run directory, checkpoint directory or models:/NAME@ALIAS",
+        )
         parser.add_argument(
             "--checkpoint", metavar="ID", help="a checkpoint of the run (default: final weights)"
         )
@@ -264,7 +293,10 @@ class _ExportCommand:
         fmt = cast(str, args.fmt)
         out = cast(Path, args.out).expanduser().absolute()
         run_dir, manifest = _find_run(cast(str, args.run))
-        checkpoint = resolve_checkpoint(run_dir, manifest, args.checkpoint)
+        ident = cast(str | None, args.checkpoint) or checkpoint_named(
+            cast(str, args.run), run_dir, manifest
+        )
+        checkpoint = resolve_checkpoint(run_dir, manifest, ident)
         _check_out(out, bool(args.force))
         model_raw = manifest.get("model")
         if not isinstance(model_raw, dict):

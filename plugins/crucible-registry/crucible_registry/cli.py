@@ -69,6 +69,15 @@ class ModelsCommand:
             help="another parent: dpo_from=dates/2, merged_from=dates@prod, "
             "distilled_from=model:big...",
         )
+        p.add_argument(
+            "--eval",
+            dest="evals",
+            action="append",
+            default=[],
+            metavar="EVAL",
+            help="a `crucible eval` result of this checkpoint (eval-<id>.json or its id): "
+            "its metrics become eval.SUITE.METRIC, gate evidence",
+        )
         p.add_argument("--json", action="store_true")
         p = sub.add_parser("alias", help="point an alias at a version (gated, recorded)")
         p.add_argument("name")
@@ -134,6 +143,11 @@ class ModelsCommand:
             metavar="FILE.json",
             help='per-sample scores: {"METRIC": [score, ...]}',
         )
+        e.add_argument("--json", action="store_true")
+        e = es.add_parser("import", help="record `crucible eval` results of the version")
+        e.add_argument("ref", metavar="NAME/VERSION")
+        e.add_argument("files", nargs="+", metavar="EVAL", help="eval-<id>.json or an eval id")
+        e.add_argument("--suite", help="default: the dataset's name (dates.jsonl -> dates)")
         e.add_argument("--json", action="store_true")
         e = es.add_parser("list", help="the evaluations of a version")
         e.add_argument("ref", metavar="NAME/VERSION")
@@ -230,7 +244,8 @@ class ModelsCommand:
         tags = dict(parse_tag(t) for t in args.tag)
         links = [_link(text) for text in args.links]
         v = reg.register(args.run, name=args.name, checkpoint=args.checkpoint, tags=tags,
-                         base_relation=args.relation, links=links)  # fmt: skip
+                         base_relation=args.relation, links=links,
+                         evals=args.evals)  # fmt: skip
         if args.json:
             print_json(msgspec.to_builtins(v))
         else:
@@ -332,6 +347,15 @@ class ModelsCommand:
             for r in recs:
                 shown = " ".join(f"{k}={v:.6g}" for k, v in r.metrics.items())
                 sys.stdout.write(f"{r.eval_id} {r.recorded_at} {r.recorded_by}: {shown}\n")
+            return 0
+        if args.evals_command == "import":
+            recs = [reg.import_eval(name, version, f, suite=args.suite) for f in args.files]
+            if args.json:
+                print_json([msgspec.to_builtins(r) for r in recs])
+                return 0
+            for r in recs:
+                shown = " ".join(f"{k}={v:.6g}" for k, v in r.metrics.items())
+                sys.stdout.write(f"{r.eval_id} for {name} version {version}: {shown}\n")
             return 0
         metrics: dict[str, float] = {}
         for text in args.metrics:

@@ -11,13 +11,22 @@ to every matching metric the candidate has (none matching fails). ``OP`` is
 one of ``>= <= > < == !=``. A rule comparing with the holder passes when the
 alias has no holder yet (nothing to compare with).
 
-``not worse than holder`` is a one-sided paired t-test (scipy's
-``ttest_rel``) on the per-sample scores both versions recorded for the same
-metric: it fails when the candidate is worse with ``p`` below the given
-level (0.05 when not given). Higher is better, except for metrics whose
-last part contains ``loss`` or ``perplexity``. It needs scipy
-(``pip install 'crucible-registry[stats]'``); without it the rule is a
-ConfigError saying so.
+``not worse than holder`` is a one-sided paired test on the per-example
+scores both versions recorded for the same metric (the examples of a
+``crucible eval`` result, in order): it fails when the candidate is worse
+with ``p`` below the given level (0.05 when not given). Higher is better,
+except for metrics whose last part contains ``loss`` or ``perplexity``.
+
+The test comes from crucible-harness when it is installed:
+``crucible_harness.stats.compare(paired=True)`` picks it from the data
+(McNemar's exact test for 0/1 scores such as exact_match, a paired t-test
+when the differences look normal, else Wilcoxon signed-rank), the same
+choice ``crucible eval-compare`` makes. McNemar's test is two-sided there;
+its one-sided p is half the two-sided one in the worse direction (exact for
+a symmetric binomial), ``1 - p/2`` in the other. Without crucible-harness,
+scipy's paired t-test (``ttest_rel``) is the fallback (``pip install
+'crucible-registry[stats]'``); with neither, adding or checking the rule is
+a ConfigError saying so. Each observation records which test gave its p.
 
 :func:`parse_rule` is the parser (bad text is a ConfigError naming the rule
 and the forms); :func:`evaluate` checks rules against two
@@ -133,6 +142,7 @@ class Observation(msgspec.Struct, frozen=True, kw_only=True):
     value: float | None
     holder_value: float | None = None
     p_value: float | None = None
+    test: str | None = None  # the test that gave p_value
     eval_id: str | None = None
     holder_eval_id: str | None = None
     passed: bool
@@ -152,6 +162,7 @@ class RuleResult(msgspec.Struct, frozen=True, kw_only=True):
             f"{o.metric}={_num(o.value)}"
             + (f" (holder {_num(o.holder_value)})" if o.holder_value is not None else "")
             + (f" p={o.p_value:.4g}" if o.p_value is not None else "")
+            + (f" ({o.test})" if o.test else "")
             for o in self.observed
         )
         tail = "; ".join(x for x in (seen, self.note) if x)
@@ -167,20 +178,50 @@ def _lower_is_better(metric: str) -> bool:
     return "loss" in last or "perplexity" in last
 
 
-def require_stats() -> Callable[[Sequence[float], Sequence[float], str], float]:
-    """The paired one-sided test ``(candidate, holder, alternative) -> p``, or ConfigError."""
+#: ``(candidate, holder, lower_is_better) -> (p that the candidate is worse, test name)``.
+Paired = Callable[[Sequence[float], Sequence[float], bool], tuple[float, str]]
+
+
+def require_stats() -> Paired:
+    """The one-sided paired test of "not worse" (module docstring), or ConfigError."""
+    try:
+        from crucible_harness.stats import compare
+    except ImportError:
+        compare = None
+    if compare is not None:
+        return _harness_test(compare)
     try:
         from scipy import stats  # type: ignore[import-untyped]
     except ImportError:
         raise ConfigError(
             "the gate rule 'not worse than holder with p < ...' needs a statistics package",
-            hint="install crucible-harness or scipy (pip install 'crucible-registry[stats]')",
+            hint="install crucible-harness (or scipy: pip install 'crucible-registry[stats]')",
         ) from None
 
-    def paired(cand: Sequence[float], held: Sequence[float], alternative: str) -> float:
+    def paired(
+        cand: Sequence[float], held: Sequence[float], lower_better: bool
+    ) -> tuple[float, str]:
+        alternative = "greater" if lower_better else "less"
         result: Any = stats.ttest_rel(list(cand), list(held), alternative=alternative)
         p = float(result.pvalue)
-        return 1.0 if math.isnan(p) else p  # identical scores: no evidence of a difference
+        # identical scores: no evidence of a difference
+        return (1.0 if math.isnan(p) else p), "paired t-test (scipy)"
+
+    return paired
+
+
+def _harness_test(compare: Any) -> Paired:
+    def paired(
+        cand: Sequence[float], held: Sequence[float], lower_better: bool
+    ) -> tuple[float, str]:
+        alternative = "greater" if lower_better else "less"
+        result: Any = compare(list(cand), list(held), paired=True, alternative=alternative).test
+        p = float(result.p_value)
+        if result.alternative == "two-sided" and p < 1.0:  # McNemar's exact test: two-sided only
+            diff = sum(cand) - sum(held)
+            worse = diff > 0 if lower_better else diff < 0
+            p = p / 2 if worse else 1.0 - p / 2
+        return p, str(result.test)
 
     return paired
 
@@ -253,8 +294,8 @@ def _not_worse(rule: Rule, names: list[str], cand: MetricView, holder: MetricVie
             notes.append(f"{n}: {len(a)} vs {len(b)} samples cannot be paired")
             obs.append(base)
             continue
-        p = paired(a, b, "greater" if _lower_is_better(n) else "less")
-        obs.append(msgspec.structs.replace(base, p_value=p, passed=p >= rule.alpha))
+        p, test = paired(a, b, _lower_is_better(n))
+        obs.append(msgspec.structs.replace(base, p_value=p, test=test, passed=p >= rule.alpha))
     if not obs:
         return RuleResult(rule=str(rule), passed=True, note=f"the holder has none of {rule.metric}")
     return RuleResult(

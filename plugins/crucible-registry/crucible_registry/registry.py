@@ -423,6 +423,7 @@ class Registry:
         actor: str | None = None,
         base_relation: str = "fine_tuned_from",
         links: Iterable[tuple[str, str]] = (),
+        evals: Iterable[str | Path] = (),
     ) -> Version:
         """Register ``run``'s checkpoint (default: its final weights) as a version of ``name``.
 
@@ -435,14 +436,29 @@ class Registry:
         (``fine_tuned_from`` by default), to its run, artifact and dataset,
         and by each ``(relation, reference)`` of ``links`` (``("dpo_from",
         "dates/2")``) to another version, model, dataset or run.
+
+        ``evals``: ``crucible eval`` results (paths or eval ids) of this
+        checkpoint, imported as by :meth:`import_eval` once the version
+        exists; each is read and checked to be of ``run`` first, so an
+        unreadable or foreign one refuses the registration before anything
+        is written.
         """
         from crucible_registry import lineage
+        from crucible_registry.evalfile import find_eval, read_eval_file
         from crucible_registry.source import read_candidate, verify_and_store
 
         check_name(name)
         lineage.check_relation(base_relation)
         targets = [(lineage.check_relation(k), lineage.target_id(self, t)) for k, t in links]
         c = read_candidate(run, checkpoint)
+        eval_files = [find_eval(e, c.run_dir) for e in evals]
+        for path in eval_files:
+            found = read_eval_file(path).run_id
+            if found != c.run_id:
+                raise ConfigError(
+                    f"{path}: the evaluation is of {found or 'base weights'}, not run {c.run_id}",
+                    hint=f"evaluate the run first: crucible eval {c.run_id} ...",
+                )
         holder = _holder(name, c.identity)
         # Pin before verifying: retention must not delete it while it is being copied.
         pins.pin(c.sha256, holder, note=f"registering {name} from {c.run_id}/{c.checkpoint}")
@@ -495,6 +511,8 @@ class Registry:
             raise
         v = self.version(name, number, existing=existing)
         lineage.record_version(self, v, base_relation=base_relation, links=targets)
+        for path in eval_files:
+            self.import_eval(name, number, path, actor=actor)
         return v
 
     # -- aliases -------------------------------------------------------------
@@ -768,6 +786,62 @@ class Registry:
         return EvalRecord(seq=int(cur.lastrowid or 0), name=name, version=version, eval_id=eid,
                           suite=suite, metrics=full, samples=per, recorded_at=now,
                           recorded_by=who)  # fmt: skip
+
+    def import_eval(
+        self,
+        name: str,
+        version: int,
+        ref: str | Path,
+        *,
+        suite: str | None = None,
+        actor: str | None = None,
+    ) -> EvalRecord:
+        """Record a ``crucible eval`` result (an ``eval-<id>.json`` path or eval id) for a version.
+
+        The evaluation must be of this version's weights: its run is the
+        version's run and, when it names a local checkpoint, that is the
+        version's checkpoint (else ConfigError, nothing recorded). Its metrics'
+        corpus scores become ``eval.SUITE.METRIC`` (``suite`` defaults to the
+        dataset's name: :func:`crucible_registry.evalfile.suite_of`), its
+        per-example scores the samples the "not worse than holder" gate pairs,
+        and its eval id is kept as the evidence's source. Importing the same
+        eval id into the same version again returns the record made the first time.
+        """
+        from crucible_core.records.artifacts import uri_path
+        from crucible_registry.evalfile import find_eval, read_eval_file, suite_of
+
+        v = self.version(name, version)
+        path = find_eval(ref, Path(v.run_dir))
+        result = read_eval_file(path)
+        fix = f"evaluate the version itself: crucible eval models:/{name}/{version} ..."
+        if result.run_id != v.run_id:
+            what = "base weights" if result.run_id is None else f"run {result.run_id}"
+            raise ConfigError(
+                f"{path}: evaluation {result.eval_id} is of {what}, "
+                f"{name}/{version} is from run {v.run_id}",
+                hint=fix,
+            )
+        evaluated = uri_path(result.checkpoint) if result.checkpoint else None
+        if evaluated is not None:
+            held = {p.resolve() for a in v.artifacts if (p := uri_path(a.run_path)) is not None}
+            if evaluated.resolve() not in held:
+                raise ConfigError(
+                    f"{path}: evaluation {result.eval_id} is of checkpoint {evaluated}, "
+                    f"not the one {name}/{version} registered",
+                    hint=fix,
+                )
+        for rec in self.evals(name, version):
+            if rec.eval_id == result.eval_id:
+                return rec
+        return self.record_eval(
+            name,
+            version,
+            result.scores(),
+            suite=suite or suite_of(result.dataset),
+            eval_id=result.eval_id,
+            samples=result.per_example(),
+            actor=actor,
+        )
 
     def evals(self, name: str, version: int) -> list[EvalRecord]:
         """The evaluations recorded for a version, oldest first."""

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 from crucible_registry import GateFailed, Registry
-from crucible_registry.gates import FORMS, MetricView, Rule, evaluate, parse_rule
+from crucible_registry.gates import FORMS, MetricView, Rule, RuleResult, evaluate, parse_rule
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -130,12 +130,65 @@ def test_not_worse_is_a_paired_one_sided_test_on_per_sample_scores() -> None:
 def test_without_scipy_the_statistical_rule_says_what_it_needs(
     monkeypatch: pytest.MonkeyPatch, three: Registry
 ) -> None:
-    """scipy is installed in the test environment; its absence is simulated (sys.modules)."""
+    """scipy and crucible-harness are installed in the test environment; their absence is
+    simulated (sys.modules)."""
     monkeypatch.setitem(sys.modules, "scipy", None)
+    monkeypatch.setitem(sys.modules, "crucible_harness.stats", None)
     with pytest.raises(ConfigError, match="needs a statistics package") as info:
         three.add_gate("bigram", "production", "eval.* not worse than holder")
-    assert "crucible-harness or scipy" in (info.value.hint or "")
+    assert "install crucible-harness" in (info.value.hint or "")
     assert three.gates("bigram") == []
+
+
+_BASE = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0] * 4
+
+
+def _not_worse(cand: list[float], held: list[float], metric: str = "eval.t.em") -> RuleResult:
+    rule = parse_rule("eval.* not worse than holder with p < 0.05")
+    holder = MetricView(version=1, metrics={metric: sum(held) / len(held)}, samples={metric: held})
+    c = MetricView(version=2, metrics={metric: sum(cand) / len(cand)}, samples={metric: cand})
+    [r] = evaluate([rule], c, holder)
+    return r
+
+
+def test_not_worse_uses_the_harness_test_choice_and_its_p_values() -> None:
+    """With crucible-harness installed the p-value is its ``compare``'s, made one-sided."""
+    from crucible_harness.stats import compare
+
+    worse = [0.0 if i % 3 == 0 else x for i, x in enumerate(_BASE)]
+    r = _not_worse(worse, _BASE)
+    [o] = r.observed
+    assert not r.passed
+    assert o.test == "McNemar's exact test"  # 0/1 scores on the same examples
+    two_sided = compare(worse, _BASE, paired=True).test.p_value
+    assert o.p_value == pytest.approx(two_sided / 2)
+    assert "(McNemar's exact test)" in r.line()
+    better = _not_worse(_BASE, worse)  # the same pairs the other way round: far from worse
+    assert better.passed
+    assert better.observed[0].p_value == pytest.approx(1 - two_sided / 2)
+    # Continuous scores: the harness picks a paired t-test or Wilcoxon, one-sided on its own.
+    held = [0.5 + 0.01 * (i % 7) for i in range(40)]
+    lower = [x - 0.05 - 0.002 * (i % 5) for i, x in enumerate(held)]
+    cont = _not_worse(lower, held, "eval.t.f1")
+    assert not cont.passed
+    assert cont.observed[0].test in ("Paired t-test", "Wilcoxon signed-rank test") or (
+        cont.observed[0].test or ""
+    ).lower().startswith(("paired", "wilcoxon"))
+    expected = compare(lower, held, paired=True, alternative="less").test.p_value
+    assert cont.observed[0].p_value == pytest.approx(expected)
+
+
+def test_without_the_harness_scipy_s_paired_t_test_is_the_fallback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """crucible-harness is installed here; its absence is simulated (sys.modules)."""
+    monkeypatch.setitem(sys.modules, "crucible_harness.stats", None)
+    from scipy import stats
+
+    worse = [0.0 if i % 3 == 0 else x for i, x in enumerate(_BASE)]
+    [o] = _not_worse(worse, _BASE).observed
+    assert o.test == "paired t-test (scipy)"
+    assert o.p_value == pytest.approx(stats.ttest_rel(worse, _BASE, alternative="less").pvalue)
 
 
 def test_a_failing_gate_refuses_the_move_and_shows_each_rule_with_its_values(

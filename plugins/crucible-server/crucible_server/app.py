@@ -55,6 +55,7 @@ from crucible_core.records.paths import run_dir
 from crucible_server.auth import Principal, RateLimiter, authenticate
 from crucible_server.feeds import Feeds
 from crucible_server.problems import PROBLEM_JSON, PROBLEM_SCHEMA, problem_body
+from crucible_server.routes import ApiContext, mount_plugin_routes
 from crucible_server.submit import job_from_body, plan_problems
 from crucible_server.telemetry import latest_progress
 from crucible_server.tokens import TokenStore
@@ -68,6 +69,7 @@ from crucible_server.views import (
 )
 
 if TYPE_CHECKING:
+    from crucible_core.plugins import PluginHost
     from crucible_core.queue.scheduler import Scheduler
 
 __all__ = ["API_VERSION", "ServerSettings", "build_app", "openapi_document"]
@@ -197,8 +199,13 @@ def build_app(
     *,
     tokens: TokenStore | None = None,
     settings: ServerSettings | None = None,
+    host: PluginHost | None = None,
 ) -> FastAPI:
-    """The API over ``scheduler``; with ``tokens`` every request needs a bearer token."""
+    """The API over ``scheduler``; with ``tokens`` every request needs a bearer token.
+
+    Plugins add routes through the ``register_api_routes`` hook of ``host``
+    (default: the process's plugin host); see :mod:`crucible_server.routes`.
+    """
     cfg = settings or ServerSettings()
     limiter = RateLimiter(cfg.rate_per_s, cfg.rate_burst) if tokens is not None else None
     hashes = _Sha256Cache()
@@ -418,7 +425,7 @@ def build_app(
                     hint="send the id of the last event received (a number)",
                 )
             after = int(last_event_id)
-        return EventSourceResponse(feeds.stream(job_id, after), ping=cfg.heartbeat_s)
+        return EventSourceResponse(feeds.stream(job_id, after, sse=True), ping=cfg.heartbeat_s)
 
     @app.websocket("/v1/jobs/{job_id}/ws")
     async def job_events_ws(  # pyright: ignore[reportUnusedFunction]
@@ -559,6 +566,10 @@ def build_app(
 
         return await run_in_threadpool(work)
 
+    plugin_api = ApiContext(principal=_principal, in_thread=run_in_threadpool)
+    mount_plugin_routes(app, plugin_api, host)
+    app.state.crucible_components = plugin_api.components
+
     from crucible_server.dashboard import mount_dashboard
 
     mount_dashboard(app, scheduler, tokens=tokens, limiter=limiter)
@@ -673,8 +684,9 @@ def openapi_document(app: Any) -> dict[str, Any]:
         description=app.description,
         routes=app.routes,
     )
+    extra: list[type] = list(getattr(app.state, "crucible_components", []))
     _, components = msgspec.json.schema_components(
-        [Job, TrainingJob, Experiment, Event, Submitted, JobView, JobPage, ArtifactList],
+        [Job, TrainingJob, Experiment, Event, Submitted, JobView, JobPage, ArtifactList, *extra],
         ref_template="#/components/schemas/{name}",
     )
     comp = doc.setdefault("components", {})

@@ -32,7 +32,11 @@ class ServeCommand:
         parser.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
         parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: free)")
         parser.add_argument(
-            "--workers", type=int, default=1, metavar="N", help="job slots run beside the API"
+            "--workers",
+            type=int,
+            default=1,
+            metavar="N",
+            help="worker processes run beside the API, one job each (default 1)",
         )
         parser.add_argument(
             "--allow-remote", action="store_true", help="allow a non-loopback --host"
@@ -72,7 +76,7 @@ class ServeCommand:
             ),
             host=args.host,
             port=args.port,
-            workers=args.workers,
+            worker_processes=args.workers,
             lease_s=args.lease,
             drain_timeout_s=args.drain_timeout,
             log_level=args.log_level,
@@ -80,9 +84,10 @@ class ServeCommand:
 
         def ready(srv: Any) -> None:
             mode = "tokens required" if has_tokens else "open (no token exists; loopback only)"
+            pids = ", ".join(str(p) for p in (srv.group.pids if srv.group else []))
             sys.stderr.write(
-                f"crucible serve: {srv.url} ({mode}), {args.workers} worker slot(s), "
-                f"database {srv.scheduler.path}\n"
+                f"crucible serve: {srv.url} ({mode}), {args.workers} worker process(es)"
+                f" [pids {pids or '-'}], database {srv.scheduler.path}\n"
             )
             sys.stderr.flush()
 

@@ -9,6 +9,13 @@ the lines are dropped, when the last subscriber leaves. A subscriber
 starting after event ``N`` gets the lines numbered above ``N`` (ids are line
 numbers: see :mod:`crucible_server.telemetry`), then live lines, then an
 ``end`` item once the job is terminal and all of its lines were read.
+
+``stream(..., sse=True)`` yields the events already encoded as Server-Sent
+Events bytes, every event that is ready in one chunk (one send per poll per
+subscriber, not one per event: per send, the ASGI and HTTP layers cost
+more than the bytes). Each event is encoded once per feed, and subscribers
+at the same point share the same chunk (see docs/benchmarks.md, SSE
+fan-out); sse-starlette sends bytes as they are.
 """
 
 from __future__ import annotations
@@ -27,12 +34,19 @@ if TYPE_CHECKING:
 
 __all__ = ["Feeds"]
 
+#: Seconds the stream waits, after the job's status turned terminal, for the job's
+#: final ``job.state`` event (written just after the change) before it ends anyway.
+_SETTLE_S = 2.0
+
 
 class _Feed:
     def __init__(self, job_id: str) -> None:
         self.tail = TelemetryTail(job_id)
         self.ids: list[int] = []
         self.lines: list[tuple[int, str, str]] = []
+        self.encoded: list[bytes] = []  # SSE bytes of lines[:len(encoded)], made once
+        self.chunk: tuple[int, int, bytes] | None = None  # the newest joined range
+        self.end_sse: bytes | None = None
         self.end: str | None = None
         self.changed = asyncio.Event()
         self.subscribers = 0
@@ -53,13 +67,23 @@ class Feeds:
     async def _poll(self, feed: _Feed) -> None:
         status_every = max(1, round(1.0 / self._poll_s))
         idle = 0
+        ended: tuple[float, str] | None = None  # when the status was seen terminal, the end
+        loop = asyncio.get_running_loop()
         while True:
             batch = feed.tail.read_raw()
-            if not batch and idle % status_every == 0:
+            if ended is None and not batch and idle % status_every == 0:
                 job = await self._in_thread(self._scheduler.get, feed.tail.job_id)
                 if job.status in TERMINAL_STATUSES:
                     batch = feed.tail.read_raw()  # written before the status changed
-                    feed.end = json.dumps({"job_id": job.id, "status": job.status})
+                    ended = (loop.time(), json.dumps({"job_id": job.id, "status": job.status}))
+            # The worker writes the job's final ``job.state`` event just after the status
+            # changed: the end waits for it (or for _SETTLE_S of quiet, if it never comes).
+            if (
+                ended is not None
+                and not batch
+                and (_final(feed) or loop.time() - ended[0] >= _SETTLE_S)
+            ):
+                feed.end = ended[1]
             if batch:
                 feed.lines.extend(batch)
                 feed.ids.extend(n for n, _, _ in batch)
@@ -73,8 +97,9 @@ class Feeds:
                 return
             await asyncio.sleep(self._poll_s)
 
-    async def stream(self, job_id: str, after: int) -> AsyncIterator[dict[str, str]]:
-        """SSE-shaped items (``id``, ``event``, ``data``) after event ``after``, then ``end``."""
+    async def stream(self, job_id: str, after: int, *, sse: bool = False) -> AsyncIterator[Any]:
+        """SSE-shaped items (``id``, ``event``, ``data``) after event ``after``, then ``end``;
+        with ``sse``, the same as encoded Server-Sent Events bytes."""
         feed = self._feeds.get(job_id)
         if feed is None:
             feed = self._feeds[job_id] = _Feed(job_id)
@@ -85,11 +110,24 @@ class Feeds:
             while True:
                 waiter = feed.changed
                 # By id, not position: a new feed's lines arrive after this subscriber came.
-                for n, kind, raw in feed.lines[bisect.bisect_right(feed.ids, last) :]:
-                    last = n
-                    yield {"id": str(n), "event": kind, "data": raw}
+                start = bisect.bisect_right(feed.ids, last)
+                end = len(feed.lines)
+                if start < end:
+                    if sse:
+                        last = feed.lines[end - 1][0]
+                        yield _chunk(feed, start, end)
+                    else:
+                        for n, kind, raw in feed.lines[start:end]:
+                            last = n
+                            yield {"id": str(n), "event": kind, "data": raw}
+                    continue  # more may have come (and the end) while this one was sent
                 if feed.end is not None:
-                    yield {"event": "end", "data": feed.end}
+                    if sse:
+                        if feed.end_sse is None:
+                            feed.end_sse = _sse(None, "end", feed.end)
+                        yield feed.end_sse
+                    else:
+                        yield {"event": "end", "data": feed.end}
                     return
                 await waiter.wait()
         finally:
@@ -98,3 +136,42 @@ class Feeds:
                 del self._feeds[job_id]
                 if feed.task is not None and not feed.task.done():
                     feed.task.cancel()
+
+
+def _sse(n: int | None, kind: str, data: str) -> bytes:
+    from sse_starlette import ServerSentEvent
+
+    return ServerSentEvent(data=data, event=kind, id=None if n is None else str(n)).encode()
+
+
+def _encoded(feed: _Feed, i: int) -> bytes:
+    """Line ``i`` of ``feed`` as SSE bytes, encoded by its first subscriber and kept."""
+    while len(feed.encoded) <= i:
+        n, kind, raw = feed.lines[len(feed.encoded)]
+        feed.encoded.append(_sse(n, kind, raw))
+    return feed.encoded[i]
+
+
+def _chunk(feed: _Feed, start: int, end: int) -> bytes:
+    """Lines ``start..end`` of ``feed`` as one SSE chunk; subscribers in step share it."""
+    cached = feed.chunk
+    if cached is not None and cached[0] == start and cached[1] == end:
+        return cached[2]
+    data = (
+        b"".join(_encoded(feed, i) for i in range(start, end))
+        if end - start > 1
+        else (_encoded(feed, start))
+    )
+    feed.chunk = (start, end, data)
+    return data
+
+
+def _final(feed: _Feed) -> bool:
+    """Whether the feed's last line is the job's terminal ``job.state`` event."""
+    if not feed.lines or feed.lines[-1][1] != "job.state":
+        return False
+    try:
+        status = json.loads(feed.lines[-1][2]).get("data", {}).get("status")
+    except (ValueError, AttributeError):
+        return False
+    return status in TERMINAL_STATUSES

@@ -1,11 +1,16 @@
-"""Running the API under uvicorn, with N job slots, in one process.
+"""Running the API under uvicorn, with job slots in threads or worker processes.
 
 :class:`ApiServer` binds its socket first (port 0 picks a free one, so
 ``.url`` is known before any request), then serves in a background thread
 (:meth:`~ApiServer.start`, for tests, benchmarks and embedding) or in the
 calling thread (:meth:`~ApiServer.serve_forever`, for ``crucible serve``).
 With ``workers > 0`` a :class:`~crucible_core.queue.worker.Worker` with
-that many slots runs beside the API on the same scheduler.
+that many slots runs beside the API on the same scheduler, in threads of
+this process (tests, embedding). With ``worker_processes > 0`` (what
+``crucible serve --workers N`` uses) that many worker processes run instead,
+children of this one in its process group, restarted if they die
+(:class:`~crucible_server.supervisor.WorkerGroup`): a training loop never
+shares the API's interpreter lock.
 
 Stopping (SIGTERM/SIGINT under ``serve_forever``, or :meth:`~ApiServer.stop`):
 the API stops accepting connections and the worker drains at the same time
@@ -30,8 +35,10 @@ from crucible_server.app import ServerSettings, build_app
 from crucible_server.tokens import TokenStore
 
 if TYPE_CHECKING:
+    from crucible_core.plugins import PluginHost
     from crucible_core.queue.scheduler import Scheduler
     from crucible_core.queue.worker import Worker
+    from crucible_server.supervisor import WorkerGroup
 
 __all__ = ["ApiServer", "check_bind", "is_loopback"]
 
@@ -74,10 +81,12 @@ class ApiServer:
         host: str = "127.0.0.1",
         port: int = 0,
         workers: int = 0,
+        worker_processes: int = 0,
         lease_s: float = 30.0,
         drain_timeout_s: float = 30.0,
         grace_s: float = 5.0,
         log_level: str = "warning",
+        host_plugins: PluginHost | None = None,
     ) -> None:
         from crucible_core.queue.scheduler import Scheduler
 
@@ -87,10 +96,13 @@ class ApiServer:
         self.host = host
         self.port = port
         self.workers = workers
+        self.worker_processes = worker_processes
+        self.group: WorkerGroup | None = None
         self.lease_s = lease_s
         self.drain_timeout_s = drain_timeout_s
         self.grace_s = grace_s
         self.log_level = log_level
+        self.host_plugins = host_plugins
         self.worker: Worker | None = None
         self._sock: socket.socket | None = None
         self._server: Any = None
@@ -126,7 +138,9 @@ class ApiServer:
     def _build(self) -> Any:
         import uvicorn
 
-        app = build_app(self.scheduler, tokens=self.tokens, settings=self.settings)
+        app = build_app(
+            self.scheduler, tokens=self.tokens, settings=self.settings, host=self.host_plugins
+        )
         owner = self
 
         class _Server(uvicorn.Server):
@@ -144,6 +158,15 @@ class ApiServer:
         return _Server(config)
 
     def _start_worker(self) -> None:
+        if self.worker_processes > 0:
+            from crucible_server.supervisor import WorkerGroup
+
+            self.group = WorkerGroup(
+                self.worker_processes,
+                lease_s=self.lease_s,
+                drain_timeout_s=self.drain_timeout_s,
+                grace_s=self.grace_s,
+            ).start()
         if self.workers <= 0:
             return
         from crucible_core.queue.worker import Worker
@@ -163,8 +186,12 @@ class ApiServer:
         """Start draining the worker (non-blocking)."""
         if self.worker is not None:
             self.worker.stop()
+        if self.group is not None:
+            self.group.stop()
 
     def _join_worker(self) -> None:
+        if self.group is not None:
+            self.group.join()
         if self._worker_thread is not None:
             self._worker_thread.join(self.drain_timeout_s + 10.0)
             self._worker_thread = None
@@ -214,9 +241,9 @@ class ApiServer:
     def serve_forever(self, ready: Any = None) -> None:
         """Serve in this thread until SIGTERM/SIGINT, then drain the worker and return."""
         sock = self._bind()
+        self._start_worker()
         if ready is not None:
             ready(self)
-        self._start_worker()
         try:
             asyncio.run(self._serve(sock))
         finally:

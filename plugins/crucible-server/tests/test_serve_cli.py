@@ -1,9 +1,11 @@
 """``crucible serve`` and ``crucible tokens`` as real subprocesses: binding rules, SIGTERM
 drain (the running job is released with its checkpoint, none lost), kill -9 mid-job and
-restart (the job is requeued when its lease lapses and finishes)."""
+restart (the job is requeued when its lease lapses and finishes); --workers N worker
+processes in the server's process group, supervised."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -40,6 +42,7 @@ class _Serve:
     """A ``crucible serve`` subprocess; ``url`` is read from its start-up line."""
 
     def __init__(self, home: Path, *args: str) -> None:
+        # Its own session: the server and its workers are one process group (pgid == pid).
         self.proc = subprocess.Popen(
             [*CLI, "serve", "--port", "0", *args],
             env=_env(home),
@@ -47,7 +50,9 @@ class _Serve:
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
+            start_new_session=True,
         )
+        self.pids: list[int] = []
         self.lines: queue.Queue[str] = queue.Queue()
         self.log: list[str] = []
         self._pumper = threading.Thread(target=self._pump, daemon=True)
@@ -64,6 +69,8 @@ class _Serve:
             m = re.search(r"(http://127\.0\.0\.1:\d+)", line)
             if m:
                 self.url = m.group(1)
+                pids = re.search(r"\[pids ([\d, ]+)\]", line)
+                self.pids = [int(x) for x in pids.group(1).split(", ")] if pids else []
                 return
         self.kill()
         pytest.fail(f"crucible serve did not start: {self.log}")
@@ -78,9 +85,10 @@ class _Serve:
         return self.proc.wait(timeout)
 
     def kill(self) -> None:
-        """Kill if still running, and release the pipe."""
+        """SIGKILL the whole process group (server and workers), and release the pipe."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         if self.proc.poll() is None:
-            self.proc.kill()
             self.proc.wait(10)
         self._pumper.join(10)
         assert self.proc.stderr is not None
@@ -178,6 +186,77 @@ def test_sigterm_drains_and_releases_the_running_job(tmp_path: Path) -> None:
         assert view["job"]["status"] == "queued", view
         assert view["checkpoint"] is not None
         assert view["checkpoint"]["step"] >= 2
+    finally:
+        srv2.proc.send_signal(signal.SIGTERM)
+        srv2.wait(30)
+        srv2.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) is not alive.
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
+
+
+def _status(url: str, job_id: str) -> dict[str, Any]:
+    return httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30).json()
+
+
+@pytest.mark.slow
+def test_n_worker_processes_supervised_in_one_group_and_sigterm_drains_all(
+    tmp_path: Path,
+) -> None:
+    """--workers 2: two worker processes in the server's process group run two jobs at
+    once; a worker killed with SIGKILL is restarted (its job requeued when its lease
+    lapses and the restarted worker takes it over); SIGTERM to the server drains both
+    (each running job checkpoints and is released back to the queue): none lost."""
+    home = tmp_path / "home"
+    srv = _Serve(home, "--workers", "2", "--drain-timeout", "0.5", "--lease", "2")
+    try:
+        assert len(srv.pids) == 2
+        assert srv.proc.pid not in srv.pids
+        for pid in srv.pids:
+            assert os.getpgid(pid) == srv.proc.pid  # one process group, led by the server
+        jobs = [
+            httpx.post(f"{srv.url}/v1/jobs", json=_job(2000, 2), timeout=60).json()["job_id"]
+            for _ in range(2)
+        ]
+        _wait(lambda: all(len(_steps(home, j)) >= 3 for j in jobs), 180, "both jobs at step 3")
+        assert {_status(srv.url, j)["job"]["status"] for j in jobs} == {"running"}
+
+        victim = srv.pids[0]
+        os.kill(victim, signal.SIGKILL)
+        _wait(lambda: any("exited (-9), restarting" in x for x in srv.log), 30, "the restart")
+        _wait(lambda: not _alive(victim), 30, "the victim to be reaped")
+        # Its job's lease lapses; the restarted worker takes it over (a second attempt).
+        _wait(
+            lambda: any(
+                _status(srv.url, j)["job"]["attempts"] == 2
+                and _status(srv.url, j)["job"]["status"] == "running"
+                for j in jobs
+            ),
+            120,
+            "the killed worker's job running again",
+        )
+        workers = [int(p) for p in re.findall(r"pid (\d+)", " ".join(srv.log))]
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.wait(90) == 0, srv.log
+        alive = [p for p in {*srv.pids, *workers} if _alive(p)]
+        assert alive == [], srv.log
+    finally:
+        srv.kill()
+    assert any("stopped" in line for line in srv.log)
+    assert sum("1 claimed" in x and "1 released" in x for x in srv.log) == 2, srv.log
+    srv2 = _Serve(home, "--workers", "0")
+    try:
+        views = [_status(srv2.url, j) for j in jobs]
+        # Both drained: released back to the queue with their checkpoints, none lost.
+        assert [v["job"]["status"] for v in views] == ["queued", "queued"], views
+        assert all(v["checkpoint"] is not None for v in views), views
     finally:
         srv2.proc.send_signal(signal.SIGTERM)
         srv2.wait(30)
