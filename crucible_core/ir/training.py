@@ -369,15 +369,14 @@ class RLConfig(IRStruct, frozen=True, kw_only=True):
 class TeacherSpec(IRStruct, frozen=True, kw_only=True):
     """The model a distillation student learns from: any registered backend that samples.
 
-    Three ways to name it (``run`` excludes ``backend``/``model_spec``/``checkpoint``):
-
-    - ``run``: a finished training run (id or directory): its backend, its base
-      model and its newest state checkpoint (the weights it ended with);
-    - ``backend`` and/or ``model_spec``: a base model (unset: the student's
-      backend and base model), optionally at ``checkpoint``, the URI of a state
-      checkpoint of that backend (a ``CheckpointRef.uri``, as ``dpo.reference``);
-    - an exported model: ``model_spec.path`` (a full Hugging Face directory) or
-      ``model_spec.adapter`` (a PEFT adapter directory over ``model_spec.name``).
+    Three ways to name it (``run`` excludes ``backend``/``model_spec``/``checkpoint``).
+    ``run``: a finished training run (id or directory), meaning its backend, its
+    base model and its newest state checkpoint (the weights it ended with).
+    ``backend`` and/or ``model_spec``: a base model (unset: the student's backend
+    and base model), optionally at ``checkpoint``, the URI of a state checkpoint
+    of that backend (a ``CheckpointRef.uri``, as ``dpo.reference``). An exported
+    model: ``model_spec.path`` (a full Hugging Face directory) or
+    ``model_spec.adapter`` (a PEFT adapter directory over ``model_spec.name``).
 
     A training backend samples through a session of the teacher's weights
     (``save_weights_for_sampler``) and scores through the same session's

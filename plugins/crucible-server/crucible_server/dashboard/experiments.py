@@ -1,7 +1,8 @@
 """The experiments pages' data: crucible-harness grids, read back from the queue.
 
 ``crucible experiment`` (crucible-harness) submits each cell of a grid as a
-``training_run`` job whose metadata names the experiment, the cell's
+``custom`` job (training then evaluation; ``training_run`` before harness
+cells were evaluated) whose metadata names the experiment, the cell's
 overrides and its seed. These functions group the caller's jobs by that
 experiment id; a cell's numbers are crucible-harness's
 :func:`~crucible_harness.experiment.run_metrics` of its run (the manifest's
@@ -18,7 +19,15 @@ from crucible_core.errors import CrucibleError, NotFound
 from crucible_core.ir.work import Job
 from crucible_core.records.paths import run_dir
 
-__all__ = ["experiment_cells", "experiment_list"]
+__all__ = ["CELL_KINDS", "cell_jobs", "experiment_cells", "experiment_list"]
+
+#: The job kinds a grid cell is submitted as (current, then older harness releases').
+CELL_KINDS = ("custom", "training_run")
+
+
+def cell_jobs(scheduler: Any, tenant_id: str | None) -> list[Job]:
+    """The tenant's jobs of the kinds a grid cell can be (grouping reads their metadata)."""
+    return [j for kind in CELL_KINDS for j in scheduler.list(kind=kind, tenant_id=tenant_id)]
 
 
 def _experiment_of(job: Job) -> str | None:

@@ -298,18 +298,16 @@ def mount_dashboard(
     @app.get("/ui/api/experiments", include_in_schema=False)
     def experiments(p: Principal = read) -> Any:  # pyright: ignore[reportUnusedFunction]
         """The caller's grid experiments (crucible-harness cells grouped by experiment)."""
-        from crucible_server.dashboard.experiments import experiment_list
+        from crucible_server.dashboard.experiments import cell_jobs, experiment_list
 
-        jobs = scheduler.list(kind="training_run", tenant_id=p.tenant_id)
-        return as_json({"items": experiment_list(jobs)})
+        return as_json({"items": experiment_list(cell_jobs(scheduler, p.tenant_id))})
 
     @app.get("/ui/api/experiments/{experiment}", include_in_schema=False)
     def experiment(experiment: str, p: Principal = read) -> Any:  # pyright: ignore[reportUnusedFunction]
         """One experiment's cells: overrides, seed, status, metrics of finished ones."""
-        from crucible_server.dashboard.experiments import experiment_cells
+        from crucible_server.dashboard.experiments import cell_jobs, experiment_cells
 
-        jobs = scheduler.list(kind="training_run", tenant_id=p.tenant_id)
-        return as_json(experiment_cells(jobs, experiment))
+        return as_json(experiment_cells(cell_jobs(scheduler, p.tenant_id), experiment))
 
     @app.get("/ui/api/jobs/{job_id}/artifacts", include_in_schema=False)
     def artifacts(job_id: str, p: Principal = art) -> Any:  # pyright: ignore[reportUnusedFunction]
