@@ -359,3 +359,16 @@ def test_leftovers_of_a_killed_save_are_cleaned_when_the_next_session_starts(
         assert (root / "final" / "sampler").is_dir()
     finally:
         session.close()
+
+
+def test_check_export_names_why_a_format_cannot_be_written() -> None:
+    """What `crucible plan` and `crucible export` refuse, before loading anything."""
+    from crucible_local.export import check_export
+
+    with pytest.raises(UnsupportedError, match="trained every weight") as err:
+        check_export(ModelSpec(name="tiny-llama"), "peft", lora=False)
+    assert "merged or safetensors-full" in (err.value.hint or "")
+    with pytest.raises(UnsupportedError, match="architecture 'gpt2' is not supported"):
+        check_export(ModelSpec(name="tiny-gpt2"), "gguf", lora=True)
+    check_export(ModelSpec(name="tiny-llama"), "gguf", lora=True)
+    check_export(ModelSpec(name="tiny-gpt2"), "onnx", lora=False)

@@ -138,6 +138,14 @@ def test_safetensors_full_export_is_one_file_and_is_recorded_in_lineage(
     record = _export(trained, "--format", "safetensors-full", "--out", str(out), "--verify")
     assert (out / "model.safetensors").is_file()
     assert not (out / "model.safetensors.index.json").exists()
+    # Loaded by its stock loader alone, in a fresh process.
+    stock = _stock(
+        _GREEDY.format(
+            load=f"model = AutoModelForCausalLM.from_pretrained({str(out)!r})\n"
+            f"tok = AutoTokenizer.from_pretrained({str(out)!r})"
+        )
+    )
+    assert stock.strip().isdigit()
     artifact = record["artifact_id"]
     assert isinstance(artifact, str)
     assert artifact.startswith("sha256:")
