@@ -100,3 +100,38 @@ def test_download_urls_refuse_unknown_tokens_and_escapes(
         tinker.RestClient(base_url=server.url, api_key=server.api_key).get_external_weights_urls(
             f"tinker://{training.model_id}/sampler_weights/x"
         )
+
+
+def test_crucible_export_of_a_tinker_run_downloads_and_verifies(
+    server: TinkerServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``crucible train --backend tinker`` against serve-tinker, then ``crucible export``:
+    the final weights come back through save_weights_external + the signed URLs."""
+    from crucible_core.cli.main import main
+
+    repo = Path(__file__).resolve().parents[3]
+    home = tmp_path / "home"
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("CRUCIBLE_HOME", str(home))
+    monkeypatch.setenv("CRUCIBLE_CALL_DEADLINE_S", "90")
+    monkeypatch.setenv("TINKER_BASE_URL", server.url)
+    monkeypatch.setenv("TINKER_API_KEY", server.api_key)
+    example = repo / "examples" / "sft-local.toml"
+    args = ["train", str(example), "--backend", "tinker", "--job-id", "t", "--no-progress"]
+    assert main(args) == 0
+    manifest = json.loads((home / "runs" / "t" / "manifest.json").read_text())
+    sampler = manifest["sampler_checkpoint"]
+    assert sampler["uri"].startswith("tinker://")
+    assert "/external_weights/" in sampler["metadata"]["external_weights"]
+    capsys.readouterr()
+    out = tmp_path / "merged"
+    assert main(["export", "t", "--format", "merged", "--out", str(out), "--verify", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["verification"]["ok"] is True
+    assert record["checkpoint"] == sampler["uri"]
+    assert (out / "model.safetensors.index.json").is_file()
+    # Nothing downloaded is left beside the export.
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
