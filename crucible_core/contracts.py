@@ -217,6 +217,15 @@ class ExportingBackend(Protocol):
         """
         ...
 
+    def check_export(self, model: ModelSpec, fmt: str, *, lora: bool = True) -> None:
+        """Refuse, without loading anything, a format this backend cannot write for
+        ``model`` (UnsupportedError naming why, e.g. gguf of a non-llama architecture);
+        ``lora``: the run trains an adapter. ``crucible plan`` asks it when
+        ``checkpoint_policy.format`` is an export format (gguf, onnx); such a run also
+        exports its final weights in that format (list the format in the capabilities'
+        ``metadata["export_formats"]``)."""
+        ...
+
     def verify_export(
         self, model: ModelSpec, checkpoint: CheckpointRef, fmt: str, out: Path
     ) -> Mapping[str, Any]:

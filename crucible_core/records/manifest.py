@@ -36,6 +36,7 @@ __all__ = [
     "ArtifactEntry",
     "DatasetRecord",
     "ExportRecord",
+    "HubPush",
     "RunManifest",
     "RunRecord",
     "SampledEvalRecord",
@@ -155,6 +156,16 @@ class ExportVerification(msgspec.Struct, **_Base):
     loader: str
 
 
+class HubPush(msgspec.Struct, **_Base):
+    """Where an export was uploaded (``checkpoint_policy.push_to_hub``): the repository,
+    the hub endpoint and the commit."""
+
+    repo: str
+    endpoint: str
+    commit: str
+    url: str = ""
+
+
 class ExportRecord(msgspec.Struct, **_Base):
     """One ``crucible export`` of this run: where it went, from which checkpoint, the
     sha256 of every file written, and its verification when ``--verify`` was given."""
@@ -167,6 +178,8 @@ class ExportRecord(msgspec.Struct, **_Base):
     files: dict[str, str] = {}
     base: str | None = None
     verification: ExportVerification | None = None
+    #: Set when the run uploaded this export (``checkpoint_policy.push_to_hub``).
+    hub: HubPush | None = None
 
 
 RunStatus = Literal[

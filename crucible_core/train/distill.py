@@ -520,4 +520,4 @@ def run_distill(
             sampler = save_final(
                 ctx, session, job, trained.result, relations=[("distilled_from", taught.node)]
             )
-    return finish(scope, trained, evaluation, sampler, start)
+    return finish(scope, trained, evaluation, sampler, start, job)

@@ -158,4 +158,4 @@ def run_dpo(
             evaluation = evaluate(ctx, session, trainer, data, before=trained.sampled_before)
         with scope.step("save", "train.save") as ctx:
             sampler = save_final(ctx, session, job, trained.result)
-    return finish(scope, trained, evaluation, sampler, start)
+    return finish(scope, trained, evaluation, sampler, start, job)

@@ -55,7 +55,9 @@ __all__ = [
     "PlanProblem",
     "Planned",
     "check_capabilities",
+    "check_final_export",
     "check_pipeline",
+    "final_exports",
     "make_plan",
     "plan_run",
     "training_experiment",
@@ -173,6 +175,43 @@ def _refuse(
     )
 
 
+def final_exports(caps: Capabilities) -> list[str]:
+    """The export formats ``checkpoint_policy.format`` may name on this backend: those of
+    :data:`~crucible_core.export.FINAL_EXPORT_FORMATS` its metadata lists in
+    ``export_formats`` (the final checkpoint is then also exported in that format)."""
+    from crucible_core.export import FINAL_EXPORT_FORMATS
+
+    declared = caps.metadata.get("export_formats")
+    if not isinstance(declared, list | tuple):
+        return []
+    listed = {str(f) for f in cast(list[Any], declared)}
+    return [f for f in FINAL_EXPORT_FORMATS if f in listed]
+
+
+def check_final_export(job: TrainingJob, caps: Capabilities, backend: Any) -> list[PlanProblem]:
+    """Whether ``backend`` can export this job's model in ``checkpoint_policy.format`` when
+    that is an export format (its optional ``check_export(model, fmt, lora=...)`` says
+    why not, e.g. gguf of a non-llama architecture); empty when it can or the format is
+    an ordinary checkpoint format."""
+    fmt = job.checkpoint_policy.format
+    if fmt in caps.checkpoint_formats or fmt not in final_exports(caps):
+        return []
+    check = getattr(backend, "check_export", None)
+    if check is not None:
+        try:
+            check(job.model_spec, fmt, lora=isinstance(job.adapter_config, LoRA | QLoRA))
+        except CrucibleError as exc:
+            return [
+                PlanProblem(
+                    field="$.checkpoint_policy.format",
+                    message=exc.message,
+                    backend=str(caps.backend_id),
+                    hint=exc.hint,
+                )
+            ]
+    return []
+
+
 def check_capabilities(job: TrainingJob, caps: Capabilities, backend: str) -> list[PlanProblem]:
     """Every setting of ``job`` that ``caps`` does not declare, as problems (empty: all fine)."""
     problems: list[PlanProblem] = []
@@ -286,13 +325,13 @@ def check_capabilities(job: TrainingJob, caps: Capabilities, backend: str) -> li
             backend,
         )
     fmt = job.checkpoint_policy.format
-    if fmt not in caps.checkpoint_formats:
+    if fmt not in caps.checkpoint_formats and fmt not in final_exports(caps):
         _refuse(
             problems,
             "$.checkpoint_policy.format",
             "checkpoint format",
             fmt,
-            caps.checkpoint_formats,
+            [*caps.checkpoint_formats, *final_exports(caps)],
             backend,
         )
     if job.checkpoint_policy.push_to_hub and not caps.metadata.get("push_to_hub"):
@@ -492,6 +531,38 @@ def plan_run(
             )
             return out
     plan.problems.extend(check_capabilities(job, caps, name))
+    policy = job.checkpoint_policy
+    if policy.push_to_hub and caps.metadata.get("push_to_hub"):
+        import os
+
+        from crucible_core.train.steps import final_export_format
+
+        where = os.environ.get("HF_ENDPOINT") or "the Hugging Face Hub (HF_ENDPOINT unset)"
+        plan.notes.append(
+            f"push_to_hub: after the run its {final_export_format(job)} export is uploaded to "
+            f"{policy.hub_repo} at {where}; this needs network access to it and a token "
+            "(HF_TOKEN)"
+        )
+    fmt = policy.format
+    if fmt not in caps.checkpoint_formats and fmt in final_exports(caps):
+        try:
+            if out.backend is None:
+                out.backend = reg.create(**ref.options)
+        except CrucibleError as exc:
+            plan.problems.append(
+                PlanProblem(field="$.backend", message=exc.message, backend=name, hint=exc.hint)
+            )
+            return out
+        found = check_final_export(job, caps, out.backend)
+        for problem in found:
+            problem.backend = name
+        plan.problems.extend(found)
+        if not found:
+            plan.notes.append(
+                f"checkpoint_policy.format = {fmt!r}: checkpoints are written as "
+                f"{caps.checkpoint_formats[0] if caps.checkpoint_formats else 'usual'}, and "
+                f"the final weights are also exported as {fmt} to <run>/exports/{fmt}"
+            )
     plan.problems.extend(check_pipeline(job, host.registrations("stage"), caps))
     if job.workflow == "distill" and not plan.problems:
         if out.backend is None:

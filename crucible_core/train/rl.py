@@ -631,4 +631,4 @@ def run_rl(
             evaluation = evaluate_rl(ctx, session, trainer, data, reward)
         with scope.step("save", "train.save") as ctx:
             sampler = save_final(ctx, session, job, trained.result)
-    return finish(scope, trained, evaluation, sampler, start)
+    return finish(scope, trained, evaluation, sampler, start, job)

@@ -64,7 +64,7 @@ def run_sft(
             evaluation = evaluate(ctx, session, job, data, before=trained.sampled_before)
         with scope.step("save", "train.save") as ctx:
             sampler = save_final(ctx, session, job, trained.result)
-    return finish(scope, trained, evaluation, sampler, start)
+    return finish(scope, trained, evaluation, sampler, start, job)
 
 
 @contextlib.contextmanager

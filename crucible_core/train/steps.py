@@ -12,6 +12,9 @@ can wire them into its own graph without a second copy of any rule.
 - :func:`evaluate`: held-out loss and sampled metrics.
 - :func:`save_final`: the final sampler weights, stored and linked in lineage.
 - :func:`write_metrics`: ``metrics.json`` and the manifest's training summary.
+- :func:`export_final`: when ``checkpoint_policy.format`` is an export format
+  (gguf, onnx) or ``push_to_hub`` is set, the final weights exported to
+  ``<run>/exports/<format>`` (and uploaded to ``hub_repo``).
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ __all__ = [
     "TrainingOutcome",
     "call_deadline",
     "evaluate",
+    "export_final",
+    "final_export_format",
     "finish",
     "manifest_start",
     "prepare_step",
@@ -352,16 +357,69 @@ def prepare_step(
     return data
 
 
+def final_export_format(job: TrainingJob) -> str | None:
+    """The format the run exports its final weights in: ``checkpoint_policy.format`` when
+    it is an export format (gguf, onnx); else, to ``push_to_hub``, ``peft`` for an
+    adapter run and ``merged`` for a full fine-tune; else None (no export)."""
+    from crucible_core.export import FINAL_EXPORT_FORMATS
+
+    policy = job.checkpoint_policy
+    if policy.format in FINAL_EXPORT_FORMATS:
+        return policy.format
+    if policy.push_to_hub:
+        return "merged" if isinstance(job.adapter_config, Full) else "peft"
+    return None
+
+
+def export_final(scope: RunScope, job: TrainingJob, sampler: CheckpointRef) -> Any:
+    """Step ``export`` of a recipe (when :func:`final_export_format` names one): the final
+    weights exported by the run's backend to ``<run>/exports/<format>`` (atomically, with
+    a model card), recorded in the manifest and, ``exported_from`` the final checkpoint,
+    in lineage; then, with ``push_to_hub``, uploaded to ``hub_repo``
+    (:func:`crucible_core.hub.push_folder`) and the push recorded with the export.
+    Returns the manifest's ExportRecord, or None when there is nothing to do.
+    """
+    from crucible_core.export import export_checkpoint, exporting
+
+    fmt = final_export_format(job)
+    if fmt is None:
+        return None
+    policy = job.checkpoint_policy
+    with scope.step("export", "train.export") as ctx:
+        backend = exporting(scope.backend(), job.backend_ref.name, fmt)
+        out = ctx.run_dir / "exports" / fmt
+        manifest = msgspec.to_builtins(scope.record.read())
+        done = export_checkpoint(
+            backend, ctx.run_dir, manifest, job.model_spec, sampler, fmt, out, force=True
+        )
+        record = done.record
+        ctx.emit("train.export", format=fmt, path=str(out), artifact_id=record.artifact_id)
+        if policy.push_to_hub and policy.hub_repo:
+            from crucible_core.hub import push_folder
+
+            pushed = push_folder(
+                out, policy.hub_repo, message=f"crucible run {scope.job.id}: {fmt} export"
+            )
+            record = msgspec.structs.replace(record, hub=pushed)
+            scope.record.record_export(record)
+            ctx.emit("train.push", repo=pushed.repo, endpoint=pushed.endpoint, commit=pushed.commit)
+    return record
+
+
 def finish(
     scope: RunScope,
     trained: Trained,
     evaluation: dict[str, Any],
     sampler: CheckpointRef,
     started: float,
+    job: TrainingJob | None = None,
 ) -> TrainingOutcome:
-    """Step ``log_metrics`` of a recipe, the run's wall time, and what the caller gets."""
+    """Step ``log_metrics`` of a recipe, then (given ``job``) step ``export``
+    (:func:`export_final`), the run's wall time, and what the caller gets."""
     with scope.step("log_metrics", "train.log_metrics") as ctx:
         summary = write_metrics(ctx, trained.result, evaluation)
+    if job is not None:
+        export_final(scope, job, sampler)
     scope.record.update(wall_time_s=round(time.monotonic() - started, 3))
     return TrainingOutcome(
         job_id=scope.job.id,

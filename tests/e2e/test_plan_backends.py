@@ -41,8 +41,12 @@ def real_host(monkeypatch: pytest.MonkeyPatch) -> PluginHost:
 REFUSALS: list[tuple[str, dict[str, Any], str, str]] = [
     # backend, change, refused field, words of the message
     ("local", {"adapter_config": {"kind": "qlora"}}, "$.adapter_config.kind", "adapter 'qlora'"),
-    ("local", {"checkpoint_policy__format": "gguf"}, "$.checkpoint_policy.format", "'gguf'"),
-    ("local", {"checkpoint_policy__format": "onnx"}, "$.checkpoint_policy.format", "'onnx'"),
+    (
+        "local",
+        {"checkpoint_policy__format": "gguf", "model_spec__name": "tiny-gpt2"},
+        "$.checkpoint_policy.format",
+        "--format gguf: architecture 'gpt2' is not supported",
+    ),
     ("local", {"model_spec__name": "tiny-lama"}, "$.model_spec.name", "model 'tiny-lama'"),
     ("local", {"model_spec__max_seq_len": 4096}, "$.model_spec.max_seq_len", "beyond the context"),
     (
@@ -52,7 +56,7 @@ REFUSALS: list[tuple[str, dict[str, Any], str, str]] = [
         "beyond the context",
     ),
     (
-        "local",
+        "tinker",
         {"checkpoint_policy__push_to_hub": True, "checkpoint_policy__hub_repo": "me/x"},
         "$.checkpoint_policy.push_to_hub",
         "cannot push",
@@ -130,6 +134,16 @@ def test_what_no_stage_provides_is_refused(
 def test_the_example_is_accepted_as_is(real_host: PluginHost, backend: str) -> None:
     plan = make_plan(job(backend), host=real_host, count_data=False)
     assert plan.ok, plan.problems
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "onnx"])
+def test_an_export_format_the_backend_writes_is_accepted_with_a_note(
+    real_host: PluginHost, fmt: str
+) -> None:
+    """gguf/onnx as checkpoint_policy.format: crucible-local exports the final weights."""
+    plan = make_plan(job("local", checkpoint_policy__format=fmt), host=real_host, count_data=False)
+    assert plan.ok, plan.problems
+    assert any(f"also exported as {fmt} to <run>/exports/{fmt}" in n for n in plan.notes)
 
 
 def test_all_problems_are_reported_at_once(real_host: PluginHost) -> None:

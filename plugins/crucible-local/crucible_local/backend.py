@@ -21,7 +21,7 @@ import msgspec
 
 from crucible_core.errors import ConfigError, UnsupportedError
 from crucible_core.ir.backend import CheckpointRef, Health
-from crucible_core.ir.training import ModelSpec
+from crucible_core.ir.training import Full, ModelSpec
 from crucible_local.capabilities import EXPORT_FORMATS, static_capabilities
 from crucible_local.checkpoints import (
     check_format,
@@ -149,17 +149,17 @@ class LocalBackend:
         from crucible_local.session import LocalTrainingSession, new_job_id
 
         weights_format = check_format(job.checkpoint_policy.format)
+        if job.checkpoint_policy.format != weights_format:
+            # An export format: the final weights are exported in it after the run, so a
+            # model that cannot be is refused now, before any training.
+            lora = not isinstance(job.adapter_config, Full)
+            self.check_export(job.model_spec, job.checkpoint_policy.format, lora=lora)
         check_schedule(job.learning_config, self._lr_schedule)
         plan_loss(job.learning_config.loss)
         if job.resource_spec.gpus:
             raise UnsupportedError(
                 f"resource_spec.gpus = {job.resource_spec.gpus}: crucible-local trains on CPU",
                 hint="set gpus = 0, or choose a backend with GPUs",
-            )
-        if job.checkpoint_policy.push_to_hub:
-            raise UnsupportedError(
-                "checkpoint_policy.push_to_hub: crucible-local never uploads (no network)",
-                hint="set push_to_hub = false and copy the checkpoint directory yourself",
             )
         check_adapter(job.adapter_config)
         loaded = load_model(job.model_spec)
@@ -273,6 +273,13 @@ class LocalBackend:
 
         result = export(model, checkpoint, fmt, Path(out), final=Path(final))
         return {"base": result.base, "load_code": result.load_code, "files": result.files}
+
+    def check_export(self, model: ModelSpec, fmt: str, *, lora: bool = True) -> None:
+        """Refuse a format this backend cannot write for ``model`` (UnsupportedError naming
+        why), without loading it (see :func:`crucible_local.export.check_export`)."""
+        from crucible_local.export import check_export
+
+        check_export(model, fmt, lora=lora)
 
     def verify_export(
         self, model: ModelSpec, checkpoint: CheckpointRef, fmt: str, out: Path

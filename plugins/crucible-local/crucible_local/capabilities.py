@@ -13,13 +13,13 @@ __all__ = [
     "BACKEND_ID",
     "CHECKPOINT_FORMATS",
     "EXPORT_FORMATS",
+    "FINAL_EXPORT_FORMATS",
     "LOSSES",
     "MAX_CONTEXT_LENGTH",
     "MAX_LORA_RANK",
     "OPTIMIZERS",
     "SCHEDULERS",
     "TINY_MODELS",
-    "UNSUPPORTED_FORMATS",
     "static_capabilities",
 ]
 
@@ -44,9 +44,11 @@ ADAPTERS: tuple[str, ...] = ("lora", "full")
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
 SCHEDULERS: tuple[str, ...] = ("constant", "linear", "cosine")
 CHECKPOINT_FORMATS: tuple[str, ...] = ("safetensors", "pytorch")
-UNSUPPORTED_FORMATS: tuple[str, ...] = ("gguf", "onnx")
 #: What ``crucible export --format`` writes from a crucible-local run.
 EXPORT_FORMATS: tuple[str, ...] = ("peft", "merged", "safetensors-full", "onnx", "gguf")
+#: ``checkpoint_policy.format`` values that are export formats: checkpoints are written as
+#: safetensors and the final checkpoint is also exported in that format.
+FINAL_EXPORT_FORMATS: tuple[str, ...] = ("gguf", "onnx")
 
 _CAPABILITIES = Capabilities(
     backend_id=BACKEND_ID,
@@ -69,6 +71,9 @@ _CAPABILITIES = Capabilities(
         "models_by_path": True,
         "models_by_hub_id": "from the local Hugging Face cache only (never downloads)",
         "export_formats": list(EXPORT_FORMATS),
+        "push_to_hub": "after the run, its export (peft, merged for a full fine-tune, or "
+        "checkpoint_policy.format when gguf/onnx) is uploaded with huggingface_hub to "
+        "HF_ENDPOINT (needs network to reach it)",
         "qlora": "unsupported: needs bitsandbytes and a CUDA device",
         "max_context_length": "applies to the built-in models; a model loaded from "
         "model_spec.path has its own",

@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
 from crucible_core.errors import ConfigError, NotFound, UnsupportedError
-from crucible_local.capabilities import CHECKPOINT_FORMATS, UNSUPPORTED_FORMATS
+from crucible_local.capabilities import CHECKPOINT_FORMATS, FINAL_EXPORT_FORMATS
 
 if TYPE_CHECKING:
     import torch
@@ -54,15 +54,21 @@ META_FILE = "crucible_checkpoint.json"
 
 
 def check_format(fmt: str) -> WeightsFormat:
-    """``CheckpointPolicy.format`` if crucible-local can write it, else UnsupportedError."""
+    """The format crucible-local writes checkpoints in for ``CheckpointPolicy.format``.
+
+    ``safetensors`` and ``pytorch`` are written as they are; an export format
+    (``gguf``, ``onnx``) means safetensors checkpoints plus an export of the final
+    one, which the run does after training (``crucible_core.export``). Anything
+    else is an UnsupportedError.
+    """
     if fmt == "safetensors" or fmt == "pytorch":
         return fmt
-    listed = ", ".join(CHECKPOINT_FORMATS)
+    if fmt in FINAL_EXPORT_FORMATS:
+        return "safetensors"
+    listed = ", ".join((*CHECKPOINT_FORMATS, *FINAL_EXPORT_FORMATS))
     raise UnsupportedError(
-        f"checkpoint_policy.format = {fmt!r} is not supported by crucible-local "
-        f"(it writes {listed} checkpoints; {', '.join(UNSUPPORTED_FORMATS)} are export formats)",
-        hint=f"set checkpoint_policy.format to one of: {listed}, and after the run convert the "
-        f"weights with `crucible export RUN --format {fmt}`",
+        f"checkpoint_policy.format = {fmt!r} is not supported by crucible-local",
+        hint=f"set checkpoint_policy.format to one of: {listed}",
     )
 
 

@@ -55,6 +55,7 @@ __all__ = [
     "EXPORT_FORMATS",
     "SHARD_SIZE",
     "ExportedModel",
+    "check_export",
     "check_exportable",
     "export",
     "load_trained",
@@ -146,7 +147,7 @@ def export(
     """
     offline()
     directory = find_weights_dir(path_from_uri(checkpoint.uri), prefer="sampler")
-    _check_format(fmt, _is_lora(directory))
+    check_export(model, fmt, lora=_is_lora(directory))
     final = (final or out).resolve()
     torch_model, tokenizer, is_lora = load_trained(model, checkpoint)
     out.mkdir(parents=True, exist_ok=True)
@@ -305,6 +306,19 @@ def _write_single_shard_index(out: Path) -> None:
     single.rename(out / shard)
     index = {"metadata": {"total_size": size}, "weight_map": dict.fromkeys(sorted(keys), shard)}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def check_export(model: ModelSpec, fmt: str, *, lora: bool) -> None:
+    """Refuse (UnsupportedError naming why) a format crucible-local cannot write for this
+    model, before anything is trained or loaded: what ``crucible plan`` asks when
+    ``checkpoint_policy.format`` is an export format. ``lora``: the run trains an
+    adapter (``peft`` needs one)."""
+    _check_format(fmt, lora)
+    if fmt == "gguf":
+        from crucible_local.gguf_export import check_architecture
+        from crucible_local.models import model_type_of
+
+        check_architecture(model_type_of(model))
 
 
 def check_exportable(fmt: str) -> None:

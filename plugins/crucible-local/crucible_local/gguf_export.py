@@ -19,9 +19,31 @@ from typing import Any
 from crucible_core.errors import UnsupportedError
 from crucible_local._hf import peft_quiet
 
-__all__ = ["GGUF_FILE", "expected_tensors", "export_gguf", "permute_qk"]
+__all__ = [
+    "GGUF_ARCHITECTURES",
+    "GGUF_FILE",
+    "check_architecture",
+    "expected_tensors",
+    "export_gguf",
+    "permute_qk",
+]
 
 GGUF_FILE = "model.gguf"
+#: The transformers ``model_type`` values written as GGUF.
+GGUF_ARCHITECTURES: tuple[str, ...] = ("llama",)
+
+
+def check_architecture(model_type: str) -> None:
+    """Refuse (UnsupportedError, naming why) a model whose architecture is not written as
+    GGUF here."""
+    if model_type not in GGUF_ARCHITECTURES:
+        raise UnsupportedError(
+            f"--format gguf: architecture {model_type!r} is not supported (crucible exports "
+            "gguf for llama-architecture models only, whose tensor layout llama.cpp's llama "
+            "loader reads)",
+            hint="export it as merged or safetensors-full and convert it with llama.cpp's "
+            "convert_hf_to_gguf.py, or as onnx",
+        )
 
 
 def permute_qk(weight: Any, n_head: int) -> Any:
@@ -46,14 +68,7 @@ def expected_tensors(full: Any) -> dict[str, Any]:
     import gguf
 
     config = full.config
-    if getattr(config, "model_type", None) != "llama":
-        raise UnsupportedError(
-            f"--format gguf: architecture {getattr(config, 'model_type', '?')!r} is not "
-            "supported (crucible exports gguf for llama-architecture models only, whose "
-            "tensor layout llama.cpp's llama loader reads)",
-            hint="export it as merged or safetensors-full and convert it with llama.cpp's "
-            "convert_hf_to_gguf.py, or as onnx",
-        )
+    check_architecture(str(getattr(config, "model_type", "?")))
     names = gguf.TensorNameMap(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     n_head = config.num_attention_heads
     n_kv = config.num_key_value_heads or n_head

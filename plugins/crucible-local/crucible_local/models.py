@@ -117,6 +117,25 @@ def _model_dir(spec: ModelSpec) -> Path | None:
     return None
 
 
+#: The transformers ``model_type`` of each built-in model.
+TINY_MODEL_TYPES: dict[str, str] = {"tiny-llama": "llama", "tiny-gpt2": "gpt2"}
+
+
+def model_type_of(spec: ModelSpec) -> str:
+    """The transformers ``model_type`` of ``spec``'s model, read from its ``config.json``
+    without loading weights (``crucible plan`` asks it: gguf is for llama only)."""
+    import json
+
+    directory = _model_dir(spec)
+    if directory is None:
+        if spec.name not in TINY_MODEL_TYPES:
+            raise _unknown_model(spec)
+        return TINY_MODEL_TYPES[spec.name]
+    _check_model_dir(directory)
+    config: Any = json.loads((directory / "config.json").read_text())
+    return str(config.get("model_type", "?")) if isinstance(config, dict) else "?"
+
+
 def _looks_like_hub_id(name: str) -> bool:
     """``org/model`` (one slash, no path syntax): what the hub accepts as a repository id."""
     parts = name.split("/")

@@ -107,8 +107,9 @@ def cli(
     )
 
 
-def write_job(path: Path, model_lines: str, *, steps: int = 6) -> Path:
-    """A small chat SFT job on ``examples/data/chat.jsonl`` with the given [model_spec]."""
+def write_job(path: Path, model_lines: str, *, steps: int = 6, policy: str = "") -> Path:
+    """A small chat SFT job on ``examples/data/chat.jsonl`` with the given [model_spec]
+    (``policy``: more lines of its [checkpoint_policy])."""
     data = ROOT / "examples" / "data" / "chat.jsonl"
     path.write_text(
         f"""backend = "local"
@@ -134,6 +135,7 @@ validation_ratio = 0.1
 [checkpoint_policy]
 save_every = {steps}
 keep_last = 1
+{policy}
 """
     )
     return path

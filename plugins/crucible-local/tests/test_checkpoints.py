@@ -255,12 +255,25 @@ def test_load_sampler_from_a_lora_state_checkpoint(
 
 
 @pytest.mark.parametrize("fmt", ["gguf", "onnx"])
-def test_unsupported_formats_are_refused_with_the_supported_list(
+def test_export_formats_write_safetensors_checkpoints(
     backend: LocalBackend, make_job: Callable[..., Any], fmt: str
 ) -> None:
-    with pytest.raises(UnsupportedError, match=rf"format = '{fmt}'.*safetensors, pytorch") as err:
-        backend.create_session(make_job(checkpoint_policy=CheckpointPolicy(format=fmt)))
-    assert f"crucible export RUN --format {fmt}" in (err.value.hint or "")
+    """gguf/onnx are export formats: checkpoints stay safetensors (the run exports the
+    final weights in the format afterwards, see crucible_core.train.steps.export_final)."""
+    session = backend.create_session(make_job(checkpoint_policy=CheckpointPolicy(format=fmt)))
+    ref = session.save_weights_for_sampler("x").result().checkpoint
+    assert ref is not None
+    assert list(path_from_uri(ref.uri).rglob("*.safetensors"))
+
+
+def test_gguf_policy_of_a_non_llama_model_is_refused_before_training(
+    backend: LocalBackend, make_job: Callable[..., Any]
+) -> None:
+    job = make_job(
+        model_spec=ModelSpec(name="tiny-gpt2"), checkpoint_policy=CheckpointPolicy(format="gguf")
+    )
+    with pytest.raises(UnsupportedError, match="architecture 'gpt2' is not supported"):
+        backend.create_session(job)
 
 
 def test_load_state_refuses_a_checkpoint_that_does_not_fit(
@@ -346,3 +359,16 @@ def test_leftovers_of_a_killed_save_are_cleaned_when_the_next_session_starts(
         assert (root / "final" / "sampler").is_dir()
     finally:
         session.close()
+
+
+def test_check_export_names_why_a_format_cannot_be_written() -> None:
+    """What `crucible plan` and `crucible export` refuse, before loading anything."""
+    from crucible_local.export import check_export
+
+    with pytest.raises(UnsupportedError, match="trained every weight") as err:
+        check_export(ModelSpec(name="tiny-llama"), "peft", lora=False)
+    assert "merged or safetensors-full" in (err.value.hint or "")
+    with pytest.raises(UnsupportedError, match="architecture 'gpt2' is not supported"):
+        check_export(ModelSpec(name="tiny-gpt2"), "gguf", lora=True)
+    check_export(ModelSpec(name="tiny-llama"), "gguf", lora=True)
+    check_export(ModelSpec(name="tiny-gpt2"), "onnx", lora=False)

@@ -138,6 +138,14 @@ def test_safetensors_full_export_is_one_file_and_is_recorded_in_lineage(
     record = _export(trained, "--format", "safetensors-full", "--out", str(out), "--verify")
     assert (out / "model.safetensors").is_file()
     assert not (out / "model.safetensors.index.json").exists()
+    # Loaded by its stock loader alone, in a fresh process.
+    stock = _stock(
+        _GREEDY.format(
+            load=f"model = AutoModelForCausalLM.from_pretrained({str(out)!r})\n"
+            f"tok = AutoTokenizer.from_pretrained({str(out)!r})"
+        )
+    )
+    assert stock.strip().isdigit()
     artifact = record["artifact_id"]
     assert isinstance(artifact, str)
     assert artifact.startswith("sha256:")
@@ -302,3 +310,67 @@ def test_kill_9_during_export_leaves_no_directory_under_the_final_name(
     assert done.returncode == 0, done.stderr
     assert out.is_dir()
     assert not list(tmp_path.glob(".killed.export-*"))
+
+
+def test_checkpoint_policy_format_gguf_is_planned_and_exports_the_final_weights(
+    tmp_path: Path,
+) -> None:
+    """``checkpoint_policy.format = "gguf"``: plan accepts it for a llama model, and the run
+    writes safetensors checkpoints plus a gguf export of its final weights, recorded."""
+    import hashlib
+
+    job = write_job(
+        tmp_path / "job.toml",
+        'name = "tiny-llama"\nmax_seq_len = 128',
+        steps=2,
+        policy='format = "gguf"',
+    )
+    home = tmp_path / "home"
+    plan = cli(home, "plan", str(job), "--json")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    notes = json.loads(plan.stdout)["notes"]
+    assert any("also exported as gguf to <run>/exports/gguf" in n for n in notes), notes
+    proc = cli(home, "train", str(job), "--job-id", "g", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    run = home / "runs" / "g"
+    out = run / "exports" / "gguf"
+    assert (out / "model.gguf").is_file()
+    assert "run `g`" in (out / "README.md").read_text()
+    # Checkpoints themselves stay safetensors.
+    assert list((run / "checkpoints").rglob("*.safetensors"))
+    manifest = json.loads((run / "manifest.json").read_text())
+    [record] = [e for e in manifest["exports"] if e["format"] == "gguf"]
+    assert record["path"] == str(out)
+    assert record["checkpoint"] == manifest["sampler_checkpoint"]["uri"]
+    digest = hashlib.sha256((out / "model.gguf").read_bytes()).hexdigest()
+    assert record["files"]["model.gguf"] == digest
+    shown = cli(home, "lineage", "show", record["artifact_id"], "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert "exported_from" in shown.stdout
+    code = f"""
+from gguf import GGUFReader
+r = GGUFReader({str(out / "model.gguf")!r})
+print(sorted(t.name for t in r.tensors)[0])
+"""
+    assert _stock(code).strip() == "blk.0.attn_k.weight"
+
+
+def test_plan_refuses_a_final_export_format_the_architecture_cannot_take(
+    tmp_path: Path,
+) -> None:
+    job = write_job(
+        tmp_path / "job.toml",
+        'name = "tiny-gpt2"\nmax_seq_len = 128',
+        steps=2,
+        policy='format = "gguf"',
+    )
+    proc = cli(tmp_path / "home", "plan", str(job))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    text = proc.stdout + proc.stderr
+    assert "checkpoint_policy.format" in text
+    assert "architecture 'gpt2' is not supported" in text
+    assert "Traceback" not in text
+    # The run refuses it too, before training (no run directory with weights).
+    proc = cli(tmp_path / "home", "train", str(job), "--job-id", "x", "--no-progress")
+    assert proc.returncode == 2, proc.stderr
+    assert "architecture 'gpt2'" in proc.stderr

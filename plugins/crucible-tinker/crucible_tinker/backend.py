@@ -42,6 +42,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from crucible_core.contracts import Tokenizer
@@ -59,6 +60,7 @@ from crucible_core.ir.training import ModelSpec, TrainingJob
 from crucible_tinker.client import Connection, map_error
 from crucible_tinker.conversion import completion_text
 from crucible_tinker.credentials import resolve_api_key
+from crucible_tinker.export import EXPORT_FORMATS
 from crucible_tinker.plugin import CAPABILITIES
 from crucible_tinker.sampler import TinkerSampler, open_sampler
 from crucible_tinker.tokenizers import find_tokenizer
@@ -189,6 +191,34 @@ class TinkerBackend:
 
     def load_sampler(self, model: ModelSpec, checkpoint: CheckpointRef | None) -> TinkerSampler:
         return open_sampler(self.conn, self.get_tokenizer(model), model, checkpoint)
+
+    # -- ExportingBackend (optional; crucible export) -------------------------------------
+
+    #: The ``crucible export --format`` values (written by crucible-local, see
+    #: :mod:`crucible_tinker.export`).
+    export_formats: tuple[str, ...] = EXPORT_FORMATS
+
+    def check_export(self, model: ModelSpec, fmt: str, *, lora: bool = True) -> None:
+        """Refuse what crucible-local cannot write for ``model`` (it writes every format)."""
+        from crucible_tinker.export import local_export
+
+        local_export().check_export(model, fmt, lora=lora)
+
+    def export(
+        self, model: ModelSpec, checkpoint: CheckpointRef, fmt: str, out: Path, *, final: Path
+    ) -> dict[str, Any]:
+        """Download the checkpoint's external weights and export them (crucible-local)."""
+        from crucible_tinker.export import export
+
+        return export(self.conn, model, checkpoint, fmt, Path(out), final=Path(final))
+
+    def verify_export(
+        self, model: ModelSpec, checkpoint: CheckpointRef, fmt: str, out: Path
+    ) -> dict[str, Any]:
+        """crucible-local's verification against the downloaded weights."""
+        from crucible_tinker.export import verify
+
+        return verify(self.conn, model, checkpoint, fmt, Path(out))
 
     # -- contract: inference -----------------------------------------------------------
 

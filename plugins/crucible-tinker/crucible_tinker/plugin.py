@@ -37,6 +37,9 @@ CAPABILITIES = Capabilities(
         "checkpoint_uri_scheme": "tinker://",
         "pipelined": True,
         "retries": "the tinker SDK retries transport and server errors; this backend never does",
+        # crucible export: the final weights downloaded through the SDK (external weights)
+        # and written by crucible-local (see crucible_tinker.export).
+        "export_formats": ["peft", "merged", "safetensors-full", "onnx", "gguf"],
     },
 )
 

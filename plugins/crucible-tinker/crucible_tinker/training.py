@@ -33,6 +33,7 @@ from crucible_tinker.conversion import (
     loss_scale,
     tinker_datums,
 )
+from crucible_tinker.export import EXTERNAL_KEY, FINAL_NAME
 
 if TYPE_CHECKING:
     from tinker import types
@@ -240,7 +241,9 @@ class TinkerTrainingSession:
 
     # -- checkpoints ---------------------------------------------------------------
 
-    def _ref(self, uri: str, kind: Any, name: str, step: int) -> CheckpointRef:
+    def _ref(
+        self, uri: str, kind: Any, name: str, step: int, extra: dict[str, Any] | None = None
+    ) -> CheckpointRef:
         return CheckpointRef(
             uri=uri,
             kind=kind,
@@ -254,6 +257,7 @@ class TinkerTrainingSession:
                 "lora_rank": self._job.adapter_config.rank
                 if not isinstance(self._job.adapter_config, Full)
                 else 0,
+                **(extra or {}),
             },
         )
 
@@ -308,14 +312,25 @@ class TinkerTrainingSession:
         step = self._step
         try:
             api = self._client.save_weights_for_sampler(name)
+            # The run's final weights are also saved as external weights, submitted right
+            # after (the same step), so `crucible export` can download them: the SDK hands
+            # out files of external-weights checkpoints only (see crucible_tinker.export).
+            external = self._client.save_weights_external(name) if name == FINAL_NAME else None
         except Exception as exc:
             raise self._conn.error(exc, "save_weights_for_sampler") from None
         conn = self._conn
         open_sampler = self._open_sampler
 
         def make(out: types.SaveWeightsForSamplerResponse) -> ConcurrentFuture[TinkerSampler]:
-            ref = self._ref(out.path, "sampler", name, step)
-            return conn.submit(lambda: open_sampler(self._job.model_spec, ref))
+            def build() -> TinkerSampler:
+                extra: dict[str, Any] = {}
+                if external is not None:
+                    saved = conn.blocking(external.result, "save_weights_external")
+                    extra[EXTERNAL_KEY] = saved.path
+                ref = self._ref(out.path, "sampler", name, step, extra)
+                return open_sampler(self._job.model_spec, ref)
+
+            return conn.submit(build)
 
         saved = conn.then(api.future(), make, "save_weights_for_sampler")
         out: ConcurrentFuture[TinkerSampler] = ConcurrentFuture()

@@ -41,6 +41,7 @@ from starlette.routing import Route
 
 from crucible_core.errors import ConfigError, Conflict, CrucibleError, NotFound
 from crucible_tinker.server.config import ServerConfig
+from crucible_tinker.server.downloads import FILES_PREFIX
 from crucible_tinker.server.engine import Engine
 from crucible_tinker.server.errors import Gone
 from crucible_tinker.server.futures import Failure
@@ -58,6 +59,7 @@ from crucible_tinker.server.wire import (
     OptimStepRequest,
     RequestIdRequest,
     SampleRequest,
+    SaveWeightsExternalRequest,
     SaveWeightsForSamplerRequest,
     SaveWeightsRequest,
     SessionRequest,
@@ -118,12 +120,20 @@ ROUTES: tuple[RouteSpec, ...] = (
     _v1("POST", "optim_step", "optim_step"),
     _v1("POST", "save_weights", "save_weights"),
     _v1("POST", "save_weights_for_sampler", "save_weights_for_sampler"),
+    _v1("POST", "save_weights_external", "save_weights_external"),
+    _v1(
+        "GET",
+        "training_runs/{run_id}/checkpoints/{checkpoint_id:path}/external_weights_urls",
+        "external_weights_urls",
+    ),
     _v1("POST", "load_weights", "load_weights"),
     _v1("POST", "create_sampling_session", "create_sampling_session"),
     _v1("GET", "samplers/{sampler_id:path}", "get_sampler"),
     _v1("POST", "asample", "asample"),
     _v1("POST", "retrieve_future", "retrieve_future", idempotent=False),
     _v1("POST", "cancel_future", "cancel_future", idempotent=False),
+    # Signed download URLs (external_weights_urls): the token in the path is the credential.
+    RouteSpec("GET", FILES_PREFIX + "/{token}/{name:path}", "download", auth=False),
     RouteSpec("GET", "/crucible/v1/stats", "stats", idempotent=False),
     RouteSpec("GET", "/crucible/v1/info", "info", idempotent=False),
 )
@@ -312,6 +322,19 @@ def build_app(engine: Engine, config: ServerConfig) -> Starlette:
             return JSONResponse({"error": outcome.message, "category": outcome.category})
         return Response(outcome.body, media_type=outcome.media_type)
 
+    async def external_weights_urls(request: Request) -> Response:
+        params = request.path_params
+        base = f"{request.url.scheme}://{request.url.netloc}"
+        return JSONResponse(
+            engine.external_weights_urls(params["run_id"], params["checkpoint_id"], base)
+        )
+
+    async def download(request: Request) -> Response:
+        from starlette.responses import FileResponse
+
+        path = engine.downloads.open(request.path_params["token"], request.path_params["name"])
+        return FileResponse(path, media_type="application/octet-stream")
+
     async def info(request: Request) -> Response:
         # Lets a crucible client borrow the tokenizer of the same backend locally.
         return JSONResponse(
@@ -340,6 +363,11 @@ def build_app(engine: Engine, config: ServerConfig) -> Starlette:
         "save_weights_for_sampler": json_call(
             engine.save_weights_for_sampler, SaveWeightsForSamplerRequest
         ),
+        "save_weights_external": json_call(
+            engine.save_weights_external, SaveWeightsExternalRequest
+        ),
+        "external_weights_urls": external_weights_urls,
+        "download": download,
         "load_weights": json_call(engine.load_weights, LoadWeightsRequest),
         "create_sampling_session": json_call(
             engine.create_sampling_session, CreateSamplingSessionRequest, thread=True

@@ -12,7 +12,8 @@ The parts, one job each:
 - :mod:`~crucible_tinker.server.dispatch`: each model's worker threads and ordering;
 - :mod:`~crucible_tinker.server.ops`: tinker training operations -> session calls;
 - :mod:`~crucible_tinker.server.sampling`: sampling sessions and samples;
-- :mod:`~crucible_tinker.server.checkpoint_index`: checkpoints by path, persisted durably.
+- :mod:`~crucible_tinker.server.checkpoint_index`: checkpoints by path, persisted durably;
+- :mod:`~crucible_tinker.server.downloads`: signed URLs of a checkpoint's files.
 
 The engine knows no HTTP: it raises crucible's typed errors
 (:mod:`crucible_tinker.server.errors`), and :mod:`~crucible_tinker.server.app`
@@ -32,6 +33,7 @@ from crucible_core.ir.backend import Capabilities
 from crucible_tinker.server.checkpoint_index import CheckpointIndex
 from crucible_tinker.server.config import ServerConfig
 from crucible_tinker.server.dispatch import classify
+from crucible_tinker.server.downloads import Downloads
 from crucible_tinker.server.futures import FutureStore
 from crucible_tinker.server.ops import AppliedStep, TrainingOps
 from crucible_tinker.server.payloads import (
@@ -48,6 +50,7 @@ from crucible_tinker.server.wire import (
     ModelRequest,
     OptimStepRequest,
     SampleRequest,
+    SaveWeightsExternalRequest,
     SaveWeightsForSamplerRequest,
     SaveWeightsRequest,
 )
@@ -81,6 +84,7 @@ class Engine:
         self.served = ServedBackend(backend, backend_name, config)
         self.sessions = SessionTable(config.session_ttl_s, self.stats)
         self.checkpoints = CheckpointIndex(state_dir)
+        self.downloads = Downloads(self.checkpoints)
         self.sampling = Sampling(self.served, self.sessions, self.checkpoints, futures, self.stats)
         self.training = TrainingOps(
             self.served, self.sessions, self.checkpoints, self.sampling, futures, self.stats
@@ -151,6 +155,14 @@ class Engine:
 
     def save_weights_for_sampler(self, body: SaveWeightsForSamplerRequest) -> dict[str, Any]:
         return self.training.save_weights_for_sampler(body)
+
+    def save_weights_external(self, body: SaveWeightsExternalRequest) -> dict[str, Any]:
+        return self.training.save_weights_external(body)
+
+    def external_weights_urls(
+        self, run_id: str, checkpoint_id: str, base_url: str
+    ) -> dict[str, Any]:
+        return self.downloads.urls(run_id, checkpoint_id, base_url)
 
     def load_weights(self, body: LoadWeightsRequest) -> dict[str, Any]:
         return self.training.load_weights(body)

@@ -28,11 +28,17 @@ __all__ = [
 ]
 
 SCHEME = "tinker://"
-_KIND_SEGMENT: dict[str, Literal["state", "sampler"]] = {
+Kind = Literal["state", "sampler", "external"]
+_KIND_SEGMENT: dict[str, Kind] = {
     "weights": "state",
     "sampler_weights": "sampler",
+    "external_weights": "external",
 }
-_SEGMENT_OF: dict[str, str] = {"state": "weights", "sampler": "sampler_weights"}
+_SEGMENT_OF: dict[str, str] = {
+    "state": "weights",
+    "sampler": "sampler_weights",
+    "external": "external_weights",
+}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+=-]{0,199}$")
 
 
@@ -80,7 +86,7 @@ class CheckpointPath:
     """A parsed ``tinker://run/kind/name`` path."""
 
     run_id: str
-    kind: Literal["state", "sampler"]
+    kind: Kind
     name: str
 
     @property
@@ -88,7 +94,7 @@ class CheckpointPath:
         return f"{SCHEME}{self.run_id}/{_SEGMENT_OF[self.kind]}/{self.name}"
 
     @classmethod
-    def make(cls, run_id: str, kind: Literal["state", "sampler"], name: str) -> CheckpointPath:
+    def make(cls, run_id: str, kind: Kind, name: str) -> CheckpointPath:
         return cls(run_id=run_id, kind=kind, name=check_name(name))
 
     @classmethod
@@ -103,6 +109,7 @@ class CheckpointPath:
         kind = _KIND_SEGMENT.get(segment)
         if kind is None:
             raise ValueError(
-                f"unknown checkpoint kind {segment!r} in {uri!r} (weights or sampler_weights)"
+                f"unknown checkpoint kind {segment!r} in {uri!r} "
+                "(weights, sampler_weights or external_weights)"
             )
         return cls(run_id=run_id, kind=kind, name=name)

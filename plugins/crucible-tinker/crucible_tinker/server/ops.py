@@ -13,6 +13,9 @@ the model's dispatcher calls in ``seq_id`` order:
 - ``save_weights``: ``session.save_state``; ``save_weights_for_sampler``:
   ``session.save_weights_for_sampler`` (optionally opening a sampling session);
   both register the checkpoint in the index before the SDK hears of it;
+- ``save_weights_external``: ``session.save_weights_for_sampler`` too, registered as
+  ``tinker://<run>/external_weights/<name>``, whose files
+  :mod:`~crucible_tinker.server.downloads` hands out;
 - ``load_weights`` into a model: ``session.load_state``.
 """
 
@@ -54,6 +57,7 @@ from crucible_tinker.server.wire import (
     LoraConfigBody,
     ModelRequest,
     OptimStepRequest,
+    SaveWeightsExternalRequest,
     SaveWeightsForSamplerRequest,
     SaveWeightsRequest,
 )
@@ -334,6 +338,37 @@ class TrainingOps:
             return finish
 
         return self._enqueue(model, seq_id, "save_weights_for_sampler", submit)
+
+    def save_weights_external(self, body: SaveWeightsExternalRequest) -> dict[str, Any]:
+        """The model's weights as files other tools load (the backend's sampler checkpoint:
+        a PEFT adapter for crucible-local), downloadable through external_weights_urls."""
+        model = self.sessions.model(body.model_id)
+        seq_id = require_seq(body.seq_id, "seq_id")
+        if body.age_encryption_recipients:
+            raise UnsupportedError(
+                "save_weights_external: age encryption is not supported by this server",
+                hint="omit age_encryption_recipients (the files are served on this host only)",
+            )
+        try:
+            path = ids.CheckpointPath.make(model.model_id, "external", body.path)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+        def submit(m: Model) -> Callable[[], Payload]:
+            assert m.session is not None
+            fut = m.session.save_weights_for_sampler(self._crucible_name(m, f"ext-{path.name}"))
+
+            def finish() -> Payload:
+                sampler: Sampler = fut.result()
+                ref = sampler.checkpoint
+                if ref is None:
+                    raise UnsupportedError("the backend's sampler exposes no checkpoint")
+                self.checkpoints.register(CheckpointRecord(path.uri, ref, m.base_model, m.lora))
+                return _json({"path": path.uri, "type": "save_weights_external"})
+
+            return finish
+
+        return self._enqueue(model, seq_id, "save_weights_external", submit)
 
     def load_weights(self, body: LoadWeightsRequest) -> dict[str, Any]:
         record = self.checkpoints.get(body.path)

@@ -40,6 +40,7 @@ __all__ = [
     "RequestIdRequest",
     "SampleRequest",
     "SamplingParamsBody",
+    "SaveWeightsExternalRequest",
     "SaveWeightsForSamplerRequest",
     "SaveWeightsRequest",
     "SessionRequest",
@@ -145,6 +146,17 @@ class SaveWeightsForSamplerRequest(WireRequest, frozen=True, kw_only=True):
     seq_id: SeqId | None = None
     path: Name | None = None
     sampling_session_seq_id: SeqId | None = None
+
+
+class SaveWeightsExternalRequest(WireRequest, frozen=True, kw_only=True):
+    """``save_weights_external``: the weights as files other tools load (a PEFT adapter
+    directory for a LoRA model), downloadable through ``external_weights_urls``."""
+
+    model_id: Id
+    path: Name
+    seq_id: SeqId | None = None
+    ttl_seconds: int | None = None
+    age_encryption_recipients: list[str] | None = None
 
 
 class LoadWeightsRequest(WireRequest, frozen=True, kw_only=True):
