@@ -41,7 +41,6 @@ import msgspec
 
 from crucible_core.contracts import (
     Future,
-    Sampler,
     StageContext,
     Tokenizer,
     TrainingBackend,
@@ -49,12 +48,9 @@ from crucible_core.contracts import (
 )
 from crucible_core.errors import ConfigError
 from crucible_core.ir.backend import (
-    AdamParams,
-    CheckpointRef,
     Datum,
     ForwardBackwardResult,
     LossFnInputs,
-    OptimStepResult,
     Prompt,
     SamplingParams,
 )
@@ -81,6 +77,7 @@ from crucible_core.train.teacher import (
     teacher_completions,
     teacher_refusal,
 )
+from crucible_core.train.wrapped import Mapped, WrappedSession
 
 __all__ = [
     "STEPS",
@@ -196,24 +193,6 @@ def token_metrics(batch: Sequence[Datum], logprobs: Sequence[Sequence[float]]) -
     return out
 
 
-class _Mapped:
-    """A future whose result is ``fn`` of another future's."""
-
-    def __init__(
-        self,
-        inner: Future[ForwardBackwardResult],
-        fn: Callable[[ForwardBackwardResult], ForwardBackwardResult],
-    ) -> None:
-        self._inner = inner
-        self._fn = fn
-
-    def result(self, timeout: float | None = None) -> ForwardBackwardResult:
-        return self._fn(self._inner.result(timeout=timeout))
-
-    def done(self) -> bool:
-        return self._inner.done()
-
-
 def _strip(batch: Sequence[Datum]) -> list[Datum]:
     """``batch`` without the teacher's logprobs (the backend's loss does not read them)."""
     out: list[Datum] = []
@@ -226,23 +205,9 @@ def _strip(batch: Sequence[Datum]) -> list[Datum]:
     return out
 
 
-class DistillSession:
+class DistillSession(WrappedSession):
     """A :class:`~crucible_core.contracts.TrainingSession` adding the teacher metrics
     (:func:`token_metrics`) to every ``forward``/``forward_backward`` result of mode ``sft``."""
-
-    #: Its futures are not the inner session's: the loop must not withdraw them.
-    withdraws_queued_calls = False
-
-    def __init__(self, inner: TrainingSession) -> None:
-        self._inner = inner
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        return self._inner.tokenizer
-
-    @property
-    def step(self) -> int:
-        return self._inner.step
 
     def _measured(
         self,
@@ -256,31 +221,13 @@ class DistillSession:
             extra = token_metrics(data, result.logprobs)
             return msgspec.structs.replace(result, metrics={**result.metrics, **extra})
 
-        return _Mapped(call(_strip(data), loss), add)
+        return Mapped(call(_strip(data), loss), add)
 
     def forward(self, batch: Sequence[Datum], loss: Loss) -> Future[ForwardBackwardResult]:
         return self._measured(self._inner.forward, batch, loss)
 
     def forward_backward(self, batch: Sequence[Datum], loss: Loss) -> Future[ForwardBackwardResult]:
         return self._measured(self._inner.forward_backward, batch, loss)
-
-    def optim_step(self, params: AdamParams) -> Future[OptimStepResult]:
-        return self._inner.optim_step(params)
-
-    def save_state(self, name: str) -> Future[CheckpointRef]:
-        return self._inner.save_state(name)
-
-    def load_state(self, ref: CheckpointRef) -> Future[None]:
-        return self._inner.load_state(ref)
-
-    def save_weights_for_sampler(self, name: str) -> Future[Sampler]:
-        return self._inner.save_weights_for_sampler(name)
-
-    def delete_checkpoint(self, ref: CheckpointRef) -> None:
-        self._inner.delete_checkpoint(ref)
-
-    def close(self) -> None:
-        self._inner.close()
 
 
 def agreement(

@@ -23,27 +23,24 @@ does steps 1-3 and reports the same numbers. Budgets count the prompts' tokens.
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
 
-from crucible_core.contracts import Future, Sampler, Tokenizer, TrainingSession
+from crucible_core.contracts import Future, Sampler, TrainingSession
 from crucible_core.ir.backend import (
-    AdamParams,
-    CheckpointRef,
     Datum,
     ForwardBackwardResult,
     LossFnInputs,
-    OptimStepResult,
     Prompt,
     SamplingParams,
 )
 from crucible_core.ir.training import Loss
 from crucible_core.train.teacher import TeacherHandle
+from crucible_core.train.wrapped import Done, Mapped, WrappedSession
 
 __all__ = ["OnPolicyDistillSession", "prompt_datums", "sample_seed"]
 
@@ -66,19 +63,6 @@ def sample_seed(seed: int, step: int, micro: int, index: int) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
-class _Done:
-    """A future that already holds its result."""
-
-    def __init__(self, value: ForwardBackwardResult) -> None:
-        self._value = value
-
-    def result(self, timeout: float | None = None) -> ForwardBackwardResult:
-        return self._value
-
-    def done(self) -> bool:
-        return True
-
-
 class _Rollout(msgspec.Struct, kw_only=True):
     """The student's samples of one batch, as importance_sampling Datums, and their scores."""
 
@@ -88,28 +72,20 @@ class _Rollout(msgspec.Struct, kw_only=True):
     tokens: int
 
 
-class _Mapped:
-    def __init__(self, inner: Future[ForwardBackwardResult], rollout: _Rollout) -> None:
-        self._inner = inner
-        self._rollout = rollout
+def _report(r: _Rollout) -> Callable[[ForwardBackwardResult], ForwardBackwardResult]:
+    """The result of training on rollout ``r``: its reverse KL as the loss, its metrics."""
 
-    def result(self, timeout: float | None = None) -> ForwardBackwardResult:
-        result = self._inner.result(timeout=timeout)
-        r = self._rollout
+    def report(result: ForwardBackwardResult) -> ForwardBackwardResult:
         metrics = {**result.metrics, "teacher_kl": r.kl, "agreement": r.agreement}
         metrics["sampled_tokens"] = float(r.tokens)
         return msgspec.structs.replace(result, loss=r.kl, metrics=metrics)
 
-    def done(self) -> bool:
-        return self._inner.done()
+    return report
 
 
-class OnPolicyDistillSession:
+class OnPolicyDistillSession(WrappedSession):
     """A :class:`~crucible_core.contracts.TrainingSession` running on-policy distillation
     for ``importance_sampling`` calls on prompt Datums (see the module docstring)."""
-
-    #: Its futures are not the inner session's: the loop must not withdraw them.
-    withdraws_queued_calls = False
 
     def __init__(
         self,
@@ -121,7 +97,7 @@ class OnPolicyDistillSession:
         max_length: int | None,
         deadline_s: float,
     ) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._teacher = teacher
         self._sampling = sampling
         self._seed = sampling.seed if sampling.seed is not None else seed
@@ -129,14 +105,6 @@ class OnPolicyDistillSession:
         self._deadline = deadline_s
         self._last_step = -1
         self._micro = 0
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        return self._inner.tokenizer
-
-    @property
-    def step(self) -> int:
-        return self._inner.step
 
     def _rollout(self, batch: Sequence[Datum], name: str, *, training: bool) -> _Rollout:
         sampler: Sampler = self._inner.save_weights_for_sampler(name).result(timeout=self._deadline)
@@ -210,32 +178,12 @@ class OnPolicyDistillSession:
             return self._inner.forward(batch, loss)
         r = self._rollout(batch, "policy-eval", training=False)
         metrics = {"teacher_kl": r.kl, "agreement": r.agreement, "sampled_tokens": float(r.tokens)}
-        return _Done(ForwardBackwardResult(loss=r.kl, metrics=metrics, num_tokens=r.tokens))
+        return Done(ForwardBackwardResult(loss=r.kl, metrics=metrics, num_tokens=r.tokens))
 
     def forward_backward(self, batch: Sequence[Datum], loss: Loss) -> Future[ForwardBackwardResult]:
         if loss.name != "importance_sampling":
             return self._inner.forward_backward(batch, loss)
         r = self._rollout(batch, "policy", training=True)
         if not r.data:
-            future: concurrent.futures.Future[ForwardBackwardResult] = concurrent.futures.Future()
-            future.set_result(ForwardBackwardResult(loss=0.0))
-            return future
-        return _Mapped(self._inner.forward_backward(r.data, loss), r)
-
-    def optim_step(self, params: AdamParams) -> Future[OptimStepResult]:
-        return self._inner.optim_step(params)
-
-    def save_state(self, name: str) -> Future[CheckpointRef]:
-        return self._inner.save_state(name)
-
-    def load_state(self, ref: CheckpointRef) -> Future[None]:
-        return self._inner.load_state(ref)
-
-    def save_weights_for_sampler(self, name: str) -> Future[Sampler]:
-        return self._inner.save_weights_for_sampler(name)
-
-    def delete_checkpoint(self, ref: CheckpointRef) -> None:
-        self._inner.delete_checkpoint(ref)
-
-    def close(self) -> None:
-        self._inner.close()
+            return Done(ForwardBackwardResult(loss=0.0))
+        return Mapped(self._inner.forward_backward(r.data, loss), _report(r))

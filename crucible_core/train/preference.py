@@ -33,26 +33,21 @@ the rule of crucible-local's ``dpo`` loss, so both routes train alike.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
-from crucible_core.contracts import Future, Sampler, Tokenizer, TrainingSession
+from crucible_core.contracts import Future, TrainingSession
 from crucible_core.errors import ConfigError
 from crucible_core.ir.backend import (
-    AdamParams,
-    CheckpointRef,
     Datum,
     ForwardBackwardResult,
-    OptimStepResult,
 )
 from crucible_core.ir.training import Loss
+from crucible_core.train.wrapped import Mapped, WrappedSession
 
 __all__ = ["DPOTerms", "LinearizedDPOSession", "dpo_terms"]
-
-T = TypeVar("T")
-U = TypeVar("U")
 
 
 class DPOTerms(msgspec.Struct, kw_only=True):
@@ -121,20 +116,6 @@ def dpo_terms(batch: Sequence[Datum], logprobs: Sequence[Sequence[float]], beta:
     return DPOTerms(loss=sum(losses) / pairs, metrics=metrics, grads=grads)
 
 
-class _Mapped(Generic[T, U]):
-    """A future whose result is ``fn`` of another future's."""
-
-    def __init__(self, inner: Future[T], fn: Callable[[T], U]) -> None:
-        self._inner = inner
-        self._fn = fn
-
-    def result(self, timeout: float | None = None) -> U:
-        return self._fn(self._inner.result(timeout=timeout))
-
-    def done(self) -> bool:
-        return self._inner.done()
-
-
 def _surrogate(
     batch: Sequence[Datum], logprobs: Sequence[Sequence[float]], terms: DPOTerms
 ) -> list[Datum]:
@@ -154,7 +135,7 @@ def _surrogate(
     return out
 
 
-class LinearizedDPOSession:
+class LinearizedDPOSession(WrappedSession):
     """A :class:`~crucible_core.contracts.TrainingSession` that computes ``dpo`` itself.
 
     Every call goes to ``inner`` unchanged, except ``forward``/``forward_backward``
@@ -162,20 +143,9 @@ class LinearizedDPOSession:
     bounds the wait for the forward pass that ``forward_backward`` needs first.
     """
 
-    #: Its futures are not the inner session's: the loop must not withdraw them.
-    withdraws_queued_calls = False
-
     def __init__(self, inner: TrainingSession, *, deadline_s: float) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._deadline = deadline_s
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        return self._inner.tokenizer
-
-    @property
-    def step(self) -> int:
-        return self._inner.step
 
     def _beta(self, loss: Loss) -> float:
         value: Any = loss.params.get("beta", 0.1)
@@ -191,7 +161,7 @@ class LinearizedDPOSession:
             terms = dpo_terms(data, result.logprobs, beta)
             return msgspec.structs.replace(result, loss=terms.loss, metrics=terms.metrics)
 
-        return _Mapped(self._inner.forward(data, Loss()), score)
+        return Mapped(self._inner.forward(data, Loss()), score)
 
     def forward_backward(self, batch: Sequence[Datum], loss: Loss) -> Future[ForwardBackwardResult]:
         if loss.name != "dpo":
@@ -205,22 +175,4 @@ class LinearizedDPOSession:
         def report(result: ForwardBackwardResult) -> ForwardBackwardResult:
             return msgspec.structs.replace(result, loss=terms.loss, metrics=terms.metrics)
 
-        return _Mapped(done, report)
-
-    def optim_step(self, params: AdamParams) -> Future[OptimStepResult]:
-        return self._inner.optim_step(params)
-
-    def save_state(self, name: str) -> Future[CheckpointRef]:
-        return self._inner.save_state(name)
-
-    def load_state(self, ref: CheckpointRef) -> Future[None]:
-        return self._inner.load_state(ref)
-
-    def save_weights_for_sampler(self, name: str) -> Future[Sampler]:
-        return self._inner.save_weights_for_sampler(name)
-
-    def delete_checkpoint(self, ref: CheckpointRef) -> None:
-        self._inner.delete_checkpoint(ref)
-
-    def close(self) -> None:
-        self._inner.close()
+        return Mapped(done, report)
