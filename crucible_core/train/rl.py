@@ -66,7 +66,6 @@ from crucible_core.ir.backend import Capabilities, CheckpointRef, Datum, Prompt,
 from crucible_core.ir.training import Loss, RLConfig, TrainingJob
 from crucible_core.pipeline.scope import RunScope
 from crucible_core.records.artifacts import write_json
-from crucible_core.records.manifest import RunRecord
 from crucible_core.train import state as disk
 from crucible_core.train.loop import LoopState, SavedCheckpoint, TrainLoop, batch_for_step
 from crucible_core.train.prepare import PreparedData
@@ -79,6 +78,7 @@ from crucible_core.train.steps import (
     call_deadline,
     finish,
     prepare_step,
+    record_session,
     restore,
     save_final,
 )
@@ -514,15 +514,7 @@ def rl_train_step(
     run_dir = ctx.run_dir
     deadline = call_deadline()
     caps = backend.capabilities()
-    tokenizer = session.tokenizer
-    RunRecord(run_dir).update(
-        tokenizer={
-            "name": tokenizer.name,
-            "vocab_size": tokenizer.vocab_size,
-            "revision": job.model_spec.revision,
-        },
-        capabilities={"backend_id": caps.backend_id, "provider": caps.provider},
-    )
+    record_session(run_dir, session, job, caps)
     if reward is None:
         reward = resolve_reward(job.rl_config.reward, getattr(ctx, "host", None))
     if resume is not None:

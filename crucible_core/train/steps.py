@@ -24,6 +24,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -54,6 +55,7 @@ __all__ = [
     "manifest_start",
     "prepare_step",
     "record_data",
+    "record_session",
     "restore",
     "save_final",
     "train_step",
@@ -120,6 +122,21 @@ def call_deadline() -> float:
     return value
 
 
+def record_session(
+    run_dir: Path, session: TrainingSession, job: TrainingJob, caps: Capabilities
+) -> None:
+    """Record in the manifest the tokenizer and backend the run trains with."""
+    tokenizer = session.tokenizer
+    RunRecord(run_dir).update(
+        tokenizer={
+            "name": tokenizer.name,
+            "vocab_size": tokenizer.vocab_size,
+            "revision": job.model_spec.revision,
+        },
+        capabilities={"backend_id": caps.backend_id, "provider": caps.provider},
+    )
+
+
 def train_step(
     ctx: StageContext,
     session: TrainingSession,
@@ -132,15 +149,7 @@ def train_step(
     """Restore ``resume`` (verified) or score the base, then run the loop."""
     run_dir = ctx.run_dir
     deadline = call_deadline()
-    tokenizer = session.tokenizer
-    RunRecord(run_dir).update(
-        tokenizer={
-            "name": tokenizer.name,
-            "vocab_size": tokenizer.vocab_size,
-            "revision": job.model_spec.revision,
-        },
-        capabilities={"backend_id": caps.backend_id, "provider": caps.provider},
-    )
+    record_session(run_dir, session, job, caps)
     before = None
     if resume is not None:
         resume = restore(ctx, session, resume, deadline)

@@ -32,7 +32,6 @@ import hashlib
 import inspect
 import json
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -54,6 +53,7 @@ from crucible_core.records.events import Event
 from crucible_core.records.paths import run_dir
 from crucible_server.auth import Principal, RateLimiter, authenticate
 from crucible_server.feeds import Feeds
+from crucible_server.guards import owned_job, requires
 from crucible_server.problems import PROBLEM_JSON, PROBLEM_SCHEMA, problem_body
 from crucible_server.routes import ApiContext, mount_plugin_routes
 from crucible_server.submit import job_from_body, plan_problems
@@ -220,28 +220,12 @@ def build_app(
         redoc_url=None,
     )
 
-    def _principal(scope: str) -> Callable[[Request], Principal]:
-        def dependency(request: Request) -> Principal:
-            p = authenticate(request.headers.get("authorization"), tokens, limiter)
-            p.require(scope)
-            return p
-
-        dependency.__name__ = f"require_{scope.replace(':', '_')}"
-        return dependency
-
-    read = Depends(_principal("jobs:read"))
-    write = Depends(_principal("jobs:write"))
-    art = Depends(_principal("artifacts:read"))
+    read = Depends(requires("jobs:read", tokens, limiter))
+    write = Depends(requires("jobs:write", tokens, limiter))
+    art = Depends(requires("artifacts:read", tokens, limiter))
 
     def owned(job_id: str, p: Principal) -> Job:
-        missing = NotFound(f"no job {job_id!r}", hint="`GET /v1/jobs` lists your jobs")
-        try:
-            job = scheduler.get(job_id)
-        except NotFound:
-            raise missing from None
-        if job.tenant_id != p.tenant_id:
-            raise missing
-        return job
+        return owned_job(scheduler, job_id, p, hint="`GET /v1/jobs` lists your jobs")
 
     # -- errors ---------------------------------------------------------------
 
@@ -566,7 +550,9 @@ def build_app(
 
         return await run_in_threadpool(work)
 
-    plugin_api = ApiContext(principal=_principal, in_thread=run_in_threadpool)
+    plugin_api = ApiContext(
+        principal=lambda scope: requires(scope, tokens, limiter), in_thread=run_in_threadpool
+    )
     mount_plugin_routes(app, plugin_api, host)
     app.state.crucible_components = plugin_api.components
 

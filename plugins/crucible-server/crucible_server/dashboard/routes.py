@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
@@ -35,7 +34,8 @@ from starlette.staticfiles import StaticFiles
 from crucible_core.errors import ConfigError, NotFound
 from crucible_core.ir.work import Job
 from crucible_core.records.paths import run_dir
-from crucible_server.auth import Principal, RateLimiter, authenticate
+from crucible_server.auth import Principal, RateLimiter
+from crucible_server.guards import owned_job, requires
 from crucible_server.telemetry import latest_progress
 
 if TYPE_CHECKING:
@@ -195,27 +195,12 @@ def mount_dashboard(
         )
         return HTMLResponse(html, status, headers=_HEADERS)
 
-    def principal(scope: str) -> Callable[[Request], Principal]:
-        def dependency(request: Request) -> Principal:
-            p = authenticate(request.headers.get("authorization"), tokens, limiter)
-            p.require(scope)
-            return p
-
-        return dependency
-
-    read = Depends(principal("jobs:read"))
-    art = Depends(principal("artifacts:read"))
-    admin = Depends(principal("admin"))
+    read = Depends(requires("jobs:read", tokens, limiter))
+    art = Depends(requires("artifacts:read", tokens, limiter))
+    admin = Depends(requires("admin", tokens, limiter))
 
     def owned(job_id: str, p: Principal) -> Job:
-        missing = NotFound(f"no job {job_id!r}", hint="the jobs page lists your jobs")
-        try:
-            job = scheduler.get(job_id)
-        except NotFound:
-            raise missing from None
-        if job.tenant_id != p.tenant_id:
-            raise missing
-        return job
+        return owned_job(scheduler, job_id, p, hint="the jobs page lists your jobs")
 
     def as_json(obj: Any) -> Response:
         return Response(_encoder.encode(obj), media_type="application/json")
