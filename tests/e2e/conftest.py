@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,38 @@ class Cli:
             return []
         lines = path.read_text().splitlines()
         return [json.loads(line) for line in lines if line.strip()]
+
+    def kill_9_after_checkpoint(self, job: Path, run: str, step: int) -> dict[str, Any]:
+        """Start ``crucible train JOB --job-id RUN``, SIGKILL it once a state checkpoint of
+        step ``step`` or later is logged, and return the run's ``trainer_state.json``."""
+        victim = self.popen("train", str(job), "--job-id", run, "--no-progress")
+        deadline = time.monotonic() + 240
+        try:
+            while time.monotonic() < deadline:
+                saved = [
+                    e["step"]
+                    for e in self.telemetry(run)
+                    if e["kind"] == "train.checkpoint"
+                    and e["data"].get("checkpoint_kind") == "state"
+                ]
+                if saved and max(saved) >= step:
+                    break
+                if victim.poll() is not None:
+                    assert victim.stderr is not None
+                    pytest.fail(f"the run ended before step {step}: {victim.stderr.read()}")
+                time.sleep(0.05)
+            victim.send_signal(signal.SIGKILL)
+        finally:
+            victim.wait(timeout=30)
+            assert victim.stdout is not None
+            assert victim.stderr is not None
+            victim.stdout.close()
+            victim.stderr.close()
+        state: dict[str, Any] = json.loads(
+            (self.home / "runs" / run / "trainer_state.json").read_text()
+        )
+        assert state["step"] >= step
+        return state
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -45,29 +43,7 @@ def test_kill_9_then_resume_continues_the_uninterrupted_rl_curve(cli: Cli, tmp_p
 
     seed = random.randrange(1_000_000)
     kill_after = random.Random(seed).choice([2, 4, 6])
-    victim = cli.popen("train", str(job), "--job-id", "victim", "--no-progress")
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline:
-            saved = [
-                e["step"]
-                for e in cli.telemetry("victim")
-                if e["kind"] == "train.checkpoint" and e["data"].get("checkpoint_kind") == "state"
-            ]
-            if saved and max(saved) >= kill_after:
-                break
-            if victim.poll() is not None:
-                pytest.fail(f"the run ended before step {kill_after}: {victim.stderr.read()}")
-            time.sleep(0.05)
-        victim.send_signal(signal.SIGKILL)
-    finally:
-        victim.wait(timeout=30)
-        assert victim.stdout is not None
-        assert victim.stderr is not None
-        victim.stdout.close()
-        victim.stderr.close()
-    state = json.loads((cli.home / "runs" / "victim" / "trainer_state.json").read_text())
-    assert state["step"] >= kill_after
+    state = cli.kill_9_after_checkpoint(job, "victim", kill_after)
     resumed = cli("resume", "victim", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming victim from step {state['step']}" in resumed.stdout

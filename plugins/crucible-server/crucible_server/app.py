@@ -28,10 +28,8 @@ Contract:
 from __future__ import annotations
 
 import base64
-import hashlib
 import inspect
 import json
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -53,6 +51,7 @@ from crucible_core.records.events import Event
 from crucible_core.records.paths import run_dir
 from crucible_server.auth import Principal, RateLimiter, authenticate
 from crucible_server.feeds import Feeds
+from crucible_server.filehash import Sha256Cache
 from crucible_server.guards import owned_job, requires
 from crucible_server.problems import PROBLEM_JSON, PROBLEM_SCHEMA, problem_body
 from crucible_server.routes import ApiContext, mount_plugin_routes
@@ -149,27 +148,6 @@ def _json(obj: Any, status: int = 200) -> Any:
     return Response(_encoder.encode(obj), status, media_type="application/json")
 
 
-class _Sha256Cache:
-    """sha256 of files, remembered per (path, size, mtime) so downloads hash once."""
-
-    def __init__(self) -> None:
-        self._known: dict[tuple[str, int, int], str] = {}
-        self._lock = threading.Lock()
-
-    def of(self, path: Path) -> str:
-        st = path.stat()
-        key = (str(path), st.st_size, st.st_mtime_ns)
-        with self._lock:
-            hit = self._known.get(key)
-        if hit is not None:
-            return hit
-        with open(path, "rb") as fh:
-            digest = hashlib.file_digest(fh, "sha256").hexdigest()
-        with self._lock:
-            self._known[key] = digest
-        return digest
-
-
 def _schema_ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -208,7 +186,7 @@ def build_app(
     """
     cfg = settings or ServerSettings()
     limiter = RateLimiter(cfg.rate_per_s, cfg.rate_burst) if tokens is not None else None
-    hashes = _Sha256Cache()
+    hashes = Sha256Cache()
     metrics = _Metrics(scheduler)
     feeds = Feeds(scheduler, cfg.poll_s, run_in_threadpool)
 

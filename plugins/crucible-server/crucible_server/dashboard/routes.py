@@ -20,7 +20,6 @@ See the package docstring for why pages are shells. Contract:
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -35,6 +34,7 @@ from crucible_core.errors import ConfigError, NotFound
 from crucible_core.ir.work import Job
 from crucible_core.records.paths import run_dir
 from crucible_server.auth import Principal, RateLimiter
+from crucible_server.filehash import Sha256Cache
 from crucible_server.guards import owned_job, requires
 from crucible_server.telemetry import latest_progress
 
@@ -72,26 +72,6 @@ def _templates() -> Environment:
         autoescape=select_autoescape(default=True, default_for_string=True),
         auto_reload=False,
     )
-
-
-class _Hashes:
-    """sha256 of artifact files, remembered per (path, size, mtime)."""
-
-    def __init__(self) -> None:
-        self._known: dict[tuple[str, int, int], str] = {}
-        self._lock = threading.Lock()
-
-    def of(self, path: Path) -> str:
-        st = path.stat()
-        key = (str(path), st.st_size, st.st_mtime_ns)
-        with self._lock:
-            hit = self._known.get(key)
-        if hit is None:
-            with open(path, "rb") as fh:
-                hit = hashlib.file_digest(fh, "sha256").hexdigest()
-            with self._lock:
-                self._known[key] = hit
-        return hit
 
 
 class _Progress:
@@ -185,7 +165,7 @@ def mount_dashboard(
 ) -> None:
     """Add the dashboard's pages, static files and ``/ui/api`` routes to ``app``."""
     env = _templates()
-    hashes = _Hashes()
+    hashes = Sha256Cache()
     progress = _Progress()
     app.mount("/ui/static", StaticFiles(directory=_HERE / "static"), name="dashboard-static")
 
