@@ -20,6 +20,7 @@ The child also exits on its own when its stdin closes (this process died).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -101,6 +102,7 @@ class WriterProcess:
             [sys.executable, "-m", "crucible_mlflow.writer"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # its warnings come back as frames (writer module)
             env=env,
             start_new_session=True,  # a Ctrl-C in the terminal must not cut its last writes
         )
@@ -118,6 +120,10 @@ class WriterProcess:
         try:
             while data := out.read1(1 << 16):  # pyright: ignore[reportAttributeAccessIssue]
                 for tag, body in reader.feed(data):  # pyright: ignore[reportUnknownArgumentType]
+                    if tag == b"w":
+                        name, level, message = msgspec.msgpack.decode(body)
+                        logging.getLogger(name).log(level, "%s (MLflow writer)", message)
+                        continue
                     if tag != b"a":
                         continue
                     n, handled, errors = msgspec.msgpack.decode(body)

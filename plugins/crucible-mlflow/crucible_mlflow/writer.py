@@ -20,17 +20,22 @@ msgpack body), parent -> child on stdin:
 
 child -> parent on stdout: ``a`` + ``[n, handled, errors]`` after each
 read's events were handled (``n`` = 0) and for each ``f``/``c`` (``n`` as
-sent). End of input (the parent died) ends open runs and exits; a second
-without input flushes the buffered metrics.
+sent); ``w`` + ``[logger, level, message]`` for each warning the child logs,
+which the parent logs again under its own logging (the child's stderr is
+``/dev/null``: it holds none of the run's pipes, so a run killed outright is
+not waited for through its writer). End of input (the parent died) ends open
+runs and exits; a second without input flushes the buffered metrics.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
 import struct
 import sys
+import threading
 from typing import IO, Any, Final
 
 import msgspec
@@ -73,6 +78,18 @@ class FrameReader:
         return out
 
 
+class _Relay(logging.Handler):
+    """Warnings of the child, as ``w`` frames to the parent."""
+
+    def __init__(self, send: Any) -> None:
+        super().__init__(logging.WARNING)
+        self._send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):  # the parent is gone: nowhere to tell
+            self._send(frame(b"w", [record.name, record.levelno, record.getMessage()]))
+
+
 class _Writer:
     """The child's state: a Tracker and its counters."""
 
@@ -80,15 +97,20 @@ class _Writer:
         from crucible_core.records.events import Event
 
         self.out = out
+        self._lock = threading.Lock()
         self.tracker: Any = None
         self.handled = 0
         self.errors = 0
         self._kinds: set[str] = set()
         self._event = msgspec.msgpack.Decoder(Event)
 
+    def send(self, data: bytes) -> None:
+        with self._lock:  # library threads may log while the main thread acknowledges
+            self.out.write(data)
+            self.out.flush()
+
     def ack(self, n: int) -> None:
-        self.out.write(frame(b"a", [n, self.handled, self.errors]))
-        self.out.flush()
+        self.send(frame(b"a", [n, self.handled, self.errors]))
 
     def guard(self, what: str, fn: Any, *args: Any) -> None:
         try:
@@ -133,14 +155,16 @@ class _Writer:
 
 def main(inp: IO[bytes] | None = None, out: IO[bytes] | None = None) -> int:
     """Serve the protocol on stdin/stdout until ``c`` or end of input."""
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     fd = (inp or sys.stdin.buffer).fileno()
     if out is None:
-        # Frames own the real stdout; anything a library prints goes to stderr instead of
-        # corrupting the stream.
+        # Frames own the real stdout; anything a library prints goes to stderr (/dev/null)
+        # instead of corrupting the stream.
         out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
         os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     writer = _Writer(out)
+    root = logging.getLogger()
+    root.addHandler(_Relay(writer.send))
+    root.setLevel(logging.WARNING)
     reader = FrameReader()
     quiet = False
     while True:

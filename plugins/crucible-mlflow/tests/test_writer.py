@@ -8,12 +8,14 @@ in a subprocess.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from crucible_mlflow.config import MlflowConfig
 from crucible_mlflow.sink import MlflowSink
 from crucible_mlflow.writer import FrameReader, frame
@@ -21,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crucible_core.records.events import Event
+from crucible_core.testing.http import LocalEndpoint
 
 
 @given(
@@ -133,3 +136,26 @@ def test_a_training_process_never_imports_mlflow(crucible_home: Path, job_file: 
     [run] = client.search_runs([experiment.experiment_id])
     assert (run.info.run_name, run.info.status) == ("lean", "FINISHED")
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 6
+
+
+def test_the_writers_warnings_reach_the_runs_log(
+    crucible_home: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The writer's stderr is /dev/null; what it logs comes back to the run's logging.
+
+    The failure is real: a tracking server on 127.0.0.1 that was closed (connection
+    refused), reached by mlflow's REST client without retries."""
+    with LocalEndpoint() as gone:
+        url = gone.url
+    monkeypatch.setenv("CRUCIBLE_MLFLOW_TRACKING_URI", url)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    sink = MlflowSink(MlflowConfig.from_env())
+    with caplog.at_level(logging.WARNING, logger="crucible_mlflow"):
+        assert sink.offer(_events("refused", 1)[0])
+        assert sink.flush(120)
+        sink.close(10)
+    assert sink.errors == 1
+    [record] = [r for r in caplog.records if "(MLflow writer)" in r.getMessage()]
+    assert record.name == "crucible_mlflow"
+    assert "an event failed" in record.getMessage()
