@@ -8,7 +8,9 @@ off for the process), registers its close at exit, and every later call
 returns the same sink; :meth:`SinkSlot.install` puts a sink there by hand
 (tests, embedding); :meth:`SinkSlot.reset` closes it and forgets it, so the
 next :meth:`SinkSlot.get` builds a new one from the environment as it is
-then. After the process began exiting no new sink is built.
+then; :meth:`SinkSlot.deliver` hands an event to the sink (what a sink
+plugin's ``on_event`` calls). After the process began exiting no new sink
+is built.
 
 Thread-safe: ``build`` runs at most once per configuration, under a lock.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 import atexit
 import threading
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 __all__ = ["SinkSlot"]
 
@@ -29,14 +31,19 @@ class SinkSlot(Generic[S]):
     """A process-wide sink slot (module docstring).
 
     ``close(sink, timeout)`` closes a sink; ``timeout`` None means the sink's
-    own default (what the process waits at exit).
+    own default (what the process waits at exit). ``send(sink, event)`` hands
+    one event to a sink (its never-blocking ``offer``).
     """
 
     def __init__(
-        self, build: Callable[[], S | None], close: Callable[[S, float | None], object]
+        self,
+        build: Callable[[], S | None],
+        close: Callable[[S, float | None], object],
+        send: Callable[[S, Any], object],
     ) -> None:
         self._build = build
         self._close = close
+        self._send = send
         self._sink: S | None = None
         self._configured = False
         self._exiting = False
@@ -59,6 +66,12 @@ class SinkSlot(Generic[S]):
                     self._registered = True
                     atexit.register(self._at_exit)
             return self._sink
+
+    def deliver(self, event: Any) -> None:
+        """Hand ``event`` to the sink, building it from the environment first (if on)."""
+        sink = self.get()
+        if sink is not None:
+            self._send(sink, event)
 
     def install(self, sink: S | None) -> S | None:
         """Make ``sink`` the process's sink (None: off); the one it replaces, not closed."""

@@ -22,6 +22,10 @@ class _Sink:
     def __init__(self, n: int) -> None:
         self.n = n
         self.closed_with: list[float | None] = []
+        self.taken: list[object] = []
+
+    def take(self, event: object) -> None:
+        self.taken.append(event)
 
 
 def test_the_slot_builds_once_and_reset_builds_again() -> None:
@@ -31,7 +35,7 @@ def test_the_slot_builds_once_and_reset_builds_again() -> None:
         built.append(_Sink(len(built)))
         return built[-1]
 
-    slot: SinkSlot[_Sink] = SinkSlot(build, lambda s, t: s.closed_with.append(t))
+    slot: SinkSlot[_Sink] = SinkSlot(build, lambda s, t: s.closed_with.append(t), _Sink.take)
     assert slot.current() is None
     threads = [threading.Thread(target=slot.get) for _ in range(8)]
     for t in threads:
@@ -44,9 +48,11 @@ def test_the_slot_builds_once_and_reset_builds_again() -> None:
     assert slot.reset(2.5) is first
     assert first.closed_with == [2.5]
     assert slot.current() is None
-    second = slot.get()
+    slot.deliver("e1")
+    second = slot.current()
     assert second is not None
     assert second.n == 1
+    assert second.taken == ["e1"], "deliver builds the sink and hands it the event"
 
 
 def test_an_off_slot_stays_off_until_reset_and_install_replaces() -> None:
@@ -55,9 +61,9 @@ def test_an_off_slot_stays_off_until_reset_and_install_replaces() -> None:
     def build() -> None:
         calls.append(1)
 
-    slot: SinkSlot[_Sink] = SinkSlot(build, lambda s, t: s.closed_with.append(t))
+    slot: SinkSlot[_Sink] = SinkSlot(build, lambda s, t: s.closed_with.append(t), _Sink.take)
     assert slot.get() is None
-    assert slot.get() is None
+    slot.deliver("dropped")
     assert calls == [1], "None means off for the process, not 'try again'"
     mine = _Sink(7)
     assert slot.install(mine) is None

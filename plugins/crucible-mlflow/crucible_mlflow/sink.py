@@ -145,7 +145,7 @@ def _close(sink: MlflowSink, timeout: float | None) -> None:
     sink.close(sink.config.flush_s if timeout is None else timeout)
 
 
-_slot: SinkSlot[MlflowSink] = SinkSlot(_build, _close)
+_slot: SinkSlot[MlflowSink] = SinkSlot(_build, _close, MlflowSink.offer)
 
 
 #: The process-wide sink (None when off or nothing was delivered yet).
@@ -157,10 +157,6 @@ install = _slot.install
 #: its ``FLUSH_S``) and forget it, so the next event builds a new one from the
 #: environment; returns the closed sink.
 reset = _slot.reset
-
-
-def deliver(event: Event) -> None:
-    """Hand ``event`` to the process-wide sink, building it from the environment first."""
-    sink = _slot.get()
-    if sink is not None:
-        sink.offer(event)
+#: ``deliver(event)``: hand ``event`` to the process-wide sink, building it from the
+#: environment first (what the ``on_event`` hook calls).
+deliver = _slot.deliver

@@ -12,7 +12,6 @@ its configuration).
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from crucible_core.errors import CrucibleError
 from crucible_core.records.sinkslot import SinkSlot
@@ -46,7 +45,7 @@ def _close(sink: LineageSink, timeout: float | None) -> None:
     sink.close(flush_s if timeout is None else timeout)
 
 
-_slot: SinkSlot[LineageSink] = SinkSlot(_make, _close)
+_slot: SinkSlot[LineageSink] = SinkSlot(_make, _close, LineageSink.observe)
 
 
 def current() -> LineageSink | None:
@@ -54,11 +53,8 @@ def current() -> LineageSink | None:
     return _slot.get()
 
 
-def observe(event: Any) -> None:
-    """Hand one crucible event to the sink (if lineage is on)."""
-    sink = _slot.get()
-    if sink is not None:
-        sink.observe(event)
+#: ``observe(event)``: hand one crucible event to the sink (if lineage is on).
+observe = _slot.deliver
 
 
 def reset() -> LineageSink | None:

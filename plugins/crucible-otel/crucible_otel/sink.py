@@ -186,7 +186,7 @@ def _close(sink: OtelSink, timeout: float | None) -> None:
     sink.close(shutdown_timeout() if timeout is None else timeout)
 
 
-_slot: SinkSlot[OtelSink] = SinkSlot(_build, _close)
+_slot: SinkSlot[OtelSink] = SinkSlot(_build, _close, OtelSink.offer)
 
 
 #: The process-wide sink (None when off or nothing was delivered yet).
@@ -198,10 +198,6 @@ install = _slot.install
 #: ``CRUCIBLE_OTEL_SHUTDOWN_TIMEOUT``) and forget it, so the next event builds a new one from the
 #: environment; returns the closed sink.
 reset = _slot.reset
-
-
-def deliver(event: Event) -> None:
-    """Hand ``event`` to the process-wide sink, building it from the environment first if needed."""
-    sink = _slot.get()
-    if sink is not None:
-        sink.offer(event)
+#: ``deliver(event)``: hand ``event`` to the process-wide sink, building it from the
+#: environment first (what the ``on_event`` hook calls).
+deliver = _slot.deliver
