@@ -46,6 +46,7 @@ log = logging.getLogger("crucible_mlflow")
 
 _HEADER: Final = struct.Struct(">I")
 _IDLE_S: Final = 1.0
+_NICE: Final = 10
 _encoder = msgspec.msgpack.Encoder(enc_hook=repr)
 
 
@@ -156,6 +157,9 @@ class _Writer:
 def main(inp: IO[bytes] | None = None, out: IO[bytes] | None = None) -> int:
     """Serve the protocol on stdin/stdout until ``c`` or end of input."""
     fd = (inp or sys.stdin.buffer).fileno()
+    # Background work: when cores are short the run's own threads go first.
+    with contextlib.suppress(OSError):
+        os.nice(_NICE)
     if out is None:
         # Frames own the real stdout; anything a library prints goes to stderr (/dev/null)
         # instead of corrupting the stream.

@@ -75,6 +75,10 @@ def test_the_tracking_calls_run_in_a_child_process(crucible_home: Path) -> None:
     pid = sink.writer.pid
     assert pid is not None
     assert pid != os.getpid()
+    import psutil
+
+    # Background work: it yields the cores to the run when they are short.
+    assert psutil.Process(pid).nice() >= min(psutil.Process().nice() + 10, 19)
     # Only the events the tracker reads went to the child (not probe.other).
     assert sink.writer.sent == 32
     assert (sink.writer.handled, sink.errors, sink.dropped) == (32, 0, 0)
