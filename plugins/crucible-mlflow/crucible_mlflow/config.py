@@ -26,31 +26,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from crucible_core.errors import ConfigError
+from crucible_core.records.sinkenv import positive_number
 
 __all__ = ["MlflowConfig"]
 
 _PREFIX = "CRUCIBLE_MLFLOW_"
-
-
-def _number(env: Mapping[str, str], name: str, default: float, *, integer: bool = False) -> float:
-    raw = (env.get(_PREFIX + name) or "").strip()
-    if not raw:
-        return default
-    kind = "a whole number" if integer else "a number"
-    try:
-        value = int(raw) if integer else float(raw)
-    except ValueError:
-        raise ConfigError(
-            f"{_PREFIX}{name}={raw!r} is not {kind}",
-            hint=f"set {_PREFIX}{name} to {kind} greater than 0, or unset it",
-        ) from None
-    if value <= 0:
-        raise ConfigError(
-            f"{_PREFIX}{name} must be greater than 0, got {raw}",
-            hint=f"unset {_PREFIX}{name} for the default ({default:g})",
-        )
-    return value
 
 
 def _local(uri: str) -> bool:
@@ -94,6 +74,6 @@ class MlflowConfig:
                 env.get(_PREFIX + "EXPERIMENT") or env.get("MLFLOW_EXPERIMENT_NAME") or "crucible"
             ),
             artifact_location=location,
-            queue_size=int(_number(env, "QUEUE", 10_000, integer=True)),
-            flush_s=_number(env, "FLUSH_S", 10.0),
+            queue_size=int(positive_number(env, _PREFIX + "QUEUE", 10_000, integer=True)),
+            flush_s=positive_number(env, _PREFIX + "FLUSH_S", 10.0),
         )

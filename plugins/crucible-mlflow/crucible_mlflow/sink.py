@@ -5,8 +5,10 @@ Why a queue: ``on_event`` runs on the event bus's plugin delivery thread,
 shared by every plugin; a tracking store that is down or slow (an HTTP
 server that hangs, a locked SQLite file) must hold neither that thread nor
 the run. :meth:`MlflowSink.offer` only queues the event (``put_nowait``);
-one worker thread imports mlflow and makes the tracking calls
-(:class:`~crucible_mlflow.track.Tracker`). When the queue is full the event
+one worker thread forwards the events the tracker reads to the MLflow
+writer process (:mod:`crucible_mlflow.process`), which imports mlflow and
+makes the tracking calls (:class:`~crucible_mlflow.track.Tracker`) without
+sharing this process's GIL. When the queue is full the event
 is dropped and counted (:attr:`MlflowSink.dropped`), the first drop is logged
 (logger ``crucible_mlflow``), and the run's own telemetry.jsonl gets a
 ``sink.dropped`` warning event (``sink = "mlflow"``) at the run's first drop
@@ -14,7 +16,7 @@ and with the run's total when the sink closes.
 
 :meth:`MlflowSink.close` (at process exit: ``CRUCIBLE_MLFLOW_FLUSH_S``)
 sends what is queued, ends open runs as KILLED and stops, all within its
-timeout; a store still hanging then is abandoned (daemon thread).
+timeout; a writer still hanging on its store then is killed.
 
 The process-wide sink is built from the environment on the first event
 (:func:`deliver`); :func:`install` replaces it (tests, embedding).
@@ -22,14 +24,14 @@ The process-wide sink is built from the environment on the first event
 
 from __future__ import annotations
 
-import atexit
 import logging
-import threading
+import time
 from typing import TYPE_CHECKING
 
 from crucible_core.records.sinkqueue import DropLedger, SinkQueue
+from crucible_core.records.sinkslot import SinkSlot
 from crucible_mlflow.config import MlflowConfig
-from crucible_mlflow.track import Tracker
+from crucible_mlflow.process import WriterProcess
 
 if TYPE_CHECKING:
     from crucible_core.records.events import Event
@@ -44,16 +46,19 @@ class MlflowSink:
 
     def __init__(self, config: MlflowConfig, *, manifest_wait_s: float = 5.0) -> None:
         self.config = config
-        self.tracker = Tracker(config, manifest_wait_s=manifest_wait_s)
+        #: The writer process (started on the first event the tracker reads).
+        self.writer = WriterProcess(
+            config, manifest_wait_s=manifest_wait_s, window=config.queue_size
+        )
         #: Events dropped, by job (the total is :attr:`dropped`).
         self.drops = DropLedger("mlflow", config.queue_size)
         self.queue: SinkQueue[Event] = SinkQueue(
-            self.tracker.handle,
+            self.writer.handle,
             name="crucible-mlflow",
             maxsize=config.queue_size,
             on_drop=self._drop,
-            on_idle=self.tracker.flush,
-            idle_s=1.0,
+            on_idle=self.writer.idle,
+            idle_s=0.2,
         )
 
     @property
@@ -63,8 +68,8 @@ class MlflowSink:
 
     @property
     def errors(self) -> int:
-        """Events whose tracking calls raised (counted, logged once per kind)."""
-        return self.queue.errors
+        """Events not forwarded or whose tracking calls raised (counted, logged once per kind)."""
+        return self.queue.errors + self.writer.errors
 
     def offer(self, event: Event) -> bool:
         """Queue ``event``; False (dropped and counted) if the queue is full or closed."""
@@ -92,7 +97,13 @@ class MlflowSink:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Send everything queued so far (metrics included); True if done within ``timeout``."""
-        return self.queue.call(self.tracker.flush, timeout)
+        deadline = time.monotonic() + timeout
+        done: list[bool] = []
+
+        def flush() -> None:
+            done.append(self.writer.flush(deadline - time.monotonic()))
+
+        return self.queue.call(flush, timeout) and done == [True]
 
     def close(self, timeout: float = 10.0) -> bool:
         """Send what is queued, end open runs as KILLED, stop; all within ``timeout`` s.
@@ -101,7 +112,15 @@ class MlflowSink:
         """
         if self.queue.closed:
             return True
-        done = self.queue.close(timeout, final=self.tracker.finish)
+        deadline = time.monotonic() + timeout
+        closed: list[bool] = []
+
+        def final() -> None:
+            closed.append(self.writer.close(deadline - time.monotonic()))
+
+        done = self.queue.close(timeout, final=final) and closed == [True]
+        if not done:
+            self.writer.kill()
         if self.dropped:
             log.warning("crucible-mlflow: %d events were dropped in all", self.dropped)
             self.drops.report(lambda n: f"the MLflow sink dropped {n} events of this run")
@@ -110,66 +129,34 @@ class MlflowSink:
 
 # -- the process-wide sink ----------------------------------------------------------
 
-_sink: MlflowSink | None = None
-_configured = False
-_global_lock = threading.Lock()
+
+def _build() -> MlflowSink | None:
+    from crucible_core.errors import CrucibleError
+
+    try:
+        config = MlflowConfig.from_env()
+    except CrucibleError as exc:
+        log.warning("crucible-mlflow is off: %s (%s)", exc.message, exc.hint or "")
+        return None
+    return None if config.tracking_uri is None else MlflowSink(config)
 
 
-def current_sink() -> MlflowSink | None:
-    """The process-wide sink (None when off or nothing was delivered yet)."""
-    return _sink
+def _close(sink: MlflowSink, timeout: float | None) -> None:
+    sink.close(sink.config.flush_s if timeout is None else timeout)
 
 
-def install(sink: MlflowSink | None) -> MlflowSink | None:
-    """Make ``sink`` the process-wide sink (None: off); returns the one it replaces.
-
-    The replaced sink is not closed: the caller owns it.
-    """
-    global _sink, _configured
-    with _global_lock:
-        previous, _sink, _configured = _sink, sink, True
-    return previous
+_slot: SinkSlot[MlflowSink] = SinkSlot(_build, _close, MlflowSink.offer)
 
 
-def reset(timeout: float | None = None) -> MlflowSink | None:
-    """Close the process-wide sink (within ``timeout``, default its ``FLUSH_S``) and forget
-    it: the next event builds a new one from the environment. Returns the closed sink."""
-    global _sink, _configured
-    with _global_lock:
-        sink, _sink, _configured = _sink, None, False
-    if sink is not None:
-        sink.close(sink.config.flush_s if timeout is None else timeout)
-    return sink
-
-
-def deliver(event: Event) -> None:
-    """Hand ``event`` to the process-wide sink, building it from the environment first."""
-    sink = _sink
-    if sink is None and not _configured:
-        sink = _configure()
-    if sink is not None:
-        sink.offer(event)
-
-
-def _configure() -> MlflowSink | None:
-    global _sink, _configured
-    with _global_lock:
-        if _configured:
-            return _sink
-        _configured = True
-        from crucible_core.errors import CrucibleError
-
-        try:
-            config = MlflowConfig.from_env()
-        except CrucibleError as exc:
-            log.warning("crucible-mlflow is off: %s (%s)", exc.message, exc.hint or "")
-            return None
-        if config.tracking_uri is None:
-            return None
-        _sink = MlflowSink(config)
-        atexit.register(_close_at_exit, _sink)
-        return _sink
-
-
-def _close_at_exit(sink: MlflowSink) -> None:
-    sink.close(sink.config.flush_s)
+#: The process-wide sink (None when off or nothing was delivered yet).
+current_sink = _slot.current
+#: ``install(sink)``: make ``sink`` (None: off) the process-wide sink; returns the one it
+#: replaces, not closed (the caller owns it).
+install = _slot.install
+#: ``reset(timeout=None)``: close the process-wide sink within ``timeout`` (None:
+#: its ``FLUSH_S``) and forget it, so the next event builds a new one from the
+#: environment; returns the closed sink.
+reset = _slot.reset
+#: ``deliver(event)``: hand ``event`` to the process-wide sink, building it from the
+#: environment first (what the ``on_event`` hook calls).
+deliver = _slot.deliver

@@ -8,8 +8,6 @@ through mlflow's own ``MlflowClient``, real HTTP over loopback.
 
 from __future__ import annotations
 
-import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import pytest
 from crucible_mlflow import sink as sink_module
 
 from crucible_core.plugins import PluginHost, reset_host
+from crucible_core.testing.http import LocalEndpoint
 
 ROOT = Path(__file__).resolve().parents[3]
 MAIN_JOB = ROOT / "examples" / "dates-local.toml"
@@ -87,41 +86,11 @@ def job_file(tmp_path: Path) -> Path:
     return short_main_job(tmp_path)
 
 
-class HangingServer:
-    """An HTTP server on 127.0.0.1 that reads each request and never answers (until closed)."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.requests = 0
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _hang(self) -> None:
-                outer.requests += 1
-                outer.release.wait(60)
-
-            do_GET = do_POST = do_PATCH = do_DELETE = _hang
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def hanging_server() -> Iterator[HangingServer]:
-    s = HangingServer()
-    yield s
-    s.close()
+def hanging_server() -> Iterator[LocalEndpoint]:
+    """An HTTP server on 127.0.0.1 that holds every request 60 s (released at the end)."""
+    with LocalEndpoint(hang_s=60.0) as s:
+        yield s
 
 
 @pytest.fixture

@@ -24,30 +24,11 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from crucible_core.errors import ConfigError
+from crucible_core.records.sinkenv import positive_number
 
 __all__ = ["SinkConfig", "make_transport"]
 
 _PREFIX = "CRUCIBLE_OPENLINEAGE_"
-
-
-def _number(env: Mapping[str, str], name: str, default: float, *, integer: bool = False) -> float:
-    raw = env.get(_PREFIX + name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw) if integer else float(raw)
-    except ValueError:
-        kind = "a whole number" if integer else "a number"
-        raise ConfigError(
-            f"{_PREFIX}{name}={raw!r} is not {kind}",
-            hint=f"set {_PREFIX}{name} to {kind} greater than 0, or unset it",
-        ) from None
-    if value <= 0:
-        raise ConfigError(
-            f"{_PREFIX}{name} must be greater than 0, got {raw}",
-            hint=f"unset {_PREFIX}{name} for the default ({default:g})",
-        )
-    return value
 
 
 @dataclass(frozen=True)
@@ -92,10 +73,10 @@ class SinkConfig:
             url=url,
             endpoint=env.get(_PREFIX + "ENDPOINT") or "api/v1/lineage",
             api_key=env.get(_PREFIX + "API_KEY") or None,
-            timeout_s=_number(env, "TIMEOUT_S", 5.0),
+            timeout_s=positive_number(env, _PREFIX + "TIMEOUT_S", 5.0),
             namespace=env.get(_PREFIX + "NAMESPACE") or "crucible",
-            queue_size=int(_number(env, "QUEUE", 1000, integer=True)),
-            flush_s=_number(env, "FLUSH_S", 5.0),
+            queue_size=int(positive_number(env, _PREFIX + "QUEUE", 1000, integer=True)),
+            flush_s=positive_number(env, _PREFIX + "FLUSH_S", 5.0),
         )
 
     def file_path(self) -> Path:

@@ -9,9 +9,7 @@ real files, real HTTP over loopback.
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +20,7 @@ import pytest
 from crucible_openlineage import runtime
 
 from crucible_core.plugins import PluginHost, reset_host
+from crucible_core.testing.http import LocalEndpoint
 
 
 @pytest.fixture(autouse=True)
@@ -73,70 +72,43 @@ def read_lineage(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-class Endpoint:
-    """A lineage server on 127.0.0.1: records POSTed JSON, or hangs for ``hang_s``."""
-
-    def __init__(self, hang_s: float = 0.0) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.paths: list[str] = []
-        self.release = threading.Event()
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                if hang_s:
-                    outer.release.wait(hang_s)  # a server that never answers in time
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length)
-                outer.paths.append(self.path)
-                outer.events.append(json.loads(body))
-                self.send_response(201)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+@pytest.fixture
+def endpoint() -> Iterator[LocalEndpoint]:
+    """A lineage server on 127.0.0.1 that records every POSTed event and answers 201."""
+    with LocalEndpoint(status=201, methods=("POST",)) as e:
+        yield e
 
 
 @pytest.fixture
-def endpoint() -> Iterator[Endpoint]:
-    e = Endpoint()
-    yield e
-    e.close()
-
-
-@pytest.fixture
-def hanging_endpoint() -> Iterator[Endpoint]:
-    e = Endpoint(hang_s=30.0)
-    yield e
-    e.close()
+def hanging_endpoint() -> Iterator[LocalEndpoint]:
+    """A lineage server that holds every request 30 s (released when the test ends)."""
+    with LocalEndpoint(hang_s=30.0, status=201, methods=("POST",)) as e:
+        yield e
 
 
 # -- validation ---------------------------------------------------------------------------
 #
-# Always: a JSON Schema of the OpenLineage RunEvent written for these tests from the spec
-# (openlineage-python does not ship the spec's OpenLineage.json, and tests run offline):
-# the required fields of a RunEvent, its Run, Job and datasets; the event types; the
-# formats of runId (uuid), eventTime (date-time) and producer (uri); that every facet
-# carries _producer and _schemaURL; and openlineage-python's own model classes, whose
-# validators check the runId and the event time again.
+# No installable package ships the official spec (OpenLineage.json, facets/*.json):
+# checked on 2026-12-04 in the wheels of openlineage-python 1.54 (and its 1.39 sdist),
+# openlineage-integration-common 1.54, openlineage-airflow 1.41 and
+# apache-airflow-providers-openlineage 2.20 (which ship only their own facets' schemas,
+# referencing the core spec by URL), and no Debian or npm package has it; tests run
+# offline, so it cannot be fetched. What always runs instead, on every event:
+#
+# 1. RUN_EVENT_SCHEMA below, a JSON Schema written from the spec: the required fields of
+#    a RunEvent, its Run, Job and datasets; the event types; the formats of runId (uuid),
+#    eventTime (date-time) and producer (uri); that every facet carries _producer and
+#    _schemaURL; and the event's schemaURL is the spec's RunEvent.
+# 2. Each standard facet against openlineage-python's generated class for it (generated
+#    from the official facet schemas): its _schemaURL is the class's, it has every field
+#    the class requires and no field the class does not have (STANDARD_FACETS).
+# 3. The crucible custom facet against CRUCIBLE_FACET_SCHEMA.
+# 4. openlineage-python's own RunEvent classes, whose validators check runId and the time.
 #
 # With CRUCIBLE_OPENLINEAGE_SPEC set to the official spec directory (the spec/ folder of
 # the OpenLineage repository: OpenLineage.json and facets/*.json), every event is also
 # validated against the official RunEvent definition and each standard facet against its
-# official schema (the crucible custom facet against CRUCIBLE_FACET_SCHEMA below). See
-# the README ("Tests") for the spec version last checked.
+# official schema. See the README ("Tests") for the spec version last checked.
 
 _FACET = {
     "type": "object",
@@ -277,6 +249,38 @@ def _validate_facets(facets: dict[str, Any], official: Any) -> None:
         ).validate({key: facet})
 
 
+def _standard_facets() -> dict[str, Any]:
+    """Facet key -> openlineage-python's generated class, for the facets the sink emits."""
+    from openlineage.client.facet_v2 import (
+        dataset_version_dataset,
+        error_message_run,
+        job_type_job,
+        parent_run,
+    )
+
+    return {
+        "parent": parent_run.ParentRunFacet,
+        "version": dataset_version_dataset.DatasetVersionDatasetFacet,
+        "errorMessage": error_message_run.ErrorMessageRunFacet,
+        "jobType": job_type_job.JobTypeJobFacet,
+    }
+
+
+def check_standard_facet(key: str, facet: dict[str, Any]) -> None:
+    """Raise if ``facet`` does not match the generated class of standard facet ``key``."""
+    import attr
+
+    classes = _standard_facets()
+    assert key in classes, f"facet {key!r} is neither a known standard facet nor 'crucible'"
+    cls = classes[key]
+    assert facet["_schemaURL"] == cls._get_schema(), (key, facet["_schemaURL"])
+    fields = {f.name: f for f in attr.fields(cls)}
+    missing = [n for n, f in fields.items() if f.default is attr.NOTHING and n not in facet]
+    assert not missing, f"facet {key!r} lacks required {missing}"
+    unknown = sorted(set(facet) - set(fields))
+    assert not unknown, f"facet {key!r} has fields its schema does not: {unknown}"
+
+
 def validate_event(event: dict[str, Any]) -> None:
     """Raise if ``event`` (parsed JSON) is not a valid OpenLineage RunEvent.
 
@@ -289,11 +293,18 @@ def validate_event(event: dict[str, Any]) -> None:
     from openlineage.client.event_v2 import Job, Run, RunEvent, RunState
 
     jsonschema.Draft202012Validator(RUN_EVENT_SCHEMA, format_checker=_checker()).validate(event)
-    crucible = (event["run"].get("facets") or {}).get("crucible")
-    if crucible is not None:
-        jsonschema.Draft202012Validator(CRUCIBLE_FACET_SCHEMA, format_checker=_checker()).validate(
-            crucible
-        )
+    assert event["schemaURL"] == RunEvent._get_schema(), event["schemaURL"]  # pyright: ignore[reportPrivateUsage]
+    facet_maps = [event["run"].get("facets") or {}, event["job"].get("facets") or {}]
+    for dataset in event.get("inputs", []) + event.get("outputs", []):
+        facet_maps.append(dataset.get("facets") or {})
+    for facets in facet_maps:
+        for key, facet in facets.items():
+            if key == "crucible":
+                jsonschema.Draft202012Validator(
+                    CRUCIBLE_FACET_SCHEMA, format_checker=_checker()
+                ).validate(facet)
+            else:
+                check_standard_facet(key, facet)
     official = _official()
     if official is not None:
         core, registry, _ = official

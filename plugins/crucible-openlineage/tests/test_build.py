@@ -152,3 +152,31 @@ def test_the_validator_rejects_what_the_spec_forbids(validate: Any) -> None:
     del facetless["run"]["facets"]["crucible"]["_producer"]
     with pytest.raises(jsonschema.ValidationError):
         validate(facetless)
+
+
+@pytest.mark.parametrize(
+    ("where", "change"),
+    [
+        ("schemaURL", lambda f: f.update(_schemaURL=f["_schemaURL"].replace("1-2-0", "9-9-9"))),
+        ("missing", lambda f: f.pop("run")),
+        ("unknown", lambda f: f.update(runIdentifier="x")),
+    ],
+)
+def test_the_always_on_validation_catches_a_facet_off_its_standard(
+    validate: Any, where: str, change: Any
+) -> None:
+    """Without the official spec files (no package ships them), a standard facet is checked
+    against openlineage-python's class generated from them: a wrong schema URL, a missing
+    required field or a field the standard does not define fails."""
+    _, fail = _events(_END)
+    validate(fail)
+    change(fail["run"]["facets"]["parent"])
+    with pytest.raises(AssertionError):
+        validate(fail)
+
+
+def test_the_event_schema_url_is_the_spec_run_event(validate: Any) -> None:
+    start, _ = _events(_END)
+    start["schemaURL"] = "https://openlineage.io/spec/1-0-0/OpenLineage.json#/$defs/RunEvent"
+    with pytest.raises(AssertionError):
+        validate(start)

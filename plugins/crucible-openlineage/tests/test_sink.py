@@ -98,9 +98,9 @@ def test_http_transport_posts_valid_events_to_a_local_server(endpoint: Any, vali
     for e in _run_events("h", status="cancelled"):
         sink.observe(e)
     assert sink.close(10.0)
-    assert [e["eventType"] for e in endpoint.events] == ["START", "ABORT"]
+    assert [e["eventType"] for e in endpoint.json()] == ["START", "ABORT"]
     assert set(endpoint.paths) == {"/api/v1/lineage"}
-    for e in endpoint.events:
+    for e in endpoint.json():
         validate(e)
         assert e["job"]["namespace"] == "lab"
 

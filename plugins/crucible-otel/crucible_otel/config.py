@@ -127,7 +127,10 @@ def sink_from_env() -> OtelSink | None:
         shutdown_on_exit=False,
     )
     return OtelSink(
-        tracer_provider=tracer_provider, meter_provider=meter_provider, maxsize=int(size)
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+        maxsize=int(size),
+        exporters=(span_exporter, metric_exporter),
     )
 
 

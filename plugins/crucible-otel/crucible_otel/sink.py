@@ -25,13 +25,13 @@ The process-wide sink is built from the environment on the first event
 
 from __future__ import annotations
 
-import atexit
 import logging
-import threading
 import time
-from typing import TYPE_CHECKING, Final
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 from crucible_core.records.sinkqueue import DropLedger, SinkQueue, bounded_call
+from crucible_core.records.sinkslot import SinkSlot
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
@@ -45,6 +45,7 @@ __all__ = [
     "current_sink",
     "deliver",
     "install",
+    "reset",
 ]
 
 DEFAULT_QUEUE_SIZE: Final = 10_000
@@ -56,7 +57,10 @@ class OtelSink:
 
     ``tracer_provider`` and ``meter_provider`` are SDK providers (the sink
     flushes and shuts them down on :meth:`close`); ``maxsize`` bounds the
-    events waiting for the worker.
+    events waiting for the worker. ``exporters`` (those behind the providers)
+    are shut down directly when :meth:`close` runs out of time, which stops
+    their retries: an endpoint that is down must not be retried for the
+    exporter's whole timeout after the sink gave up on it.
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class OtelSink:
         tracer_provider: TracerProvider,
         meter_provider: MeterProvider,
         maxsize: int = DEFAULT_QUEUE_SIZE,
+        exporters: Sequence[Any] = (),
     ) -> None:
         from crucible_otel.translate import Translator
 
@@ -72,6 +77,7 @@ class OtelSink:
             raise ValueError(f"maxsize must be >= 1, got {maxsize}")
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
+        self.exporters = tuple(exporters)
         self.maxsize = maxsize
         self.translator = Translator(tracer_provider, meter_provider)
         #: Events dropped, by job (the total is :attr:`dropped`).
@@ -156,6 +162,9 @@ class OtelSink:
             )
 
         done = bounded_call(shutdown, deadline - time.monotonic(), "crucible-otel-shutdown")
+        if not done:
+            for exporter in self.exporters:  # the providers' shutdown is stuck exporting
+                bounded_call(exporter.shutdown, 0.5, "crucible-otel-stop-exporter")
         if self.dropped:
             log.warning("crucible-otel: %d events were dropped in all", self.dropped)
             self.drops.report(lambda n: f"the OpenTelemetry sink dropped {n} events")
@@ -164,51 +173,31 @@ class OtelSink:
 
 # -- the process-wide sink ------------------------------------------------------
 
-_sink: OtelSink | None = None
-_configured = False
-_global_lock = threading.Lock()
+
+def _build() -> OtelSink | None:
+    from crucible_otel.config import sink_from_env
+
+    return sink_from_env()
 
 
-def current_sink() -> OtelSink | None:
-    """The process-wide sink (None when export is off or nothing was delivered yet)."""
-    return _sink
-
-
-def install(sink: OtelSink | None) -> OtelSink | None:
-    """Make ``sink`` the process-wide sink (None: export off); returns the one it replaces.
-
-    The replaced sink is not closed: the caller owns it.
-    """
-    global _sink, _configured
-    with _global_lock:
-        previous, _sink, _configured = _sink, sink, True
-    return previous
-
-
-def deliver(event: Event) -> None:
-    """Hand ``event`` to the process-wide sink, building it from the environment first if needed."""
-    sink = _sink
-    if sink is None and not _configured:
-        sink = _configure()
-    if sink is not None:
-        sink.offer(event)
-
-
-def _configure() -> OtelSink | None:
-    global _sink, _configured
-    with _global_lock:
-        if _configured:
-            return _sink
-        _configured = True
-        from crucible_otel.config import sink_from_env
-
-        _sink = sink_from_env()
-        if _sink is not None:
-            atexit.register(_close_at_exit, _sink)
-        return _sink
-
-
-def _close_at_exit(sink: OtelSink) -> None:
+def _close(sink: OtelSink, timeout: float | None) -> None:
     from crucible_otel.config import shutdown_timeout
 
-    sink.close(shutdown_timeout())
+    sink.close(shutdown_timeout() if timeout is None else timeout)
+
+
+_slot: SinkSlot[OtelSink] = SinkSlot(_build, _close, OtelSink.offer)
+
+
+#: The process-wide sink (None when off or nothing was delivered yet).
+current_sink = _slot.current
+#: ``install(sink)``: make ``sink`` (None: off) the process-wide sink; returns the one it
+#: replaces, not closed (the caller owns it).
+install = _slot.install
+#: ``reset(timeout=None)``: close the process-wide sink within ``timeout`` (None:
+#: ``CRUCIBLE_OTEL_SHUTDOWN_TIMEOUT``) and forget it, so the next event builds a new one from the
+#: environment; returns the closed sink.
+reset = _slot.reset
+#: ``deliver(event)``: hand ``event`` to the process-wide sink, building it from the
+#: environment first (what the ``on_event`` hook calls).
+deliver = _slot.deliver

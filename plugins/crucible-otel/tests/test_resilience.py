@@ -166,5 +166,9 @@ def test_an_otlp_endpoint_that_never_answers_does_not_hold_up_the_run_or_its_exi
         t0 = time.monotonic()
         assert sink.close(1.0) is False  # the export is still waiting for an answer
         assert time.monotonic() - t0 < 3
+        # Given up on, the exporters are stopped: no retries (with random jitter, for up to
+        # OTEL_EXPORTER_OTLP_TIMEOUT) go on behind the closed sink.
+        assert len(sink.exporters) == 2
+        assert all(e._shutdown for e in sink.exporters)  # pyright: ignore[reportPrivateUsage]
     finally:
         sink_module.install(previous)

@@ -43,11 +43,15 @@ def chatty(ctx: Any, gate: str) -> str:
     return "streamed"
 
 
-def store(ctx: Any, text: str) -> str:
-    """Write a file on the node and put it in the artifact store."""
+def store(ctx: Any, text: str) -> dict[str, Any]:
+    """Write a file on the node and put it in the artifact store; where it was done."""
     out = ctx.run_dir / "note.txt"
     out.write_text(text)
-    return ctx.artifacts.put(out, type="file", name="note").sha256
+    return {
+        "sha256": ctx.artifacts.put(out, type="file", name="note").sha256,
+        "pid": os.getpid(),
+        "home": os.environ.get("CRUCIBLE_HOME"),
+    }
 
 
 def pid_then_wait(ctx: Any, pids: str, ledger: str) -> str:

@@ -122,14 +122,19 @@ def test_events_stream_back_while_the_job_runs(home: Path, executor: RayExecutor
 
 
 def test_artifacts_written_on_a_node_reach_the_store(home: Path, executor: RayExecutor) -> None:
+    """The shared-filesystem path (README): the Ray worker process, started before this
+    test chose its CRUCIBLE_HOME, writes into the driver's store at the driver's path."""
     from crucible_core.records.artifacts import LocalArtifactStore
 
     run = _Running(executor).start(_job("art", "store", text="from the node"))
     run.join(60)
-    sha = Scheduler().get("art").result
+    result = Scheduler().get("art").result
+    assert result["pid"] != os.getpid(), "written by the Ray worker process"
+    assert result["home"] == str(home.resolve())
     store = LocalArtifactStore()
-    assert store.exists(sha)
-    assert store.path_of(sha).read_text() == "from the node"
+    assert store.exists(result["sha256"])
+    assert store.path_of(result["sha256"]).read_text() == "from the node"
+    assert (home / "runs" / "art" / "note.txt").read_text() == "from the node"
 
 
 def test_a_killed_ray_worker_means_a_retry_and_one_success(
