@@ -692,6 +692,7 @@ async function experimentReport(id) {
   }
   for (const line of rep.intro) $("report-intro").append(el("p", { text: line }));
   for (const t of rep.tables) {
+    if (t.title === "Cells") continue; /* the grid above, with links */
     const slug = t.title.toLowerCase().replace(/[^a-z0-9]+/g, "-");
     const table = el("table", { id: `report-${slug}` },
       el("caption", { text: t.title }),
