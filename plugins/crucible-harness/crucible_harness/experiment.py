@@ -60,6 +60,7 @@ from crucible_core.ir.training import TrainingJob
 from crucible_harness.grid import Cell, expand
 
 __all__ = [
+    "DOCUMENT_KEY",
     "FINAL",
     "OVER_BUDGET",
     "CellPlan",
@@ -70,6 +71,8 @@ __all__ = [
     "cell_eval",
     "cell_job",
     "cell_status",
+    "document",
+    "from_document",
     "load",
     "missed_targets",
     "over_budget",
@@ -182,6 +185,49 @@ def load(path: Path) -> LoadedExperiment:
     )
 
 
+#: The cell metadata key holding the experiment's :func:`document`.
+DOCUMENT_KEY = "experiment_document"
+
+
+def document(loaded: LoadedExperiment) -> dict[str, Any]:
+    """The experiment as self-contained data: its file with ``job`` inlined (the base
+    TrainingJob, paths resolved) and ``evaluation.dataset`` resolved.
+
+    Stored in every cell's job metadata (:data:`DOCUMENT_KEY`) so whoever reads the
+    queue (the server's dashboard) can rebuild the experiment with
+    :func:`from_document` and render its report without the file, wherever the
+    cells were submitted from.
+    """
+    import msgspec
+
+    ex = msgspec.structs.replace(loaded.experiment, job=loaded.base, evaluation=loaded.evaluation)
+    return cast(dict[str, Any], to_builtins(ex))
+
+
+def from_document(doc: Any, *, where: str = "stored experiment") -> LoadedExperiment:
+    """The :class:`LoadedExperiment` of a :func:`document` (``where`` names it in errors)."""
+    from crucible_core.ir.codec import convert
+
+    experiment = convert(doc, Experiment)
+    base = experiment.job
+    if not isinstance(base, TrainingJob):
+        raise ConfigError(f"{where}: job is not an inline TrainingJob")
+    cells = expand(
+        base,
+        experiment.parameter_grid,
+        seeds=experiment.seeds,
+        repeats=experiment.repeats,
+        prefix=experiment.id,
+    )
+    return LoadedExperiment(
+        path=Path(where),
+        experiment=experiment,
+        base=base,
+        cells=cells,
+        evaluation=experiment.evaluation,
+    )
+
+
 def _key(loaded: LoadedExperiment, cell: Cell) -> str:
     return f"{loaded.experiment.id}/{cell.cell_id}"
 
@@ -203,6 +249,7 @@ def cell_job(loaded: LoadedExperiment, cell: Cell) -> Any:
             "experiment": loaded.experiment.id,
             "overrides": {k: str(v) for k, v in cell.overrides.items()},
             "seed": str(cell.seed),
+            DOCUMENT_KEY: document(loaded),
         },
     )
 

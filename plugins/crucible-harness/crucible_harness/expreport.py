@@ -43,8 +43,10 @@ __all__ = [
     "Group",
     "collect",
     "html_report",
+    "intro",
     "latex_report",
     "markdown_report",
+    "tables",
     "write_reports",
 ]
 
@@ -224,6 +226,17 @@ def _tables(data: ExperimentData) -> list[tuple[str, list[str], list[list[str]]]
                              "yes" if met else "no"])  # fmt: skip
         out.append(("Quality targets", ["cell", "target", "observed", "met"], rows))
     return out
+
+
+def tables(data: ExperimentData) -> list[tuple[str, list[str], list[list[str]]]]:
+    """``(title, headers, rows)`` of every table the reports hold (cells, per parameter,
+    quality targets), as text: what the dashboard's experiment page shows."""
+    return _tables(data)
+
+
+def intro(data: ExperimentData) -> list[str]:
+    """The report's opening lines (experiment, cell counts, base model, evaluation)."""
+    return _intro(data)
 
 
 def _intro(data: ExperimentData) -> list[str]:

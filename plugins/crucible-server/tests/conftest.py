@@ -46,14 +46,18 @@ ServerFactory = Callable[..., ApiServer]
 
 @pytest.fixture
 def start_server(home: Path) -> Iterator[ServerFactory]:
-    """``start_server(tokens=..., workers=1, **settings)``: a started ApiServer, stopped after."""
+    """``start_server(tokens=..., workers=1, port=0, **settings)``: a started ApiServer,
+    stopped after (``port`` reuses one, e.g. to restart a stopped server)."""
     made: list[ApiServer] = []
 
-    def make(tokens: TokenStore | None = None, workers: int = 1, **settings: object) -> ApiServer:
+    def make(
+        tokens: TokenStore | None = None, workers: int = 1, port: int = 0, **settings: object
+    ) -> ApiServer:
         srv = ApiServer(
             Scheduler(),
             tokens=tokens,
             settings=ServerSettings(base_dir=ROOT, poll_s=0.02, **settings),  # type: ignore[arg-type]
+            port=port,
             workers=workers,
             lease_s=5.0,
             drain_timeout_s=5.0,

@@ -8,9 +8,12 @@ tenants apart, scopes hold, sha256 and diffs are right.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 from crucible_server.tokens import TokenStore
 
 from crucible_core.records.paths import run_dir
@@ -221,3 +224,84 @@ def test_jobs_show_the_total_of_a_run_whose_start_left_the_tail(start_server, ht
     for _ in range(2):  # computed, then from the cache
         (row,) = c.get("/ui/api/jobs").json()["items"]
         assert (row["progress"]["step"], row["progress"]["total_steps"]) == (150, 150)
+
+
+def quality_grid_file(tmp_path: Path) -> Path:
+    """:func:`grid_file` with the quality target ``final_loss <= 0.5``."""
+    path = grid_file(tmp_path)
+    target = '[[quality_targets]]\nmetric = "final_loss"\nop = "<="\nvalue = 0.5\n'
+    path.write_text(path.read_text().replace("[parameter_grid]", target + "[parameter_grid]"))
+    return path
+
+
+def finish_a_cell(scheduler: Any, loss: float) -> str:
+    """Claim the next queued cell and complete it with a manifest and a loss curve, as
+    its run would leave them (the run itself is covered by crucible-harness's tests)."""
+    from crucible_core.records.events import TELEMETRY_FILE
+
+    job = scheduler.claim("w-test")
+    root = run_dir(job.id)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "manifest.json").write_text(json.dumps({"training": {"final_loss": loss}}))
+    lines = [
+        {"ts": 1.0 + i, "job_id": job.id, "kind": "train.step", "step": i,
+         "data": {"loss": loss * (4 - i)}}
+        for i in (1, 2, 3)
+    ]  # fmt: skip
+    (root / TELEMETRY_FILE).write_text("".join(json.dumps(x) + "\n" for x in lines))
+    scheduler.complete(job.id, {"ok": True}, worker_id="w-test")
+    return job.id
+
+
+def test_experiment_report_tables_and_html_come_from_the_cells_stored_experiment(
+    start_server, http, tokens: TokenStore, tmp_path: Path
+) -> None:
+    """The experiment is stored with its cells at submit time: the server renders the
+    harness report (quality targets, HTML with figures) from the queue alone, the same
+    bytes `crucible experiment report` writes; another tenant gets 404."""
+    from crucible_harness.experiment import load, submit
+    from crucible_harness.expreport import write_reports
+    from crucible_server.dashboard.routes import REPORT_CSP
+
+    a, _ = tokens.create("default", ["jobs:read"])
+    b, _ = tokens.create("other", ["jobs:read"])
+    path = quality_grid_file(tmp_path)
+    srv = start_server(tokens=tokens, workers=0)
+    loaded = load(path)
+    submit(loaded, srv.scheduler)
+    path.unlink()  # the server needs the queue only, not the file
+    good = finish_a_cell(srv.scheduler, 0.25)
+    bad = finish_a_cell(srv.scheduler, 0.75)
+    c = http(srv, a)
+    rep = c.get("/ui/api/experiments/lr-grid/report").json()
+    assert rep["intro"][0] == "Experiment `lr-grid`."
+    tables = {t["title"]: t for t in rep["tables"]}
+    quality = tables["Quality targets"]
+    assert quality["headers"] == ["cell", "target", "observed", "met"]
+    assert sorted(quality["rows"]) == sorted(
+        [[good, "final_loss <= 0.5", "0.25", "yes"], [bad, "final_loss <= 0.5", "0.75", "no"]]
+    )
+    assert len(tables["Cells"]["rows"]) == 4
+    r = c.get("/ui/api/experiments/lr-grid/report.html")
+    assert r.status_code == 200
+    assert r.headers["content-security-policy"] == REPORT_CSP
+    assert r.headers["content-disposition"].startswith("attachment")
+    assert r.text.count('src="data:image/png;base64,') >= 2  # the loss curves, by lr
+    written = write_reports(loaded, tmp_path / "rep", srv.scheduler)
+    assert r.content == written["html"].read_bytes()
+    assert c.get("/ui/api/experiments/lr-grid/report.html").content == r.content  # cached
+    other = http(srv, b)
+    assert other.get("/ui/api/experiments/lr-grid/report").status_code == 404
+    assert other.get("/ui/api/experiments/lr-grid/report.html").status_code == 404
+    assert http(srv).get("/ui/api/experiments/lr-grid/report.html").status_code == 401
+
+
+def test_experiment_report_of_cells_without_a_stored_experiment_is_404() -> None:
+    from crucible_server.dashboard.experiments import Reports
+
+    from crucible_core.errors import NotFound
+    from crucible_core.ir.work import Job
+
+    old = Job(id="c", kind="custom", metadata={"experiment": "g", "seed": "0"})
+    with pytest.raises(NotFound, match="older crucible-harness"):
+        Reports().tables(None, [old], "g")

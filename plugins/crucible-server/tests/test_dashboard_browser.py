@@ -175,6 +175,55 @@ def test_run_page_chart_grows_live_and_resumes_after_a_drop(
     assert page.js_errors == []
 
 
+def test_run_page_resumes_when_the_server_drops_the_stream(
+    start_server, http, tokens: TokenStore, open_page
+) -> None:
+    """The server side drops the SSE connection: the uvicorn serving the page is stopped
+    mid-run (its connections closed) and a new one is started on the same port over the
+    same queue, while a worker outside both servers keeps writing the job's events. The
+    page says "reconnecting", then resumes with Last-Event-ID: every event once, in
+    order, and every step on the chart."""
+    import threading
+
+    from crucible_core.queue.scheduler import Scheduler
+    from crucible_core.queue.worker import Worker
+
+    n = 80
+    tok, _ = tokens.create("acme", ["admin"])
+    first = start_server(tokens=tokens, workers=0)
+    job_id = http(first, tok).post("/v1/jobs", json=_curves(n, 0.08)).json()["job_id"]
+    scheduler = Scheduler()
+    worker = Worker(scheduler, concurrency=1, lease_s=5.0, poll_s=0.02)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        page = open_page(f"{first.url}/runs/{job_id}", token=tok)
+        page.wait_for_function("Number(document.getElementById('points').textContent) >= 5")
+        assert page.locator("#stream-state").inner_text() == "live"
+        first.stop()
+        page.locator("#stream-state", has_text="reconnecting").wait_for()
+        before = _points(page)
+        assert before < 2 * n  # dropped mid-run (a loss and a metric per step)
+        seen = len(page.evaluate("window.crucibleDebug.eventIds"))
+        second = start_server(tokens=tokens, workers=0, port=first.port)
+        assert second.url == first.url
+        page.wait_for_function("document.getElementById('stream-state').textContent === 'live'")
+        page.wait_for_function(
+            "document.getElementById('stream-state').textContent.startsWith('ended')"
+        )
+    finally:
+        worker.stop()
+        thread.join(30)
+        scheduler.close()
+    ids = page.evaluate("window.crucibleDebug.eventIds")
+    assert ids == list(range(1, len(ids) + 1))  # every line once, in order, across the drop
+    assert len(ids) > seen  # events after the drop came from the new server
+    assert page.evaluate("window.crucibleDebug.drops") == 0  # the server dropped it, not us
+    assert page.locator("#chart-loss").get_attribute("data-points") == str(n)
+    assert _points(page) == 2 * n
+    assert page.js_errors == []
+
+
 def test_cancel_from_the_page_after_confirmation(
     start_server, http, tokens: TokenStore, open_page
 ) -> None:
@@ -390,12 +439,14 @@ def test_experiments_list_and_grid_of_cells(
     start_server, tokens: TokenStore, open_page, tmp_path: Path
 ) -> None:
     from crucible_harness.experiment import load, submit
-    from test_dashboard import grid_file
+    from test_dashboard import finish_a_cell, quality_grid_file
 
     tok, _ = tokens.create("default", ["jobs:read"])
     srv = start_server(tokens=tokens, workers=0)
-    submit(load(grid_file(tmp_path)), srv.scheduler)
-    page = open_page(f"{srv.url}/experiments", token=tok)
+    submit(load(quality_grid_file(tmp_path)), srv.scheduler)
+    cell = finish_a_cell(srv.scheduler, 0.75)
+    # Under the pages' own CSP: the report's figures (data: URIs) must show with it.
+    page = open_page(f"{srv.url}/experiments", token=tok, csp=True)
     with page.expect_navigation():
         page.get_by_role("link", name="lr-grid").click()
     page.wait_for_selector("#cells tbody tr")
@@ -403,6 +454,19 @@ def test_experiments_list_and_grid_of_cells(
     head = page.locator("#cells thead th").all_inner_texts()
     assert head[:4] == ["cell", "learning_config.optimizer.lr", "seed", "status"]
     assert page.locator("#experiment-compare").is_visible()
+    # The harness report: its quality-target table, and its figures and download.
+    quality = page.locator("#report-quality-targets tbody tr")
+    quality.first.wait_for()
+    assert quality.first.locator("td").all_inner_texts() == [
+        cell,
+        "final_loss <= 0.5",
+        "0.75",
+        "no",
+    ]
+    page.locator("#report-figures img").first.wait_for()
+    assert page.locator("#report-figures img").first.evaluate("i => i.naturalWidth") > 100
+    assert page.locator("#report-download").is_visible()
+    shot(page, "experiment-report")
     assert page.js_errors == []
 
 

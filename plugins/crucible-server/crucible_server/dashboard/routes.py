@@ -34,6 +34,7 @@ from crucible_core.errors import ConfigError, NotFound
 from crucible_core.ir.work import Job
 from crucible_core.records.paths import run_dir
 from crucible_server.auth import Principal, RateLimiter
+from crucible_server.dashboard.experiments import Reports
 from crucible_server.filehash import Sha256Cache
 from crucible_server.guards import owned_job, requires
 from crucible_server.telemetry import latest_progress
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from crucible_core.queue.scheduler import Scheduler
     from crucible_server.tokens import TokenStore
 
-__all__ = ["CSP", "mount_dashboard"]
+__all__ = ["CSP", "REPORT_CSP", "mount_dashboard"]
 
 _HERE: Final = Path(__file__).parent
 #: Everything from this origin; nothing inline; no framing. uPlot sizes its
@@ -167,6 +168,7 @@ def mount_dashboard(
     env = _templates()
     hashes = Sha256Cache()
     progress = _Progress()
+    reports = Reports()
     app.mount("/ui/static", StaticFiles(directory=_HERE / "static"), name="dashboard-static")
 
     def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -274,6 +276,23 @@ def mount_dashboard(
 
         return as_json(experiment_cells(cell_jobs(scheduler, p.tenant_id), experiment))
 
+    @app.get("/ui/api/experiments/{experiment}/report", include_in_schema=False)
+    def experiment_report(experiment: str, p: Principal = read) -> Any:  # pyright: ignore[reportUnusedFunction]
+        """The harness report's opening lines and tables (quality targets among them)."""
+        from crucible_server.dashboard.experiments import cell_jobs
+
+        return as_json(reports.tables(scheduler, cell_jobs(scheduler, p.tenant_id), experiment))
+
+    @app.get("/ui/api/experiments/{experiment}/report.html", include_in_schema=False)
+    def experiment_report_html(experiment: str, p: Principal = read) -> Any:  # pyright: ignore[reportUnusedFunction]
+        """The harness's self-contained HTML report, as ``crucible experiment report``
+        writes it, under a CSP of its own: no script, no fetch, its inline style and
+        PNG data URIs only, sandboxed, and a download rather than a page of this origin."""
+        from crucible_server.dashboard.experiments import cell_jobs
+
+        page = reports.html(scheduler, cell_jobs(scheduler, p.tenant_id), experiment)
+        return HTMLResponse(page, headers=_report_headers(experiment))
+
     @app.get("/ui/api/jobs/{job_id}/artifacts", include_in_schema=False)
     def artifacts(job_id: str, p: Principal = art) -> Any:  # pyright: ignore[reportUnusedFunction]
         """The run directory's files with size and sha256 (dot files are internal)."""
@@ -363,6 +382,25 @@ def mount_dashboard(
         from crucible_server.dashboard.models import rollback_alias
 
         return as_json(await run_in_threadpool(rollback_alias, name, alias, p.token_id))
+
+
+#: The policy of a served experiment report (its own, not the pages'): it is never
+#: a page of this origin that could run anything or reach the API.
+REPORT_CSP: Final = (
+    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'; sandbox"
+)
+
+
+def _report_headers(experiment: str) -> dict[str, str]:
+    from urllib.parse import quote
+
+    name = quote(f"{experiment}-report.html", safe="")
+    return {
+        **_HEADERS,
+        "Content-Security-Policy": REPORT_CSP,
+        "Content-Disposition": f"attachment; filename*=UTF-8''{name}",
+    }
 
 
 def _has_registry() -> bool:

@@ -675,6 +675,50 @@ async function experimentPage() {
   } catch (e) {
     if (!(e instanceof AuthNeeded)) state.textContent = e.status === 404 ? `No experiment ${id}.` : `Could not load: ${e.message}`;
   }
+  await experimentReport(id);
+}
+
+/* The harness report: its tables (quality targets...) from JSON, then the HTML report
+ * fetched with the token, offered as a download and its figures shown here. The figures
+ * are taken out of the inert parsed document as PNG data URIs only: nothing of the
+ * report's markup enters this page, whose CSP stays as strict as elsewhere. */
+async function experimentReport(id) {
+  const state = $("report-state");
+  const base = `/ui/api/experiments/${encodeURIComponent(id)}/report`;
+  let rep;
+  try { rep = await api(base); } catch (e) {
+    if (!(e instanceof AuthNeeded)) state.textContent = `No report: ${e.message}`;
+    return;
+  }
+  for (const line of rep.intro) $("report-intro").append(el("p", { text: line }));
+  for (const t of rep.tables) {
+    if (t.title === "Cells") continue; /* the grid above, with links */
+    const slug = t.title.toLowerCase().replace(/[^a-z0-9]+/g, "-");
+    const table = el("table", { id: `report-${slug}` },
+      el("caption", { text: t.title }),
+      el("thead", {}, el("tr", {}, ...t.headers.map((h) => el("th", { scope: "col", text: h })))),
+      el("tbody", {}, ...t.rows.map((r) => el("tr", {}, ...r.map((x) => el("td", { text: x }))))));
+    $("report-tables").append(el("div", { className: "scroll" }, table));
+  }
+  state.textContent = "Rendering the figures…";
+  const r = await fetch(`${base}.html`, { headers: authHeaders(), cache: "no-store" });
+  if (!r.ok) { state.textContent = `No HTML report: HTTP ${r.status}`; return; }
+  const text = await r.text();
+  const link = $("report-download");
+  link.href = URL.createObjectURL(new Blob([text], { type: "text/html" }));
+  link.setAttribute("download", link.dataset.filename);
+  link.hidden = false;
+  /* Its <style> goes before parsing: even an inert document's inline style counts
+   * against this page's CSP (and the figures need none of it). */
+  const doc = new DOMParser().parseFromString(text.replace(/<style>[^<]*<\/style>/g, ""), "text/html");
+  for (const fig of doc.querySelectorAll("figure")) {
+    const src = fig.querySelector("img")?.getAttribute("src") || "";
+    if (!src.startsWith("data:image/png;base64,")) continue;
+    const caption = fig.querySelector("figcaption")?.textContent || "";
+    $("report-figures").append(el("figure", {},
+      el("img", { src, alt: caption, className: "report-figure" }), el("figcaption", { text: caption })));
+  }
+  state.textContent = "";
 }
 
 /* -- start ------------------------------------------------------------------ */
