@@ -16,7 +16,8 @@ The path, reusing what training's held-out scoring uses so the two agree:
 5. the result is written as ``eval-<id>.json`` in the run directory (or
    ``$CRUCIBLE_HOME/evals`` for a base model) and linked in lineage:
    ``eval:<id>`` --evaluated_on--> ``dataset:<content hash>``, and
-   --derived_from--> the run.
+   --derived_from--> the run; ``run.start``/``run.end`` events frame it for
+   the plugins observing events (OpenLineage, MLflow, OpenTelemetry sinks).
 
 Answer extraction: a GSM8K-style dataset (preset ``gsm8k``) compares final
 numbers under ``exact_match`` (the worked solution is not what is scored),
@@ -33,8 +34,9 @@ evaluation uses one kind.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -377,90 +379,130 @@ def evaluate(
     spec = DatasetSpec(uri=dataset, template=target.template, options=options)
     loaded = read_dataset(spec)
     _, preset = preset_of(spec, resolve(spec))
-    mode, extract_fn = _extractor(preset, extract) if kind == "text" else (kind, str)
-    backend = backend_from_ref(host, target.backend)
-    tokenizer = backend.get_tokenizer(target.model)
-    renderer = get_renderer(target.template, tokenizer)
-    context = target.model.max_seq_len
-    if kind == "logprob":
-        inputs, outputs, references, per, corpus = _by_logprob(
-            target, dataset, loaded.rows, renderer, spec, backend, fns, n
-        )
-    else:
-        prompts = eval_prompts(loaded.rows, renderer, spec, limit=n, max_length=context)
-        if not prompts:
-            raise _no_answers(dataset, loaded.rows, spec)
-        inputs = [str(p.get("input", "")) for p in prompts]
-        sampler = backend.load_sampler(target.model, target.checkpoint)
-        try:
-            if kind == "code":
-                problems = [loaded.rows[int(p["index"])] for p in prompts]
-                outputs, per = _by_execution(
-                    sampler, prompts, problems, samples, temperature, seed, context, timeout
-                )
-                references = [str(p["reference"]) for p in prompts]
-                corpus = {name: sum(v) / len(v) for name, v in per.items()}
-            else:
-                from crucible_core.train.sampled_eval import sample_greedy
-
-                outputs = sample_greedy(sampler, prompts, context=context, deadline_s=_DEADLINE_S)
-                references = [str(p["reference"]) for p in prompts]
-                preds = [extract_fn(o) for o in outputs]
-                refs = [extract_fn(r) for r in references]
-                per, corpus = _text_scores(fns, preds, refs)
-        finally:
-            close = getattr(sampler, "close", None)
-            if callable(close):
-                close()
-    scores: list[MetricScore] = []
-    for name, each in per.items():
-        if len(each) >= 2:
-            ci = bootstrap_ci(each, confidence=confidence, seed=seed)
-            low, high, mean, method = ci.low, ci.high, ci.estimate, ci.method
-        else:
-            low = high = mean = each[0]
-            method = "none (one example)"
-        scores.append(
-            MetricScore(
-                name=name,
-                score=corpus[name],
-                mean=mean,
-                low=low,
-                high=high,
-                confidence=confidence,
-                method=method,
+    eval_id, rows_hash = new_id("eval"), dataset_hash(loaded.rows)
+    with _announced(host if write else None, eval_id, target, dataset, rows_hash) as written:
+        mode, extract_fn = _extractor(preset, extract) if kind == "text" else (kind, str)
+        backend = backend_from_ref(host, target.backend)
+        tokenizer = backend.get_tokenizer(target.model)
+        renderer = get_renderer(target.template, tokenizer)
+        context = target.model.max_seq_len
+        if kind == "logprob":
+            inputs, outputs, references, per, corpus = _by_logprob(
+                target, dataset, loaded.rows, renderer, spec, backend, fns, n
             )
+        else:
+            prompts = eval_prompts(loaded.rows, renderer, spec, limit=n, max_length=context)
+            if not prompts:
+                raise _no_answers(dataset, loaded.rows, spec)
+            inputs = [str(p.get("input", "")) for p in prompts]
+            sampler = backend.load_sampler(target.model, target.checkpoint)
+            try:
+                if kind == "code":
+                    problems = [loaded.rows[int(p["index"])] for p in prompts]
+                    outputs, per = _by_execution(
+                        sampler, prompts, problems, samples, temperature, seed, context, timeout
+                    )
+                    references = [str(p["reference"]) for p in prompts]
+                    corpus = {name: sum(v) / len(v) for name, v in per.items()}
+                else:
+                    from crucible_core.train.sampled_eval import sample_greedy
+
+                    outputs = sample_greedy(
+                        sampler, prompts, context=context, deadline_s=_DEADLINE_S
+                    )
+                    references = [str(p["reference"]) for p in prompts]
+                    preds = [extract_fn(o) for o in outputs]
+                    refs = [extract_fn(r) for r in references]
+                    per, corpus = _text_scores(fns, preds, refs)
+            finally:
+                close = getattr(sampler, "close", None)
+                if callable(close):
+                    close()
+        scores: list[MetricScore] = []
+        for name, each in per.items():
+            if len(each) >= 2:
+                ci = bootstrap_ci(each, confidence=confidence, seed=seed)
+                low, high, mean, method = ci.low, ci.high, ci.estimate, ci.method
+            else:
+                low = high = mean = each[0]
+                method = "none (one example)"
+            scores.append(
+                MetricScore(
+                    name=name,
+                    score=corpus[name],
+                    mean=mean,
+                    low=low,
+                    high=high,
+                    confidence=confidence,
+                    method=method,
+                )
+            )
+        examples = [
+            EvalExample(
+                input=inp,
+                output=out,
+                reference=ref,
+                scores={name: per[name][i] for name in per},
+            )
+            for i, (inp, out, ref) in enumerate(zip(inputs, outputs, references, strict=True))
+        ]
+        result = EvalResult(
+            eval_id=eval_id,
+            created_at=datetime.now(UTC).isoformat(),
+            target=target.label,
+            run_id=target.run_dir.name if target.run_dir is not None else None,
+            backend=target.backend.name,
+            model=target.model.name,
+            checkpoint=target.checkpoint.uri if target.checkpoint is not None else None,
+            dataset=dataset,
+            dataset_hash=rows_hash,
+            template=renderer.name,
+            template_hash=renderer.template_hash,
+            extract=mode,
+            metrics=scores,
+            examples=examples,
+            seconds=round(time.perf_counter() - started, 3),
+            samples=samples,
         )
-    examples = [
-        EvalExample(
-            input=inp,
-            output=out,
-            reference=ref,
-            scores={name: per[name][i] for name in per},
-        )
-        for i, (inp, out, ref) in enumerate(zip(inputs, outputs, references, strict=True))
-    ]
-    result = EvalResult(
-        eval_id=new_id("eval"),
-        created_at=datetime.now(UTC).isoformat(),
-        target=target.label,
-        run_id=target.run_dir.name if target.run_dir is not None else None,
-        backend=target.backend.name,
-        model=target.model.name,
-        checkpoint=target.checkpoint.uri if target.checkpoint is not None else None,
-        dataset=dataset,
-        dataset_hash=dataset_hash(loaded.rows),
-        template=renderer.name,
-        template_hash=renderer.template_hash,
-        extract=mode,
-        metrics=scores,
-        examples=examples,
-        seconds=round(time.perf_counter() - started, 3),
-        samples=samples,
-    )
-    if write:
-        _write(result, target)
+        if write:
+            written.append({"uri": _write(result, target).as_uri(), "type": "evaluation"})
     return result
+
+
+@contextlib.contextmanager
+def _announced(
+    host: Any, eval_id: str, target: Target, dataset: str, rows_hash: str
+) -> Iterator[list[dict[str, str]]]:
+    """The evaluation as a run on an event bus: ``run.start`` then ``run.end``.
+
+    Plugins observing ``on_event`` (the OpenLineage, MLflow and OpenTelemetry
+    sinks) see an evaluation like a training run: its dataset (URI and content
+    hash) as the input, the ``eval-<id>.json`` it wrote (appended by the caller
+    to the yielded list) as the output, ``job_kind = "evaluation"``. The bus
+    keeps no telemetry file (an evaluation is not a run directory). ``host``
+    None: nothing is emitted (an evaluation that is not saved).
+    """
+    if host is None:
+        yield []
+        return
+    from crucible_core.records.events import EventBus
+
+    outputs: list[dict[str, str]] = []
+    with EventBus(sink=False, host=host) as bus:
+        bus.emit(
+            "run.start",
+            job_id=eval_id,
+            job_kind="evaluation",
+            name=target.label,
+            dataset={"uri": dataset, "hash": rows_hash},
+        )
+        try:
+            yield outputs
+        except BaseException as exc:
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            bus.emit("run.end", job_id=eval_id, status=status, error=str(exc), artifacts=[])
+            raise
+        bus.emit("run.end", job_id=eval_id, status="succeeded", error=None, artifacts=outputs)
 
 
 def _text_scores(
