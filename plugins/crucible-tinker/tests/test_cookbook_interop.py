@@ -82,7 +82,6 @@ def _server_env(dir_server: TinkerServer, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("WANDB_MODE", "disabled")
     # No internet here: the pricing file goes to a closed local port, which fails at once;
     # the cookbook then logs token counts only (its documented "never raises" path).
-    monkeypatch.setattr(cost_estimation, "PRICING_URL", "http://127.0.0.1:9/models.json")
     defaults = cost_estimation.fetch_model_pricing.__kwdefaults__
     assert defaults is not None
     monkeypatch.setitem(defaults, "url", "http://127.0.0.1:9/models.json")
@@ -171,12 +170,10 @@ def test_cookbook_supervised_loop_trains_against_serve_tinker(
 
 # ---------------------------------------------------------------- RL
 
-TARGET = "a"
 
-
-class _SayAEnv(Env):
-    """One step: the prompt is fixed, the reward is the fraction of sampled tokens that
-    decode to the letter ``a`` (an easy, dense signal for a tiny random model)."""
+class _LowercaseEnv(Env):
+    """One step: the prompt is fixed, the reward is the fraction of sampled characters
+    that are lowercase letters (an easy, dense signal for a tiny random model)."""
 
     def __init__(self, prompt: list[int], tokenizer: Any) -> None:
         self.prompt = prompt
@@ -187,22 +184,22 @@ class _SayAEnv(Env):
 
     async def step(self, action: Action, *, extra: ActionExtra | None = None) -> StepResult:
         text = self.tokenizer.decode(list(action))
-        reward = text.count(TARGET) / max(1, len(action))
+        reward = sum(c.islower() for c in text) / max(1, len(text))
         return StepResult(
             reward=reward,
             episode_done=True,
             next_observation=tinker.ModelInput.empty(),
             next_stop_condition=[],
-            metrics={"a_fraction": reward},
+            metrics={"lowercase": reward},
         )
 
 
-class _SayAGroup(EnvGroupBuilder):
+class _LowercaseGroup(EnvGroupBuilder):
     def __init__(self, prompt: list[int], tokenizer: Any, size: int) -> None:
         self.prompt, self.tokenizer, self.size = prompt, tokenizer, size
 
     async def make_envs(self) -> Sequence[Env]:
-        return [_SayAEnv(self.prompt, self.tokenizer) for _ in range(self.size)]
+        return [_LowercaseEnv(self.prompt, self.tokenizer) for _ in range(self.size)]
 
     async def compute_group_rewards(
         self, trajectory_group: list[Trajectory], env_group: Sequence[Env]
@@ -210,29 +207,29 @@ class _SayAGroup(EnvGroupBuilder):
         return [(0.0, {}) for _ in trajectory_group]
 
     def logging_tags(self) -> list[str]:
-        return ["say_a"]
+        return ["lowercase"]
 
 
-class _SayADataset(RLDataset):
+class _LowercaseDataset(RLDataset):
     def __init__(self, model_name: str, n_batches: int) -> None:
         self.tokenizer = get_tokenizer(model_name)
-        self.prompt = self.tokenizer.encode("Say a: ")
+        self.prompt = self.tokenizer.encode("Write in lowercase: ")
         self.n_batches = n_batches
 
     def get_batch(self, index: int) -> Sequence[EnvGroupBuilder]:
-        return [_SayAGroup(self.prompt, self.tokenizer, 8) for _ in range(2)]
+        return [_LowercaseGroup(self.prompt, self.tokenizer, 8) for _ in range(4)]
 
     def __len__(self) -> int:
         return self.n_batches
 
 
 @chz.chz
-class _SayADatasetBuilder(RLDatasetBuilder):
+class _LowercaseDatasetBuilder(RLDatasetBuilder):
     model_name: str
-    n_batches: int = 4
+    n_batches: int = 10
 
     async def __call__(self) -> tuple[RLDataset, RLDataset | None]:
-        return _SayADataset(self.model_name, self.n_batches), None
+        return _LowercaseDataset(self.model_name, self.n_batches), None
 
 
 def test_cookbook_rl_loop_trains_against_serve_tinker(
@@ -241,7 +238,7 @@ def test_cookbook_rl_loop_trains_against_serve_tinker(
     log_path = tmp_path / "rl"
     config = rl_train.Config(
         learning_rate=5e-2,
-        dataset_builder=_SayADatasetBuilder(model_name=str(model_dir)),
+        dataset_builder=_LowercaseDatasetBuilder(model_name=str(model_dir)),
         model_name=str(model_dir),
         recipe_name="crucible-interop",
         renderer_name="role_colon",
@@ -257,8 +254,14 @@ def test_cookbook_rl_loop_trains_against_serve_tinker(
 
     rows = _metrics(log_path)
     rewards = [float(r["env/all/reward/total"]) for r in rows if "env/all/reward/total" in r]
-    assert len(rewards) == 4, rows
+    assert len(rewards) == 10, rows
     assert all(math.isfinite(x) for x in rewards)
+    # The policy learns the easy task: mean reward of the last steps beats the first ones.
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.1, rewards
+    # The sampler's logprobs are the trainer's: the cookbook's sample/train KL is ~0.
+    kls = [float(r["optim/kl_sample_train_v2"]) for r in rows if "optim/kl_sample_train_v2" in r]
+    assert len(kls) == len(rewards)
+    assert all(abs(k) < 1e-3 for k in kls), kls
     saved = _checkpoints(log_path)
     assert saved, "the loop saved no checkpoint"
     assert dir_server.engine.checkpoints.get(saved[-1]["sampler_path"]) is not None
