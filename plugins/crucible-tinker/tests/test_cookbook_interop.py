@@ -131,7 +131,9 @@ class _TextDatasetBuilder(SupervisedDatasetBuilder):
     n_batches: int = 6
 
     def __call__(self) -> tuple[SupervisedDataset, SupervisedDataset | None]:
-        return _TextDataset(self.model_name, self.n_batches), None
+        # The held-out set is the training set: the cookbook scores it through
+        # SamplingClient.compute_logprobs (prompt logprobs on the server).
+        return _TextDataset(self.model_name, self.n_batches), _TextDataset(self.model_name, 1)
 
 
 def test_cookbook_supervised_loop_trains_against_serve_tinker(
@@ -149,7 +151,7 @@ def test_cookbook_supervised_loop_trains_against_serve_tinker(
         lora_rank=4,
         base_url=dir_server.url,
         save_every=3,
-        eval_every=0,
+        eval_every=3,
         infrequent_eval_every=0,
         ttl_seconds=None,
     )
@@ -161,6 +163,13 @@ def test_cookbook_supervised_loop_trains_against_serve_tinker(
     assert all(math.isfinite(x) for x in losses)
     # Same batch every step: the loss must fall.
     assert losses[-1] < losses[0] - 0.05, losses
+    # The cookbook's held-out NLL comes from the sampler's prompt logprobs on the weights
+    # the step trains from, so it equals that step's training NLL (same data, same weights).
+    evals = [row for row in rows if "test/nll" in row]
+    assert [row["step"] for row in evals] == [1, 4], evals
+    for row in evals:
+        assert row["test/nll"] == pytest.approx(row["train_mean_nll"], abs=1e-3)
+    assert evals[-1]["test/nll"] < evals[0]["test/nll"]
     saved = _checkpoints(log_path)
     assert saved, "the loop saved no checkpoint"
     final = saved[-1]
@@ -265,3 +274,52 @@ def test_cookbook_rl_loop_trains_against_serve_tinker(
     saved = _checkpoints(log_path)
     assert saved, "the loop saved no checkpoint"
     assert dir_server.engine.checkpoints.get(saved[-1]["sampler_path"]) is not None
+
+
+# ---------------------------------------------------------------- prompt logprobs
+
+
+def test_compute_logprobs_matches_the_trainers_forward(
+    model_dir: Path, dir_server: TinkerServer
+) -> None:
+    """``SamplingClient.compute_logprobs`` (prompt logprobs, what the cookbook's NLL
+    evaluator, KL penalty and distillation use) scores each prompt token under the sampled
+    weights: the same numbers the training forward gives for the same weights."""
+    service = tinker.ServiceClient(base_url=dir_server.url, api_key=dir_server.api_key)
+    try:
+        training = service.create_lora_training_client(base_model=str(model_dir), rank=4).result(
+            timeout=90
+        )
+        tokenizer = get_tokenizer(str(model_dir))
+        ids = tokenizer.encode(TEXTS[0])
+        datum = datum_from_model_input_weights(
+            tinker.ModelInput.from_ints(ids), torch.ones(len(ids))
+        )
+        training.forward_backward([datum], "cross_entropy").result(timeout=90)
+        training.optim_step(tinker.AdamParams(learning_rate=5e-2)).result(timeout=90)
+        forward = training.forward([datum], "cross_entropy").result(timeout=90)
+        expected = forward.loss_fn_outputs[0]["logprobs"].to_torch().tolist()
+        sampler = training.save_weights_and_get_sampling_client().result(timeout=90)
+
+        got = sampler.compute_logprobs(tinker.ModelInput.from_ints(ids)).result(timeout=90)
+        assert got[0] is None
+        assert len(got) == len(ids)
+        assert [x for x in got[1:] if x is not None] == pytest.approx(expected, abs=1e-3)
+
+        tail = sampler.compute_logprobs(
+            tinker.ModelInput.from_ints(ids), prompt_logprobs_last_n=3
+        ).result(timeout=90)
+        assert tail[:-3] == [None] * (len(ids) - 3)
+        assert tail[-3:] == pytest.approx(expected[-3:], abs=1e-3)
+
+        # Top-k logprobs stay refused, with the reason, instead of being silently dropped.
+        with pytest.raises(tinker.BadRequestError, match="top-k logprobs"):
+            sampler.sample(
+                tinker.ModelInput.from_ints(ids),
+                1,
+                tinker.SamplingParams(max_tokens=1),
+                include_prompt_logprobs=True,
+                topk_prompt_logprobs=2,
+            ).result(timeout=90)
+    finally:
+        service.close("success").result(timeout=90)
