@@ -20,7 +20,7 @@ if [ "${1:-}" = "--all" ]; then
   "${PIP[@]}" install "${args[@]}"
   # tinker-cookbook for the interop tests (plugins/crucible-tinker/tests/test_cookbook_interop.py).
   # Not a pip extra because no release resolves with our pins: 0.6.1 needs tml-renderers>=0.4.1
-  # (the registry has <=0.2.1) and <=0.5.8 caps transformers<=5.5.4 (we pin >=5 and get newer).
+  # (the registry has <=0.2.1); 0.5.8 resolves only by downgrading transformers env-wide to 5.5.4.
   # The supervised and RL loops use neither, so 0.6.1 goes in without its resolver, followed
   # by the dependencies those loops import. docs/tinker.md ("tinker-cookbook") has the details.
   "${PIP[@]}" install --no-deps "tinker-cookbook==0.6.1"
