@@ -256,6 +256,10 @@ def test_cookbook_rl_loop_trains_against_serve_tinker(
         lora_rank=4,
         save_every=2,
         eval_every=0,
+        # A KL penalty to the base model: the cookbook scores every sample with the
+        # reference's compute_logprobs (prompt logprobs on the server).
+        kl_penalty_coef=1e-3,
+        kl_reference_config=rl_train.KLReferenceConfig(base_model=str(model_dir)),
         base_url=dir_server.url,
         ttl_seconds=None,
     )
@@ -271,6 +275,11 @@ def test_cookbook_rl_loop_trains_against_serve_tinker(
     kls = [float(r["optim/kl_sample_train_v2"]) for r in rows if "optim/kl_sample_train_v2" in r]
     assert len(kls) == len(rewards)
     assert all(abs(k) < 1e-3 for k in kls), kls
+    # KL to the base starts at 0 (the fresh LoRA is the base) and grows as the policy moves.
+    kl_base = [float(r["kl_policy_base"]) for r in rows if "kl_policy_base" in r]
+    assert len(kl_base) == len(rewards)
+    assert abs(kl_base[0]) < 1e-3, kl_base
+    assert kl_base[-1] > kl_base[0] + 1e-3, kl_base
     saved = _checkpoints(log_path)
     assert saved, "the loop saved no checkpoint"
     assert dir_server.engine.checkpoints.get(saved[-1]["sampler_path"]) is not None
