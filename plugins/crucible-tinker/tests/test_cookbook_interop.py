@@ -321,14 +321,38 @@ def test_compute_logprobs_matches_the_trainers_forward(
         assert tail[:-3] == [None] * (len(ids) - 3)
         assert tail[-3:] == pytest.approx(expected[-3:], abs=1e-3)
 
-        # Top-k logprobs stay refused, with the reason, instead of being silently dropped.
-        with pytest.raises(tinker.BadRequestError, match="top-k logprobs"):
+        # Top-k prompt logprobs (the cookbook's off-policy distillation, SDFT): the
+        # likeliest tokens per position, best first, agreeing with the plain logprobs.
+        response = sampler.sample(
+            tinker.ModelInput.from_ints(ids),
+            1,
+            tinker.SamplingParams(max_tokens=1),
+            include_prompt_logprobs=True,
+            topk_prompt_logprobs=3,
+        ).result(timeout=90)
+        topk = response.topk_prompt_logprobs
+        assert topk is not None
+        assert len(topk) == len(ids)
+        assert topk[0] is None
+        for position, row in enumerate(topk[1:], start=1):
+            assert row is not None
+            assert len(row) == 3
+            values = [lp for _, lp in row]
+            assert values == sorted(values, reverse=True)
+            actual = got[position]
+            assert actual is not None
+            assert values[0] >= actual - 1e-4
+            by_id = dict(row)
+            if ids[position] in by_id:
+                assert by_id[ids[position]] == pytest.approx(actual, abs=1e-4)
+
+        # Top-k *sample* logprobs stay refused, with the reason, not silently dropped.
+        with pytest.raises(tinker.BadRequestError, match="top-k sample logprobs"):
             sampler.sample(
                 tinker.ModelInput.from_ints(ids),
                 1,
                 tinker.SamplingParams(max_tokens=1),
-                include_prompt_logprobs=True,
-                topk_prompt_logprobs=2,
+                topk_sample_logprobs=2,
             ).result(timeout=90)
     finally:
         service.close("success").result(timeout=90)

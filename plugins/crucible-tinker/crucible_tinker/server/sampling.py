@@ -156,13 +156,14 @@ class Sampling:
                 "request_id": previous.request_id,
                 "sample_sequence_ids": ids.sequence_ids(previous.request_id, n),
             }
-        if body.topk_prompt_logprobs or body.topk_sample_logprobs:
+        if body.topk_sample_logprobs:
             raise ConfigError(
-                "top-k logprobs are not supported by this server "
+                "top-k sample logprobs are not supported by this server "
                 "(the crucible Sampler contract returns sampled-token logprobs only)"
             )
-        scorer = _prompt_scorer(sampler_entry.sampler) if body.prompt_logprobs else None
-        if body.prompt_logprobs and scorer is None:
+        wants_prompt = bool(body.prompt_logprobs or body.topk_prompt_logprobs)
+        scorer = _prompt_scorer(sampler_entry.sampler) if wants_prompt else None
+        if wants_prompt and scorer is None:
             raise ConfigError(
                 "prompt logprobs need a sampler that exposes next-token logits "
                 f"(the {self.served.name!r} backend's sampler does not)"
@@ -181,12 +182,19 @@ class Sampling:
                 completions: list[Completion] = sampler.sample(
                     Prompt(tokens=tokens), params
                 ).result()
+                logits = scorer(tokens) if scorer is not None else None
+                last_n = body.prompt_logprobs_last_n
                 scored = (
-                    prompt_logprobs(scorer(tokens), tokens, body.prompt_logprobs_last_n)
-                    if scorer is not None
+                    prompt_logprobs(logits, tokens, last_n)
+                    if logits is not None and body.prompt_logprobs
                     else None
                 )
-                entry.resolve(Payload(encode_sample_response(completions, scored), PROTOBUF))
+                topk = (
+                    topk_prompt_logprobs(logits, body.topk_prompt_logprobs, last_n)
+                    if logits is not None and body.topk_prompt_logprobs
+                    else None
+                )
+                entry.resolve(Payload(encode_sample_response(completions, scored, topk), PROTOBUF))
             except BaseException as exc:
                 message, category = classify(exc)
                 entry.fail(message, category)
@@ -269,3 +277,26 @@ def prompt_logprobs(logits: Any, tokens: Sequence[int], last_n: int | None) -> l
         cut = max(0, len(out) - last_n)
         out[:cut] = [math.nan] * cut
     return out
+
+
+#: What the SDK reads as "not computed" in a top-k row (``tinker.types.topk_logprobs``).
+MASK_LOGPROB = -99999.0
+
+
+def topk_prompt_logprobs(logits: Any, k: int, last_n: int | None) -> tuple[Any, Any]:
+    """Tinker's ``topk_prompt_logprobs``: row ``i`` holds the ``k`` likeliest tokens at
+    prompt position ``i`` (given ``tokens[:i]``) and their logprobs, as int32 / float32
+    arrays ``[len(prompt), k]``. Row 0, and rows before the last ``last_n``, are masked
+    (token 0, ``MASK_LOGPROB``), which the SDK reads as ``None``."""
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    k = min(k, logp.shape[-1])
+    top = torch.topk(logp[:-1], k, dim=-1)
+    n = logp.shape[0]
+    ids = torch.zeros((n, k), dtype=torch.int32)
+    values = torch.full((n, k), MASK_LOGPROB, dtype=torch.float32)
+    first = 1 if last_n is None else max(1, n - last_n)
+    ids[first:] = top.indices[first - 1 :].to(torch.int32)
+    values[first:] = top.values[first - 1 :]
+    return ids.numpy(), values.numpy()
