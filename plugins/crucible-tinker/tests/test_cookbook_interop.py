@@ -5,9 +5,9 @@ installed without its dependency resolver) drives the server through the real ``
 SDK over HTTP on 127.0.0.1. The served base model is a local Hugging Face directory
 written by the test; the cookbook loads its tokenizer by that name (a path), so nothing
 is downloaded. Its supervised loop fetches a pricing file over HTTPS once and, by its
-own contract, logs token counts only when that fails (this machine has no internet):
-``TINKER_COOKBOOK_PRICING_URL`` is not a setting, so the test points the loop at an
-unreachable local address through the function's ``url`` default to keep it bounded.
+own contract, logs token counts only when that fails (tests have no internet). There is
+no setting to skip the fetch, so the test points the function's ``url`` default at a
+closed local port: the failure is immediate instead of waiting for its timeout.
 """
 
 from __future__ import annotations
