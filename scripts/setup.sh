@@ -18,6 +18,14 @@ if [ "${1:-}" = "--all" ]; then
     [ -f "$p/pyproject.toml" ] && args+=(-e "${p%/}[test]")
   done
   "${PIP[@]}" install "${args[@]}"
+  # tinker-cookbook for the interop tests (plugins/crucible-tinker/tests/test_cookbook_interop.py).
+  # Not a pip extra because no release resolves with our pins: 0.6.1 needs tml-renderers>=0.4.1
+  # (the registry has <=0.2.1); 0.5.8 resolves only by downgrading transformers env-wide to 5.5.4.
+  # The supervised and RL loops use neither, so 0.6.1 goes in without its resolver, followed
+  # by the dependencies those loops import. docs/tinker.md ("tinker-cookbook") has the details.
+  "${PIP[@]}" install --no-deps "tinker-cookbook==0.6.1"
+  "${PIP[@]}" install "chz>=0.4" "blobfile>=3" "cloudpickle>=3" "termcolor>=2" "rich>=13" \
+    "aiohttp>=3.9" "pyrage>=1.4" "tiktoken>=0.12" "pillow>=10"
 else
   args=(-e .)
   [ -d plugins/crucible-datasets ] && args+=(-e plugins/crucible-datasets)

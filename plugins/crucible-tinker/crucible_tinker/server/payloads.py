@@ -229,9 +229,12 @@ def encode_forward_backward_output(
 
 
 def encode_sample_response(
-    completions: Sequence[Completion], prompt_logprobs: Sequence[float] | None = None
+    completions: Sequence[Completion],
+    prompt_logprobs: Sequence[float] | None = None,
+    topk_prompt: tuple[Any, Any] | None = None,
 ) -> bytes:
-    """A ``SampleResponse`` with one sequence per completion."""
+    """A ``SampleResponse`` with one sequence per completion; ``prompt_logprobs`` and
+    ``topk_prompt`` (int32 ids and float32 logprobs, both ``[len(prompt), k]``) when asked."""
     out = pb.SampleResponse()
     for c in completions:
         seq = out.sequences.add()
@@ -243,4 +246,10 @@ def encode_sample_response(
             seq.logprobs = np.asarray(c.logprobs, dtype="<f4").tobytes()
     if prompt_logprobs is not None:
         out.prompt_logprobs = np.asarray(prompt_logprobs, dtype="<f4").tobytes()
+    if topk_prompt is not None:
+        token_ids = np.asarray(topk_prompt[0], dtype="<i4")
+        logprobs = np.asarray(topk_prompt[1], dtype="<f4")
+        out.topk_prompt_logprobs.length, out.topk_prompt_logprobs.k = token_ids.shape
+        out.topk_prompt_logprobs.token_ids = token_ids.tobytes()
+        out.topk_prompt_logprobs.logprobs = logprobs.tobytes()
     return out.SerializeToString()

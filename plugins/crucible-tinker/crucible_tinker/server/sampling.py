@@ -11,7 +11,9 @@ runs the sample on a small thread pool and resolves a tinker future with a
 
 from __future__ import annotations
 
+import math
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -154,10 +156,17 @@ class Sampling:
                 "request_id": previous.request_id,
                 "sample_sequence_ids": ids.sequence_ids(previous.request_id, n),
             }
-        if body.prompt_logprobs or body.topk_prompt_logprobs or body.topk_sample_logprobs:
+        if body.topk_sample_logprobs:
             raise ConfigError(
-                "prompt logprobs and top-k logprobs are not supported by this server "
+                "top-k sample logprobs are not supported by this server "
                 "(the crucible Sampler contract returns sampled-token logprobs only)"
+            )
+        wants_prompt = bool(body.prompt_logprobs or body.topk_prompt_logprobs)
+        scorer = _prompt_scorer(sampler_entry.sampler) if wants_prompt else None
+        if wants_prompt and scorer is None:
+            raise ConfigError(
+                "prompt logprobs need a sampler that exposes next-token logits "
+                f"(the {self.served.name!r} backend's sampler does not)"
             )
         if body.target_prompt_logprobs is not None or body.prompt_alt_tokens_k:
             raise ConfigError("target_prompt_logprobs / prompt_alt_tokens_k are not supported")
@@ -173,7 +182,19 @@ class Sampling:
                 completions: list[Completion] = sampler.sample(
                     Prompt(tokens=tokens), params
                 ).result()
-                entry.resolve(Payload(encode_sample_response(completions), PROTOBUF))
+                logits = scorer(tokens) if scorer is not None else None
+                last_n = body.prompt_logprobs_last_n
+                scored = (
+                    prompt_logprobs(logits, tokens, last_n)
+                    if logits is not None and body.prompt_logprobs
+                    else None
+                )
+                topk = (
+                    topk_prompt_logprobs(logits, body.topk_prompt_logprobs, last_n)
+                    if logits is not None and body.topk_prompt_logprobs
+                    else None
+                )
+                entry.resolve(Payload(encode_sample_response(completions, scored, topk), PROTOBUF))
             except BaseException as exc:
                 message, category = classify(exc)
                 entry.fail(message, category)
@@ -228,3 +249,54 @@ class Sampling:
             return convert(out, SamplingParams)
         except ValidationError as exc:
             raise ConfigError(f"bad sampling_params: {exc}") from None
+
+
+def _prompt_scorer(sampler: Any) -> Callable[[Sequence[int]], Any] | None:
+    """The sampler's ``logits(tokens)`` (next-token logits ``[len, vocab]``), if it has one.
+
+    Not part of the crucible Sampler contract: crucible-local's sampler has it, and a
+    backend whose sampler lacks it gets a clear refusal for prompt logprobs.
+    """
+    logits = getattr(sampler, "logits", None)
+    return logits if callable(logits) else None
+
+
+def prompt_logprobs(logits: Any, tokens: Sequence[int], last_n: int | None) -> list[float]:
+    """Tinker's ``prompt_logprobs``: entry ``i`` is log p(tokens[i] | tokens[:i]).
+
+    The first token has no context, so it is NaN (the SDK reads NaN as ``None``), as is
+    every token before the last ``last_n`` when only those are asked for.
+    """
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    targets = torch.tensor(list(tokens[1:]), dtype=torch.long)
+    scored = logp[: len(tokens) - 1].gather(1, targets.unsqueeze(1)).squeeze(1).tolist()
+    out = [math.nan, *scored]
+    if last_n is not None:
+        cut = max(0, len(out) - last_n)
+        out[:cut] = [math.nan] * cut
+    return out
+
+
+#: What the SDK reads as "not computed" in a top-k row (``tinker.types.topk_logprobs``).
+MASK_LOGPROB = -99999.0
+
+
+def topk_prompt_logprobs(logits: Any, k: int, last_n: int | None) -> tuple[Any, Any]:
+    """Tinker's ``topk_prompt_logprobs``: row ``i`` holds the ``k`` likeliest tokens at
+    prompt position ``i`` (given ``tokens[:i]``) and their logprobs, as int32 / float32
+    arrays ``[len(prompt), k]``. Row 0, and rows before the last ``last_n``, are masked
+    (token 0, ``MASK_LOGPROB``), which the SDK reads as ``None``."""
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    k = min(k, logp.shape[-1])
+    top = torch.topk(logp[:-1], k, dim=-1)
+    n = logp.shape[0]
+    ids = torch.zeros((n, k), dtype=torch.int32)
+    values = torch.full((n, k), MASK_LOGPROB, dtype=torch.float32)
+    first = 1 if last_n is None else max(1, n - last_n)
+    ids[first:] = top.indices[first - 1 :].to(torch.int32)
+    values[first:] = top.values[first - 1 :]
+    return ids.numpy(), values.numpy()

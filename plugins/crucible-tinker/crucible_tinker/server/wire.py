@@ -205,6 +205,8 @@ class SampleRequest(WireRequest, frozen=True, kw_only=True):
     num_samples: Annotated[int, Meta(ge=1, le=128)] = 1
     sampling_params: SamplingParamsBody | None = None
     prompt_logprobs: bool | None = None
+    #: Score only the last N prompt tokens (``SamplingClient.compute_logprobs``).
+    prompt_logprobs_last_n: Annotated[int, Meta(ge=0)] | None = None
     topk_prompt_logprobs: Small = 0
     topk_sample_logprobs: Small = 0
     prompt_alt_tokens_k: Small = 0
