@@ -1,0 +1,170 @@
+"""The streaming ``merged`` export (crucible_local.merge_stream) against peft's own merge.
+
+Real parts only: a small Llama written with ``save_pretrained`` (tests/hfdir.py),
+a real peft LoRA with non-zero ``B`` saved with ``save_pretrained``, and
+``merge_and_unload`` as the reference. The merge must be bit-identical, the
+configs the same as ``save_pretrained`` of the merged model writes, and the
+export must not import peft or transformers' modeling code (which is what
+made a merged export cost ~150 MB before any weight existed).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .hfdir import write_byo_model
+
+_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _adapter(base: Path, out: Path, **lora: Any) -> Any:
+    """A LoRA on ``base`` with random (non-zero) A and B, saved to ``out``; the peft model."""
+    import torch
+    from crucible_local._hf import peft_quiet
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    torch.manual_seed(1)
+    config = LoraConfig(
+        r=4, lora_alpha=12, target_modules=_TARGETS, init_lora_weights=False, **lora
+    )
+    with peft_quiet():
+        peft_model = get_peft_model(model, config)
+        peft_model.save_pretrained(str(out))
+    return peft_model
+
+
+def _merge(peft_model: Any) -> Any:
+    from crucible_local._hf import peft_quiet
+
+    with peft_quiet():
+        return peft_model.merge_and_unload()
+
+
+def _read_shards(directory: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    index = json.loads((directory / "model.safetensors.index.json").read_text())
+    tensors: dict[str, Any] = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        tensors.update(load_file(str(directory / shard)))
+    assert set(tensors) == set(index["weight_map"])
+    return tensors
+
+
+@pytest.mark.parametrize(
+    ("base_dtype", "rslora"), [("float32", False), ("bfloat16", False), ("float32", True)]
+)
+def test_streaming_merge_is_bit_identical_to_merge_and_unload(
+    tmp_path: Path, base_dtype: str, rslora: bool
+) -> None:
+    import torch
+    from crucible_local.export import _write_float32_configs  # pyright: ignore[reportPrivateUsage]
+    from crucible_local.merge_stream import plan_streaming_merge, write_merged_shards
+    from transformers import AutoModelForCausalLM
+
+    base = write_byo_model(tmp_path / "base")
+    if base_dtype == "bfloat16":
+        half = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.bfloat16)
+        half.save_pretrained(str(base))
+    peft_model = _adapter(base, tmp_path / "adapter", use_rslora=rslora)
+    plan = plan_streaming_merge(base, tmp_path / "adapter")
+    assert plan is not None
+    assert len(plan.lora) == 3 * len(_TARGETS)
+    streamed = tmp_path / "streamed"
+    streamed.mkdir()
+    # Small shards: several of them, as a large model would get.
+    names = write_merged_shards(plan, streamed, shard_bytes=40_000)
+    assert len(names) > 2
+    _write_float32_configs(base, streamed, str(base))
+
+    reference = tmp_path / "reference"
+    merged = _merge(peft_model)
+    merged.config.name_or_path = str(base)
+    merged.save_pretrained(str(reference), safe_serialization=True)
+    merged.generation_config.save_pretrained(str(reference))
+    expected = {k: v.detach() for k, v in merged.state_dict().items()}
+    got = _read_shards(streamed)
+    assert set(got) == set(expected)
+    for name, tensor in expected.items():
+        assert got[name].dtype == torch.float32, name
+        assert torch.equal(got[name], tensor), name
+    base_q = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).state_dict()
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(got[q], base_q[q])  # the delta was really added
+    for name in ("config.json", "generation_config.json"):
+        assert json.loads((streamed / name).read_text()) == json.loads(
+            (reference / name).read_text()
+        ), name
+    # And it loads with the stock class alone, to the same logits.
+    ids = torch.tensor([[1, 5, 9, 20]])
+    loaded = AutoModelForCausalLM.from_pretrained(str(streamed))
+    assert torch.equal(loaded(input_ids=ids).logits, merged(input_ids=ids).logits)
+
+
+def test_plan_declines_what_only_peft_can_merge_exactly(tmp_path: Path) -> None:
+    from crucible_local.merge_stream import plan_streaming_merge
+
+    base = write_byo_model(tmp_path / "base")
+    _adapter(base, tmp_path / "dora", use_dora=True)
+    assert plan_streaming_merge(base, tmp_path / "dora") is None
+    _adapter(base, tmp_path / "saved-head", modules_to_save=["lm_head"])
+    assert plan_streaming_merge(base, tmp_path / "saved-head") is None
+    _adapter(base, tmp_path / "plain")
+    assert plan_streaming_merge(base, tmp_path / "plain") is not None
+    bin_only = tmp_path / "bin-only"
+    bin_only.mkdir()
+    (bin_only / "config.json").write_text((base / "config.json").read_text())
+    assert plan_streaming_merge(bin_only, tmp_path / "plain") is None
+
+
+_EXPORT_CHILD = """
+import json, sys
+from pathlib import Path
+from crucible_core.ir.backend import CheckpointRef
+from crucible_core.ir.training import ModelSpec
+from crucible_local.export import export
+
+base, adapter, out = (Path(a) for a in sys.argv[1:])
+spec = ModelSpec(name="byo", path=str(base))
+result = export(spec, CheckpointRef(uri=str(adapter), kind="sampler"), "merged", out)
+heavy = sorted(m for m in ("peft", "transformers.modeling_utils") if m in sys.modules)
+print(json.dumps({"files": result.files, "heavy": heavy}))
+"""
+
+
+def test_merged_export_of_a_directory_base_imports_neither_peft_nor_modeling_code(
+    tmp_path: Path,
+) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = write_byo_model(tmp_path / "base")
+    peft_model = _adapter(base, tmp_path / "adapter")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-c", _EXPORT_CHILD, str(base), str(tmp_path / "adapter"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["heavy"] == []
+    assert "model.safetensors.index.json" in report["files"]
+    assert "tokenizer_config.json" in report["files"]
+    assert "generation_config.json" in report["files"]
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert tok.chat_template == AutoTokenizer.from_pretrained(str(base)).chat_template
+    ids = tok("The quick brown fox", return_tensors="pt")["input_ids"]
+    loaded = AutoModelForCausalLM.from_pretrained(str(out))
+    merged = _merge(peft_model)
+    assert torch.equal(loaded(input_ids=ids).logits, merged(input_ids=ids).logits)
