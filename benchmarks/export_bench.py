@@ -35,16 +35,19 @@ FORMATS = ("peft", "merged", "safetensors-full", "onnx")
 #: Runs the CLI in-process and reports its peak RSS, and first the RSS with torch and the
 #: CLI imported (what any export imports before it reads a file): the fixed baseline that
 #: dominates the ratio for small models. Nothing else is imported here, so what the
-#: export itself imports (transformers, peft) counts in what it adds.
+#: export itself imports (transformers, peft) counts in what it adds. The peak is the
+#: process's own VmHWM: ``ru_maxrss`` would not do, since Linux carries the parent's peak
+#: over an exec, and this script's own process holds the model it built.
 _RSS_WRAPPER = (
-    "import os, resource, sys\n"
+    "import os, sys\n"
     "import torch\n"
     "from crucible_core.cli.main import main\n"
     "page = os.sysconf('SC_PAGE_SIZE')\n"
     "base = int(open('/proc/self/statm').read().split()[1]) * page // 1024\n"
     "print('BASE_RSS_KB', base, file=sys.stderr)\n"
     "code = main(sys.argv[1:])\n"
-    "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    "hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
+    "print('PEAK_RSS_KB', int(hwm.split()[1]), file=sys.stderr)\n"
     "sys.exit(code)\n"
 )
 

@@ -244,10 +244,13 @@ def _export_merged_streaming(
     plan = plan_streaming_merge(base_dir, adapter_dir)
     if plan is None:
         return None
-    tokenizer = load_tokenizer(msgspec.structs.replace(model, dtype="float32"))
     out.mkdir(parents=True, exist_ok=True)
     write_merged_shards(plan, out, SHARD_BYTES)
+    # Only now the config and tokenizer: reading a model's config class imports
+    # transformers' model-loading modules (~60 MB with torch.distributed), which then
+    # sit beside the shards' freed memory instead of under the largest shard.
     _write_float32_configs(base_dir, out, _base_ref(model))
+    tokenizer = load_tokenizer(msgspec.structs.replace(model, dtype="float32"))
     tokenizer.hf.save_pretrained(str(out))
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     return ExportedModel(format="merged", base=None, load_code=_FULL_LOAD_CODE, files=files)

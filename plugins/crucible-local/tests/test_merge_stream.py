@@ -168,3 +168,68 @@ def test_merged_export_of_a_directory_base_imports_neither_peft_nor_modeling_cod
     loaded = AutoModelForCausalLM.from_pretrained(str(out))
     merged = _merge(peft_model)
     assert torch.equal(loaded(input_ids=ids).logits, merged(input_ids=ids).logits)
+
+
+_PEAK_CHILD = """
+import sys
+from pathlib import Path
+import torch, safetensors.torch
+from crucible_local import merge_stream
+
+def status(key):
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key))
+
+base, adapter, out, shard = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+plan = merge_stream.plan_streaming_merge(Path(base), Path(adapter))
+out.mkdir()
+before = status("VmRSS")
+merge_stream.write_merged_shards(plan, out, shard)
+print((status("VmHWM") - before) * 1024)
+"""
+
+
+def test_streaming_merge_holds_about_one_shard_in_memory(tmp_path: Path) -> None:
+    """Peak RSS growth of the merge (a child process's VmHWM) stays near one shard, far
+    below the model: each shard is freed (and its heap given back) before the next."""
+    from crucible_local.models import write_tiny_model_dir
+
+    base = write_tiny_model_dir(
+        tmp_path / "base",
+        options={"hidden_size": 512, "num_layers": 4, "intermediate_size": 2048, "num_heads": 8},
+    )
+    model_bytes = (base / "model.safetensors").stat().st_size
+    _adapter_all_linear(base, tmp_path / "adapter")
+    shard = 12 * 10**6
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _PEAK_CHILD,
+            str(base),
+            str(tmp_path / "adapter"),
+            str(tmp_path / "out"),
+            str(shard),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    growth = int(proc.stdout)
+    assert model_bytes > 4 * shard
+    # One shard, one tensor being merged (<= 4.2 MB) and its delta, plus slack.
+    assert growth < 1.25 * shard + 3 * 4.2e6, (growth, model_bytes)
+
+
+def _adapter_all_linear(base: Path, out: Path) -> None:
+    import torch
+    from crucible_local._hf import peft_quiet
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    torch.manual_seed(2)
+    config = LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False)
+    with peft_quiet():
+        get_peft_model(model, config).save_pretrained(str(out))
