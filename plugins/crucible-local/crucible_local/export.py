@@ -18,7 +18,11 @@ Formats (:data:`EXPORT_FORMATS`):
     The adapter merged into the float32 base (``merge_and_unload``), saved as
     sharded safetensors (``model.safetensors.index.json`` + shards of at most
     :data:`SHARD_SIZE`) with config, generation config and tokenizer; loads
-    with ``AutoModelForCausalLM.from_pretrained(dir)`` alone.
+    with ``AutoModelForCausalLM.from_pretrained(dir)`` alone. A plain LoRA on
+    a base directory of safetensors is merged tensor by tensor, one shard in
+    memory at a time, without building the model or importing peft
+    (:mod:`crucible_local.merge_stream`; the same float32 weights, bit for
+    bit); anything else goes through peft's ``merge_and_unload``.
 ``safetensors-full``
     The same full weights in one unsharded ``model.safetensors``, in the
     run's training dtype (``model_spec.dtype``).
@@ -63,6 +67,8 @@ __all__ = [
 
 #: Largest shard of a ``merged`` export.
 SHARD_SIZE = "200MB"
+#: :data:`SHARD_SIZE` in bytes (transformers counts MB as 10**6 bytes).
+SHARD_BYTES = 200 * 10**6
 #: Where a ``peft`` export of a built-in base keeps that base.
 BASE_SUBDIR = "base"
 
@@ -149,6 +155,10 @@ def export(
     directory = find_weights_dir(path_from_uri(checkpoint.uri), prefer="sampler")
     check_export(model, fmt, lora=_is_lora(directory))
     final = (final or out).resolve()
+    if fmt == "merged" and _is_lora(directory):
+        streamed = _export_merged_streaming(model, directory, out)
+        if streamed is not None:
+            return streamed
     torch_model, tokenizer, is_lora = load_trained(model, checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "peft":
@@ -210,6 +220,59 @@ def _export_peft(model: ModelSpec, peft_model: Any, out: Path, final: Path) -> E
     return ExportedModel(format="peft", base=base, load_code=code)
 
 
+_FULL_LOAD_CODE = (
+    "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+    'model = AutoModelForCausalLM.from_pretrained("{out}")\n'
+    'tokenizer = AutoTokenizer.from_pretrained("{out}")\n'
+)
+
+
+def _export_merged_streaming(
+    model: ModelSpec, adapter_dir: Path, out: Path
+) -> ExportedModel | None:
+    """The ``merged`` export by :mod:`crucible_local.merge_stream` (no model built, no
+    peft), or None when that cannot reproduce ``merge_and_unload`` exactly (built-in
+    base, no safetensors, an adapter beyond plain LoRA)."""
+    import msgspec
+
+    from crucible_local.merge_stream import plan_streaming_merge, write_merged_shards
+    from crucible_local.models import load_tokenizer, model_dir
+
+    base_dir = model_dir(model)
+    if base_dir is None:
+        return None
+    plan = plan_streaming_merge(base_dir, adapter_dir)
+    if plan is None:
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    write_merged_shards(plan, out, SHARD_BYTES)
+    # Only now the config and tokenizer: reading a model's config class imports
+    # transformers' model-loading modules (~60 MB with torch.distributed), which then
+    # sit beside the shards' freed memory instead of under the largest shard.
+    _write_float32_configs(base_dir, out, _base_ref(model))
+    tokenizer = load_tokenizer(msgspec.structs.replace(model, dtype="float32"))
+    tokenizer.hf.save_pretrained(str(out))
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    return ExportedModel(format="merged", base=None, load_code=_FULL_LOAD_CODE, files=files)
+
+
+def _write_float32_configs(base_dir: Path, out: Path, name_or_path: str) -> None:
+    """``config.json`` and ``generation_config.json`` as ``save_pretrained`` writes them for
+    the base loaded in float32 (transformers' configuration classes only, no modeling)."""
+    import torch
+    from transformers import AutoConfig, GenerationConfig
+
+    config: Any = AutoConfig.from_pretrained(str(base_dir), local_files_only=True)
+    config.dtype = torch.float32
+    config.name_or_path = name_or_path
+    config.save_pretrained(str(out))
+    if (base_dir / "generation_config.json").is_file():
+        generation: Any = GenerationConfig.from_pretrained(str(base_dir), local_files_only=True)
+    else:
+        generation = GenerationConfig.from_model_config(config)
+    generation.save_pretrained(str(out))
+
+
 def _export_full(
     model: ModelSpec, torch_model: Any, out: Path, fmt: str, is_lora: bool
 ) -> ExportedModel:
@@ -234,12 +297,7 @@ def _export_full(
         full.save_pretrained(str(out), max_shard_size="1000GB", safe_serialization=True)
     if full.generation_config is not None:
         full.generation_config.save_pretrained(str(out))
-    code = (
-        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-        'model = AutoModelForCausalLM.from_pretrained("{out}")\n'
-        'tokenizer = AutoTokenizer.from_pretrained("{out}")\n'
-    )
-    return ExportedModel(format=fmt, base=None, load_code=code)
+    return ExportedModel(format=fmt, base=None, load_code=_FULL_LOAD_CODE)
 
 
 def _export_onnx(torch_model: Any, out: Path, is_lora: bool) -> ExportedModel:

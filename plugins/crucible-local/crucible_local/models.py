@@ -105,6 +105,12 @@ def _byte_tokenizer() -> LocalTokenizer:
     return LocalTokenizer(build_byte_tokenizer(), name=BYTE_TOKENIZER_NAME)
 
 
+def model_dir(spec: ModelSpec) -> Path | None:
+    """The directory ``spec``'s base weights are loaded from (``path``, a directory
+    ``name``, or the hub cache snapshot of a hub id); None for a built-in model."""
+    return _model_dir(spec)
+
+
 def _model_dir(spec: ModelSpec) -> Path | None:
     if spec.path is not None:
         return Path(spec.path).expanduser()
