@@ -94,9 +94,9 @@ def _canonical_number(match: re.Match[str]) -> str:
 
     Decimal rather than float: a float's repr can carry an exponent (``1e-07``)
     whose sign punctuation stripping would then remove, so the key would change
-    when normalised again.
+    when normalised again. Formatted with ``"f"`` and trimmed as text, because
+    ``quantize``/``normalize`` round to the context's 28 digits (and ``quantize``
+    raises beyond them), while ``format`` is exact at any length.
     """
-    value = Decimal(match.group(0).replace(",", ""))
-    if value == value.to_integral_value():
-        return str(value.quantize(Decimal(1)))
-    return format(value.normalize(), "f")
+    text = format(Decimal(match.group(0).replace(",", "")), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text

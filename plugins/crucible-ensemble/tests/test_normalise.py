@@ -17,6 +17,10 @@ from crucible_core.errors import ConfigError
         ({}, "1,000.50", "1000.5"),
         ({}, "3.5 apples.", "3.5 apples"),
         ({}, "-7.0", "-7"),
+        # Beyond Decimal's 28-digit context (found by the property below): exact, no error.
+        ({}, "10000000000000000000000000000", "10000000000000000000000000000"),
+        ({}, "1.00000000000000000000000000000001", "1.00000000000000000000000000000001"),
+        ({}, "007.50", "7.5"),
         ({"numbers": False}, "1,000", "1000"),
         ({"case": False}, "Paris", "Paris"),
         ({"punctuation": False}, "Paris!", "paris!"),
