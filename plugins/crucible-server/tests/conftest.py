@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from crucible_server.app import ServerSettings
@@ -22,6 +23,13 @@ sys.path.insert(0, str(Path(__file__).parent))  # server_test_jobs, for custom j
 
 ROOT = Path(__file__).resolve().parents[3]
 WAIT = 120.0
+
+# anyio imports its file module lazily, on the first static file a server thread
+# serves. Under pytest that import goes through assertion rewriting (anyio is a
+# pytest plugin), i.e. ast.parse, which on CPython 3.11 before 3.11.9 can fail
+# with "AST constructor recursion depth mismatch" when another thread compiles at
+# the same time (cpython gh-106905). Importing it here, on the main thread, first.
+assert anyio.open_file is not None
 
 
 @pytest.fixture(autouse=True)

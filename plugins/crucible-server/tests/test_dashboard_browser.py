@@ -141,6 +141,7 @@ def test_run_page_chart_grows_live_and_resumes_after_a_drop(
         "Number(document.getElementById('points').textContent) >= 3", timeout=120_000
     )
     first = _points(page)
+    page.wait_for_function("document.getElementById('chart-loss').dataset.points !== undefined")
     drawn = page.locator("#chart-loss").get_attribute("data-points")
     assert page.locator("#stream-state").inner_text() == "live"
     # While the job runs, the loss chart gains points without a reload.

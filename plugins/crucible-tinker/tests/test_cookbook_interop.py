@@ -13,9 +13,11 @@ closed local port: the failure is immediate instead of waiting for its timeout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +90,31 @@ def _server_env(dir_server: TinkerServer, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setitem(defaults, "timeout", 2.0)
 
 
+def _run_cookbook(main: Coroutine[Any, Any, None]) -> None:
+    """Run one of the cookbook's ``main`` coroutines with the root logger set aside.
+
+    The cookbook's ``ml_log.configure_logging_module`` replaces the root logger's
+    handlers and *closes* the old ones, which would close pytest's log-capture
+    handlers: every later test in the process then fails with "I/O operation on
+    closed file". The loop runs with the root logger emptied; afterwards the
+    cookbook's own handlers are closed and the previous ones and level are back.
+    """
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    for handler in saved:
+        root.removeHandler(handler)
+    try:
+        asyncio.run(main)
+    finally:
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+            with contextlib.suppress(Exception):
+                handler.close()
+        for handler in saved:
+            root.addHandler(handler)
+        root.setLevel(level)
+
+
 def _metrics(log_path: Path) -> list[dict[str, Any]]:
     lines = (log_path / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip()]
@@ -137,7 +164,7 @@ class _TextDatasetBuilder(SupervisedDatasetBuilder):
 
 
 def test_cookbook_supervised_loop_trains_against_serve_tinker(
-    model_dir: Path, dir_server: TinkerServer, tmp_path: Path
+    model_dir: Path, dir_server: TinkerServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     log_path = tmp_path / "sl"
     config = sl_train.Config(
@@ -155,7 +182,10 @@ def test_cookbook_supervised_loop_trains_against_serve_tinker(
         infrequent_eval_every=0,
         ttl_seconds=None,
     )
-    asyncio.run(sl_train.main(config))
+    _run_cookbook(sl_train.main(config))
+    # pytest's log capture survived the cookbook's logging set-up (see _run_cookbook).
+    logging.getLogger("crucible.test").warning("after the cookbook")
+    assert "after the cookbook" in caplog.text
 
     rows = [row for row in _metrics(log_path) if "train_mean_nll" in row]
     losses = [float(row["train_mean_nll"]) for row in rows]
@@ -263,7 +293,7 @@ def test_cookbook_rl_loop_trains_against_serve_tinker(
         base_url=dir_server.url,
         ttl_seconds=None,
     )
-    asyncio.run(rl_train.main(config))
+    _run_cookbook(rl_train.main(config))
 
     rows = _metrics(log_path)
     rewards = [float(r["env/all/reward/total"]) for r in rows if "env/all/reward/total" in r]
