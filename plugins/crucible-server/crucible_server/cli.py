@@ -80,6 +80,7 @@ class ServeCommand:
             lease_s=args.lease,
             drain_timeout_s=args.drain_timeout,
             log_level=args.log_level,
+            configure_logging=True,
         )
 
         def ready(srv: Any) -> None:

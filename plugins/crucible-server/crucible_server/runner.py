@@ -87,6 +87,7 @@ class ApiServer:
         grace_s: float = 5.0,
         log_level: str = "warning",
         host_plugins: PluginHost | None = None,
+        configure_logging: bool = False,
     ) -> None:
         from crucible_core.queue.scheduler import Scheduler
 
@@ -102,6 +103,9 @@ class ApiServer:
         self.drain_timeout_s = drain_timeout_s
         self.grace_s = grace_s
         self.log_level = log_level
+        # uvicorn's own logging set-up (dictConfig) shuts down every handler of the
+        # process; only the CLI, which owns its process, asks for it.
+        self.configure_logging = configure_logging
         self.host_plugins = host_plugins
         self.worker: Worker | None = None
         self._sock: socket.socket | None = None
@@ -137,6 +141,7 @@ class ApiServer:
 
     def _build(self) -> Any:
         import uvicorn
+        from uvicorn.config import LOGGING_CONFIG
 
         app = build_app(
             self.scheduler, tokens=self.tokens, settings=self.settings, host=self.host_plugins
@@ -154,6 +159,7 @@ class ApiServer:
             log_level=self.log_level,
             access_log=False,
             timeout_graceful_shutdown=max(1, round(self.grace_s)),
+            log_config=LOGGING_CONFIG if self.configure_logging else None,
         )
         return _Server(config)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -69,3 +70,31 @@ def test_lineage_of_a_finished_training_run(start_server, tokens: TokenStore) ->
             time.sleep(0.1)
         assert body["descendants"]["id"] == job_id
         assert body["ancestors"]["children"]  # it consumed a dataset / model
+
+
+class _CloseRecorder(logging.Handler):
+    """A handler the host program made (in logging's list, attached nowhere, like absl's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+        super().close()
+
+
+def test_an_embedded_server_leaves_the_host_programs_logging_alone(start_server) -> None:
+    """uvicorn's default logging set-up (dictConfig) shuts down every handler in the
+    process, which closed the stream of a library's handler (absl's, imported by
+    rouge-score) that was pytest's capture file. Only `crucible serve` configures it."""
+    handler = _CloseRecorder()
+    root = logging.getLogger()
+    before = root.handlers[:]
+    srv = start_server()
+    srv.stop()
+    assert not handler.closed
+    assert root.handlers == before

@@ -174,6 +174,7 @@ class _ServeTinkerCommand:
             api_keys=keys,
             state_dir=args.state_dir,
             log_level=args.log_level,
+            configure_logging=True,
             long_poll_s=args.long_poll,
             fwdbwd_max_chunk_len=args.chunk_len,
             proto_compress_fwdbwd=args.compress,

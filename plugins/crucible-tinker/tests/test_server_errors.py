@@ -3,7 +3,11 @@ status of each (the tinker protocol's: the SDK retries 409 and 5xx, stops on 410
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import pytest
+from crucible_tinker.server import TinkerServer
 from crucible_tinker.server.app import status_of
 from crucible_tinker.server.errors import Gone, require_seq
 from crucible_tinker.server.wire import BodyTooLarge
@@ -64,3 +68,29 @@ def test_engine_modules_import_no_http_stack(module: str) -> None:
 
 def test_request_structs_import_neither_numpy_nor_tinker() -> None:
     check_light_import("crucible_tinker.server.wire", heavy=("numpy", "tinker"))
+
+
+class _CloseRecorder(logging.Handler):
+    """A handler the host program made (in logging's list, attached nowhere, like absl's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+        super().close()
+
+
+def test_an_embedded_server_leaves_the_host_programs_logging_alone(local_home: Path) -> None:
+    """uvicorn's default logging set-up (dictConfig) shuts down every handler in the
+    process, which closed the stream of a library's handler (absl's, imported by
+    rouge-score) that was pytest's capture file. Only `crucible serve-tinker`
+    configures it."""
+    handler = _CloseRecorder()
+    with TinkerServer("local", backend_options={"home": str(local_home)}):
+        pass
+    assert not handler.closed

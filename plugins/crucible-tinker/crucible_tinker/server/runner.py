@@ -61,6 +61,7 @@ class TinkerServer:
         state_dir: str | Path | None = None,
         log_level: str = "warning",
         grace_s: float = 2.0,
+        configure_logging: bool = False,
         **settings: Any,
     ) -> None:
         if config is None:
@@ -75,6 +76,9 @@ class TinkerServer:
         self._port = port
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.log_level = log_level
+        # uvicorn's own logging set-up (dictConfig) shuts down every handler of the
+        # process; only the CLI, which owns its process, asks for it.
+        self.configure_logging = configure_logging
         self.grace_s = grace_s
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -142,6 +146,7 @@ class TinkerServer:
 
     def _build(self, loop: asyncio.AbstractEventLoop) -> Any:
         import uvicorn
+        from uvicorn.config import LOGGING_CONFIG
 
         from crucible_tinker.server.app import build_app
         from crucible_tinker.server.engine import Engine
@@ -169,6 +174,7 @@ class TinkerServer:
             access_log=False,
             timeout_graceful_shutdown=max(1, round(self.grace_s)),
             timeout_keep_alive=30,
+            log_config=LOGGING_CONFIG if self.configure_logging else None,
         )
         return uvicorn.Server(server_config)
 
