@@ -376,13 +376,28 @@ def test_compute_logprobs_matches_the_trainers_forward(
             if ids[position] in by_id:
                 assert by_id[ids[position]] == pytest.approx(actual, abs=1e-4)
 
-        # Top-k *sample* logprobs stay refused, with the reason, not silently dropped.
-        with pytest.raises(tinker.BadRequestError, match="top-k sample logprobs"):
-            sampler.sample(
-                tinker.ModelInput.from_ints(ids),
-                1,
-                tinker.SamplingParams(max_tokens=1),
-                topk_sample_logprobs=2,
+        # Top-k *sample* logprobs: per generated position, the likeliest tokens under the
+        # weights that sampled it. Greedy, so the sampled token is each row's first, and
+        # its logprob is the one the prompt-logprob path gives prompt + completion.
+        sampled = sampler.sample(
+            tinker.ModelInput.from_ints(ids[:4]),
+            2,
+            tinker.SamplingParams(max_tokens=5, temperature=0.0),
+            topk_sample_logprobs=4,
+        ).result(timeout=90)
+        for seq in sampled.sequences:
+            rows = seq.topk_logprobs
+            assert rows is not None
+            assert len(rows) == len(seq.tokens) > 0
+            full = sampler.compute_logprobs(
+                tinker.ModelInput.from_ints([*ids[:4], *seq.tokens])
             ).result(timeout=90)
+            for j, (token, row) in enumerate(zip(seq.tokens, rows, strict=True)):
+                assert row is not None
+                assert len(row) == 4
+                values = [lp for _, lp in row]
+                assert values == sorted(values, reverse=True)
+                assert row[0][0] == token
+                assert row[0][1] == pytest.approx(full[4 + j], abs=1e-4)
     finally:
         service.close("success").result(timeout=90)

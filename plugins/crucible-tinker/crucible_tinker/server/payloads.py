@@ -232,12 +232,16 @@ def encode_sample_response(
     completions: Sequence[Completion],
     prompt_logprobs: Sequence[float] | None = None,
     topk_prompt: tuple[Any, Any] | None = None,
+    topk_sampled: Sequence[tuple[Any, Any]] | None = None,
 ) -> bytes:
-    """A ``SampleResponse`` with one sequence per completion; ``prompt_logprobs`` and
-    ``topk_prompt`` (int32 ids and float32 logprobs, both ``[len(prompt), k]``) when asked."""
+    """A ``SampleResponse`` with one sequence per completion; ``prompt_logprobs``,
+    ``topk_prompt`` (int32 ids and float32 logprobs, both ``[len(prompt), k]``) and
+    ``topk_sampled`` (one such pair per completion, ``[len(tokens), k]``) when asked."""
     out = pb.SampleResponse()
-    for c in completions:
+    for i, c in enumerate(completions):
         seq = out.sequences.add()
+        if topk_sampled is not None:
+            _set_topk(seq.topk_sampled_logprobs, topk_sampled[i])
         seq.stop_reason = (
             pb.STOP_REASON_LENGTH if c.finish_reason == "length" else pb.STOP_REASON_STOP
         )
@@ -247,9 +251,14 @@ def encode_sample_response(
     if prompt_logprobs is not None:
         out.prompt_logprobs = np.asarray(prompt_logprobs, dtype="<f4").tobytes()
     if topk_prompt is not None:
-        token_ids = np.asarray(topk_prompt[0], dtype="<i4")
-        logprobs = np.asarray(topk_prompt[1], dtype="<f4")
-        out.topk_prompt_logprobs.length, out.topk_prompt_logprobs.k = token_ids.shape
-        out.topk_prompt_logprobs.token_ids = token_ids.tobytes()
-        out.topk_prompt_logprobs.logprobs = logprobs.tobytes()
+        _set_topk(out.topk_prompt_logprobs, topk_prompt)
     return out.SerializeToString()
+
+
+def _set_topk(message: Any, pair: tuple[Any, Any]) -> None:
+    """Fill a ``TopkLogprobs`` message from int32 ids and float32 logprobs ``[n, k]``."""
+    token_ids = np.asarray(pair[0], dtype="<i4")
+    logprobs = np.asarray(pair[1], dtype="<f4")
+    message.length, message.k = token_ids.shape
+    message.token_ids = token_ids.tobytes()
+    message.logprobs = logprobs.tobytes()

@@ -156,17 +156,13 @@ class Sampling:
                 "request_id": previous.request_id,
                 "sample_sequence_ids": ids.sequence_ids(previous.request_id, n),
             }
-        if body.topk_sample_logprobs:
-            raise ConfigError(
-                "top-k sample logprobs are not supported by this server "
-                "(the crucible Sampler contract returns sampled-token logprobs only)"
-            )
         wants_prompt = bool(body.prompt_logprobs or body.topk_prompt_logprobs)
-        scorer = _prompt_scorer(sampler_entry.sampler) if wants_prompt else None
-        if wants_prompt and scorer is None:
+        wants_logits = wants_prompt or bool(body.topk_sample_logprobs)
+        scorer = _prompt_scorer(sampler_entry.sampler) if wants_logits else None
+        if wants_logits and scorer is None:
             raise ConfigError(
-                "prompt logprobs need a sampler that exposes next-token logits "
-                f"(the {self.served.name!r} backend's sampler does not)"
+                "prompt logprobs and top-k logprobs need a sampler that exposes next-token "
+                f"logits (the {self.served.name!r} backend's sampler does not)"
             )
         if body.target_prompt_logprobs is not None or body.prompt_alt_tokens_k:
             raise ConfigError("target_prompt_logprobs / prompt_alt_tokens_k are not supported")
@@ -182,7 +178,7 @@ class Sampling:
                 completions: list[Completion] = sampler.sample(
                     Prompt(tokens=tokens), params
                 ).result()
-                logits = scorer(tokens) if scorer is not None else None
+                logits = scorer(tokens) if scorer is not None and wants_prompt else None
                 last_n = body.prompt_logprobs_last_n
                 scored = (
                     prompt_logprobs(logits, tokens, last_n)
@@ -194,7 +190,20 @@ class Sampling:
                     if logits is not None and body.topk_prompt_logprobs
                     else None
                 )
-                entry.resolve(Payload(encode_sample_response(completions, scored, topk), PROTOBUF))
+                k = body.topk_sample_logprobs
+                per_sequence = (
+                    [
+                        topk_sample_logprobs(scorer([*tokens, *c.tokens]), k, len(tokens))
+                        for c in completions
+                    ]
+                    if scorer is not None and k
+                    else None
+                )
+                entry.resolve(
+                    Payload(
+                        encode_sample_response(completions, scored, topk, per_sequence), PROTOBUF
+                    )
+                )
             except BaseException as exc:
                 message, category = classify(exc)
                 entry.fail(message, category)
@@ -300,3 +309,21 @@ def topk_prompt_logprobs(logits: Any, k: int, last_n: int | None) -> tuple[Any, 
     ids[first:] = top.indices[first - 1 :].to(torch.int32)
     values[first:] = top.values[first - 1 :]
     return ids.numpy(), values.numpy()
+
+
+def topk_sample_logprobs(logits: Any, k: int, prompt_len: int) -> tuple[Any, Any]:
+    """Tinker's ``topk_sample_logprobs`` for one sequence: row ``j`` holds the ``k``
+    likeliest tokens at generated position ``j`` (given the prompt and the first ``j``
+    generated tokens) and their logprobs, int32 / float32 ``[len(generated), k]``.
+
+    ``logits`` are the sampler's next-token logits over prompt + generated tokens: the
+    same weights the tokens were sampled from, scored at temperature 1 (the model's
+    distribution, like the sampled-token logprobs).
+    """
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    k = min(k, logp.shape[-1])
+    rows = logp[prompt_len - 1 : logp.shape[0] - 1]
+    top = torch.topk(rows, k, dim=-1)
+    return top.indices.to(torch.int32).numpy(), top.values.numpy()
