@@ -16,15 +16,40 @@ such as pass@k's tests, finds it there).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from crucible_core.ir import DatasetSpec
-from crucible_datasets.fields import RowAdapter, RowError
+from crucible_datasets.fields import Message, RowAdapter, RowError
 from crucible_datasets.loading import adapter_for
 from crucible_datasets.render import Renderer
 
-__all__ = ["distill_prompts", "eval_prompts"]
+__all__ = ["conversations", "distill_prompts", "eval_prompts", "last_user"]
+
+
+def conversations(
+    rows: Iterable[Mapping[str, Any]], spec: DatasetSpec, adapter: RowAdapter | None = None
+) -> Iterator[tuple[int, Mapping[str, Any], list[Message]]]:
+    """``(index, row, messages)`` for each row of ``rows`` the adapter accepts.
+
+    The adapter is ``adapter`` or, from the first row's columns, the one ``spec``
+    names; rows it refuses are skipped, and so are rows without messages (text rows).
+    """
+    for index, row in enumerate(rows):
+        if adapter is None:
+            adapter = adapter_for(spec, list(row))
+        try:
+            example = adapter(row)
+        except RowError:
+            continue
+        if example.messages:
+            yield index, row, list(example.messages)
+
+
+def last_user(messages: Iterable[Message]) -> str:
+    """The content of the last user message (``""`` if none): what a person is shown."""
+    users = [m.get("content", "") for m in messages if m.get("role") == "user"]
+    return users[-1] if users else ""
 
 
 def eval_prompts(
@@ -42,30 +67,24 @@ def eval_prompts(
     completed within the model's context), as are rows the adapter refuses.
     """
     out: list[dict[str, Any]] = []
-    for index, row in enumerate(rows):
-        if limit is not None and len(out) >= limit:
-            break
-        if adapter is None:
-            adapter = adapter_for(spec, list(row))
-        try:
-            example = adapter(row)
-        except RowError:
-            continue
-        messages = example.messages
-        if not messages or messages[-1].get("role") != "assistant":
+    if limit is not None and limit <= 0:
+        return out
+    for index, _, messages in conversations(rows, spec, adapter):
+        if messages[-1].get("role") != "assistant":
             continue
         tokens = renderer.render_prompt(messages[:-1])
         if max_length is not None and len(tokens) >= max_length:
             continue
-        users = [m.get("content", "") for m in messages[:-1] if m.get("role") == "user"]
         out.append(
             {
                 "tokens": tokens,
                 "reference": messages[-1].get("content", ""),
-                "input": users[-1] if users else "",
+                "input": last_user(messages[:-1]),
                 "index": index,
             }
         )
+        if limit is not None and len(out) >= limit:
+            break
     return out
 
 
@@ -88,14 +107,7 @@ def distill_prompts(
     (no room left to complete) are left out.
     """
     out: list[dict[str, Any]] = []
-    for row in rows:
-        if adapter is None:
-            adapter = adapter_for(spec, list(row))
-        try:
-            example = adapter(row)
-        except RowError:
-            continue
-        messages = list(example.messages or [])
+    for _, _, messages in conversations(rows, spec, adapter):
         reference = ""
         if messages and messages[-1].get("role") == "assistant":
             reference = messages[-1].get("content", "")
@@ -105,13 +117,12 @@ def distill_prompts(
         tokens = renderer.render_prompt(messages)
         if max_length is not None and len(tokens) >= max_length:
             continue
-        users = [m.get("content", "") for m in messages if m.get("role") == "user"]
         out.append(
             {
                 "tokens": tokens,
                 "messages": [dict(m) for m in messages],
                 "reference": reference,
-                "input": users[-1] if users else "",
+                "input": last_user(messages),
             }
         )
     return out

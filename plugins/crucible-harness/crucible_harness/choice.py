@@ -85,22 +85,13 @@ def choice_items(
     items whose longest option does not fit in ``max_length`` tokens, are left out.
     """
     from crucible_datasets.datums import to_datum
-    from crucible_datasets.fields import RowError
-    from crucible_datasets.loading import adapter_for
+    from crucible_datasets.prompts import conversations, last_user
 
     out: list[ChoiceItem] = []
-    adapter = None
-    for row in rows:
-        if limit is not None and len(out) >= limit:
-            break
-        if adapter is None:
-            adapter = adapter_for(spec, list(row))
-        try:
-            example = adapter(row)
-        except RowError:
-            continue
-        messages = example.messages
-        if not messages or messages[-1].get("role") != "assistant":
+    if limit is not None and limit <= 0:
+        return out
+    for _, row, messages in conversations(rows, spec):
+        if messages[-1].get("role") != "assistant":
             continue
         letters = LETTERS[: _n_choices(row)]
         answer = messages[-1].get("content", "").strip().upper()
@@ -112,15 +103,16 @@ def choice_items(
         ]
         if max_length is not None and max(len(r.tokens) for r in rendered) > max_length:
             continue
-        users = [m.get("content", "") for m in messages[:-1] if m.get("role") == "user"]
         out.append(
             ChoiceItem(
-                input=users[-1] if users else "",
+                input=last_user(messages[:-1]),
                 letters=letters,
                 answer=answer,
                 datums=tuple(to_datum(r.tokens, r.weights) for r in rendered),
             )
         )
+        if limit is not None and len(out) >= limit:
+            break
     return out
 
 
