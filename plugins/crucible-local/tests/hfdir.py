@@ -9,6 +9,7 @@ hub snapshot (see :func:`put_in_hub_cache`).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -139,3 +140,24 @@ keep_last = 1
 """
     )
     return path
+
+
+def export_run(home: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, object]:
+    """``crucible export exp ARGS --json`` in ``home``: its JSON record (must succeed)."""
+    proc = cli(home, "export", "exp", *args, "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def stock_python(code: str, *, env: dict[str, str] | None = None) -> str:
+    """Run ``code`` in a fresh interpreter that imports no Crucible module; its stdout."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .hfdir import cli, put_in_hub_cache, write_byo_model, write_job
+from .hfdir import cli, export_run, stock_python, write_job
 
 
 @pytest.fixture(scope="module")
@@ -31,26 +31,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     proc = cli(home, "train", str(job), "--job-id", "exp", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     return home
-
-
-def _export(home: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, object]:
-    proc = cli(home, "export", "exp", *args, "--json", env=env)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
-
-
-def _stock(code: str, *, env: dict[str, str] | None = None) -> str:
-    """Run ``code`` in a fresh interpreter that imports no Crucible module."""
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 _GREEDY = """
@@ -67,7 +47,7 @@ def test_peft_export_of_a_builtin_base_loads_offline_as_a_directory_pair(
     trained: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "peft"
-    record = _export(trained, "--format", "peft", "--out", str(out), "--verify")
+    record = export_run(trained, "--format", "peft", "--out", str(out), "--verify")
     verification = record["verification"]
     assert isinstance(verification, dict)
     assert verification["ok"] is True
@@ -89,7 +69,7 @@ def test_peft_export_of_a_builtin_base_loads_offline_as_a_directory_pair(
     load = (
         card.split("```python\n", 1)[1].split("```", 1)[0].replace("model = Peft", "model = Peft")
     )
-    _stock(load + "\ntok = tokenizer\nprint(type(model).__name__)\n")
+    stock_python(load + "\ntok = tokenizer\nprint(type(model).__name__)\n")
     files = record["files"]
     assert isinstance(files, dict)
     assert "adapter_model.safetensors" in files
@@ -104,7 +84,7 @@ def test_merged_export_is_sharded_and_loads_with_automodel_alone(
     trained: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "merged"
-    record = _export(trained, "--format", "merged", "--out", str(out), "--verify")
+    record = export_run(trained, "--format", "merged", "--out", str(out), "--verify")
     verification = record["verification"]
     assert isinstance(verification, dict)
     assert verification["ok"] is True
@@ -112,7 +92,7 @@ def test_merged_export_is_sharded_and_loads_with_automodel_alone(
     assert list(out.glob("model-*-of-*.safetensors"))
     assert (out / "generation_config.json").is_file()
     assert not (out / "adapter_config.json").exists()
-    merged = _stock(
+    merged = stock_python(
         _GREEDY.format(
             load=f"model = AutoModelForCausalLM.from_pretrained({str(out)!r})\n"
             f"tok = AutoTokenizer.from_pretrained({str(out)!r})"
@@ -120,8 +100,8 @@ def test_merged_export_is_sharded_and_loads_with_automodel_alone(
     )
     # The same next token as the adapter export gives through peft.
     peft_out = tmp_path / "peft-again"
-    _export(trained, "--format", "peft", "--out", str(peft_out))
-    via_peft = _stock(
+    export_run(trained, "--format", "peft", "--out", str(peft_out))
+    via_peft = stock_python(
         _GREEDY.format(
             load="from peft import AutoPeftModelForCausalLM\n"
             f"model = AutoPeftModelForCausalLM.from_pretrained({str(peft_out)!r})\n"
@@ -135,11 +115,11 @@ def test_safetensors_full_export_is_one_file_and_is_recorded_in_lineage(
     trained: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "full"
-    record = _export(trained, "--format", "safetensors-full", "--out", str(out), "--verify")
+    record = export_run(trained, "--format", "safetensors-full", "--out", str(out), "--verify")
     assert (out / "model.safetensors").is_file()
     assert not (out / "model.safetensors.index.json").exists()
     # Loaded by its stock loader alone, in a fresh process.
-    stock = _stock(
+    stock = stock_python(
         _GREEDY.format(
             load=f"model = AutoModelForCausalLM.from_pretrained({str(out)!r})\n"
             f"tok = AutoTokenizer.from_pretrained({str(out)!r})"
@@ -158,14 +138,14 @@ def test_onnx_export_runs_in_onnxruntime_with_the_runs_logprobs(
     trained: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "onnx"
-    record = _export(trained, "--format", "onnx", "--out", str(out), "--verify")
+    record = export_run(trained, "--format", "onnx", "--out", str(out), "--verify")
     verification = record["verification"]
     assert isinstance(verification, dict)
     assert verification["ok"] is True
     assert verification["loader"].startswith("onnxruntime")
     assert verification["max_abs_diff"] <= 1e-3
     merged = tmp_path / "merged-ref"
-    _export(trained, "--format", "merged", "--out", str(merged))
+    export_run(trained, "--format", "merged", "--out", str(merged))
     code = f"""
 import numpy, onnxruntime, sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -176,14 +156,14 @@ onnx = onnxruntime.InferenceSession({str(out / "model.onnx")!r}).run(None, {{"in
 ref = AutoModelForCausalLM.from_pretrained({str(merged)!r})(input_ids=torch.from_numpy(ids)).logits
 print(float(numpy.abs(onnx - ref.detach().numpy()).max()))
 """
-    assert float(_stock(code)) < 1e-3
+    assert float(stock_python(code)) < 1e-3
 
 
 def test_gguf_export_holds_every_merged_tensor_and_the_tokenizer(
     trained: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "gguf"
-    record = _export(trained, "--format", "gguf", "--out", str(out), "--verify")
+    record = export_run(trained, "--format", "gguf", "--out", str(out), "--verify")
     verification = record["verification"]
     assert isinstance(verification, dict)
     assert verification["ok"] is True
@@ -197,30 +177,7 @@ assert "token_embd.weight" in names and "blk.1.attn_q.weight" in names, names
 arch = r.fields["general.architecture"]
 print(bytes(arch.parts[arch.data[0]]).decode(), len(r.fields["tokenizer.ggml.tokens"].data))
 """
-    assert _stock(code).split() == ["llama", "263"]
-
-
-def test_byo_model_trained_exported_merged_and_reloaded_gives_the_same_logits(
-    tmp_path: Path,
-) -> None:
-    cache = tmp_path / "hub"
-    put_in_hub_cache(write_byo_model(tmp_path / "src"), cache, "acme/tiny-byo")
-    env = {"HF_HUB_CACHE": str(cache)}
-    job = write_job(tmp_path / "job.toml", 'name = "acme/tiny-byo"', steps=4)
-    home = tmp_path / "home"
-    assert cli(home, "train", str(job), "--job-id", "exp", "--no-progress", env=env).returncode == 0
-    out = tmp_path / "merged"
-    record = _export(home, "--format", "merged", "--out", str(out), "--verify", env=env)
-    verification = record["verification"]
-    assert isinstance(verification, dict)
-    assert verification["ok"] is True
-    assert verification["max_abs_diff"] <= 1e-3
-    # The peft export of a hub base names the hub id, which loads from the cache.
-    peft_out = tmp_path / "peft"
-    _export(home, "--format", "peft", "--out", str(peft_out), "--verify", env=env)
-    config = json.loads((peft_out / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == "acme/tiny-byo"
-    assert not (peft_out / "base").exists()
+    assert stock_python(code).split() == ["llama", "263"]
 
 
 def test_bad_input_is_a_usage_error_naming_the_fix(trained: Path, tmp_path: Path) -> None:
@@ -310,67 +267,3 @@ def test_kill_9_during_export_leaves_no_directory_under_the_final_name(
     assert done.returncode == 0, done.stderr
     assert out.is_dir()
     assert not list(tmp_path.glob(".killed.export-*"))
-
-
-def test_checkpoint_policy_format_gguf_is_planned_and_exports_the_final_weights(
-    tmp_path: Path,
-) -> None:
-    """``checkpoint_policy.format = "gguf"``: plan accepts it for a llama model, and the run
-    writes safetensors checkpoints plus a gguf export of its final weights, recorded."""
-    import hashlib
-
-    job = write_job(
-        tmp_path / "job.toml",
-        'name = "tiny-llama"\nmax_seq_len = 128',
-        steps=2,
-        policy='format = "gguf"',
-    )
-    home = tmp_path / "home"
-    plan = cli(home, "plan", str(job), "--json")
-    assert plan.returncode == 0, plan.stdout + plan.stderr
-    notes = json.loads(plan.stdout)["notes"]
-    assert any("also exported as gguf to <run>/exports/gguf" in n for n in notes), notes
-    proc = cli(home, "train", str(job), "--job-id", "g", "--no-progress")
-    assert proc.returncode == 0, proc.stderr
-    run = home / "runs" / "g"
-    out = run / "exports" / "gguf"
-    assert (out / "model.gguf").is_file()
-    assert "run `g`" in (out / "README.md").read_text()
-    # Checkpoints themselves stay safetensors.
-    assert list((run / "checkpoints").rglob("*.safetensors"))
-    manifest = json.loads((run / "manifest.json").read_text())
-    [record] = [e for e in manifest["exports"] if e["format"] == "gguf"]
-    assert record["path"] == str(out)
-    assert record["checkpoint"] == manifest["sampler_checkpoint"]["uri"]
-    digest = hashlib.sha256((out / "model.gguf").read_bytes()).hexdigest()
-    assert record["files"]["model.gguf"] == digest
-    shown = cli(home, "lineage", "show", record["artifact_id"], "--json")
-    assert shown.returncode == 0, shown.stderr
-    assert "exported_from" in shown.stdout
-    code = f"""
-from gguf import GGUFReader
-r = GGUFReader({str(out / "model.gguf")!r})
-print(sorted(t.name for t in r.tensors)[0])
-"""
-    assert _stock(code).strip() == "blk.0.attn_k.weight"
-
-
-def test_plan_refuses_a_final_export_format_the_architecture_cannot_take(
-    tmp_path: Path,
-) -> None:
-    job = write_job(
-        tmp_path / "job.toml",
-        'name = "tiny-gpt2"\nmax_seq_len = 128',
-        steps=2,
-        policy='format = "gguf"',
-    )
-    proc = cli(tmp_path / "home", "plan", str(job))
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    text = proc.stdout + proc.stderr
-    assert "checkpoint_policy.format" in text
-    assert "architecture 'gpt2' is not supported" in text
-    assert "Traceback" not in text
-    # The run refuses it too, before training (no run directory with weights).
-    proc = cli(tmp_path / "home", "train", str(job), "--job-id", "x", "--no-progress")
-    assert proc.returncode == 2, proc.stderr
-    assert "architecture 'gpt2'" in proc.stderr
