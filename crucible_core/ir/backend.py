@@ -176,7 +176,9 @@ class LossFnInputs(IRStruct, frozen=True, kw_only=True):
     ``target_tokens`` are the tokens to score (usually the input shifted by
     one); ``weights`` scale each token's loss (0 masks it out);
     ``advantages`` and ``logprobs`` (the sampler's logprobs) feed
-    importance_sampling and ppo; ``ref_logprobs`` feeds dpo.
+    importance_sampling, ppo, cispo, gspo and dro; ``sequence_ratio_mask`` marks
+    (non-zero) the tokens gspo averages its sequence ratio over; ``ref_logprobs``
+    feeds dpo.
     """
 
     target_tokens: list[NonNegativeInt]
@@ -184,6 +186,7 @@ class LossFnInputs(IRStruct, frozen=True, kw_only=True):
     advantages: list[FiniteFloat] | None = None
     logprobs: list[FiniteFloat] | None = None
     ref_logprobs: list[FiniteFloat] | None = None
+    sequence_ratio_mask: list[FiniteFloat] | None = None
 
 
 class Datum(IRStruct, frozen=True, kw_only=True):
@@ -195,7 +198,14 @@ class Datum(IRStruct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         n = len(self.model_input)
         inputs = self.loss_fn_inputs
-        for name in ("target_tokens", "weights", "advantages", "logprobs", "ref_logprobs"):
+        for name in (
+            "target_tokens",
+            "weights",
+            "advantages",
+            "logprobs",
+            "ref_logprobs",
+            "sequence_ratio_mask",
+        ):
             value = getattr(inputs, name)
             if value is not None and len(value) != n:
                 raise ValueError(

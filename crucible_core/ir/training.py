@@ -57,14 +57,27 @@ __all__ = [
     "Workflow",
 ]
 
-LossName = Literal["cross_entropy", "importance_sampling", "ppo", "dpo", "custom"]
+LossName = Literal[
+    "cross_entropy", "importance_sampling", "ppo", "cispo", "gspo", "dro", "dpo", "custom"
+]
 #: The named losses a backend may declare in ``Capabilities.losses``.
-LOSS_NAMES: tuple[str, ...] = ("cross_entropy", "importance_sampling", "ppo", "dpo")
+LOSS_NAMES: tuple[str, ...] = (
+    "cross_entropy",
+    "importance_sampling",
+    "ppo",
+    "cispo",
+    "gspo",
+    "dro",
+    "dpo",
+)
 #: The ``LossFnInputs`` fields each named loss reads beyond ``target_tokens``/``weights``.
 LOSS_INPUTS: dict[str, tuple[str, ...]] = {
     "cross_entropy": (),
     "importance_sampling": ("logprobs", "advantages"),
     "ppo": ("logprobs", "advantages"),
+    "cispo": ("logprobs", "advantages"),
+    "gspo": ("logprobs", "advantages", "sequence_ratio_mask"),
+    "dro": ("logprobs", "advantages"),
     "dpo": ("ref_logprobs",),
 }
 

@@ -66,6 +66,9 @@ def pad_datum(datum: Datum, length: int, pad_id: int = 0) -> Datum:
             ref_logprobs=None
             if inputs.ref_logprobs is None
             else [*inputs.ref_logprobs, *([0.0] * fill)],
+            sequence_ratio_mask=None
+            if inputs.sequence_ratio_mask is None
+            else [*inputs.sequence_ratio_mask, *([0.0] * fill)],
         ),
     )
 

@@ -97,6 +97,26 @@ def test_padding_adds_zero_weight_targets() -> None:
     assert {len(d.model_input) for d in fixed} == {6}
 
 
+def test_padding_keeps_every_loss_input() -> None:
+    rl = Datum(
+        model_input=[1, 2],
+        loss_fn_inputs=LossFnInputs(
+            target_tokens=[2, 3],
+            advantages=[0.5, 0.5],
+            logprobs=[-1.0, -2.0],
+            ref_logprobs=[-1.5, -2.5],
+            sequence_ratio_mask=[0.0, 1.0],
+        ),
+    )
+    (padded,) = pad_batch([rl], 4)
+    inputs = padded.loss_fn_inputs
+    assert inputs.advantages == [0.5, 0.5, 0.0, 0.0]
+    assert inputs.logprobs == [-1.0, -2.0, 0.0, 0.0]
+    assert inputs.ref_logprobs == [-1.5, -2.5, 0.0, 0.0]
+    # Padding is outside gspo's sequence ratio.
+    assert inputs.sequence_ratio_mask == [0.0, 1.0, 0.0, 0.0]
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     n=st.integers(0, 60),

@@ -39,7 +39,16 @@ MAX_CONTEXT_LENGTH = 512
 #: nothing but memory). A model loaded from a path is bounded by its own size.
 MAX_LORA_RANK = 64
 
-LOSSES: tuple[str, ...] = ("cross_entropy", "importance_sampling", "ppo", "dpo", "custom")
+LOSSES: tuple[str, ...] = (
+    "cross_entropy",
+    "importance_sampling",
+    "ppo",
+    "cispo",
+    "gspo",
+    "dro",
+    "dpo",
+    "custom",
+)
 ADAPTERS: tuple[str, ...] = ("lora", "full")
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
 SCHEDULERS: tuple[str, ...] = ("constant", "linear", "cosine")

@@ -13,6 +13,22 @@ absent, 0 on padding). With ``W = sum |w|``:
     ``loss = -sum(w * min(ratio * A, clip(ratio, 1 - low, 1 + high) * A)) / W``
     with ``low``/``high`` from ``params.clip_range`` (default 0.2) or
     ``params.clip_range_low``/``clip_range_high``.
+``cispo`` (Tinker's CISPO)
+    ``loss = -sum(w * sg(clip(ratio, lo, hi)) * logprobs * A) / W``: the clipped
+    ratio, without gradient, weighs the log-probability's gradient.
+    ``lo``/``hi`` are ``params.clip_low_threshold``/``clip_high_threshold``,
+    bounds on the ratio itself (default 0.8 and 1.2, Tinker's).
+``gspo`` (Tinker's GSPO-token)
+    Per datum, the sequence log-ratio ``l = mean(logprobs - loss_fn_inputs.logprobs)``
+    over the tokens where ``loss_fn_inputs.sequence_ratio_mask != 0`` (without
+    gradient); every token's ratio ``s_t = exp(l + logprobs - sg(logprobs))`` has
+    the sequence ratio's value and its own log-probability's gradient;
+    ``loss = -sum(w * min(s_t * A, clip(s_t, lo, hi) * A)) / W``. ``lo``/``hi``
+    (``params.clip_low_threshold``/``clip_high_threshold``) are required: Tinker
+    documents no default for them.
+``dro`` (Tinker's DRO)
+    ``loss = -sum(w * (logprobs * A - beta / 2 * (logprobs - loss_fn_inputs.logprobs)^2)) / W``
+    with ``beta = params.beta``, required (Tinker documents no default).
 ``dpo``
     The batch is pairs ``(chosen, rejected)`` at positions ``(2i, 2i + 1)``.
     A sequence's log-probability is ``sum(w * logprobs)`` (weights mask the
@@ -27,11 +43,15 @@ absent, 0 on padding). With ``W = sum |w|``:
     of one 1-D tensor per datum (autograd attached in ``forward_backward``).
 
 The gradient of ``forward_backward`` is the gradient of ``loss`` as reported.
+``metrics["loss:sum"]`` is the unnormalised sum (``loss * W``), which is what
+Tinker reports as ``loss:sum`` for the same inputs (its losses ignore weights;
+absent weights are 1 here).
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -46,17 +66,40 @@ if TYPE_CHECKING:
 
 __all__ = ["LossPlan", "PreparedBatch", "compute_loss", "plan_loss", "prepare_batch"]
 
-#: Accepted ``Loss.params`` of each named loss, with defaults.
+#: Accepted ``Loss.params`` of each named loss, with defaults (None: unset).
 _PARAMS: dict[str, dict[str, float | None]] = {
     "cross_entropy": {},
     "importance_sampling": {},
     "ppo": {"clip_range": 0.2, "clip_range_low": None, "clip_range_high": None},
+    "cispo": {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2},
+    "gspo": {"clip_low_threshold": None, "clip_high_threshold": None},
+    "dro": {"beta": None},
     "dpo": {"beta": 0.1},
+}
+#: Params that may be 0 (the others must be > 0).
+_ZERO_OK: frozenset[tuple[str, str]] = frozenset(
+    {("cispo", "clip_low_threshold"), ("gspo", "clip_low_threshold"), ("dro", "beta")}
+)
+_GSPO_RANGE = (
+    "Tinker documents no default clip range for gspo: set params.clip_low_threshold and "
+    "params.clip_high_threshold, the bounds of the sequence ratio (e.g. 0.8 and 1.2, the "
+    "ppo/cispo defaults)"
+)
+#: Params a loss cannot run without, and how to fix their absence.
+_REQUIRED: dict[str, dict[str, str]] = {
+    "gspo": {"clip_low_threshold": _GSPO_RANGE, "clip_high_threshold": _GSPO_RANGE},
+    "dro": {
+        "beta": "Tinker documents no default beta for dro: set params.beta, the weight of "
+        "the quadratic penalty (Tinker's example uses 0.05)"
+    },
 }
 #: Per-datum inputs each loss needs beyond target_tokens.
 _NEEDS: dict[str, tuple[str, ...]] = {
     "importance_sampling": ("logprobs", "advantages"),
     "ppo": ("logprobs", "advantages"),
+    "cispo": ("logprobs", "advantages"),
+    "gspo": ("logprobs", "advantages", "sequence_ratio_mask"),
+    "dro": ("logprobs", "advantages"),
     "dpo": ("ref_logprobs",),
 }
 
@@ -110,13 +153,38 @@ def plan_loss(loss: Loss) -> LossPlan:
     params: dict[str, Any] = {}
     for key, default in accepted.items():
         value = loss.params.get(key, default)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+        if value is None:
+            fix = _REQUIRED.get(loss.name, {}).get(key)
+            if fix is not None:
+                raise ConfigError(
+                    f"learning_config.loss.params.{key}: the {loss.name} loss needs it",
+                    hint=fix,
+                )
+            params[key] = None
+            continue
+        zero_ok = (loss.name, key) in _ZERO_OK
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+            or (value == 0 and not zero_ok)
         ):
+            bound = ">= 0" if zero_ok else "> 0"
             raise ConfigError(
-                f"learning_config.loss.params.{key}: expected a number > 0, got {value!r}"
+                f"learning_config.loss.params.{key}: expected a number {bound}, got {value!r}"
             )
-        params[key] = None if value is None else float(value)
+        params[key] = float(value)
+    if loss.name in ("cispo", "gspo"):
+        low, high = params.pop("clip_low_threshold"), params.pop("clip_high_threshold")
+        if low > high:
+            raise ConfigError(
+                f"learning_config.loss.params.clip_low_threshold: {low} is above "
+                f"clip_high_threshold {high}",
+                hint="the ratio is clipped to [clip_low_threshold, clip_high_threshold]: "
+                "give a low bound <= the high one (e.g. 0.8 and 1.2)",
+            )
+        params = {"low": low, "high": high}
     if loss.name == "ppo":
         low = params.pop("clip_range_low") or params["clip_range"]
         high = params.pop("clip_range_high") or params["clip_range"]
@@ -208,6 +276,14 @@ def prepare_batch(
                     f"has {size}"
                 )
             values[start : start + size] = given
+        if plan.name == "gspo" and not any(
+            v != 0 for v in extra["sequence_ratio_mask"][start : start + size]
+        ):
+            raise ConfigError(
+                f"batch[{i}].loss_fn_inputs.sequence_ratio_mask marks no token; the gspo loss "
+                "averages the sequence ratio over the tokens it marks (non-zero)",
+                hint="set it to 1 on the sampled tokens (the completion) and 0 elsewhere",
+            )
     shape = (len(data), width)
     return PreparedBatch(
         data=data,
@@ -291,17 +367,41 @@ def compute_loss(
     if plan.name == "cross_entropy":
         total = -(w * logprobs).sum()
     else:
-        ratio = torch.exp(logprobs - batch.extra["logprobs"])
+        sampled = batch.extra["logprobs"]
+        ratio = torch.exp(logprobs - sampled)
         advantages = batch.extra["advantages"]
         if plan.name == "importance_sampling":
             total = -(w * ratio * advantages).sum()
-        else:
+        elif plan.name == "ppo":
             low, high = plan.params["low"], plan.params["high"]
             unclipped = ratio * advantages
             clipped = ratio.clamp(1.0 - low, 1.0 + high) * advantages
             total = -(w * torch.minimum(unclipped, clipped)).sum()
             with torch.no_grad():
                 metrics["clip_fraction"] = float((w * (clipped < unclipped)).sum() / denom)
+        elif plan.name == "cispo":
+            low, high = plan.params["low"], plan.params["high"]
+            coefficient = ratio.clamp(low, high).detach()
+            total = -(w * coefficient * logprobs * advantages).sum()
+            with torch.no_grad():
+                outside = (ratio < low) | (ratio > high)
+                metrics["clip_fraction"] = float((w.abs() * outside).sum() / denom)
+        elif plan.name == "gspo":
+            low, high = plan.params["low"], plan.params["high"]
+            marked = (batch.extra["sequence_ratio_mask"] != 0).to(logprobs.dtype)
+            token_log_ratio = (logprobs.detach() - sampled) * marked
+            seq_log_ratio = token_log_ratio.sum(dim=1) / marked.sum(dim=1)
+            seq_ratio = torch.exp(seq_log_ratio.unsqueeze(1) + logprobs - logprobs.detach())
+            unclipped = seq_ratio * advantages
+            clipped = seq_ratio.clamp(low, high) * advantages
+            total = -(w * torch.minimum(unclipped, clipped)).sum()
+            with torch.no_grad():
+                metrics["clip_fraction"] = float((w.abs() * (clipped < unclipped)).sum() / denom)
+                metrics["sequence_ratio:mean"] = float(torch.exp(seq_log_ratio).mean())
+        else:  # dro
+            beta = plan.params["beta"]
+            penalty = 0.5 * beta * (logprobs - sampled) ** 2
+            total = -(w * (logprobs * advantages - penalty)).sum()
         with torch.no_grad():
             metrics["ratio:mean"] = float((w * ratio).sum() / denom)
             metrics["kl:approx"] = float((w * (batch.extra["logprobs"] - logprobs)).sum() / denom)

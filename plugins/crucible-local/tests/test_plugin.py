@@ -48,7 +48,16 @@ def test_capabilities_declare_what_the_backend_does() -> None:
     assert caps.supports_training
     assert caps.supports_logprobs
     assert caps.supports_streaming
-    assert set(caps.losses) == {"cross_entropy", "importance_sampling", "ppo", "dpo", "custom"}
+    assert set(caps.losses) == {
+        "cross_entropy",
+        "importance_sampling",
+        "ppo",
+        "cispo",
+        "gspo",
+        "dro",
+        "dpo",
+        "custom",
+    }
     assert caps.adapters == ["lora", "full"]
     assert caps.optimizers == ["adamw", "sgd"]
     assert caps.schedulers == ["constant", "linear", "cosine"]
