@@ -250,13 +250,14 @@ class _LowercaseGroup(EnvGroupBuilder):
 
 
 class _LowercaseDataset(RLDataset):
-    def __init__(self, model_name: str, n_batches: int) -> None:
+    def __init__(self, model_name: str, n_batches: int, groups: int) -> None:
         self.tokenizer = get_tokenizer(model_name)
         self.prompt = self.tokenizer.encode("Write in lowercase: ")
         self.n_batches = n_batches
+        self.groups = groups
 
     def get_batch(self, index: int) -> Sequence[EnvGroupBuilder]:
-        return [_LowercaseGroup(self.prompt, self.tokenizer, 8) for _ in range(4)]
+        return [_LowercaseGroup(self.prompt, self.tokenizer, 8) for _ in range(self.groups)]
 
     def __len__(self) -> int:
         return self.n_batches
@@ -266,9 +267,10 @@ class _LowercaseDataset(RLDataset):
 class _LowercaseDatasetBuilder(RLDatasetBuilder):
     model_name: str
     n_batches: int = 10
+    groups: int = 4
 
     async def __call__(self) -> tuple[RLDataset, RLDataset | None]:
-        return _LowercaseDataset(self.model_name, self.n_batches), None
+        return _LowercaseDataset(self.model_name, self.n_batches, self.groups), None
 
 
 def test_cookbook_rl_loop_trains_against_serve_tinker(
@@ -313,6 +315,38 @@ def test_cookbook_rl_loop_trains_against_serve_tinker(
     saved = _checkpoints(log_path)
     assert saved, "the loop saved no checkpoint"
     assert dir_server.engine.checkpoints.get(saved[-1]["sampler_path"]) is not None
+
+
+def test_cookbook_rl_loop_trains_with_cispo(
+    model_dir: Path, dir_server: TinkerServer, tmp_path: Path
+) -> None:
+    """The cookbook's RL loop with ``loss_fn="cispo"`` (one of the losses its async
+    default, stable_reinforce, can be swapped for): two steps, no KL reference."""
+    log_path = tmp_path / "rl-cispo"
+    config = rl_train.Config(
+        learning_rate=5e-2,
+        dataset_builder=_LowercaseDatasetBuilder(model_name=str(model_dir), n_batches=2, groups=2),
+        model_name=str(model_dir),
+        recipe_name="crucible-interop",
+        renderer_name="role_colon",
+        max_tokens=8,
+        log_path=str(log_path),
+        lora_rank=4,
+        save_every=0,
+        eval_every=0,
+        loss_fn="cispo",
+        base_url=dir_server.url,
+        ttl_seconds=None,
+    )
+    before = len(dir_server.applied_steps())
+    _run_cookbook(rl_train.main(config))
+    rows = [r for r in _metrics(log_path) if "env/all/reward/total" in r]
+    assert len(rows) == 2, rows
+    # Each step's forward_backward ran cispo on the server (it refused the loss before)
+    # and its optimizer step applied a non-zero gradient.
+    assert len(dir_server.applied_steps()) == before + 2
+    assert all(float(r["grad_norm"]) > 0 for r in rows), rows
+    assert all(abs(float(r["optim/kl_sample_train_v2"])) < 1e-3 for r in rows), rows
 
 
 # ---------------------------------------------------------------- prompt logprobs

@@ -11,6 +11,7 @@ import pytest
 import zstandard
 from crucible_tinker.server import ids
 from crucible_tinker.server.futures import Failure, FutureStore, Payload
+from crucible_tinker.server.ops import loss_params
 from crucible_tinker.server.ordering import OrderedQueue, StaleSequence
 from crucible_tinker.server.payloads import (
     decode_forward_backward,
@@ -26,7 +27,7 @@ from tinker.proto.response_conv import (
 )
 from tinker.types.checkpoint import ParsedCheckpointTinkerPath
 
-from crucible_core.errors import UnsupportedError, ValidationError
+from crucible_core.errors import ConfigError, UnsupportedError, ValidationError
 from crucible_core.ir.backend import Completion, Datum, ForwardBackwardResult, LossFnInputs
 
 
@@ -257,3 +258,20 @@ def test_sdk_errors_keep_the_servers_request_id() -> None:
     )
     assert status.details["request_id"] == "srv-7"
     assert status.details["status"] == 500
+
+
+def test_loss_fn_config_becomes_the_losses_params() -> None:
+    # Tinker's names pass through where crucible's loss takes the same ones...
+    cispo = {"clip_low_threshold": 0.7, "clip_high_threshold": 1.3}
+    assert loss_params("cispo", cispo) == cispo
+    assert loss_params("dro", {"beta": 0.05}) == {"beta": 0.05}
+    # ... ppo's bounds on the ratio become distances from 1; crucible's own keys stay.
+    ppo = loss_params("ppo", {"clip_low_threshold": 0.75, "clip_high_threshold": 1.5})
+    assert ppo == pytest.approx({"clip_range_low": 0.25, "clip_range_high": 0.5})
+    assert loss_params("ppo", {"clip_range": 0.1}) == {"clip_range": 0.1}
+    with pytest.raises(ConfigError, match=r"clip_low_threshold = 1\.0: .* in \(0, 1\)"):
+        loss_params("ppo", {"clip_low_threshold": 1.0})
+    with pytest.raises(ConfigError, match=r"clip_high_threshold = 0\.9: .* above 1"):
+        loss_params("ppo", {"clip_high_threshold": 0.9})
+    with pytest.raises(ConfigError, match="expected a number"):
+        loss_params("ppo", {"clip_high_threshold": "wide"})

@@ -173,10 +173,10 @@ def test_retried_submissions_are_applied_once(raw: Raw, tokenizer: Any) -> None:
 def test_errors_carry_the_sdk_categories(raw: Raw, tokenizer: Any) -> None:
     _, model_id = raw.model()
     data = byte_datums(tokenizer)[:1]
-    rid = raw.fwdbwd(model_id, 1, data, loss="cispo").json()["request_id"]
+    rid = raw.fwdbwd(model_id, 1, data, loss="stable_reinforce").json()["request_id"]
     failed = raw.result(rid).json()
     assert failed["category"] == "user"
-    assert "cispo" in failed["error"]
+    assert "stable_reinforce" in failed["error"]
     # The failed op still consumed its seq_id: the next one runs.
     ok = raw.fwdbwd(model_id, 2, data, forward_only=True).json()["request_id"]
     assert raw.result(ok).headers["content-type"] == "application/x-protobuf"

@@ -62,14 +62,63 @@ from crucible_tinker.server.wire import (
     SaveWeightsRequest,
 )
 
-__all__ = ["LOSS_MAP", "AppliedStep", "TrainingOps"]
+__all__ = ["LOSS_CONFIG_KEYS", "LOSS_MAP", "AppliedStep", "TrainingOps", "loss_params"]
 
-#: tinker loss name -> crucible loss name, for the losses both sides define.
-LOSS_MAP: dict[str, Literal["cross_entropy", "importance_sampling", "ppo"]] = {
+CrucibleLoss = Literal["cross_entropy", "importance_sampling", "ppo", "cispo", "gspo", "dro"]
+#: tinker loss name -> crucible loss name, for the losses both sides define. Not here:
+#: ``stable_reinforce``, whose objective Tinker's docs do not give (docs/tinker.md).
+LOSS_MAP: dict[str, CrucibleLoss] = {
     "cross_entropy": "cross_entropy",
     "importance_sampling": "importance_sampling",
     "ppo": "ppo",
+    "cispo": "cispo",
+    "gspo": "gspo",
+    "dro": "dro",
 }
+#: The ``loss_fn_config`` keys Tinker documents for each loss. crucible's ``Loss.params``
+#: use the same names, except ppo's, whose thresholds become ``clip_range_low``/``_high``.
+LOSS_CONFIG_KEYS: dict[str, tuple[str, ...]] = {
+    "cross_entropy": (),
+    "importance_sampling": (),
+    "ppo": ("clip_low_threshold", "clip_high_threshold"),
+    "cispo": ("clip_low_threshold", "clip_high_threshold"),
+    "gspo": ("clip_low_threshold", "clip_high_threshold"),
+    "dro": ("beta",),
+}
+
+
+def loss_params(name: str, config: Mapping[str, float | str]) -> dict[str, float | str]:
+    """crucible ``Loss.params`` for Tinker's ``loss_fn_config`` of loss ``name``.
+
+    The keys pass through (the backend checks them and names any it does not
+    take), except ppo's ``clip_low_threshold``/``clip_high_threshold``: bounds on
+    the ratio, which crucible's ppo takes as distances from 1
+    (``clip_range_low = 1 - clip_low_threshold``, ``clip_range_high =
+    clip_high_threshold - 1``). ConfigError for thresholds that are not such bounds.
+    """
+    params = dict(config)
+    if name != "ppo":
+        return params
+    for key, below in (("clip_low_threshold", True), ("clip_high_threshold", False)):
+        if key not in params:
+            continue
+        value = params.pop(key)
+        if isinstance(value, str) or not math.isfinite(value):
+            raise ConfigError(f"loss_fn_config.{key}: expected a number, got {value!r}")
+        if below and not 0 < value < 1:
+            raise ConfigError(
+                f"loss_fn_config.{key} = {value}: the ppo loss here needs a bound in (0, 1)",
+                hint="the ratio is clipped to [clip_low_threshold, clip_high_threshold] "
+                "around 1, e.g. 0.8 and 1.2 (Tinker's defaults)",
+            )
+        if not below and value <= 1:
+            raise ConfigError(
+                f"loss_fn_config.{key} = {value}: the ppo loss here needs a bound above 1",
+                hint="the ratio is clipped to [clip_low_threshold, clip_high_threshold] "
+                "around 1, e.g. 0.8 and 1.2 (Tinker's defaults)",
+            )
+        params["clip_range_low" if below else "clip_range_high"] = abs(1.0 - value)
+    return params
 
 
 @dataclass(frozen=True)
@@ -227,6 +276,14 @@ class TrainingOps:
 
     def _loss(self, name: str, config: Mapping[str, float | str]) -> Loss:
         crucible_name = LOSS_MAP.get(name)
+        if name == "stable_reinforce":
+            raise UnsupportedError(
+                "loss 'stable_reinforce' is not supported by this server: Tinker's docs do not "
+                "define its objective (what the stability info recorded at sampling holds, and "
+                "how it and loss_fn_config.kl_coeff enter the loss), so it cannot be "
+                "reproduced faithfully",
+                hint=f"use one of {', '.join(LOSS_MAP)} (the cookbook: loss_fn='cispo', say)",
+            )
         if crucible_name is None:
             raise UnsupportedError(
                 f"loss {name!r} is not supported by this server (supported: {', '.join(LOSS_MAP)})"
@@ -237,7 +294,7 @@ class TrainingOps:
                 f"the {self.served.name!r} backend does not support the {name!r} loss "
                 f"(it supports {', '.join(caps.losses)})"
             )
-        return convert({"name": crucible_name, "params": dict(config)}, Loss)
+        return convert({"name": crucible_name, "params": loss_params(name, config)}, Loss)
 
     def optim_step(self, body: OptimStepRequest) -> dict[str, Any]:
         model = self.sessions.model(body.model_id)

@@ -39,7 +39,13 @@ __all__ = [
 ]
 
 #: Tinker loss input names crucible's LossFnInputs carries (1-D, one value per token).
-LOSS_INPUT_KEYS: tuple[str, ...] = ("target_tokens", "weights", "advantages", "logprobs")
+LOSS_INPUT_KEYS: tuple[str, ...] = (
+    "target_tokens",
+    "weights",
+    "advantages",
+    "logprobs",
+    "sequence_ratio_mask",
+)
 _REDUCTIONS = frozenset({"mean", "sum", "min", "max", "slack", "hash2", "unique"})
 _NUMPY_OF: dict[int, Any] = {pb.DTYPE_FLOAT32: np.float32, pb.DTYPE_INT64: np.int64}
 
