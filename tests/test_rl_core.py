@@ -22,6 +22,7 @@ from crucible_core.ir import TrainingJob, decode
 from crucible_core.ir.training import RLConfig
 from crucible_core.plugins import PluginHost
 from crucible_core.train.rewards import call_reward, resolve_reward
+from crucible_core.train.rl import rl_job
 from crucible_core.train.rollouts import group_advantages, sample_datum, sample_seed
 
 BASE = """
@@ -138,6 +139,29 @@ def test_a_sampled_datum_trains_on_the_completion_only(
     assert [lp for lp, w in zip(inputs.logprobs or [], weights, strict=True) if w] == lps
     assert set(inputs.advantages or []) <= {0.0, advantage}
     assert sum(weights) == len(completion)
+
+
+def test_a_gspo_datum_marks_the_completion_for_the_sequence_ratio() -> None:
+    plain = sample_datum([1, 2, 3], [4, 5], [-0.5, -1.5], 2.0)
+    assert plain.loss_fn_inputs.sequence_ratio_mask is None
+    d = sample_datum([1, 2, 3], [4, 5], [-0.5, -1.5], 2.0, ratio_mask=True)
+    assert d.loss_fn_inputs.sequence_ratio_mask == [0.0, 0.0, 1.0, 1.0]
+    assert d.loss_fn_inputs.weights == [0.0, 0.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("loss", "params"),
+    [
+        ("importance_sampling", {}),
+        ("ppo", {"clip_range": 0.3}),
+        ("cispo", {"clip_low_threshold": 0.7, "clip_high_threshold": 1.3}),
+        ("gspo", {"clip_low_threshold": 0.7, "clip_high_threshold": 1.3}),
+    ],
+)
+def test_rl_loss_clips_at_one_plus_minus_clip_epsilon(loss: str, params: dict[str, float]) -> None:
+    job = rl_job(_job(f'[rl]\nloss = "{loss}"\nclip_epsilon = 0.3\n'))
+    assert job.learning_config.loss.name == loss
+    assert job.learning_config.loss.params == pytest.approx(params)
 
 
 def test_a_sampled_datum_needs_tokens_and_one_logprob_each() -> None:

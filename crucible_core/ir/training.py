@@ -334,7 +334,9 @@ class RLConfig(IRStruct, frozen=True, kw_only=True):
     ``"package.module:function"``), and trains with the group-relative
     advantage ``reward - mean(group's rewards)`` (divided by the group's
     standard deviation with ``scale_advantages``) under the ``loss``
-    (``importance_sampling``, or ``ppo`` clipped at ``1 +- clip_epsilon``).
+    (``importance_sampling``; or ``ppo``, ``cispo`` or ``gspo``, each clipping
+    its ratio at ``1 +- clip_epsilon``; gspo's sequence ratio is taken over the
+    completion's tokens).
 
     The sampler's weights are refreshed every ``refresh_every`` steps; a
     sample may come from weights at most ``max_off_policy_steps`` steps older
@@ -351,7 +353,7 @@ class RLConfig(IRStruct, frozen=True, kw_only=True):
     group_size: Annotated[int, Meta(ge=2, le=128)] = 4
     max_tokens: PositiveInt = 32
     temperature: PositiveFloat = 1.0
-    loss: Literal["importance_sampling", "ppo"] = "importance_sampling"
+    loss: Literal["importance_sampling", "ppo", "cispo", "gspo"] = "importance_sampling"
     clip_epsilon: Annotated[float, Meta(gt=0, lt=1)] = 0.2
     refresh_every: PositiveInt = 1
     max_off_policy_steps: NonNegativeInt = 0
@@ -479,8 +481,9 @@ class TrainingJob(IRStruct, frozen=True, kw_only=True):
             raise ValueError('`rl` settings are only used with workflow = "rl"')
         if self.workflow == "rl" and loss != Loss() and loss.name != self.rl_config.loss:
             raise ValueError(
-                'workflow = "rl" trains with rl.loss ("importance_sampling" or "ppo"): leave '
-                f"learning_config.loss unset (it says {loss.name!r}) and set rl.loss instead"
+                'workflow = "rl" trains with rl.loss ("importance_sampling", "ppo", "cispo" or '
+                f'"gspo"): leave learning_config.loss unset (it says {loss.name!r}) and set '
+                "rl.loss instead"
             )
         if self.workflow != "distill" and self.distill is not None:
             raise ValueError('`distill` settings are only used with workflow = "distill"')

@@ -16,7 +16,7 @@ step's batch comes from, :class:`RLBatches`:
    times its log-ratio to the reference (the base model, scored by a second
    session), and turned into a Datum carrying the sampler's logprobs and its
    group-relative advantage (:mod:`crucible_core.train.rollouts`);
-4. the step trains with ``rl.loss`` (``importance_sampling`` or ``ppo``).
+4. the step trains with ``rl.loss`` (``importance_sampling``, ``ppo``, ``cispo`` or ``gspo``).
 
 Weight versions: version ``v`` is the weights after ``v`` optimizer steps.
 The sampler is refreshed (new weights saved for sampling) every
@@ -124,10 +124,15 @@ def rl_refusal(backend: str, caps: Capabilities, loss: str) -> str | None:
 
 
 def rl_job(job: TrainingJob) -> TrainingJob:
-    """``job`` with ``learning_config.loss`` set to ``rl.loss`` (ppo: clipped at
-    ``1 +- rl.clip_epsilon``)."""
+    """``job`` with ``learning_config.loss`` set to ``rl.loss`` (ppo, cispo, gspo: their
+    ratio clipped at ``1 +- rl.clip_epsilon``)."""
     cfg = job.rl_config
-    params: dict[str, Any] = {"clip_range": cfg.clip_epsilon} if cfg.loss == "ppo" else {}
+    eps = cfg.clip_epsilon
+    params: dict[str, Any] = {}
+    if cfg.loss == "ppo":
+        params = {"clip_range": eps}
+    elif cfg.loss in ("cispo", "gspo"):
+        params = {"clip_low_threshold": 1.0 - eps, "clip_high_threshold": 1.0 + eps}
     learning = msgspec.structs.replace(job.learning_config, loss=Loss(name=cfg.loss, params=params))
     return msgspec.structs.replace(job, learning_config=learning)
 
@@ -331,7 +336,9 @@ class RLBatches:
         for (m, i, k, c, r), a, kl in zip(rows, advantages, kls, strict=True):
             prompt = [int(t) for t in self._prompts[i]["tokens"]]
             if c.tokens:
-                micro[m].append(sample_datum(prompt, c.tokens, c.logprobs, a))
+                micro[m].append(
+                    sample_datum(prompt, c.tokens, c.logprobs, a, ratio_mask=cfg.loss == "gspo")
+                )
             stamp: dict[str, Any] = {
                 "prompt": i,
                 "sample": k,

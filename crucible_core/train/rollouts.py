@@ -6,11 +6,11 @@ Pure functions (no backend, no I/O), so the rules are tested on their own:
   group, ``r - mean(r)`` (divided by the group's standard deviation when
   ``scale``); a group whose rewards are all equal teaches nothing (all zero).
 - :func:`sample_datum`: one sampled completion as a Datum for the
-  ``importance_sampling``/``ppo`` losses: ``model_input`` is the prompt and
+  policy losses (``importance_sampling``, ``ppo``, ...): ``model_input`` is the prompt and
   the completion shifted by one, ``weights`` are 1 on the completion's tokens
   and 0 on the prompt's, ``logprobs`` are the sampler's (what the importance
   ratio divides by) and ``advantages`` the sample's advantage on each
-  completion token.
+  completion token (for gspo also ``sequence_ratio_mask``, 1 on the completion).
 - :func:`sample_seed`: the sampling seed of one prompt at one step, a pure
   function of ``(seed, step, micro, prompt)``, so a resumed run samples what
   an uninterrupted one would have from the same weights.
@@ -46,11 +46,15 @@ def sample_datum(
     completion: Sequence[int],
     logprobs: Sequence[float],
     advantage: float,
+    *,
+    ratio_mask: bool = False,
 ) -> Datum:
     """The Datum that trains on ``completion`` (sampled after ``prompt``) with ``advantage``.
 
     ``logprobs`` are the sampler's log-probabilities of the completion's tokens
-    (one each). Needs a non-empty prompt and completion.
+    (one each). With ``ratio_mask`` it also carries ``sequence_ratio_mask``, 1 on
+    the completion's tokens (the gspo loss averages its sequence ratio over them).
+    Needs a non-empty prompt and completion.
     """
     if not prompt or not completion:
         raise ValueError("a sampled Datum needs a prompt and at least one completion token")
@@ -60,13 +64,15 @@ def sample_datum(
         )
     tokens = [*prompt, *completion]
     skip = len(prompt) - 1  # positions whose target is a prompt token
+    on_completion = [0.0] * skip + [1.0] * len(completion)
     return Datum(
         model_input=tokens[:-1],
         loss_fn_inputs=LossFnInputs(
             target_tokens=tokens[1:],
-            weights=[0.0] * skip + [1.0] * len(completion),
+            weights=on_completion,
             logprobs=[0.0] * skip + [float(x) for x in logprobs],
             advantages=[0.0] * skip + [float(advantage)] * len(completion),
+            sequence_ratio_mask=list(on_completion) if ratio_mask else None,
         ),
     )
 

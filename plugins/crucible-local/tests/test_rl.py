@@ -149,6 +149,19 @@ def test_strictly_on_policy_with_the_ppo_loss(host: PluginHost, home: Path) -> N
     assert metrics[0]["ratio:mean"] == pytest.approx(1.0, abs=1e-3)
 
 
+def test_rl_with_the_gspo_loss_takes_the_sequence_ratio_over_each_completion(
+    host: PluginHost, home: Path
+) -> None:
+    job = _example(max_off_policy_steps=0, loss="gspo", group_size=4, report_kl=False)
+    learning = msgspec.structs.replace(job.learning_config, max_steps=1, batch_size=2)
+    run_training(msgspec.structs.replace(job, learning_config=learning), job_id="g", host=host)
+    (metrics,) = [e["data"]["metrics"] for e in _events(home / "runs" / "g", "train.step")]
+    # The backend computed gspo over the completions' ratio masks: on-policy, every
+    # sequence ratio is 1.
+    assert metrics["sequence_ratio:mean"] == pytest.approx(1.0, abs=1e-3)
+    assert metrics["clip_fraction"] == 0.0
+
+
 def test_a_failing_reward_stops_after_a_checkpoint_and_the_resume_keeps_the_curve(
     host: PluginHost, home: Path
 ) -> None:
