@@ -188,7 +188,8 @@ def build_app(
     limiter = RateLimiter(cfg.rate_per_s, cfg.rate_burst) if tokens is not None else None
     hashes = Sha256Cache()
     metrics = _Metrics(scheduler)
-    feeds = Feeds(scheduler, cfg.poll_s, run_in_threadpool)
+    heartbeat_s = cfg.heartbeat_s if cfg.heartbeat_s > 0 else None
+    feeds = Feeds(scheduler, cfg.poll_s, run_in_threadpool, heartbeat_s)
 
     app = FastAPI(
         title="Crucible API",
@@ -376,7 +377,7 @@ def build_app(
         last_event_id: str | None = Header(default=None, max_length=20),
     ) -> Any:
         """The run's telemetry from after ``Last-Event-ID``, then live, until the job ends."""
-        from sse_starlette import EventSourceResponse
+        from crucible_server.sse import EventStream
 
         await run_in_threadpool(owned, job_id, p)
         after = 0
@@ -387,7 +388,7 @@ def build_app(
                     hint="send the id of the last event received (a number)",
                 )
             after = int(last_event_id)
-        return EventSourceResponse(feeds.stream(job_id, after, sse=True), ping=cfg.heartbeat_s)
+        return EventStream(feeds.stream(job_id, after, sse=True))
 
     @app.websocket("/v1/jobs/{job_id}/ws")
     async def job_events_ws(  # pyright: ignore[reportUnusedFunction]
@@ -415,7 +416,8 @@ def build_app(
                 if "id" in item:
                     message["id"] = int(item["id"])
                 await websocket.send_text(json.dumps(message))
-            await websocket.close(code=1000)
+            # 1001 "going away": the server is shutting down; reconnect with last_event_id.
+            await websocket.close(code=1001 if feeds.closed else 1000)
         except (WebSocketDisconnect, RuntimeError):
             return  # the client went away
 
@@ -533,6 +535,7 @@ def build_app(
     )
     mount_plugin_routes(app, plugin_api, host)
     app.state.crucible_components = plugin_api.components
+    app.state.crucible_feeds = feeds  # closed by the runner when the server shuts down
 
     from crucible_server.dashboard import mount_dashboard
 

@@ -13,9 +13,15 @@ numbers: see :mod:`crucible_server.telemetry`), then live lines, then an
 ``stream(..., sse=True)`` yields the events already encoded as Server-Sent
 Events bytes, every event that is ready in one chunk (one send per poll per
 subscriber, not one per event: per send, the ASGI and HTTP layers cost
-more than the bytes). Each event is encoded once per feed, and subscribers
-at the same point share the same chunk (see docs/benchmarks.md, SSE
-fan-out); sse-starlette sends bytes as they are.
+more than the bytes), and a comment line (``: ping``) after ``heartbeat_s``
+without one, so proxies keep the connection and a client that left is
+noticed. Each event is encoded once per feed, and subscribers at the same
+point share the same chunk (see docs/benchmarks.md, SSE fan-out);
+:class:`crucible_server.sse.EventStream` sends the bytes as they are.
+
+:meth:`Feeds.close` (the server is shutting down) ends every stream at
+once, without the ``end`` item: a client reconnects with ``Last-Event-ID``
+to the next server and misses nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from crucible_core.ir.work import TERMINAL_STATUSES
@@ -33,6 +39,9 @@ if TYPE_CHECKING:
     from crucible_core.queue.scheduler import Scheduler
 
 __all__ = ["Feeds"]
+
+#: The heartbeat: an SSE comment, which clients ignore.
+_PING = b": ping\r\n\r\n"
 
 #: Seconds the stream waits, after the job's status turned terminal, for the job's
 #: final ``job.state`` event (written just after the change) before it ends anyway.
@@ -57,18 +66,36 @@ class Feeds:
     """The shared pollers of one app (one event loop)."""
 
     def __init__(
-        self, scheduler: Scheduler, poll_s: float, in_thread: Callable[..., Awaitable[Any]]
+        self,
+        scheduler: Scheduler,
+        poll_s: float,
+        in_thread: Callable[..., Awaitable[Any]],
+        heartbeat_s: float | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._poll_s = poll_s
         self._in_thread = in_thread
+        self._heartbeat_s = heartbeat_s
         self._feeds: dict[str, _Feed] = {}
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """End every stream now and refuse new ones (server shutdown; idempotent)."""
+        self._closed = True
+        for feed in self._feeds.values():
+            feed.changed.set()
 
     async def _poll(self, feed: _Feed) -> None:
         status_every = max(1, round(1.0 / self._poll_s))
         idle = 0
         ended: tuple[float, str] | None = None  # when the status was seen terminal, the end
         loop = asyncio.get_running_loop()
+        woke = loop.time()  # when the subscribers were last woken
         while True:
             batch = feed.tail.read_raw()
             if ended is None and not batch and idle % status_every == 0:
@@ -90,16 +117,24 @@ class Feeds:
                 idle = 0
             else:
                 idle += 1
-            if batch or feed.end is not None:
+            # One timer per feed, not per subscriber: a wake with nothing new is a heartbeat.
+            beat = self._heartbeat_s is not None and loop.time() - woke >= self._heartbeat_s
+            if batch or feed.end is not None or beat:
+                woke = loop.time()
                 feed.changed.set()
                 feed.changed = asyncio.Event()
             if feed.end is not None:
                 return
             await asyncio.sleep(self._poll_s)
 
-    async def stream(self, job_id: str, after: int, *, sse: bool = False) -> AsyncIterator[Any]:
+    async def stream(
+        self, job_id: str, after: int, *, sse: bool = False
+    ) -> AsyncGenerator[Any, None]:
         """SSE-shaped items (``id``, ``event``, ``data``) after event ``after``, then ``end``;
-        with ``sse``, the same as encoded Server-Sent Events bytes."""
+        with ``sse``, the same as encoded Server-Sent Events bytes, and a ``: ping`` comment
+        for each heartbeat (``heartbeat_s`` of the feed without anything new)."""
+        if self._closed:
+            return
         feed = self._feeds.get(job_id)
         if feed is None:
             feed = self._feeds[job_id] = _Feed(job_id)
@@ -107,6 +142,7 @@ class Feeds:
         feed.subscribers += 1
         try:
             last = after
+            beat = False  # woken with nothing new: the feed's heartbeat
             while True:
                 waiter = feed.changed
                 # By id, not position: a new feed's lines arrive after this subscriber came.
@@ -120,6 +156,7 @@ class Feeds:
                         for n, kind, raw in feed.lines[start:end]:
                             last = n
                             yield {"id": str(n), "event": kind, "data": raw}
+                    beat = False
                     continue  # more may have come (and the end) while this one was sent
                 if feed.end is not None:
                     if sse:
@@ -129,7 +166,15 @@ class Feeds:
                     else:
                         yield {"event": "end", "data": feed.end}
                     return
+                if self._closed:
+                    return
+                if beat:
+                    beat = False
+                    if sse:
+                        yield _PING
+                    continue  # take the feed's new waiter
                 await waiter.wait()
+                beat = True
         finally:
             feed.subscribers -= 1
             if feed.subscribers == 0 and self._feeds.get(job_id) is feed:

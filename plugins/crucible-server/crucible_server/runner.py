@@ -153,6 +153,12 @@ class ApiServer:
                 owner.stop_worker()
                 super().handle_exit(sig, frame)
 
+            async def shutdown(self, sockets: Any = None) -> None:
+                # Open event streams would hold the graceful shutdown until its timeout:
+                # end them first (clients resume elsewhere with Last-Event-ID).
+                app.state.crucible_feeds.close()
+                await super().shutdown(sockets)
+
         config = uvicorn.Config(
             app,
             lifespan="off",
@@ -201,6 +207,11 @@ class ApiServer:
         if self._worker_thread is not None:
             self._worker_thread.join(self.drain_timeout_s + 10.0)
             self._worker_thread = None
+
+    @property
+    def app(self) -> Any:
+        """The ASGI application being served (``None`` before the server starts)."""
+        return None if self._server is None else self._server.config.app
 
     async def _serve(self, sock: socket.socket) -> None:
         self._server = self._build()

@@ -4,6 +4,7 @@ sends the events that are ready together, one chunk per subscriber."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -95,3 +96,61 @@ def test_the_stream_waits_for_the_final_event_written_after_the_status_changed(
 
         items = asyncio.run(go())
     assert [i["event"] for i in items] == ["test.tick", "test.tick", "job.state", "end"]
+
+
+def _open_stream(srv: Any, job_id: str, got: list[str], done: threading.Event) -> None:
+    import httpx
+
+    try:
+        with httpx.stream("GET", f"{srv.url}/v1/jobs/{job_id}/events", timeout=30) as r:
+            for line in r.iter_lines():
+                got.append(line)
+    except httpx.HTTPError:
+        got.append("<error>")
+    finally:
+        done.set()
+
+
+def test_a_client_that_leaves_is_dropped_and_the_job_poller_stops(start_server, http) -> None:
+    """Each stream watches its connection: when the only client goes away mid-stream (on a
+    job that never ends), the feed forgets it and stops polling, heartbeats or not."""
+    srv = start_server(tokens=None, workers=0, heartbeat_s=0.2)
+    feeds = srv.app.state.crucible_feeds
+    job_id = http(srv).post("/v1/jobs", json={"kind": "experiment_step", "payload": {}}).json()
+    job_id = job_id["job_id"]
+    with http(srv).stream("GET", f"/v1/jobs/{job_id}/events") as r:
+        lines = r.iter_lines()
+        assert next(line for line in lines if line.startswith(":")) == ": ping"
+        assert job_id in feeds._feeds
+        poller = feeds._feeds[job_id].task
+    deadline = time.monotonic() + 10
+    while job_id in feeds._feeds:
+        assert time.monotonic() < deadline, "the feed kept a subscriber that left"
+        time.sleep(0.02)
+    while not poller.done():
+        assert time.monotonic() < deadline, "the job's poller kept running"
+        time.sleep(0.02)
+
+
+def test_stopping_the_server_ends_open_streams_at_once(start_server, http) -> None:
+    """A stream of a job that never ends would hold uvicorn's graceful shutdown for its whole
+    timeout: the server ends every stream first (no ``end`` event: the client resumes with
+    ``Last-Event-ID`` at the next server), and stops well within the timeout."""
+    srv = start_server(tokens=None, workers=0)
+    job_id = http(srv).post("/v1/jobs", json={"kind": "experiment_step", "payload": {}}).json()
+    job_id = job_id["job_id"]
+    got: list[str] = []
+    done = threading.Event()
+    reader = threading.Thread(target=_open_stream, args=(srv, job_id, got, done), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 10
+    while job_id not in srv.app.state.crucible_feeds._feeds:
+        assert time.monotonic() < deadline, "the stream did not open"
+        time.sleep(0.02)
+    t0 = time.monotonic()
+    srv.stop()
+    took = time.monotonic() - t0
+    assert done.wait(10)
+    assert took < srv.grace_s / 2, f"stop took {took:.1f} s (graceful timeout {srv.grace_s} s)"
+    assert "event: end" not in got
+    assert "<error>" not in got
