@@ -15,6 +15,7 @@ from crucible_core.contracts import Tokenizer
 from crucible_core.errors import ConfigError, UnsupportedError
 from crucible_core.ir.backend import Datum, ForwardBackwardResult
 from crucible_core.ir.training import LoRA, Loss
+from crucible_tinker.losses import LOSS_INPUTS, NAMED_LOSSES, tinker_config
 
 if TYPE_CHECKING:
     from tinker import types
@@ -26,12 +27,10 @@ __all__ = [
     "custom_loss_fn",
     "fb_result",
     "lora_groups",
+    "loss_config",
     "loss_scale",
     "tinker_datums",
 ]
-
-#: The losses Tinker runs by name (``custom`` runs through forward_backward_custom).
-NAMED_LOSSES = ("cross_entropy", "importance_sampling", "ppo")
 
 _ATTENTION = frozenset(
     {
@@ -112,7 +111,9 @@ def lora_groups(adapter: LoRA) -> tuple[bool, bool, bool]:
 
 
 def check_loss(loss: Loss) -> None:
-    """UnsupportedError unless ``loss`` is one the backend can run."""
+    """UnsupportedError unless ``loss`` is one the backend can run; ConfigError for params
+    Tinker's loss of that name cannot be given (:func:`crucible_tinker.losses.tinker_config`).
+    """
     if loss.name == "custom":
         return
     if loss.name not in NAMED_LOSSES:
@@ -121,6 +122,7 @@ def check_loss(loss: Loss) -> None:
             hint=f"use one of {', '.join(NAMED_LOSSES)}, or a custom loss "
             '(name = "custom", fn = "pkg.module:function") computed from logprobs',
         )
+    tinker_config(loss.name, loss.params)
 
 
 def loss_scale(batch: Sequence[Datum], loss: Loss) -> float:
@@ -129,9 +131,10 @@ def loss_scale(batch: Sequence[Datum], loss: Loss) -> float:
     Crucible's contract reports ``loss`` as the weighted *mean* over the batch's
     loss tokens and backends take the gradient of that mean; Tinker's named
     losses are *sums* over tokens. Sending every weight (cross_entropy) or
-    advantage (importance_sampling, ppo) divided by ``W`` makes Tinker's
-    gradient the gradient of the mean, so one learning rate means the same on
-    every backend. Custom losses are sent unscaled (the function defines them).
+    advantage (the policy losses) divided by ``W`` makes Tinker's gradient the
+    gradient of the mean, so one learning rate means the same on every backend
+    (dro's ``beta`` is divided too, :func:`loss_config`). Custom losses are sent
+    unscaled (the function defines them).
     """
     import numpy as np
 
@@ -157,15 +160,18 @@ def tinker_datums(batch: Sequence[Datum], loss: Loss, scale: float) -> list[type
         inputs: dict[str, Any] = {"target_tokens": np.asarray(li.target_tokens, np.int64)}
         if loss.name == "cross_entropy":
             inputs["weights"] = weights / np.float32(scale)
-        elif loss.name in ("importance_sampling", "ppo"):
-            if li.logprobs is None or li.advantages is None:
+        elif loss.name in LOSS_INPUTS:
+            needs = LOSS_INPUTS[loss.name]
+            if any(getattr(li, key) is None for key in needs):
                 raise ConfigError(
-                    f"the {loss.name} loss needs loss_fn_inputs.logprobs and .advantages "
-                    "for every datum"
+                    f"the {loss.name} loss needs loss_fn_inputs."
+                    f"{' and .'.join(needs)} for every datum"
                 )
             inputs["logprobs"] = np.asarray(li.logprobs, np.float32)
             # Tinker's policy losses have no weights: fold them into the advantages.
             inputs["advantages"] = np.asarray(li.advantages, np.float32) * weights / scale
+            if "sequence_ratio_mask" in needs:  # gspo: the tokens its sequence ratio averages
+                inputs["sequence_ratio_mask"] = np.asarray(li.sequence_ratio_mask, np.float32)
         else:  # custom: every field goes to the loss function; the SDK sends the server
             # only target_tokens and weights.
             for key in ("weights", "advantages", "logprobs", "ref_logprobs"):
@@ -179,6 +185,38 @@ def tinker_datums(batch: Sequence[Datum], loss: Loss, scale: float) -> list[type
             )
         )
     return out
+
+
+def loss_config(batch: Sequence[Datum], loss: Loss, scale: float) -> dict[str, float]:
+    """Tinker's ``loss_fn_config`` for ``loss`` on ``batch`` (sent as :func:`tinker_datums`
+    with ``scale``): :func:`crucible_tinker.losses.tinker_config` of its params, with dro's
+    ``beta`` scaled like the advantages.
+
+    dro's quadratic penalty ``beta / 2 * (logprobs - sampled)^2`` is not multiplied by
+    the advantage, so dividing the advantages by ``W`` leaves it ``W`` times too heavy
+    against crucible's weighted mean; it is sent as ``beta * w / W`` instead. That
+    needs every token to carry the same weight ``w``: Tinker's dro takes no weights
+    and penalises every token, so a datum whose prompt tokens weigh 0 (say) has no
+    Tinker equivalent and is refused.
+    """
+    config = tinker_config(loss.name, loss.params)
+    if loss.name != "dro":
+        return config
+    seen: set[float] = set()
+    for d in batch:
+        w = d.loss_fn_inputs.weights
+        seen.update([1.0] if w is None else (float(x) for x in w))
+    if len(seen) > 1:
+        raise ConfigError(
+            "the tinker backend's dro loss needs one weight on every token "
+            f"(this batch has {len(seen)} different ones): Tinker's dro takes no weights and "
+            "applies its quadratic penalty to every token, weighted or not",
+            hint="drop loss_fn_inputs.weights (or make them all equal), or run dro on "
+            "another backend (local computes the weighted loss)",
+        )
+    weight = seen.pop() if seen else 1.0
+    config["beta"] = config["beta"] * weight / scale
+    return config
 
 
 def custom_loss_fn(ref: str) -> Callable[..., Any]:

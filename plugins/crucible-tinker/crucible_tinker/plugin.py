@@ -13,6 +13,7 @@ from typing import Any
 
 from crucible_core.hookspecs import hookimpl
 from crucible_core.ir.backend import Capabilities
+from crucible_tinker.losses import NAMED_LOSSES
 
 __all__ = ["CAPABILITIES", "register_backends", "register_commands"]
 
@@ -26,7 +27,8 @@ CAPABILITIES = Capabilities(
     supports_inference=True,
     supports_logprobs=True,
     supports_streaming=False,
-    losses=["cross_entropy", "importance_sampling", "ppo", "custom"],
+    # Tinker's named losses (crucible_tinker.losses), and custom ones (forward_backward_custom).
+    losses=[*NAMED_LOSSES, "custom"],
     adapters=["lora"],
     optimizers=["adamw"],
     schedulers=["constant", "linear", "cosine"],

@@ -30,6 +30,7 @@ from crucible_tinker.conversion import (
     custom_loss_fn,
     fb_result,
     lora_groups,
+    loss_config,
     loss_scale,
     tinker_datums,
 )
@@ -158,6 +159,7 @@ class TinkerTrainingSession:
         custom = loss.name == "custom"
         scale = loss_scale(batch, loss)
         data = tinker_datums(batch, loss, scale)
+        config = {} if custom else loss_config(batch, loss, scale)
         what = "forward" if forward_only else "forward_backward"
         try:
             if custom:
@@ -168,7 +170,6 @@ class TinkerTrainingSession:
                 else:
                     api = self._client.forward_backward_custom(data, self._custom_fn(batch, loss))
             else:
-                config = {k: v for k, v in loss.params.items() if isinstance(v, int | float | str)}
                 call = self._client.forward if forward_only else self._client.forward_backward
                 api = call(data, loss.name, config or None)
         except Exception as exc:

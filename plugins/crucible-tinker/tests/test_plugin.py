@@ -56,6 +56,7 @@ def test_registers_backend_and_command_lazily() -> None:
     assert caps.adapters == ["lora"]
     assert "cross_entropy" in caps.losses
     assert "custom" in caps.losses
+    assert {"ppo", "cispo", "gspo", "dro"} <= set(caps.losses)  # crucible plan accepts them
     cmd = host.get("command", "serve-tinker")
     assert cmd.factory == "crucible_tinker.cli:command"
     command = cmd.load()

@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 import zstandard
+from crucible_tinker.losses import crucible_params
 from crucible_tinker.server import ids
 from crucible_tinker.server.futures import Failure, FutureStore, Payload
-from crucible_tinker.server.ops import loss_params
 from crucible_tinker.server.ordering import OrderedQueue, StaleSequence
 from crucible_tinker.server.payloads import (
     decode_forward_backward,
@@ -263,15 +263,20 @@ def test_sdk_errors_keep_the_servers_request_id() -> None:
 def test_loss_fn_config_becomes_the_losses_params() -> None:
     # Tinker's names pass through where crucible's loss takes the same ones...
     cispo = {"clip_low_threshold": 0.7, "clip_high_threshold": 1.3}
-    assert loss_params("cispo", cispo) == cispo
-    assert loss_params("dro", {"beta": 0.05}) == {"beta": 0.05}
-    # ... ppo's bounds on the ratio become distances from 1; crucible's own keys stay.
-    ppo = loss_params("ppo", {"clip_low_threshold": 0.75, "clip_high_threshold": 1.5})
+    assert crucible_params("cispo", cispo) == cispo
+    assert crucible_params("dro", {"beta": 0.05}) == {"beta": 0.05}
+    # ... ppo's bounds on the ratio become distances from 1.
+    ppo = crucible_params("ppo", {"clip_low_threshold": 0.75, "clip_high_threshold": 1.5})
     assert ppo == pytest.approx({"clip_range_low": 0.25, "clip_range_high": 0.5})
-    assert loss_params("ppo", {"clip_range": 0.1}) == {"clip_range": 0.1}
+    # Keys Tinker does not document are refused, crucible's own ppo names included: a
+    # client that sends them to Tinker would not get a clipped ppo either.
+    with pytest.raises(ConfigError, match=r"'clip_range' not understood by Tinker's ppo"):
+        crucible_params("ppo", {"clip_range": 0.1})
+    with pytest.raises(ConfigError, match=r"'beta' not understood by Tinker's cross_entropy"):
+        crucible_params("cross_entropy", {"beta": 0.1})
     with pytest.raises(ConfigError, match=r"clip_low_threshold = 1\.0: .* in \(0, 1\)"):
-        loss_params("ppo", {"clip_low_threshold": 1.0})
+        crucible_params("ppo", {"clip_low_threshold": 1.0})
     with pytest.raises(ConfigError, match=r"clip_high_threshold = 0\.9: .* above 1"):
-        loss_params("ppo", {"clip_high_threshold": 0.9})
+        crucible_params("ppo", {"clip_high_threshold": 0.9})
     with pytest.raises(ConfigError, match="expected a number"):
-        loss_params("ppo", {"clip_high_threshold": "wide"})
+        crucible_params("ppo", {"clip_high_threshold": "wide"})

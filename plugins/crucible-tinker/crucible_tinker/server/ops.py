@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from crucible_core.contracts import Sampler
 from crucible_core.errors import ConfigError, Conflict, UnsupportedError, ValidationError
@@ -39,6 +39,7 @@ from crucible_core.ir.backend import (
     OptimStepResult,
 )
 from crucible_core.ir.training import LoRA, Loss
+from crucible_tinker.losses import NAMED_LOSSES, crucible_params
 from crucible_tinker.server import ids
 from crucible_tinker.server.checkpoint_index import CheckpointIndex, CheckpointRecord
 from crucible_tinker.server.dispatch import Model, Op, enqueue
@@ -62,63 +63,7 @@ from crucible_tinker.server.wire import (
     SaveWeightsRequest,
 )
 
-__all__ = ["LOSS_CONFIG_KEYS", "LOSS_MAP", "AppliedStep", "TrainingOps", "loss_params"]
-
-CrucibleLoss = Literal["cross_entropy", "importance_sampling", "ppo", "cispo", "gspo", "dro"]
-#: tinker loss name -> crucible loss name, for the losses both sides define. Not here:
-#: ``stable_reinforce``, whose objective Tinker's docs do not give (docs/tinker.md).
-LOSS_MAP: dict[str, CrucibleLoss] = {
-    "cross_entropy": "cross_entropy",
-    "importance_sampling": "importance_sampling",
-    "ppo": "ppo",
-    "cispo": "cispo",
-    "gspo": "gspo",
-    "dro": "dro",
-}
-#: The ``loss_fn_config`` keys Tinker documents for each loss. crucible's ``Loss.params``
-#: use the same names, except ppo's, whose thresholds become ``clip_range_low``/``_high``.
-LOSS_CONFIG_KEYS: dict[str, tuple[str, ...]] = {
-    "cross_entropy": (),
-    "importance_sampling": (),
-    "ppo": ("clip_low_threshold", "clip_high_threshold"),
-    "cispo": ("clip_low_threshold", "clip_high_threshold"),
-    "gspo": ("clip_low_threshold", "clip_high_threshold"),
-    "dro": ("beta",),
-}
-
-
-def loss_params(name: str, config: Mapping[str, float | str]) -> dict[str, float | str]:
-    """crucible ``Loss.params`` for Tinker's ``loss_fn_config`` of loss ``name``.
-
-    The keys pass through (the backend checks them and names any it does not
-    take), except ppo's ``clip_low_threshold``/``clip_high_threshold``: bounds on
-    the ratio, which crucible's ppo takes as distances from 1
-    (``clip_range_low = 1 - clip_low_threshold``, ``clip_range_high =
-    clip_high_threshold - 1``). ConfigError for thresholds that are not such bounds.
-    """
-    params = dict(config)
-    if name != "ppo":
-        return params
-    for key, below in (("clip_low_threshold", True), ("clip_high_threshold", False)):
-        if key not in params:
-            continue
-        value = params.pop(key)
-        if isinstance(value, str) or not math.isfinite(value):
-            raise ConfigError(f"loss_fn_config.{key}: expected a number, got {value!r}")
-        if below and not 0 < value < 1:
-            raise ConfigError(
-                f"loss_fn_config.{key} = {value}: the ppo loss here needs a bound in (0, 1)",
-                hint="the ratio is clipped to [clip_low_threshold, clip_high_threshold] "
-                "around 1, e.g. 0.8 and 1.2 (Tinker's defaults)",
-            )
-        if not below and value <= 1:
-            raise ConfigError(
-                f"loss_fn_config.{key} = {value}: the ppo loss here needs a bound above 1",
-                hint="the ratio is clipped to [clip_low_threshold, clip_high_threshold] "
-                "around 1, e.g. 0.8 and 1.2 (Tinker's defaults)",
-            )
-        params["clip_range_low" if below else "clip_range_high"] = abs(1.0 - value)
-    return params
+__all__ = ["AppliedStep", "TrainingOps"]
 
 
 @dataclass(frozen=True)
@@ -275,26 +220,28 @@ class TrainingOps:
                 )
 
     def _loss(self, name: str, config: Mapping[str, float | str]) -> Loss:
-        crucible_name = LOSS_MAP.get(name)
+        """crucible's loss of the same name, its params from ``config``
+        (:func:`crucible_tinker.losses.crucible_params`)."""
         if name == "stable_reinforce":
             raise UnsupportedError(
                 "loss 'stable_reinforce' is not supported by this server: Tinker's docs do not "
                 "define its objective (what the stability info recorded at sampling holds, and "
                 "how it and loss_fn_config.kl_coeff enter the loss), so it cannot be "
                 "reproduced faithfully",
-                hint=f"use one of {', '.join(LOSS_MAP)} (the cookbook: loss_fn='cispo', say)",
+                hint=f"use one of {', '.join(NAMED_LOSSES)} (the cookbook: loss_fn='cispo', say)",
             )
-        if crucible_name is None:
+        if name not in NAMED_LOSSES:
             raise UnsupportedError(
-                f"loss {name!r} is not supported by this server (supported: {', '.join(LOSS_MAP)})"
+                f"loss {name!r} is not supported by this server "
+                f"(supported: {', '.join(NAMED_LOSSES)})"
             )
         caps = self.served.capabilities()
-        if crucible_name not in caps.losses:
+        if name not in caps.losses:
             raise UnsupportedError(
                 f"the {self.served.name!r} backend does not support the {name!r} loss "
                 f"(it supports {', '.join(caps.losses)})"
             )
-        return convert({"name": crucible_name, "params": loss_params(name, config)}, Loss)
+        return convert({"name": name, "params": crucible_params(name, config)}, Loss)
 
     def optim_step(self, body: OptimStepRequest) -> dict[str, Any]:
         model = self.sessions.model(body.model_id)
