@@ -416,8 +416,7 @@ def build_app(
                 if "id" in item:
                     message["id"] = int(item["id"])
                 await websocket.send_text(json.dumps(message))
-            # 1001 "going away": the server is shutting down; reconnect with last_event_id.
-            await websocket.close(code=1001 if feeds.closed else 1000)
+            await websocket.close(code=1000)
         except (WebSocketDisconnect, RuntimeError):
             return  # the client went away
 

@@ -79,11 +79,6 @@ class Feeds:
         self._feeds: dict[str, _Feed] = {}
         self._closed = False
 
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
-        return self._closed
-
     def close(self) -> None:
         """End every stream now and refuse new ones (server shutdown; idempotent)."""
         self._closed = True

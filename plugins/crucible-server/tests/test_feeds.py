@@ -4,6 +4,7 @@ sends the events that are ready together, one chunk per subscriber."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -154,3 +155,28 @@ def test_stopping_the_server_ends_open_streams_at_once(start_server, http) -> No
     assert took < srv.grace_s / 2, f"stop took {took:.1f} s (graceful timeout {srv.grace_s} s)"
     assert "event: end" not in got
     assert "<error>" not in got
+
+
+def test_stopping_the_server_closes_websocket_streams_as_a_restart(start_server, http) -> None:
+    """The WebSocket equivalent: the stream closes with 1012 ("service restart"), not 1000
+    (which says the job's stream is complete), and at once."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    srv = start_server(tokens=None, workers=0)
+    job_id = http(srv).post("/v1/jobs", json={"kind": "experiment_step", "payload": {}}).json()
+    job_id = job_id["job_id"]
+    ws_url = srv.url.replace("http://", "ws://")
+    with connect(f"{ws_url}/v1/jobs/{job_id}/ws", open_timeout=30) as ws:
+        deadline = time.monotonic() + 10
+        while job_id not in srv.app.state.crucible_feeds._feeds:
+            assert time.monotonic() < deadline, "the stream did not open"
+            time.sleep(0.02)
+        stopper = threading.Thread(target=srv.stop)
+        stopper.start()
+        messages: list[Any] = []
+        with contextlib.suppress(ConnectionClosed):
+            messages.extend(ws)
+        stopper.join(30)
+        assert ws.close_code == 1012
+        assert messages == []
