@@ -158,27 +158,42 @@ async def _subscribe(base: str, job_id: str, n: int) -> list[list[int]]:
 
 
 def _train_once(base: str, body: bytes, subscribers: int) -> float:
+    """Submit the job, follow it to its end, return the training loop's own seconds.
+
+    Both arms wait the same way (one kept-alive client polls the job's status every
+    0.2 s from submission to the end); with subscribers, they run meanwhile in a thread.
+    """
+    import threading
+
     import httpx
 
-    job_id = httpx.post(f"{base}/v1/jobs", content=body, timeout=60).json()["job_id"]
-    counts = asyncio.run(_subscribe(base, job_id, subscribers)) if subscribers else []
-    deadline = time.monotonic() + 600
-    job: dict[str, object] = {}
-    while time.monotonic() < deadline:
-        job = httpx.get(f"{base}/v1/jobs/{job_id}", timeout=60).json()["job"]
-        if job["status"] in ("succeeded", "failed", "dead", "cancelled"):
-            break
-        time.sleep(0.2)
+    counts: list[list[int]] = []
+    with httpx.Client(base_url=base, timeout=60) as client:
+        job_id = client.post("/v1/jobs", content=body).json()["job_id"]
+        watchers = threading.Thread(
+            target=lambda: counts.extend(asyncio.run(_subscribe(base, job_id, subscribers)))
+        )
+        if subscribers:
+            watchers.start()
+        deadline = time.monotonic() + 600
+        job: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            job = client.get(f"/v1/jobs/{job_id}").json()["job"]
+            if job["status"] in ("succeeded", "failed", "dead", "cancelled"):
+                break
+            time.sleep(0.2)
+        if subscribers:
+            watchers.join(600)
     if job.get("status") != "succeeded":
         raise RuntimeError(f"training job {job_id} ended {job.get('status')}")
     if subscribers:
         lines = Path(os.environ["CRUCIBLE_HOME"]) / "runs" / job_id / "telemetry.jsonl"
         expected = list(range(1, len(lines.read_text().splitlines()) + 1))
         wrong = [len(ids) for ids in counts if ids != expected]
-        if wrong:
+        if len(counts) != subscribers or wrong:
             raise RuntimeError(
-                f"{len(wrong)} subscribers did not get events 1..{len(expected)} in order "
-                f"(got {sorted(set(wrong))} events)"
+                f"{len(wrong) + subscribers - len(counts)} subscribers did not get events "
+                f"1..{len(expected)} in order (got {sorted({len(ids) for ids in counts})} events)"
             )
     result = job["result"]
     assert isinstance(result, dict)
