@@ -6,12 +6,16 @@ constant) served the same way.
 
 Both servers are real ``uvicorn`` processes on 127.0.0.1, one at a time
 (``crucible serve --workers 0`` with a token required, so every request pays
-for the token check; and a one-route FastAPI app). The load is ``--clients``
-concurrent httpx connections from this process for ``--seconds`` per
+for the token check; and a one-route FastAPI app whose handler is a coroutine
+returning a constant). The load is ``--clients`` concurrent kept-alive HTTP/1.1
+connections from this process (raw asyncio streams) for ``--seconds`` per
 measurement; each figure is the median of ``--rounds`` rounds, measurements
 interleaved so machine load drifts hit all of them alike. Submissions are
 ``experiment_step`` jobs nobody runs (each is one committed SQLite
 transaction).
+
+The minimal app has two endpoints, a plain ``def`` (run in FastAPI's thread
+pool, as its tutorial writes them) and an ``async def``; both ratios are shown.
 
 ``--fanout N`` (default 100) also measures the SSE fan-out target (issue 19:
 N subscribers of one job slow its training loop by <= 5 %): the README's main
@@ -52,12 +56,19 @@ from pathlib import Path
 
 TARGET_RATIO = 0.7
 
+# Two minimal endpoints, both reported: ``/ping`` a plain function (FastAPI runs it in
+# its thread pool: the form its tutorial starts with) and ``/aping`` a coroutine (no
+# thread pool: the fastest endpoint FastAPI has). Both on uvicorn.run's defaults
+# (uvloop and httptools, which crucible-server depends on too).
 _MINIMAL = """
 import sys, uvicorn
 from fastapi import FastAPI
 app = FastAPI()
 @app.get("/ping")
 def ping() -> dict[str, bool]:
+    return {"ok": True}
+@app.get("/aping")
+async def aping() -> dict[str, bool]:
     return {"ok": True}
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
 """
@@ -87,25 +98,46 @@ def _wait_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> No
 async def _load(
     url: str, method: str, clients: int, seconds: float, headers: dict[str, str], body: bytes
 ) -> float:
-    import httpx
+    """Requests/s of ``clients`` kept-alive connections sending one request after another.
 
+    Raw HTTP/1.1 on asyncio streams (status line, headers, a Content-Length body), not
+    httpx: on two cores a Python HTTP client's own CPU use, not the server, set the
+    rate (~150 req/s for any server), so the ratio to the minimal endpoint said nothing.
+    """
+    host_port, _, path = url.removeprefix("http://").partition("/")
+    host, port = host_port.split(":")
+    head = {"Host": host_port, **headers}
+    if body:
+        head["Content-Length"] = str(len(body))
+    request = (
+        f"{method} /{path} HTTP/1.1\r\n"
+        + "".join(f"{k}: {v}\r\n" for k, v in head.items())
+        + "\r\n"
+    ).encode() + body
     done = 0
     errors = 0
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=30) as client:
-        stop = time.perf_counter() + seconds
+    stop = time.perf_counter() + seconds
 
-        async def one() -> None:
-            nonlocal done, errors
+    async def one() -> None:
+        nonlocal done, errors
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
             while time.perf_counter() < stop:
-                r = await client.request(method, url, content=body or None)
-                if r.status_code >= 400:
+                writer.write(request)
+                header = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?im)^content-length: *(\d+)", header)
+                if length is None:
+                    raise RuntimeError(f"no Content-Length in {header[:200]!r}")
+                await reader.readexactly(int(length.group(1)))
+                if not header.startswith(b"HTTP/1.1 2"):
                     errors += 1
                 done += 1
+        finally:
+            writer.close()
 
-        start = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(clients)))
-        elapsed = time.perf_counter() - start
+    start = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(clients)))
+    elapsed = time.perf_counter() - start
     if errors:
         raise RuntimeError(f"{errors} of {done} requests to {url} failed")
     return done / elapsed
@@ -309,10 +341,11 @@ def main() -> None:
             sub = httpx.post(f"{base}/v1/jobs", content=body, headers=auth, timeout=30).json()
             job_url = f"{base}/v1/jobs/{sub['job_id']}"
             json_headers = {**auth, "Content-Type": "application/json"}
-            runs: dict[str, list[float]] = {"minimal": [], "get": [], "submit": []}
+            runs: dict[str, list[float]] = {"minimal": [], "aminimal": [], "get": [], "submit": []}
             for _ in range(args.rounds):
                 for name, url, method, headers, payload in (
                     ("minimal", f"http://127.0.0.1:{port_min}/ping", "GET", {}, b""),
+                    ("aminimal", f"http://127.0.0.1:{port_min}/aping", "GET", {}, b""),
                     ("get", job_url, "GET", auth, b""),
                     ("submit", f"{base}/v1/jobs", "POST", json_headers, body),
                 ):
@@ -327,12 +360,23 @@ def main() -> None:
                 proc.wait(30)
     med = {k: statistics.median(v) for k, v in runs.items()}
     print(f"{args.clients} concurrent clients, {args.seconds:g} s x {args.rounds} rounds (median)")
-    print(f"{'endpoint':<28} {'req/s':>8} {'vs minimal':>10}")
-    print(f"{'minimal FastAPI GET /ping':<28} {med['minimal']:>8.0f} {1.0:>10.2f}")
-    for name, label in (("get", "GET /v1/jobs/{id}"), ("submit", "POST /v1/jobs")):
-        ratio = med[name] / med["minimal"]
-        flag = "ok" if ratio >= TARGET_RATIO else f"below {TARGET_RATIO}"
-        print(f"{label:<28} {med[name]:>8.0f} {ratio:>10.2f}  {flag}")
+    print(f"{'endpoint':<28} {'req/s':>8} {'vs def':>8} {'vs async':>8}")
+    for name, label in (
+        ("minimal", "minimal `def` GET /ping"),
+        ("aminimal", "minimal `async def` /aping"),
+        ("get", "GET /v1/jobs/{id}"),
+        ("submit", "POST /v1/jobs"),
+    ):
+        vs_def, vs_async = med[name] / med["minimal"], med[name] / med["aminimal"]
+        flag = (
+            ""
+            if name.endswith("minimal")
+            else "  ".join(
+                f"{base}: {'ok' if r >= TARGET_RATIO else f'below {TARGET_RATIO}'}"
+                for base, r in (("def", vs_def), ("async", vs_async))
+            )
+        )
+        print(f"{label:<28} {med[name]:>8.0f} {vs_def:>8.2f} {vs_async:>8.2f}  {flag}")
     if args.fanout:
         _fanout(args.fanout, args.steps, args.rounds, args.pin)
 

@@ -52,6 +52,7 @@ from crucible_core.records.paths import run_dir
 from crucible_server.auth import Principal, RateLimiter, authenticate
 from crucible_server.feeds import Feeds
 from crucible_server.filehash import Sha256Cache
+from crucible_server.groupcommit import GroupCommit
 from crucible_server.guards import owned_job, requires
 from crucible_server.problems import PROBLEM_JSON, PROBLEM_SCHEMA, problem_body
 from crucible_server.routes import ApiContext, mount_plugin_routes
@@ -190,6 +191,7 @@ def build_app(
     metrics = _Metrics(scheduler)
     heartbeat_s = cfg.heartbeat_s if cfg.heartbeat_s > 0 else None
     feeds = Feeds(scheduler, cfg.poll_s, run_in_threadpool, heartbeat_s)
+    commits = GroupCommit(scheduler, run_in_threadpool)
 
     app = FastAPI(
         title="Crucible API",
@@ -284,25 +286,21 @@ def build_app(
     ) -> Any:
         """Enqueue a Job, a TrainingJob or an Experiment; answered once committed."""
         body = await request.body()
-
-        def work() -> tuple[Job, bool]:
-            job = job_from_body(
-                body, principal=p, base=cfg.base_dir, idempotency_key=idempotency_key
-            )
-            if cfg.check_plan:
-                problems = plan_problems(job)
-                if problems:
-                    first = problems[0]
-                    raise ConfigError(
-                        f"the plan refuses this job: {first.get('field')}: {first.get('message')}",
-                        hint="POST /v1/plan shows the whole plan",
-                        problems=problems,
-                    )
-            wanted = job.id or new_id("job", now=scheduler.now())
-            stored = scheduler.enqueue(msgspec.structs.replace(job, id=wanted))
-            return stored, stored.id == wanted
-
-        stored, created = await run_in_threadpool(work)
+        # Parsing is cheap and runs here; only a training job's plan (backends' capabilities,
+        # maybe first imports) goes to the thread pool.
+        job = job_from_body(body, principal=p, base=cfg.base_dir, idempotency_key=idempotency_key)
+        if cfg.check_plan and job.kind == "training_run":
+            problems = await run_in_threadpool(plan_problems, job)
+            if problems:
+                first = problems[0]
+                raise ConfigError(
+                    f"the plan refuses this job: {first.get('field')}: {first.get('message')}",
+                    hint="POST /v1/plan shows the whole plan",
+                    problems=problems,
+                )
+        job = msgspec.structs.replace(job, id=job.id or new_id("job", now=scheduler.now()))
+        stored = await commits.enqueue(job)
+        created = stored.id == job.id
         view = Submitted(
             job_id=stored.id,
             status=stored.status,
@@ -336,7 +334,7 @@ def build_app(
         return _json(JobPage(items=page, next_cursor=page[-1].id if more and page else None))
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"], responses=_ok("JobView"))
-    def get_job(job_id: str, p: Principal = read) -> Any:  # pyright: ignore[reportUnusedFunction]
+    async def get_job(job_id: str, p: Principal = read) -> Any:  # pyright: ignore[reportUnusedFunction]
         """Status, progress and latest metrics (from telemetry), last checkpoint, links."""
         job = owned(job_id, p)
         return _json(
@@ -535,6 +533,7 @@ def build_app(
     mount_plugin_routes(app, plugin_api, host)
     app.state.crucible_components = plugin_api.components
     app.state.crucible_feeds = feeds  # closed by the runner when the server shuts down
+    app.state.crucible_commits = commits
 
     from crucible_server.dashboard import mount_dashboard
 

@@ -11,6 +11,7 @@ only ``admin`` tokens may submit them.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,11 +28,16 @@ from crucible_server.auth import Principal
 __all__ = ["job_from_body", "plan_problems"]
 
 
-def _fits_job(raw: dict[str, Any]) -> bool:
+@functools.cache
+def _job_fields() -> frozenset[str]:
     import msgspec.inspect as mi
 
-    info = cast(mi.StructType, mi.type_info(Job))
-    return set(raw) <= {f.encode_name for f in info.fields}
+    info = cast(mi.StructType, mi.type_info(Job))  # slow (type introspection): once
+    return frozenset(f.encode_name for f in info.fields)
+
+
+def _fits_job(raw: dict[str, Any]) -> bool:
+    return set(raw) <= _job_fields()
 
 
 def job_from_body(
