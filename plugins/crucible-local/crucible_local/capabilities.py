@@ -7,6 +7,7 @@ anything heavy; the backend returns the same object from ``capabilities()``.
 from __future__ import annotations
 
 from crucible_core.ir.backend import Capabilities, Costs
+from crucible_core.ir.training import LOSS_NAMES
 
 __all__ = [
     "ADAPTERS",
@@ -39,16 +40,8 @@ MAX_CONTEXT_LENGTH = 512
 #: nothing but memory). A model loaded from a path is bounded by its own size.
 MAX_LORA_RANK = 64
 
-LOSSES: tuple[str, ...] = (
-    "cross_entropy",
-    "importance_sampling",
-    "ppo",
-    "cispo",
-    "gspo",
-    "dro",
-    "dpo",
-    "custom",
-)
+#: Every named loss of the IR, and custom losses.
+LOSSES: tuple[str, ...] = (*LOSS_NAMES, "custom")
 ADAPTERS: tuple[str, ...] = ("lora", "full")
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
 SCHEDULERS: tuple[str, ...] = ("constant", "linear", "cosine")

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from crucible_core.errors import ConfigError
+from crucible_core.ir.training import LOSS_INPUTS as IR_LOSS_INPUTS
 
 __all__ = [
     "CRUCIBLE_PARAM_KEYS",
@@ -68,12 +69,7 @@ CRUCIBLE_PARAM_KEYS: dict[str, tuple[str, ...]] = {
 #: The per-token ``loss_fn_inputs`` each loss reads besides ``target_tokens`` (and
 #: ``weights``, which only cross_entropy takes on Tinker).
 LOSS_INPUTS: dict[str, tuple[str, ...]] = {
-    "cross_entropy": (),
-    "importance_sampling": ("logprobs", "advantages"),
-    "ppo": ("logprobs", "advantages"),
-    "cispo": ("logprobs", "advantages"),
-    "gspo": ("logprobs", "advantages", "sequence_ratio_mask"),
-    "dro": ("logprobs", "advantages"),
+    name: inputs for name, inputs in IR_LOSS_INPUTS.items() if name != "dpo"
 }
 #: Params without a default (Tinker documents none): refused when absent, as
 #: crucible-local refuses them.
