@@ -377,7 +377,7 @@ def build_app(
         """The run's telemetry from after ``Last-Event-ID``, then live, until the job ends."""
         from crucible_server.sse import EventStream
 
-        await run_in_threadpool(owned, job_id, p)
+        owned(job_id, p)  # one indexed read: on the loop, like GET /v1/jobs/{id}
         after = 0
         if last_event_id:
             if not last_event_id.isdigit():
@@ -402,7 +402,7 @@ def build_app(
         try:
             p = authenticate(websocket.headers.get("authorization"), tokens, limiter)
             p.require("jobs:read")
-            await run_in_threadpool(owned, job_id, p)
+            owned(job_id, p)
         except CrucibleError as exc:
             status, body = problem_body(exc)
             await websocket.send_text(_encoder.encode(body).decode())
