@@ -1,4 +1,5 @@
-"""`crucible worker --executor ray`: jobs claimed from the durable queue run as Ray tasks.
+"""`crucible worker --executor ray`: jobs claimed from the durable queue run as Ray tasks;
+`crucible experiment run --executor ray`: a grid's cells fan out over Ray.
 
 Real parts throughout: the session's local Ray instance (2 CPUs), a real
 SQLite queue under a temporary CRUCIBLE_HOME, real Ray worker processes
@@ -9,6 +10,7 @@ how artifacts written on a node reach the store.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -28,8 +30,10 @@ from crucible_core.ir.work import Constraints, Job, RetryPolicy
 from crucible_core.queue.scheduler import Scheduler
 from crucible_core.queue.worker import Worker
 from crucible_core.records.events import Event, read_telemetry
+from crucible_core.testing import check_command
 
 HERE = Path(__file__).parent
+REPO = HERE.parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -292,6 +296,77 @@ def test_four_training_runs_on_crucible_local_complete_on_ray(
         assert stored, "the run stored its weights"
         assert all(store.exists(d) for d in stored), "stored on the node, visible here"
     sched.close()
+
+
+@pytest.mark.slow
+def test_four_cells_run_as_ray_tasks(ray_session: Any, home: Path, tmp_path: Path) -> None:
+    """`crucible experiment run FILE --executor ray`: a grid's cells fan out over Ray.
+
+    A 4-cell experiment (two learning rates x two seeds, two steps each) on
+    crucible-local, run by the real command in this process with the module's
+    local Ray instance (2 CPUs): every cell is a Ray task (its training run
+    happens in a Ray worker process, not here), its events come back to the
+    driver's telemetry, and the quality targets are checked at the end. Needs
+    crucible-harness installed beside crucible-ray (a test dependency only).
+
+    In this file (not one of its own) so that it shares the module's Ray instance, and
+    the Ray worker processes the training runs above already started, instead of
+    starting and stopping another one (seconds of the 2 CI cores).
+    """
+    from crucible_harness.cli import ExperimentCommand
+
+    text = (
+        (REPO / "examples" / "dates-local.toml")
+        .read_text()
+        .replace("max_steps = 200", "max_steps = 2")
+        .replace("save_every = 100", "save_every = 2")
+        .replace("every_n_steps = 100", "every_n_steps = 2")
+        .replace(
+            '"examples/data/dates.jsonl"',
+            json.dumps(str(REPO / "examples/data/dates.jsonl")),
+        )
+        .replace('metrics = ["loss", "exact_match"]', 'metrics = ["loss"]')
+    )
+    (tmp_path / "base.toml").write_text(text)
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        'id = "ray-grid"\njob = "base.toml"\nseeds = [0, 1]\n'
+        '[parameter_grid]\n"learning_config.optimizer.lr" = [1e-3, 5e-3]\n'
+        '[[quality_targets]]\nmetric = "steps"\nop = "=="\nvalue = 2\n'
+    )
+    run = check_command(
+        ExperimentCommand(),
+        ["run", str(grid), "--executor", "ray", "--workers", "2", "--json"],
+        name="experiment",
+        timeout=900,
+    )
+    out = json.loads(run.stdout)
+    cells = [c["cell"] for c in out["cells"]]
+    assert len(cells) == 4
+    assert {c["status"] for c in out["cells"]} == {"succeeded"}
+    assert out["missed"] == []  # checked at the end: every cell ran its 2 steps
+    assert sorted(p.name for p in (home / "runs").iterdir()) == sorted(cells)
+    for cell in cells:
+        manifest = json.loads((home / "runs" / cell / "manifest.json").read_text())
+        assert manifest["owner"]["pid"] != os.getpid()  # trained in a Ray worker process
+        assert manifest["training"]["steps"] == 2
+        steps = [e.step for e in read_telemetry(cell) if e.kind == "train.step"]
+        assert steps == [1, 2]  # streamed back to the driver's telemetry
+    lrs = {
+        json.loads((home / "runs" / c / "manifest.json").read_text())["training_job"][
+            "learning_config"
+        ]["optimizer"]["lr"]
+        for c in cells
+    }
+    assert lrs == {1e-3, 5e-3}
+    # Again: nothing is submitted or run twice.
+    again = check_command(
+        ExperimentCommand(),
+        ["run", str(grid), "--executor", "ray", "--workers", "2", "--json"],
+        name="experiment",
+        timeout=120,
+    )
+    assert not any(c["new"] for c in json.loads(again.stdout)["cells"])
 
 
 def test_a_lost_cluster_requeues_the_job_for_another_worker(
