@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from crucible_local.backend import LocalBackend
@@ -19,7 +21,14 @@ from crucible_core.errors import ConfigError
 from crucible_core.ir.training import ModelSpec
 
 from .conftest import JobFactory
-from .hfdir import CHAT_TEMPLATE, cli, put_in_hub_cache, write_byo_model, write_job
+from .hfdir import (
+    CHAT_TEMPLATE,
+    cli,
+    export_run,
+    put_in_hub_cache,
+    write_byo_model,
+    write_job,
+)
 
 
 @pytest.fixture(scope="module")
@@ -79,17 +88,37 @@ def test_a_byo_model_trains_and_its_loss_goes_down(
     session.close()
 
 
-def test_plan_and_train_a_hub_id_end_to_end_through_the_cli(byo_dir: Path, tmp_path: Path) -> None:
-    cache = tmp_path / "hub"
+@dataclass(frozen=True)
+class HubRun:
+    """A home holding run ``exp`` of ``acme/tiny-byo`` (a hub id), and its plan."""
+
+    home: Path
+    env: dict[str, str]
+    plan: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def hub_run(byo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> HubRun:
+    """``acme/tiny-byo`` in a hub cache, planned and trained (6 steps) through the CLI once,
+    for the tests that read the run: the plan/train test and the export test (each
+    ``crucible`` command is a fresh process that loads the model)."""
+    root = tmp_path_factory.mktemp("hub-run")
+    cache = root / "hub"
     put_in_hub_cache(byo_dir, cache, "acme/tiny-byo")
-    job = write_job(tmp_path / "job.toml", 'name = "acme/tiny-byo"\nmax_seq_len = 128')
+    job = write_job(root / "job.toml", 'name = "acme/tiny-byo"\nmax_seq_len = 128')
     env = {"HF_HUB_CACHE": str(cache)}
-    plan = cli(tmp_path / "home", "plan", str(job), "--json", env=env)
+    home = root / "home"
+    plan = cli(home, "plan", str(job), "--json", env=env)
     assert plan.returncode == 0, plan.stderr
-    tokens_byo = json.loads(plan.stdout)
-    proc = cli(tmp_path / "home", "train", str(job), "--job-id", "byo", "--no-progress", env=env)
+    proc = cli(home, "train", str(job), "--job-id", "exp", "--no-progress", env=env)
     assert proc.returncode == 0, proc.stderr
-    manifest = json.loads((tmp_path / "home" / "runs" / "byo" / "manifest.json").read_text())
+    return HubRun(home=home, env=env, plan=json.loads(plan.stdout))
+
+
+def test_plan_and_train_a_hub_id_end_to_end_through_the_cli(
+    hub_run: HubRun, tmp_path: Path
+) -> None:
+    manifest = json.loads((hub_run.home / "runs" / "exp" / "manifest.json").read_text())
     assert manifest["model"]["name"] == "acme/tiny-byo"
     summary = manifest["training"]
     assert summary["steps"] == 6
@@ -98,7 +127,28 @@ def test_plan_and_train_a_hub_id_end_to_end_through_the_cli(byo_dir: Path, tmp_p
     # built-in byte tokenizer's.
     byte_job = write_job(tmp_path / "byte.toml", 'name = "tiny-llama"\nmax_seq_len = 128')
     byte_plan = json.loads(cli(tmp_path / "home", "plan", str(byte_job), "--json").stdout)
-    assert 0 < tokens_byo["tokens_per_epoch"] != byte_plan["tokens_per_epoch"]
+    assert 0 < hub_run.plan["tokens_per_epoch"] != byte_plan["tokens_per_epoch"]
+
+
+def test_byo_model_trained_exported_merged_and_reloaded_gives_the_same_logits(
+    hub_run: HubRun, tmp_path: Path
+) -> None:
+    out = tmp_path / "merged"
+    record = export_run(
+        hub_run.home, "--format", "merged", "--out", str(out), "--verify", env=hub_run.env
+    )
+    verification = record["verification"]
+    assert isinstance(verification, dict)
+    assert verification["ok"] is True
+    assert verification["max_abs_diff"] <= 1e-3
+    # The peft export of a hub base names the hub id, which loads from the cache.
+    peft_out = tmp_path / "peft"
+    export_run(
+        hub_run.home, "--format", "peft", "--out", str(peft_out), "--verify", env=hub_run.env
+    )
+    config = json.loads((peft_out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "acme/tiny-byo"
+    assert not (peft_out / "base").exists()
 
 
 def test_a_hub_id_missing_from_the_cache_is_a_clear_usage_error(tmp_path: Path) -> None:

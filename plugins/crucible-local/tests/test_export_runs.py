@@ -1,9 +1,9 @@
-"""``crucible export`` of runs these tests train themselves: a bring-your-own hub model
-exported merged and as PEFT, and ``checkpoint_policy.format`` exporting a run's final
-weights (or refusing an architecture at plan time).
+"""``crucible export`` of runs these tests train themselves: ``checkpoint_policy.format``
+exporting a run's final weights (or refusing an architecture at plan time).
 
 Split from test_export.py (whose tests share one trained run) so the two files run on
-different test workers.
+different test workers. The export of a bring-your-own hub model is in test_byo_model.py,
+on the run trained there.
 """
 
 from __future__ import annotations
@@ -11,30 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .hfdir import cli, export_run, put_in_hub_cache, stock_python, write_byo_model, write_job
-
-
-def test_byo_model_trained_exported_merged_and_reloaded_gives_the_same_logits(
-    tmp_path: Path,
-) -> None:
-    cache = tmp_path / "hub"
-    put_in_hub_cache(write_byo_model(tmp_path / "src"), cache, "acme/tiny-byo")
-    env = {"HF_HUB_CACHE": str(cache)}
-    job = write_job(tmp_path / "job.toml", 'name = "acme/tiny-byo"', steps=4)
-    home = tmp_path / "home"
-    assert cli(home, "train", str(job), "--job-id", "exp", "--no-progress", env=env).returncode == 0
-    out = tmp_path / "merged"
-    record = export_run(home, "--format", "merged", "--out", str(out), "--verify", env=env)
-    verification = record["verification"]
-    assert isinstance(verification, dict)
-    assert verification["ok"] is True
-    assert verification["max_abs_diff"] <= 1e-3
-    # The peft export of a hub base names the hub id, which loads from the cache.
-    peft_out = tmp_path / "peft"
-    export_run(home, "--format", "peft", "--out", str(peft_out), "--verify", env=env)
-    config = json.loads((peft_out / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == "acme/tiny-byo"
-    assert not (peft_out / "base").exists()
+from .hfdir import cli, stock_python, write_job
 
 
 def test_checkpoint_policy_format_gguf_is_planned_and_exports_the_final_weights(
