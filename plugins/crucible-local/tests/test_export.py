@@ -33,6 +33,25 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+Export = tuple[Path, dict[str, object]]
+
+
+# The peft and merged exports (each verified with --verify) are made once and read by more
+# than one test: an export is a fresh process that loads the run (~6-20 s on 2 busy cores).
+@pytest.fixture(scope="module")
+def peft_export(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Export:
+    """``exp`` exported ``--format peft --verify``: its directory and JSON record."""
+    out = tmp_path_factory.mktemp("peft-export") / "peft"
+    return out, export_run(trained, "--format", "peft", "--out", str(out), "--verify")
+
+
+@pytest.fixture(scope="module")
+def merged_export(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Export:
+    """``exp`` exported ``--format merged --verify``: its directory and JSON record."""
+    out = tmp_path_factory.mktemp("merged-export") / "merged"
+    return out, export_run(trained, "--format", "merged", "--out", str(out), "--verify")
+
+
 _GREEDY = """
 import sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -44,10 +63,9 @@ print(model(input_ids=ids).logits[0, -1].argmax().item())
 
 
 def test_peft_export_of_a_builtin_base_loads_offline_as_a_directory_pair(
-    trained: Path, tmp_path: Path
+    trained: Path, peft_export: Export
 ) -> None:
-    out = tmp_path / "peft"
-    record = export_run(trained, "--format", "peft", "--out", str(out), "--verify")
+    out, record = peft_export
     verification = record["verification"]
     assert isinstance(verification, dict)
     assert verification["ok"] is True
@@ -81,10 +99,10 @@ def test_peft_export_of_a_builtin_base_loads_offline_as_a_directory_pair(
 
 
 def test_merged_export_is_sharded_and_loads_with_automodel_alone(
-    trained: Path, tmp_path: Path
+    merged_export: Export,
+    peft_export: Export,
 ) -> None:
-    out = tmp_path / "merged"
-    record = export_run(trained, "--format", "merged", "--out", str(out), "--verify")
+    out, record = merged_export
     verification = record["verification"]
     assert isinstance(verification, dict)
     assert verification["ok"] is True
@@ -92,22 +110,20 @@ def test_merged_export_is_sharded_and_loads_with_automodel_alone(
     assert list(out.glob("model-*-of-*.safetensors"))
     assert (out / "generation_config.json").is_file()
     assert not (out / "adapter_config.json").exists()
-    merged = stock_python(
+    # One fresh process, still without Crucible, loads the merged export with AutoModel alone
+    # and the adapter export through peft: the same next token.
+    peft_out, _ = peft_export
+    merged, via_peft = stock_python(
         _GREEDY.format(
             load=f"model = AutoModelForCausalLM.from_pretrained({str(out)!r})\n"
             f"tok = AutoTokenizer.from_pretrained({str(out)!r})"
         )
-    )
-    # The same next token as the adapter export gives through peft.
-    peft_out = tmp_path / "peft-again"
-    export_run(trained, "--format", "peft", "--out", str(peft_out))
-    via_peft = stock_python(
-        _GREEDY.format(
+        + _GREEDY.format(
             load="from peft import AutoPeftModelForCausalLM\n"
             f"model = AutoPeftModelForCausalLM.from_pretrained({str(peft_out)!r})\n"
             f"tok = AutoTokenizer.from_pretrained({str(peft_out)!r})"
         )
-    )
+    ).split()
     assert merged == via_peft
 
 
@@ -135,7 +151,9 @@ def test_safetensors_full_export_is_one_file_and_is_recorded_in_lineage(
 
 
 def test_onnx_export_runs_in_onnxruntime_with_the_runs_logprobs(
-    trained: Path, tmp_path: Path
+    trained: Path,
+    merged_export: Export,
+    tmp_path: Path,
 ) -> None:
     out = tmp_path / "onnx"
     record = export_run(trained, "--format", "onnx", "--out", str(out), "--verify")
@@ -144,8 +162,7 @@ def test_onnx_export_runs_in_onnxruntime_with_the_runs_logprobs(
     assert verification["ok"] is True
     assert verification["loader"].startswith("onnxruntime")
     assert verification["max_abs_diff"] <= 1e-3
-    merged = tmp_path / "merged-ref"
-    export_run(trained, "--format", "merged", "--out", str(merged))
+    merged, _ = merged_export
     code = f"""
 import numpy, onnxruntime, sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
