@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from crucible_core.ir import TrainingJob, decode_file, encode
 from tests.e2e.conftest import ROOT, Cli
 
@@ -46,17 +48,24 @@ def test_dataset_rows_missing_fields(cli: Cli, tmp_path: Path) -> None:
     _refused(proc, "question", "reply")
 
 
-def test_max_tokens_beyond_the_context(cli: Cli, tmp_path: Path) -> None:
-    ok = cli("train", str(_job(tmp_path)), "--job-id", "short", "--no-progress")
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    """A home holding run ``short`` (2 steps), trained once for the tests that only sample it:
+    a ``crucible train`` is a fresh process that loads the model (~10 s on 2 busy cores)."""
+    tmp = tmp_path_factory.mktemp("trained")
+    cli = Cli(tmp / "home")
+    ok = cli("train", str(_job(tmp)), "--job-id", "short", "--no-progress")
     assert ok.returncode == 0, ok.stderr
-    proc = cli("sample", "short", "--prompt", "hi", "--max-tokens", "100000")
+    return cli
+
+
+def test_max_tokens_beyond_the_context(trained: Cli) -> None:
+    proc = trained("sample", "short", "--prompt", "hi", "--max-tokens", "100000")
     _refused(proc, "max_tokens")
 
 
-def test_sample_from_a_checkpoint_directory(cli: Cli, tmp_path: Path) -> None:
-    ok = cli("train", str(_job(tmp_path)), "--job-id", "ck", "--no-progress")
-    assert ok.returncode == 0, ok.stderr
-    sampler = cli.home / "runs" / "ck" / "checkpoints" / "final" / "sampler"
-    proc = cli("sample", str(sampler), "--prompt", "What is 2 plus 2?", "--chat", "--json")
+def test_sample_from_a_checkpoint_directory(trained: Cli) -> None:
+    sampler = trained.home / "runs" / "short" / "checkpoints" / "final" / "sampler"
+    proc = trained("sample", str(sampler), "--prompt", "What is 2 plus 2?", "--chat", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)[0]["tokens"]
