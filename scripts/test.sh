@@ -18,6 +18,14 @@ if [ -n "$browser" ]; then
   wait "$browser" || { echo "installing chromium failed" >&2; exit 1; }
 fi
 export CRUCIBLE_STRICT_PLUGINS=1
+# With crucible-mlflow and crucible-openlineage installed (as here) their sinks are on by
+# default, so every training run and evaluation in the suite would start an MLflow writer
+# process (mlflow and SQLAlchemy imports and a new SQLite store's migrations: ~4 s of CPU,
+# and a short run then waits at exit for its last writes) and write an OpenLineage file,
+# which only those two plugins' own tests read. Their tests clear these variables (autouse
+# fixtures in their conftest.py), so they still run with the sinks on, end to end.
+export CRUCIBLE_MLFLOW_TRACKING_URI="${CRUCIBLE_MLFLOW_TRACKING_URI:-none}"
+export CRUCIBLE_OPENLINEAGE_TRANSPORT="${CRUCIBLE_OPENLINEAGE_TRANSPORT:-none}"
 tests=(tests)
 for p in plugins/*/tests examples/*/tests; do [ -d "$p" ] && tests+=("$p"); done
 # Two workers, a test file each at a time (module fixtures such as a started server stay
