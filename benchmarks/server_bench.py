@@ -7,7 +7,10 @@ constant) served the same way.
 Both servers are real ``uvicorn`` processes on 127.0.0.1, one at a time
 (``crucible serve --workers 0`` with a token required, so every request pays
 for the token check; and a one-route FastAPI app whose handler is a coroutine
-returning a constant). The load is ``--clients`` concurrent kept-alive HTTP/1.1
+returning a constant). ``GET /v1/jobs/{id}`` is measured twice: on a queued job
+(no telemetry yet) and on a run with 300 telemetry events and a recorded
+checkpoint (what clients poll while a job trains: its progress comes from the
+telemetry's tail). The load is ``--clients`` concurrent kept-alive HTTP/1.1
 connections from this process (raw asyncio streams) for ``--seconds`` per
 measurement; each figure is the median of ``--rounds`` rounds, measurements
 interleaved so machine load drifts hit all of them alike. Submissions are
@@ -141,6 +144,26 @@ async def _load(
     if errors:
         raise RuntimeError(f"{errors} of {done} requests to {url} failed")
     return done / elapsed
+
+
+def _seed_run(home: Path, job_id: str, events: int) -> None:
+    """Give job ``job_id`` what a training run leaves: telemetry and a recorded checkpoint."""
+    import json
+
+    from crucible_core.ir.backend import CheckpointRef
+    from crucible_core.queue.scheduler import Scheduler
+
+    run = home / "runs" / job_id
+    run.mkdir(parents=True)
+    lines = [{"kind": "train.start", "job_id": job_id, "ts": 0.0, "data": {"total_steps": events}}]
+    lines += [
+        {"kind": "train.step", "job_id": job_id, "ts": float(i), "step": i,
+         "data": {"loss": 1.0 / i, "metrics": {"lr": 1e-4, "tokens": 512 * i}}}
+        for i in range(1, events)
+    ]  # fmt: skip
+    (run / "telemetry.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with Scheduler(home / "crucible.db") as sched:
+        sched.record_checkpoint(job_id, CheckpointRef(uri=f"file://{run}/ckpt", step=events - 1))
 
 
 def _dates_job(steps: int) -> bytes:
@@ -340,13 +363,23 @@ def main() -> None:
             body = b'{"kind": "experiment_step", "payload": {}}'
             sub = httpx.post(f"{base}/v1/jobs", content=body, headers=auth, timeout=30).json()
             job_url = f"{base}/v1/jobs/{sub['job_id']}"
+            ran = httpx.post(f"{base}/v1/jobs", content=body, headers=auth, timeout=30).json()
+            _seed_run(home, ran["job_id"], events=300)
+            run_url = f"{base}/v1/jobs/{ran['job_id']}"
             json_headers = {**auth, "Content-Type": "application/json"}
-            runs: dict[str, list[float]] = {"minimal": [], "aminimal": [], "get": [], "submit": []}
+            runs: dict[str, list[float]] = {
+                "minimal": [],
+                "aminimal": [],
+                "get": [],
+                "get_run": [],
+                "submit": [],
+            }
             for _ in range(args.rounds):
                 for name, url, method, headers, payload in (
                     ("minimal", f"http://127.0.0.1:{port_min}/ping", "GET", {}, b""),
                     ("aminimal", f"http://127.0.0.1:{port_min}/aping", "GET", {}, b""),
                     ("get", job_url, "GET", auth, b""),
+                    ("get_run", run_url, "GET", auth, b""),
                     ("submit", f"{base}/v1/jobs", "POST", json_headers, body),
                 ):
                     runs[name].append(
@@ -364,7 +397,8 @@ def main() -> None:
     for name, label in (
         ("minimal", "minimal `def` GET /ping"),
         ("aminimal", "minimal `async def` /aping"),
-        ("get", "GET /v1/jobs/{id}"),
+        ("get", "GET /v1/jobs/{id} (queued)"),
+        ("get_run", "GET /v1/jobs/{id} (a run)"),
         ("submit", "POST /v1/jobs"),
     ):
         vs_def, vs_async = med[name] / med["minimal"], med[name] / med["aminimal"]

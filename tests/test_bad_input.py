@@ -250,3 +250,20 @@ def test_scheduler_and_ir_refuse_a_slash_in_ids(tmp_path: Path) -> None:
     scheduler = Scheduler(tmp_path / "db.sqlite")
     with pytest.raises(ConfigError, match="is not allowed"):
         scheduler.enqueue(Job(id="a/b"))
+
+
+def test_run_dirs_follow_the_environment_on_every_call(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Built paths are kept per environment value; a change of CRUCIBLE_HOME still counts."""
+    monkeypatch.setenv("CRUCIBLE_HOME", str(tmp_path / "a"))
+    assert paths.run_dir("r1") == tmp_path / "a" / "runs" / "r1"
+    monkeypatch.setenv("CRUCIBLE_HOME", str(tmp_path / "b"))
+    assert paths.run_dir("r1") == tmp_path / "b" / "runs" / "r1"
+    monkeypatch.setenv("CRUCIBLE_HOME", "  ")
+    assert paths.run_dir("r1") == Path(".crucible") / "runs" / "r1"
+    monkeypatch.delenv("CRUCIBLE_HOME")
+    assert paths.crucible_home() == Path(".crucible")
+    for _ in range(2):  # a refusal is never remembered as a path
+        with pytest.raises(ConfigError):
+            paths.run_dir("../r1")

@@ -648,6 +648,17 @@ class Scheduler:
         with self._db.read() as conn:
             return get_job(conn, job_id)
 
+    def get_with_checkpoint(self, job_id: str) -> tuple[Job, CheckpointRef | None]:
+        """:meth:`get` and :meth:`last_checkpoint` in one read (a status page needs both)."""
+        with self._db.read() as conn:
+            row = conn.execute(
+                f"SELECT {JOB_COLS}, checkpoint FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+        if row is None:
+            raise not_found(job_id)
+        ref = row[-1]
+        return row_job(row[:-1]), None if ref is None else ref_decoder.decode(ref)
+
     def list(
         self,
         *,

@@ -14,6 +14,7 @@ Supported surface: :func:`crucible_home`, :func:`db_path`, :func:`run_dir`,
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -25,7 +26,15 @@ __all__ = ["artifacts_dir", "crucible_home", "db_path", "run_dir"]
 
 def crucible_home() -> Path:
     """``$CRUCIBLE_HOME``, or ``./.crucible`` when unset or empty (not created here)."""
-    raw = os.environ.get("CRUCIBLE_HOME", "").strip()
+    return _home(os.environ.get("CRUCIBLE_HOME", ""))
+
+
+# Paths are immutable, so the ones built for a given environment value are kept: the
+# API builds a run's path on every status request, and pathlib's parsing and joining
+# cost more there than the file check they lead to.
+@functools.lru_cache(maxsize=16)
+def _home(raw: str) -> Path:
+    raw = raw.strip()
     return Path(raw) if raw else Path(".crucible")
 
 
@@ -46,6 +55,11 @@ def run_dir(job_id: str) -> Path:
     directory name, so a path separator, ``..``, an empty or over-long name is
     refused with a ``ConfigError``.
     """
-    if not is_valid_id(job_id):
+    return _run_dir(os.environ.get("CRUCIBLE_HOME", ""), job_id)
+
+
+@functools.lru_cache(maxsize=4096)
+def _run_dir(raw_home: str, job_id: str) -> Path:
+    if not is_valid_id(job_id):  # raised, so never cached
         raise ConfigError(f"{shown(job_id)} cannot name a run directory", hint=ID_HINT)
-    return crucible_home() / "runs" / job_id
+    return _home(raw_home) / "runs" / job_id

@@ -508,6 +508,8 @@ def test_last_checkpoint_survives_a_reclaim(sched: Scheduler, clock: FakeClock) 
     clock.advance(2)
     assert sched.claim("w2") is not None
     assert sched.last_checkpoint("a") == ref
+    got, got_ref = sched.get_with_checkpoint("a")
+    assert (got, got_ref) == (sched.get("a"), ref)
 
 
 # -- bad input ---------------------------------------------------------------
@@ -520,6 +522,7 @@ def test_unknown_id_is_not_found_everywhere(sched: Scheduler) -> None:
         lambda: sched.retry("nope"),
         lambda: sched.history("nope"),
         lambda: sched.last_checkpoint("nope"),
+        lambda: sched.get_with_checkpoint("nope"),
         lambda: sched.complete("nope"),
     ):
         with pytest.raises(NotFound) as info:

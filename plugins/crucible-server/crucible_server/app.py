@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import inspect
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -41,7 +42,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import FileResponse, PlainTextResponse, Response
 
-from crucible_core.errors import ConfigError, CrucibleError, NotFound, TooLarge
+from crucible_core.errors import ConfigError, CrucibleError, NotFound
 from crucible_core.ids import new_id
 from crucible_core.ir.backend import CheckpointRef
 from crucible_core.ir.experiment import Experiment
@@ -49,15 +50,22 @@ from crucible_core.ir.training import TrainingJob
 from crucible_core.ir.work import Job
 from crucible_core.records.events import Event
 from crucible_core.records.paths import run_dir
-from crucible_server.auth import Principal, RateLimiter, authenticate
+from crucible_server.auth import Principal, RateLimiter
+from crucible_server.fastpath import IDEMPOTENCY_KEY_MAX, HotRoutes
 from crucible_server.feeds import Feeds
 from crucible_server.filehash import Sha256Cache
 from crucible_server.groupcommit import GroupCommit
-from crucible_server.guards import owned_job, requires
+from crucible_server.guards import (
+    authorize,
+    owned_job,
+    owned_job_and_checkpoint,
+    requires,
+    too_large,
+)
 from crucible_server.problems import PROBLEM_JSON, PROBLEM_SCHEMA, problem_body
 from crucible_server.routes import ApiContext, mount_plugin_routes
 from crucible_server.submit import job_from_body, plan_problems
-from crucible_server.telemetry import latest_progress
+from crucible_server.telemetry import ProgressCache
 from crucible_server.tokens import TokenStore
 from crucible_server.views import (
     ArtifactEntry,
@@ -77,6 +85,7 @@ __all__ = ["API_VERSION", "ServerSettings", "build_app", "openapi_document"]
 API_VERSION: Final = "1.0.0"
 _encoder = msgspec.json.Encoder()
 _MAX_PAGE: Final = 500
+_JOBS_HINT: Final = "`GET /v1/jobs` lists your jobs"
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,9 @@ class ServerSettings:
     base_dir: Path = field(default_factory=Path.cwd)
     #: Refuse training jobs whose plan (capabilities only) cannot run.
     check_plan: bool = True
+    #: Answer ``GET /v1/jobs/{id}`` and ``POST /v1/jobs`` without FastAPI's per-request
+    #: machinery (:mod:`crucible_server.fastpath`); the answers are the same either way.
+    fast_path: bool = True
 
 
 class _BodyLimit:
@@ -107,7 +119,7 @@ class _BodyLimit:
             return
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await _send_problem(scope, receive, send, self._error())
+                await _problem_response(too_large(self.limit))(scope, receive, send)
                 return
         seen = 0
 
@@ -117,24 +129,13 @@ class _BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise self._error()
+                    raise too_large(self.limit)
             return message
 
         await self.app(scope, limited, send)
 
-    def _error(self) -> TooLarge:
-        return TooLarge(
-            f"the request body is larger than {self.limit} bytes",
-            hint="send a smaller document",
-            limit=self.limit,
-        )
 
-
-async def _send_problem(scope: Any, receive: Any, send: Any, exc: CrucibleError) -> None:
-    await _problem_response(exc)(scope, receive, send)
-
-
-def _problem_response(exc: CrucibleError) -> Any:
+def _problem_response(exc: CrucibleError) -> Response:
     status, body = problem_body(exc)
     headers = {}
     retry = exc.details.get("retry_after_s")
@@ -145,7 +146,14 @@ def _problem_response(exc: CrucibleError) -> Any:
     return Response(_encoder.encode(body), status, headers=headers, media_type=PROBLEM_JSON)
 
 
-def _json(obj: Any, status: int = 200) -> Any:
+def _error_response(exc: Exception) -> Response:
+    """The problem+json answer to any exception (a bug is a 500 naming only its type)."""
+    if not isinstance(exc, CrucibleError):
+        exc = CrucibleError(f"internal error: {type(exc).__name__}")
+    return _problem_response(exc)
+
+
+def _json(obj: Any, status: int = 200) -> Response:
     return Response(_encoder.encode(obj), status, media_type="application/json")
 
 
@@ -188,12 +196,13 @@ def build_app(
     cfg = settings or ServerSettings()
     limiter = RateLimiter(cfg.rate_per_s, cfg.rate_burst) if tokens is not None else None
     hashes = Sha256Cache()
+    progress = ProgressCache()
     metrics = _Metrics(scheduler)
     heartbeat_s = cfg.heartbeat_s if cfg.heartbeat_s > 0 else None
     feeds = Feeds(scheduler, cfg.poll_s, run_in_threadpool, heartbeat_s)
     commits = GroupCommit(scheduler, run_in_threadpool)
 
-    app = FastAPI(
+    app = _App(
         title="Crucible API",
         version=API_VERSION,
         description="Submit, watch and manage Crucible jobs; see docs/server.md.",
@@ -206,7 +215,47 @@ def build_app(
     art = Depends(requires("artifacts:read", tokens, limiter))
 
     def owned(job_id: str, p: Principal) -> Job:
-        return owned_job(scheduler, job_id, p, hint="`GET /v1/jobs` lists your jobs")
+        return owned_job(scheduler, job_id, p, hint=_JOBS_HINT)
+
+    # -- the hot handlers: called by their FastAPI routes and by the fast path ---
+
+    async def submit(body: bytes, p: Principal, idempotency_key: str | None) -> Response:
+        # Parsing is cheap and runs here; only a training job's plan (backends' capabilities,
+        # maybe first imports) goes to the thread pool.
+        job = job_from_body(body, principal=p, base=cfg.base_dir, idempotency_key=idempotency_key)
+        if cfg.check_plan and job.kind == "training_run":
+            problems = await run_in_threadpool(plan_problems, job)
+            if problems:
+                first = problems[0]
+                raise ConfigError(
+                    f"the plan refuses this job: {first.get('field')}: {first.get('message')}",
+                    hint="POST /v1/plan shows the whole plan",
+                    problems=problems,
+                )
+        job = msgspec.structs.replace(job, id=job.id or new_id("job", now=scheduler.now()))
+        stored = await commits.enqueue(job)
+        created = stored.id == job.id
+        view = Submitted(
+            job_id=stored.id,
+            status=stored.status,
+            created=created,
+            url=f"/v1/jobs/{stored.id}",
+            stream_url=f"/v1/jobs/{stored.id}/events",
+        )
+        return _json(view, 201 if created else 200)
+
+    async def job_view(job_id: str, p: Principal) -> Response:
+        # A coroutine: the reads (indexed SQLite rows in WAL mode, the telemetry's tail)
+        # take microseconds, less than a hop to the thread pool and back.
+        job, ref = owned_job_and_checkpoint(scheduler, job_id, p, hint=_JOBS_HINT)
+        return _json(
+            JobView(
+                job=job,
+                progress=progress.of(job_id),
+                checkpoint=_checkpoint(job, ref),
+                links=links(job_id),
+            )
+        )
 
     # -- errors ---------------------------------------------------------------
 
@@ -231,7 +280,7 @@ def build_app(
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception) -> Any:  # pyright: ignore[reportUnusedFunction]
-        return _problem_response(CrucibleError(f"internal error: {type(exc).__name__}"))
+        return _error_response(exc)
 
     # -- health and metrics ---------------------------------------------------
 
@@ -282,33 +331,10 @@ def build_app(
     async def submit_job(  # pyright: ignore[reportUnusedFunction]
         request: Request,
         p: Principal = write,
-        idempotency_key: str | None = Header(default=None, max_length=200),
+        idempotency_key: str | None = Header(default=None, max_length=IDEMPOTENCY_KEY_MAX),
     ) -> Any:
         """Enqueue a Job, a TrainingJob or an Experiment; answered once committed."""
-        body = await request.body()
-        # Parsing is cheap and runs here; only a training job's plan (backends' capabilities,
-        # maybe first imports) goes to the thread pool.
-        job = job_from_body(body, principal=p, base=cfg.base_dir, idempotency_key=idempotency_key)
-        if cfg.check_plan and job.kind == "training_run":
-            problems = await run_in_threadpool(plan_problems, job)
-            if problems:
-                first = problems[0]
-                raise ConfigError(
-                    f"the plan refuses this job: {first.get('field')}: {first.get('message')}",
-                    hint="POST /v1/plan shows the whole plan",
-                    problems=problems,
-                )
-        job = msgspec.structs.replace(job, id=job.id or new_id("job", now=scheduler.now()))
-        stored = await commits.enqueue(job)
-        created = stored.id == job.id
-        view = Submitted(
-            job_id=stored.id,
-            status=stored.status,
-            created=created,
-            url=f"/v1/jobs/{stored.id}",
-            stream_url=f"/v1/jobs/{stored.id}/events",
-        )
-        return _json(view, 201 if created else 200)
+        return await submit(await request.body(), p, idempotency_key)
 
     @app.get("/v1/jobs", tags=["jobs"], responses=_ok("JobPage"))
     def list_jobs(  # pyright: ignore[reportUnusedFunction]
@@ -336,15 +362,7 @@ def build_app(
     @app.get("/v1/jobs/{job_id}", tags=["jobs"], responses=_ok("JobView"))
     async def get_job(job_id: str, p: Principal = read) -> Any:  # pyright: ignore[reportUnusedFunction]
         """Status, progress and latest metrics (from telemetry), last checkpoint, links."""
-        job = owned(job_id, p)
-        return _json(
-            JobView(
-                job=job,
-                progress=latest_progress(job_id),
-                checkpoint=_checkpoint(scheduler, job),
-                links=links(job_id),
-            )
-        )
+        return await job_view(job_id, p)
 
     @app.post("/v1/jobs/{job_id}/cancel", tags=["jobs"], responses=_ok("Job"))
     def cancel_job(job_id: str, p: Principal = write) -> Any:  # pyright: ignore[reportUnusedFunction]
@@ -400,8 +418,7 @@ def build_app(
         """
         await websocket.accept()
         try:
-            p = authenticate(websocket.headers.get("authorization"), tokens, limiter)
-            p.require("jobs:read")
+            p = authorize(websocket.headers.get("authorization"), "jobs:read", tokens, limiter)
             owned(job_id, p)
         except CrucibleError as exc:
             status, body = problem_body(exc)
@@ -539,14 +556,24 @@ def build_app(
 
     mount_dashboard(app, scheduler, tokens=tokens, limiter=limiter)
     app.add_middleware(_BodyLimit, limit=cfg.max_body_bytes)
-    app.add_middleware(_CountRequests, counter=metrics.requests)
+    app.add_middleware(_CountRequests, count=metrics.count)
+    if cfg.fast_path:
+        app.front = lambda stack: HotRoutes(
+            stack,
+            authorize=lambda header, scope: authorize(header, scope, tokens, limiter),
+            get_job=job_view,
+            submit=submit,
+            error=_error_response,
+            count=metrics.count,
+            max_body_bytes=cfg.max_body_bytes,
+        )
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app
 
 
-def _checkpoint(scheduler: Scheduler, job: Job) -> CheckpointRef | None:
-    """The job's resume point: the scheduler's record, or a training run's trainer_state.json."""
-    ref = scheduler.last_checkpoint(job.id)
+def _checkpoint(job: Job, ref: CheckpointRef | None) -> CheckpointRef | None:
+    """The job's resume point: the scheduler's record ``ref``, or a training run's
+    trainer_state.json."""
     if ref is not None or job.kind != "training_run":
         return ref
     from crucible_core.train.state import read_loop_state
@@ -569,12 +596,27 @@ def _http_problem(status: int, detail: str) -> tuple[int, dict[str, Any]]:
     }
 
 
+class _App(FastAPI):
+    """FastAPI with an optional ASGI app in front of its whole middleware stack.
+
+    ``front(stack)`` wraps the built stack (error handling, middlewares, router):
+    the fast path (:mod:`crucible_server.fastpath`) answers its routes there
+    without passing through any of it.
+    """
+
+    front: Callable[[Any], Any] | None = None
+
+    def build_middleware_stack(self) -> Any:
+        stack = super().build_middleware_stack()
+        return stack if self.front is None else self.front(stack)
+
+
 class _CountRequests:
     """ASGI middleware: counts answered requests by method and status (streams included)."""
 
-    def __init__(self, app: Any, counter: Any) -> None:
+    def __init__(self, app: Any, count: Callable[[str, int], None]) -> None:
         self.app = app
-        self.counter = counter
+        self.count = count
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -584,7 +626,7 @@ class _CountRequests:
 
         async def counting(message: Any) -> None:
             if message["type"] == "http.response.start":
-                self.counter.labels(method, str(message["status"])).inc()
+                self.count(method, message["status"])
             await send(message)
 
         await self.app(scope, receive, counting)
@@ -607,6 +649,14 @@ class _Metrics:
             "crucible_jobs", "Jobs in the queue by status", ["status"], registry=self.registry
         )
         self._scheduler = scheduler
+        self._children: dict[tuple[str, int], Any] = {}  # labels() takes a lock: once each
+
+    def count(self, method: str, status: int) -> None:
+        """One more answered request."""
+        child = self._children.get((method, status))
+        if child is None:
+            child = self._children[method, status] = self.requests.labels(method, str(status))
+        child.inc()
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

@@ -12,12 +12,22 @@ from typing import Any
 
 from starlette.requests import Request
 
-from crucible_core.errors import NotFound
+from crucible_core.errors import NotFound, TooLarge
+from crucible_core.ir.backend import CheckpointRef
 from crucible_core.ir.work import Job
 from crucible_server.auth import Principal, RateLimiter, authenticate
 from crucible_server.tokens import TokenStore
 
-__all__ = ["owned_job", "requires"]
+__all__ = ["authorize", "owned_job", "owned_job_and_checkpoint", "requires", "too_large"]
+
+
+def authorize(
+    authorization: str | None, scope: str, tokens: TokenStore | None, limiter: RateLimiter | None
+) -> Principal:
+    """The caller of an ``Authorization`` header, who must hold ``scope`` (401/403/429 if not)."""
+    p = authenticate(authorization, tokens, limiter)
+    p.require(scope)
+    return p
 
 
 def requires(
@@ -32,9 +42,7 @@ def requires(
     """
 
     async def dependency(request: Request) -> Principal:
-        p = authenticate(request.headers.get("authorization"), tokens, limiter)
-        p.require(scope)
-        return p
+        return authorize(request.headers.get("authorization"), scope, tokens, limiter)
 
     dependency.__name__ = f"require_{scope.replace(':', '_')}"
     return dependency
@@ -42,11 +50,29 @@ def requires(
 
 def owned_job(scheduler: Any, job_id: str, p: Principal, *, hint: str) -> Job:
     """Job ``job_id`` if it is ``p``'s tenant's; NotFound (with ``hint``) otherwise."""
-    missing = NotFound(f"no job {job_id!r}", hint=hint)
+    return owned_job_and_checkpoint(scheduler, job_id, p, hint=hint, checkpoint=False)[0]
+
+
+def owned_job_and_checkpoint(
+    scheduler: Any, job_id: str, p: Principal, *, hint: str, checkpoint: bool = True
+) -> tuple[Job, CheckpointRef | None]:
+    """:func:`owned_job` with the job's last recorded checkpoint, read together."""
     try:
-        job: Job = scheduler.get(job_id)
+        if checkpoint:
+            job, ref = scheduler.get_with_checkpoint(job_id)
+        else:
+            job, ref = scheduler.get(job_id), None
     except NotFound:
-        raise missing from None
-    if job.tenant_id != p.tenant_id:
-        raise missing
-    return job
+        job = ref = None
+    if job is None or job.tenant_id != p.tenant_id:
+        raise NotFound(f"no job {job_id!r}", hint=hint) from None
+    return job, ref
+
+
+def too_large(limit: int) -> TooLarge:
+    """The refusal of a request body over ``limit`` bytes (413)."""
+    return TooLarge(
+        f"the request body is larger than {limit} bytes",
+        hint="send a smaller document",
+        limit=limit,
+    )

@@ -12,6 +12,7 @@ numbering never shifts) and is skipped.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import msgspec
 from crucible_core.records.events import TELEMETRY_FILE, Event
 from crucible_core.records.paths import run_dir
 
-__all__ = ["TelemetryTail", "latest_progress"]
+__all__ = ["ProgressCache", "TelemetryTail", "latest_progress"]
 
 _decoder = msgspec.json.Decoder(Event)
 
@@ -92,15 +93,16 @@ class TelemetryTail:
         return out
 
 
-def latest_progress(job_id: str, *, window: int = 65536) -> dict[str, Any]:
-    """Step, total steps, latest loss/metrics and last checkpoint, from the telemetry's tail."""
-    path = run_dir(job_id) / TELEMETRY_FILE
+def latest_progress(job_id: str, *, window: int = 65536, size: int | None = None) -> dict[str, Any]:
+    """Step, total steps, latest loss/metrics and last checkpoint, from the telemetry's tail
+    (its last ``window`` bytes; up to byte ``size`` when given, else to the end)."""
     try:
-        with open(path, "rb") as fh:
-            fh.seek(0, 2)
-            size = fh.tell()
-            fh.seek(max(0, size - window))
-            data = fh.read()
+        with open(os.path.join(run_dir(job_id), TELEMETRY_FILE), "rb") as fh:
+            if size is None:
+                size = fh.seek(0, 2)
+            start = max(0, size - window)
+            fh.seek(start)
+            data = fh.read(size - start)
     except FileNotFoundError:
         return {}
     out: dict[str, Any] = {}
@@ -121,3 +123,66 @@ def latest_progress(job_id: str, *, window: int = 65536) -> dict[str, Any]:
     if total is not None:
         out["total_steps"] = total
     return out
+
+
+class ProgressCache:
+    """:func:`latest_progress` per job, read again only when its telemetry changed.
+
+    Clients poll ``GET /v1/jobs/{id}`` and the dashboard its jobs table while
+    runs write telemetry: decoding the file's tail on every request cost far
+    more than the request. The file is append-only, so a job whose file has
+    the same inode, size and mtime has the same progress: one ``stat`` then.
+
+    The tail may no longer hold a long run's ``train.start`` (its total
+    steps): the total is then taken from an earlier read or, while the file is
+    short enough that it may still be coming, from the file's head. At most
+    ``max_jobs`` jobs are remembered (the oldest entry goes first).
+    """
+
+    def __init__(self, *, window: int = 65536, max_jobs: int = 4096) -> None:
+        self.window = window
+        self.max_jobs = max_jobs
+        self._known: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def of(self, job_id: str) -> dict[str, Any]:
+        """The job's progress (``{}`` before it has telemetry); do not modify it."""
+        path = os.path.join(run_dir(job_id), TELEMETRY_FILE)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return {}
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        hit = self._known.get(job_id)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        progress = latest_progress(job_id, window=self.window, size=st.st_size)
+        if "total_steps" not in progress:
+            total = hit[1].get("total_steps") if hit is not None else None
+            if total is None and (hit is None or st.st_size < 65536):
+                total = _total_from_head(path)
+            if total is not None:
+                progress["total_steps"] = total
+        with self._lock:
+            self._known.pop(job_id, None)  # re-inserted last: the newest entry
+            self._known[job_id] = (key, progress)
+            while len(self._known) > self.max_jobs:
+                del self._known[next(iter(self._known))]
+        return progress
+
+
+def _total_from_head(path: str) -> int | None:
+    """``total_steps`` of the ``train.start`` event among the file's first 200 lines."""
+    try:
+        with open(path, "rb") as fh:
+            for _, raw in zip(range(200), fh, strict=False):
+                try:
+                    ev = _decoder.decode(raw)
+                except msgspec.DecodeError:
+                    continue
+                total = ev.data.get("total_steps") if ev.kind == "train.start" else None
+                if isinstance(total, int):
+                    return total
+    except FileNotFoundError:
+        return None
+    return None

@@ -7,6 +7,14 @@ the row up by its public ``id`` and compares digests with
 :func:`hmac.compare_digest`, so the comparison takes the same time whatever
 the secret. A revoked or expired token is refused like an unknown one.
 
+The API verifies a token on every request, so a verified token is remembered
+(by id, with its digest, compared again in constant time) while the token
+file is unchanged (its and its WAL's size, mtime and inode: one ``stat``
+each, no SQLite lock) and for at most :data:`VERIFIED_MAX_AGE_S`. A revoke
+or create, from this process or from ``crucible tokens`` in another, writes
+the file and so ends the reuse on the next request; the age bound covers a
+write the timestamps cannot tell apart. Expiry is checked on every call.
+
 Scopes: ``jobs:read``, ``jobs:write``, ``artifacts:read``, ``admin`` (admin
 implies every other scope).
 """
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 import secrets
 import sqlite3
@@ -35,6 +44,8 @@ _PREFIX: Final = "crk"
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: Longest reuse of a verification without reading the token table again (seconds).
+VERIFIED_MAX_AGE_S: Final = 1.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
@@ -119,7 +130,13 @@ class TokenStore:
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA busy_timeout = 10000")
+        # Every API request verifies a token: in WAL mode a read takes no file lock (half
+        # the time of a rollback-journal read) and never waits for `tokens create/revoke`.
+        self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute(_SCHEMA)
+        self._wal = f"{self.path}-wal"
+        # token id -> (verified at, file state then, digest, info)
+        self._verified: dict[str, _Verified] = {}
 
     def close(self) -> None:
         """Close the database."""
@@ -164,21 +181,47 @@ class TokenStore:
 
     def verify(self, token: str, *, now: float | None = None) -> TokenInfo:
         """The token's info; AuthError (same message whatever the reason) if it is not valid."""
-        refused = AuthError(
-            "the bearer token is not valid (unknown, revoked or expired)",
-            hint="create one with `crucible tokens create --tenant T --scopes jobs:read`",
-        )
         parts = token.split("_", 2)
         if len(parts) != 3 or parts[0] != _PREFIX:
-            raise refused
-        info, digest = self._row(parts[1])
-        # Compare even when the id is unknown, so timing does not tell ids apart.
-        ok = hmac.compare_digest(_digest(parts[2]), digest or "0" * 64)
-        if info is None or not ok or info.revoked_at is not None:
-            raise refused
+            raise _refused()
+        token_id, digest = parts[1], _digest(parts[2])
+        state, clock = self._file_state(), time.monotonic()
+        hit = self._verified.get(token_id)
+        if (
+            hit is not None
+            and hit[1] == state
+            and clock - hit[0] < VERIFIED_MAX_AGE_S
+            and hmac.compare_digest(hit[2], digest)
+        ):
+            info = hit[3]
+        else:
+            info, stored = self._row(token_id)
+            # Compare even when the id is unknown, so timing does not tell ids apart.
+            ok = hmac.compare_digest(digest, stored or "0" * 64)
+            if info is None or not ok or info.revoked_at is not None:
+                raise _refused()
+            self._remember(token_id, (clock, state, digest, info))
         if info.expires_at is not None and (now or time.time()) >= info.expires_at:
-            raise refused
+            raise _refused()
         return info
+
+    def _file_state(self) -> tuple[int, ...]:
+        """What changes whenever the token table is written (main file and WAL)."""
+        out: list[int] = []
+        for name in (self.path, self._wal):
+            try:
+                st = os.stat(name)
+            except FileNotFoundError:
+                out.extend((-1, -1, -1, -1))
+            else:
+                out.extend((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        return tuple(out)
+
+    def _remember(self, token_id: str, entry: _Verified) -> None:
+        with self._lock:
+            if len(self._verified) >= 10_000:  # bounded: stale entries are useless anyway
+                self._verified.clear()
+            self._verified[token_id] = entry
 
     def list(self) -> list[TokenInfo]:
         """Every token, oldest first (revoked ones included)."""
@@ -196,6 +239,7 @@ class TokenStore:
                 "UPDATE tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
                 (time.time(), token_id),
             )
+        self._verified.pop(token_id, None)
         if cur.rowcount == 0:
             raise NotFound(f"no token {token_id!r}", hint="`crucible tokens list` shows the ids")
         info, _ = self._row(token_id)
@@ -220,6 +264,17 @@ class TokenStore:
         if row is None:
             return None, None
         return _info(row[:7]), str(row[7])
+
+
+#: A remembered verification: when, the token file's state then, the digest, the info.
+_Verified = tuple[float, tuple[int, ...], str, TokenInfo]
+
+
+def _refused() -> AuthError:
+    return AuthError(
+        "the bearer token is not valid (unknown, revoked or expired)",
+        hint="create one with `crucible tokens create --tenant T --scopes jobs:read`",
+    )
 
 
 def _info(row: tuple[object, ...]) -> TokenInfo:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from crucible_server.auth import RateLimiter
-from crucible_server.tokens import TokenStore, parse_duration
+from crucible_server.tokens import VERIFIED_MAX_AGE_S, TokenStore, parse_duration
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -103,3 +103,43 @@ def test_rate_limiter_never_exceeds_burst_plus_rate_times_elapsed(gaps: list[flo
 def test_plugin_modules_import_nothing_heavy() -> None:
     for module in ("crucible_server.plugin", "crucible_server.cli", "crucible_server.tokens"):
         check_light_import(module, heavy=["fastapi", "uvicorn", "starlette", "torch", "httpx"])
+
+
+def _selects(store: TokenStore) -> list[str]:
+    seen: list[str] = []
+    store._conn.set_trace_callback(seen.append)  # pyright: ignore[reportPrivateUsage]
+    return seen
+
+
+def test_a_verification_is_reused_only_while_the_token_file_is_unchanged(tmp_path: Path) -> None:
+    """The API's store and `crucible tokens` (another connection) on one file."""
+    api = TokenStore(tmp_path / "t.db")
+    cli = TokenStore(tmp_path / "t.db")
+    token, info = cli.create("acme", ["jobs:read"])
+    other, _ = cli.create("acme", ["jobs:read"])
+    sql = _selects(api)
+    assert api.verify(token).id == info.id
+    assert api.verify(token).id == info.id
+    assert len(sql) == 1  # the second check read no row
+    prefix, tid, secret = token.split("_", 2)
+    with pytest.raises(AuthError):  # a remembered id with another secret
+        api.verify(f"{prefix}_{tid}_{secret[::-1]}")
+    cli.revoke(info.id)  # from the other connection: refused on the very next request
+    with pytest.raises(AuthError):
+        api.verify(token)
+    assert api.verify(other).tenant_id == "acme"
+    api.close()
+    cli.close()
+
+
+def test_a_verification_is_read_again_after_its_max_age(tmp_path: Path) -> None:
+    store = TokenStore(tmp_path / "t.db")
+    token, _ = store.create("acme", ["jobs:read"])
+    sql = _selects(store)
+    store.verify(token)
+    store.verify(token)
+    assert len(sql) == 1
+    time.sleep(VERIFIED_MAX_AGE_S + 0.05)
+    store.verify(token)
+    assert len(sql) == 2
+    store.close()

@@ -20,7 +20,6 @@ See the package docstring for why pages are shells. Contract:
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -37,7 +36,7 @@ from crucible_server.auth import Principal, RateLimiter
 from crucible_server.dashboard.experiments import Reports
 from crucible_server.filehash import Sha256Cache
 from crucible_server.guards import owned_job, requires
-from crucible_server.telemetry import latest_progress
+from crucible_server.telemetry import ProgressCache, latest_progress
 
 if TYPE_CHECKING:
     from jinja2 import Environment
@@ -75,67 +74,6 @@ def _templates() -> Environment:
     )
 
 
-class _Progress:
-    """Jobs' progress for the jobs table, recomputed only when their telemetry changed.
-
-    ``latest_progress`` reads the tail of telemetry.jsonl, where a long run's
-    ``train.start`` (its total steps) no longer is: the total is taken from the
-    file's head once and kept.
-    """
-
-    def __init__(self) -> None:
-        self._known: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
-        self._lock = threading.Lock()
-
-    def of(self, job_id: str) -> dict[str, Any]:
-        from crucible_core.records.events import TELEMETRY_FILE
-
-        path = run_dir(job_id) / TELEMETRY_FILE
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            return {}
-        key = (st.st_size, st.st_mtime_ns)
-        with self._lock:
-            hit = self._known.get(job_id)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        progress = latest_progress(job_id, window=8192)
-        if "total_steps" not in progress:
-            # Known from an earlier read, else from the head (read again only while the
-            # file is short enough that train.start may still be coming).
-            total = hit[1].get("total_steps") if hit is not None else None
-            if total is None and (hit is None or st.st_size < 65536):
-                total = _total_from_head(path)
-            if total is not None:
-                progress["total_steps"] = total
-        with self._lock:
-            self._known[job_id] = (key, progress)
-        return progress
-
-
-def _total_from_head(path: Path) -> int | None:
-    """``total_steps`` of the ``train.start`` event among the file's first lines."""
-    import json
-
-    with open(path, "rb") as fh:
-        for _, raw in zip(range(200), fh, strict=False):
-            try:
-                event = json.loads(raw)
-            except ValueError:
-                continue
-            if not isinstance(event, dict):
-                continue
-            total = (
-                event.get("data", {}).get("total_steps")
-                if event.get("kind") == "train.start"
-                else None
-            )
-            if isinstance(total, int):
-                return total
-    return None
-
-
 def job_summary(job: Job, progress: dict[str, Any] | None = None) -> dict[str, Any]:
     """The row the jobs table shows: name, backend and progress next to the record."""
     payload: Any = job.payload if isinstance(job.payload, dict) else {}
@@ -167,7 +105,7 @@ def mount_dashboard(
     """Add the dashboard's pages, static files and ``/ui/api`` routes to ``app``."""
     env = _templates()
     hashes = Sha256Cache()
-    progress = _Progress()
+    progress = ProgressCache(window=8192)
     reports = Reports()
     app.mount("/ui/static", StaticFiles(directory=_HERE / "static"), name="dashboard-static")
 
