@@ -267,3 +267,20 @@ def test_run_dirs_follow_the_environment_on_every_call(
     for _ in range(2):  # a refusal is never remembered as a path
         with pytest.raises(ConfigError):
             paths.run_dir("../r1")
+
+
+@settings(max_examples=200, deadline=None)
+@given(now=st.floats(min_value=0, max_value=4_000_000_000), prefix=st.sampled_from(["job", "run"]))
+def test_new_ids_obey_the_id_rule_and_carry_their_utc_second(now: float, prefix: str) -> None:
+    from datetime import UTC, datetime
+
+    from crucible_core.ids import new_id
+
+    made = new_id(prefix, now=now)
+    assert is_valid_id(made)
+    stamp = datetime.fromtimestamp(int(now), UTC).strftime("%Y%m%d-%H%M%S")
+    head, _, tail = made.rpartition("-")
+    assert head == f"{prefix}-{stamp}"
+    assert len(tail) == 10
+    assert int(tail, 16) >= 0
+    assert new_id(prefix, now=now) != made  # 40 random bits

@@ -9,8 +9,8 @@ the secret. A revoked or expired token is refused like an unknown one.
 
 The API verifies a token on every request, so a verified token is remembered
 (by id, with its digest, compared again in constant time) while the token
-file is unchanged (its and its WAL's size, mtime and inode: one ``stat``
-each, no SQLite lock) and for at most :data:`VERIFIED_MAX_AGE_S`. A revoke
+file is unchanged (the WAL's, else the file's, size, times and inode: one
+``stat``, no SQLite lock) and for at most :data:`VERIFIED_MAX_AGE_S`. A revoke
 or create, from this process or from ``crucible tokens`` in another, writes
 the file and so ends the reuse on the next request; the age bound covers a
 write the timestamps cannot tell apart. Expiry is checked on every call.
@@ -206,16 +206,16 @@ class TokenStore:
         return info
 
     def _file_state(self) -> tuple[int, ...]:
-        """What changes whenever the token table is written (main file and WAL)."""
-        out: list[int] = []
-        for name in (self.path, self._wal):
+        """What changes whenever the token table is written: in WAL mode every commit
+        writes the WAL file (the main file changes only when a checkpoint copies the
+        WAL into it), else the main file. One ``stat``."""
+        for which, name in enumerate((self._wal, self.path)):
             try:
                 st = os.stat(name)
             except FileNotFoundError:
-                out.extend((-1, -1, -1, -1))
-            else:
-                out.extend((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
-        return tuple(out)
+                continue
+            return (which, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return ()
 
     def _remember(self, token_id: str, entry: _Verified) -> None:
         with self._lock:
