@@ -23,6 +23,10 @@ Contract:
   telemetry fully sent.
 - Request bodies above ``max_body_bytes`` are refused (413) before they are
   read in full.
+- ``GET /v1/jobs/{id}`` and ``POST /v1/jobs`` are answered by
+  :mod:`crucible_server.fastpath` in front of FastAPI's middleware stack, with
+  the same handlers and answers as their FastAPI routes (which answer instead
+  with ``ServerSettings(fast_path=False)``).
 """
 
 from __future__ import annotations
