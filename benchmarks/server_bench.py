@@ -411,6 +411,9 @@ def main() -> None:
             )
         )
         print(f"{label:<28} {med[name]:>8.0f} {vs_def:>8.2f} {vs_async:>8.2f}  {flag}")
+    print("rounds (req/s, in order):")
+    for name, values in runs.items():
+        print(f"  {name:<10} {[round(v) for v in values]}")
     if args.fanout:
         _fanout(args.fanout, args.steps, args.rounds, args.pin)
 

@@ -12,8 +12,10 @@ and the CLI's run lookup all use this module, so the rule cannot drift.
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import threading
 import time
 
 from crucible_core.errors import ConfigError
@@ -69,7 +71,41 @@ def new_id(prefix: str, *, now: float | None = None) -> str:
     index; a person can read when a run started), and 40 random bits make two
     ids made in the same second collide about once in 10**12 pairs.
     """
-    # time.strftime and os.urandom: half the cost of datetime formatting and secrets (the
-    # API makes one per submission); the same text, the same randomness source.
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() if now is None else now))
-    return f"{prefix}-{stamp}-{os.urandom(5).hex()}"
+    return f"{prefix}-{_stamp(time.time() if now is None else now)}-{_random_hex(5)}"
+
+
+# The API makes an id per submission, and on small VMs each system call costs
+# microseconds: the formatted second is kept until the clock moves on, and the random
+# bytes (os.urandom, as secrets uses) are read 4 KB at a time. A forked child drops the
+# parent's unread bytes, so the two never hand out the same ones.
+_stamp_cache: tuple[int, str] = (-(2**62), "")
+_pool: bytes = b""
+_pool_at = 0
+_pool_lock = threading.Lock()
+
+
+def _stamp(now: float) -> str:
+    global _stamp_cache
+    second = math.floor(now)
+    cached = _stamp_cache
+    if cached[0] != second:
+        cached = _stamp_cache = (second, time.strftime("%Y%m%d-%H%M%S", time.gmtime(second)))
+    return cached[1]
+
+
+def _random_hex(n: int) -> str:
+    global _pool, _pool_at
+    with _pool_lock:
+        if _pool_at + n > len(_pool):
+            _pool, _pool_at = os.urandom(max(4096, n)), 0
+        out = _pool[_pool_at : _pool_at + n]
+        _pool_at += n
+    return out.hex()
+
+
+def _drop_pool() -> None:
+    global _pool, _pool_at
+    _pool, _pool_at = b"", 0
+
+
+os.register_at_fork(after_in_child=_drop_pool)

@@ -284,3 +284,39 @@ def test_new_ids_obey_the_id_rule_and_carry_their_utc_second(now: float, prefix:
     assert len(tail) == 10
     assert int(tail, 16) >= 0
     assert new_id(prefix, now=now) != made  # 40 random bits
+
+
+def test_new_ids_differ_across_threads_and_a_fork() -> None:
+    """Random bytes are read in bulk: threads must not share a draw, nor a forked child
+    its parent's unread ones (the child would repeat the parent's next ids)."""
+    import threading
+
+    from crucible_core.ids import new_id
+
+    made: list[str] = []
+    lock = threading.Lock()
+
+    def draw() -> None:
+        ids = [new_id("job", now=0) for _ in range(2000)]
+        with lock:
+            made.extend(ids)
+
+    threads = [threading.Thread(target=draw) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(made)) == 8000
+
+    new_id("job")  # the pool holds unread bytes now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id and leave at once
+        os.write(write, new_id("job", now=0).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 200).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child.startswith("job-19700101-000000-")
+    assert new_id("job", now=0) != child

@@ -207,8 +207,8 @@ def test_generated_ids_of_one_batch_never_collide(
     """
     from crucible_core import ids as module
 
-    draws = iter([b"\xaa" * 5, b"\xaa" * 5, b"\xbb" * 5])
-    monkeypatch.setattr(module.os, "urandom", lambda n: next(draws))
+    draws = iter(["aaaaaaaaaa", "aaaaaaaaaa", "bbbbbbbbbb"])
+    monkeypatch.setattr(module, "_random_hex", lambda n: next(draws))
     first, second = sched.enqueue_many([job(), job()])
     assert first.id != second.id
     assert {first.id[-10:], second.id[-10:]} == {"aaaaaaaaaa", "bbbbbbbbbb"}
