@@ -23,7 +23,12 @@ from crucible_core.ir.training import RLConfig
 from crucible_core.plugins import PluginHost
 from crucible_core.train.rewards import call_reward, resolve_reward
 from crucible_core.train.rl import rl_job
-from crucible_core.train.rollouts import group_advantages, sample_datum, sample_seed
+from crucible_core.train.rollouts import (
+    ADVANTAGE_STD_FLOOR,
+    group_advantages,
+    sample_datum,
+    sample_seed,
+)
 
 BASE = """
 workflow = "rl"
@@ -113,10 +118,17 @@ def test_group_advantages_are_centred_and_keep_the_order(values: list[float]) ->
 def test_scaled_advantages_have_unit_spread_or_are_zero(values: list[float]) -> None:
     adv = group_advantages(values, scale=True)
     spread = math.sqrt(sum(a * a for a in adv) / len(adv))
-    if max(values) - min(values) < 1e-6:
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    if std < ADVANTAGE_STD_FLOOR:  # (rewards 1.2e-7 apart are still told apart)
         assert adv == [0.0] * len(values)
     else:
         assert spread == pytest.approx(1.0, rel=1e-6)
+
+
+def test_near_equal_rewards_are_still_told_apart_and_equal_ones_are_not() -> None:
+    assert group_advantages([0.0, 1.192092896e-07], scale=True) == [-1.0, 1.0]
+    assert group_advantages([0.25, 0.25, 0.25], scale=True) == [0.0, 0.0, 0.0]
 
 
 @given(

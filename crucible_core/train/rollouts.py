@@ -24,11 +24,16 @@ from collections.abc import Sequence
 
 from crucible_core.ir.backend import Datum, LossFnInputs
 
-__all__ = ["group_advantages", "sample_datum", "sample_seed"]
+__all__ = ["ADVANTAGE_STD_FLOOR", "group_advantages", "sample_datum", "sample_seed"]
+
+#: With ``scale``, a group whose rewards' population std is below this gets zero
+#: advantages (there is nothing to tell its samples apart by) instead of a division.
+ADVANTAGE_STD_FLOOR = 1e-8
 
 
 def group_advantages(rewards: Sequence[float], *, scale: bool = False) -> list[float]:
-    """``r - mean(rewards)`` for each reward, over the population std when ``scale``."""
+    """``r - mean(rewards)`` for each reward, over the population std when ``scale``
+    (all zero when that std is below :data:`ADVANTAGE_STD_FLOOR`)."""
     if not rewards:
         return []
     mean = sum(rewards) / len(rewards)
@@ -36,7 +41,7 @@ def group_advantages(rewards: Sequence[float], *, scale: bool = False) -> list[f
     if not scale:
         return centred
     std = math.sqrt(sum(c * c for c in centred) / len(centred))
-    if std < 1e-8:
+    if std < ADVANTAGE_STD_FLOOR:
         return [0.0] * len(centred)
     return [c / std for c in centred]
 
