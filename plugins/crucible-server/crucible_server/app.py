@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import inspect
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,9 +55,11 @@ from crucible_core.ir.training import TrainingJob
 from crucible_core.ir.work import Job
 from crucible_core.records.events import Event
 from crucible_core.records.paths import run_dir
+from crucible_core.train.state import STATE_FILE
 from crucible_server.auth import Principal, RateLimiter
 from crucible_server.fastpath import IDEMPOTENCY_KEY_MAX, HotRoutes
 from crucible_server.feeds import Feeds
+from crucible_server.filecache import StatCache
 from crucible_server.filehash import Sha256Cache
 from crucible_server.groupcommit import GroupCommit
 from crucible_server.guards import (
@@ -201,6 +204,15 @@ def build_app(
     limiter = RateLimiter(cfg.rate_per_s, cfg.rate_burst) if tokens is not None else None
     hashes = Sha256Cache()
     progress = ProgressCache()
+    resume_points = StatCache(_resume_point)
+
+    def checkpoint_of(job: Job, ref: CheckpointRef | None) -> CheckpointRef | None:
+        """The job's resume point: the scheduler's record ``ref``, or a training run's
+        trainer_state.json (read again only when it changed)."""
+        if ref is not None or job.kind != "training_run":
+            return ref
+        return resume_points.get(os.path.join(run_dir(job.id), STATE_FILE))
+
     metrics = _Metrics(scheduler)
     heartbeat_s = cfg.heartbeat_s if cfg.heartbeat_s > 0 else None
     feeds = Feeds(scheduler, cfg.poll_s, run_in_threadpool, heartbeat_s)
@@ -256,7 +268,7 @@ def build_app(
             JobView(
                 job=job,
                 progress=progress.of(job_id),
-                checkpoint=_checkpoint(job, ref),
+                checkpoint=checkpoint_of(job, ref),
                 links=links(job_id),
             )
         )
@@ -575,16 +587,14 @@ def build_app(
     return app
 
 
-def _checkpoint(job: Job, ref: CheckpointRef | None) -> CheckpointRef | None:
-    """The job's resume point: the scheduler's record ``ref``, or a training run's
-    trainer_state.json."""
-    if ref is not None or job.kind != "training_run":
-        return ref
-    from crucible_core.train.state import read_loop_state
+def _resume_point(path: str, st: object, previous: object) -> CheckpointRef | None:
+    """The newest checkpoint named by a run's trainer_state.json (None if unreadable)."""
+    from crucible_core.train.state import LoopState
 
     try:
-        state = read_loop_state(run_dir(job.id))
-    except CrucibleError:
+        with open(path, "rb") as fh:
+            state = msgspec.json.decode(fh.read(), type=LoopState)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
         return None
     return state.checkpoints[-1].ref if state.checkpoints else None
 

@@ -12,7 +12,6 @@ numbering never shifts) and is skipped.
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import msgspec
 
 from crucible_core.records.events import TELEMETRY_FILE, Event
 from crucible_core.records.paths import run_dir
+from crucible_server.filecache import StatCache
 
 __all__ = ["ProgressCache", "TelemetryTail", "latest_progress"]
 
@@ -96,8 +96,12 @@ class TelemetryTail:
 def latest_progress(job_id: str, *, window: int = 65536, size: int | None = None) -> dict[str, Any]:
     """Step, total steps, latest loss/metrics and last checkpoint, from the telemetry's tail
     (its last ``window`` bytes; up to byte ``size`` when given, else to the end)."""
+    return _progress_of(os.path.join(run_dir(job_id), TELEMETRY_FILE), window=window, size=size)
+
+
+def _progress_of(path: str, *, window: int, size: int | None) -> dict[str, Any]:
     try:
-        with open(os.path.join(run_dir(job_id), TELEMETRY_FILE), "rb") as fh:
+        with open(path, "rb") as fh:
             if size is None:
                 size = fh.seek(0, 2)
             start = max(0, size - window)
@@ -126,12 +130,8 @@ def latest_progress(job_id: str, *, window: int = 65536, size: int | None = None
 
 
 class ProgressCache:
-    """:func:`latest_progress` per job, read again only when its telemetry changed.
-
-    Clients poll ``GET /v1/jobs/{id}`` and the dashboard its jobs table while
-    runs write telemetry: decoding the file's tail on every request cost far
-    more than the request. The file is append-only, so a job whose file has
-    the same inode, size and mtime has the same progress: one ``stat`` then.
+    """:func:`latest_progress` per job, read again only when its telemetry changed
+    (:class:`~crucible_server.filecache.StatCache`).
 
     The tail may no longer hold a long run's ``train.start`` (its total
     steps): the total is then taken from an earlier read or, while the file is
@@ -141,33 +141,23 @@ class ProgressCache:
 
     def __init__(self, *, window: int = 65536, max_jobs: int = 4096) -> None:
         self.window = window
-        self.max_jobs = max_jobs
-        self._known: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
-        self._lock = threading.Lock()
+        self._files = StatCache(self._read, max_files=max_jobs)
 
     def of(self, job_id: str) -> dict[str, Any]:
         """The job's progress (``{}`` before it has telemetry); do not modify it."""
-        path = os.path.join(run_dir(job_id), TELEMETRY_FILE)
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return {}
-        key = (st.st_ino, st.st_size, st.st_mtime_ns)
-        hit = self._known.get(job_id)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        progress = latest_progress(job_id, window=self.window, size=st.st_size)
+        found = self._files.get(os.path.join(run_dir(job_id), TELEMETRY_FILE))
+        return {} if found is None else found
+
+    def _read(
+        self, path: str, st: os.stat_result, previous: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        progress = _progress_of(path, window=self.window, size=st.st_size)
         if "total_steps" not in progress:
-            total = hit[1].get("total_steps") if hit is not None else None
-            if total is None and (hit is None or st.st_size < 65536):
+            total = previous.get("total_steps") if previous is not None else None
+            if total is None and (previous is None or st.st_size < 65536):
                 total = _total_from_head(path)
             if total is not None:
                 progress["total_steps"] = total
-        with self._lock:
-            self._known.pop(job_id, None)  # re-inserted last: the newest entry
-            self._known[job_id] = (key, progress)
-            while len(self._known) > self.max_jobs:
-                del self._known[next(iter(self._known))]
         return progress
 
 

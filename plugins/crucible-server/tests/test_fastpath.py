@@ -196,3 +196,25 @@ def test_a_client_gone_mid_body_leaves_no_job(pair, clients, tokens: TokenStore)
     auth = {"Authorization": f"Bearer {acme}"}
     assert clients[0].get("/v1/jobs", headers=auth).json()["items"] == []
     assert clients[0].post("/v1/jobs", json=STEP, headers=auth).status_code == 201
+
+
+def test_a_training_runs_resume_point_follows_its_trainer_state(
+    pair, clients, tokens: TokenStore
+) -> None:
+    """Without a checkpoint recorded in the queue, a training run's resume point is its
+    run directory's trainer_state.json, read again when a save replaces it."""
+    from crucible_core.ir.work import Job
+    from crucible_core.records.artifacts import write_json
+    from crucible_core.records.paths import run_dir
+    from crucible_core.train.loop import LoopState, SavedCheckpoint
+    from crucible_core.train.state import STATE_FILE
+
+    acme, _ = tokens.create("acme", ["jobs:read"])
+    auth = {"Authorization": f"Bearer {acme}"}
+    job = pair[0].scheduler.enqueue(Job(kind="training_run", payload={}, tenant_id="acme"))
+    assert _same(clients, "GET", f"/v1/jobs/{job.id}", headers=auth).json()["checkpoint"] is None
+    for step in (2, 4):
+        saved = SavedCheckpoint(ref=CheckpointRef(uri=f"file:///c/{step}", step=step), step=step)
+        write_json(run_dir(job.id) / STATE_FILE, LoopState(step=step, checkpoints=[saved]))
+        got = _same(clients, "GET", f"/v1/jobs/{job.id}", headers=auth).json()["checkpoint"]
+        assert got["step"] == step

@@ -73,3 +73,33 @@ def test_at_most_max_jobs_are_remembered(home: Path) -> None:
     again = cache.of("job-1")
     assert again is not one
     assert again == one
+
+
+def test_stat_cache_derives_again_only_when_the_file_changed(tmp_path: Path) -> None:
+    from crucible_server.filecache import StatCache
+
+    calls: list[tuple[str, object]] = []
+
+    def derive(path: str, st: object, previous: object) -> int:
+        calls.append((path, previous))
+        return len(Path(path).read_bytes())
+
+    cache = StatCache(derive, max_files=1)
+    f, g = tmp_path / "f", tmp_path / "g"
+    assert cache.get(str(f)) is None  # no file, nothing derived
+    f.write_bytes(b"abc")
+    assert cache.get(str(f)) == 3
+    assert cache.get(str(f)) == 3
+    assert calls == [(str(f), None)]
+    f.write_bytes(b"abcdef")  # changed: derived again, with the earlier value
+    assert cache.get(str(f)) == 6
+    assert calls[-1] == (str(f), 3)
+    replaced = tmp_path / "f.new"
+    replaced.write_bytes(b"xyz123")  # same size, a new inode (replaced by rename)
+    replaced.replace(f)
+    assert cache.get(str(f)) == 6
+    assert len(calls) == 3
+    g.write_bytes(b"z")
+    assert cache.get(str(g)) == 1  # one file at most: f's entry goes
+    assert cache.get(str(f)) == 6
+    assert calls[-1] == (str(f), None)
