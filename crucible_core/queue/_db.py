@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 from crucible_core.errors import ConfigError, CrucibleError
+from crucible_core.records.wal import use_wal
 
 __all__ = [
     "DB_VERSION",
@@ -188,9 +189,7 @@ class ConnectionPool:
             raise translate(exc, self.path, self.busy_timeout_s) from None
         try:
             conn.execute(self._busy_pragma)
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
-            if mode is None or str(mode[0]).lower() != "wal":
-                raise sqlite3.OperationalError(f"could not switch to WAL (journal_mode={mode})")
+            use_wal(conn, timeout_s=self.busy_timeout_s)
             conn.execute(f"PRAGMA synchronous={self.sync.upper()}")
             conn.execute("PRAGMA foreign_keys=OFF")
         except sqlite3.Error as exc:

@@ -19,6 +19,7 @@ from typing import Final
 
 from crucible_core.errors import ConfigError, CrucibleError
 from crucible_core.records import paths
+from crucible_core.records.wal import use_wal
 
 __all__ = ["MIGRATIONS", "connect", "default_path", "migrate", "transaction"]
 
@@ -168,7 +169,7 @@ def connect(path: Path, *, migrations: Sequence[str] = MIGRATIONS) -> sqlite3.Co
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
     try:
         conn.execute("PRAGMA busy_timeout = 30000")
-        conn.execute("PRAGMA journal_mode = WAL")
+        use_wal(conn)
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
         migrate(conn, path, migrations)

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from crucible_core.errors import CapacityError, ConfigError
+from crucible_core.records.wal import use_wal
 
 __all__ = ["LimitStore", "Limits", "RateLimiter", "in_flight_by_key"]
 
@@ -127,7 +128,7 @@ class LimitStore:
             check_same_thread=False,
         )
         if self.path is not None:
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            use_wal(self._conn, timeout_s=busy_timeout_s)
         for statement in _SCHEMA:
             self._conn.execute(statement)
         self._lock = threading.Lock()

@@ -22,6 +22,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from crucible_core.records.wal import use_wal
+
 __all__ = ["BreakerStateFile", "default_path"]
 
 _SCHEMA = """
@@ -55,7 +57,7 @@ class BreakerStateFile:
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=5.0)
-        conn.execute("PRAGMA journal_mode=WAL")
+        use_wal(conn, timeout_s=5.0)
         conn.execute(_SCHEMA)
         return conn
 

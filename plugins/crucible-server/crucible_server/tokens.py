@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Final
 
 from crucible_core.errors import AuthError, ConfigError, NotFound
+from crucible_core.records.wal import use_wal
 
 __all__ = ["SCOPES", "TokenInfo", "TokenStore", "parse_duration"]
 
@@ -132,7 +133,7 @@ class TokenStore:
         self._conn.execute("PRAGMA busy_timeout = 10000")
         # Every API request verifies a token: in WAL mode a read takes no file lock (half
         # the time of a rollback-journal read) and never waits for `tokens create/revoke`.
-        self._conn.execute("PRAGMA journal_mode = WAL")
+        use_wal(self._conn)
         self._conn.execute(_SCHEMA)
         self._wal = f"{self.path}-wal"
         # token id -> (verified at, file state then, digest, info)
