@@ -588,13 +588,13 @@ def build_app(
 
 
 def _resume_point(path: str, st: object, previous: object) -> CheckpointRef | None:
-    """The newest checkpoint named by a run's trainer_state.json (None if unreadable)."""
-    from crucible_core.train.state import LoopState
+    """The newest checkpoint named by a run's trainer_state.json at ``path`` (None if the
+    run has none or the file does not decode)."""
+    from crucible_core.train.state import read_loop_state
 
     try:
-        with open(path, "rb") as fh:
-            state = msgspec.json.decode(fh.read(), type=LoopState)
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        state = read_loop_state(Path(path).parent)
+    except CrucibleError:
         return None
     return state.checkpoints[-1].ref if state.checkpoints else None
 

@@ -93,13 +93,14 @@ class TelemetryTail:
         return out
 
 
-def latest_progress(job_id: str, *, window: int = 65536, size: int | None = None) -> dict[str, Any]:
+def latest_progress(job_id: str, *, window: int = 65536) -> dict[str, Any]:
     """Step, total steps, latest loss/metrics and last checkpoint, from the telemetry's tail
-    (its last ``window`` bytes; up to byte ``size`` when given, else to the end)."""
-    return _progress_of(os.path.join(run_dir(job_id), TELEMETRY_FILE), window=window, size=size)
+    (its last ``window`` bytes)."""
+    return _progress_of(os.path.join(run_dir(job_id), TELEMETRY_FILE), window=window, size=None)
 
 
 def _progress_of(path: str, *, window: int, size: int | None) -> dict[str, Any]:
+    """:func:`latest_progress` of the file at ``path``, up to byte ``size`` (else its end)."""
     try:
         with open(path, "rb") as fh:
             if size is None:
